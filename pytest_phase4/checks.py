@@ -1,0 +1,333 @@
+"""What each check kind does. A check returns a one-line account of what it saw, raises CheckFailed with
+expected/found/where, or CheckSkipped when it does not apply. Nothing here writes to the database."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from pytest_phase4 import catalog
+from pytest_phase4.errors import CheckFailed, Phase4Error
+from pytest_phase4.kinds import Column, Relation
+from pytest_phase4.plan import CheckSpec, Plan
+
+
+class CheckSkipped(Phase4Error):
+    """The check does not apply to this run; the message says why."""
+
+
+@dataclass
+class Snapshot:
+    """Row counts of every base table, taken once before the first migration of the run."""
+
+    counts: dict[str, int]
+    before_migrations: bool
+
+
+@dataclass
+class Context:
+    conn: psycopg.Connection[Any]
+    plan: Plan
+    snapshot: Callable[[], Snapshot]
+    applied_before_run: frozenset[str]  # migration files the ledger showed as applied when the run started
+
+    @property
+    def schema(self) -> str:
+        return self.plan.schema
+
+
+Impl = Callable[[Context, CheckSpec], str]
+
+
+def _q(name: str, schema: str) -> str:
+    return f"{schema}.{name}"
+
+
+def _fmt(n: int) -> str:
+    return f"{n:,}"
+
+
+def _require_relation(ctx: Context, spec: CheckSpec, name: str, kinds: str, what: str) -> None:
+    kind = catalog.relkind(ctx.conn, ctx.schema, name)
+    if kind is None or kind not in kinds:
+        found = "no such relation" if kind is None else f"a relation of kind {kind!r}, not a {what}"
+        raise CheckFailed(f"{what} {_q(name, ctx.schema)} to exist", found, spec.where,
+                          hint=spec.hint or f"check the name in the plan, or that an earlier migration creates {name}")
+
+
+def server_version(ctx: Context, spec: CheckSpec) -> str:
+    info = ctx.conn.info
+    major = info.server_version // 10000
+    full = str(ctx.conn.execute("SHOW server_version").fetchone()[0])  # type: ignore[index]
+    if major < spec.params["min"]:
+        raise CheckFailed(f"PostgreSQL >= {spec.params['min']}", f"PostgreSQL {full}", spec.where, hint=spec.hint)
+    return f"PostgreSQL {full}"
+
+
+def migration_files(ctx: Context, spec: CheckSpec) -> str:
+    migration = ctx.plan.migration(spec.element)
+    assert migration is not None  # noqa: S101 - elements come from the plan's own migrations
+    path = migration.path
+    try:
+        text = path.read_bytes()
+    except FileNotFoundError:
+        raise CheckFailed("the migration file to exist", "no such file", str(path),
+                          hint=f"add {migration.file} to {ctx.plan.migrations_dir} or fix the plan") from None
+    except OSError as exc:
+        raise CheckFailed("a readable migration file", f"unreadable ({exc.strerror})", str(path)) from None
+    if not text.strip():
+        raise CheckFailed("SQL statements", "an empty file", str(path), hint="the file must hold the migration's SQL")
+    return f"{path.name}: {_fmt(len(text))} bytes"
+
+
+def table_count(ctx: Context, spec: CheckSpec) -> str:
+    names = catalog.tables(ctx.conn, ctx.schema)
+    if len(names) < spec.params["min"]:
+        raise CheckFailed(f">= {spec.params['min']} tables in schema {ctx.schema}", f"{len(names)}",
+                          f"schema {ctx.schema}", details=[", ".join(names)] if names else [], hint=spec.hint)
+    return f"{len(names)} tables in schema {ctx.schema}"
+
+
+def tables_have_rows(ctx: Context, spec: CheckSpec) -> str:
+    table = spec.element
+    _require_relation(ctx, spec, table, "rp", "table")
+    snap = ctx.snapshot()
+    count = snap.counts.get(table)
+    if count is None:
+        count = catalog.count_rows(ctx.conn, ctx.schema, table)
+    if count < spec.params["min_rows"]:
+        raise CheckFailed(f">= {_fmt(spec.params['min_rows'])} rows", f"{_fmt(count)}", _q(table, ctx.schema),
+                          hint=spec.hint or "load recent data into this database before migrating")
+    return f"{_q(table, ctx.schema)}: {_fmt(count)} rows (recorded)"
+
+
+def views_absent(ctx: Context, spec: CheckSpec) -> str:
+    if ctx.applied_before_run:
+        raise CheckSkipped(f"pre-migration state check: the ledger shows {len(ctx.applied_before_run)} "
+                           "migration(s) already applied")
+    kind = catalog.relkind(ctx.conn, ctx.schema, spec.element)
+    if kind is not None:
+        raise CheckFailed(f"no relation named {spec.element} before migrating", f"one of kind {kind!r}",
+                          _q(spec.element, ctx.schema),
+                          hint=spec.hint or "a migration will create this name: drop or rename the existing "
+                                            "object, or document it and remove it from views_absent")
+    return f"{_q(spec.element, ctx.schema)} does not exist yet"
+
+
+def view_count(ctx: Context, spec: CheckSpec) -> str:
+    p = spec.params
+    names = catalog.views(ctx.conn, ctx.schema)
+    if p["like"]:
+        names = [n for n in names if _like(n, p["like"])]
+    n = len(names)
+    ok = (p["equals"] is None or n == p["equals"]) and (p["min"] is None or n >= p["min"]) and (
+        p["max"] is None or n <= p["max"])
+    what = f"views like {p['like']!r}" if p["like"] else "views"
+    if not ok:
+        bound = next(f"{op} {p[k]}" for k, op in (("equals", "=="), ("min", ">="), ("max", "<=")) if p[k] is not None)
+        raise CheckFailed(f"{bound} {what} in schema {ctx.schema}", str(n), f"schema {ctx.schema}",
+                          details=[", ".join(names)] if names else [], hint=spec.hint)
+    return f"{n} {what}: {', '.join(names) or '-'}"
+
+
+def _like(name: str, pattern: str) -> bool:
+    import re
+
+    regex = "".join(".*" if c == "%" else "." if c == "_" else re.escape(c) for c in pattern)
+    return re.fullmatch(regex, name, re.DOTALL) is not None
+
+
+def table_exists(ctx: Context, spec: CheckSpec) -> str:
+    _require_relation(ctx, spec, spec.element, "rp", "table")
+    return f"table {_q(spec.element, ctx.schema)} exists"
+
+
+def view_exists(ctx: Context, spec: CheckSpec) -> str:
+    _require_relation(ctx, spec, spec.element, "vm", "view")
+    return f"view {_q(spec.element, ctx.schema)} exists"
+
+
+def rls_policies(ctx: Context, spec: CheckSpec) -> str:
+    table, expected, names = spec.params["table"], spec.params["count"], spec.params["names"]
+    where = _q(table, ctx.schema)
+    _require_relation(ctx, spec, table, "rp", "table")
+    found = catalog.policies(ctx.conn, ctx.schema, table)
+    if not catalog.rls_enabled(ctx.conn, ctx.schema, table):
+        raise CheckFailed("row level security enabled", "RLS disabled", where,
+                          hint=spec.hint or f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY")
+    missing = [n for n in names if n not in found]
+    if len(found) != expected or missing:
+        detail = [f"missing: {', '.join(missing)}"] if missing else []
+        raise CheckFailed(f"{expected} policies" + (f" including {', '.join(names)}" if names else ""),
+                          f"{len(found)}: {', '.join(found) or 'none'}", where, details=detail, hint=spec.hint)
+    return f"{where}: RLS on, policies {', '.join(found)}"
+
+
+def view_rowcount_matches(ctx: Context, spec: CheckSpec) -> str:
+    view, base = spec.element
+    _require_relation(ctx, spec, view, "vm", "view")
+    _require_relation(ctx, spec, base, "rp", "table")
+    v = catalog.count_rows(ctx.conn, ctx.schema, view)
+    b = catalog.count_rows(ctx.conn, ctx.schema, base)
+    if v != b:
+        diff = f"{_fmt(b - v)} missing" if v < b else f"{_fmt(v - b)} extra"
+        cause = ("an inner join on a nullable key drops rows: use LEFT JOIN" if v < b
+                 else "a join to a non-unique key multiplies rows: join on a unique key")
+        raise CheckFailed(f"view {view} to have as many rows as {base} ({_fmt(b)})",
+                          f"{_fmt(v)} ({diff})", f"{_q(view, ctx.schema)} vs {_q(base, ctx.schema)}",
+                          sql=f"SELECT count(*) FROM {view};\nSELECT count(*) FROM {base};",
+                          hint=spec.hint or cause)
+    return f"{view}: {_fmt(v)} rows = {base}: {_fmt(b)} rows"
+
+
+def view_sample_not_null(ctx: Context, spec: CheckSpec) -> str:
+    view, cols, want = spec.params["view"], spec.params["columns"], spec.params["rows"]
+    _require_relation(ctx, spec, view, "vm", "view")
+    present = catalog.columns(ctx.conn, ctx.schema, view)
+    if missing := [c for c in cols if c not in present]:
+        raise CheckFailed(f"columns {', '.join(cols)}", f"no column {', '.join(missing)}", _q(view, ctx.schema),
+                          details=[f"the view has: {', '.join(present)}"], hint=spec.hint)
+    query = sql.SQL("SELECT {} FROM {} LIMIT {}").format(
+        sql.SQL(", ").join(map(sql.Identifier, cols)), sql.Identifier(ctx.schema, view), sql.Literal(want))
+    rows = ctx.conn.execute(query).fetchall()
+    shown = query.as_string(ctx.conn)
+    if len(rows) < want:
+        raise CheckFailed(f"{want} rows", f"{len(rows)}", _q(view, ctx.schema), sql=shown, hint=spec.hint)
+    nulls = [f"row {i + 1}: {c} is NULL" for i, row in enumerate(rows) for c, v in zip(cols, row, strict=True)
+             if v is None]
+    if nulls:
+        raise CheckFailed(f"no NULL in {', '.join(cols)}", f"{len(nulls)} NULL value(s)", _q(view, ctx.schema),
+                          sql=shown, details=nulls[:10], hint=spec.hint or "a LEFT JOIN found no match: check the "
+                          "foreign keys behind these columns")
+    return f"{view}: {len(rows)} rows, {', '.join(cols)} all set"
+
+
+def _column_state(ctx: Context, spec: CheckSpec, present: bool) -> str:
+    col: Column = spec.element
+    _require_relation(ctx, spec, col.table, "rpvm", "table")
+    exists = col.column in catalog.columns(ctx.conn, ctx.schema, col.table)
+    where = f"{ctx.schema}.{col}"
+    if exists != present:
+        raise CheckFailed(f"column {col} {'present' if present else 'absent'}",
+                          "it exists" if exists else "no such column", where, hint=spec.hint)
+    return f"{where} {'exists' if present else 'is absent'}"
+
+
+def column_absent(ctx: Context, spec: CheckSpec) -> str:
+    return _column_state(ctx, spec, present=False)
+
+
+def column_present(ctx: Context, spec: CheckSpec) -> str:
+    return _column_state(ctx, spec, present=True)
+
+
+def index_exists(ctx: Context, spec: CheckSpec) -> str:
+    if spec.element not in catalog.indexes(ctx.conn, ctx.schema):
+        raise CheckFailed(f"index {spec.element}", "no such index", f"schema {ctx.schema}", hint=spec.hint)
+    return f"index {_q(spec.element, ctx.schema)} exists"
+
+
+def index_count(ctx: Context, spec: CheckSpec) -> str:
+    like, least = spec.params["like"], spec.params["min"]
+    names = [n for n in catalog.indexes(ctx.conn, ctx.schema) if _like(n, like)]
+    if len(names) < least:
+        raise CheckFailed(f">= {least} indexes like {like!r}", str(len(names)), f"schema {ctx.schema}",
+                          details=[", ".join(names)] if names else [], hint=spec.hint)
+    return f"{len(names)} indexes like {like!r}"
+
+
+def no_orphans(ctx: Context, spec: CheckSpec) -> str:
+    rel: Relation = spec.element
+    child, parent = rel.child, rel.parent
+    for table in (child.table, parent.table):
+        _require_relation(ctx, spec, table, "rp", "table")
+    count_q = catalog.orphans_query(ctx.schema, child.table, child.column, parent.table, parent.column,
+                                    sql.SQL("count(*)"))
+    orphans = int(ctx.conn.execute(count_q).fetchone()[0])  # type: ignore[index]
+    nulls = catalog.count_nulls(ctx.conn, ctx.schema, child.table, child.column)
+    null_note = f"{_fmt(nulls)} row(s) with NULL {child} (not orphans, reported apart)"
+    if orphans:
+        key = catalog.primary_key(ctx.conn, ctx.schema, child.table) or [child.column]
+        cols = list(dict.fromkeys([*key, child.column]))
+        sample_q = catalog.orphans_query(ctx.schema, child.table, child.column, parent.table, parent.column,
+                                         sql.SQL(", ").join(sql.SQL("c.{}").format(sql.Identifier(c))
+                                                            for c in cols)) + sql.SQL(" LIMIT 10")
+        sample = ctx.conn.execute(sample_q).fetchall()
+        rows = [", ".join(f"{c}={v}" for c, v in zip(cols, r, strict=True)) for r in sample]
+        raise CheckFailed(f"no {child} without a matching {parent}", f"{_fmt(orphans)} orphaned row(s)",
+                          f"{ctx.schema}.{child.table}", sql=count_q.as_string(ctx.conn),
+                          details=[f"first {len(rows)}:", *rows, null_note],
+                          hint=spec.hint or f"delete or repair these rows, or restore {parent.table} from the backup")
+    return f"0 orphans in {child}->{parent}; {null_note}"
+
+
+def row_counts_unchanged(ctx: Context, spec: CheckSpec) -> str:
+    table = spec.element
+    snap = ctx.snapshot()
+    if not snap.before_migrations:
+        raise CheckSkipped("no pre-migration row counts in this run: run the migrations and post checks together")
+    if table not in snap.counts:
+        raise CheckFailed(f"a row count for {table} recorded before the first migration", "none: the table did not "
+                          "exist then", _q(table, ctx.schema), hint=spec.hint)
+    _require_relation(ctx, spec, table, "rp", "table")
+    before = snap.counts[table]
+    after = catalog.count_rows(ctx.conn, ctx.schema, table)
+    if after != before:
+        raise CheckFailed(f"{_fmt(before)} rows (recorded before migrating)", f"{_fmt(after)} ({after - before:+,})",
+                          _q(table, ctx.schema), hint=spec.hint or "a migration added or deleted rows: restore "
+                          "from the backup if this is not intended")
+    return f"{_q(table, ctx.schema)}: {_fmt(after)} rows, as before"
+
+
+def explain_under(ctx: Context, spec: CheckSpec) -> str:
+    query, limit = spec.params["query"], spec.params["max_ms"]
+    explain = sql.SQL("EXPLAIN (ANALYZE, FORMAT JSON) ") + sql.SQL(query)  # type: ignore[arg-type]
+    plan = ctx.conn.execute(explain).fetchone()[0]  # type: ignore[index]
+    ms = float(plan[0]["Execution Time"])
+    if ms >= limit:
+        raise CheckFailed(f"execution time < {limit:g} ms", f"{ms:.1f} ms", spec.params["name"], sql=query,
+                          hint=spec.hint or "check the plan for sequential scans; migration 8's indexes may help")
+    return f"{spec.params['name']}: {ms:.1f} ms (limit {limit:g} ms)"
+
+
+def query_returns(ctx: Context, spec: CheckSpec) -> str:
+    query, expect = spec.params["query"], spec.params["expect"]
+    rows = ctx.conn.execute(sql.SQL(query)).fetchall()  # type: ignore[arg-type]
+    if len(rows) != 1 or len(rows[0]) != 1:
+        raise CheckFailed("exactly one row with one column", f"{len(rows)} row(s)", spec.params["name"], sql=query)
+    value = rows[0][0]
+    if not _equal(value, expect):
+        raise CheckFailed(repr(expect), repr(value), spec.params["name"], sql=query, hint=spec.hint)
+    return f"{spec.params['name']}: {value!r}"
+
+
+def _equal(value: Any, expect: Any) -> bool:
+    if isinstance(expect, bool) or isinstance(value, bool):
+        return value is expect
+    if isinstance(expect, int | float) and isinstance(value, int | float | Decimal):
+        return Decimal(str(value)) == Decimal(str(expect))
+    return str(value) == str(expect)
+
+
+IMPLEMENTATIONS: Mapping[str, Impl] = {
+    f.__name__: f for f in (
+        server_version, migration_files, table_count, tables_have_rows, views_absent, view_count, table_exists,
+        view_exists, rls_policies, view_rowcount_matches, view_sample_not_null, column_absent, column_present,
+        index_exists, index_count, no_orphans, row_counts_unchanged, explain_under, query_returns)
+}
+
+
+def run_check(ctx: Context, spec: CheckSpec) -> str:
+    """Run one check; SQL errors become failures naming the check, never tracebacks."""
+    try:
+        return IMPLEMENTATIONS[spec.kind](ctx, spec)
+    except psycopg.Error as exc:
+        diag = exc.diag
+        raise CheckFailed(f"check {spec.test_id} to run", f"SQL error: {diag.message_primary or exc}"
+                          + (f" [SQLSTATE {exc.sqlstate}]" if exc.sqlstate else ""), spec.where,
+                          hint=spec.hint or (diag.message_hint or "")) from None

@@ -1,0 +1,95 @@
+"""Exceptions that carry data; the pytest layer turns them into what users read."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+class Phase4Error(Exception):
+    """Base class: every error of ours has a message meant for the user."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem found in a plan: where it is and what was expected."""
+
+    where: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.message}"
+
+
+class PlanError(Phase4Error):
+    """The plan is invalid; lists every problem found, not only the first."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        lines = [f"invalid phase4 plan ({len(problems)} problem{'s' if len(problems) != 1 else ''}):"]
+        lines += [f"  {p}" for p in problems]
+        super().__init__("\n".join(lines))
+
+
+class TargetError(Phase4Error):
+    """The target database cannot be reached or prepared; the message says what to do."""
+
+
+@dataclass
+class CheckFailed(Phase4Error):
+    """A check found something other than its explicit expectation."""
+
+    expected: str
+    found: str
+    where: str
+    sql: str = ""
+    details: list[str] = field(default_factory=list)
+    hint: str = ""
+
+    def __post_init__(self) -> None:
+        super().__init__(self.summary)
+
+    @property
+    def summary(self) -> str:
+        return f"expected {self.expected}, found {self.found}"
+
+    def render(self) -> str:
+        lines = [f"expected: {self.expected}", f"found:    {self.found}", f"where:    {self.where}"]
+        lines += [f"  {d}" for d in self.details]
+        if self.hint:
+            lines.append(f"hint:     {self.hint}")
+        if self.sql:
+            lines += ["sql:", *[f"  {line}" for line in self.sql.strip().splitlines()]]
+        return "\n".join(lines)
+
+
+@dataclass
+class MigrationFailed(Phase4Error):
+    """A migration file raised an SQL error; nothing of it was committed."""
+
+    file: str
+    line: int | None
+    sqlstate: str | None
+    message: str
+    detail: str = ""
+    statement: str = ""
+
+    def __post_init__(self) -> None:
+        super().__init__(self.summary)
+
+    @property
+    def location(self) -> str:
+        return f"{self.file}:{self.line}" if self.line else f"{self.file} (line not reported)"
+
+    @property
+    def summary(self) -> str:
+        state = f" [SQLSTATE {self.sqlstate}]" if self.sqlstate else ""
+        return f"{self.location}: {self.message}{state}"
+
+    def render(self) -> str:
+        lines = [self.summary]
+        if self.detail:
+            lines.append(f"detail: {self.detail}")
+        if self.statement:
+            lines += ["statement:", *[f"  {line}" for line in self.statement.strip().splitlines()]]
+        lines.append("the migration's transaction was rolled back: nothing of this file was applied")
+        return "\n".join(lines)

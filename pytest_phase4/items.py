@@ -1,0 +1,103 @@
+"""The plan as pytest nodes: the plan file collects one collector per step, each holding its tests.
+
+Tests are `pytest.Function` items built from small closures, so they get fixtures, markers and reporting
+exactly like hand-written tests; their node ids read like the runbook:
+`checks/phase4.toml::20250322000021_create_sales_views::view_exists[sales_with_details]`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from pytest_phase4.errors import CheckFailed, MigrationFailed
+from pytest_phase4.plan import CheckSpec, Migration
+from pytest_phase4.run import ALREADY, DestructiveBlocked, Phase4Run
+
+RUN_KEY = pytest.StashKey[Phase4Run]()
+GROUP_KEY = pytest.StashKey[int]()
+IS_MIGRATION_KEY = pytest.StashKey[bool]()
+ORDER_STRIDE = 100_000  # order numbers: group * stride + position, so custom checks can slot in after a step
+
+
+def check_function(spec: CheckSpec) -> Callable[..., None]:
+    def phase4_check(phase4_run: Phase4Run, record_property: Callable[[str, object], None]) -> None:
+        from pytest_phase4.checks import CheckSkipped
+
+        try:
+            observed = phase4_run.check(spec)
+        except CheckSkipped as exc:
+            pytest.skip(str(exc))
+        record_property("observed", observed)
+
+    phase4_check.__doc__ = f"{spec.kind}: {spec.test_id} ({spec.where})"
+    return phase4_check
+
+
+def migration_function(migration: Migration) -> Callable[..., None]:
+    def phase4_migration(phase4_run: Phase4Run, record_property: Callable[[str, object], None]) -> None:
+        state = phase4_run.migrate(migration)
+        record_property("sha256", state.sha256)
+        if state.status == ALREADY:
+            pytest.skip(f"already applied: {state.note}; verifying only")
+        record_property("duration_ms", round(state.duration_ms or 0, 1))
+
+    phase4_migration.__doc__ = f"apply {migration.file}: {migration.title}"
+    return phase4_migration
+
+
+class Phase4Item(pytest.Function):
+    """A step of the runbook; failures print expected/found/where instead of a Python traceback."""
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
+        exc = excinfo.value
+        if isinstance(exc, CheckFailed | MigrationFailed):
+            return exc.render()
+        if isinstance(exc, DestructiveBlocked):
+            return str(exc)
+        return super().repr_failure(excinfo, style=style)
+
+    def reportinfo(self) -> tuple[Any, int | None, str]:
+        return self.path, None, self.nodeid.split("::", 1)[-1]
+
+
+class StepCollector(pytest.Collector):
+    """preflight, one migration, or post: a group that halting treats as one step."""
+
+    def __init__(self, *, specs: tuple[CheckSpec, ...], migration: Migration | None, group: int,
+                 stage: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.specs, self.migration, self.group, self.stage = specs, migration, group, stage
+
+    def collect(self) -> Iterator[pytest.Item]:
+        position = 0
+        if self.migration is not None:
+            yield self._item("apply", migration_function(self.migration), position, is_migration=True)
+        for spec in self.specs:
+            position += 1
+            yield self._item(spec.test_id, check_function(spec), position, is_migration=False)
+
+    def _item(self, name: str, fn: Callable[..., None], position: int, is_migration: bool) -> pytest.Item:
+        item = Phase4Item.from_parent(self, name=name, callobj=fn)
+        item.add_marker(getattr(pytest.mark, self.stage))
+        if self.migration is not None and self.migration.destructive:
+            item.add_marker(pytest.mark.destructive)
+        item.add_marker(pytest.mark.order(self.group * ORDER_STRIDE + position))
+        item.stash[GROUP_KEY] = self.group
+        item.stash[IS_MIGRATION_KEY] = is_migration
+        return item
+
+
+class PlanFile(pytest.File):
+    def collect(self) -> Iterator[pytest.Collector]:
+        run = self.config.stash[RUN_KEY]
+        plan = run.plan
+        yield StepCollector.from_parent(self, name="preflight", specs=plan.preflight, migration=None, group=0,
+                                        stage="preflight")
+        for m in plan.migrations:
+            yield StepCollector.from_parent(self, name=m.name, specs=m.checks, migration=m, group=m.index,
+                                            stage="migration")
+        yield StepCollector.from_parent(self, name="post", specs=plan.post, migration=None,
+                                        group=len(plan.migrations) + 1, stage="post")

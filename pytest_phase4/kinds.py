@@ -1,0 +1,194 @@
+"""The check kinds a plan may name: their parameters, how they expand, and how their tests are named.
+
+Only declarations live here (no database, no pytest), so the plan can be validated before anything connects.
+The behaviour of each kind is in `checks.py`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+COMMON_KEYS = frozenset({"check", "id", "hint"})
+
+
+class Column(NamedTuple):
+    table: str
+    column: str
+
+    def __str__(self) -> str:
+        return f"{self.table}.{self.column}"
+
+
+class Relation(NamedTuple):
+    child: Column
+    parent: Column
+
+    def __str__(self) -> str:
+        return f"{self.child}->{self.parent}"
+
+
+class ParamError(Exception):
+    def __init__(self, messages: list[str]) -> None:
+        self.messages = messages
+        super().__init__("; ".join(messages))
+
+
+_COLUMN = re.compile(r"^\s*([^.\s][^.]*?)\s*\.\s*([^.\s][^.]*?)\s*$")
+
+
+def _column(value: str) -> Column | None:
+    m = _COLUMN.match(value)
+    return Column(m.group(1), m.group(2)) if m else None
+
+
+def _convert(kind: str, value: Any) -> Any:
+    """Convert one raw TOML value to the parameter's type, or raise ValueError saying what is expected."""
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError("a whole number >= 0")
+        return value
+    if kind == "number":
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise ValueError("a number > 0")
+        return float(value)
+    if kind == "str":
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError("a non-empty string")
+        return value
+    if kind == "scalar":
+        if not isinstance(value, str | int | float | bool):
+            raise ValueError("a string, number or boolean")
+        return value
+    if kind == "names":
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise ValueError('a list of names, e.g. ["sales", "customers"]')
+        return tuple(value)
+    if kind == "columns":
+        cols = [_column(v) if isinstance(v, str) else None for v in value] if isinstance(value, list) else [None]
+        if any(c is None for c in cols):
+            raise ValueError('a list of "table.column" strings, e.g. ["sales.customer_name"]')
+        return tuple(cols)
+    if kind == "relations":
+        rels = [_relation(v) for v in value] if isinstance(value, list) else [None]
+        if any(r is None for r in rels):
+            raise ValueError('a list of "child.column -> parent.column", e.g. ["sales.customer_id -> customers.id"]')
+        return tuple(rels)
+    if kind == "pairs":
+        if not isinstance(value, dict) or not all(isinstance(v, str) and v for v in value.values()):
+            raise ValueError('a table of view = "base_table", e.g. { sales_with_details = "sales" }')
+        return dict(value)
+    raise AssertionError(kind)
+
+
+def _relation(value: object) -> Relation | None:
+    if not isinstance(value, str) or value.count("->") != 1:
+        return None
+    child, parent = (_column(part) for part in value.split("->"))
+    return Relation(child, parent) if child and parent else None
+
+
+@dataclass(frozen=True)
+class Param:
+    type: str
+    required: bool = True
+    default: Any = None
+
+
+Label = Callable[[Mapping[str, Any], Any], str]
+
+
+@dataclass(frozen=True)
+class Kind:
+    name: str
+    summary: str
+    params: Mapping[str, Param] = field(default_factory=dict)
+    expand: str | None = None
+    label_fn: Label | None = None
+    constraint: Callable[[Mapping[str, Any]], str | None] | None = None
+
+    def validate(self, raw: Mapping[str, Any]) -> dict[str, Any]:
+        errors: list[str] = []
+        values: dict[str, Any] = {}
+        for key in sorted(set(raw) - set(self.params)):
+            allowed = ", ".join(sorted(self.params)) or "none"
+            errors.append(f"unknown key {key!r} for check {self.name!r}; its keys: {allowed}")
+        for key, param in self.params.items():
+            if key not in raw:
+                if param.required:
+                    errors.append(f"missing key {key!r} ({param.type}) for check {self.name!r}")
+                values[key] = param.default
+                continue
+            try:
+                values[key] = _convert(param.type, raw[key])
+            except ValueError as exc:
+                errors.append(f"{key} must be {exc}, found {raw[key]!r}")
+        if not errors and self.constraint and (message := self.constraint(values)):
+            errors.append(message)
+        if errors:
+            raise ParamError(errors)
+        return values
+
+    def label(self, params: Mapping[str, Any], element: Any) -> str:
+        if self.label_fn:
+            return self.label_fn(params, element)
+        if isinstance(element, Column | Relation):
+            return str(element)
+        if isinstance(element, tuple):
+            return f"{element[0]}={element[1]}"  # a (view, base) pair
+        return str(element)
+
+
+def _one_bound(params: Mapping[str, Any]) -> str | None:
+    bounds = [k for k in ("equals", "min", "max") if params.get(k) is not None]
+    return None if len(bounds) == 1 else "give exactly one of equals, min or max"
+
+
+def _bound_label(params: Mapping[str, Any], _: Any) -> str:
+    bound = next(f"{op}{params[k]}" for k, op in (("equals", "=="), ("min", ">="), ("max", "<=")) if params.get(k)
+                 is not None)
+    return f"{params['like']}{bound}" if params.get("like") else bound
+
+
+_names = Param("names")
+_KIND_LIST = [
+    Kind("server_version", "the server answers and its major version is at least min",
+         {"min": Param("int")}, label_fn=lambda p, _: f">={p['min']}"),
+    Kind("migration_files", "each migration file exists, is readable and not empty"),
+    Kind("table_count", "the schema holds at least min base tables",
+         {"min": Param("int")}, label_fn=lambda p, _: f">={p['min']}"),
+    Kind("tables_have_rows", "each table exists and holds at least min_rows rows (count recorded)",
+         {"tables": _names, "min_rows": Param("int", False, 1)}, expand="tables"),
+    Kind("views_absent", "none of these views exists yet", {"views": _names}, expand="views"),
+    Kind("view_count", "the number of views in the schema (matching like) meets the bound",
+         {"equals": Param("int", False), "min": Param("int", False), "max": Param("int", False),
+          "like": Param("str", False)}, label_fn=_bound_label, constraint=_one_bound),
+    Kind("table_exists", "each base table exists", {"tables": _names}, expand="tables"),
+    Kind("view_exists", "each view exists", {"views": _names}, expand="views"),
+    Kind("rls_policies", "RLS is enabled and the table has exactly count policies, including names",
+         {"table": Param("str"), "count": Param("int"), "names": Param("names", False, ())},
+         label_fn=lambda p, _: str(p["table"])),
+    Kind("view_rowcount_matches", "the view has as many rows as its base table",
+         {"pairs": Param("pairs")}, expand="pairs"),
+    Kind("view_sample_not_null", "the view returns rows rows with none of columns NULL",
+         {"view": Param("str"), "columns": _names, "rows": Param("int", False, 5)},
+         label_fn=lambda p, _: str(p["view"])),
+    Kind("column_absent", "the column does not exist", {"columns": Param("columns")}, expand="columns"),
+    Kind("column_present", "the column exists", {"columns": Param("columns")}, expand="columns"),
+    Kind("index_exists", "each index exists in the schema", {"indexes": _names}, expand="indexes"),
+    Kind("index_count", "at least min indexes in the schema match like",
+         {"like": Param("str"), "min": Param("int")}, label_fn=lambda p, _: f"{p['like']}>={p['min']}"),
+    Kind("no_orphans", "no child row has a non-NULL key without a parent",
+         {"relations": Param("relations")}, expand="relations"),
+    Kind("row_counts_unchanged", "the table's row count equals the one recorded before the first migration",
+         {"tables": _names}, expand="tables"),
+    Kind("explain_under", "EXPLAIN ANALYZE execution time of query is under max_ms",
+         {"name": Param("str"), "query": Param("str"), "max_ms": Param("number")},
+         label_fn=lambda p, _: str(p["name"])),
+    Kind("query_returns", "the query's single value equals expect",
+         {"name": Param("str"), "query": Param("str"), "expect": Param("scalar")},
+         label_fn=lambda p, _: str(p["name"])),
+]
+KINDS: dict[str, Kind] = {k.name: k for k in _KIND_LIST}

@@ -1,0 +1,50 @@
+"""The ledger: which migrations are applied to the target, written in the migration's own transaction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+
+SCHEMA = "pytest_phase4"
+
+_CREATE = """
+CREATE SCHEMA IF NOT EXISTS pytest_phase4;
+CREATE TABLE IF NOT EXISTS pytest_phase4.ledger (
+    file        text PRIMARY KEY,
+    sha256      text NOT NULL,
+    plan        text NOT NULL,
+    applied_at  timestamptz NOT NULL DEFAULT now(),
+    duration_ms numeric(12, 1) NOT NULL
+);
+COMMENT ON TABLE pytest_phase4.ledger IS 'migrations applied by pytest-phase4; one row per file';
+"""
+
+
+@dataclass(frozen=True)
+class Entry:
+    file: str
+    sha256: str
+    plan: str
+    applied_at: datetime
+    duration_ms: float
+
+
+def read(conn: psycopg.Connection[Any]) -> dict[str, Entry]:
+    """The ledger's rows, or nothing when no migration was ever applied (reading creates nothing)."""
+    row = conn.execute("SELECT to_regclass('pytest_phase4.ledger') IS NOT NULL").fetchone()
+    if not row or not row[0]:
+        return {}
+    rows = conn.execute(
+        "SELECT file, sha256, plan, applied_at, duration_ms::float8 FROM pytest_phase4.ledger").fetchall()
+    return {r[0]: Entry(*r) for r in rows}
+
+
+def record(conn: psycopg.Connection[Any], file: str, sha256: str, plan: str, duration_ms: float) -> None:
+    """Insert the ledger row; call inside the migration's transaction so both commit or neither does."""
+    conn.execute(_CREATE)
+    conn.execute(
+        "INSERT INTO pytest_phase4.ledger (file, sha256, plan, duration_ms) VALUES (%s, %s, %s, %s)",
+        (file, sha256, plan, round(duration_ms, 1)))

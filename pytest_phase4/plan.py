@@ -1,0 +1,295 @@
+"""Read and validate a phase4 plan (TOML) into frozen, typed objects.
+
+Every problem is collected before anything is reported, each with file:line where one can be found, so a
+user fixes the whole plan in one pass (Sqitch's habit, not Alembic's first-error-wins).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pytest_phase4.errors import PlanError, Problem
+from pytest_phase4.kinds import COMMON_KEYS, KINDS, Kind, ParamError
+
+STAGES = ("preflight", "migration", "post")
+_PLAN_KEYS = {"name", "schema", "migrations_dir"}
+_SETUP_KEYS = {"files", "settings"}
+_MIGRATION_KEYS = {"file", "title", "destructive", "verify"}
+_TOP_KEYS = {"phase4", "setup", "preflight", "migration", "post"}
+
+
+@dataclass(frozen=True)
+class CheckSpec:
+    """One test: a check kind with its validated parameters, bound to one list element if it expands."""
+
+    kind: str
+    test_id: str
+    params: Mapping[str, Any]
+    element: Any
+    stage: str
+    step: str  # the halting group: "preflight", a migration file, or "post"
+    where: str  # file:line and entry, for messages
+    hint: str = ""
+
+
+@dataclass(frozen=True)
+class Migration:
+    index: int  # 1-based, plan order
+    file: str
+    title: str
+    destructive: bool
+    path: Path
+    checks: tuple[CheckSpec, ...]
+
+    @property
+    def name(self) -> str:
+        return self.file.removesuffix(".sql")
+
+
+@dataclass(frozen=True)
+class Plan:
+    path: Path
+    sha256: str
+    name: str
+    schema: str
+    migrations_dir: Path
+    setup_files: tuple[Path, ...]
+    setup_settings: Mapping[str, str]
+    preflight: tuple[CheckSpec, ...]
+    migrations: tuple[Migration, ...]
+    post: tuple[CheckSpec, ...]
+
+    @property
+    def folder(self) -> Path:
+        return self.path.parent
+
+    def migration(self, ref: str) -> Migration | None:
+        """Find a migration by file name, name without .sql, or its timestamp prefix."""
+        for m in self.migrations:
+            if ref in (m.file, m.name) or m.name.split("_", 1)[0] == ref:
+                return m
+        return None
+
+
+@dataclass
+class _Reader:
+    path: Path
+    display: str
+    lines: list[str]
+    problems: list[Problem] = field(default_factory=list)
+
+    def header_line(self, header: str, occurrence: int) -> int | None:
+        """Line of the n-th `[[header]]` in the file: tomllib reports no positions for valid TOML."""
+        pattern = re.compile(rf"^\s*\[\[\s*{re.escape(header)}\s*\]\]")
+        seen = 0
+        for number, line in enumerate(self.lines, start=1):
+            if pattern.match(line):
+                if seen == occurrence:
+                    return number
+                seen += 1
+        return None
+
+    def where(self, header: str | None = None, occurrence: int = 0, label: str = "") -> str:
+        line = self.header_line(header, occurrence) if header else None
+        place = f"{self.display}:{line}" if line else self.display
+        return f"{place} {label}".rstrip()
+
+    def problem(self, where: str, message: str) -> None:
+        self.problems.append(Problem(where, message))
+
+
+def load_plan(path: Path, display: str | None = None) -> Plan:
+    """Parse and validate the plan at `path`; raise PlanError listing every problem."""
+    shown = display or str(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise PlanError([Problem(shown, f"cannot read the plan: {exc.strerror}")]) from None
+    text = raw.decode("utf-8", errors="replace")
+    reader = _Reader(path, shown, text.splitlines())
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        line = getattr(exc, "lineno", None)
+        where = f"{shown}:{line}" if line else shown
+        msg = getattr(exc, "msg", str(exc))
+        raise PlanError([Problem(where, f"malformed TOML: {msg}")]) from None
+    plan = _build(reader, data, hashlib.sha256(raw).hexdigest())
+    if reader.problems:
+        raise PlanError(reader.problems)
+    assert plan is not None  # noqa: S101 - _build returns None only with problems recorded
+    return plan
+
+
+def _build(r: _Reader, data: dict[str, Any], sha: str) -> Plan | None:
+    for key in sorted(set(data) - _TOP_KEYS):
+        r.problem(r.display, f"unknown top-level key {key!r}; expected one of {sorted(_TOP_KEYS)}")
+    head = data.get("phase4")
+    if not isinstance(head, dict):
+        r.problem(r.display, "missing [phase4] table with at least name = \"...\"")
+        head = {}
+    _unknown(r, head, _PLAN_KEYS, r.where(label="[phase4]"))
+    name = _string(r, head, "name", r.where(label="[phase4]"), required=bool(head))
+    schema = _string(r, head, "schema", r.where(label="[phase4]")) or "public"
+    mig_dir = r.path.parent / (_string(r, head, "migrations_dir", r.where(label="[phase4]")) or "migrations")
+
+    setup = data.get("setup", {})
+    setup_files: list[Path] = []
+    settings: dict[str, str] = {}
+    if not isinstance(setup, dict):
+        r.problem(r.display, "[setup] must be a table with files = [...]")
+    else:
+        _unknown(r, setup, _SETUP_KEYS, r.where(label="[setup]"))
+        for f in _string_list(r, setup, "files", r.where(label="[setup]")):
+            p = r.path.parent / f
+            if not p.is_file():
+                r.problem(r.where(label="[setup]"), f"setup file {f!r} not found (looked for {p})")
+            setup_files.append(p)
+        raw_settings = setup.get("settings", {})
+        if not isinstance(raw_settings, dict) or not all(isinstance(v, str) for v in raw_settings.values()):
+            r.problem(r.where(label="[setup]"), 'settings must be a table of strings, e.g. { "crm.scale" = "1000" }')
+        else:
+            settings = dict(raw_settings)
+
+    migrations = _migrations(r, data.get("migration", []), mig_dir)
+    preflight = _stage(r, data.get("preflight", []), "preflight", "preflight", "preflight", migrations)
+    post = _stage(r, data.get("post", []), "post", "post", "post", migrations)
+    if not (preflight or migrations or post) and not r.problems:
+        r.problem(r.display, "the plan has no [[preflight]], [[migration]] or [[post]] entries")
+    if r.problems or name is None:
+        return None
+    return Plan(r.path, sha, name, schema, mig_dir, tuple(setup_files), settings, preflight, migrations, post)
+
+
+def _migrations(r: _Reader, entries: Any, mig_dir: Path) -> tuple[Migration, ...]:
+    if not isinstance(entries, list):
+        r.problem(r.display, "migration must be an array of tables: [[migration]]")
+        return ()
+    result: list[Migration] = []
+    seen: dict[str, str] = {}
+    verify_seen = 0
+    for i, entry in enumerate(entries):
+        where = r.where("migration", i, f"[[migration]] #{i + 1}")
+        if not isinstance(entry, dict):
+            r.problem(where, "each [[migration]] must be a table with file = \"...\"")
+            continue
+        _unknown(r, entry, _MIGRATION_KEYS, where)
+        file = _string(r, entry, "file", where, required=True)
+        title = _string(r, entry, "title", where)
+        destructive = entry.get("destructive", False)
+        if not isinstance(destructive, bool):
+            r.problem(where, f"destructive must be true or false, found {destructive!r}")
+            destructive = False
+        verify = entry.get("verify", [])
+        if not isinstance(verify, list):
+            r.problem(where, "verify must be an array of tables: [[migration.verify]]")
+            verify = []
+        if file is None:
+            verify_seen += len(verify)
+            continue
+        where = r.where("migration", i, f"[[migration]] {file}")
+        if file in seen:
+            r.problem(where, f"{file} is listed twice (first at {seen[file]}); list each migration once")
+        seen[file] = where
+        if result and file < result[-1].file and _timestamped(file) and _timestamped(result[-1].file):
+            r.problem(where, f"{file} is listed after {result[-1].file} but sorts before it; "
+                             "migrations must be listed in the order of their timestamps")
+        checks = _stage(r, verify, "migration", file, "migration.verify", (), first=verify_seen)
+        verify_seen += len(verify)
+        result.append(Migration(len(result) + 1, file, title or file, destructive, mig_dir / file, checks))
+    return tuple(result)
+
+
+def _timestamped(file: str) -> bool:
+    return bool(re.match(r"\d{8,}_", file))
+
+
+def _stage(r: _Reader, entries: Any, stage: str, step: str, header: str,
+           migrations: Sequence[Migration], first: int = 0) -> tuple[CheckSpec, ...]:
+    if not isinstance(entries, list):
+        r.problem(r.display, f"{header} must be an array of tables: [[{header}]]")
+        return ()
+    specs: list[CheckSpec] = []
+    ids: dict[str, str] = {}
+    for i, entry in enumerate(entries):
+        where = r.where(header, first + i, f"[[{header}]] #{i + 1}")
+        if not isinstance(entry, dict):
+            r.problem(where, f"each [[{header}]] must be a table with check = \"...\"")
+            continue
+        for spec in _expand(r, entry, stage, step, where, migrations):
+            if spec.test_id in ids:
+                r.problem(where, f"test id {spec.test_id!r} repeats {ids[spec.test_id]}; give one an id = \"...\"")
+            ids[spec.test_id] = where
+            specs.append(spec)
+    return tuple(specs)
+
+
+def _expand(r: _Reader, entry: dict[str, Any], stage: str, step: str, where: str,
+            migrations: Sequence[Migration]) -> list[CheckSpec]:
+    kind_name = entry.get("check")
+    if not isinstance(kind_name, str):
+        r.problem(where, f"missing check = \"<kind>\"; valid kinds: {', '.join(sorted(KINDS))}")
+        return []
+    kind: Kind | None = KINDS.get(kind_name)
+    if kind is None:
+        r.problem(where, f"unknown check kind {kind_name!r}; valid kinds: {', '.join(sorted(KINDS))}")
+        return []
+    where = f"{where} check={kind_name}"
+    try:
+        params = kind.validate({k: v for k, v in entry.items() if k not in COMMON_KEYS})
+    except ParamError as exc:
+        for message in exc.messages:
+            r.problem(where, message)
+        return []
+    hint = entry.get("hint", "")
+    custom_id = entry.get("id")
+    if not isinstance(hint, str) or (custom_id is not None and not isinstance(custom_id, str)):
+        r.problem(where, "id and hint must be strings")
+        return []
+    if kind.name == "migration_files":
+        elements: list[Any] = [m.file for m in migrations]
+    elif kind.expand:
+        values = params[kind.expand]
+        elements = list(values.items()) if isinstance(values, Mapping) else list(values)
+        if not elements:
+            r.problem(where, f"{kind.expand} is empty: list at least one element")
+    else:
+        elements = [None]
+    specs = []
+    for element in elements:
+        label = kind.label(params, element)
+        test_id = custom_id if custom_id and len(elements) == 1 else (
+            f"{custom_id}[{label}]" if custom_id else f"{kind.name}[{label}]")
+        specs.append(CheckSpec(kind.name, test_id, params, element, stage, step, where, hint))
+    return specs
+
+
+def _unknown(r: _Reader, table: dict[str, Any], allowed: set[str], where: str) -> None:
+    for key in sorted(set(table) - allowed):
+        r.problem(where, f"unknown key {key!r}; expected one of {sorted(allowed)}")
+
+
+def _string(r: _Reader, table: dict[str, Any], key: str, where: str, required: bool = False) -> str | None:
+    value = table.get(key)
+    if value is None:
+        if required:
+            r.problem(where, f"missing {key} = \"...\"")
+        return None
+    if not isinstance(value, str) or not value.strip():
+        r.problem(where, f"{key} must be a non-empty string, found {value!r}")
+        return None
+    return value
+
+
+def _string_list(r: _Reader, table: dict[str, Any], key: str, where: str) -> list[str]:
+    value = table.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        r.problem(where, f"{key} must be a list of strings, found {value!r}")
+        return []
+    return value

@@ -1,0 +1,202 @@
+"""pytest entry point: options, configuration, fixtures and the hooks that order and halt the runbook.
+
+Inert unless `--phase4` is given, so installing the plugin changes no other test run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from pytest_phase4 import report
+from pytest_phase4.errors import Phase4Error, PlanError
+from pytest_phase4.items import GROUP_KEY, IS_MIGRATION_KEY, ORDER_STRIDE, RUN_KEY, PlanFile
+from pytest_phase4.plan import load_plan
+from pytest_phase4.run import Phase4Run
+from pytest_phase4.seed import load_setup
+from pytest_phase4.settings import Settings
+from pytest_phase4.target import Target, resolve, start_throwaway
+
+STAGE_MARKERS = {
+    "preflight": "phase4 preflight checks: read-only, nothing migrated (the CI gate)",
+    "migration": "phase4 migrations and their verify checks",
+    "post": "phase4 post-migration integrity checks",
+    "destructive": "phase4 steps of a migration marked destructive (the point of no return)",
+}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    Settings.add_options(parser)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for name, text in STAGE_MARKERS.items():
+        config.addinivalue_line("markers", f"{name}: {text}")
+    config.addinivalue_line(
+        "markers", "phase4_after(migration): run this custom check right after the given migration's checks")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> None:
+    """Prepare the run before pytest-html configures itself, so the default report path applies."""
+    settings = Settings.from_config(config)
+    if not settings.enabled:
+        return
+    plan_path = settings.plan
+    try:
+        plan = load_plan(plan_path, display=_display(plan_path, config.rootpath))
+    except PlanError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    try:
+        target = _target(settings, plan)
+        # A throwaway database holds nothing to lose: its point of no return needs no confirmation.
+        run = Phase4Run(plan, target, settings.confirm_destructive or target.embedded is not None)
+    except Phase4Error as exc:
+        raise pytest.UsageError(str(exc)) from None
+    try:
+        run.open()
+    except (Phase4Error, psycopg.Error) as exc:
+        run.close()
+        raise pytest.UsageError(run.target.scrub(str(exc))) from None
+    config.stash[RUN_KEY] = run
+    if config.args_source != pytest.Config.ArgsSource.ARGS:
+        config.args[:] = [str(plan.folder)]
+    if config.pluginmanager.hasplugin("html") and not config.getoption("htmlpath", None):
+        stamp = run.started_at.astimezone().strftime("%Y%m%d-%H%M%S")
+        config.option.htmlpath = str(settings.report_dir(config.rootpath) / f"phase4-{stamp}.html")
+        config.option.self_contained_html = True
+    config.pluginmanager.register(report.ReportPlugin(run), "phase4-report")
+    if config.pluginmanager.hasplugin("html"):
+        config.pluginmanager.register(report.HtmlHooks(run), "phase4-html")
+
+
+def _target(settings: Settings, plan: Any) -> Target:
+    target = resolve(settings.dsn)
+    if target is None:
+        target = start_throwaway("phase4")
+        _seed(target, plan)
+        return target
+    if settings.seed:
+        _seed(target, plan)
+    return target
+
+
+def _seed(target: Target, plan: Any) -> None:
+    try:
+        with target.connect(read_only=False, autocommit=False) as conn:
+            load_setup(conn, plan)
+    except BaseException:
+        target.close()
+        raise
+
+
+def _display(path: Path, root: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(root.resolve()))
+    except ValueError:
+        return str(path)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    run = config.stash.get(RUN_KEY, None)
+    if run is not None:
+        run.close()
+        del config.stash[RUN_KEY]
+
+
+def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
+    run = parent.config.stash.get(RUN_KEY, None)
+    if run is not None and file_path == run.plan.path.resolve():
+        return PlanFile.from_parent(parent, path=file_path)
+    return None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Place custom checks: after the migration named by phase4_after, else with the post stage.
+
+    Runs before pytest-order (trylast) sorts by the order markers, and before -m deselects by stage."""
+    run = config.stash.get(RUN_KEY, None)
+    if run is None:
+        return
+    folder = run.plan.folder.resolve()
+    problems: list[str] = []
+    for position, item in enumerate(items):
+        if GROUP_KEY in item.stash or folder not in Path(item.path).resolve().parents:
+            continue
+        marker = item.get_closest_marker("phase4_after")
+        group = len(run.plan.migrations) + 1
+        if marker is not None:
+            ref = str(marker.args[0]) if marker.args else ""
+            if ref != "preflight" and run.plan.migration(ref) is None:
+                names = ", ".join(m.file for m in run.plan.migrations)
+                problems.append(f"{item.nodeid}: phase4_after({ref!r}) names no migration of the plan; "
+                                f"use one of: preflight, {names}")
+                continue
+            group = run.group_of(ref)
+        stage = run.step_name(group) if group in (0, len(run.plan.migrations) + 1) else "migration"
+        item.add_marker(getattr(pytest.mark, stage))
+        item.add_marker(pytest.mark.order(group * ORDER_STRIDE + ORDER_STRIDE // 2 + position))
+        item.stash[GROUP_KEY] = group
+        item.stash[IS_MIGRATION_KEY] = False
+    if problems:
+        raise pytest.UsageError("\n".join(problems))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Halting: once a step failed, every later step is skipped with the reason and never runs its fixtures."""
+    run = item.config.stash.get(RUN_KEY, None)
+    group = item.stash.get(GROUP_KEY, None)
+    if run is None or group is None:
+        return
+    reason = run.halted_reason(group, item.stash.get(IS_MIGRATION_KEY, False))
+    if reason is None and group > 0 and item.get_closest_marker("phase4_after"):
+        migration = run.plan.migrations[group - 1] if group <= len(run.plan.migrations) else None
+        if migration is not None and run.states[migration.file].status not in ("applied", "already applied"):
+            reason = f"{migration.file} did not run in this session"
+    if reason is not None:
+        pytest.skip(reason)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[Any]:
+    rep = yield
+    run = item.config.stash.get(RUN_KEY, None)
+    group = item.stash.get(GROUP_KEY, None)
+    if run is not None and group is not None and rep.failed:
+        run.record_failure(group, f"{item.name}: {_reason(call)}", item.stash.get(IS_MIGRATION_KEY, False))
+    return rep
+
+
+def _reason(call: pytest.CallInfo[None]) -> str:
+    if call.excinfo is None:
+        return "failed"
+    exc = call.excinfo.value
+    text = getattr(exc, "summary", None) or str(exc) or type(exc).__name__
+    return str(text).strip().splitlines()[0][:300]
+
+
+@pytest.fixture(scope="session")
+def phase4_run(request: pytest.FixtureRequest) -> Phase4Run:
+    """The current run: plan, target, ledger and migration states."""
+    run = request.config.stash.get(RUN_KEY, None)
+    if run is None:
+        pytest.skip("pytest-phase4 is not active: run pytest with --phase4")
+    return run
+
+
+@pytest.fixture(scope="session")
+def phase4_db(phase4_run: Phase4Run) -> psycopg.Connection[Any]:
+    """A read-only connection to the target (autocommit, default_transaction_read_only=on)."""
+    return phase4_run.ro
+
+
+@pytest.fixture(scope="session")
+def phase4_snapshot(phase4_run: Phase4Run) -> dict[str, int]:
+    """Row counts of every table in the plan's schema, recorded before the first migration of this run."""
+    return dict(phase4_run.snapshot().counts)

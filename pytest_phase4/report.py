@@ -1,0 +1,94 @@
+"""What the run tells people: terminal header and summary, and the pytest-html report's title, summary
+section and observed-value column. Every text here is built from redacted values only."""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+import pytest
+
+from pytest_phase4.run import APPLIED, FAILED, Phase4Run
+
+
+def _migration_rows(run: Phase4Run) -> list[tuple[str, str, str, str]]:
+    rows = []
+    for state in run.states.values():
+        duration = f"{state.duration_ms:,.0f} ms" if state.duration_ms is not None else ""
+        rows.append((state.status, state.migration.file, duration, state.note))
+    return rows
+
+
+def header_lines(run: Phase4Run) -> list[str]:
+    plan = run.plan
+    already = len(run.applied_before_run)
+    destructive = [m.file for m in plan.migrations if m.destructive]
+    if not destructive:
+        gate = "none in plan"
+    elif run.confirm_destructive:
+        gate = f"confirmed ({', '.join(destructive)})"
+    else:
+        gate = f"NOT confirmed: {', '.join(destructive)} will stop the run (--phase4-confirm-destructive)"
+    return [
+        f"phase4 plan: {plan.name} ({plan.path.name}, sha256 {plan.sha256[:12]})",
+        f"phase4 target: {run.target.label} via {run.target.source}; PostgreSQL {run.server_version}",
+        f"phase4 migrations: {len(plan.migrations)} in plan, {already} already applied (ledger); "
+        f"destructive: {gate}",
+    ]
+
+
+class ReportPlugin:
+    """Terminal output, registered only for a --phase4 run."""
+
+    def __init__(self, run: Phase4Run) -> None:
+        self.run = run
+
+    def pytest_report_header(self) -> list[str]:
+        return header_lines(self.run)
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        tr = terminalreporter
+        tr.section("phase4 migrations")
+        width = max((len(m.file) for m in self.run.plan.migrations), default=10)
+        for status, file, duration, note in _migration_rows(self.run):
+            markup = {"green": True} if status == APPLIED else {"red": True} if status == FAILED else {}
+            line = f"{status:<16} {file:<{width}} {duration:>9}  {note}".rstrip()
+            tr.write_line(line, **markup)
+        if self.run.halt:
+            tr.write_line(f"halted after {self.run.halt.step}: {self.run.halt.reason}", red=True, bold=True)
+
+
+class HtmlHooks:
+    """pytest-html hooks; registered only when pytest-html is active, so `-p no:html` keeps working."""
+
+    def __init__(self, run: Phase4Run) -> None:
+        self.run = run
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_html_report_title(self, report: Any) -> None:
+        report.title = f"{self.run.plan.name}: migration run report"
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_html_results_summary(self, prefix: list[str], summary: list[str], postfix: list[str],
+                                    session: pytest.Session) -> None:
+        e = html.escape
+        run = self.run
+        facts = "".join(f"<li>{e(line)}</li>" for line in header_lines(run))
+        rows = "".join(
+            f"<tr class='phase4-{e(status.replace(' ', '-'))}'><td>{e(status)}</td><td>{e(file)}</td>"
+            f"<td>{e(duration)}</td><td>{e(note)}</td></tr>"
+            for status, file, duration, note in _migration_rows(run))
+        halt = f"<p><strong>halted after {e(run.halt.step)}:</strong> {e(run.halt.reason)}</p>" if run.halt else ""
+        prefix.append(
+            f"<h2>Migrations</h2><ul>{facts}</ul>{halt}"
+            "<table id='phase4-migrations'><thead><tr><th>Status</th><th>Migration</th><th>Duration</th>"
+            f"<th>Note</th></tr></thead><tbody>{rows}</tbody></table>")
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_html_results_table_header(self, cells: list[str]) -> None:
+        cells.insert(2, "<th>Observed</th>")
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_html_results_table_row(self, report: pytest.TestReport, cells: list[str]) -> None:
+        observed = dict(report.user_properties).get("observed", "")
+        cells.insert(2, f"<td>{html.escape(str(observed))}</td>")

@@ -1,0 +1,169 @@
+"""One execution of a plan against one target: connections, ledger, snapshot, migration states, halting.
+
+This is the state the pytest layer reads and updates; it knows nothing of pytest.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+
+from pytest_phase4 import catalog, checks, ledger, migrate
+from pytest_phase4.errors import MigrationFailed
+from pytest_phase4.plan import CheckSpec, Migration, Plan
+from pytest_phase4.target import Target
+
+# Migration states, as the report prints them.
+PENDING, APPLIED, ALREADY, FAILED, BLOCKED, NOT_RUN = (
+    "pending", "applied", "already applied", "failed", "blocked", "not run")
+
+
+@dataclass
+class MigrationState:
+    migration: Migration
+    status: str = PENDING
+    duration_ms: float | None = None
+    sha256: str = ""
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Halt:
+    group: int  # plan position of the step that failed: 0 preflight, 1..n migrations, n+1 post
+    step: str
+    reason: str
+    same_group: bool  # a failed migration also stops its own verify checks
+
+
+class DestructiveBlocked(Exception):  # noqa: N818 - reads as an outcome in reports
+    """A destructive migration was not confirmed; the run stops at the point of no return."""
+
+
+@dataclass
+class Phase4Run:
+    plan: Plan
+    target: Target
+    confirm_destructive: bool
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    finished_at: datetime | None = None
+    server_version: str = ""
+    halt: Halt | None = None
+    states: dict[str, MigrationState] = field(default_factory=dict)
+    applied_before_run: dict[str, ledger.Entry] = field(default_factory=dict)
+    _ro: psycopg.Connection[Any] | None = None
+    _rw: psycopg.Connection[Any] | None = None
+    _snapshot: checks.Snapshot | None = None
+
+    def __post_init__(self) -> None:
+        self.states = {m.file: MigrationState(m) for m in self.plan.migrations}
+
+    # -- connections -------------------------------------------------------------------------------------
+    def open(self) -> None:
+        """Connect read-only, learn the server version and what the ledger says. Writes nothing."""
+        self._ro = self.target.connect(read_only=True, autocommit=True)
+        self.server_version = str(self._ro.execute("SHOW server_version").fetchone()[0])  # type: ignore[index]
+        self.applied_before_run = ledger.read(self._ro)
+
+    @property
+    def ro(self) -> psycopg.Connection[Any]:
+        if self._ro is None or self._ro.closed:
+            self._ro = self.target.connect(read_only=True, autocommit=True)
+        return self._ro
+
+    def _writer(self) -> psycopg.Connection[Any]:
+        if self._rw is None or self._rw.closed:
+            self._rw = self.target.connect(read_only=False, autocommit=False)
+        return self._rw
+
+    def close(self) -> None:
+        self.finished_at = self.finished_at or datetime.now(UTC)
+        for conn in (self._ro, self._rw):
+            if conn is not None:
+                conn.close()
+        self.target.close()
+
+    # -- groups and halting ------------------------------------------------------------------------------
+    def group_of(self, step: str) -> int:
+        if step == "preflight":
+            return 0
+        if step == "post":
+            return len(self.plan.migrations) + 1
+        migration = self.plan.migration(step)
+        if migration is None:
+            raise KeyError(step)
+        return migration.index
+
+    def step_name(self, group: int) -> str:
+        if group == 0:
+            return "preflight"
+        if group > len(self.plan.migrations):
+            return "post"
+        return self.plan.migrations[group - 1].file
+
+    def halted_reason(self, group: int, is_migration: bool) -> str | None:
+        """Why an item of this group must not run, or None."""
+        h = self.halt
+        if h is None or group < h.group or (group == h.group and not (h.same_group and not is_migration)):
+            return None
+        return f"halted after {h.step}: {h.reason}"
+
+    def record_failure(self, group: int, reason: str, is_migration: bool) -> None:
+        if self.halt is None or group < self.halt.group:
+            self.halt = Halt(group, self.step_name(group), reason, same_group=is_migration)
+        self._mark_not_run()
+
+    def _mark_not_run(self) -> None:
+        assert self.halt is not None  # noqa: S101
+        for state in self.states.values():
+            if state.status == PENDING and state.migration.index > self.halt.group:
+                state.status, state.note = NOT_RUN, f"halted after {self.halt.step}"
+
+    # -- checks and migrations ---------------------------------------------------------------------------
+    def snapshot(self) -> checks.Snapshot:
+        if self._snapshot is None:
+            before = not any(s.status == APPLIED for s in self.states.values())
+            self._snapshot = checks.Snapshot(catalog.count_all_tables(self.ro, self.plan.schema), before)
+        return self._snapshot
+
+    def context(self) -> checks.Context:
+        return checks.Context(self.ro, self.plan, self.snapshot, frozenset(self.applied_before_run))
+
+    def check(self, spec: CheckSpec) -> str:
+        return checks.run_check(self.context(), spec)
+
+    def migrate(self, migration: Migration) -> MigrationState:
+        """Apply the migration unless the ledger shows it applied; raise MigrationFailed or DestructiveBlocked."""
+        state = self.states[migration.file]
+        state.sha256 = migrate.file_sha256(migration)
+        entry = ledger.read(self.ro).get(migration.file)
+        if entry is not None:
+            if entry.sha256 != state.sha256:
+                state.status = FAILED
+                state.note = "file changed since it was applied"
+                raise MigrationFailed(migration.file, None, None,
+                                      f"{migration.file} was applied on {entry.applied_at:%Y-%m-%d %H:%M} with "
+                                      f"sha256 {entry.sha256[:12]}, the file now has {state.sha256[:12]}: an "
+                                      "applied migration must not change; write a new migration instead")
+            state.status, state.duration_ms = ALREADY, entry.duration_ms
+            state.note = f"applied {entry.applied_at:%Y-%m-%d %H:%M:%S %Z} (ledger), sha256 matches"
+            return state
+        if migration.destructive and not self.confirm_destructive:
+            state.status = BLOCKED
+            state.note = "point of no return not confirmed"
+            raise DestructiveBlocked(
+                f"stopped at the point of no return: {migration.file} is destructive ({migration.title}) and was "
+                "not confirmed; verify the backup, then rerun with --phase4-confirm-destructive")
+        self.snapshot()  # the row counts must be taken before the first change
+        started = time.perf_counter()
+        try:
+            applied = migrate.apply(self._writer(), migration, self.plan.name)
+        except MigrationFailed as exc:
+            state.status, state.duration_ms = FAILED, (time.perf_counter() - started) * 1000
+            state.note = exc.summary
+            raise
+        state.status, state.duration_ms = APPLIED, applied.duration_ms
+        return state

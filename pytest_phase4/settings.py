@@ -1,0 +1,67 @@
+"""Options and ini keys, read once into a frozen settings object."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+DEFAULT_PLAN = "checks/phase4.toml"
+DEFAULT_REPORT_DIR = "reports"
+
+
+@dataclass(frozen=True)
+class Settings:
+    enabled: bool
+    dsn: str | None
+    plan: Path
+    seed: bool
+    confirm_destructive: bool
+    report_root: str | None
+
+    @staticmethod
+    def add_options(parser: pytest.Parser) -> None:
+        group = parser.getgroup("phase4", "pytest-phase4: run a database migration runbook as tests")
+        group.addoption("--phase4", action="store_true", default=False,
+                        help="run the phase4 plan (without it the plugin does nothing)")
+        group.addoption("--dsn", default=None, metavar="DSN",
+                        help="target database (URL or key=value); default: PHASE4_DSN, then libpq's PG* "
+                             "environment, else an embedded throwaway PostgreSQL. Kept out of ini files on "
+                             "purpose: a DSN may carry a password")
+        group.addoption("--phase4-plan", default=None, metavar="PATH",
+                        help=f"the plan file (ini: phase4_plan; default: {DEFAULT_PLAN})")
+        group.addoption("--phase4-seed", action="store_true", default=None,
+                        help="load the plan's [setup] into --dsn first; refused if the schema holds tables "
+                             "(ini: phase4_seed)")
+        group.addoption("--phase4-confirm-destructive", action="store_true", default=None,
+                        help="allow migrations marked destructive = true (the point of no return) to run "
+                             "against --dsn; the embedded throwaway database never needs it")
+        group.addoption("--phase4-report-dir", default=None, metavar="DIR",
+                        help=f"where the HTML report goes when --html is not given (ini: phase4_report_dir; "
+                             f"default: {DEFAULT_REPORT_DIR})")
+        parser.addini("phase4_plan", "pytest-phase4 plan file", default=None)
+        parser.addini("phase4_seed", "load the plan's [setup] into the target first", type="bool", default=False)
+        parser.addini("phase4_report_dir", "pytest-phase4 default HTML report folder", default=None)
+
+    @classmethod
+    def from_config(cls, config: pytest.Config) -> Settings:
+        opt = config.getoption
+        return cls(
+            enabled=bool(opt("phase4")) and not (opt("help", False) or opt("version", False)),
+            dsn=opt("dsn"),
+            plan=_plan_path(config),
+            seed=bool(opt("phase4_seed") or config.getini("phase4_seed")),
+            confirm_destructive=bool(opt("phase4_confirm_destructive")),
+            report_root=opt("phase4_report_dir") or config.getini("phase4_report_dir"),
+        )
+
+    def report_dir(self, rootpath: Path) -> Path:
+        return rootpath / (self.report_root or DEFAULT_REPORT_DIR)
+
+
+def _plan_path(config: pytest.Config) -> Path:
+    """A CLI path is relative to where pytest was started; an ini or default path to the rootdir."""
+    if cli := config.getoption("phase4_plan"):
+        return (config.invocation_params.dir / cli).resolve()
+    return (config.rootpath / (config.getini("phase4_plan") or DEFAULT_PLAN)).resolve()
