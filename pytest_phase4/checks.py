@@ -326,6 +326,9 @@ def run_check(ctx: Context, spec: CheckSpec) -> str:
     """Run one check; SQL errors become failures naming the check, never tracebacks."""
     try:
         return IMPLEMENTATIONS[spec.kind](ctx, spec)
+    except CheckFailed as exc:
+        exc.origin = exc.origin or spec.where
+        raise
     except psycopg.Error as exc:
         diag = exc.diag
         raise CheckFailed(f"check {spec.test_id} to run", f"SQL error: {diag.message_primary or exc}"

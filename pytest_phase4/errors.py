@@ -44,6 +44,7 @@ class CheckFailed(Phase4Error):
     sql: str = ""
     details: list[str] = field(default_factory=list)
     hint: str = ""
+    origin: str = ""  # the plan entry that declared the check
 
     def __post_init__(self) -> None:
         super().__init__(self.summary)
@@ -57,6 +58,8 @@ class CheckFailed(Phase4Error):
         lines += [f"  {d}" for d in self.details]
         if self.hint:
             lines.append(f"hint:     {self.hint}")
+        if self.origin:
+            lines.append(f"plan:     {self.origin}")
         if self.sql:
             lines += ["sql:", *[f"  {line}" for line in self.sql.strip().splitlines()]]
         return "\n".join(lines)

@@ -59,8 +59,10 @@ class Phase4Item(pytest.Function):
             return str(exc)
         return super().repr_failure(excinfo, style=style)
 
-    def reportinfo(self) -> tuple[Any, int | None, str]:
-        return self.path, None, self.nodeid.split("::", 1)[-1]
+    line: int = 0  # plan line of the entry this item comes from
+
+    def reportinfo(self) -> tuple[Any, int, str]:
+        return self.path, max(self.line - 1, 0), self.nodeid.split("::", 1)[-1]
 
 
 class StepCollector(pytest.Collector):
@@ -74,13 +76,14 @@ class StepCollector(pytest.Collector):
     def collect(self) -> Iterator[pytest.Item]:
         position = 0
         if self.migration is not None:
-            yield self._item("apply", migration_function(self.migration), position, is_migration=True)
+            yield self._item("apply", migration_function(self.migration), position, self.migration.line, True)
         for spec in self.specs:
             position += 1
-            yield self._item(spec.test_id, check_function(spec), position, is_migration=False)
+            yield self._item(spec.test_id, check_function(spec), position, spec.line, False)
 
-    def _item(self, name: str, fn: Callable[..., None], position: int, is_migration: bool) -> pytest.Item:
+    def _item(self, name: str, fn: Callable[..., None], position: int, line: int, is_migration: bool) -> pytest.Item:
         item = Phase4Item.from_parent(self, name=name, callobj=fn)
+        item.line = line
         item.add_marker(getattr(pytest.mark, self.stage))
         if self.migration is not None and self.migration.destructive:
             item.add_marker(pytest.mark.destructive)

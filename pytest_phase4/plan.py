@@ -35,6 +35,7 @@ class CheckSpec:
     stage: str
     step: str  # the halting group: "preflight", a migration file, or "post"
     where: str  # file:line and entry, for messages
+    line: int  # 1-based line of the entry in the plan, 0 if unknown
     hint: str = ""
 
 
@@ -46,6 +47,7 @@ class Migration:
     destructive: bool
     path: Path
     checks: tuple[CheckSpec, ...]
+    line: int = 0
 
     @property
     def name(self) -> str:
@@ -202,7 +204,8 @@ def _migrations(r: _Reader, entries: Any, mig_dir: Path) -> tuple[Migration, ...
                              "migrations must be listed in the order of their timestamps")
         checks = _stage(r, verify, "migration", file, "migration.verify", (), first=verify_seen)
         verify_seen += len(verify)
-        result.append(Migration(len(result) + 1, file, title or file, destructive, mig_dir / file, checks))
+        result.append(Migration(len(result) + 1, file, title or file, destructive, mig_dir / file, checks,
+                                r.header_line("migration", i) or 0))
     return tuple(result)
 
 
@@ -222,7 +225,8 @@ def _stage(r: _Reader, entries: Any, stage: str, step: str, header: str,
         if not isinstance(entry, dict):
             r.problem(where, f"each [[{header}]] must be a table with check = \"...\"")
             continue
-        for spec in _expand(r, entry, stage, step, where, migrations):
+        line = r.header_line(header, first + i) or 0
+        for spec in _expand(r, entry, stage, step, where, line, migrations):
             if spec.test_id in ids:
                 r.problem(where, f"test id {spec.test_id!r} repeats {ids[spec.test_id]}; give one an id = \"...\"")
             ids[spec.test_id] = where
@@ -230,7 +234,7 @@ def _stage(r: _Reader, entries: Any, stage: str, step: str, header: str,
     return tuple(specs)
 
 
-def _expand(r: _Reader, entry: dict[str, Any], stage: str, step: str, where: str,
+def _expand(r: _Reader, entry: dict[str, Any], stage: str, step: str, where: str, line: int,
             migrations: Sequence[Migration]) -> list[CheckSpec]:
     kind_name = entry.get("check")
     if not isinstance(kind_name, str):
@@ -266,7 +270,7 @@ def _expand(r: _Reader, entry: dict[str, Any], stage: str, step: str, where: str
         label = kind.label(params, element)
         test_id = custom_id if custom_id and len(elements) == 1 else (
             f"{custom_id}[{label}]" if custom_id else f"{kind.name}[{label}]")
-        specs.append(CheckSpec(kind.name, test_id, params, element, stage, step, where, hint))
+        specs.append(CheckSpec(kind.name, test_id, params, element, stage, step, where, line, hint))
     return specs
 
 

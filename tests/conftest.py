@@ -1,0 +1,94 @@
+"""Fixtures for the plugin's own tests: one real throwaway PostgreSQL per session, a fresh database per test,
+and pytester runs of the example projects in tests/examples/ (one folder per scenario)."""
+
+from __future__ import annotations
+
+import itertools
+import re
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from pytest_phase4.embedded import EmbeddedPostgres, start_embedded
+
+EXAMPLES = Path(__file__).parent / "examples"
+REPO = Path(__file__).parent.parent
+_names = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[EmbeddedPostgres]:
+    server = start_embedded()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def scratch_dsn(pg_server: EmbeddedPostgres) -> Iterator[str]:
+    """An empty database of its own for each test."""
+    name = f"scratch_{next(_names)}"
+    dsn = pg_server.create_database(name)
+    yield dsn
+    pg_server.drop_database(name)
+
+
+class Project:
+    """A copy of one example project, run with pytest as a user would."""
+
+    def __init__(self, pytester: pytest.Pytester, dsn: str) -> None:
+        self.pytester, self.dsn, self.path = pytester, dsn, pytester.path
+
+    def run(self, *args: str, dsn: bool = True, seed: bool = False) -> pytest.RunResult:
+        argv = ["--phase4", "-p", "no:cacheprovider", "-rs", *args]
+        if dsn:
+            argv.append(f"--dsn={self.dsn}")
+        if seed:
+            argv.append("--phase4-seed")
+        return self.pytester.runpytest(*argv)
+
+    def query(self, text: str) -> list[tuple[Any, ...]]:
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            return conn.execute(text.encode()).fetchall()
+
+    def execute(self, text: str) -> None:
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            conn.execute(text.encode())
+
+    def columns(self, table: str) -> list[str]:
+        return [r[0] for r in self.query(
+            f"SELECT column_name FROM information_schema.columns WHERE table_name = '{table}' ORDER BY 1")]
+
+    def report(self) -> str:
+        reports = sorted((self.path / "reports").glob("phase4-*.html"))
+        assert reports, "no HTML report was written"
+        return reports[-1].read_text()
+
+
+@pytest.fixture
+def project(pytester: pytest.Pytester, scratch_dsn: str) -> Callable[[str], Project]:
+    """project("mini") copies tests/examples/mini into a temp dir, with an empty scratch database as target."""
+
+    def make(name: str, *, crm: bool = False) -> Project:
+        if crm:
+            shutil.copytree(REPO / "checks", pytester.path / "checks")
+        else:
+            shutil.copytree(EXAMPLES / name, pytester.path, dirs_exist_ok=True)
+        if not (pytester.path / "pyproject.toml").exists():
+            (pytester.path / "pyproject.toml").write_text("[tool.pytest.ini_options]\ninitial_sort = \"original\"\n")
+        return Project(pytester, scratch_dsn)
+
+    return make
+
+
+def outcomes_of(result: pytest.RunResult) -> dict[str, str]:
+    """node id -> outcome, from the verbose lines of a run made with -v."""
+    found = {}
+    for line in result.outlines:
+        m = re.match(r"^(\S+::\S+) (PASSED|FAILED|SKIPPED|ERROR)", line)
+        if m:
+            found[m.group(1)] = m.group(2)
+    return found
