@@ -79,7 +79,7 @@ def test_failed_verify_check_halts_before_next_migration(project: Callable[..., 
         "found:    90 (10 missing)",
         "where:    public.sales_with_details vs public.sales",
         "hint:     an inner join on a nullable key drops rows: use LEFT JOIN",
-        "plan:     checks/phase4.toml:35 [[]migration.verify[]] #2 check=view_rowcount_matches",
+        "plan:     checks/phase4.toml:35 *migration.verify* #2 check=view_rowcount_matches",
     ])
     assert result.ret == 1
     assert "customer_name" in p.columns("sales")
