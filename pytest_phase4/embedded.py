@@ -161,9 +161,14 @@ def _template(bindir: str, owner: tuple[int, int] | None, base: str | None) -> s
             shutil.rmtree(tmpdir, ignore_errors=True)
             out = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
             raise RuntimeError(f"initdb failed (exit {done.returncode}):\n{out}")
-        atexit.register(shutil.rmtree, tmpdir, ignore_errors=True)
+        atexit.register(_remove_template, tmpdir, os.getpid())
         _TEMPLATES[bindir] = datadir
         return datadir
+
+
+def _remove_template(tmpdir: str, pid: int) -> None:
+    if os.getpid() == pid:  # a forked child exiting must not delete its parent's template
+        shutil.rmtree(tmpdir, ignore_errors=True)
 
 
 def _copy_datadir(source: str, target: str, owner: tuple[int, int] | None) -> None:
@@ -212,7 +217,7 @@ class _LocalCluster:
                     self.tmpdir, self.owner)  # fmt: skip
         if done.returncode != 0:
             raise RuntimeError(
-                f"pg_ctl start failed (exit {done.returncode}); server log {self.logfile} ends with:\n"
+                f"pg_ctl start failed (exit {done.returncode}); the server log ends with:\n"
                 f"{_tail(self.logfile)}"
             )
         return make_conninfo(host=self.tmpdir, port=self.port, user="postgres", dbname="postgres")
@@ -348,12 +353,14 @@ class EmbeddedPostgres:
         self.stop()
 
 
-def start_embedded(*, bindir: str | None = None, image: str | None = None) -> EmbeddedPostgres:
+def start_embedded(
+    *, bindir: str | None = None, image: str | None = None, base_dir: str | None = None
+) -> EmbeddedPostgres:
     """Start a local cluster, else a container; raise EmbeddedUnavailable explaining both failures."""
     reasons: dict[str, str] = {}
     kinds: tuple[Kind, ...] = ("local", "container")
     for kind in kinds:
-        server = EmbeddedPostgres(kind, bindir=bindir, image=image)
+        server = EmbeddedPostgres(kind, bindir=bindir, image=image, base_dir=base_dir)
         try:
             return server.start()
         except Exception as exc:  # any failure means "try the next kind"; all are reported below

@@ -105,6 +105,16 @@ class _Reader:
     def problem(self, where: str, message: str) -> None:
         self.problems.append(Problem(where, message))
 
+    def sorted_problems(self) -> list[Problem]:
+        """In file order, as a user reads the plan; problems without a line come first."""
+        pattern = re.compile(rf"^{re.escape(self.display)}:(\d+)")
+
+        def line(p: Problem) -> int:
+            m = pattern.match(p.where)
+            return int(m.group(1)) if m else 0
+
+        return sorted(self.problems, key=line)
+
 
 def load_plan(path: Path, display: str | None = None) -> Plan:
     """Parse and validate the plan at `path`; raise PlanError listing every problem."""
@@ -118,13 +128,13 @@ def load_plan(path: Path, display: str | None = None) -> Plan:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        line = getattr(exc, "lineno", None)
-        where = f"{shown}:{line}" if line else shown
-        msg = getattr(exc, "msg", str(exc))
+        # Python 3.11's exception has no lineno attribute; its message ends "(at line L, column C)".
+        m = re.search(r"^(.*?)\s*\(at line (\d+), column (\d+)\)$", str(exc))
+        where, msg = (f"{shown}:{m.group(2)}", f"{m.group(1)} (column {m.group(3)})") if m else (shown, str(exc))
         raise PlanError([Problem(where, f"malformed TOML: {msg}")]) from None
     plan = _build(reader, data, hashlib.sha256(raw).hexdigest())
     if reader.problems:
-        raise PlanError(reader.problems)
+        raise PlanError(reader.sorted_problems())
     assert plan is not None  # noqa: S101 - _build returns None only with problems recorded
     return plan
 
@@ -202,9 +212,12 @@ def _migrations(r: _Reader, entries: Any, mig_dir: Path) -> tuple[Migration, ...
         if result and file < result[-1].file and _timestamped(file) and _timestamped(result[-1].file):
             r.problem(where, f"{file} is listed after {result[-1].file} but sorts before it; "
                              "migrations must be listed in the order of their timestamps")
+        path = mig_dir / file
+        if not path.is_file():
+            r.problem(where, f"migration file not found: {path}; add it to {mig_dir} or fix the file name")
         checks = _stage(r, verify, "migration", file, "migration.verify", (), first=verify_seen)
         verify_seen += len(verify)
-        result.append(Migration(len(result) + 1, file, title or file, destructive, mig_dir / file, checks,
+        result.append(Migration(len(result) + 1, file, title or file, destructive, path, checks,
                                 r.header_line("migration", i) or 0))
     return tuple(result)
 

@@ -70,13 +70,14 @@ class Project:
 
 @pytest.fixture
 def project(pytester: pytest.Pytester, scratch_dsn: str) -> Callable[[str], Project]:
-    """project("mini") copies tests/examples/mini into a temp dir, with an empty scratch database as target."""
+    """project("mini", ...) copies tests/examples/mini (then the others, overlaid) into a temp dir, with an
+    empty scratch database as target; "crm" is the bundled example in checks/."""
 
-    def make(name: str, *, crm: bool = False) -> Project:
-        if crm:
-            shutil.copytree(REPO / "checks", pytester.path / "checks")
-        else:
-            shutil.copytree(EXAMPLES / name, pytester.path, dirs_exist_ok=True)
+    def make(*names: str) -> Project:
+        for name in names:  # later folders overlay earlier ones
+            source = REPO / "checks" if name == "crm" else EXAMPLES / name
+            target = pytester.path / "checks" if name == "crm" else pytester.path
+            shutil.copytree(source, target, dirs_exist_ok=True)
         if not (pytester.path / "pyproject.toml").exists():
             (pytester.path / "pyproject.toml").write_text("[tool.pytest.ini_options]\ninitial_sort = \"original\"\n")
         return Project(pytester, scratch_dsn)

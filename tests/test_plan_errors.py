@@ -1,0 +1,73 @@
+"""Bad input: one clear usage error naming file and line, every problem at once, nothing touched."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from conftest import Project
+
+
+def test_every_plan_problem_is_reported_at_once_with_its_line(project: Callable[..., Project]) -> None:
+    p = project("bad_plan")
+    result = p.run()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert result.stderr.lines[:1] == ["ERROR: invalid phase4 plan (7 problems):"]
+    result.stderr.fnmatch_lines([
+        "  checks/phase4.toml:6 [[][[]preflight[]][]] #1 check=table_count: unknown key 'minimum' for check "
+        "'table_count'; its keys: min",
+        "  checks/phase4.toml:6 [[][[]preflight[]][]] #1 check=table_count: missing key 'min' (int) for check 'table_count'",
+        "  checks/phase4.toml:10 [[][[]preflight[]][]] #2: unknown check kind 'tables_exist'; valid kinds: column_absent, "
+        "column_present, explain_under, *, table_exists, tables_have_rows, view_count, *",
+        "  checks/phase4.toml:17 [[][[]migration[]][]] 20250101000001_a.sql: 20250101000001_a.sql is listed after "
+        "20250101000002_b.sql but sorts before it; migrations must be listed in the order of their timestamps",
+        "  checks/phase4.toml:19 [[][[]migration.verify[]][]] #1 check=column_absent: columns must be a list of "
+        "\"table.column\" strings, e.g. [[]\"sales.customer_name\"[]], found [[]'sales_customer_name'[]]",
+        "  checks/phase4.toml:23 [[][[]migration[]][]] 20250101000003_missing.sql: migration file not found: "
+        "*20250101000003_missing.sql; add it to * or fix the file name",
+        "  checks/phase4.toml:26 [[][[]post[]][]] #1 check=no_orphans: relations must be a list of "
+        "\"child.column -> parent.column\"*",
+    ])
+    assert "Traceback" not in result.stdout.str() + result.stderr.str()
+    assert p.query("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == [(0,)]
+
+
+def test_malformed_toml_names_file_and_line(project: Callable[..., Project]) -> None:
+    p = project("mini")
+    plan = p.path / "checks/phase4.toml"
+    lines = plan.read_text().splitlines()
+    lines[9] = "check = table_count"  # an unquoted string
+    plan.write_text("\n".join(lines))
+    result = p.run(seed=True)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: invalid phase4 plan (1 problem):",
+                                 "  checks/phase4.toml:10: malformed TOML: Invalid value (column 9)"])
+    assert "Traceback" not in result.stderr.str()
+    assert p.query("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == [(0,)]
+
+
+def test_missing_plan_says_where_it_looked(project: Callable[..., Project]) -> None:
+    p = project("mini")
+    result = p.run("--phase4-plan=nope/phase4.toml")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: invalid phase4 plan (1 problem):",
+                                 "  *nope/phase4.toml: cannot read the plan: No such file or directory"])
+
+
+def test_unreachable_target_fails_in_a_few_lines_without_password(project: Callable[..., Project]) -> None:
+    p = project("mini")
+    result = p.run("--dsn=postgresql://u:pw@127.0.0.1:1/x", dsn=False)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    output = result.stdout.str() + result.stderr.str()
+    assert "pw" not in output
+    assert "Traceback" not in output
+    assert len(result.stderr.lines) <= 4
+    result.stderr.fnmatch_lines(["ERROR: *127.0.0.1*1*"])
+
+
+def test_without_phase4_the_plugin_collects_nothing(project: Callable[..., Project]) -> None:
+    p = project("mini", "custom_checks")
+    result = p.pytester.runpytest("-p", "no:cacheprovider", "-rs", "checks/test_custom.py")
+    result.assert_outcomes(skipped=3)
+    result.stdout.fnmatch_lines(["*pytest-phase4 is not active: run pytest with --phase4*"])
