@@ -71,7 +71,7 @@ def server_version(ctx: Context, spec: CheckSpec) -> str:
 
 def migration_files(ctx: Context, spec: CheckSpec) -> str:
     migration = ctx.plan.migration(spec.element)
-    assert migration is not None  # noqa: S101 - elements come from the plan's own migrations
+    assert migration is not None
     path = migration.path
     try:
         text = path.read_bytes()
@@ -178,9 +178,10 @@ def view_rowcount_matches(ctx: Context, spec: CheckSpec) -> str:
         diff = f"{_fmt(b - v)} missing" if v < b else f"{_fmt(v - b)} extra"
         cause = ("an inner join on a nullable key drops rows: use LEFT JOIN" if v < b
                  else "a join to a non-unique key multiplies rows: join on a unique key")
+        shown = sql.SQL("SELECT count(*) FROM {};\nSELECT count(*) FROM {};").format(
+            sql.Identifier(ctx.schema, view), sql.Identifier(ctx.schema, base)).as_string(ctx.conn)
         raise CheckFailed(f"view {view} to have as many rows as {base} ({_fmt(b)})",
-                          f"{_fmt(v)} ({diff})", f"{_q(view, ctx.schema)} vs {_q(base, ctx.schema)}",
-                          sql=f"SELECT count(*) FROM {view};\nSELECT count(*) FROM {base};",
+                          f"{_fmt(v)} ({diff})", f"{_q(view, ctx.schema)} vs {_q(base, ctx.schema)}", sql=shown,
                           hint=spec.hint or cause)
     return f"{view}: {_fmt(v)} rows = {base}: {_fmt(b)} rows"
 
@@ -286,8 +287,8 @@ def row_counts_unchanged(ctx: Context, spec: CheckSpec) -> str:
 
 def explain_under(ctx: Context, spec: CheckSpec) -> str:
     query, limit = spec.params["query"], spec.params["max_ms"]
-    explain = sql.SQL("EXPLAIN (ANALYZE, FORMAT JSON) ") + sql.SQL(query)  # type: ignore[arg-type]
-    plan = ctx.conn.execute(explain).fetchone()[0]  # type: ignore[index]
+    # The plan's own SQL, sent as is on the read-only connection: it may read, never write.
+    plan = ctx.conn.execute(b"EXPLAIN (ANALYZE, FORMAT JSON) " + query.encode()).fetchone()[0]  # type: ignore[index]
     ms = float(plan[0]["Execution Time"])
     if ms >= limit:
         raise CheckFailed(f"execution time < {limit:g} ms", f"{ms:.1f} ms", spec.params["name"], sql=query,
@@ -297,7 +298,7 @@ def explain_under(ctx: Context, spec: CheckSpec) -> str:
 
 def query_returns(ctx: Context, spec: CheckSpec) -> str:
     query, expect = spec.params["query"], spec.params["expect"]
-    rows = ctx.conn.execute(sql.SQL(query)).fetchall()  # type: ignore[arg-type]
+    rows = ctx.conn.execute(query.encode()).fetchall()
     if len(rows) != 1 or len(rows[0]) != 1:
         raise CheckFailed("exactly one row with one column", f"{len(rows)} row(s)", spec.params["name"], sql=query)
     value = rows[0][0]

@@ -51,13 +51,13 @@ def migration_function(migration: Migration) -> Callable[..., None]:
 class Phase4Item(pytest.Function):
     """A step of the runbook; failures print expected/found/where instead of a Python traceback."""
 
-    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException]) -> Any:  # type: ignore[override]
         exc = excinfo.value
         if isinstance(exc, CheckFailed | MigrationFailed):
             return exc.render()
         if isinstance(exc, DestructiveBlocked):
             return str(exc)
-        return super().repr_failure(excinfo, style=style)
+        return super().repr_failure(excinfo)
 
     line: int = 0  # plan line of the entry this item comes from
 

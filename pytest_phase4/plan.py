@@ -135,7 +135,7 @@ def load_plan(path: Path, display: str | None = None) -> Plan:
     plan = _build(reader, data, hashlib.sha256(raw).hexdigest())
     if reader.problems:
         raise PlanError(reader.sorted_problems())
-    assert plan is not None  # noqa: S101 - _build returns None only with problems recorded
+    assert plan is not None
     return plan
 
 

@@ -90,5 +90,5 @@ class HtmlHooks:
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_html_results_table_row(self, report: pytest.TestReport, cells: list[str]) -> None:
-        observed = dict(report.user_properties).get("observed", "")
+        observed = dict(getattr(report, "user_properties", ())).get("observed", "")
         cells.insert(2, f"<td>{html.escape(str(observed))}</td>")

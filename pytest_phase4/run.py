@@ -39,7 +39,7 @@ class Halt:
     same_group: bool  # a failed migration also stops its own verify checks
 
 
-class DestructiveBlocked(Exception):  # noqa: N818 - reads as an outcome in reports
+class DestructiveBlocked(Exception):
     """A destructive migration was not confirmed; the run stops at the point of no return."""
 
 
@@ -117,7 +117,7 @@ class Phase4Run:
         self._mark_not_run()
 
     def _mark_not_run(self) -> None:
-        assert self.halt is not None  # noqa: S101
+        assert self.halt is not None
         for state in self.states.values():
             if state.status == PENDING and state.migration.index > self.halt.group:
                 state.status, state.note = NOT_RUN, f"halted after {self.halt.step}"

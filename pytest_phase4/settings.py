@@ -63,5 +63,5 @@ class Settings:
 def _plan_path(config: pytest.Config) -> Path:
     """A CLI path is relative to where pytest was started; an ini or default path to the rootdir."""
     if cli := config.getoption("phase4_plan"):
-        return (config.invocation_params.dir / cli).resolve()
+        return (config.invocation_params.dir / str(cli)).resolve()
     return (config.rootpath / (config.getini("phase4_plan") or DEFAULT_PLAN)).resolve()

@@ -16,6 +16,7 @@ import pytest
 from pytest_phase4.embedded import EmbeddedPostgres, start_embedded
 
 EXAMPLES = Path(__file__).parent / "examples"
+collect_ignore = ["examples"]  # example projects are run by pytester, never collected by this suite
 REPO = Path(__file__).parent.parent
 _names = itertools.count(1)
 
@@ -50,9 +51,9 @@ class Project:
             argv.append("--phase4-seed")
         return self.pytester.runpytest(*argv)
 
-    def query(self, text: str) -> list[tuple[Any, ...]]:
+    def query(self, text: str, params: tuple[Any, ...] | None = None) -> list[tuple[Any, ...]]:
         with psycopg.connect(self.dsn, autocommit=True) as conn:
-            return conn.execute(text.encode()).fetchall()
+            return conn.execute(text.encode(), params).fetchall()
 
     def execute(self, text: str) -> None:
         with psycopg.connect(self.dsn, autocommit=True) as conn:
@@ -60,7 +61,7 @@ class Project:
 
     def columns(self, table: str) -> list[str]:
         return [r[0] for r in self.query(
-            f"SELECT column_name FROM information_schema.columns WHERE table_name = '{table}' ORDER BY 1")]
+            "SELECT column_name FROM information_schema.columns WHERE table_name = %s ORDER BY 1", (table,))]
 
     def report(self) -> str:
         reports = sorted((self.path / "reports").glob("phase4-*.html"))

@@ -35,7 +35,8 @@ def test_header_names_plan_target_and_server_without_password(project: Callable[
     result.assert_outcomes(passed=8, deselected=17)
     header = "\n".join(result.outlines[:8])
     assert "phase4 plan: Mini CRM normalization (phase4.toml, sha256 " in header
-    assert "phase4 target: " in header and "via --dsn; PostgreSQL 15" in header
+    assert "phase4 target: " in header
+    assert "via --dsn; PostgreSQL 15" in header
     assert "phase4 migrations: 3 in plan, 0 already applied (ledger)" in header
 
 
