@@ -1,0 +1,68 @@
+"""The bundled CRM example (checks/): the runbook's own scenarios, end to end on real PostgreSQL."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+from conftest import Project, outcomes_of
+
+MIGRATIONS = [
+    "20250315000003_enhance_reference_tables.sql",
+    "20250322000021_create_sales_views.sql",
+    "20250322000022_create_crm_views.sql",
+    "20250322000023_create_contract_views.sql",
+    "20250322000024_create_job_works_views.sql",
+    "20250322000025_create_remaining_views.sql",
+    "20250328000026_remove_all_denormalized_fields.sql",
+    "20250328000027_add_performance_indexes.sql",
+]
+
+
+def _passed(result: object) -> int:
+    return int(result.parseoutcomes().get("passed", 0))  # type: ignore[attr-defined]
+
+
+def test_demo_runs_on_an_embedded_server_and_reports_every_migration(project: Callable[..., Project]) -> None:
+    p = project("crm")
+    result = p.run(dsn=False)
+    assert result.ret == 0
+    assert _passed(result) >= 40
+    result.stdout.fnmatch_lines(["phase4 target: * via embedded throwaway PostgreSQL (local); PostgreSQL 15*"])
+    result.stdout.fnmatch_lines([f"applied * {m} *" for m in MIGRATIONS], consecutive=True)
+    report = p.report()
+    for migration in MIGRATIONS:
+        assert migration in report
+    assert "CRM Phase 4: normalization (staging execution guide): migration run report" in report
+    assert not re.search(r"<link[^>]+href=\"[^\"]+\.css", report), "report must be self-contained"
+    result.stdout.fnmatch_lines(["*Generated html report: file://*/reports/phase4-*.html*"])
+
+
+def test_preflight_gate_on_a_seeded_scratch_database_changes_nothing(project: Callable[..., Project]) -> None:
+    p = project("crm")
+    result = p.run("-m", "preflight", seed=True)
+    assert result.ret == 0
+    assert _passed(result) >= 20
+    assert p.query("SELECT count(*) FROM pg_views WHERE schemaname = 'public'") == [(0,)]
+    assert {"customer_name", "assigned_to_name", "amount"} <= set(p.columns("sales"))
+    assert p.query("SELECT to_regclass('pytest_phase4.ledger'), to_regclass('public.suppliers')") == [(None, None)]
+
+
+def test_migration_3_conflict_halts_before_migrations_4_to_8(project: Callable[..., Project]) -> None:
+    p = project("crm")
+    assert p.run("-m", "preflight", seed=True).ret == 0
+    p.execute("CREATE TABLE tickets_with_details (id int)")  # holds the name migration 3 needs
+    result = p.run("-v", "-m", "not preflight", "--phase4-confirm-destructive")
+    assert result.ret == 1
+    outcomes = outcomes_of(result)
+    assert outcomes["checks/phase4.toml::20250322000021_create_sales_views::apply"] == "PASSED"
+    assert outcomes["checks/phase4.toml::20250322000022_create_crm_views::apply"] == "FAILED"
+    for later in MIGRATIONS[3:]:
+        assert outcomes[f"checks/phase4.toml::{later.removesuffix('.sql')}::apply"] == "SKIPPED"
+    result.stdout.fnmatch_lines(["*20250322000022_create_crm_views.sql:*: relation \"tickets_with_details\" "
+                                 "already exists [[]SQLSTATE 42P07[]]"])
+    assert "customer_name" in p.columns("sales")
+    assert [r[0] for r in p.query("SELECT file FROM pytest_phase4.ledger ORDER BY file")] == MIGRATIONS[:2]
+    report = p.report()
+    assert "halted after 20250322000022_create_crm_views.sql" in report
+    assert "already exists" in report
