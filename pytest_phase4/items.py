@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from pytest_phase4.errors import CheckFailed, MigrationFailed
-from pytest_phase4.plan import CheckSpec, Migration
+from pytest_phase4.plan import CheckSpec, Migration, Step
 from pytest_phase4.run import ALREADY, DestructiveBlocked, Phase4Run
 
 RUN_KEY = pytest.StashKey[Phase4Run]()
@@ -66,12 +66,11 @@ class Phase4Item(pytest.Function):
 
 
 class StepCollector(pytest.Collector):
-    """preflight, one migration, or post: a group that halting treats as one step."""
+    """A stage's checks, or one migration and its verify checks: a group that halting treats as one step."""
 
-    def __init__(self, *, specs: tuple[CheckSpec, ...], migration: Migration | None, group: int,
-                 stage: str, **kwargs: Any) -> None:
+    def __init__(self, *, step: Step, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.specs, self.migration, self.group, self.stage = specs, migration, group, stage
+        self.specs, self.migration, self.group, self.stage = step.checks, step.migration, step.group, step.stage
 
     def collect(self) -> Iterator[pytest.Item]:
         position = 0
@@ -95,12 +94,6 @@ class StepCollector(pytest.Collector):
 
 class PlanFile(pytest.File):
     def collect(self) -> Iterator[pytest.Collector]:
-        run = self.config.stash[RUN_KEY]
-        plan = run.plan
-        yield StepCollector.from_parent(self, name="preflight", specs=plan.preflight, migration=None, group=0,
-                                        stage="preflight")
-        for m in plan.migrations:
-            yield StepCollector.from_parent(self, name=m.name, specs=m.checks, migration=m, group=m.index,
-                                            stage="migration")
-        yield StepCollector.from_parent(self, name="post", specs=plan.post, migration=None,
-                                        group=len(plan.migrations) + 1, stage="post")
+        for step in self.config.stash[RUN_KEY].plan.steps:
+            name = step.migration.name if step.migration else step.name
+            yield StepCollector.from_parent(self, name=name, step=step)

@@ -17,11 +17,14 @@ from typing import Any
 from pytest_phase4.errors import PlanError, Problem
 from pytest_phase4.kinds import COMMON_KEYS, KINDS, Kind, ParamError
 
-STAGES = ("preflight", "migration", "post")
+# Check lists that run before the first migration and after the last one, in this order. Each is a top-level
+# array of tables ([[preflight]]) and a pytest marker of the same name; the migrations are stage "migration".
+BEFORE_STAGES = ("preflight",)
+AFTER_STAGES = ("post",)
 _PLAN_KEYS = {"name", "schema", "migrations_dir"}
 _SETUP_KEYS = {"files", "settings"}
 _MIGRATION_KEYS = {"file", "title", "destructive", "verify"}
-_TOP_KEYS = {"phase4", "setup", "preflight", "migration", "post"}
+_TOP_KEYS = {"phase4", "setup", "migration", *BEFORE_STAGES, *AFTER_STAGES}
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,17 @@ class Migration:
 
 
 @dataclass(frozen=True)
+class Step:
+    """A unit of halting: a stage's check list, or one migration with its verify checks."""
+
+    group: int  # position in the run: steps run in increasing group order
+    name: str  # the stage name, or the migration's file name
+    stage: str  # the pytest marker: a stage name, or "migration"
+    checks: tuple[CheckSpec, ...]
+    migration: Migration | None = None
+
+
+@dataclass(frozen=True)
 class Plan:
     path: Path
     sha256: str
@@ -63,13 +77,32 @@ class Plan:
     migrations_dir: Path
     setup_files: tuple[Path, ...]
     setup_settings: Mapping[str, str]
-    preflight: tuple[CheckSpec, ...]
+    stages: Mapping[str, tuple[CheckSpec, ...]]  # every stage of BEFORE_STAGES and AFTER_STAGES
     migrations: tuple[Migration, ...]
-    post: tuple[CheckSpec, ...]
 
     @property
     def folder(self) -> Path:
         return self.path.parent
+
+    @property
+    def preflight(self) -> tuple[CheckSpec, ...]:
+        return self.stages["preflight"]
+
+    @property
+    def post(self) -> tuple[CheckSpec, ...]:
+        return self.stages["post"]
+
+    @property
+    def steps(self) -> tuple[Step, ...]:
+        steps = [Step(i, name, name, self.stages[name]) for i, name in enumerate(BEFORE_STAGES)]
+        steps += [Step(len(steps) + i, m.file, "migration", m.checks, m) for i, m in enumerate(self.migrations)]
+        steps += [Step(len(steps) + i, name, name, self.stages[name]) for i, name in enumerate(AFTER_STAGES)]
+        return tuple(steps)
+
+    def step(self, ref: str) -> Step | None:
+        """The step named by a stage name or a migration reference (see `migration`)."""
+        migration = self.migration(ref)
+        return next((s for s in self.steps if s.name == ref or (migration and s.migration is migration)), None)
 
     def migration(self, ref: str) -> Migration | None:
         """Find a migration by file name, name without .sql, or its timestamp prefix."""
@@ -170,13 +203,12 @@ def _build(r: _Reader, data: dict[str, Any], sha: str) -> Plan | None:
             settings = dict(raw_settings)
 
     migrations = _migrations(r, data.get("migration", []), mig_dir)
-    preflight = _stage(r, data.get("preflight", []), "preflight", "preflight", "preflight", migrations)
-    post = _stage(r, data.get("post", []), "post", "post", "post", migrations)
-    if not (preflight or migrations or post) and not r.problems:
+    stages = {s: _stage(r, data.get(s, []), s, s, s, migrations) for s in (*BEFORE_STAGES, *AFTER_STAGES)}
+    if not (migrations or any(stages.values())) and not r.problems:
         r.problem(r.display, "the plan has no [[preflight]], [[migration]] or [[post]] entries")
     if r.problems or name is None:
         return None
-    return Plan(r.path, sha, name, schema, mig_dir, tuple(setup_files), settings, preflight, migrations, post)
+    return Plan(r.path, sha, name, schema, mig_dir, tuple(setup_files), settings, stages, migrations)
 
 
 def _migrations(r: _Reader, entries: Any, mig_dir: Path) -> tuple[Migration, ...]:

@@ -16,7 +16,7 @@ from pytest_phase4 import report
 from pytest_phase4.errors import Phase4Error, PlanError
 from pytest_phase4.items import GROUP_KEY, IS_MIGRATION_KEY, ORDER_STRIDE, RUN_KEY, PlanFile
 from pytest_phase4.plan import load_plan
-from pytest_phase4.run import Phase4Run
+from pytest_phase4.run import ALREADY, APPLIED, Phase4Run
 from pytest_phase4.seed import load_setup
 from pytest_phase4.settings import Settings
 from pytest_phase4.target import Target, resolve, start_throwaway
@@ -129,17 +129,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if GROUP_KEY in item.stash or folder not in Path(item.path).resolve().parents:
             continue
         marker = item.get_closest_marker("phase4_after")
-        group = len(run.plan.migrations) + 1
-        if marker is not None:
-            ref = str(marker.args[0]) if marker.args else ""
-            if ref != "preflight" and run.plan.migration(ref) is None:
-                names = ", ".join(m.file for m in run.plan.migrations)
-                problems.append(f"{item.nodeid}: phase4_after({ref!r}) names no migration of the plan; "
-                                f"use one of: preflight, {names}")
-                continue
-            group = run.group_of(ref)
-        stage = run.step_name(group) if group in (0, len(run.plan.migrations) + 1) else "migration"
-        item.add_marker(getattr(pytest.mark, stage))
+        ref = str(marker.args[0]) if marker and marker.args else "post"
+        step = run.plan.step(ref)
+        if step is None:
+            names = ", ".join(s.name for s in run.plan.steps)
+            problems.append(f"{item.nodeid}: phase4_after({ref!r}) names no step of the plan; use one of: {names}")
+            continue
+        group = step.group
+        item.add_marker(getattr(pytest.mark, step.stage))
         item.add_marker(pytest.mark.order(group * ORDER_STRIDE + ORDER_STRIDE // 2 + position))
         item.stash[GROUP_KEY] = group
         item.stash[IS_MIGRATION_KEY] = False
@@ -155,10 +152,10 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     if run is None or group is None:
         return
     reason = run.halted_reason(group, item.stash.get(IS_MIGRATION_KEY, False))
-    if reason is None and group > 0 and item.get_closest_marker("phase4_after"):
-        migration = run.plan.migrations[group - 1] if group <= len(run.plan.migrations) else None
-        if migration is not None and run.states[migration.file].status not in ("applied", "already applied"):
-            reason = f"{migration.file} did not run in this session"
+    migration = run.plan.steps[group].migration
+    if (reason is None and migration is not None and item.get_closest_marker("phase4_after")
+            and run.states[migration.file].status not in (APPLIED, ALREADY)):
+        reason = f"{migration.file} did not run in this session"
     if reason is not None:
         # A skip marker, evaluated next by pytest's own skipping plugin, reports the item's location (the
         # plan) rather than this hook's, and keeps every fixture of the step from running.

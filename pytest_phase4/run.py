@@ -33,7 +33,7 @@ class MigrationState:
 
 @dataclass(frozen=True)
 class Halt:
-    group: int  # plan position of the step that failed: 0 preflight, 1..n migrations, n+1 post
+    group: int  # Step.group of the step that failed
     step: str
     reason: str
     same_group: bool  # a failed migration also stops its own verify checks
@@ -87,22 +87,11 @@ class Phase4Run:
         self.target.close()
 
     # -- groups and halting ------------------------------------------------------------------------------
-    def group_of(self, step: str) -> int:
-        if step == "preflight":
-            return 0
-        if step == "post":
-            return len(self.plan.migrations) + 1
-        migration = self.plan.migration(step)
-        if migration is None:
-            raise KeyError(step)
-        return migration.index
-
-    def step_name(self, group: int) -> str:
-        if group == 0:
-            return "preflight"
-        if group > len(self.plan.migrations):
-            return "post"
-        return self.plan.migrations[group - 1].file
+    def group_of(self, ref: str) -> int:
+        step = self.plan.step(ref)
+        if step is None:
+            raise KeyError(ref)
+        return step.group
 
     def halted_reason(self, group: int, is_migration: bool) -> str | None:
         """Why an item of this group must not run, or None."""
@@ -113,13 +102,13 @@ class Phase4Run:
 
     def record_failure(self, group: int, reason: str, is_migration: bool) -> None:
         if self.halt is None or group < self.halt.group:
-            self.halt = Halt(group, self.step_name(group), reason, same_group=is_migration)
+            self.halt = Halt(group, self.plan.steps[group].name, reason, same_group=is_migration)
         self._mark_not_run()
 
     def _mark_not_run(self) -> None:
         assert self.halt is not None
         for state in self.states.values():
-            if state.status == PENDING and state.migration.index > self.halt.group:
+            if state.status == PENDING and self.group_of(state.migration.file) > self.halt.group:
                 state.status, state.note = NOT_RUN, f"halted after {self.halt.step}"
 
     # -- checks and migrations ---------------------------------------------------------------------------
