@@ -13,6 +13,7 @@ from psycopg import sql
 
 from pytest_phase4 import catalog
 from pytest_phase4.errors import CheckFailed, Phase4Error
+from pytest_phase4.facts import Facts
 from pytest_phase4.kinds import Column, Relation
 from pytest_phase4.plan import CheckSpec, Plan
 
@@ -35,10 +36,17 @@ class Context:
     plan: Plan
     snapshot: Callable[[], Snapshot]
     applied_before_run: frozenset[str]  # migration files the ledger showed as applied when the run started
+    facts: Facts | None = None  # the step's shared catalog facts and row counts; one of its own if not given
 
     @property
     def schema(self) -> str:
         return self.plan.schema
+
+    @property
+    def known(self) -> Facts:
+        if self.facts is None:
+            self.facts = Facts(self.conn, self.schema)
+        return self.facts
 
 
 Impl = Callable[[Context, CheckSpec], str]
@@ -53,7 +61,7 @@ def _fmt(n: int) -> str:
 
 
 def _require_relation(ctx: Context, spec: CheckSpec, name: str, kinds: str, what: str) -> None:
-    kind = catalog.relkind(ctx.conn, ctx.schema, name)
+    kind = ctx.known.relkind(name)
     if kind is None or kind not in kinds:
         found = "no such relation" if kind is None else f"a relation of kind {kind!r}, not a {what}"
         raise CheckFailed(f"{what} {_q(name, ctx.schema)} to exist", found, spec.where,
@@ -86,7 +94,7 @@ def migration_files(ctx: Context, spec: CheckSpec) -> str:
 
 
 def table_count(ctx: Context, spec: CheckSpec) -> str:
-    names = catalog.tables(ctx.conn, ctx.schema)
+    names = ctx.known.tables()
     if len(names) < spec.params["min"]:
         raise CheckFailed(f">= {spec.params['min']} tables in schema {ctx.schema}", f"{len(names)}",
                           f"schema {ctx.schema}", details=[", ".join(names)] if names else [], hint=spec.hint)
@@ -99,7 +107,7 @@ def tables_have_rows(ctx: Context, spec: CheckSpec) -> str:
     snap = ctx.snapshot()
     count = snap.counts.get(table)
     if count is None:
-        count = catalog.count_rows(ctx.conn, ctx.schema, table)
+        count = ctx.known.count(table)
     if count < spec.params["min_rows"]:
         raise CheckFailed(f">= {_fmt(spec.params['min_rows'])} rows", f"{_fmt(count)}", _q(table, ctx.schema),
                           hint=spec.hint or "load recent data into this database before migrating")
@@ -110,7 +118,7 @@ def views_absent(ctx: Context, spec: CheckSpec) -> str:
     if ctx.applied_before_run:
         raise CheckSkipped(f"pre-migration state check: the ledger shows {len(ctx.applied_before_run)} "
                            "migration(s) already applied")
-    kind = catalog.relkind(ctx.conn, ctx.schema, spec.element)
+    kind = ctx.known.relkind(spec.element)
     if kind is not None:
         raise CheckFailed(f"no relation named {spec.element} before migrating", f"one of kind {kind!r}",
                           _q(spec.element, ctx.schema),
@@ -121,7 +129,7 @@ def views_absent(ctx: Context, spec: CheckSpec) -> str:
 
 def view_count(ctx: Context, spec: CheckSpec) -> str:
     p = spec.params
-    names = catalog.views(ctx.conn, ctx.schema)
+    names = ctx.known.views()
     if p["like"]:
         names = [n for n in names if _like(n, p["like"])]
     n = len(names)
@@ -156,8 +164,8 @@ def rls_policies(ctx: Context, spec: CheckSpec) -> str:
     table, expected, names = spec.params["table"], spec.params["count"], spec.params["names"]
     where = _q(table, ctx.schema)
     _require_relation(ctx, spec, table, "rp", "table")
-    found = catalog.policies(ctx.conn, ctx.schema, table)
-    if not catalog.rls_enabled(ctx.conn, ctx.schema, table):
+    found = ctx.known.policies(table)
+    if not ctx.known.rls_enabled(table):
         raise CheckFailed("row level security enabled", "RLS disabled", where,
                           hint=spec.hint or f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY")
     missing = [n for n in names if n not in found]
@@ -172,8 +180,8 @@ def view_rowcount_matches(ctx: Context, spec: CheckSpec) -> str:
     view, base = spec.element
     _require_relation(ctx, spec, view, "vm", "view")
     _require_relation(ctx, spec, base, "rp", "table")
-    v = catalog.count_rows(ctx.conn, ctx.schema, view)
-    b = catalog.count_rows(ctx.conn, ctx.schema, base)
+    v = ctx.known.count(view)
+    b = ctx.known.count(base)
     if v != b:
         diff = f"{_fmt(b - v)} missing" if v < b else f"{_fmt(v - b)} extra"
         cause = ("an inner join on a nullable key drops rows: use LEFT JOIN" if v < b
@@ -189,7 +197,7 @@ def view_rowcount_matches(ctx: Context, spec: CheckSpec) -> str:
 def view_sample_not_null(ctx: Context, spec: CheckSpec) -> str:
     view, cols, want = spec.params["view"], spec.params["columns"], spec.params["rows"]
     _require_relation(ctx, spec, view, "vm", "view")
-    present = catalog.columns(ctx.conn, ctx.schema, view)
+    present = ctx.known.columns(view)
     if missing := [c for c in cols if c not in present]:
         raise CheckFailed(f"columns {', '.join(cols)}", f"no column {', '.join(missing)}", _q(view, ctx.schema),
                           details=[f"the view has: {', '.join(present)}"], hint=spec.hint)
@@ -211,7 +219,7 @@ def view_sample_not_null(ctx: Context, spec: CheckSpec) -> str:
 def _column_state(ctx: Context, spec: CheckSpec, present: bool) -> str:
     col: Column = spec.element
     _require_relation(ctx, spec, col.table, "rpvm", "table")
-    exists = col.column in catalog.columns(ctx.conn, ctx.schema, col.table)
+    exists = col.column in ctx.known.columns(col.table)
     where = f"{ctx.schema}.{col}"
     if exists != present:
         raise CheckFailed(f"column {col} {'present' if present else 'absent'}",
@@ -228,14 +236,14 @@ def column_present(ctx: Context, spec: CheckSpec) -> str:
 
 
 def index_exists(ctx: Context, spec: CheckSpec) -> str:
-    if spec.element not in catalog.indexes(ctx.conn, ctx.schema):
+    if spec.element not in ctx.known.indexes():
         raise CheckFailed(f"index {spec.element}", "no such index", f"schema {ctx.schema}", hint=spec.hint)
     return f"index {_q(spec.element, ctx.schema)} exists"
 
 
 def index_count(ctx: Context, spec: CheckSpec) -> str:
     like, least = spec.params["like"], spec.params["min"]
-    names = [n for n in catalog.indexes(ctx.conn, ctx.schema) if _like(n, like)]
+    names = [n for n in ctx.known.indexes() if _like(n, like)]
     if len(names) < least:
         raise CheckFailed(f">= {least} indexes like {like!r}", str(len(names)), f"schema {ctx.schema}",
                           details=[", ".join(names)] if names else [], hint=spec.hint)
@@ -249,11 +257,11 @@ def no_orphans(ctx: Context, spec: CheckSpec) -> str:
         _require_relation(ctx, spec, table, "rp", "table")
     count_q = catalog.orphans_query(ctx.schema, child.table, child.column, parent.table, parent.column,
                                     sql.SQL("count(*)"))
-    orphans = int(ctx.conn.execute(count_q).fetchone()[0])  # type: ignore[index]
-    nulls = catalog.count_nulls(ctx.conn, ctx.schema, child.table, child.column)
+    found = ctx.known.orphans(rel)  # with the step's other relations of this child, in one scan
+    orphans, nulls = found.orphans, found.nulls
     null_note = f"{_fmt(nulls)} row(s) with NULL {child} (not orphans, reported apart)"
     if orphans:
-        key = catalog.primary_key(ctx.conn, ctx.schema, child.table) or [child.column]
+        key = ctx.known.primary_key(child.table) or [child.column]
         cols = list(dict.fromkeys([*key, child.column]))
         sample_q = catalog.orphans_query(ctx.schema, child.table, child.column, parent.table, parent.column,
                                          sql.SQL(", ").join(sql.SQL("c.{}").format(sql.Identifier(c))
@@ -277,7 +285,7 @@ def row_counts_unchanged(ctx: Context, spec: CheckSpec) -> str:
                           "exist then", _q(table, ctx.schema), hint=spec.hint)
     _require_relation(ctx, spec, table, "rp", "table")
     before = snap.counts[table]
-    after = catalog.count_rows(ctx.conn, ctx.schema, table)
+    after = ctx.known.count(table)
     if after != before:
         raise CheckFailed(f"{_fmt(before)} rows (recorded before migrating)", f"{_fmt(after)} ({after - before:+,})",
                           _q(table, ctx.schema), hint=spec.hint or "a migration added or deleted rows: restore "

@@ -14,6 +14,7 @@ import psycopg
 
 from pytest_phase4 import catalog, checks, ledger, migrate
 from pytest_phase4.errors import MigrationFailed
+from pytest_phase4.facts import Facts
 from pytest_phase4.plan import CheckSpec, Migration, Plan
 from pytest_phase4.target import Target
 
@@ -57,6 +58,7 @@ class Phase4Run:
     _ro: psycopg.Connection[Any] | None = None
     _rw: psycopg.Connection[Any] | None = None
     _snapshot: checks.Snapshot | None = None
+    _facts: tuple[str, Facts] | None = None  # the current step's shared facts; dropped by every migration
 
     def __post_init__(self) -> None:
         self.states = {m.file: MigrationState(m) for m in self.plan.migrations}
@@ -118,11 +120,20 @@ class Phase4Run:
             self._snapshot = checks.Snapshot(catalog.count_all_tables(self.ro, self.plan.schema), before)
         return self._snapshot
 
-    def context(self) -> checks.Context:
-        return checks.Context(self.ro, self.plan, self.snapshot, frozenset(self.applied_before_run))
+    def context(self, spec: CheckSpec | None = None) -> checks.Context:
+        facts = self.facts(spec.step) if spec is not None else None
+        return checks.Context(self.ro, self.plan, self.snapshot, frozenset(self.applied_before_run), facts)
+
+    def facts(self, step: str) -> Facts:
+        """The facts shared by the checks of one step: one catalog query, each table counted once."""
+        if self._facts is None or self._facts[0] != step or self._facts[1].conn is not self.ro:
+            found = self.plan.step(step)
+            relations = tuple(s.element for s in (found.checks if found else ()) if s.kind == "no_orphans")
+            self._facts = (step, Facts(self.ro, self.plan.schema, relations))
+        return self._facts[1]
 
     def check(self, spec: CheckSpec) -> str:
-        return checks.run_check(self.context(), spec)
+        return checks.run_check(self.context(spec), spec)
 
     def migrate(self, migration: Migration) -> MigrationState:
         """Apply the migration unless the ledger shows it applied; raise MigrationFailed or DestructiveBlocked."""
@@ -147,6 +158,7 @@ class Phase4Run:
                 f"stopped at the point of no return: {migration.file} is destructive ({migration.title}) and was "
                 "not confirmed; verify the backup, then rerun with --phase4-confirm-destructive")
         self.snapshot()  # the row counts must be taken before the first change
+        self._facts = None  # what a step learned about the schema is stale once a migration runs
         started = time.perf_counter()
         try:
             applied = migrate.apply(self._writer(), migration, self.plan.name)
