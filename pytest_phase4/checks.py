@@ -295,6 +295,7 @@ def row_counts_unchanged(ctx: Context, spec: CheckSpec) -> str:
 
 def explain_under(ctx: Context, spec: CheckSpec) -> str:
     query, limit = spec.params["query"], spec.params["max_ms"]
+    ctx.known.quiesce()  # a timing taken while read-ahead queries run would be inflated by them
     # The plan's own SQL, sent as is on the read-only connection: it may read, never write.
     plan = ctx.conn.execute(b"EXPLAIN (ANALYZE, FORMAT JSON) " + query.encode()).fetchone()[0]  # type: ignore[index]
     ms = float(plan[0]["Execution Time"])

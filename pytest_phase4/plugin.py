@@ -14,7 +14,7 @@ import pytest
 
 from pytest_phase4 import report
 from pytest_phase4.errors import Phase4Error, PlanError
-from pytest_phase4.items import GROUP_KEY, IS_MIGRATION_KEY, ORDER_STRIDE, RUN_KEY, PlanFile
+from pytest_phase4.items import GROUP_KEY, IS_MIGRATION_KEY, ORDER_STRIDE, RUN_KEY, SPEC_KEY, PlanFile
 from pytest_phase4.plan import load_plan
 from pytest_phase4.run import ALREADY, APPLIED, Phase4Run
 from pytest_phase4.seed import load_setup
@@ -54,7 +54,8 @@ def pytest_cmdline_main(config: pytest.Config) -> None:
     try:
         target = _target(settings, plan)
         # A throwaway database holds nothing to lose: its point of no return needs no confirmation.
-        run = Phase4Run(plan, target, settings.confirm_destructive or target.embedded is not None)
+        run = Phase4Run(plan, target, settings.confirm_destructive or target.embedded is not None,
+                        workers=settings.workers)
     except Phase4Error as exc:
         raise pytest.UsageError(str(exc)) from None
     try:
@@ -142,6 +143,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         item.stash[IS_MIGRATION_KEY] = False
     if problems:
         raise pytest.UsageError("\n".join(problems))
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Tell the run which checks were selected (-m, -k), so a step reads ahead only what its checks need."""
+    run = session.config.stash.get(RUN_KEY, None)
+    if run is not None:
+        run.selected = frozenset((spec.step, spec.test_id, spec.line) for item in session.items
+                                 if (spec := item.stash.get(SPEC_KEY, None)) is not None)
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -14,7 +14,7 @@ import psycopg
 
 from pytest_phase4 import catalog, checks, ledger, migrate
 from pytest_phase4.errors import MigrationFailed
-from pytest_phase4.facts import Facts
+from pytest_phase4.facts import Facts, Pool
 from pytest_phase4.plan import CheckSpec, Migration, Plan
 from pytest_phase4.target import Target
 
@@ -58,7 +58,10 @@ class Phase4Run:
     _ro: psycopg.Connection[Any] | None = None
     _rw: psycopg.Connection[Any] | None = None
     _snapshot: checks.Snapshot | None = None
+    workers: int = 1  # read-only connections that run a step's heavy queries side by side (1: none)
+    selected: frozenset[tuple[str, str, int]] | None = None  # (step, test id, line) of the checks that will run
     _facts: tuple[str, Facts] | None = None  # the current step's shared facts; dropped by every migration
+    _pool: Pool | None = None
 
     def __post_init__(self) -> None:
         self.states = {m.file: MigrationState(m) for m in self.plan.migrations}
@@ -83,6 +86,9 @@ class Phase4Run:
 
     def close(self) -> None:
         self.finished_at = self.finished_at or datetime.now(UTC)
+        self._drop_facts()
+        if self._pool is not None:
+            self._pool.close()
         for conn in (self._ro, self._rw):
             if conn is not None:
                 conn.close()
@@ -127,10 +133,19 @@ class Phase4Run:
     def facts(self, step: str) -> Facts:
         """The facts shared by the checks of one step: one catalog query, each table counted once."""
         if self._facts is None or self._facts[0] != step or self._facts[1].conn is not self.ro:
+            self._drop_facts()
             found = self.plan.step(step)
-            relations = tuple(s.element for s in (found.checks if found else ()) if s.kind == "no_orphans")
-            self._facts = (step, Facts(self.ro, self.plan.schema, relations))
+            specs = tuple(s for s in (found.checks if found else ())
+                          if self.selected is None or (s.step, s.test_id, s.line) in self.selected)
+            if self.workers > 1 and self._pool is None:
+                self._pool = Pool(lambda: self.target.connect(read_only=True, autocommit=True), self.workers)
+            self._facts = (step, Facts(self.ro, self.plan.schema, specs, self._pool))
         return self._facts[1]
+
+    def _drop_facts(self) -> None:
+        if self._facts is not None:
+            self._facts[1].close()
+            self._facts = None
 
     def check(self, spec: CheckSpec) -> str:
         return checks.run_check(self.context(spec), spec)
@@ -158,7 +173,7 @@ class Phase4Run:
                 f"stopped at the point of no return: {migration.file} is destructive ({migration.title}) and was "
                 "not confirmed; verify the backup, then rerun with --phase4-confirm-destructive")
         self.snapshot()  # the row counts must be taken before the first change
-        self._facts = None  # what a step learned about the schema is stale once a migration runs
+        self._drop_facts()  # what a step learned is stale once a migration runs, and its reads must end first
         started = time.perf_counter()
         try:
             applied = migrate.apply(self._writer(), migration, self.plan.name)

@@ -9,6 +9,7 @@ import pytest
 
 DEFAULT_PLAN = "checks/phase4.toml"
 DEFAULT_REPORT_DIR = "reports"
+DEFAULT_WORKERS = 2
 
 
 @dataclass(frozen=True)
@@ -19,6 +20,7 @@ class Settings:
     seed: bool
     confirm_destructive: bool
     report_root: str | None
+    workers: int = DEFAULT_WORKERS
 
     @staticmethod
     def add_options(parser: pytest.Parser) -> None:
@@ -40,7 +42,11 @@ class Settings:
         group.addoption("--phase4-report-dir", default=None, metavar="DIR",
                         help=f"where the HTML report goes when --html is not given (ini: phase4_report_dir; "
                              f"default: {DEFAULT_REPORT_DIR})")
+        group.addoption("--phase4-workers", default=None, metavar="N",
+                        help=f"read-only connections that run a step's heavy counts and orphan queries side by "
+                             f"side (ini: phase4_workers; default: {DEFAULT_WORKERS}; 1 runs them one by one)")
         parser.addini("phase4_plan", "pytest-phase4 plan file", default=None)
+        parser.addini("phase4_workers", "pytest-phase4 read-only connections for heavy checks", default=None)
         parser.addini("phase4_seed", "load the plan's [setup] into the target first", type="bool", default=False)
         parser.addini("phase4_report_dir", "pytest-phase4 default HTML report folder", default=None)
 
@@ -54,6 +60,7 @@ class Settings:
             seed=bool(opt("phase4_seed") or config.getini("phase4_seed")),
             confirm_destructive=bool(opt("phase4_confirm_destructive")),
             report_root=opt("phase4_report_dir") or config.getini("phase4_report_dir"),
+            workers=_workers(config),
         )
 
     def report_dir(self, rootpath: Path) -> Path:
@@ -65,3 +72,20 @@ def _plan_path(config: pytest.Config) -> Path:
     if cli := config.getoption("phase4_plan"):
         return (config.invocation_params.dir / str(cli)).resolve()
     return (config.rootpath / (config.getini("phase4_plan") or DEFAULT_PLAN)).resolve()
+
+
+def _workers(config: pytest.Config) -> int:
+    value = config.getoption("phase4_workers")
+    source = "--phase4-workers"
+    if value is None:
+        value, source = config.getini("phase4_workers"), "ini phase4_workers"
+    if value is None or value == "":
+        return DEFAULT_WORKERS
+    try:
+        workers = int(value)
+    except ValueError:
+        workers = 0
+    if not 1 <= workers <= 16:
+        raise pytest.UsageError(f"{source}: expected a whole number from 1 to 16, found {value!r}; use 1 to run "
+                                "heavy checks one by one on the verification connection")
+    return workers

@@ -1,0 +1,135 @@
+"""Facts: one catalog query per step, each relation counted once, read-ahead on a pool that keeps each check's own
+result and error, and no stale facts after a migration (real PostgreSQL, no mocks)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from conftest import EXAMPLES, Project, outcomes_of
+
+from pytest_phase4 import catalog
+from pytest_phase4.facts import Facts, OrphanCount, Pool
+from pytest_phase4.kinds import Column, Relation
+from pytest_phase4.plan import CheckSpec, load_plan
+from pytest_phase4.run import Phase4Run
+from pytest_phase4.seed import load_setup
+from pytest_phase4.target import Target
+
+SCHEMA = """
+CREATE TABLE parent (id int PRIMARY KEY, code text UNIQUE);
+CREATE TABLE child (id int PRIMARY KEY, parent_id int, code text);
+CREATE TABLE other (id int PRIMARY KEY, parent_id int);
+INSERT INTO parent SELECT g, 'p' || g FROM generate_series(1, 10) g;
+INSERT INTO child SELECT g, CASE WHEN g % 10 = 0 THEN NULL WHEN g % 7 = 0 THEN 99 ELSE g % 10 END, 'p1'
+  FROM generate_series(1, 100) g;
+INSERT INTO other SELECT g, 1 FROM generate_series(1, 5) g;
+CREATE INDEX idx_child_parent ON child (parent_id);
+CREATE VIEW child_view AS SELECT c.id FROM child c JOIN parent p ON p.id = c.parent_id;
+ALTER TABLE parent ENABLE ROW LEVEL SECURITY;
+CREATE POLICY parent_read ON parent FOR SELECT USING (true);
+"""
+TO_PARENT = Relation(Column("child", "parent_id"), Column("parent", "id"))
+BAD_TYPES = Relation(Column("child", "parent_id"), Column("parent", "code"))  # int = text: an SQL error
+OTHER = Relation(Column("other", "parent_id"), Column("parent", "id"))
+
+
+def spec(kind: str, element: Any) -> CheckSpec:
+    return CheckSpec(kind, f"{kind}[{element}]", {}, element, "post", "post", "plan.toml:1", 1)
+
+
+@pytest.fixture
+def conn(scratch_dsn: str) -> Iterator[psycopg.Connection[Any]]:
+    with psycopg.connect(scratch_dsn, autocommit=True) as c:
+        c.execute(SCHEMA)
+        yield c
+
+
+def test_one_catalog_query_answers_what_the_catalog_module_answers(conn: psycopg.Connection[Any]) -> None:
+    facts = Facts(conn, "public")
+    names = ["parent", "child", "other", "child_view", "idx_child_parent", "missing"]
+    assert facts.tables() == catalog.tables(conn, "public") == ["child", "other", "parent"]
+    assert facts.views() == catalog.views(conn, "public") == ["child_view"]
+    assert facts.indexes() == catalog.indexes(conn, "public")
+    for name in names:
+        assert facts.relkind(name) == catalog.relkind(conn, "public", name)
+        assert facts.columns(name) == catalog.columns(conn, "public", name)
+        assert facts.policies(name) == catalog.policies(conn, "public", name)
+        assert facts.rls_enabled(name) == catalog.rls_enabled(conn, "public", name)
+        assert facts.primary_key(name) == catalog.primary_key(conn, "public", name)
+    assert facts.policies("parent") == ["parent_read"]
+    assert facts.queries == 1
+
+
+def test_a_relation_is_counted_once_per_step(conn: psycopg.Connection[Any]) -> None:
+    facts = Facts(conn, "public")
+    assert [facts.count("child"), facts.count("child"), facts.count("child_view")] == [100, 100, 77]
+    assert facts.queries == 2
+    assert facts.orphans(TO_PARENT) == OrphanCount(orphans=13, nulls=10)  # 7, 14, ... 98 minus 70: 13 rows
+    assert facts.orphans(TO_PARENT) == OrphanCount(orphans=13, nulls=10)
+    assert facts.queries == 4
+
+
+def test_read_ahead_keeps_each_checks_own_result_and_error(scratch_dsn: str, conn: psycopg.Connection[Any]) -> None:
+    specs = (spec("no_orphans", BAD_TYPES), spec("no_orphans", TO_PARENT), spec("no_orphans", OTHER),
+             spec("view_rowcount_matches", ("child_view", "child")), spec("row_counts_unchanged", "other"))
+    pool = Pool(lambda: psycopg.connect(scratch_dsn, autocommit=True), 2)
+    try:
+        facts = Facts(conn, "public", specs, pool)
+        assert facts.count("other") == 5  # the first data question queues every query of the step
+        assert sum(1 for v in facts._values.values() if not isinstance(v, int)) >= 7
+        with pytest.raises(psycopg.errors.UndefinedFunction, match="operator does not exist: text = integer"):
+            facts.orphans(BAD_TYPES)
+        assert facts.orphans(TO_PARENT) == OrphanCount(orphans=13, nulls=10)
+        assert facts.orphans(OTHER) == OrphanCount(orphans=0, nulls=0)
+        assert (facts.count("child_view"), facts.count("child")) == (77, 100)
+        facts.close()
+    finally:
+        pool.close()
+
+
+def test_a_migration_drops_the_steps_facts(scratch_dsn: str) -> None:
+    plan = load_plan(EXAMPLES / "mini" / "checks" / "phase4.toml")
+    with psycopg.connect(scratch_dsn) as c:
+        load_setup(c, plan)
+    run = Phase4Run(plan, Target(scratch_dsn, "test"), True, workers=2)
+    try:
+        run.open()
+        before = run.facts("post")
+        assert run.facts("post") is before
+        assert before.relkind("sales_with_details") is None
+        run.migrate(plan.migrations[0])  # creates sales_with_details
+        after = run.facts("post")
+        assert after is not before
+        assert after.relkind("sales_with_details") == "v"
+    finally:
+        run.close()
+
+
+def test_one_bad_relation_fails_alone_with_its_own_sql_error(project: Callable[..., Project]) -> None:
+    p = project("mini")
+    plan = Path(p.path / "checks" / "phase4.toml")
+    plan.write_text(plan.read_text().replace(
+        'relations = ["sales.customer_id -> customers.id",',
+        'relations = ["sales.customer_id -> customers.name", "sales.customer_id -> customers.id",'))
+    result = p.run("-v", "--phase4-confirm-destructive", seed=True)
+    outcomes = outcomes_of(result)
+    assert outcomes["checks/phase4.toml::post::no_orphans[sales.customer_id->customers.name]"] == "FAILED"
+    assert outcomes["checks/phase4.toml::post::no_orphans[sales.customer_id->customers.id]"] == "PASSED"
+    assert outcomes["checks/phase4.toml::post::no_orphans[tickets.customer_id->customers.id]"] == "PASSED"
+    result.stdout.fnmatch_lines([
+        "expected: check no_orphans[[]sales.customer_id->customers.name[]] to run",
+        "found:    SQL error: operator does not exist: text = integer [[]SQLSTATE 42883[]]"])
+    result.assert_outcomes(passed=25, failed=1)
+
+
+@pytest.mark.parametrize("value", ["0", "many"])
+def test_workers_must_be_a_small_whole_number(project: Callable[..., Project], value: str) -> None:
+    result = project("mini").run(f"--phase4-workers={value}" if value.isdigit() else "-o", *(
+        [] if value.isdigit() else [f"phase4_workers={value}"]), seed=True)
+    assert result.ret == 4
+    source = "--phase4-workers" if value.isdigit() else "ini phase4_workers"
+    result.stderr.fnmatch_lines([f"ERROR: {source}: expected a whole number from 1 to 16, found {value!r}; use 1 *"])
