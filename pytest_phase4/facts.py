@@ -70,6 +70,7 @@ class Pool:
         self._connect = connect
         self._idle: queue.SimpleQueue[psycopg.Connection[Any]] = queue.SimpleQueue()
         self._all: list[psycopg.Connection[Any]] = []
+        self._busy: set[psycopg.Connection[Any]] = set()
         self._lock = threading.Lock()
         self._executor = ThreadPoolExecutor(size, thread_name_prefix="phase4-facts")
 
@@ -84,13 +85,26 @@ class Pool:
             conn.execute("SET max_parallel_workers_per_gather = 0")
             with self._lock:
                 self._all.append(conn)
+        with self._lock:
+            self._busy.add(conn)
         try:
             return job(conn)
         finally:
+            with self._lock:
+                self._busy.discard(conn)
             self._idle.put(conn)
 
+    def interrupt(self) -> None:
+        """Ask the server to cancel what the pool's connections run now (their futures fail with QueryCanceled)."""
+        with self._lock:
+            busy = list(self._busy)
+        for conn in busy:
+            conn.cancel_safe()
+
     def close(self) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self.interrupt()
+        self._executor.shutdown(wait=True)
         for conn in self._all:
             conn.close()
 
@@ -170,10 +184,11 @@ class Facts:
                 wait([value])
 
     def close(self) -> None:
-        """Drop what has not started and wait for what runs: a migration must not wait on our locks."""
-        for value in self._values.values():
-            if isinstance(value, Future):
-                value.cancel()
+        """Drop what has not started and cancel what runs (answers nobody will ask for once the step is over,
+        e.g. after pytest -x stopped it), then wait: a migration must not wait on our locks."""
+        pending = [v for v in self._values.values() if isinstance(v, Future) and not v.cancel()]
+        if self.pool is not None and any(not v.done() for v in pending):
+            self.pool.interrupt()
         self.quiesce()
 
     def _value(self, key: tuple[str, ...]) -> int:
@@ -184,8 +199,12 @@ class Facts:
                     self._values[job] = self.pool.submit(functools.partial(self._query, job))
         value = self._values.get(key)
         if isinstance(value, Future):
-            # result() re-raises the query's own SQL error, for the check that asked
-            value = self._query(key, self.conn) if value.cancelled() else value.result()
+            try:  # result() re-raises the query's own SQL error, for the check that asked
+                value = self._query(key, self.conn) if value.cancelled() else value.result()
+            except psycopg.Error:
+                raise
+            except Exception:  # the pool could not help (e.g. no connection left on the server): ask here
+                value = self._query(key, self.conn)
             self._values[key] = value
         elif value is None:
             value = self._values[key] = self._query(key, self.conn)

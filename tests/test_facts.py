@@ -3,7 +3,9 @@ result and error, and no stale facts after a migration (real PostgreSQL, no mock
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,7 @@ CREATE INDEX idx_child_parent ON child (parent_id);
 CREATE VIEW child_view AS SELECT c.id FROM child c JOIN parent p ON p.id = c.parent_id;
 ALTER TABLE parent ENABLE ROW LEVEL SECURITY;
 CREATE POLICY parent_read ON parent FOR SELECT USING (true);
+CREATE VIEW slow AS SELECT 1 AS x FROM pg_sleep(30);
 """
 TO_PARENT = Relation(Column("child", "parent_id"), Column("parent", "id"))
 BAD_TYPES = Relation(Column("child", "parent_id"), Column("parent", "code"))  # int = text: an SQL error
@@ -52,7 +55,7 @@ def test_one_catalog_query_answers_what_the_catalog_module_answers(conn: psycopg
     facts = Facts(conn, "public")
     names = ["parent", "child", "other", "child_view", "idx_child_parent", "missing"]
     assert facts.tables() == catalog.tables(conn, "public") == ["child", "other", "parent"]
-    assert facts.views() == catalog.views(conn, "public") == ["child_view"]
+    assert facts.views() == catalog.views(conn, "public") == ["child_view", "slow"]
     assert facts.indexes() == catalog.indexes(conn, "public")
     for name in names:
         assert facts.relkind(name) == catalog.relkind(conn, "public", name)
@@ -133,3 +136,20 @@ def test_workers_must_be_a_small_whole_number(project: Callable[..., Project], v
     assert result.ret == 4
     source = "--phase4-workers" if value.isdigit() else "ini phase4_workers"
     result.stderr.fnmatch_lines([f"ERROR: {source}: expected a whole number from 1 to 16, found {value!r}; use 1 *"])
+
+
+def test_closing_the_facts_cancels_read_ahead_nobody_asked_for(scratch_dsn: str, conn: psycopg.Connection[Any]) -> None:
+    pool = Pool(lambda: psycopg.connect(scratch_dsn, autocommit=True), 1)
+    try:
+        facts = Facts(conn, "public", (spec("row_counts_unchanged", "other"),
+                                       spec("view_rowcount_matches", ("slow", "child"))), pool)
+        assert facts.count("other") == 5
+        slow = facts._values[("count", "slow")]
+        assert isinstance(slow, Future)
+        while not conn.execute("SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND wait_event = "
+                               "'PgSleep'").fetchone()[0]:  # type: ignore[index]
+            time.sleep(0.01)  # until the slow count runs on the server
+        facts.close()  # the 30 s count of slow is cancelled on the server, not waited for
+        assert isinstance(slow.exception(), psycopg.errors.QueryCanceled)
+    finally:
+        pool.close()
