@@ -4,7 +4,7 @@ expected/found/where, or CheckSkipped when it does not apply. Nothing here write
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
@@ -15,6 +15,7 @@ from pytest_phase4 import catalog
 from pytest_phase4.errors import CheckFailed, Phase4Error
 from pytest_phase4.kinds import Column, Relation
 from pytest_phase4.plan import CheckSpec, Plan
+from pytest_phase4.runextras import RunExtras
 
 
 class CheckSkipped(Phase4Error):
@@ -35,6 +36,7 @@ class Context:
     plan: Plan
     snapshot: Callable[[], Snapshot]
     applied_before_run: frozenset[str]  # migration files the ledger showed as applied when the run started
+    extras: RunExtras = field(default_factory=RunExtras)
 
     @property
     def schema(self) -> str:
@@ -321,6 +323,13 @@ IMPLEMENTATIONS: Mapping[str, Impl] = {
         view_exists, rls_policies, view_rowcount_matches, view_sample_not_null, column_absent, column_present,
         index_exists, index_count, no_orphans, row_counts_unchanged, explain_under, query_returns)
 }
+
+# The kinds of the runbook's other parts live in their own modules, which use Context and CheckSkipped: imported
+# here, once both exist.
+from pytest_phase4 import commands, perf, readiness, smoke  # noqa: E402
+
+IMPLEMENTATIONS = {**IMPLEMENTATIONS, **commands.IMPLEMENTATIONS, **readiness.IMPLEMENTATIONS,
+                   **smoke.IMPLEMENTATIONS, **perf.IMPLEMENTATIONS}
 
 
 def run_check(ctx: Context, spec: CheckSpec) -> str:

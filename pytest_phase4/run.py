@@ -15,6 +15,7 @@ import psycopg
 from pytest_phase4 import catalog, checks, ledger, migrate
 from pytest_phase4.errors import MigrationFailed
 from pytest_phase4.plan import CheckSpec, Migration, Plan
+from pytest_phase4.runextras import RunExtras
 from pytest_phase4.target import Target
 
 # Migration states, as the report prints them.
@@ -54,6 +55,7 @@ class Phase4Run:
     halt: Halt | None = None
     states: dict[str, MigrationState] = field(default_factory=dict)
     applied_before_run: dict[str, ledger.Entry] = field(default_factory=dict)
+    extras: RunExtras = field(default_factory=RunExtras)
     _ro: psycopg.Connection[Any] | None = None
     _rw: psycopg.Connection[Any] | None = None
     _snapshot: checks.Snapshot | None = None
@@ -119,7 +121,7 @@ class Phase4Run:
         return self._snapshot
 
     def context(self) -> checks.Context:
-        return checks.Context(self.ro, self.plan, self.snapshot, frozenset(self.applied_before_run))
+        return checks.Context(self.ro, self.plan, self.snapshot, frozenset(self.applied_before_run), self.extras)
 
     def check(self, spec: CheckSpec) -> str:
         return checks.run_check(self.context(), spec)
