@@ -19,6 +19,9 @@ class Settings:
     seed: bool
     confirm_destructive: bool
     report_root: str | None
+    base_url: str | None = None
+    signoff: tuple[str, ...] = ()  # ROLE=NAME, as given
+    json_path: str | None = None
 
     @staticmethod
     def add_options(parser: pytest.Parser) -> None:
@@ -40,6 +43,17 @@ class Settings:
         group.addoption("--phase4-report-dir", default=None, metavar="DIR",
                         help=f"where the HTML report goes when --html is not given (ini: phase4_report_dir; "
                              f"default: {DEFAULT_REPORT_DIR})")
+        group.addoption("--phase4-base-url", default=None, metavar="URL",
+                        help="the API the smoke stage requests (ini: phase4_base_url); without it smoke "
+                             "requests are skipped")
+        group.addoption("--phase4-signoff", action="append", default=[], metavar="ROLE=NAME",
+                        help="a name for a sign-off role of the plan's [signoff], e.g. dba=\"Jane Doe\" "
+                             "(repeat per role); roles left out are blank lines to sign")
+        group.addoption("--phase4-json", default=None, metavar="PATH",
+                        help="write the run's evidence as JSON (ini: phase4_json; default: beside the HTML "
+                             "report, same name with .json)")
+        parser.addini("phase4_base_url", "pytest-phase4 smoke stage API base URL", default=None)
+        parser.addini("phase4_json", "pytest-phase4 JSON evidence path", default=None)
         parser.addini("phase4_plan", "pytest-phase4 plan file", default=None)
         parser.addini("phase4_seed", "load the plan's [setup] into the target first", type="bool", default=False)
         parser.addini("phase4_report_dir", "pytest-phase4 default HTML report folder", default=None)
@@ -54,6 +68,9 @@ class Settings:
             seed=bool(opt("phase4_seed") or config.getini("phase4_seed")),
             confirm_destructive=bool(opt("phase4_confirm_destructive")),
             report_root=opt("phase4_report_dir") or config.getini("phase4_report_dir"),
+            base_url=opt("phase4_base_url") or config.getini("phase4_base_url"),
+            signoff=tuple(opt("phase4_signoff") or ()),
+            json_path=opt("phase4_json") or config.getini("phase4_json"),
         )
 
     def report_dir(self, rootpath: Path) -> Path:
