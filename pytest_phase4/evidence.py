@@ -124,9 +124,12 @@ class Evidence:
 
     def performance(self) -> list[dict[str, Any]]:
         rows = []
+        after = {rec.nodeid.rsplit("::", 1)[-1]: rec for rec in self.checks if rec.kind == "perf_after"}
         for r in self.run.extras.perf.values():
             pct = r.improvement_pct
-            rows.append({"name": r.name, "title": r.title,
+            record = after.get(f"perf_after[{r.name}]")
+            rows.append({"name": r.name, "title": r.title, "gate": r.gate,
+                         "outcome": record.outcome if record else "not run",
                          "before_ms": round(r.before.median_ms, 2) if r.before else None,
                          "after_ms": round(r.after.median_ms, 2) if r.after else None,
                          "improvement_pct": round(pct, 1) if pct is not None else None, "note": r.before_note})

@@ -176,8 +176,8 @@ _HTTP_PARAMS = {"path": Param("str"), "method": Param("str", False, "GET"), "hea
                 "status": Param("int", False, 200), "keys_present": Param("names", False, ()),
                 "keys_absent": Param("names", False, ()), "items": Param("str", False),
                 "timeout": Param("number", False, 10.0)}
-_PERF_PARAMS = {"name": Param("str"), "query": Param("str"), "title": Param("str", False),
-                "runs": Param("int", False, 5), "max_ms": Param("number", False),
+_PERF_PARAMS = {"name": Param("str"), "query": Param("str"), "query_after": Param("str", False),
+                "title": Param("str", False), "runs": Param("int", False, 5), "max_ms": Param("number", False),
                 "max_regression_pct": Param("number", False)}
 _names = Param("names")
 _KIND_LIST = [

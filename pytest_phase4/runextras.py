@@ -26,6 +26,7 @@ class PerfResult:
     before: Timing | None = None
     after: Timing | None = None
     before_note: str = ""  # e.g. the baseline was taken with migrations already applied
+    gate: str = ""  # the plan's max_ms / max_regression_pct, as text
 
     @property
     def improvement_pct(self) -> float | None:
