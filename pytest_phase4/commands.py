@@ -89,7 +89,7 @@ def command(ctx: Context, spec: CheckSpec) -> str:
         raise CheckFailed(f"exit status {p['exit_status']}", f"exit status {proc.returncode}", where,
                           details=tail[-10:], hint=spec.hint)
     if p["expect_empty_output"] and output.strip():
-        lines = output.strip().splitlines()
+        lines = output.rstrip().splitlines()
         raise CheckFailed("no output", f"{len(lines)} line(s) of output", where, details=lines[:10], hint=spec.hint)
     last = f"; last line: {tail[-1]}" if tail else "; no output"
     return f"{run}: exit {proc.returncode} in {seconds:.1f} s{last}"
