@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import Project, outcomes_of
 
-TOKEN = "tok-3f9a1c77e2"  # noqa: S105 (a test value; the point is that it never shows)
+TOKEN = "tok-3f9a1c77e2"  # a test value: the point is that it never shows
 SMOKE = "checks/phase4.toml::smoke"
 IDS = [f"{SMOKE}::http[/api/sales]", f"{SMOKE}::http[/api/tickets]", f"{SMOKE}::http[/api/job-works]"]
 
