@@ -28,18 +28,16 @@ from pytest_phase4.settings import Settings
 
 def configure(config: pytest.Config, settings: Settings, run: Phase4Run) -> None:
     """Validate the evidence options against the plan (pytest.UsageError) and register the hooks."""
-    if settings.base_url:
-        url = urllib.parse.urlsplit(settings.base_url)
-        if url.scheme not in ("http", "https") or not url.netloc:
-            raise pytest.UsageError(f"--phase4-base-url={settings.base_url!r}: expected an http(s) URL such as "
-                                    "https://staging.api.example.com")
-        run.extras.base_url = settings.base_url
-    run.extras.signoff = signoff_names(settings.signoff, run.plan.signoff)
+    try:
+        _validate(settings, run)
+    except pytest.UsageError:
+        run.close()  # pytest does not unconfigure after a usage error here: stop an embedded server now
+        raise
+    stamp = run.started_at.astimezone().strftime("%Y%m%d-%H%M%S")
     # Every check records what it observed with record_property; under --junitxml's default xunit2 family pytest
     # warns once per test that the schema has no place for it. The stage is in the classname instead.
     config.addinivalue_line("filterwarnings",
                             "ignore:record_property is incompatible with junit_family:pytest.PytestWarning")
-    stamp = run.started_at.astimezone().strftime("%Y%m%d-%H%M%S")
     if settings.json_path:
         json_path = config.invocation_params.dir / settings.json_path
     elif html_path := config.getoption("htmlpath", None):
@@ -52,6 +50,16 @@ def configure(config: pytest.Config, settings: Settings, run: Phase4Run) -> None
     config.pluginmanager.register(plugin, "phase4-evidence")
     if config.pluginmanager.hasplugin("html"):
         config.pluginmanager.register(EvidenceHtml(plugin), "phase4-evidence-html")
+
+
+def _validate(settings: Settings, run: Phase4Run) -> None:
+    if settings.base_url:
+        url = urllib.parse.urlsplit(settings.base_url)
+        if url.scheme not in ("http", "https") or not url.netloc:
+            raise pytest.UsageError(f"--phase4-base-url={settings.base_url!r}: expected an http(s) URL such as "
+                                    "https://staging.api.example.com")
+        run.extras.base_url = settings.base_url
+    run.extras.signoff = signoff_names(settings.signoff, run.plan.signoff)
 
 
 def _isatty() -> bool:
