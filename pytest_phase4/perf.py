@@ -51,13 +51,16 @@ def _attach(ctx: Context, spec: CheckSpec, when: str, timing: Timing) -> None:
 
 
 def perf_before(ctx: Context, spec: CheckSpec) -> str:
+    from pytest_phase4.checks import CheckSkipped
+
     result = _result(ctx, spec)
-    result.before = measure(ctx.conn, spec.params["query"], spec.params["runs"])
     if ctx.applied_before_run:
-        result.before_note = f"baseline taken with {len(ctx.applied_before_run)} migration(s) already applied"
+        # Not a "before" time any more, and the query may read columns a migration dropped.
+        result.before_note = f"no baseline: {len(ctx.applied_before_run)} migration(s) were already applied"
+        raise CheckSkipped(f"{result.before_note} when the run started (ledger)")
+    result.before = measure(ctx.conn, spec.params["query"], spec.params["runs"])
     _attach(ctx, spec, "before", result.before)
-    note = f"; {result.before_note}" if result.before_note else ""
-    return f"{result.title}: {result.before.median_ms:.1f} ms before (median of {spec.params['runs']}){note}"
+    return f"{result.title}: {result.before.median_ms:.1f} ms before (median of {spec.params['runs']})"
 
 
 def perf_after(ctx: Context, spec: CheckSpec) -> str:
@@ -77,7 +80,7 @@ def perf_after(ctx: Context, spec: CheckSpec) -> str:
     limit = p["max_regression_pct"]
     if limit is not None:
         if before is None:
-            return f"{shown}; no baseline in this run (preflight not run): max_regression_pct not applied"
+            return f"{shown}; no baseline in this run: max_regression_pct not applied"
         regression = (after.median_ms - before.median_ms) / before.median_ms * 100 if before.median_ms else 0.0
         if regression > limit:
             raise CheckFailed(f"at most {limit:g}% slower than before ({before.median_ms:.1f} ms)",

@@ -34,13 +34,12 @@ ORDER BY pid
 
 def active_connections(ctx: Context, spec: CheckSpec) -> str:
     p = spec.params
-    allowed = {APPLICATION_NAME, *p["allow"]}  # our own sessions, and the applications the plan allows
-    rows = ctx.conn.execute(_SESSIONS).fetchall()
-    others = [r for r in rows if r[2] not in allowed]
+    rows = [r for r in ctx.conn.execute(_SESSIONS).fetchall() if r[2] != APPLICATION_NAME]  # not our own
+    others = [r for r in rows if r[2] not in p["allow"]]
     shown = [f"pid {pid}: user {user}, application {app or '(none)'}, from {addr}, {state}"
              for pid, user, app, addr, state in others]
-    ignored = len(rows) - len(others)
-    note = f" ({ignored} allowed session(s) not counted)" if ignored else ""
+    allowed = len(rows) - len(others)
+    note = f" ({allowed} allowed session(s) not counted)" if allowed else ""
     limit = p["warn_max"] if p["warn_max"] is not None else p["max"]
     if len(others) > limit:
         raise CheckFailed(f"at most {limit} other connection(s) to the database", f"{len(others)}{note}",

@@ -25,7 +25,7 @@ class PerfResult:
     query: str
     before: Timing | None = None
     after: Timing | None = None
-    before_note: str = ""  # e.g. the baseline was taken with migrations already applied
+    before_note: str = ""  # why there is no baseline, e.g. the migrations were already applied
     gate: str = ""  # the plan's max_ms / max_regression_pct, as text
 
     @property

@@ -67,6 +67,15 @@ def test_perf_is_timed_before_and_after_with_gates_table_and_explain(project: Ca
                  "EXPLAIN (ANALYZE, BUFFERS)</strong></p><pre>", "Execution Time:"):
         assert text in page, text
 
+    # A rerun has no "before" any more: no baseline, so no regression gate; max_ms still applies.
+    result = p.run("-v", "--phase4-confirm-destructive")
+    outcomes = outcomes_of(result)
+    assert outcomes[f"{PLAN}::preflight::perf_before[regressed]"] == "SKIPPED"
+    assert outcomes[f"{PLAN}::post::perf_after[regressed]"] == "PASSED"
+    assert outcomes[f"{PLAN}::post::perf_after[over_budget]"] == "FAILED"
+    result.stdout.fnmatch_lines(["SKIPPED [[]3[]] *: no baseline: 3 migration(s) were already applied when the run "
+                                 "started (ledger)"])
+
 
 def test_confirmed_full_run_writes_json_evidence_and_junit_with_stages(project: Callable[..., Project]) -> None:
     p = project("crm")
