@@ -73,11 +73,12 @@ def summary_html(ev: Evidence) -> str:
     rows = []
     for m in ev.migrations():
         stamp = m["file"].partition("_")[0]
+        name = f"{stamp} - {m['title']}" if m["title"] != m["file"] else m["file"]
         tick = _TICK.get(m["status"], "\u2610")
         duration = f"{m['duration_ms']:,.0f} ms" if m["duration_ms"] is not None else ""
         verify = f"{m['verify_passed']}/{m['verify_total']} passed" if m["verify_total"] else "-"
         cls = "phase4-ok" if migration_done(m["status"]) else "phase4-bad" if m["status"] == "failed" else ""
-        rows.append([f"<span class='{cls}' style='font-size:18px'>{tick}</span>", e(f"{stamp} - {m['title']}"),
+        rows.append([f"<span class='{cls}' style='font-size:18px'>{tick}</span>", e(name),
                      f"<span class='{cls}'>{e(m['status'])}</span>" + (" (destructive)" if m["destructive"] else ""),
                      e(duration), e(verify), f"<code>{e(m['sha256'][:12])}</code>"])
     parts += ["<h3>Migrations applied</h3>",
