@@ -87,7 +87,7 @@ def test_smoke_fails_against_an_api_still_serving_customer_name(
     monkeypatch.setenv("STAGING_USER_TOKEN", TOKEN)
     api.normalized = False
     p = project("crm")
-    result = p.run("-v", "-m", "smoke", f"--phase4-base-url={api.url}/")
+    result = p.run("-v", "-m", "smoke", f"--phase4-base-url={api.url}/", "--junitxml=reports/junit.xml")
     assert result.ret == 1
     assert [outcomes_of(result)[i] for i in IDS] == ["FAILED"] * 3
     result.stdout.fnmatch_lines([
