@@ -64,7 +64,12 @@ def command(ctx: Context, spec: CheckSpec) -> str:
         if not cwd.is_dir():
             raise CheckFailed(f"working directory {cwd} for {run!r}", "no such directory", spec.where,
                               hint=spec.hint or "fix cwd in the plan or the variable it names")
-    if shutil.which(argv[0]) is None:
+    if "/" in argv[0]:  # a path: relative to the working directory, as a shell there would see it
+        program = cwd / Path(argv[0]).expanduser()
+        if not (program.is_file() and os.access(program, os.X_OK)):
+            raise CheckSkipped(f"{program} is not an executable file: {run!r} was not run")
+        argv[0] = str(program)
+    elif shutil.which(argv[0]) is None:
         raise CheckSkipped(f"{argv[0]} is not installed (not found on PATH): {run!r} was not run")
     started = time.perf_counter()
     proc = subprocess.Popen(argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,

@@ -165,6 +165,15 @@ def _warn_max(params: Mapping[str, Any]) -> str | None:
     return "warn_max must be at least max" if warn_max is not None and warn_max < params["max"] else None
 
 
+def _command_line(params: Mapping[str, Any]) -> str | None:
+    import shlex
+
+    try:
+        return None if shlex.split(params["run"]) else "run must name a program"
+    except ValueError as exc:  # e.g. an unclosed quote
+        return f"run is not a valid command line ({exc}): {params['run']!r}"
+
+
 def _runs(params: Mapping[str, Any]) -> str | None:
     return "runs must be at least 1" if params["runs"] < 1 else None
 
@@ -219,7 +228,7 @@ _KIND_LIST = [
          label_fn=lambda p, _: str(p["name"])),
     # Part 1 A, C, D: commands and environment readiness (commands.py, readiness.py)
     Kind("command", "the command exits with exit_status (and prints nothing if expect_empty_output)",
-         _COMMAND_PARAMS, label_fn=lambda p, _: "_".join(p["run"].split())),
+         _COMMAND_PARAMS, label_fn=lambda p, _: "_".join(p["run"].split()), constraint=_command_line),
     Kind("active_connections", "at most max other client connections to the database (warn up to warn_max)",
          {"max": Param("int", False, 0), "warn_max": Param("int", False), "allow": Param("names", False, ())},
          label_fn=lambda p, _: f"<={p['max']}", constraint=_warn_max),

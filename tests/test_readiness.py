@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 from collections.abc import Callable
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -11,6 +12,8 @@ from conftest import Project, outcomes_of
 from psycopg.conninfo import make_conninfo
 
 from pytest_phase4.commands import expand_env
+from pytest_phase4.errors import PlanError
+from pytest_phase4.plan import load_plan
 from pytest_phase4.readiness import touched_tables
 
 PRE = "checks/phase4.toml::preflight"
@@ -23,6 +26,7 @@ def test_commands_pass_fail_skip_and_time_out_with_their_output(project: Callabl
     result = p.run("-v", "-m", "preflight", seed=True)
     outcomes = outcomes_of(result)
     assert outcomes[f"{PRE}::prints_ok"] == "PASSED"
+    assert outcomes[f"{PRE}::script"] == "PASSED"  # a path runs relative to the working directory
     assert outcomes[f"{PRE}::exits_3"] == "FAILED"
     assert outcomes[f"{PRE}::not_installed"] == "SKIPPED"
     assert outcomes[f"{PRE}::app_dir_unset"] == "SKIPPED"
@@ -102,3 +106,13 @@ def test_touched_tables_reads_alter_and_index_statements() -> None:
 
 def test_expand_env_reports_unset_names_and_the_values_used() -> None:
     assert expand_env("Bearer ${TOKEN} ${NOPE}", {"TOKEN": "s3cret"}) == ("Bearer s3cret ${NOPE}", ["NOPE"], ["s3cret"])
+
+
+def test_a_command_line_that_cannot_be_split_is_a_plan_error(tmp_path: Path) -> None:
+    plan = tmp_path / "phase4.toml"
+    plan.write_text('[phase4]\nname = "x"\n\n[[preflight]]\ncheck = "command"\nrun = "npm run \'build"\n')
+    with pytest.raises(PlanError) as info:
+        load_plan(plan, display="phase4.toml")
+    assert [str(problem) for problem in info.value.problems] == [
+        "phase4.toml:4 [[preflight]] #1 check=command: run is not a valid command line (No closing quotation): "
+        "\"npm run 'build\""]
