@@ -3,8 +3,9 @@ expected/found/where, or CheckSkipped when it does not apply. Nothing here write
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
@@ -35,6 +36,7 @@ class Context:
     plan: Plan
     snapshot: Callable[[], Snapshot]
     applied_before_run: frozenset[str]  # migration files the ledger showed as applied when the run started
+    ledger: Mapping[str, Any] = field(default_factory=dict)  # file -> ledger.Entry, as the run started
 
     @property
     def schema(self) -> str:
@@ -82,7 +84,26 @@ def migration_files(ctx: Context, spec: CheckSpec) -> str:
         raise CheckFailed("a readable migration file", f"unreadable ({exc.strerror})", str(path)) from None
     if not text.strip():
         raise CheckFailed("SQL statements", "an empty file", str(path), hint="the file must hold the migration's SQL")
-    return f"{path.name}: {_fmt(len(text))} bytes"
+    sha = hashlib.sha256(text).hexdigest()
+    entry = ctx.ledger.get(migration.file)
+    if entry is not None and entry.sha256 != sha:
+        raise CheckFailed(f"the file as applied on {entry.applied_at:%Y-%m-%d %H:%M} (sha256 {entry.sha256})",
+                          f"a changed file (sha256 {sha})", str(path),
+                          hint="an applied migration must not change: restore the file from version control "
+                               "and put the change in a new migration")
+    state = "applied, unchanged" if entry is not None else "not applied yet"
+    return f"{path.name}: {_fmt(len(text))} bytes, sha256 {sha[:12]}, {state}"
+
+
+def no_invalid_indexes(ctx: Context, spec: CheckSpec) -> str:
+    from pytest_phase4.migrate import invalid_indexes
+
+    invalid = invalid_indexes(ctx.conn, ctx.schema)
+    if invalid:
+        raise CheckFailed("no INVALID index", f"{len(invalid)}: {', '.join(invalid)}", f"schema {ctx.schema}",
+                          hint=spec.hint or f"a failed CREATE INDEX CONCURRENTLY leaves an invalid index that is "
+                          f"maintained but never used: DROP INDEX CONCURRENTLY {invalid[0]}; then create it again")
+    return f"no invalid index in schema {ctx.schema}"
 
 
 def table_count(ctx: Context, spec: CheckSpec) -> str:
@@ -317,9 +338,10 @@ def _equal(value: Any, expect: Any) -> bool:
 
 IMPLEMENTATIONS: Mapping[str, Impl] = {
     f.__name__: f for f in (
-        server_version, migration_files, table_count, tables_have_rows, views_absent, view_count, table_exists,
-        view_exists, rls_policies, view_rowcount_matches, view_sample_not_null, column_absent, column_present,
-        index_exists, index_count, no_orphans, row_counts_unchanged, explain_under, query_returns)
+        server_version, migration_files, no_invalid_indexes, table_count, tables_have_rows, views_absent,
+        view_count, table_exists, view_exists, rls_policies, view_rowcount_matches, view_sample_not_null,
+        column_absent, column_present, index_exists, index_count, no_orphans, row_counts_unchanged,
+        explain_under, query_returns)
 }
 
 

@@ -54,7 +54,8 @@ def pytest_cmdline_main(config: pytest.Config) -> None:
     try:
         target = _target(settings, plan)
         # A throwaway database holds nothing to lose: its point of no return needs no confirmation.
-        run = Phase4Run(plan, target, settings.confirm_destructive or target.embedded is not None)
+        run = Phase4Run(plan, target, settings.confirm_destructive or target.embedded is not None,
+                        settings.check_timeout, settings.lock_timeout)
     except Phase4Error as exc:
         raise pytest.UsageError(str(exc)) from None
     try:
