@@ -356,4 +356,12 @@ def run_check(ctx: Context, spec: CheckSpec) -> str:
         diag = exc.diag
         raise CheckFailed(f"check {spec.test_id} to run", f"SQL error: {diag.message_primary or exc}"
                           + (f" [SQLSTATE {exc.sqlstate}]" if exc.sqlstate else ""), spec.where,
-                          hint=spec.hint or (diag.message_hint or "")) from None
+                          hint=timeout_hint(exc, "") or spec.hint or (diag.message_hint or "")) from None
+
+
+def timeout_hint(exc: psycopg.Error, limit: str) -> str:
+    if exc.sqlstate != "57014":
+        return ""
+    within = f" ({limit})" if limit else ""
+    return (f"the query ran past the check timeout{within}: a lock held by another session blocks it, or it is "
+            "slow at this size; find blockers in pg_stat_activity, or raise --phase4-check-timeout")

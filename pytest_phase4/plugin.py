@@ -171,7 +171,8 @@ def pytest_runtest_makereport(
     run = item.config.stash.get(RUN_KEY, None)
     group = item.stash.get(GROUP_KEY, None)
     if run is not None and group is not None and rep.failed:
-        run.record_failure(group, f"{item.name}: {_reason(call)}", item.stash.get(IS_MIGRATION_KEY, False))
+        reason = run.target.scrub(f"{item.name}: {_reason(call)}")
+        run.record_failure(group, reason, item.stash.get(IS_MIGRATION_KEY, False))
     return rep
 
 

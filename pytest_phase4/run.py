@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 
 from pytest_phase4 import catalog, checks, guard, ledger, migrate
-from pytest_phase4.errors import MigrationFailed
+from pytest_phase4.errors import CheckFailed, MigrationFailed
 from pytest_phase4.plan import CheckSpec, Migration, Plan
 from pytest_phase4.target import Target
 
@@ -125,7 +125,14 @@ class Phase4Run:
     def snapshot(self) -> checks.Snapshot:
         if self._snapshot is None:
             before = not any(s.status == APPLIED for s in self.states.values())
-            self._snapshot = checks.Snapshot(catalog.count_all_tables(self.ro, self.plan.schema), before)
+            try:
+                counts = catalog.count_all_tables(self.ro, self.plan.schema)
+            except psycopg.Error as exc:
+                raise CheckFailed(
+                    f"row counts of every table in schema {self.plan.schema}, recorded before migrating",
+                    f"SQL error: {exc.diag.message_primary or exc} [SQLSTATE {exc.sqlstate}]",
+                    f"schema {self.plan.schema}", hint=checks.timeout_hint(exc, self.check_timeout)) from None
+            self._snapshot = checks.Snapshot(counts, before)
         return self._snapshot
 
     def context(self) -> checks.Context:
@@ -167,6 +174,10 @@ class Phase4Run:
         except MigrationFailed as exc:
             state.status, state.duration_ms = FAILED, (time.perf_counter() - started) * 1000
             state.note = exc.summary
+            raise
+        except BaseException:  # Ctrl-C: psycopg cancels the query and the transaction rolls back
+            state.status, state.duration_ms = FAILED, (time.perf_counter() - started) * 1000
+            state.note = "interrupted: rolled back"
             raise
         state.status, state.duration_ms = APPLIED, applied.duration_ms
         return state
