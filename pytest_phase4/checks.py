@@ -58,7 +58,7 @@ def _require_relation(ctx: Context, spec: CheckSpec, name: str, kinds: str, what
     kind = catalog.relkind(ctx.conn, ctx.schema, name)
     if kind is None or kind not in kinds:
         found = "no such relation" if kind is None else f"a relation of kind {kind!r}, not a {what}"
-        raise CheckFailed(f"{what} {_q(name, ctx.schema)} to exist", found, spec.where,
+        raise CheckFailed(f"{what} {_q(name, ctx.schema)} to exist", found, _q(name, ctx.schema),
                           hint=spec.hint or f"check the name in the plan, or that an earlier migration creates {name}")
 
 

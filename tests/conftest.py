@@ -93,7 +93,7 @@ def outcomes_of(result: pytest.RunResult) -> dict[str, str]:
     """node id -> outcome, from the verbose lines of a run made with -v."""
     found = {}
     for line in result.outlines:
-        m = re.match(r"^(\S+::\S+) (PASSED|FAILED|SKIPPED|ERROR)", line)
+        m = re.match(r"^(\S+::.+?) (PASSED|FAILED|SKIPPED|ERROR)\b", line)
         if m:
             found[m.group(1)] = m.group(2)
     return found
