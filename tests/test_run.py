@@ -202,3 +202,20 @@ def test_post_failures_show_count_offending_rows_and_null_keys(project: Callable
         "  0 row(s) with NULL sales.customer_id (not orphans, reported apart)",
     ])
     result.stdout.fnmatch_lines(["*no_orphans[[]tickets.customer_id->customers.id[]] PASSED*"])
+
+
+def test_runs_without_pytest_html(project: Callable[..., Project]) -> None:
+    p = project("mini")
+    result = p.run("-p", "no:html", "--phase4-confirm-destructive", seed=True)
+    result.assert_outcomes(passed=25)
+    assert "Generated html report" not in result.stdout.str()
+    assert not (p.path / "reports").exists()
+
+
+def test_explicit_html_path_is_respected(project: Callable[..., Project]) -> None:
+    p = project("mini")
+    result = p.run("--html=out/board.html", "-m", "preflight", seed=True)
+    assert result.ret == 0
+    assert (p.path / "out/board.html").exists()
+    assert sorted(x.name for x in (p.path / "out").iterdir()) == ["board.html"]  # self-contained: no assets/
+    assert not (p.path / "reports").exists()
