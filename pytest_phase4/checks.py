@@ -4,6 +4,7 @@ expected/found/where, or CheckSkipped when it does not apply. Nothing here write
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -157,8 +158,7 @@ def view_count(ctx: Context, spec: CheckSpec) -> str:
 
 
 def _like(name: str, pattern: str) -> bool:
-    import re
-
+    """SQL LIKE (without escapes) on a name already fetched, so one catalog read serves many patterns."""
     regex = "".join(".*" if c == "%" else "." if c == "_" else re.escape(c) for c in pattern)
     return re.fullmatch(regex, name, re.DOTALL) is not None
 
