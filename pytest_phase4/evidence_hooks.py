@@ -33,17 +33,15 @@ def configure(config: pytest.Config, settings: Settings, run: Phase4Run) -> None
     except pytest.UsageError:
         run.close()  # pytest does not unconfigure after a usage error here: stop an embedded server now
         raise
-    stamp = run.started_at.astimezone().strftime("%Y%m%d-%H%M%S")
     # Every check records what it observed with record_property; under --junitxml's default xunit2 family pytest
     # warns once per test that the schema has no place for it. The stage is in the classname instead.
     config.addinivalue_line("filterwarnings",
                             "ignore:record_property is incompatible with junit_family:pytest.PytestWarning")
+    json_path: Path | None = None  # without --phase4-json and without an HTML report, no evidence file
     if settings.json_path:
         json_path = config.invocation_params.dir / settings.json_path
-    elif html_path := config.getoption("htmlpath", None):
+    elif (html_path := config.getoption("htmlpath", None)) and config.pluginmanager.hasplugin("html"):
         json_path = (config.invocation_params.dir / str(html_path)).with_suffix(".json")
-    else:
-        json_path = settings.report_dir(config.rootpath) / f"phase4-{stamp}.json"
     # The heartbeat writes to the terminal itself: during a test pytest captures file descriptor 1.
     tty = os.fdopen(os.dup(sys.stdout.fileno()), "w") if _isatty() else None
     plugin = EvidencePlugin(run, json_path, tty)
@@ -100,7 +98,7 @@ def _message(report: pytest.TestReport) -> str:
 
 
 class EvidencePlugin:
-    def __init__(self, run: Phase4Run, json_path: Path, tty: IO[str] | None) -> None:
+    def __init__(self, run: Phase4Run, json_path: Path | None, tty: IO[str] | None) -> None:
         self.run, self.json_path, self.tty = run, json_path, tty
         self.ev = Evidence(run)
         self.classnames: dict[str, str] = {}  # nodeid -> stage, for the JUnit rewrite
@@ -154,7 +152,8 @@ class EvidencePlugin:
                 run.extras.index_usage = perf.index_usage(run.ro, run.plan)
             except (psycopg.Error, Phase4Error):
                 run.extras.index_usage = []  # evidence must still be written if the server went away
-        self.ev.write_json(self.json_path)
+        if self.json_path is not None:
+            self.ev.write_json(self.json_path)
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         tr = terminalreporter
@@ -165,7 +164,8 @@ class EvidencePlugin:
             tr.section("phase4 performance (median ms)")
             for line in lines:
                 tr.write_line(line)
-        tr.write_line(f"phase4 evidence (JSON): {self.json_path}")
+        if self.json_path is not None:
+            tr.write_line(f"phase4 evidence (JSON): {self.json_path}")
 
     def pytest_unconfigure(self, config: pytest.Config) -> None:
         if self.tty is not None:
