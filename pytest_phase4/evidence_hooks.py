@@ -102,6 +102,7 @@ class EvidencePlugin:
         self.run, self.json_path, self.tty = run, json_path, tty
         self.ev = Evidence(run)
         self.classnames: dict[str, str] = {}  # nodeid -> stage, for the JUnit rewrite
+        self.json_error = ""
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         for item in session.items:
@@ -153,7 +154,10 @@ class EvidencePlugin:
             except (psycopg.Error, Phase4Error):
                 run.extras.index_usage = []  # evidence must still be written if the server went away
         if self.json_path is not None:
-            self.ev.write_json(self.json_path)
+            try:
+                self.ev.write_json(self.json_path)
+            except OSError as exc:  # the run's outcome stands; say why its evidence is missing
+                self.json_error = f"could not write {self.json_path}: {exc.strerror or exc}"
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         tr = terminalreporter
@@ -164,7 +168,9 @@ class EvidencePlugin:
             tr.section("phase4 performance (median ms)")
             for line in lines:
                 tr.write_line(line)
-        if self.json_path is not None:
+        if self.json_error:
+            tr.write_line(f"phase4 evidence (JSON): {self.json_error}", red=True, bold=True)
+        elif self.json_path is not None:
             tr.write_line(f"phase4 evidence (JSON): {self.json_path}")
 
     def pytest_unconfigure(self, config: pytest.Config) -> None:

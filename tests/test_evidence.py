@@ -113,6 +113,28 @@ def test_confirmed_full_run_writes_json_evidence_and_junit_with_stages(project: 
     assert "record_property is incompatible" not in result.stdout.str()
 
 
+def test_failed_migration_means_rollback_required_and_is_the_issue(project: Callable[..., Project]) -> None:
+    p = project("mini")
+    p.pytester.path.joinpath("checks/migrations/20250101000003_add_indexes.sql").write_text(
+        "CREATE INDEX idx_tickets_customer ON tickets (customer_idd);\n")
+    p.pytester.path.joinpath("reports").mkdir()
+    p.pytester.path.joinpath("reports/evidence.json").mkdir()  # a folder where the file should go
+    result = p.run("--phase4-confirm-destructive", "--phase4-json=evidence.json", seed=True)
+    assert result.ret == 1
+    evidence = json.loads((p.path / "evidence.json").read_text())
+    assert evidence["rollback_required"] == {
+        "required": True, "reason": "20250101000003_add_indexes.sql failed (its own transaction was rolled back); "
+        "2 migration(s) of this run stay applied: roll back (Part 7) or fix and rerun"}
+    assert [m["status"] for m in evidence["migrations"]] == ["applied", "applied", "failed"]
+    assert evidence["issues"] == ["20250101000003_add_indexes::apply: 20250101000003_add_indexes.sql:1: column "
+                                  "\"customer_idd\" does not exist [SQLSTATE 42703]"]
+    page = html.unescape(p.report())
+    assert "<span class='phase4-badge phase4-bad'>YES</span>" in page
+
+    result = p.run("--phase4-confirm-destructive", "--phase4-json=reports/evidence.json")
+    result.stdout.fnmatch_lines(["phase4 evidence (JSON): could not write */reports/evidence.json: Is a directory"])
+
+
 def test_signoff_names_must_match_a_role_of_the_plan(project: Callable[..., Project]) -> None:
     p = project("mini", "perf")
     result = p.run("--phase4-signoff", "cto=Bob")
