@@ -171,8 +171,17 @@ def test_ctrl_c_during_a_migration(seeded: tuple[Project, dict[str, Any]]) -> No
 
 @pytest.fixture
 def own_server() -> Iterator[EmbeddedPostgres]:
-    """A cluster of this test's own: it is going to be stopped hard."""
+    """A cluster of this test's own: it is going to be stopped hard. Commits must be durable here, as on a real
+    server (throwaway clusters run with synchronous_commit off, which loses the last commits in a crash)."""
     server = start_embedded()
+    with psycopg.connect(server.dsn, autocommit=True) as conn:
+        conn.execute("ALTER SYSTEM SET synchronous_commit = on")
+        conn.execute("SELECT pg_reload_conf()")
+    for _ in range(100):  # the postmaster applies a reload asynchronously
+        with psycopg.connect(server.dsn) as conn:
+            if conn.execute("SHOW synchronous_commit").fetchone() == ("on",):
+                break
+        time.sleep(0.05)
     yield server
     server.stop()
 
