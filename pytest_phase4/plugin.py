@@ -14,7 +14,7 @@ import pytest
 
 from pytest_phase4 import evidence_hooks, report
 from pytest_phase4.errors import Phase4Error, PlanError
-from pytest_phase4.items import GROUP_KEY, IS_MIGRATION_KEY, ORDER_STRIDE, RUN_KEY, PlanFile
+from pytest_phase4.items import GROUP_KEY, IS_MIGRATION_KEY, ORDER_STRIDE, RUN_KEY, Phase4Item, PlanFile
 from pytest_phase4.plan import load_plan
 from pytest_phase4.run import ALREADY, APPLIED, Phase4Run
 from pytest_phase4.seed import load_setup
@@ -179,6 +179,9 @@ def pytest_runtest_makereport(
     if run is not None and group is not None and rep.failed:
         reason = run.target.scrub(f"{item.name}: {_reason(call)}")
         run.record_failure(group, reason, item.stash.get(IS_MIGRATION_KEY, False))
+    if isinstance(item, Phase4Item) and rep.skipped and isinstance(rep.longrepr, tuple):
+        # A check that skips itself is located at its plan entry, not at the plugin line that raised the skip.
+        rep.longrepr = (str(item.path), item.line, rep.longrepr[2])
     return rep
 
 
