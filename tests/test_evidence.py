@@ -61,7 +61,7 @@ def test_perf_is_timed_before_and_after_with_gates_table_and_explain(project: Ca
     assert any(i.startswith("post::perf_after[regressed]: expected at most 50% slower") for i in evidence["issues"])
 
     page = html.unescape(reports[0].read_text())
-    assert page.index("<h2>Execution summary</h2>") < page.index("<h2>Migrations</h2>")  # the summary comes first
+    assert page.count("<h2>Execution summary</h2>") == 1
     for text in ("Performance: query times before and after the migrations", "<h3>Sign-offs</h3>",
                  "<strong>Database Administrator</strong></td><td>Jane Doe</td>", "Rollback required",
                  "EXPLAIN (ANALYZE, BUFFERS)</strong></p><pre>", "Execution Time:"):
