@@ -191,4 +191,26 @@ _KIND_LIST = [
          {"name": Param("str"), "query": Param("str"), "expect": Param("scalar")},
          label_fn=lambda p, _: str(p["name"])),
 ]
+
+# Data safety (backup stage, snapshots): implemented in safety.py, which needs the whole run, not one connection.
+BACKUP_STEPS = ("dump", "schema", "snapshot", "info", "verify", "restore")
+
+
+def _backup_steps(params: Mapping[str, Any]) -> str | None:
+    steps = params["steps"]
+    if any(s not in BACKUP_STEPS for s in steps) or list(steps) != sorted(steps, key=BACKUP_STEPS.index):
+        return f"steps must be some of {list(BACKUP_STEPS)}, in that order"
+    return None
+
+
+_KIND_LIST += [
+    Kind("backup_tools", "pg_dump and pg_restore are found and not older than the server",
+         label_fn=lambda p, _: "pg_dump"),
+    Kind("backup", "pg_dump of the whole database, schema dump, snapshot, BACKUP_INFO.txt, verified",
+         {"steps": Param("names", False, BACKUP_STEPS)}, expand="steps", constraint=_backup_steps),
+    Kind("checksum_unchanged", "the kept columns' content checksum equals the one recorded before migrating",
+         {"tables": _names}, expand="tables"),
+    Kind("catalog_diff", "every catalog change since before the first migration is expected by the plan",
+         {"expect": Param("names", False, ())}, label_fn=lambda p, _: "schema"),
+]
 KINDS: dict[str, Kind] = {k.name: k for k in _KIND_LIST}
