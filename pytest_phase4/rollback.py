@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 class RollbackState:
     folder: Path | None = None
     saved: snapshot.Snapshot | None = None  # the snapshot stored with the backup
-    done: list[str] = field(default_factory=list)  # steps that succeeded, in order
+    done: dict[str, str] = field(default_factory=dict)  # step -> what it observed, for steps that succeeded
     scratch: str | None = None  # partial rollback: a copy of the backup to copy columns from
     restored_columns: dict[str, list[str]] = field(default_factory=dict)
 
@@ -58,17 +58,19 @@ def drop_created(run: Phase4Run, state: RollbackState) -> str:
     schema = run.plan.schema
     now = snapshot.fingerprint(run.ro, schema)
     created = [c for c in snapshot.diff(state.saved.fingerprint, now) if c.change == "added"]
-    dropped: list[str] = []
+    dropped: dict[str, list[str]] = {"view": [], "table": [], "index": []}
     with run.target.connect(read_only=False, autocommit=False) as conn, conn.transaction():
         for kind, statement in (("view", "DROP VIEW IF EXISTS {} CASCADE"), ("table", "DROP TABLE IF EXISTS {} "
                                 "CASCADE"), ("index", "DROP INDEX IF EXISTS {}")):
             for change in created:
-                if change.kind == kind and (kind != "view" or "MATERIALIZED" not in change.after):
+                gone_with = [t for t in dropped["table"] if f" ON {schema}.{t} " in change.after]
+                if change.kind == kind and not (kind == "index" and gone_with):
                     conn.execute(sql.SQL(statement).format(sql.Identifier(schema, change.name)))
-                    dropped.append(f"{kind} {change.name}")
+                    dropped[kind].append(change.name)
         # The ledger belongs to the migrations being undone; the restore brings back the one of the backup.
         conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(OWN_SCHEMA)))
-    return f"dropped {len(dropped)} object(s) created after the backup: {', '.join(dropped) or 'none'}"
+    parts = [f"{len(names)} {kind}(s) ({', '.join(names)})" for kind, names in dropped.items() if names]
+    return f"dropped what was created after the backup: {'; '.join(parts) or 'nothing'}"
 
 
 def restore_full(run: Phase4Run, state: RollbackState) -> str:

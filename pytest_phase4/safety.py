@@ -230,7 +230,10 @@ def _expected(change: snapshot.Change, names: set[str], likes: list[str], column
     if key in names or change.name in names:
         return True
     table = change.name.split(".", 1)[0]
-    if f"table {table}" in names and change.kind in ("column", "constraint", "policy", "table"):
+    if change.kind == "index" and (m := re.search(r"\bON (?:ONLY )?(?:\S+\.)?\"?([^\s\"]+)\"? USING",
+                                                  change.before or change.after)):
+        table = m.group(1)
+    if f"table {table}" in names and change.kind in ("column", "constraint", "index", "policy", "table"):
         return True  # everything of a table the plan creates
     if change.kind == "policy" or (change.kind == "table" and change.change == "changed"):
         return f"rls {table}" in names

@@ -124,8 +124,16 @@ class SafetyHooks:
             config.hook.pytest_deselected(items=dropped)
             items[:] = keep
 
-    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+    def pytest_terminal_summary(self, terminalreporter: Any, config: pytest.Config) -> None:
         s = self.run.safety
+        state = config.stash.get(ROLLBACK_KEY, None)
+        if s.rollback and state is not None:
+            terminalreporter.section("phase4 rollback")
+            for step, observed in state.done.items():
+                terminalreporter.write_line(f"{step:<16} {observed}")
+            steps = COLUMN_STEPS if s.rollback == "columns" else FULL_STEPS
+            if len(state.done) < len(steps):
+                terminalreporter.write_line("rollback NOT complete: see the failed step above", red=True, bold=True)
         if s.folder is not None and (s.folder / backup.INFO).is_file():
             terminalreporter.section("phase4 backup")
             for line in (s.folder / backup.INFO).read_text().splitlines()[1:10]:
@@ -183,7 +191,7 @@ def _step_function(name: str, fn: Callable[[Phase4Run, rollback.RollbackState], 
         finally:
             if name == "prove_columns":
                 rollback.drop_scratch(phase4_run, state)
-        state.done.append(name)
+        state.done[name] = observed
         record_property("observed", observed)
 
     phase4_rollback.__doc__ = f"rollback: {name}"
