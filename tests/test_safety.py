@@ -3,9 +3,13 @@ and rehearsal (runbook Parts 2, 4 and 7)."""
 
 from __future__ import annotations
 
+import os
 import re
+import select
 import shutil
 import subprocess
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -269,3 +273,42 @@ def test_green_rehearsal_then_migrates_the_target(project: Callable[..., Project
     assert outcomes_of(result)[f"{SAFE}::backup::rehearse"] == "PASSED"
     result.stdout.fnmatch_lines(["*rehearse PASSED*"])
     assert "customer_name" not in p.columns("sales")
+
+
+@pytest.mark.parametrize(("answer", "ret"), [("yes", 0), ("no", 1)])
+def test_prompt_on_a_terminal_decides_the_point_of_no_return(project: Callable[..., Project], answer: str,
+                                                              ret: int) -> None:
+    p = project("mini", "safe")
+    assert p.run("-m", "preflight", seed=True).ret == 0
+    master, slave = os.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", "--phase4", "-p", "no:cacheprovider", "-v",
+                             f"--dsn={p.dsn}"], cwd=p.path, stdin=slave, stdout=slave, stderr=slave,
+                            start_new_session=True)
+    os.close(slave)
+    seen = _read_until(master, b"Run it now? [yes/no] ")
+    assert b"20250101000002_drop_denormalized.sql is destructive (Remove denormalized fields); backup " in seen
+    os.write(master, f"{answer}\n".encode())
+    seen += _read_until(master, None)
+    assert proc.wait(timeout=60) == ret
+    os.close(master)
+    assert ("customer_name" in p.columns("sales")) == (answer == "no")
+    if answer == "no":
+        assert b"and the confirmation prompt was answered no" in seen
+
+
+def _read_until(fd: int, marker: bytes | None, timeout: float = 60) -> bytes:
+    """Terminal output until `marker` (or the end); fails instead of hanging."""
+    data = b""
+    deadline = time.monotonic() + timeout
+    while marker is None or marker not in data:
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        assert ready, f"no {marker!r} within {timeout} s; got: {data[-2000:]!r}"
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            chunk = b""
+        if not chunk:
+            assert marker is None, f"ended before {marker!r}: {data[-2000:]!r}"
+            return data
+        data += chunk
+    return data
