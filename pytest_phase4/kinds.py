@@ -80,6 +80,11 @@ def _convert(kind: str, value: Any) -> Any:
         if not isinstance(value, dict) or not all(isinstance(v, str) and v for v in value.values()):
             raise ValueError('a table of view = "base_table", e.g. { sales_with_details = "sales" }')
         return dict(value)
+    if kind == "deltas":
+        if not isinstance(value, dict) or not all(isinstance(v, int) and not isinstance(v, bool)
+                                                  for v in value.values()):
+            raise ValueError("a table of table = rows added (negative: removed), e.g. { audit_logs = 12 }")
+        return dict(value)
     raise AssertionError(kind)
 
 
@@ -210,6 +215,8 @@ _KIND_LIST += [
          {"steps": Param("names", False, BACKUP_STEPS)}, expand="steps", constraint=_backup_steps),
     Kind("checksum_unchanged", "the kept columns' content checksum equals the one recorded before migrating",
          {"tables": _names}, expand="tables"),
+    Kind("row_counts_match", "every table's row count equals the one recorded before migrating, plus its delta",
+         {"deltas": Param("deltas", False, {})}, label_fn=lambda p, _: "every_table"),
     Kind("catalog_diff", "every catalog change since before the first migration is expected by the plan",
          {"expect": Param("names", False, ())}, label_fn=lambda p, _: "schema"),
 ]

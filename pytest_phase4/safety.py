@@ -23,7 +23,7 @@ from pytest_phase4.plan import CheckSpec, Migration, Plan
 if TYPE_CHECKING:
     from pytest_phase4.run import Phase4Run
 
-KINDS = frozenset({"backup_tools", "backup", "checksum_unchanged", "catalog_diff"})
+KINDS = frozenset({"backup_tools", "backup", "checksum_unchanged", "row_counts_match", "catalog_diff"})
 
 
 @dataclass
@@ -199,6 +199,36 @@ def checksum_unchanged(run: Phase4Run, spec: CheckSpec) -> str:
     return f"{where}: {now.describe()}, as before"
 
 
+def row_counts_match(run: Phase4Run, spec: CheckSpec) -> str:
+    snap = run.snapshot()
+    if not snap.before_migrations:
+        raise CheckSkipped("no pre-migration row counts in this run: run the migrations and this check together")
+    deltas: dict[str, int] = spec.params["deltas"]
+    schema = run.plan.schema
+    unknown = sorted(set(deltas) - set(snap.counts))
+    now = {t: catalog.count_rows(run.ro, schema, t) for t in catalog.tables(run.ro, schema) if t in snap.counts}
+    rows = [("table", "before", "delta allowed", "expected", "found")]
+    for table, before in sorted(snap.counts.items()):
+        want = before + deltas.get(table, 0)
+        found = now.get(table)
+        if found != want:
+            rows.append((table, f"{before:,}", f"{deltas.get(table, 0):+,}", f"{want:,}",
+                         "table gone" if found is None else f"{found:,}"))
+    if unknown or len(rows) > 1:
+        widths = [max(len(r[i]) for r in rows) for i in range(5)]
+        lines = [" | ".join(r[i].ljust(widths[i]) for i in range(5)).rstrip() for r in rows] if len(rows) > 1 else []
+        lines += [f"deltas name {t}, which had no row count before migrating" for t in unknown]
+        raise CheckFailed(f"every table's row count as before migrating, plus the plan's deltas ({len(deltas)})",
+                          f"{len(rows) - 1} table(s) differ" + (f", {len(unknown)} unknown delta(s)" if unknown
+                                                                 else ""),
+                          f"schema {schema}", details=lines,
+                          hint=spec.hint or "rows were lost or added: restore from the backup (--phase4-rollback), "
+                                            "or declare the intended change in deltas")
+    total = sum(now.values())
+    return f"{len(now)} tables, {total:,} rows: every count as before" + (
+        f", with deltas {', '.join(f'{t} {d:+,}' for t, d in sorted(deltas.items()))}" if deltas else "")
+
+
 def expected_changes(plan: Plan, extra: tuple[str, ...]) -> tuple[set[str], list[str]]:
     """Names the plan expects to change ("view v", "column t.c", "table t", "index i", ...) and LIKE patterns."""
     names: set[str] = set(extra)
@@ -276,6 +306,7 @@ def catalog_diff(run: Phase4Run, spec: CheckSpec) -> str:
 
 _IMPL: dict[str, Callable[[Any, CheckSpec], str]] = {
     "backup_tools": backup_tools, "backup": backup_step, "checksum_unchanged": checksum_unchanged,
+    "row_counts_match": row_counts_match,
     "catalog_diff": catalog_diff,
 }
 

@@ -28,6 +28,7 @@ M2 = f"{SAFE}::20250101000002_drop_denormalized"
 M3 = f"{SAFE}::20250101000003_add_indexes"
 DESTRUCTIVE = "20250328000026_remove_all_denormalized_fields.sql"
 INDEXES = "20250328000027_add_performance_indexes.sql"
+DELETE_TICKET = "DELETE FROM tickets WHERE id = 7;\n"
 LOSE_DATA = "DELETE FROM tickets WHERE id = 7;\nUPDATE sales SET value = value + 1 WHERE id = 5;\n"
 SECRET = "s3cret-Pw-4711"  # the test server trusts every local connection, so any password is accepted
 
@@ -189,6 +190,28 @@ def test_row_deleted_or_changed_by_a_migration_fails_the_checksum_naming_the_tab
         "found:    100 rows, same count, checksum *",
         "where:    public.sales",
     ])
+    assert outcomes[f"{SAFE}::post::row_counts_match[every_table]"] == "FAILED"
+    result.stdout.fnmatch_lines([
+        "expected: every table's row count as before migrating, plus the plan's deltas (0)",
+        "found:    1 table(s) differ",
+        "where:    schema public",
+        "  table   | before | delta allowed | expected | found",
+        "  tickets | 50     | +0            | 50       | 49",
+    ])
+
+
+def test_declared_row_delta_is_allowed(project: Callable[..., Project]) -> None:
+    p = project("mini", "safe")
+    plan = p.pytester.path / "checks/phase4.toml"
+    plan.write_text(plan.read_text().replace('check = "row_counts_match"',
+                                             'check = "row_counts_match"\ndeltas = { tickets = -1 }'))
+    migration = p.pytester.path / "checks/migrations/20250101000002_drop_denormalized.sql"
+    migration.write_text(migration.read_text() + DELETE_TICKET)
+    result = p.run("-v", "--phase4-confirm-destructive", seed=True)
+    outcomes = outcomes_of(result)
+    assert outcomes[f"{SAFE}::post::row_counts_match[every_table]"] == "PASSED"
+    assert outcomes[f"{SAFE}::post::checksum_unchanged[tickets]"] == "FAILED"  # a delta does not excuse content
+    assert "3 tables, 159 rows: every count as before, with deltas tickets -1" in p.report()
 
 
 def test_unexpected_catalog_change_is_reported_as_a_table(project: Callable[..., Project]) -> None:
