@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,7 +42,7 @@ class SafetyState:
     restore_verified: bool = False
     backup_snapshot: snapshot.Snapshot | None = None
     before: snapshot.Snapshot | None = None  # kept-column checksums and fingerprint before the first migration
-    failures: list[str] = field(default_factory=list)
+    catalog_changes: list[tuple[snapshot.Change, bool]] | None = None  # (change, expected by the plan)
 
     def has_backup_stage(self, plan: Plan) -> bool:
         return any(s.kind == "backup" for s in plan.stages.get("backup", ()))
@@ -291,6 +291,7 @@ def catalog_diff(run: Phase4Run, spec: CheckSpec) -> str:
             t, col = name[7:].split(".", 1)
             columns.setdefault(t, set()).add(col)
     unexpected = [c for c in changes if not _expected(c, names, likes, columns)]
+    run.safety.catalog_changes = [(c, c not in unexpected) for c in changes]
     if unexpected:
         raise CheckFailed("every catalog change to be expected by the plan",
                           f"{len(unexpected)} unexpected change(s) of {len(changes)}", f"schema {run.plan.schema}",

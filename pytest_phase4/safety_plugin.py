@@ -4,6 +4,7 @@ backup's lines in the terminal. The work itself is in safety.py, backup.py, snap
 from __future__ import annotations
 
 import contextlib
+import html
 import sys
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -72,6 +73,8 @@ def configure(config: pytest.Config, run: Phase4Run) -> None:
     s.ask = _asker(config)
     config.stash[ROLLBACK_KEY] = rollback.RollbackState()
     config.pluginmanager.register(SafetyHooks(run), "phase4-safety")
+    if config.pluginmanager.hasplugin("html"):
+        config.pluginmanager.register(SafetyHtml(run), "phase4-safety-html")
 
 
 def _asker(config: pytest.Config) -> Callable[[str], bool | None]:
@@ -145,6 +148,30 @@ class SafetyHooks:
         if state is not None and state.scratch is not None:
             with contextlib.suppress(Exception):
                 rollback.drop_scratch(self.run, state)
+
+
+class SafetyHtml:
+    """The backup and the catalog diff in the pytest-html report (registered only when pytest-html is active)."""
+
+    def __init__(self, run: Phase4Run) -> None:
+        self.run = run
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_html_results_summary(self, prefix: list[str], summary: list[str], postfix: list[str],
+                                    session: pytest.Session) -> None:
+        e = html.escape
+        s = self.run.safety
+        if s.folder is not None and (s.folder / backup.INFO).is_file():
+            prefix.append(f"<h2>Backup</h2><pre id='phase4-backup'>{e((s.folder / backup.INFO).read_text())}</pre>")
+        if s.catalog_changes is not None:
+            rows = "".join(
+                f"<tr class='phase4-{'expected' if ok else 'unexpected'}'><td>{'expected' if ok else 'UNEXPECTED'}"
+                f"</td><td>{e(c.change)}</td><td>{e(c.kind)}</td><td>{e(c.name)}</td><td>{e(c.before)}</td>"
+                f"<td>{e(c.after)}</td></tr>" for c, ok in s.catalog_changes)
+            prefix.append(
+                "<h2>Catalog diff (before the first migration / now)</h2><table id='phase4-catalog-diff'><thead><tr>"
+                "<th>Verdict</th><th>Change</th><th>Kind</th><th>Name</th><th>Before</th><th>After</th></tr>"
+                f"</thead><tbody>{rows}</tbody></table>")
 
 
 def rehearsal_items(collector: Any, position: int) -> Iterator[pytest.Item]:

@@ -227,6 +227,11 @@ def test_unexpected_catalog_change_is_reported_as_a_table(project: Callable[...,
         "  change | kind   | name            | before | after",
         "  added  | column | customers.notes |        | text",
     ])
+    report = p.report()
+    assert ("<tr class='phase4-unexpected'><td>UNEXPECTED</td><td>added</td><td>column</td><td>customers.notes</td>"
+            "<td></td><td>text</td></tr>") in report
+    assert "<td>expected</td><td>removed</td><td>column</td><td>sales.customer_name</td>" in report
+    assert "<pre id='phase4-backup'>pytest-phase4 backup" in report
 
 
 def test_partial_rollback_restores_every_dropped_column(project: Callable[..., Project]) -> None:
