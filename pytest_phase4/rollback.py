@@ -58,19 +58,34 @@ def drop_created(run: Phase4Run, state: RollbackState) -> str:
     schema = run.plan.schema
     now = snapshot.fingerprint(run.ro, schema)
     created = [c for c in snapshot.diff(state.saved.fingerprint, now) if c.change == "added"]
-    dropped: dict[str, list[str]] = {"view": [], "table": [], "index": []}
+    dropped: dict[str, list[str]] = {k: [] for k in ("view", "matview", "table", "index", "sequence", "function",
+                                                     "type")}
     with run.target.connect(read_only=False, autocommit=False) as conn, conn.transaction():
-        for kind, statement in (("view", "DROP VIEW IF EXISTS {} CASCADE"), ("table", "DROP TABLE IF EXISTS {} "
-                                "CASCADE"), ("index", "DROP INDEX IF EXISTS {}")):
+        for kind in dropped:  # dependents first: views, then tables (with their indexes and owned sequences)
             for change in created:
-                gone_with = [t for t in dropped["table"] if f" ON {schema}.{t} " in change.after]
-                if change.kind == kind and not (kind == "index" and gone_with):
-                    conn.execute(sql.SQL(statement).format(sql.Identifier(schema, change.name)))
-                    dropped[kind].append(change.name)
+                if change.kind != kind or _gone_with(change, dropped["table"], schema):
+                    continue
+                conn.execute(_drop_statement(kind, schema, change.name))
+                dropped[kind].append(change.name)
         # The ledger belongs to the migrations being undone; the restore brings back the one of the backup.
         conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(OWN_SCHEMA)))
     parts = [f"{len(names)} {kind}(s) ({', '.join(names)})" for kind, names in dropped.items() if names]
     return f"dropped what was created after the backup: {'; '.join(parts) or 'nothing'}"
+
+
+def _gone_with(change: snapshot.Change, tables: list[str], schema: str) -> bool:
+    """An index or owned sequence of a table already dropped went with it."""
+    return any(f" ON {schema}.{t} " in change.after or f" owned by {t}." in change.after for t in tables)
+
+
+def _drop_statement(kind: str, schema: str, name: str) -> sql.Composed:
+    if kind == "function":  # "name(identity arguments)", as the catalog prints them
+        proname, args = name.split("(", 1)
+        return sql.SQL("DROP ROUTINE IF EXISTS {}({}) CASCADE").format(
+            sql.Identifier(schema, proname), sql.SQL(args.removesuffix(")")))
+    what = {"view": "VIEW", "matview": "MATERIALIZED VIEW", "table": "TABLE", "index": "INDEX",
+            "sequence": "SEQUENCE", "type": "TYPE"}[kind]
+    return sql.SQL("DROP {} IF EXISTS {} CASCADE").format(sql.SQL(what), sql.Identifier(schema, name))
 
 
 def restore_full(run: Phase4Run, state: RollbackState) -> str:

@@ -263,7 +263,12 @@ def _expected(change: snapshot.Change, names: set[str], likes: list[str], column
     if change.kind == "index" and (m := re.search(r"\bON (?:ONLY )?(?:\S+\.)?\"?([^\s\"]+)\"? USING",
                                                   change.before or change.after)):
         table = m.group(1)
-    if f"table {table}" in names and change.kind in ("column", "constraint", "index", "policy", "table"):
+    if change.kind == "sequence" and (m := re.search(r" owned by ([^.\s]+)\.", change.before or change.after)):
+        table = m.group(1)
+    if change.kind == "matview" and f"view {change.name}" in names:
+        return True
+    if f"table {table}" in names and change.kind in ("column", "constraint", "index", "policy", "sequence",
+                                                     "table"):
         return True  # everything of a table the plan creates
     if change.kind == "policy" or (change.kind == "table" and change.change == "changed"):
         return f"rls {table}" in names

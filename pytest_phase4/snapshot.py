@@ -52,7 +52,30 @@ _FINGERPRINT = [
         AND a.attnum > 0 AND NOT a.attisdropped"""),
     ("view", """SELECT c.relname, pg_catalog.pg_get_viewdef(c.oid)
       FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-      WHERE n.nspname = %(s)s AND n.nspname <> %(own)s AND c.relkind IN ('v', 'm')"""),
+      WHERE n.nspname = %(s)s AND n.nspname <> %(own)s AND c.relkind = 'v'"""),
+    ("matview", """SELECT c.relname, pg_catalog.pg_get_viewdef(c.oid)
+      FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+      WHERE n.nspname = %(s)s AND n.nspname <> %(own)s AND c.relkind = 'm'"""),
+    ("sequence", """SELECT c.relname, pg_catalog.format_type(q.seqtypid, NULL) || coalesce(' owned by '
+             || (SELECT t.relname || '.' || a.attname FROM pg_catalog.pg_depend d
+                 JOIN pg_catalog.pg_class t ON t.oid = d.refobjid
+                 JOIN pg_catalog.pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
+                 WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.objid = c.oid AND d.deptype IN ('a', 'i')
+                 LIMIT 1), '')
+      FROM pg_catalog.pg_sequence q JOIN pg_catalog.pg_class c ON c.oid = q.seqrelid
+      JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+      WHERE n.nspname = %(s)s AND n.nspname <> %(own)s"""),
+    ("function", """SELECT p.proname || '(' || pg_catalog.pg_get_function_identity_arguments(p.oid) || ')',
+             md5(pg_catalog.pg_get_functiondef(p.oid))
+      FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+      WHERE n.nspname = %(s)s AND n.nspname <> %(own)s AND p.prokind IN ('f', 'p')
+        AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_catalog.pg_proc'::regclass
+                        AND d.objid = p.oid AND d.deptype = 'e')"""),
+    ("type", """SELECT t.typname, CASE t.typtype WHEN 'e' THEN 'enum ' || (SELECT string_agg(e.enumlabel, ', '
+             ORDER BY e.enumsortorder) FROM pg_catalog.pg_enum e WHERE e.enumtypid = t.oid)
+             ELSE 'domain ' || pg_catalog.format_type(t.typbasetype, t.typtypmod) END
+      FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
+      WHERE n.nspname = %(s)s AND n.nspname <> %(own)s AND t.typtype IN ('e', 'd')"""),
     ("index", """SELECT indexname, indexdef FROM pg_catalog.pg_indexes
       WHERE schemaname = %(s)s AND schemaname <> %(own)s"""),
     ("constraint", """SELECT c.relname || '.' || k.conname, pg_catalog.pg_get_constraintdef(k.oid)
@@ -67,7 +90,7 @@ _FINGERPRINT = [
 
 def fingerprint(conn: psycopg.Connection[Any], schema: str) -> dict[str, str]:
     """"<kind> <name>" -> definition for tables (with RLS), columns and types, views and their definitions,
-    indexes, constraints and policies of the schema."""
+    indexes, constraints, policies, sequences, functions (a hash of their definition), enums and domains."""
     found: dict[str, str] = {}
     for kind, query in _FINGERPRINT:
         for name, definition in conn.execute(query, {"s": schema, "own": OWN_SCHEMA}).fetchall():

@@ -30,6 +30,13 @@ DESTRUCTIVE = "20250328000026_remove_all_denormalized_fields.sql"
 INDEXES = "20250328000027_add_performance_indexes.sql"
 DELETE_TICKET = "DELETE FROM tickets WHERE id = 7;\n"
 LOSE_DATA = "DELETE FROM tickets WHERE id = 7;\nUPDATE sales SET value = value + 1 WHERE id = 5;\n"
+EXTRA_OBJECTS = """
+CREATE TYPE ticket_state AS ENUM ('open', 'closed');
+CREATE FUNCTION sale_total() RETURNS numeric LANGUAGE sql AS 'SELECT sum(value) FROM sales';
+CREATE MATERIALIZED VIEW sales_summary AS SELECT customer_id, count(*) AS n FROM sales GROUP BY 1;
+CREATE SEQUENCE invoice_no;
+CREATE TABLE audit (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, state ticket_state);
+"""
 SECRET = "s3cret-Pw-4711"  # the test server trusts every local connection, so any password is accepted
 
 
@@ -340,3 +347,32 @@ def _read_until(fd: int, marker: bytes | None, timeout: float = 60) -> bytes:
             return data
         data += chunk
     return data
+
+
+def test_rollback_drops_every_kind_of_object_the_run_created(project: Callable[..., Project]) -> None:
+    p = project("mini", "safe")
+    migration = p.pytester.path / "checks/migrations/20250101000001_create_views.sql"
+    migration.write_text(migration.read_text() + EXTRA_OBJECTS)
+    assert p.run("-m", "preflight", seed=True).ret == 0
+    before = outside_fingerprint(p)
+    result = p.run("-v", "--phase4-confirm-destructive")
+    assert outcomes_of(result)[f"{SAFE}::post::catalog_diff[schema]"] == "FAILED"
+    result.stdout.fnmatch_lines(["found:    10 unexpected change(s) of 14", "*",
+                                 "  added  | column     | audit.id         |        | bigint not null",
+                                 "  added  | column     | audit.state      |        | ticket_state",
+                                 "  added  | constraint | audit.audit_pkey |        | PRIMARY KEY (id)",
+                                 "  added  | function   | sale_total()     |        | *",
+                                 "  added  | index      | audit_pkey       |        | CREATE UNIQUE INDEX audit_pkey *",
+                                 "  added  | matview    | sales_summary    |        | SELECT sales.customer_id, *",
+                                 "  added  | sequence   | audit_id_seq     |        | bigint owned by audit.id",
+                                 "  added  | sequence   | invoice_no       |        | bigint",
+                                 "  added  | table      | audit            |        | rls off",
+                                 "  added  | type       | ticket_state     |        | enum open, closed"])
+
+    result = p.run("-v", "--phase4-rollback")
+    assert result.ret == 0, result.stdout.str()
+    result.stdout.fnmatch_lines(["drop_created     dropped what was created after the backup: 1 view(s) "
+                                 "(sales_with_details); 1 matview(s) (sales_summary); 1 table(s) (audit); "
+                                 "2 index(s) (idx_sales_customer, idx_tickets_customer); 1 sequence(s) "
+                                 "(invoice_no); 1 function(s) (sale_total()); 1 type(s) (ticket_state)"])
+    assert outside_fingerprint(p) == before
