@@ -230,11 +230,3 @@ def _drop(conn: psycopg.Connection[Any], name: str) -> None:
 
 def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "plan"
-
-
-def newest_backup(root: Path) -> Path | None:
-    """root itself if it holds a backup, else its newest <timestamp>/ subfolder that does."""
-    if (root / INFO).is_file():
-        return root
-    found = sorted(p.parent for p in root.glob(f"*/{INFO}"))
-    return found[-1] if found else None

@@ -35,21 +35,42 @@ class RollbackState:
 
 
 def locate(run: Phase4Run, state: RollbackState) -> str:
+    """The given backup folder, else the newest backup taken before any migration of the plan was applied."""
     s = run.safety
     root = s.backup_root or Path("_backups") / backup.slug(run.plan.name)
-    folder = backup.newest_backup(root)
-    if folder is None:
-        raise CheckFailed(f"a backup ({backup.INFO}) in {root} or one of its <timestamp>/ folders", "none",
-                          str(root), hint="give the backup's folder with --phase4-backup-dir=DIR")
+    folder, saved = _pick(run, root)
     sha = backup.read_info_sha(folder)
     entries = backup.verify_archive(tools(run), folder / backup.DUMP, sha, run.target.secrets)
+    state.folder, state.saved = folder, saved
+    when = (f"taken with {len(saved.applied)} migration(s) applied" if saved.applied
+            else "taken before any migration")
+    return (f"{folder}: {backup.DUMP} sha256 {str(sha)[:16]} matches BACKUP_INFO.txt, {entries} entries readable; "
+            f"{when}")
+
+
+def _pick(run: Phase4Run, root: Path) -> tuple[Path, snapshot.Snapshot]:
+    if (root / backup.INFO).is_file():  # the user named the backup itself
+        return root, _saved(root)
+    folders = sorted((p.parent for p in root.glob(f"*/{backup.INFO}")), reverse=True)
+    if not folders:
+        raise CheckFailed(f"a backup ({backup.INFO}) in {root} or one of its <timestamp>/ folders", "none",
+                          str(root), hint="give the backup's folder with --phase4-backup-dir=DIR")
+    plan_files = {m.file for m in run.plan.migrations}
+    for folder in folders:
+        saved = _saved(folder)
+        if not plan_files & set(saved.applied):
+            return folder, saved
+    raise CheckFailed("a backup taken before any migration of the plan was applied", f"{len(folders)} backup(s), "
+                      "each taken after some migrations", str(root),
+                      hint="give the backup to restore with --phase4-backup-dir=DIR")
+
+
+def _saved(folder: Path) -> snapshot.Snapshot:
     try:
-        state.saved = snapshot.Snapshot.from_json((folder / backup.SNAPSHOT).read_text())
+        return snapshot.Snapshot.from_json((folder / backup.SNAPSHOT).read_text())
     except (OSError, ValueError, KeyError) as exc:
         raise CheckFailed(f"the snapshot stored with the backup ({backup.SNAPSHOT})", f"unreadable: {exc}",
                           str(folder)) from None
-    state.folder = folder
-    return f"{folder}: {backup.DUMP} sha256 {str(sha)[:16]} matches BACKUP_INFO.txt, {entries} entries readable"
 
 
 def drop_created(run: Phase4Run, state: RollbackState) -> str:

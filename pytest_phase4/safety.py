@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from pytest_phase4 import backup, catalog, snapshot
+from pytest_phase4 import backup, catalog, ledger, snapshot
 from pytest_phase4 import dsn as dsnlib
 from pytest_phase4.checks import CheckSkipped, _like
 from pytest_phase4.errors import CheckFailed
@@ -79,7 +79,12 @@ def backup_folder(run: Phase4Run) -> Path:
     s = run.safety
     if s.folder is None:
         root = s.backup_root or Path("_backups") / backup.slug(run.plan.name)
-        s.folder = root / run.started_at.strftime("%Y%m%dT%H%M%SZ")
+        stamp = run.started_at.strftime("%Y%m%dT%H%M%SZ")
+        s.folder = root / stamp
+        for n in range(2, 100):  # a second run within the same second: never write into another run's backup
+            if not s.folder.exists():
+                break
+            s.folder = root / f"{stamp}-{n:02d}"
     return s.folder
 
 
@@ -120,6 +125,7 @@ def backup_step(run: Phase4Run, spec: CheckSpec) -> str:
         return f"{path}: {path.stat().st_size:,} bytes"
     if step == "snapshot":
         snap = snapshot.take(run.ro, run.plan.schema)
+        snap.applied = sorted(ledger.read(run.ro))
         (folder / backup.SNAPSHOT).write_text(snap.to_json())
         s.backup_snapshot = snap
         return f"{folder / backup.SNAPSHOT}: {len(snap.counts)} tables, {sum(snap.counts.values()):,} rows"

@@ -104,10 +104,11 @@ class Snapshot:
     counts: dict[str, int]
     checksums: dict[str, Checksum] = field(default_factory=dict)
     fingerprint: dict[str, str] = field(default_factory=dict)
+    applied: list[str] = field(default_factory=list)  # migrations the ledger showed as applied at that moment
 
     def to_json(self) -> str:
         return json.dumps({
-            "schema": self.schema, "counts": self.counts, "fingerprint": self.fingerprint,
+            "schema": self.schema, "counts": self.counts, "fingerprint": self.fingerprint, "applied": self.applied,
             "checksums": {t: {"columns": list(c.columns), "rows": c.rows, "sum": c.sum}
                           for t, c in self.checksums.items()},
         }, indent=1, sort_keys=True)
@@ -117,7 +118,7 @@ class Snapshot:
         data = json.loads(text)
         sums = {t: Checksum(tuple(c["columns"]), int(c["rows"]), str(c["sum"])) for t, c in data["checksums"].items()}
         return cls(str(data["schema"]), {k: int(v) for k, v in data["counts"].items()}, sums,
-                   dict(data["fingerprint"]))
+                   dict(data["fingerprint"]), [str(f) for f in data.get("applied", [])])
 
 
 def take(conn: psycopg.Connection[Any], schema: str, kept: Mapping[str, Sequence[str]] | None = None) -> Snapshot:

@@ -86,6 +86,8 @@ def test_confirmed_run_leaves_a_verified_dump_and_rollback_brings_back_schema_an
         assert SECRET not in text
     assert "customer_name" not in p.columns("sales")
     assert outside_fingerprint(p) != before
+    assert p.run("-m", "backup").ret == 0  # a backup of the migrated state: the rollback must not pick it
+    assert len(list(p.path.glob("_backups/*/*/BACKUP_INFO.txt"))) == 2
 
     result = p.run("-v", "--phase4-rollback")
     assert result.ret == 0, result.stdout.str()
@@ -94,8 +96,8 @@ def test_confirmed_run_leaves_a_verified_dump_and_rollback_brings_back_schema_an
         for step in ("locate_backup", "drop_created", "restore", "row_counts", "checksums", "fingerprint")]
     result.stdout.fnmatch_lines(["*phase4 ROLLBACK (full) from the newest backup in *"])
     result.stdout.fnmatch_lines(["*phase4 rollback*",
-                                 "locate_backup    */20*Z: full.dump sha256 * matches BACKUP_INFO.txt, * entries "
-                                 "readable",
+                                 f"locate_backup    {folder}: full.dump sha256 * matches BACKUP_INFO.txt, * entries "
+                                 "readable; taken before any migration",
                                  "drop_created     dropped what was created after the backup: 12 view(s) (*); "
                                  "1 table(s) (suppliers); 41 index(s) (idx_audit_logs_entity, *)",
                                  "restore          pg_restore --clean --if-exists --single-transaction of *",
