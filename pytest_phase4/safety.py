@@ -174,7 +174,8 @@ def compare(expected: snapshot.Snapshot, found: snapshot.Snapshot) -> list[str]:
     for table in sorted(set(expected.counts) | set(found.counts)):
         a, b = expected.counts.get(table), found.counts.get(table)
         if a != b:
-            lines.append(f"rows of {expected.schema}.{table}: expected {a}, found {b}")
+            shown = ["no such table" if n is None else f"{n:,}" for n in (a, b)]
+            lines.append(f"rows of {expected.schema}.{table}: expected {shown[0]}, found {shown[1]}")
         ea, fb = expected.checksums.get(table), found.checksums.get(table)
         if ea and fb and ea.columns == fb.columns and ea.sum != fb.sum:
             lines.append(f"checksum of {expected.schema}.{table}: expected {ea.sum}, found {fb.sum}")

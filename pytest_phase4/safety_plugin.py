@@ -35,8 +35,8 @@ def add_options(parser: pytest.Parser) -> None:
     group = parser.getgroup("phase4")
     group.addoption("--phase4-backup-dir", default=None, metavar="DIR",
                     help="where backups go: each run writes DIR/<timestamp>/ (ini: phase4_backup_dir; default "
-                         "_backups/<plan name>); --phase4-rollback uses the newest one, or DIR itself if it holds "
-                         "a BACKUP_INFO.txt")
+                         "_backups/<plan name>); --phase4-rollback uses the newest one taken before any migration, or "
+                         "DIR itself if it holds a BACKUP_INFO.txt")
     group.addoption("--phase4-verify-restore", action="store_true", default=None,
                     help="restore the backup into a scratch database and compare it with the source "
                          "(ini: phase4_verify_restore)")
@@ -111,7 +111,8 @@ class SafetyHooks:
         s = self.run.safety
         if s.rollback:
             what = "dropped columns only" if s.rollback == "columns" else "full"
-            return [f"phase4 ROLLBACK ({what}) from the newest backup in {s.backup_root}; the plan is not run"]
+            return [f"phase4 ROLLBACK ({what}) from the newest pre-migration backup in {s.backup_root}; the plan is "
+                    "not run"]
         extra = ", verify restore" if s.verify_restore else ""
         extra += ", rehearsal first" if s.rehearse else ""
         return [f"phase4 backups: {s.backup_root}{extra}"]

@@ -18,8 +18,9 @@ import pytest
 from conftest import Project, outcomes_of
 from psycopg import sql
 
-from pytest_phase4 import backup
+from pytest_phase4 import backup, snapshot
 from pytest_phase4.errors import CheckFailed
+from pytest_phase4.safety import compare
 
 CRM = "checks/phase4.toml"
 SAFE = "checks/phase4.toml"
@@ -94,7 +95,7 @@ def test_confirmed_run_leaves_a_verified_dump_and_rollback_brings_back_schema_an
     assert list(outcomes_of(result).items()) == [
         (f"{CRM}::rollback::{step}", "PASSED")
         for step in ("locate_backup", "drop_created", "restore", "row_counts", "checksums", "fingerprint")]
-    result.stdout.fnmatch_lines(["*phase4 ROLLBACK (full) from the newest backup in *"])
+    result.stdout.fnmatch_lines(["*phase4 ROLLBACK (full) from the newest pre-migration backup in *"])
     result.stdout.fnmatch_lines(["*phase4 rollback*",
                                  f"locate_backup    {folder}: full.dump sha256 * matches BACKUP_INFO.txt, * entries "
                                  "readable; taken before any migration",
@@ -378,3 +379,26 @@ def test_rollback_drops_every_kind_of_object_the_run_created(project: Callable[.
                                  "2 index(s) (idx_sales_customer, idx_tickets_customer); 1 sequence(s) "
                                  "(invoice_no); 1 function(s) (sale_total()); 1 type(s) (ticket_state)"])
     assert outside_fingerprint(p) == before
+
+
+def test_client_tools_get_the_password_in_their_environment_only() -> None:
+    conninfo, env = backup.client_args(f"postgresql://me:{SECRET}@db.example:5433/crm")
+    assert SECRET not in conninfo
+    assert "host=db.example" in conninfo
+    assert "dbname=crm" in conninfo
+    assert env["PGPASSWORD"] == SECRET
+
+
+def test_compare_names_every_difference() -> None:
+    before = snapshot.Snapshot("public", {"a": 3, "b": 1}, {"a": snapshot.Checksum(("id",), 3, "12")},
+                               {"table a": "rls off", "column a.x": "text", "view v": "SELECT 1"})
+    after = snapshot.Snapshot("public", {"a": 3}, {"a": snapshot.Checksum(("id",), 3, "13")},
+                              {"table a": "rls on", "view v": "SELECT 1", "index i": "CREATE INDEX i"})
+    assert compare(before, after) == [
+        "checksum of public.a: expected 12, found 13",
+        "rows of public.b: expected 1, found no such table",
+        "change  | kind   | name | before  | after",
+        "removed | column | a.x  | text    |",
+        "added   | index  | i    |         | CREATE INDEX i",
+        "changed | table  | a    | rls off | rls on",
+    ]
