@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import psycopg
 import pytest
 
 from pytest_phase4.errors import CheckFailed, MigrationFailed
@@ -53,10 +54,15 @@ class Phase4Item(pytest.Function):
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException]) -> Any:  # type: ignore[override]
         exc = excinfo.value
+        run = self.config.stash[RUN_KEY]
         if isinstance(exc, CheckFailed | MigrationFailed):
-            return exc.render()
+            return run.target.scrub(exc.render())
         if isinstance(exc, DestructiveBlocked):
             return str(exc)
+        if isinstance(exc, psycopg.Error):  # e.g. the connection was lost between two steps
+            lines = str(exc).strip().splitlines() or [type(exc).__name__]
+            state = f" [SQLSTATE {exc.sqlstate}]" if exc.sqlstate else ""
+            return run.target.scrub(f"SQL error: {lines[0]}{state}")
         return super().repr_failure(excinfo)
 
     line: int = 0  # plan line of the entry this item comes from

@@ -161,7 +161,9 @@ _names = Param("names")
 _KIND_LIST = [
     Kind("server_version", "the server answers and its major version is at least min",
          {"min": Param("int")}, label_fn=lambda p, _: f">={p['min']}"),
-    Kind("migration_files", "each migration file exists, is readable and not empty"),
+    Kind("migration_files", "each migration file exists, is readable, not empty, and unchanged if applied"),
+    Kind("no_invalid_indexes", "no index in the schema is INVALID (left by a failed CREATE INDEX CONCURRENTLY)",
+         label_fn=lambda p, _: "schema"),
     Kind("table_count", "the schema holds at least min base tables",
          {"min": Param("int")}, label_fn=lambda p, _: f">={p['min']}"),
     Kind("tables_have_rows", "each table exists and holds at least min_rows rows (count recorded)",

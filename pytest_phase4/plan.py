@@ -23,7 +23,8 @@ BEFORE_STAGES = ("preflight", "backup")
 AFTER_STAGES = ("post",)
 _PLAN_KEYS = {"name", "schema", "migrations_dir"}
 _SETUP_KEYS = {"files", "settings"}
-_MIGRATION_KEYS = {"file", "title", "destructive", "verify"}
+_MIGRATION_KEYS = {"file", "title", "destructive", "transaction", "statement_timeout", "verify"}
+DURATION = re.compile(r"^\d+\s*(ms|s|min|h)?$")  # PostgreSQL's units for timeouts; a bare number is ms
 _TOP_KEYS = {"phase4", "setup", "migration", *BEFORE_STAGES, *AFTER_STAGES}
 
 
@@ -51,6 +52,8 @@ class Migration:
     path: Path
     checks: tuple[CheckSpec, ...]
     line: int = 0
+    transaction: bool = True  # false: statement by statement in autocommit (CREATE INDEX CONCURRENTLY)
+    statement_timeout: str | None = None
 
     @property
     def name(self) -> str:
@@ -230,6 +233,14 @@ def _migrations(r: _Reader, entries: Any, mig_dir: Path) -> tuple[Migration, ...
         if not isinstance(destructive, bool):
             r.problem(where, f"destructive must be true or false, found {destructive!r}")
             destructive = False
+        transaction = entry.get("transaction", True)
+        if not isinstance(transaction, bool):
+            r.problem(where, f"transaction must be true or false, found {transaction!r}")
+            transaction = True
+        timeout = entry.get("statement_timeout")
+        if timeout is not None and not (isinstance(timeout, str) and DURATION.match(timeout)):
+            r.problem(where, f'statement_timeout must be a duration like "30s", "5min" or "500ms", found {timeout!r}')
+            timeout = None
         verify = entry.get("verify", [])
         if not isinstance(verify, list):
             r.problem(where, "verify must be an array of tables: [[migration.verify]]")
@@ -250,7 +261,7 @@ def _migrations(r: _Reader, entries: Any, mig_dir: Path) -> tuple[Migration, ...
         checks = _stage(r, verify, "migration", file, "migration.verify", (), first=verify_seen)
         verify_seen += len(verify)
         result.append(Migration(len(result) + 1, file, title or file, destructive, path, checks,
-                                r.header_line("migration", i) or 0))
+                                r.header_line("migration", i) or 0, transaction, timeout))
     return tuple(result)
 
 

@@ -49,6 +49,9 @@ def pytest_cmdline_main(config: pytest.Config) -> None:
     settings = Settings.from_config(config)
     if not settings.enabled:
         return
+    if config.pluginmanager.hasplugin("xdist") and config.getoption("numprocesses", None):
+        raise pytest.UsageError("--phase4 runs its steps in order against one database: it cannot be "
+                                "distributed; drop -n / --numprocesses")
     plan_path = settings.plan
     try:
         plan = load_plan(plan_path, display=_display(plan_path, config.rootpath))
@@ -57,7 +60,8 @@ def pytest_cmdline_main(config: pytest.Config) -> None:
     try:
         target = _target(settings, plan)
         # A throwaway database holds nothing to lose: its point of no return needs no confirmation.
-        run = Phase4Run(plan, target, settings.confirm_destructive or target.embedded is not None)
+        run = Phase4Run(plan, target, settings.confirm_destructive or target.embedded is not None,
+                        settings.check_timeout, settings.lock_timeout)
     except Phase4Error as exc:
         raise pytest.UsageError(str(exc)) from None
     try:
@@ -73,10 +77,11 @@ def pytest_cmdline_main(config: pytest.Config) -> None:
         raise
     if config.args_source != pytest.Config.ArgsSource.ARGS:
         config.args[:] = [str(plan.folder)]
-    if config.pluginmanager.hasplugin("html") and not config.getoption("htmlpath", None):
-        stamp = run.started_at.astimezone().strftime("%Y%m%d-%H%M%S")
-        config.option.htmlpath = str(settings.report_dir(config.rootpath) / f"phase4-{stamp}.html")
-        config.option.self_contained_html = True
+    if config.pluginmanager.hasplugin("html"):
+        if not config.getoption("htmlpath", None):
+            stamp = run.started_at.astimezone().strftime("%Y%m%d-%H%M%S")
+            config.option.htmlpath = str(settings.report_dir(config.rootpath) / f"phase4-{stamp}.html")
+        config.option.self_contained_html = True  # one file to attach to the change ticket
     config.pluginmanager.register(report.ReportPlugin(run), "phase4-report")
     if config.pluginmanager.hasplugin("html"):
         config.pluginmanager.register(report.HtmlHooks(run), "phase4-html")
@@ -178,7 +183,8 @@ def pytest_runtest_makereport(
     run = item.config.stash.get(RUN_KEY, None)
     group = item.stash.get(GROUP_KEY, None)
     if run is not None and group is not None and rep.failed:
-        run.record_failure(group, f"{item.name}: {_reason(call)}", item.stash.get(IS_MIGRATION_KEY, False))
+        reason = run.target.scrub(f"{item.name}: {_reason(call)}")
+        run.record_failure(group, reason, item.stash.get(IS_MIGRATION_KEY, False))
     return rep
 
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import psycopg
 
-from pytest_phase4 import catalog, checks, ledger, migrate, safety
-from pytest_phase4.errors import MigrationFailed
+from pytest_phase4 import catalog, checks, guard, ledger, migrate, safety
+from pytest_phase4.errors import CheckFailed, MigrationFailed
 from pytest_phase4.plan import CheckSpec, Migration, Plan
 from pytest_phase4.target import Target
 
@@ -48,6 +48,8 @@ class Phase4Run:
     plan: Plan
     target: Target
     confirm_destructive: bool
+    check_timeout: str = "60s"
+    lock_timeout: str = "10s"
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     finished_at: datetime | None = None
     server_version: str = ""
@@ -56,6 +58,7 @@ class Phase4Run:
     applied_before_run: dict[str, ledger.Entry] = field(default_factory=dict)
     _ro: psycopg.Connection[Any] | None = None
     _rw: psycopg.Connection[Any] | None = None
+    _guard: psycopg.Connection[Any] | None = None  # holds the run lock; watches blocked migrations
     _snapshot: checks.Snapshot | None = None
     safety: safety.SafetyState = field(default_factory=lambda: safety.SafetyState())
 
@@ -64,25 +67,32 @@ class Phase4Run:
 
     # -- connections -------------------------------------------------------------------------------------
     def open(self) -> None:
-        """Connect read-only, learn the server version and what the ledger says. Writes nothing."""
-        self._ro = self.target.connect(read_only=True, autocommit=True)
+        """Take the run lock, connect read-only, learn the server version and the ledger. Writes nothing."""
+        self._guard = self.target.connect(read_only=True, autocommit=True)
+        guard.take_run_lock(self._guard, self.target.label)
+        self._ro = self._connect_ro()
         self.server_version = str(self._ro.execute("SHOW server_version").fetchone()[0])  # type: ignore[index]
         self.applied_before_run = ledger.read(self._ro)
+
+    def _connect_ro(self) -> psycopg.Connection[Any]:
+        return self.target.connect(read_only=True, autocommit=True,
+                                   settings={"statement_timeout": self.check_timeout})
 
     @property
     def ro(self) -> psycopg.Connection[Any]:
         if self._ro is None or self._ro.closed:
-            self._ro = self.target.connect(read_only=True, autocommit=True)
+            self._ro = self._connect_ro()
         return self._ro
 
     def _writer(self) -> psycopg.Connection[Any]:
-        if self._rw is None or self._rw.closed:
-            self._rw = self.target.connect(read_only=False, autocommit=False)
+        if self._rw is None or self._rw.closed or self._rw.broken:
+            self._rw = self.target.connect(read_only=False, autocommit=False,
+                                           settings={"lock_timeout": self.lock_timeout})
         return self._rw
 
     def close(self) -> None:
         self.finished_at = self.finished_at or datetime.now(UTC)
-        for conn in (self._ro, self._rw):
+        for conn in (self._ro, self._rw, self._guard):
             if conn is not None:
                 conn.close()
         self.target.close()
@@ -116,13 +126,21 @@ class Phase4Run:
     def snapshot(self) -> checks.Snapshot:
         if self._snapshot is None:
             before = not any(s.status == APPLIED for s in self.states.values())
-            self._snapshot = checks.Snapshot(catalog.count_all_tables(self.ro, self.plan.schema), before)
-            if before:
-                safety.capture_before(self)  # kept-column checksums and catalog fingerprint, same moment
+            try:
+                counts = catalog.count_all_tables(self.ro, self.plan.schema)
+                if before:
+                    safety.capture_before(self)  # kept-column checksums and catalog fingerprint, same moment
+            except psycopg.Error as exc:
+                raise CheckFailed(
+                    f"row counts of every table in schema {self.plan.schema}, recorded before migrating",
+                    f"SQL error: {exc.diag.message_primary or exc} [SQLSTATE {exc.sqlstate}]",
+                    f"schema {self.plan.schema}", hint=checks.timeout_hint(exc, self.check_timeout)) from None
+            self._snapshot = checks.Snapshot(counts, before)
         return self._snapshot
 
     def context(self) -> checks.Context:
-        return checks.Context(self.ro, self.plan, self.snapshot, frozenset(self.applied_before_run))
+        return checks.Context(self.ro, self.plan, self.snapshot, frozenset(self.applied_before_run),
+                              self.applied_before_run)
 
     def check(self, spec: CheckSpec) -> str:
         if spec.kind in safety.KINDS:
@@ -154,11 +172,18 @@ class Phase4Run:
             raise DestructiveBlocked(blocked)
         self.snapshot()  # the row counts must be taken before the first change
         started = time.perf_counter()
+        writer = self._writer()
         try:
-            applied = migrate.apply(self._writer(), migration, self.plan.name)
+            with guard.Watch(self._guard or self.ro, writer.info.backend_pid) as watch:
+                applied = migrate.apply(writer, migration, self.plan.name, self.plan.schema,
+                                        blockers=lambda: [str(b) for b in watch.blockers])
         except MigrationFailed as exc:
             state.status, state.duration_ms = FAILED, (time.perf_counter() - started) * 1000
             state.note = exc.summary
+            raise
+        except BaseException:  # Ctrl-C: psycopg cancels the query and the transaction rolls back
+            state.status, state.duration_ms = FAILED, (time.perf_counter() - started) * 1000
+            state.note = "interrupted: rolled back"
             raise
         state.status, state.duration_ms = APPLIED, applied.duration_ms
         return state

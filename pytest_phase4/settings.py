@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from pytest_phase4.plan import DURATION
+
 DEFAULT_PLAN = "checks/phase4.toml"
 DEFAULT_REPORT_DIR = "reports"
 
@@ -19,6 +21,8 @@ class Settings:
     seed: bool
     confirm_destructive: bool
     report_root: str | None
+    check_timeout: str
+    lock_timeout: str
 
     @staticmethod
     def add_options(parser: pytest.Parser) -> None:
@@ -40,7 +44,15 @@ class Settings:
         group.addoption("--phase4-report-dir", default=None, metavar="DIR",
                         help=f"where the HTML report goes when --html is not given (ini: phase4_report_dir; "
                              f"default: {DEFAULT_REPORT_DIR})")
+        group.addoption("--phase4-check-timeout", default=None, metavar="DURATION",
+                        help="statement_timeout of the read-only verification connection, e.g. 60s "
+                             "(ini: phase4_check_timeout; default 60s)")
+        group.addoption("--phase4-lock-timeout", default=None, metavar="DURATION",
+                        help="lock_timeout of the migration connection: a migration waiting longer for a lock "
+                             "fails and names who holds it (ini: phase4_lock_timeout; default 10s)")
         parser.addini("phase4_plan", "pytest-phase4 plan file", default=None)
+        parser.addini("phase4_check_timeout", "statement_timeout for checks", default="60s")
+        parser.addini("phase4_lock_timeout", "lock_timeout for migrations", default="10s")
         parser.addini("phase4_seed", "load the plan's [setup] into the target first", type="bool", default=False)
         parser.addini("phase4_report_dir", "pytest-phase4 default HTML report folder", default=None)
 
@@ -54,6 +66,8 @@ class Settings:
             seed=bool(opt("phase4_seed") or config.getini("phase4_seed")),
             confirm_destructive=bool(opt("phase4_confirm_destructive")),
             report_root=opt("phase4_report_dir") or config.getini("phase4_report_dir"),
+            check_timeout=_duration(config, "phase4_check_timeout"),
+            lock_timeout=_duration(config, "phase4_lock_timeout"),
         )
 
     def report_dir(self, rootpath: Path) -> Path:
@@ -65,3 +79,11 @@ def _plan_path(config: pytest.Config) -> Path:
     if cli := config.getoption("phase4_plan"):
         return (config.invocation_params.dir / str(cli)).resolve()
     return (config.rootpath / (config.getini("phase4_plan") or DEFAULT_PLAN)).resolve()
+
+
+def _duration(config: pytest.Config, name: str) -> str:
+    value = str(config.getoption(name) or config.getini(name)).strip()
+    if not DURATION.match(value):
+        flag = "--" + name.replace("_", "-")
+        raise pytest.UsageError(f"{flag}: expected a duration like 500ms, 30s or 5min, found {value!r}")
+    return value.replace(" ", "")
