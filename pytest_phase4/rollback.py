@@ -81,7 +81,7 @@ def drop_created(run: Phase4Run, state: RollbackState) -> str:
     created = [c for c in snapshot.diff(state.saved.fingerprint, now) if c.change == "added"]
     dropped: dict[str, list[str]] = {k: [] for k in ("view", "matview", "table", "index", "sequence", "function",
                                                      "type")}
-    with run.target.connect(read_only=False, autocommit=False) as conn, conn.transaction():
+    with _writer(run) as conn, conn.transaction():
         for kind in dropped:  # dependents first: views, then tables (with their indexes and owned sequences)
             for change in created:
                 if change.kind != kind or _gone_with(change, dropped["table"], schema):
@@ -92,6 +92,11 @@ def drop_created(run: Phase4Run, state: RollbackState) -> str:
         conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(OWN_SCHEMA)))
     parts = [f"{len(names)} {kind}(s) ({', '.join(names)})" for kind, names in dropped.items() if names]
     return f"dropped what was created after the backup: {'; '.join(parts) or 'nothing'}"
+
+
+def _writer(run: Phase4Run) -> psycopg.Connection[Any]:
+    # The same lock_timeout as migrations: a session holding a lock fails the step instead of hanging it.
+    return run.target.connect(read_only=False, autocommit=False, settings={"lock_timeout": run.lock_timeout})
 
 
 def _gone_with(change: snapshot.Change, tables: list[str], schema: str) -> bool:
@@ -173,7 +178,7 @@ def refill_columns(run: Phase4Run, state: RollbackState) -> str:
                           f"schema {schema}", hint="nothing to restore; use --phase4-rollback for a full rollback")
     scratch_dsn = backup.with_dbname(run.target.dsn, state.scratch)
     total = 0
-    with psycopg.connect(scratch_dsn) as src, run.target.connect(read_only=False, autocommit=False) as dst, \
+    with psycopg.connect(scratch_dsn) as src, _writer(run) as dst, \
             dst.transaction():
         for table, cols in missing.items():
             key = catalog.primary_key(dst, schema, table)

@@ -13,8 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from pytest_phase4 import backup, catalog, ledger, snapshot
-from pytest_phase4 import dsn as dsnlib
+from pytest_phase4 import backup, catalog, checks, ledger, snapshot
 from pytest_phase4.checks import CheckSkipped, _like
 from pytest_phase4.errors import CheckFailed
 from pytest_phase4.kinds import Column
@@ -97,8 +96,9 @@ def run_check(run: Phase4Run, spec: CheckSpec) -> str:
         exc.hint = exc.hint or spec.hint
         raise
     except psycopg.Error as exc:
-        raise CheckFailed(f"check {spec.test_id} to run", run.target.scrub(f"SQL error: {exc}"), spec.where,
-                          hint=spec.hint) from None
+        raise CheckFailed(f"check {spec.test_id} to run", run.target.scrub(
+            f"SQL error: {exc.diag.message_primary or exc} [SQLSTATE {exc.sqlstate}]"), spec.where,
+            hint=spec.hint or checks.timeout_hint(exc, run.check_timeout)) from None
 
 
 def backup_tools(run: Phase4Run, spec: CheckSpec) -> str:
@@ -352,6 +352,3 @@ def gate(run: Phase4Run, migration: Migration) -> str | None:
             return f"{head} and the confirmation prompt was answered no"
     return (f"{head} and was not confirmed; verify the backup, then rerun with --phase4-confirm-destructive")
 
-
-def redacted(run: Phase4Run, text: str) -> str:
-    return dsnlib.scrub(text, run.target.secrets)

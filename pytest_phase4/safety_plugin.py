@@ -9,9 +9,11 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import psycopg
 import pytest
 
-from pytest_phase4 import backup, rollback
+from pytest_phase4 import backup, checks, rollback
+from pytest_phase4.errors import CheckFailed
 from pytest_phase4.run import Phase4Run
 
 ROLLBACK_KEY = pytest.StashKey[rollback.RollbackState]()
@@ -185,7 +187,13 @@ def rehearsal_items(collector: Any, position: int) -> Iterator[pytest.Item]:
 
     def phase4_rehearsal(phase4_run: Phase4Run, request: pytest.FixtureRequest,
                          record_property: Callable[[str, object], None]) -> None:
-        record_property("observed", rollback.rehearse(phase4_run, request.config.rootpath))
+        try:
+            observed = rollback.rehearse(phase4_run, request.config.rootpath)
+        except psycopg.Error as exc:  # e.g. no CREATEDB privilege for the scratch copy
+            raise CheckFailed("a scratch copy of the backup to rehearse on", phase4_run.target.scrub(
+                f"SQL error: {exc.diag.message_primary or exc} [SQLSTATE {exc.sqlstate}]"),
+                phase4_run.target.label, hint="the rehearsal needs CREATEDB on the target's server") from None
+        record_property("observed", observed)
 
     phase4_rehearsal.__doc__ = "run the whole plan on a scratch copy restored from the backup"
     yield collector._item("rehearse", phase4_rehearsal, position + 1, 0, False)
@@ -216,6 +224,11 @@ def _step_function(name: str, fn: Callable[[Phase4Run, rollback.RollbackState], 
             pytest.skip(f"halted: rollback step {previous} did not succeed")
         try:
             observed = fn(phase4_run, state)
+        except psycopg.Error as exc:  # one readable failure, never a traceback or a password
+            raise CheckFailed(f"rollback step {name} to succeed", phase4_run.target.scrub(
+                f"SQL error: {exc.diag.message_primary or exc} [SQLSTATE {exc.sqlstate}]"), phase4_run.target.label,
+                hint=checks.timeout_hint(exc, phase4_run.lock_timeout) or "the step's transaction was rolled "
+                "back; fix the cause and rerun --phase4-rollback") from None
         finally:
             if name == "prove_columns":
                 rollback.drop_scratch(phase4_run, state)
