@@ -117,7 +117,12 @@ class SafetyHooks:
                     "not run"]
         extra = ", verify restore" if s.verify_restore else ""
         extra += ", rehearsal first" if s.rehearse else ""
-        return [f"phase4 backups: {s.backup_root}{extra}"]
+        lines = [f"phase4 backups: {s.backup_root}{extra}"]
+        if any(m.destructive for m in self.run.plan.migrations) and not self.run.confirm_destructive:
+            needs = "this run's verified backup and " if s.has_backup_stage(self.run.plan) else ""
+            lines.append(f"phase4 point of no return: needs {needs}--phase4-confirm-destructive or 'yes' at a "
+                         "terminal prompt; without a terminal the run stops there")
+        return lines
 
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -121,6 +121,9 @@ def test_without_flag_or_terminal_the_destructive_migrations_never_run(project: 
     assert outcomes[f"{CRM}::backup::backup[verify]"] == "PASSED"
     assert outcomes[f"{CRM}::20250328000026_remove_all_denormalized_fields::apply"] == "FAILED"
     assert outcomes[f"{CRM}::20250328000027_add_performance_indexes::apply"] == "SKIPPED"
+    result.stdout.fnmatch_lines(["phase4 point of no return: needs this run's verified backup and "
+                                 "--phase4-confirm-destructive or 'yes' at a terminal prompt; without a terminal the "
+                                 "run stops there"])
     result.stdout.fnmatch_lines([
         f"stopped at the point of no return: {DESTRUCTIVE} is destructive (Remove All Denormalized Fields) and "
         "was not confirmed; verify the backup, then rerun with --phase4-confirm-destructive"])
