@@ -405,3 +405,17 @@ def test_compare_names_every_difference() -> None:
         "added   | index  | i    |         | CREATE INDEX i",
         "changed | table  | a    | rls off | rls on",
     ]
+
+
+def test_destructive_migration_waits_for_this_runs_backup_even_when_confirmed(project: Callable[..., Project]) -> None:
+    p = project("mini", "safe")
+    result = p.run("-v", "-m", "not backup", "--phase4-confirm-destructive", seed=True)
+    assert result.ret == 1
+    outcomes = outcomes_of(result)
+    assert outcomes[f"{M1}::apply"] == "PASSED"
+    assert outcomes[f"{M2}::apply"] == "FAILED"
+    result.stdout.fnmatch_lines([
+        "stopped at the point of no return: 20250101000002_drop_denormalized.sql is destructive (Remove "
+        "denormalized fields) and this run made no verified backup; run the backup stage with it (do not "
+        "deselect it with -m or -k)"])
+    assert "customer_name" in p.columns("sales")
