@@ -187,7 +187,7 @@ def verify_archive(tools: Tools, archive: Path, expected_sha: str | None, secret
     env = dict(os.environ)
     listing = _run([tools.path("pg_restore"), "--list", str(archive)], env, secrets,
                    "pg_restore --list to read the archive", where)
-    _run([tools.path("pg_restore"), "--file=/dev/null", str(archive)], env, secrets,
+    _run([tools.path("pg_restore"), f"--file={os.devnull}", str(archive)], env, secrets,
          "pg_restore to read every block of the archive", where)
     return sum(1 for line in listing.splitlines() if line and not line.startswith(";"))
 
