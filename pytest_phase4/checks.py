@@ -17,6 +17,7 @@ from pytest_phase4 import catalog
 from pytest_phase4.errors import CheckFailed, Phase4Error
 from pytest_phase4.kinds import Column, Relation
 from pytest_phase4.plan import CheckSpec, Plan
+from pytest_phase4.runextras import RunExtras
 
 
 class CheckSkipped(Phase4Error):
@@ -38,6 +39,7 @@ class Context:
     snapshot: Callable[[], Snapshot]
     applied_before_run: frozenset[str]  # migration files the ledger showed as applied when the run started
     ledger: Mapping[str, Any] = field(default_factory=dict)  # file -> ledger.Entry, as the run started
+    extras: RunExtras = field(default_factory=RunExtras)
 
     @property
     def schema(self) -> str:
@@ -343,6 +345,13 @@ IMPLEMENTATIONS: Mapping[str, Impl] = {
         column_absent, column_present, index_exists, index_count, no_orphans, row_counts_unchanged,
         explain_under, query_returns)
 }
+
+# The kinds of the runbook's other parts live in their own modules, which use Context and CheckSkipped: imported
+# here, once both exist.
+from pytest_phase4 import commands, perf, readiness, smoke  # noqa: E402
+
+IMPLEMENTATIONS = {**IMPLEMENTATIONS, **commands.IMPLEMENTATIONS, **readiness.IMPLEMENTATIONS,
+                   **smoke.IMPLEMENTATIONS, **perf.IMPLEMENTATIONS}
 
 
 def run_check(ctx: Context, spec: CheckSpec) -> str:

@@ -20,6 +20,7 @@ from pytest_phase4.run import ALREADY, DestructiveBlocked, Phase4Run
 RUN_KEY = pytest.StashKey[Phase4Run]()
 GROUP_KEY = pytest.StashKey[int]()
 IS_MIGRATION_KEY = pytest.StashKey[bool]()
+SPEC_KEY = pytest.StashKey[CheckSpec]()  # the plan entry behind a check item (report attachments, evidence)
 ORDER_STRIDE = 100_000  # order numbers: group * stride + position, so custom checks can slot in after a step
 
 
@@ -84,7 +85,9 @@ class StepCollector(pytest.Collector):
             yield self._item("apply", migration_function(self.migration), position, self.migration.line, True)
         for spec in self.specs:
             position += 1
-            yield self._item(spec.test_id, check_function(spec), position, spec.line, False)
+            item = self._item(spec.test_id, check_function(spec), position, spec.line, False)
+            item.stash[SPEC_KEY] = spec
+            yield item
         from pytest_phase4.safety_plugin import rehearsal_items  # imports this module
 
         yield from rehearsal_items(self, position)

@@ -76,6 +76,14 @@ def _convert(kind: str, value: Any) -> Any:
         if any(r is None for r in rels):
             raise ValueError('a list of "child.column -> parent.column", e.g. ["sales.customer_id -> customers.id"]')
         return tuple(rels)
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise ValueError("true or false")
+        return value
+    if kind == "strmap":
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            raise ValueError('a table of strings, e.g. { Authorization = "Bearer ${TOKEN}" }')
+        return dict(value)
     if kind == "pairs":
         if not isinstance(value, dict) or not all(isinstance(v, str) and v for v in value.values()):
             raise ValueError('a table of view = "base_table", e.g. { sales_with_details = "sales" }')
@@ -157,6 +165,34 @@ def _bound_label(params: Mapping[str, Any], _: Any) -> str:
     return f"{params['like']}{bound}" if params.get("like") else bound
 
 
+def _warn_max(params: Mapping[str, Any]) -> str | None:
+    warn_max = params.get("warn_max")
+    return "warn_max must be at least max" if warn_max is not None and warn_max < params["max"] else None
+
+
+def _command_line(params: Mapping[str, Any]) -> str | None:
+    import shlex
+
+    try:
+        return None if shlex.split(params["run"]) else "run must name a program"
+    except ValueError as exc:  # e.g. an unclosed quote
+        return f"run is not a valid command line ({exc}): {params['run']!r}"
+
+
+def _runs(params: Mapping[str, Any]) -> str | None:
+    return "runs must be at least 1" if params["runs"] < 1 else None
+
+
+_COMMAND_PARAMS = {"run": Param("str"), "cwd": Param("str", False),
+                   "timeout": Param("number", False, 600.0), "exit_status": Param("int", False, 0),
+                   "expect_empty_output": Param("bool", False, False), "tail": Param("int", False, 20)}
+_HTTP_PARAMS = {"path": Param("str"), "method": Param("str", False, "GET"), "headers": Param("strmap", False, {}),
+                "status": Param("int", False, 200), "keys_present": Param("names", False, ()),
+                "keys_absent": Param("names", False, ()), "items": Param("str", False),
+                "timeout": Param("number", False, 10.0)}
+_PERF_PARAMS = {"name": Param("str"), "query": Param("str"), "query_after": Param("str", False),
+                "title": Param("str", False), "runs": Param("int", False, 5), "max_ms": Param("number", False),
+                "max_regression_pct": Param("number", False)}
 _names = Param("names")
 _KIND_LIST = [
     Kind("server_version", "the server answers and its major version is at least min",
@@ -197,6 +233,24 @@ _KIND_LIST = [
     Kind("query_returns", "the query's single value equals expect",
          {"name": Param("str"), "query": Param("str"), "expect": Param("scalar")},
          label_fn=lambda p, _: str(p["name"])),
+    # Part 1 A, C, D: commands and environment readiness (commands.py, readiness.py)
+    Kind("command", "the command exits with exit_status (and prints nothing if expect_empty_output)",
+         _COMMAND_PARAMS, label_fn=lambda p, _: "_".join(p["run"].split()), constraint=_command_line),
+    Kind("active_connections", "at most max other client connections to the database (warn up to warn_max)",
+         {"max": Param("int", False, 0), "warn_max": Param("int", False), "allow": Param("names", False, ())},
+         label_fn=lambda p, _: f"<={p['max']}", constraint=_warn_max),
+    Kind("role_privileges", "the current role may do what the migrations do: CREATE on the schema, own the tables",
+         {"tables": Param("names", False, ())}, label_fn=lambda p, _: "migrations"),
+    Kind("client_tools", "each tool is on PATH and its major version is not older than the server's",
+         {"tools": Param("names", False, ("pg_dump", "pg_restore"))}, expand="tools"),
+    # Part 6.3: smoke requests against the API (smoke.py)
+    Kind("http", "the request under --phase4-base-url answers status with the JSON keys expected",
+         _HTTP_PARAMS, label_fn=lambda p, _: str(p["path"])),
+    # Part 6.4 and the benchmarking appendix: [[perf]] entries become these two (perf.py)
+    Kind("perf_before", "times the query before migrating (median of runs) as the baseline",
+         _PERF_PARAMS, label_fn=lambda p, _: str(p["name"]), constraint=_runs),
+    Kind("perf_after", "times the query after migrating; passes within max_ms and max_regression_pct",
+         _PERF_PARAMS, label_fn=lambda p, _: str(p["name"]), constraint=_runs),
 ]
 
 # Data safety (backup stage, snapshots): implemented in safety.py, which needs the whole run, not one connection.

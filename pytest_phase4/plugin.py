@@ -12,7 +12,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from pytest_phase4 import report, safety_plugin
+from pytest_phase4 import evidence_hooks, report, safety_plugin
 from pytest_phase4.errors import Phase4Error, PlanError
 from pytest_phase4.items import GROUP_KEY, IS_MIGRATION_KEY, ORDER_STRIDE, RUN_KEY, PlanFile
 from pytest_phase4.plan import load_plan
@@ -25,6 +25,7 @@ STAGE_MARKERS = {
     "preflight": "phase4 preflight checks: read-only, nothing migrated (the CI gate)",
     "migration": "phase4 migrations and their verify checks",
     "post": "phase4 post-migration integrity checks",
+    "smoke": "phase4 smoke requests against the application's API (--phase4-base-url)",
     "destructive": "phase4 steps of a migration marked destructive (the point of no return)",
     "backup": "phase4 backup stage: pg_dump, schema dump, snapshot, BACKUP_INFO.txt, verified",
     "rollback": "phase4 --phase4-rollback steps: restore the backup and prove it",
@@ -85,6 +86,7 @@ def pytest_cmdline_main(config: pytest.Config) -> None:
     config.pluginmanager.register(report.ReportPlugin(run), "phase4-report")
     if config.pluginmanager.hasplugin("html"):
         config.pluginmanager.register(report.HtmlHooks(run), "phase4-html")
+    evidence_hooks.configure(config, settings, run)  # smoke URL, sign-off, JSON, execution summary
 
 
 def _target(settings: Settings, plan: Any) -> Target:

@@ -15,6 +15,7 @@ import psycopg
 from pytest_phase4 import catalog, checks, guard, ledger, migrate, safety
 from pytest_phase4.errors import CheckFailed, MigrationFailed
 from pytest_phase4.plan import CheckSpec, Migration, Plan
+from pytest_phase4.runextras import RunExtras
 from pytest_phase4.target import Target
 
 # Migration states, as the report prints them.
@@ -56,6 +57,7 @@ class Phase4Run:
     halt: Halt | None = None
     states: dict[str, MigrationState] = field(default_factory=dict)
     applied_before_run: dict[str, ledger.Entry] = field(default_factory=dict)
+    extras: RunExtras = field(default_factory=RunExtras)
     _ro: psycopg.Connection[Any] | None = None
     _rw: psycopg.Connection[Any] | None = None
     _guard: psycopg.Connection[Any] | None = None  # holds the run lock; watches blocked migrations
@@ -140,7 +142,7 @@ class Phase4Run:
 
     def context(self) -> checks.Context:
         return checks.Context(self.ro, self.plan, self.snapshot, frozenset(self.applied_before_run),
-                              self.applied_before_run)
+                              self.applied_before_run, self.extras)
 
     def check(self, spec: CheckSpec) -> str:
         if spec.kind in safety.KINDS:

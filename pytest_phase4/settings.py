@@ -23,6 +23,9 @@ class Settings:
     report_root: str | None
     check_timeout: str
     lock_timeout: str
+    base_url: str | None = None
+    signoff: tuple[str, ...] = ()  # ROLE=NAME, as given
+    json_path: str | None = None
 
     @staticmethod
     def add_options(parser: pytest.Parser) -> None:
@@ -50,6 +53,17 @@ class Settings:
         group.addoption("--phase4-lock-timeout", default=None, metavar="DURATION",
                         help="lock_timeout of the migration connection: a migration waiting longer for a lock "
                              "fails and names who holds it (ini: phase4_lock_timeout; default 10s)")
+        group.addoption("--phase4-base-url", default=None, metavar="URL",
+                        help="the API the smoke stage requests (ini: phase4_base_url); without it smoke "
+                             "requests are skipped")
+        group.addoption("--phase4-signoff", action="append", default=[], metavar="ROLE=NAME",
+                        help="a name for a sign-off role of the plan's [signoff], e.g. dba=\"Jane Doe\" "
+                             "(repeat per role); roles left out are blank lines to sign")
+        group.addoption("--phase4-json", default=None, metavar="PATH",
+                        help="write the run's evidence as JSON (ini: phase4_json; default: beside the HTML "
+                             "report, same name with .json)")
+        parser.addini("phase4_base_url", "pytest-phase4 smoke stage API base URL", default=None)
+        parser.addini("phase4_json", "pytest-phase4 JSON evidence path", default=None)
         parser.addini("phase4_plan", "pytest-phase4 plan file", default=None)
         parser.addini("phase4_check_timeout", "statement_timeout for checks", default="60s")
         parser.addini("phase4_lock_timeout", "lock_timeout for migrations", default="10s")
@@ -68,6 +82,9 @@ class Settings:
             report_root=opt("phase4_report_dir") or config.getini("phase4_report_dir"),
             check_timeout=_duration(config, "phase4_check_timeout"),
             lock_timeout=_duration(config, "phase4_lock_timeout"),
+            base_url=opt("phase4_base_url") or config.getini("phase4_base_url"),
+            signoff=tuple(opt("phase4_signoff") or ()),
+            json_path=opt("phase4_json") or config.getini("phase4_json"),
         )
 
     def report_dir(self, rootpath: Path) -> Path:

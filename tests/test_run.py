@@ -217,5 +217,6 @@ def test_explicit_html_path_is_respected(project: Callable[..., Project]) -> Non
     result = p.run("--html=out/board.html", "-m", "preflight", seed=True)
     assert result.ret == 0
     assert (p.path / "out/board.html").exists()
-    assert sorted(x.name for x in (p.path / "out").iterdir()) == ["board.html"]  # self-contained: no assets/
+    # self-contained: no assets/; the JSON evidence goes beside the report
+    assert sorted(x.name for x in (p.path / "out").iterdir()) == ["board.html", "board.json"]
     assert not (p.path / "reports").exists()
