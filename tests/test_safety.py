@@ -419,3 +419,16 @@ def test_destructive_migration_waits_for_this_runs_backup_even_when_confirmed(pr
         "denormalized fields) and this run made no verified backup; run the backup stage with it (do not "
         "deselect it with -m or -k)"])
     assert "customer_name" in p.columns("sales")
+
+
+def test_mode_options_that_cannot_work_are_usage_errors(project: Callable[..., Project]) -> None:
+    p = project("mini")  # a plan without [[backup]]
+    result = p.run("--phase4-rehearse", seed=True)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: --phase4-rehearse restores this run's backup, but phase4.toml has no "
+                                 '[[][[]backup[]][]] entry: add one with check = "backup"'])
+    result = p.run("--phase4-rehearse", "--phase4-rollback")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: --phase4-rollback and --phase4-rehearse are separate modes: give one of "
+                                 "them"])
+    assert "customer_name" in p.columns("sales")
