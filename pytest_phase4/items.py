@@ -88,6 +88,9 @@ class StepCollector(pytest.Collector):
             item = self._item(spec.test_id, check_function(spec), position, spec.line, False)
             item.stash[SPEC_KEY] = spec
             yield item
+        from pytest_phase4.safety_plugin import rehearsal_items  # imports this module
+
+        yield from rehearsal_items(self, position)
 
     def _item(self, name: str, fn: Callable[..., None], position: int, line: int, is_migration: bool) -> pytest.Item:
         item = Phase4Item.from_parent(self, name=name, callobj=fn)
@@ -103,6 +106,11 @@ class StepCollector(pytest.Collector):
 
 class PlanFile(pytest.File):
     def collect(self) -> Iterator[pytest.Collector]:
+        if self.config.stash[RUN_KEY].safety.rollback:  # a rollback runs its own steps, not the plan's
+            from pytest_phase4.safety_plugin import rollback_collectors
+
+            yield from rollback_collectors(self)
+            return
         for step in self.config.stash[RUN_KEY].plan.steps:
             name = step.migration.name if step.migration else step.name
             yield StepCollector.from_parent(self, name=name, step=step)

@@ -88,6 +88,11 @@ def _convert(kind: str, value: Any) -> Any:
         if not isinstance(value, dict) or not all(isinstance(v, str) and v for v in value.values()):
             raise ValueError('a table of view = "base_table", e.g. { sales_with_details = "sales" }')
         return dict(value)
+    if kind == "deltas":
+        if not isinstance(value, dict) or not all(isinstance(v, int) and not isinstance(v, bool)
+                                                  for v in value.values()):
+            raise ValueError("a table of table = rows added (negative: removed), e.g. { audit_logs = 12 }")
+        return dict(value)
     raise AssertionError(kind)
 
 
@@ -246,5 +251,29 @@ _KIND_LIST = [
          _PERF_PARAMS, label_fn=lambda p, _: str(p["name"]), constraint=_runs),
     Kind("perf_after", "times the query after migrating; passes within max_ms and max_regression_pct",
          _PERF_PARAMS, label_fn=lambda p, _: str(p["name"]), constraint=_runs),
+]
+
+# Data safety (backup stage, snapshots): implemented in safety.py, which needs the whole run, not one connection.
+BACKUP_STEPS = ("dump", "schema", "snapshot", "info", "verify", "restore")
+
+
+def _backup_steps(params: Mapping[str, Any]) -> str | None:
+    steps = params["steps"]
+    if any(s not in BACKUP_STEPS for s in steps) or list(steps) != sorted(steps, key=BACKUP_STEPS.index):
+        return f"steps must be some of {list(BACKUP_STEPS)}, in that order"
+    return None
+
+
+_KIND_LIST += [
+    Kind("backup_tools", "pg_dump and pg_restore are found and not older than the server",
+         label_fn=lambda p, _: "pg_dump"),
+    Kind("backup", "pg_dump of the whole database, schema dump, snapshot, BACKUP_INFO.txt, verified",
+         {"steps": Param("names", False, BACKUP_STEPS)}, expand="steps", constraint=_backup_steps),
+    Kind("checksum_unchanged", "the kept columns' content checksum equals the one recorded before migrating",
+         {"tables": _names}, expand="tables"),
+    Kind("row_counts_match", "every table's row count equals the one recorded before migrating, plus its delta",
+         {"deltas": Param("deltas", False, {})}, label_fn=lambda p, _: "every_table"),
+    Kind("catalog_diff", "every catalog change since before the first migration is expected by the plan",
+         {"expect": Param("names", False, ())}, label_fn=lambda p, _: "schema"),
 ]
 KINDS: dict[str, Kind] = {k.name: k for k in _KIND_LIST}

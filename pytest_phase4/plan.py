@@ -19,7 +19,7 @@ from pytest_phase4.kinds import COMMON_KEYS, KINDS, Kind, ParamError
 
 # Check lists that run before the first migration and after the last one, in this order. Each is a top-level
 # array of tables ([[preflight]]) and a pytest marker of the same name; the migrations are stage "migration".
-BEFORE_STAGES = ("preflight",)
+BEFORE_STAGES = ("preflight", "backup")
 AFTER_STAGES = ("post", "smoke")
 _PLAN_KEYS = {"name", "schema", "migrations_dir"}
 _SETUP_KEYS = {"files", "settings"}

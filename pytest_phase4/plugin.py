@@ -12,7 +12,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from pytest_phase4 import evidence_hooks, report
+from pytest_phase4 import evidence_hooks, report, safety_plugin
 from pytest_phase4.errors import Phase4Error, PlanError
 from pytest_phase4.items import GROUP_KEY, IS_MIGRATION_KEY, ORDER_STRIDE, RUN_KEY, Phase4Item, PlanFile
 from pytest_phase4.plan import load_plan
@@ -27,11 +27,14 @@ STAGE_MARKERS = {
     "post": "phase4 post-migration integrity checks",
     "smoke": "phase4 smoke requests against the application's API (--phase4-base-url)",
     "destructive": "phase4 steps of a migration marked destructive (the point of no return)",
+    "backup": "phase4 backup stage: pg_dump, schema dump, snapshot, BACKUP_INFO.txt, verified",
+    "rollback": "phase4 --phase4-rollback steps: restore the backup and prove it",
 }
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     Settings.add_options(parser)
+    safety_plugin.add_options(parser)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -68,6 +71,11 @@ def pytest_cmdline_main(config: pytest.Config) -> None:
         run.close()
         raise pytest.UsageError(run.target.scrub(str(exc))) from None
     config.stash[RUN_KEY] = run
+    try:
+        safety_plugin.configure(config, run)
+    except pytest.UsageError:
+        run.close()
+        raise
     if config.args_source != pytest.Config.ArgsSource.ARGS:
         config.args[:] = [str(plan.folder)]
     if config.pluginmanager.hasplugin("html"):

@@ -12,7 +12,7 @@ from typing import Any
 
 import psycopg
 
-from pytest_phase4 import catalog, checks, guard, ledger, migrate
+from pytest_phase4 import catalog, checks, guard, ledger, migrate, safety
 from pytest_phase4.errors import CheckFailed, MigrationFailed
 from pytest_phase4.plan import CheckSpec, Migration, Plan
 from pytest_phase4.runextras import RunExtras
@@ -62,6 +62,7 @@ class Phase4Run:
     _rw: psycopg.Connection[Any] | None = None
     _guard: psycopg.Connection[Any] | None = None  # holds the run lock; watches blocked migrations
     _snapshot: checks.Snapshot | None = None
+    safety: safety.SafetyState = field(default_factory=lambda: safety.SafetyState())
 
     def __post_init__(self) -> None:
         self.states = {m.file: MigrationState(m) for m in self.plan.migrations}
@@ -129,6 +130,8 @@ class Phase4Run:
             before = not any(s.status == APPLIED for s in self.states.values())
             try:
                 counts = catalog.count_all_tables(self.ro, self.plan.schema)
+                if before:
+                    safety.capture_before(self)  # kept-column checksums and catalog fingerprint, same moment
             except psycopg.Error as exc:
                 raise CheckFailed(
                     f"row counts of every table in schema {self.plan.schema}, recorded before migrating",
@@ -142,6 +145,8 @@ class Phase4Run:
                               self.applied_before_run, self.extras)
 
     def check(self, spec: CheckSpec) -> str:
+        if spec.kind in safety.KINDS:
+            return safety.run_check(self, spec)
         return checks.run_check(self.context(), spec)
 
     def migrate(self, migration: Migration) -> MigrationState:
@@ -160,12 +165,13 @@ class Phase4Run:
             state.status, state.duration_ms = ALREADY, entry.duration_ms
             state.note = f"applied {entry.applied_at:%Y-%m-%d %H:%M:%S %Z} (ledger), sha256 matches"
             return state
-        if migration.destructive and not self.confirm_destructive:
+        if migration.destructive and (blocked := safety.gate(self, migration)):
             state.status = BLOCKED
-            state.note = "point of no return not confirmed"
-            raise DestructiveBlocked(
-                f"stopped at the point of no return: {migration.file} is destructive ({migration.title}) and was "
-                "not confirmed; verify the backup, then rerun with --phase4-confirm-destructive")
+            state.note = "point of no return: " + blocked.split(" and ", 1)[-1]
+            for later in self.states.values():  # everything after the point of no return is blocked with it
+                if later.status == PENDING and later.migration.index > migration.index:
+                    later.status, later.note = BLOCKED, f"blocked at the point of no return ({migration.file})"
+            raise DestructiveBlocked(blocked)
         self.snapshot()  # the row counts must be taken before the first change
         started = time.perf_counter()
         writer = self._writer()

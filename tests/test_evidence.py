@@ -93,7 +93,7 @@ def test_confirmed_full_run_writes_json_evidence_and_junit_with_stages(project: 
         assert isinstance(m["duration_ms"], float)
     checks = evidence["checks"]
     assert len(checks) >= 40
-    assert {c["stage"] for c in checks} == {"preflight", "migration", "post", "smoke"}
+    assert {c["stage"] for c in checks} == {"preflight", "backup", "migration", "post", "smoke"}
     assert {c["outcome"] for c in checks} == {"passed", "skipped"}
     assert all(c["message"] for c in checks if c["outcome"] == "skipped")
     assert evidence["server_version"].startswith("15.")
