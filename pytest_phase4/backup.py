@@ -49,10 +49,10 @@ def _version(binary: str) -> tuple[int, str] | None:
     return None
 
 
-def candidate_bindirs() -> list[str]:
-    """Where pg_dump may live: PATH, `pg_config --bindir`, then Debian's /usr/lib/postgresql/<major>/bin."""
+def candidate_bindirs(tool: str = "pg_dump") -> list[str]:
+    """Where a client tool may live: PATH, `pg_config --bindir`, then Debian's /usr/lib/postgresql/<major>/bin."""
     found: list[str] = []
-    if on_path := shutil.which("pg_dump"):
+    if on_path := shutil.which(tool):
         found.append(os.path.dirname(on_path))
     with contextlib.suppress(OSError, subprocess.SubprocessError):
         out = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True, timeout=10, check=True)
@@ -66,13 +66,7 @@ def find_tools(server_major: int) -> Tools:
     """pg_dump and pg_restore of the server's major version, else the newest newer one.
 
     pg_dump refuses a newer server ("server version mismatch"): say so before any backup is attempted."""
-    seen: list[Tools] = []
-    for bindir in candidate_bindirs():
-        if not all(os.access(os.path.join(bindir, t), os.X_OK) for t in _TOOLS):
-            continue
-        version = _version(os.path.join(bindir, "pg_dump"))
-        if version is not None:
-            seen.append(Tools(bindir, *version))
+    seen = [t for t in locate("pg_dump") if os.access(t.path("pg_restore"), os.X_OK)]
     usable = [t for t in seen if t.major >= server_major]
     if usable:
         return min(usable, key=lambda t: (t.major != server_major, -t.major))
@@ -81,6 +75,16 @@ def find_tools(server_major: int) -> Tools:
                       "PATH, pg_config --bindir, /usr/lib/postgresql/*/bin",
                       hint=f"install the PostgreSQL {server_major} client tools (e.g. apt-get install "
                            f"postgresql-client-{server_major}): an older pg_dump cannot back up this server")
+
+
+def locate(tool: str) -> list[Tools]:
+    """Every installed copy of a PostgreSQL client tool with its version, in search order."""
+    found = []
+    for bindir in candidate_bindirs(tool):
+        binary = os.path.join(bindir, tool)
+        if os.access(binary, os.X_OK) and (version := _version(binary)) is not None:
+            found.append(Tools(bindir, *version))
+    return found
 
 
 def client_args(dsn: str) -> tuple[str, dict[str, str]]:

@@ -241,7 +241,7 @@ _KIND_LIST = [
          label_fn=lambda p, _: f"<={p['max']}", constraint=_warn_max),
     Kind("role_privileges", "the current role may do what the migrations do: CREATE on the schema, own the tables",
          {"tables": Param("names", False, ())}, label_fn=lambda p, _: "migrations"),
-    Kind("client_tools", "each tool is on PATH and its major version is not older than the server's",
+    Kind("client_tools", "each tool is installed where the backup looks, and not older than the server",
          {"tools": Param("names", False, ("pg_dump", "pg_restore"))}, expand="tools"),
     # Part 6.3: smoke requests against the API (smoke.py)
     Kind("http", "the request under --phase4-base-url answers status with the JSON keys expected",
@@ -265,8 +265,6 @@ def _backup_steps(params: Mapping[str, Any]) -> str | None:
 
 
 _KIND_LIST += [
-    Kind("backup_tools", "pg_dump and pg_restore are found and not older than the server",
-         label_fn=lambda p, _: "pg_dump"),
     Kind("backup", "pg_dump of the whole database, schema dump, snapshot, BACKUP_INFO.txt, verified",
          {"steps": Param("names", False, BACKUP_STEPS)}, expand="steps", constraint=_backup_steps),
     Kind("checksum_unchanged", "the kept columns' content checksum equals the one recorded before migrating",

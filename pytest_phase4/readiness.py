@@ -5,12 +5,10 @@ that can back the database up."""
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
 import warnings
 from typing import TYPE_CHECKING
 
-from pytest_phase4 import catalog
+from pytest_phase4 import backup, catalog
 from pytest_phase4.errors import CheckFailed
 from pytest_phase4.plan import CheckSpec
 from pytest_phase4.target import APPLICATION_NAME
@@ -102,27 +100,26 @@ def role_privileges(ctx: Context, spec: CheckSpec) -> str:
     return f"role {role}: CREATE on schema {schema}, owns the {len(checked)} table(s) the migrations touch"
 
 
-_VERSION = re.compile(r"\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?")
 
 
 def client_tools(ctx: Context, spec: CheckSpec) -> str:
+    """The tool as the backup stage will find it (PATH, pg_config --bindir, /usr/lib/postgresql/*/bin)."""
     tool = spec.element
-    path = shutil.which(tool)
     server_major = ctx.conn.info.server_version // 10000
-    if path is None:
-        raise CheckFailed(f"{tool} on PATH", "not found", "PATH",
+    found = backup.locate(tool)
+    where = "PATH, pg_config --bindir, /usr/lib/postgresql/*/bin"
+    if not found:
+        raise CheckFailed(f"{tool} installed", "not found", where,
                           hint=spec.hint or f"install the PostgreSQL {server_major} client tools: the runbook's "
                                             "backup (Part 2) and rollback (Part 7) need them")
-    out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30, check=False).stdout
-    m = _VERSION.search(out)
-    if m is None:
-        raise CheckFailed(f"{tool} --version to print its PostgreSQL version", out.strip() or "nothing", path)
-    major = int(m.group(1))
-    if major < server_major:
-        raise CheckFailed(f"{tool} {server_major} or newer (the server's major version)", f"{tool} {m.group(0)}",
-                          path, hint=spec.hint or "an older pg_dump refuses a newer server (server version "
-                                                  "mismatch): install the matching client tools")
-    return f"{path}: {out.strip()} (server {server_major})"
+    usable = [f for f in found if f.major >= server_major]
+    if not usable:
+        seen = ", ".join(f"{tool} {f.version} in {f.bindir}" for f in found)
+        raise CheckFailed(f"{tool} {server_major} or newer (the server's major version)", seen, where,
+                          hint=spec.hint or "an older pg_dump refuses a newer server (server version mismatch): "
+                                            f"install postgresql-client-{server_major}")
+    best = usable[0]
+    return f"{best.path(tool)}: {tool} {best.version} (server {server_major})"
 
 
 IMPLEMENTATIONS: dict[str, Impl] = {

@@ -22,7 +22,7 @@ from pytest_phase4.plan import CheckSpec, Migration, Plan
 if TYPE_CHECKING:
     from pytest_phase4.run import Phase4Run
 
-KINDS = frozenset({"backup_tools", "backup", "checksum_unchanged", "row_counts_match", "catalog_diff"})
+KINDS = frozenset({"backup", "checksum_unchanged", "row_counts_match", "catalog_diff"})
 
 
 @dataclass
@@ -99,11 +99,6 @@ def run_check(run: Phase4Run, spec: CheckSpec) -> str:
         raise CheckFailed(f"check {spec.test_id} to run", run.target.scrub(
             f"SQL error: {exc.diag.message_primary or exc} [SQLSTATE {exc.sqlstate}]"), spec.where,
             hint=spec.hint or checks.timeout_hint(exc, run.check_timeout)) from None
-
-
-def backup_tools(run: Phase4Run, spec: CheckSpec) -> str:
-    t = tools(run)
-    return f"pg_dump/pg_restore {t.version} in {t.bindir} for PostgreSQL {run.server_version}"
 
 
 def backup_step(run: Phase4Run, spec: CheckSpec) -> str:
@@ -318,7 +313,7 @@ def catalog_diff(run: Phase4Run, spec: CheckSpec) -> str:
 
 
 _IMPL: dict[str, Callable[[Any, CheckSpec], str]] = {
-    "backup_tools": backup_tools, "backup": backup_step, "checksum_unchanged": checksum_unchanged,
+    "backup": backup_step, "checksum_unchanged": checksum_unchanged,
     "row_counts_match": row_counts_match,
     "catalog_diff": catalog_diff,
 }
