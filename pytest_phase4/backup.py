@@ -104,8 +104,9 @@ def _run(args: list[str], env: dict[str, str], secrets: list[str], what: str, wh
     proc = subprocess.run(args, capture_output=True, text=True, env=env, check=False)
     if proc.returncode != 0:
         message = dsnlib.scrub((proc.stderr or proc.stdout).strip(), secrets)
-        raise CheckFailed(what, f"{Path(args[0]).name} exited with {proc.returncode}", where,
-                          details=message.splitlines()[-12:])
+        last = message.splitlines()[-1] if message else ""
+        raise CheckFailed(what, f"{Path(args[0]).name} exited with {proc.returncode}" + (f": {last}" if last else ""),
+                          where, details=message.splitlines()[-12:])
     return proc.stdout
 
 

@@ -99,6 +99,11 @@ def run_check(run: Phase4Run, spec: CheckSpec) -> str:
         raise CheckFailed(f"check {spec.test_id} to run", run.target.scrub(
             f"SQL error: {exc.diag.message_primary or exc} [SQLSTATE {exc.sqlstate}]"), spec.where,
             hint=spec.hint or checks.timeout_hint(exc, run.check_timeout)) from None
+    except OSError as exc:  # a full disk or a folder that cannot be written: a failed step, not a crash
+        where = exc.filename or (run.safety.folder if spec.kind == "backup" else None) or spec.where
+        raise CheckFailed(f"{spec.test_id} to write its files", f"{exc.strerror or exc}", str(where),
+                          hint="free space there or choose another --phase4-backup-dir; nothing in the database "
+                               "was changed") from None
 
 
 def backup_step(run: Phase4Run, spec: CheckSpec) -> str:

@@ -3,6 +3,7 @@ truth, kept data equals the snapshot, a report is written, and a rerun completes
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -10,6 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -209,3 +211,39 @@ def test_server_stopped_hard_mid_migration(pytester: pytest.Pytester, own_server
     assert result.ret == 1
     own_server.restart()
     assert_recovers(p, before)
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 64 kB file system, filled up: what a backup meets on a full disk."""
+    mount = tmp_path / "full"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.decode().strip()}")
+    with contextlib.suppress(OSError), (mount / "filler").open("wb") as filler:
+        for _ in range(64):
+            filler.write(b"\0" * 4096)
+            filler.flush()
+    yield mount
+    subprocess.run(["umount", str(mount)], check=False)
+
+
+@pytest.mark.parametrize("where", ["full", "not_a_directory"])
+def test_backup_directory_full_or_not_writable(project: Callable[..., Project], tiny_disk: Path,
+                                                where: str) -> None:
+    p = project("mini", "safe")
+    assert p.run("-m", "preflight", seed=True).ret == 0
+    before = fingerprint(p.dsn)
+    (p.path / "a_file").write_text("not a folder")
+    folder = tiny_disk / "backups" if where == "full" else p.path / "a_file" / "backups"
+    result = p.run("-v", "--phase4-confirm-destructive", f"--phase4-backup-dir={folder}")
+    outcomes = outcomes_of(result)
+    assert outcomes["checks/phase4.toml::backup::backup[dump]"] == "FAILED"
+    assert outcomes[f"{M1}::apply"] == "SKIPPED"
+    result.stdout.fnmatch_lines(["*halted after backup: backup[[]dump[]]: *"])
+    assert result.ret == 1
+    assert fingerprint(p.dsn) == before
+    assert list((p.path / "reports").glob("phase4-*.html")), "no report was written"
+    rerun = p.run("--phase4-confirm-destructive")  # the default backup folder has room
+    assert rerun.ret == 0, rerun.stdout.str()
