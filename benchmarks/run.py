@@ -38,6 +38,7 @@ from pytest_phase4.seed import load_setup
 
 REPO = Path(__file__).resolve().parent.parent
 PLAN = REPO / "checks" / "phase4.toml"
+PART_6_1 = ("row_counts_unchanged", "query_returns", "no_orphans", "view_rowcount_matches")
 
 
 def say(text: str) -> None:
@@ -57,7 +58,7 @@ def build(rows: int) -> tuple[object, str, dict[str, int]]:
     started = time.perf_counter()
     with psycopg.connect(dsn) as conn:
         for migration in plan.migrations:
-            migrate.apply(conn, migration, plan.name)
+            migrate.apply(conn, migration, plan.name, plan.schema)
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("VACUUM ANALYZE")  # what a DBA does after a migration; every contender reads the same pages
     say(f"applied {len(plan.migrations)} migrations and vacuumed in {time.perf_counter() - started:.1f} s")
@@ -82,7 +83,8 @@ def main() -> int:
 
 
 def bench(args: argparse.Namespace, dsn: str, before: dict[str, int], tmp: Path, begun: float) -> int:
-    post = tomllib.loads(PLAN.read_text())["post"]
+    # The runbook's Part 6.1 with its view row counts; the plan's other post checks belong to other issues.
+    post = [e for e in tomllib.loads(PLAN.read_text())["post"] if e["check"] in PART_6_1]
     plan = w.write_plan(tmp / "post", "bench: Part 6.1", REPO / "checks" / "migrations", post)
     specs = load_plan(plan).post
     cheap = w.write_plan(tmp / "cheap", "bench: cheap checks", REPO / "checks" / "migrations", [

@@ -3,8 +3,10 @@ expected/found/where, or CheckSkipped when it does not apply. Nothing here write
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
@@ -16,6 +18,7 @@ from pytest_phase4.errors import CheckFailed, Phase4Error
 from pytest_phase4.facts import Facts
 from pytest_phase4.kinds import Column, Relation
 from pytest_phase4.plan import CheckSpec, Plan
+from pytest_phase4.runextras import RunExtras
 
 
 class CheckSkipped(Phase4Error):
@@ -36,6 +39,8 @@ class Context:
     plan: Plan
     snapshot: Callable[[], Snapshot]
     applied_before_run: frozenset[str]  # migration files the ledger showed as applied when the run started
+    ledger: Mapping[str, Any] = field(default_factory=dict)  # file -> ledger.Entry, as the run started
+    extras: RunExtras = field(default_factory=RunExtras)
     facts: Facts | None = None  # the step's shared catalog facts and row counts; one of its own if not given
 
     @property
@@ -64,7 +69,7 @@ def _require_relation(ctx: Context, spec: CheckSpec, name: str, kinds: str, what
     kind = ctx.known.relkind(name)
     if kind is None or kind not in kinds:
         found = "no such relation" if kind is None else f"a relation of kind {kind!r}, not a {what}"
-        raise CheckFailed(f"{what} {_q(name, ctx.schema)} to exist", found, spec.where,
+        raise CheckFailed(f"{what} {_q(name, ctx.schema)} to exist", found, _q(name, ctx.schema),
                           hint=spec.hint or f"check the name in the plan, or that an earlier migration creates {name}")
 
 
@@ -90,7 +95,26 @@ def migration_files(ctx: Context, spec: CheckSpec) -> str:
         raise CheckFailed("a readable migration file", f"unreadable ({exc.strerror})", str(path)) from None
     if not text.strip():
         raise CheckFailed("SQL statements", "an empty file", str(path), hint="the file must hold the migration's SQL")
-    return f"{path.name}: {_fmt(len(text))} bytes"
+    sha = hashlib.sha256(text).hexdigest()
+    entry = ctx.ledger.get(migration.file)
+    if entry is not None and entry.sha256 != sha:
+        raise CheckFailed(f"the file as applied on {entry.applied_at:%Y-%m-%d %H:%M} (sha256 {entry.sha256})",
+                          f"a changed file (sha256 {sha})", str(path),
+                          hint="an applied migration must not change: restore the file from version control "
+                               "and put the change in a new migration")
+    state = "applied, unchanged" if entry is not None else "not applied yet"
+    return f"{path.name}: {_fmt(len(text))} bytes, sha256 {sha[:12]}, {state}"
+
+
+def no_invalid_indexes(ctx: Context, spec: CheckSpec) -> str:
+    from pytest_phase4.migrate import invalid_indexes
+
+    invalid = invalid_indexes(ctx.conn, ctx.schema)
+    if invalid:
+        raise CheckFailed("no INVALID index", f"{len(invalid)}: {', '.join(invalid)}", f"schema {ctx.schema}",
+                          hint=spec.hint or f"a failed CREATE INDEX CONCURRENTLY leaves an invalid index that is "
+                          f"maintained but never used: DROP INDEX CONCURRENTLY {invalid[0]}; then create it again")
+    return f"no invalid index in schema {ctx.schema}"
 
 
 def table_count(ctx: Context, spec: CheckSpec) -> str:
@@ -144,8 +168,7 @@ def view_count(ctx: Context, spec: CheckSpec) -> str:
 
 
 def _like(name: str, pattern: str) -> bool:
-    import re
-
+    """SQL LIKE (without escapes) on a name already fetched, so one catalog read serves many patterns."""
     regex = "".join(".*" if c == "%" else "." if c == "_" else re.escape(c) for c in pattern)
     return re.fullmatch(regex, name, re.DOTALL) is not None
 
@@ -257,7 +280,7 @@ def no_orphans(ctx: Context, spec: CheckSpec) -> str:
         _require_relation(ctx, spec, table, "rp", "table")
     count_q = catalog.orphans_query(ctx.schema, child.table, child.column, parent.table, parent.column,
                                     sql.SQL("count(*)"))
-    found = ctx.known.orphans(rel)  # with the step's other relations of this child, in one scan
+    found = ctx.known.orphans(rel)  # read ahead with the step's other counts and orphan queries
     orphans, nulls = found.orphans, found.nulls
     null_note = f"{_fmt(nulls)} row(s) with NULL {child} (not orphans, reported apart)"
     if orphans:
@@ -326,10 +349,18 @@ def _equal(value: Any, expect: Any) -> bool:
 
 IMPLEMENTATIONS: Mapping[str, Impl] = {
     f.__name__: f for f in (
-        server_version, migration_files, table_count, tables_have_rows, views_absent, view_count, table_exists,
-        view_exists, rls_policies, view_rowcount_matches, view_sample_not_null, column_absent, column_present,
-        index_exists, index_count, no_orphans, row_counts_unchanged, explain_under, query_returns)
+        server_version, migration_files, no_invalid_indexes, table_count, tables_have_rows, views_absent,
+        view_count, table_exists, view_exists, rls_policies, view_rowcount_matches, view_sample_not_null,
+        column_absent, column_present, index_exists, index_count, no_orphans, row_counts_unchanged,
+        explain_under, query_returns)
 }
+
+# The kinds of the runbook's other parts live in their own modules, which use Context and CheckSkipped: imported
+# here, once both exist.
+from pytest_phase4 import commands, perf, readiness, smoke  # noqa: E402
+
+IMPLEMENTATIONS = {**IMPLEMENTATIONS, **commands.IMPLEMENTATIONS, **readiness.IMPLEMENTATIONS,
+                   **smoke.IMPLEMENTATIONS, **perf.IMPLEMENTATIONS}
 
 
 def run_check(ctx: Context, spec: CheckSpec) -> str:
@@ -343,4 +374,12 @@ def run_check(ctx: Context, spec: CheckSpec) -> str:
         diag = exc.diag
         raise CheckFailed(f"check {spec.test_id} to run", f"SQL error: {diag.message_primary or exc}"
                           + (f" [SQLSTATE {exc.sqlstate}]" if exc.sqlstate else ""), spec.where,
-                          hint=spec.hint or (diag.message_hint or "")) from None
+                          hint=timeout_hint(exc, "") or spec.hint or (diag.message_hint or "")) from None
+
+
+def timeout_hint(exc: psycopg.Error, limit: str) -> str:
+    if exc.sqlstate != "57014":
+        return ""
+    within = f" ({limit})" if limit else ""
+    return (f"the query ran past the check timeout{within}: a lock held by another session blocks it, or it is "
+            "slow at this size; find blockers in pg_stat_activity, or raise --phase4-check-timeout")

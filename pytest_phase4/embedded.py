@@ -222,6 +222,12 @@ class _LocalCluster:
             )
         return make_conninfo(host=self.tmpdir, port=self.port, user="postgres", dbname="postgres")
 
+    def pg_ctl(self, *args: str) -> None:
+        done = _run([os.path.join(self.bindir, "pg_ctl"), *args, "-D", self.datadir, "-l", self.logfile],
+                    self.tmpdir, self.owner)  # fmt: skip
+        if done.returncode != 0:
+            raise RuntimeError(f"pg_ctl {args[0]} failed (exit {done.returncode}):\n{_tail(self.logfile)}")
+
     def cleanup(self) -> None:
         if os.path.exists(os.path.join(self.datadir, "postmaster.pid")):
             pg_ctl = os.path.join(self.bindir, "pg_ctl")
@@ -260,6 +266,7 @@ class EmbeddedPostgres:
         self.server_version: str | None = None
         self._dsn: str | None = None
         self._finalizer: Callable[[], Any] | None = None
+        self._cluster: _LocalCluster | None = None
 
     @property
     def dsn(self) -> str:
@@ -294,6 +301,7 @@ class EmbeddedPostgres:
             where = self.bindir or _SEARCHED
             raise EmbeddedUnavailable(f"initdb and pg_ctl were not found in {where}")
         cluster = _LocalCluster(self.bindir, self.base_dir)
+        self._cluster = cluster
         # A finalizer, not __del__, so the cluster is stopped and deleted even if the caller forgets.
         self._finalizer = weakref.finalize(self, cluster.cleanup)
         try:
@@ -324,6 +332,20 @@ class EmbeddedPostgres:
             self._finalizer()
             reason = scrub(_one_line(exc), [password])
             raise EmbeddedUnavailable(f"the {self.image} container did not start ({reason})") from None
+
+    def crash(self) -> None:
+        """Stop the local server the hard way (pg_ctl stop -m immediate): no checkpoint, open transactions cut
+        off, crash recovery at the next start. For fault tests."""
+        self._local().pg_ctl("stop", "-w", "-m", "immediate")
+
+    def restart(self) -> None:
+        """Start the local server again on the same data directory (after crash())."""
+        self._local().pg_ctl("start", "-w", "-t", "60")
+
+    def _local(self) -> _LocalCluster:
+        if self._cluster is None or self._dsn is None:
+            raise RuntimeError("crash() and restart() need a started local cluster")
+        return self._cluster
 
     def stop(self) -> None:
         if self._finalizer is not None:

@@ -75,6 +75,8 @@ class MigrationFailed(Phase4Error):
     message: str
     detail: str = ""
     statement: str = ""
+    blockers: list[str] = field(default_factory=list)  # sessions that held the locks it waited for
+    rolled_back: bool = True  # false for transaction = false migrations, whose statements commit one by one
 
     def __post_init__(self) -> None:
         super().__init__(self.summary)
@@ -94,5 +96,10 @@ class MigrationFailed(Phase4Error):
             lines.append(f"detail: {self.detail}")
         if self.statement:
             lines += ["statement:", *[f"  {line}" for line in self.statement.strip().splitlines()]]
-        lines.append("the migration's transaction was rolled back: nothing of this file was applied")
+        if self.blockers:
+            lines += ["blocked by:", *[f"  {b}" for b in self.blockers],
+                      "hint: end the blocking session if it is safe (SELECT pg_terminate_backend(<pid>)) or wait "
+                      "for it, then rerun (the runbook's 'Migration Hangs' appendix)"]
+        if self.rolled_back:
+            lines.append("the migration's transaction was rolled back: nothing of this file was applied")
         return "\n".join(lines)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import psycopg
 import pytest
 
 from pytest_phase4.errors import CheckFailed, MigrationFailed
@@ -19,7 +20,7 @@ from pytest_phase4.run import ALREADY, DestructiveBlocked, Phase4Run
 RUN_KEY = pytest.StashKey[Phase4Run]()
 GROUP_KEY = pytest.StashKey[int]()
 IS_MIGRATION_KEY = pytest.StashKey[bool]()
-SPEC_KEY = pytest.StashKey[CheckSpec]()  # the plan check a test runs
+SPEC_KEY = pytest.StashKey[CheckSpec]()  # the plan entry behind a check item (report attachments, evidence)
 ORDER_STRIDE = 100_000  # order numbers: group * stride + position, so custom checks can slot in after a step
 
 
@@ -54,10 +55,15 @@ class Phase4Item(pytest.Function):
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException]) -> Any:  # type: ignore[override]
         exc = excinfo.value
+        run = self.config.stash[RUN_KEY]
         if isinstance(exc, CheckFailed | MigrationFailed):
-            return exc.render()
+            return run.target.scrub(exc.render())
         if isinstance(exc, DestructiveBlocked):
             return str(exc)
+        if isinstance(exc, psycopg.Error):  # e.g. the connection was lost between two steps
+            lines = str(exc).strip().splitlines() or [type(exc).__name__]
+            state = f" [SQLSTATE {exc.sqlstate}]" if exc.sqlstate else ""
+            return run.target.scrub(f"SQL error: {lines[0]}{state}")
         return super().repr_failure(excinfo)
 
     line: int = 0  # plan line of the entry this item comes from
@@ -82,6 +88,9 @@ class StepCollector(pytest.Collector):
             item = self._item(spec.test_id, check_function(spec), position, spec.line, False)
             item.stash[SPEC_KEY] = spec
             yield item
+        from pytest_phase4.safety_plugin import rehearsal_items  # imports this module
+
+        yield from rehearsal_items(self, position)
 
     def _item(self, name: str, fn: Callable[..., None], position: int, line: int, is_migration: bool) -> pytest.Item:
         item = Phase4Item.from_parent(self, name=name, callobj=fn)
@@ -97,6 +106,11 @@ class StepCollector(pytest.Collector):
 
 class PlanFile(pytest.File):
     def collect(self) -> Iterator[pytest.Collector]:
+        if self.config.stash[RUN_KEY].safety.rollback:  # a rollback runs its own steps, not the plan's
+            from pytest_phase4.safety_plugin import rollback_collectors
+
+            yield from rollback_collectors(self)
+            return
         for step in self.config.stash[RUN_KEY].plan.steps:
             name = step.migration.name if step.migration else step.name
             yield StepCollector.from_parent(self, name=name, step=step)

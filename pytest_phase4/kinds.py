@@ -76,9 +76,22 @@ def _convert(kind: str, value: Any) -> Any:
         if any(r is None for r in rels):
             raise ValueError('a list of "child.column -> parent.column", e.g. ["sales.customer_id -> customers.id"]')
         return tuple(rels)
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise ValueError("true or false")
+        return value
+    if kind == "strmap":
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            raise ValueError('a table of strings, e.g. { Authorization = "Bearer ${TOKEN}" }')
+        return dict(value)
     if kind == "pairs":
         if not isinstance(value, dict) or not all(isinstance(v, str) and v for v in value.values()):
             raise ValueError('a table of view = "base_table", e.g. { sales_with_details = "sales" }')
+        return dict(value)
+    if kind == "deltas":
+        if not isinstance(value, dict) or not all(isinstance(v, int) and not isinstance(v, bool)
+                                                  for v in value.values()):
+            raise ValueError("a table of table = rows added (negative: removed), e.g. { audit_logs = 12 }")
         return dict(value)
     raise AssertionError(kind)
 
@@ -152,11 +165,41 @@ def _bound_label(params: Mapping[str, Any], _: Any) -> str:
     return f"{params['like']}{bound}" if params.get("like") else bound
 
 
+def _warn_max(params: Mapping[str, Any]) -> str | None:
+    warn_max = params.get("warn_max")
+    return "warn_max must be at least max" if warn_max is not None and warn_max < params["max"] else None
+
+
+def _command_line(params: Mapping[str, Any]) -> str | None:
+    import shlex
+
+    try:
+        return None if shlex.split(params["run"]) else "run must name a program"
+    except ValueError as exc:  # e.g. an unclosed quote
+        return f"run is not a valid command line ({exc}): {params['run']!r}"
+
+
+def _runs(params: Mapping[str, Any]) -> str | None:
+    return "runs must be at least 1" if params["runs"] < 1 else None
+
+
+_COMMAND_PARAMS = {"run": Param("str"), "cwd": Param("str", False),
+                   "timeout": Param("number", False, 600.0), "exit_status": Param("int", False, 0),
+                   "expect_empty_output": Param("bool", False, False), "tail": Param("int", False, 20)}
+_HTTP_PARAMS = {"path": Param("str"), "method": Param("str", False, "GET"), "headers": Param("strmap", False, {}),
+                "status": Param("int", False, 200), "keys_present": Param("names", False, ()),
+                "keys_absent": Param("names", False, ()), "items": Param("str", False),
+                "timeout": Param("number", False, 10.0)}
+_PERF_PARAMS = {"name": Param("str"), "query": Param("str"), "query_after": Param("str", False),
+                "title": Param("str", False), "runs": Param("int", False, 5), "max_ms": Param("number", False),
+                "max_regression_pct": Param("number", False)}
 _names = Param("names")
 _KIND_LIST = [
     Kind("server_version", "the server answers and its major version is at least min",
          {"min": Param("int")}, label_fn=lambda p, _: f">={p['min']}"),
-    Kind("migration_files", "each migration file exists, is readable and not empty"),
+    Kind("migration_files", "each migration file exists, is readable, not empty, and unchanged if applied"),
+    Kind("no_invalid_indexes", "no index in the schema is INVALID (left by a failed CREATE INDEX CONCURRENTLY)",
+         label_fn=lambda p, _: "schema"),
     Kind("table_count", "the schema holds at least min base tables",
          {"min": Param("int")}, label_fn=lambda p, _: f">={p['min']}"),
     Kind("tables_have_rows", "each table exists and holds at least min_rows rows (count recorded)",
@@ -190,5 +233,45 @@ _KIND_LIST = [
     Kind("query_returns", "the query's single value equals expect",
          {"name": Param("str"), "query": Param("str"), "expect": Param("scalar")},
          label_fn=lambda p, _: str(p["name"])),
+    # Part 1 A, C, D: commands and environment readiness (commands.py, readiness.py)
+    Kind("command", "the command exits with exit_status (and prints nothing if expect_empty_output)",
+         _COMMAND_PARAMS, label_fn=lambda p, _: "_".join(p["run"].split()), constraint=_command_line),
+    Kind("active_connections", "at most max other client connections to the database (warn up to warn_max)",
+         {"max": Param("int", False, 0), "warn_max": Param("int", False), "allow": Param("names", False, ())},
+         label_fn=lambda p, _: f"<={p['max']}", constraint=_warn_max),
+    Kind("role_privileges", "the current role may do what the migrations do: CREATE on the schema, own the tables",
+         {"tables": Param("names", False, ())}, label_fn=lambda p, _: "migrations"),
+    Kind("client_tools", "each tool is installed where the backup looks, and not older than the server",
+         {"tools": Param("names", False, ("pg_dump", "pg_restore"))}, expand="tools"),
+    # Part 6.3: smoke requests against the API (smoke.py)
+    Kind("http", "the request under --phase4-base-url answers status with the JSON keys expected",
+         _HTTP_PARAMS, label_fn=lambda p, _: str(p["path"])),
+    # Part 6.4 and the benchmarking appendix: [[perf]] entries become these two (perf.py)
+    Kind("perf_before", "times the query before migrating (median of runs) as the baseline",
+         _PERF_PARAMS, label_fn=lambda p, _: str(p["name"]), constraint=_runs),
+    Kind("perf_after", "times the query after migrating; passes within max_ms and max_regression_pct",
+         _PERF_PARAMS, label_fn=lambda p, _: str(p["name"]), constraint=_runs),
+]
+
+# Data safety (backup stage, snapshots): implemented in safety.py, which needs the whole run, not one connection.
+BACKUP_STEPS = ("dump", "schema", "snapshot", "info", "verify", "restore")
+
+
+def _backup_steps(params: Mapping[str, Any]) -> str | None:
+    steps = params["steps"]
+    if any(s not in BACKUP_STEPS for s in steps) or list(steps) != sorted(steps, key=BACKUP_STEPS.index):
+        return f"steps must be some of {list(BACKUP_STEPS)}, in that order"
+    return None
+
+
+_KIND_LIST += [
+    Kind("backup", "pg_dump of the whole database, schema dump, snapshot, BACKUP_INFO.txt, verified",
+         {"steps": Param("names", False, BACKUP_STEPS)}, expand="steps", constraint=_backup_steps),
+    Kind("checksum_unchanged", "the kept columns' content checksum equals the one recorded before migrating",
+         {"tables": _names}, expand="tables"),
+    Kind("row_counts_match", "every table's row count equals the one recorded before migrating, plus its delta",
+         {"deltas": Param("deltas", False, {})}, label_fn=lambda p, _: "every_table"),
+    Kind("catalog_diff", "every catalog change since before the first migration is expected by the plan",
+         {"expect": Param("names", False, ())}, label_fn=lambda p, _: "schema"),
 ]
 KINDS: dict[str, Kind] = {k.name: k for k in _KIND_LIST}

@@ -48,3 +48,22 @@ def record(conn: psycopg.Connection[Any], file: str, sha256: str, plan: str, dur
     conn.execute(
         "INSERT INTO pytest_phase4.ledger (file, sha256, plan, duration_ms) VALUES (%s, %s, %s, %s)",
         (file, sha256, plan, round(duration_ms, 1)))
+
+
+def sync_supabase(conn: psycopg.Connection[Any], file: str, text: str) -> None:
+    """Keep Supabase's own migration history in step, so `supabase migration list` agrees with the ledger.
+
+    Only when the target has supabase_migrations.schema_migrations; same transaction as the migration."""
+    row = conn.execute("SELECT to_regclass('supabase_migrations.schema_migrations') IS NOT NULL").fetchone()
+    if not row or not row[0]:
+        return
+    version, _, name = file.removesuffix(".sql").partition("_")
+    columns = {r[0] for r in conn.execute(
+        "SELECT column_name FROM information_schema.columns"
+        " WHERE table_schema = 'supabase_migrations' AND table_name = 'schema_migrations'").fetchall()}
+    if "statements" in columns:
+        conn.execute("INSERT INTO supabase_migrations.schema_migrations (version, name, statements)"
+                     " VALUES (%s, %s, %s) ON CONFLICT (version) DO NOTHING", (version, name, [text]))
+    else:
+        conn.execute("INSERT INTO supabase_migrations.schema_migrations (version, name)"
+                     " VALUES (%s, %s) ON CONFLICT (version) DO NOTHING", (version, name))

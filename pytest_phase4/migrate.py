@@ -1,9 +1,11 @@
-"""Apply one migration file in its own transaction, with its ledger row, or nothing at all."""
+"""Apply one migration file: in its own transaction with its ledger row (all or nothing), or, when the plan
+says `transaction = false`, statement by statement in autocommit for what cannot run in a transaction."""
 
 from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +16,9 @@ from pytest_phase4 import ledger, sqltext
 from pytest_phase4.errors import MigrationFailed
 from pytest_phase4.plan import Migration
 
+# SQLSTATEs for "waited too long": lock_not_available (lock_timeout) and query_canceled (statement_timeout).
+_WAITED = {"55P03", "57014"}
+
 
 @dataclass(frozen=True)
 class Applied:
@@ -22,12 +27,16 @@ class Applied:
     duration_ms: float
 
 
+Blockers = Callable[[], list[str]]  # who blocked the migration last, as readable lines
+
+
 def file_sha256(migration: Migration) -> str:
     return hashlib.sha256(migration.path.read_bytes()).hexdigest()
 
 
-def apply(conn: psycopg.Connection[Any], migration: Migration, plan_name: str) -> Applied:
-    """Run the whole file and record it in the ledger in one transaction; raise MigrationFailed on error."""
+def apply(conn: psycopg.Connection[Any], migration: Migration, plan_name: str, schema: str,
+          blockers: Blockers = list) -> Applied:
+    """Run the file and record it in the ledger; raise MigrationFailed saying what was and was not applied."""
     raw = migration.path.read_bytes()
     text = raw.decode("utf-8")
     sha = hashlib.sha256(raw).hexdigest()
@@ -38,27 +47,87 @@ def apply(conn: psycopg.Connection[Any], migration: Migration, plan_name: str) -
             "migration in its own transaction: remove BEGIN/COMMIT/ROLLBACK from the file", statement=stmt.code)
     started = time.perf_counter()
     try:
-        with conn.transaction():
-            conn.execute(text.encode())  # one simple-protocol query, no parameters: '%' stays literal
-            if conn.info.transaction_status != TransactionStatus.INTRANS:
-                raise MigrationFailed(migration.file, None, None, "the file ended the transaction itself")
-            duration = (time.perf_counter() - started) * 1000
-            ledger.record(conn, migration.file, sha, plan_name, duration)
+        if migration.transaction:
+            _in_transaction(conn, migration, text, sha, plan_name, started)
+        else:
+            _statement_by_statement(conn, migration, text, sha, plan_name, schema, started)
     except psycopg.Error as exc:
-        raise _translate(conn, migration, text, exc) from None
-    return Applied(migration.file, sha, duration)
+        failure = _translate(conn, migration, text, exc)
+        if exc.sqlstate in _WAITED:
+            failure.blockers = blockers()
+        raise failure from None
+    return Applied(migration.file, sha, (time.perf_counter() - started) * 1000)
 
 
-def _translate(conn: psycopg.Connection[Any], migration: Migration, text: str, exc: psycopg.Error) -> MigrationFailed:
+def _in_transaction(conn: psycopg.Connection[Any], m: Migration, text: str, sha: str, plan: str,
+                    started: float) -> None:
+    with conn.transaction():
+        if m.statement_timeout:
+            conn.execute("SELECT pg_catalog.set_config('statement_timeout', %s, true)", (m.statement_timeout,))
+        conn.execute(text.encode())  # one simple-protocol query, no parameters: '%' stays literal
+        if conn.info.transaction_status != TransactionStatus.INTRANS:
+            raise MigrationFailed(m.file, None, None, "the file ended the transaction itself")
+        ledger.record(conn, m.file, sha, plan, (time.perf_counter() - started) * 1000)
+        ledger.sync_supabase(conn, m.file, text)
+
+
+def _statement_by_statement(conn: psycopg.Connection[Any], m: Migration, text: str, sha: str, plan: str,
+                            schema: str, started: float) -> None:
+    statements = sqltext.split(text)
+    conn.autocommit = True
+    try:
+        if m.statement_timeout:
+            conn.execute("SELECT pg_catalog.set_config('statement_timeout', %s, false)", (m.statement_timeout,))
+        for done, stmt in enumerate(statements):
+            try:
+                conn.execute(stmt.text.encode())
+            except psycopg.Error as exc:
+                failure = _translate(conn, m, text, exc, line=stmt.line, statement=stmt.code)
+                failure.detail = "; ".join(filter(None, [failure.detail, _partial(done, len(statements))]))
+                failure.rolled_back = False
+                raise failure from None
+        if invalid := invalid_indexes(conn, schema):
+            raise MigrationFailed(
+                m.file, None, None, f"left INVALID index(es) behind: {', '.join(invalid)}",
+                detail=f"{_partial(len(statements), len(statements))}; a failed or cancelled CREATE INDEX "
+                       f"CONCURRENTLY leaves an invalid index: DROP INDEX CONCURRENTLY {invalid[0]}; then rerun",
+                rolled_back=False)
+    finally:
+        if m.statement_timeout:
+            conn.execute("RESET statement_timeout")
+        conn.autocommit = False
+    with conn.transaction():
+        ledger.record(conn, m.file, sha, plan, (time.perf_counter() - started) * 1000)
+        ledger.sync_supabase(conn, m.file, text)
+
+
+def _partial(done: int, total: int) -> str:
+    return (f"transaction = false: {done} of {total} statement(s) were committed before this point and stay "
+            "applied; the ledger does not list the file, so make its statements idempotent (IF NOT EXISTS) "
+            "before rerunning")
+
+
+def invalid_indexes(conn: psycopg.Connection[Any], schema: str) -> list[str]:
+    return [r[0] for r in conn.execute(
+        "SELECT c.relname FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid"
+        " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE NOT i.indisvalid AND n.nspname = %s"
+        " ORDER BY 1", (schema,)).fetchall()]
+
+
+def _translate(conn: psycopg.Connection[Any], migration: Migration, text: str, exc: psycopg.Error,
+               line: int | None = None, statement: str = "") -> MigrationFailed:
     diag = exc.diag
-    line: int | None = None
-    statement = ""
-    if diag.statement_position:
+    if diag.statement_position and not statement:
         line = sqltext.line_of(text, int(diag.statement_position))
         statement = next((s.code for s in reversed(sqltext.split(text)) if s.line <= line), "")
-    elif not conn.closed:
+    elif line is None and not conn.closed and migration.transaction:
         line, statement = _locate(conn, text, exc.sqlstate)
-    return MigrationFailed(migration.file, line, exc.sqlstate, diag.message_primary or str(exc),
+    lines = str(exc).strip().splitlines()
+    message = diag.message_primary or (lines[0] if lines else type(exc).__name__)
+    if conn.closed or conn.broken:
+        message = (f"{message} (the connection to the server was lost: the server rolls back the open "
+                   "transaction, so nothing of this file was applied)")
+    return MigrationFailed(migration.file, line, exc.sqlstate, message,
                            detail=diag.message_detail or diag.message_hint or "", statement=statement)
 
 
@@ -78,3 +147,4 @@ def _locate(conn: psycopg.Connection[Any], text: str, sqlstate: str | None) -> t
     except psycopg.Error:
         pass
     return None, ""
+

@@ -19,12 +19,13 @@ from pytest_phase4.kinds import COMMON_KEYS, KINDS, Kind, ParamError
 
 # Check lists that run before the first migration and after the last one, in this order. Each is a top-level
 # array of tables ([[preflight]]) and a pytest marker of the same name; the migrations are stage "migration".
-BEFORE_STAGES = ("preflight",)
-AFTER_STAGES = ("post",)
+BEFORE_STAGES = ("preflight", "backup")
+AFTER_STAGES = ("post", "smoke")
 _PLAN_KEYS = {"name", "schema", "migrations_dir"}
 _SETUP_KEYS = {"files", "settings"}
-_MIGRATION_KEYS = {"file", "title", "destructive", "verify"}
-_TOP_KEYS = {"phase4", "setup", "migration", *BEFORE_STAGES, *AFTER_STAGES}
+_MIGRATION_KEYS = {"file", "title", "destructive", "transaction", "statement_timeout", "verify"}
+DURATION = re.compile(r"^\d+\s*(ms|s|min|h)?$")  # PostgreSQL's units for timeouts; a bare number is ms
+_TOP_KEYS = {"phase4", "setup", "migration", "perf", "signoff", *BEFORE_STAGES, *AFTER_STAGES}
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,8 @@ class Migration:
     path: Path
     checks: tuple[CheckSpec, ...]
     line: int = 0
+    transaction: bool = True  # false: statement by statement in autocommit (CREATE INDEX CONCURRENTLY)
+    statement_timeout: str | None = None
 
     @property
     def name(self) -> str:
@@ -79,6 +82,7 @@ class Plan:
     setup_settings: Mapping[str, str]
     stages: Mapping[str, tuple[CheckSpec, ...]]  # every stage of BEFORE_STAGES and AFTER_STAGES
     migrations: tuple[Migration, ...]
+    signoff: Mapping[str, str] = field(default_factory=dict)  # role key -> title, in plan order ([signoff])
 
     @property
     def folder(self) -> Path:
@@ -202,11 +206,39 @@ def _build(r: _Reader, data: dict[str, Any], sha: str) -> Plan | None:
 
     migrations = _migrations(r, data.get("migration", []), mig_dir)
     stages = {s: _stage(r, data.get(s, []), s, s, s, migrations) for s in (*BEFORE_STAGES, *AFTER_STAGES)}
+    _perf(r, data.get("perf", []), stages)
+    signoff = _signoff(r, data.get("signoff", {}))
     if not (migrations or any(stages.values())) and not r.problems:
         r.problem(r.display, "the plan has no [[preflight]], [[migration]] or [[post]] entries")
     if r.problems or name is None:
         return None
-    return Plan(r.path, sha, name, schema, mig_dir, tuple(setup_files), settings, stages, migrations)
+    return Plan(r.path, sha, name, schema, mig_dir, tuple(setup_files), settings, stages, migrations, signoff)
+
+
+def _perf(r: _Reader, entries: Any, stages: dict[str, tuple[CheckSpec, ...]]) -> None:
+    """Each [[perf]] query is timed twice: a perf_before check ends preflight, a perf_after check ends post."""
+    if not isinstance(entries, list):
+        r.problem(r.display, "perf must be an array of tables: [[perf]]")
+        return
+    for i, entry in enumerate(entries):
+        if isinstance(entry, dict) and "check" in entry:
+            r.problem(r.where("perf", i, f"[[perf]] #{i + 1}"), "a [[perf]] entry takes no check key: it is "
+                      "timed before (preflight) and after (post) the migrations")
+            return
+    for stage, kind in (("preflight", "perf_before"), ("post", "perf_after")):
+        known = len(r.problems)
+        marked = [{**e, "check": kind} if isinstance(e, dict) else e for e in entries]
+        stages[stage] = (*stages[stage], *_stage(r, marked, stage, stage, "perf", ()))
+        if len(r.problems) > known:  # the same entries again would repeat the same problems
+            return
+
+
+def _signoff(r: _Reader, table: Any) -> dict[str, str]:
+    if not isinstance(table, dict) or not all(isinstance(v, str) and v.strip() for v in table.values()):
+        r.problem(r.where(label="[signoff]"), '[signoff] must be a table of role = "title", '
+                  'e.g. dba = "Database Administrator"')
+        return {}
+    return dict(table)
 
 
 def _migrations(r: _Reader, entries: Any, mig_dir: Path) -> tuple[Migration, ...]:
@@ -228,6 +260,14 @@ def _migrations(r: _Reader, entries: Any, mig_dir: Path) -> tuple[Migration, ...
         if not isinstance(destructive, bool):
             r.problem(where, f"destructive must be true or false, found {destructive!r}")
             destructive = False
+        transaction = entry.get("transaction", True)
+        if not isinstance(transaction, bool):
+            r.problem(where, f"transaction must be true or false, found {transaction!r}")
+            transaction = True
+        timeout = entry.get("statement_timeout")
+        if timeout is not None and not (isinstance(timeout, str) and DURATION.match(timeout)):
+            r.problem(where, f'statement_timeout must be a duration like "30s", "5min" or "500ms", found {timeout!r}')
+            timeout = None
         verify = entry.get("verify", [])
         if not isinstance(verify, list):
             r.problem(where, "verify must be an array of tables: [[migration.verify]]")
@@ -248,7 +288,7 @@ def _migrations(r: _Reader, entries: Any, mig_dir: Path) -> tuple[Migration, ...
         checks = _stage(r, verify, "migration", file, "migration.verify", (), first=verify_seen)
         verify_seen += len(verify)
         result.append(Migration(len(result) + 1, file, title or file, destructive, path, checks,
-                                r.header_line("migration", i) or 0))
+                                r.header_line("migration", i) or 0, transaction, timeout))
     return tuple(result)
 
 

@@ -12,9 +12,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from pytest_phase4 import report
+from pytest_phase4 import evidence_hooks, report, safety_plugin
 from pytest_phase4.errors import Phase4Error, PlanError
-from pytest_phase4.items import GROUP_KEY, IS_MIGRATION_KEY, ORDER_STRIDE, RUN_KEY, SPEC_KEY, PlanFile
+from pytest_phase4.items import GROUP_KEY, IS_MIGRATION_KEY, ORDER_STRIDE, RUN_KEY, SPEC_KEY, Phase4Item, PlanFile
 from pytest_phase4.plan import load_plan
 from pytest_phase4.run import ALREADY, APPLIED, Phase4Run
 from pytest_phase4.seed import load_setup
@@ -25,12 +25,16 @@ STAGE_MARKERS = {
     "preflight": "phase4 preflight checks: read-only, nothing migrated (the CI gate)",
     "migration": "phase4 migrations and their verify checks",
     "post": "phase4 post-migration integrity checks",
+    "smoke": "phase4 smoke requests against the application's API (--phase4-base-url)",
     "destructive": "phase4 steps of a migration marked destructive (the point of no return)",
+    "backup": "phase4 backup stage: pg_dump, schema dump, snapshot, BACKUP_INFO.txt, verified",
+    "rollback": "phase4 --phase4-rollback steps: restore the backup and prove it",
 }
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     Settings.add_options(parser)
+    safety_plugin.add_options(parser)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -46,6 +50,9 @@ def pytest_cmdline_main(config: pytest.Config) -> None:
     settings = Settings.from_config(config)
     if not settings.enabled:
         return
+    if config.pluginmanager.hasplugin("xdist") and config.getoption("numprocesses", None):
+        raise pytest.UsageError("--phase4 runs its steps in order against one database: it cannot be "
+                                "distributed; drop -n / --numprocesses")
     plan_path = settings.plan
     try:
         plan = load_plan(plan_path, display=_display(plan_path, config.rootpath))
@@ -55,7 +62,7 @@ def pytest_cmdline_main(config: pytest.Config) -> None:
         target = _target(settings, plan)
         # A throwaway database holds nothing to lose: its point of no return needs no confirmation.
         run = Phase4Run(plan, target, settings.confirm_destructive or target.embedded is not None,
-                        workers=settings.workers)
+                        settings.check_timeout, settings.lock_timeout, workers=settings.workers)
     except Phase4Error as exc:
         raise pytest.UsageError(str(exc)) from None
     try:
@@ -64,15 +71,22 @@ def pytest_cmdline_main(config: pytest.Config) -> None:
         run.close()
         raise pytest.UsageError(run.target.scrub(str(exc))) from None
     config.stash[RUN_KEY] = run
+    try:
+        safety_plugin.configure(config, run)
+    except pytest.UsageError:
+        run.close()
+        raise
     if config.args_source != pytest.Config.ArgsSource.ARGS:
         config.args[:] = [str(plan.folder)]
-    if config.pluginmanager.hasplugin("html") and not config.getoption("htmlpath", None):
-        stamp = run.started_at.astimezone().strftime("%Y%m%d-%H%M%S")
-        config.option.htmlpath = str(settings.report_dir(config.rootpath) / f"phase4-{stamp}.html")
-        config.option.self_contained_html = True
+    if config.pluginmanager.hasplugin("html"):
+        if not config.getoption("htmlpath", None):
+            stamp = run.started_at.astimezone().strftime("%Y%m%d-%H%M%S")
+            config.option.htmlpath = str(settings.report_dir(config.rootpath) / f"phase4-{stamp}.html")
+        config.option.self_contained_html = True  # one file to attach to the change ticket
     config.pluginmanager.register(report.ReportPlugin(run), "phase4-report")
     if config.pluginmanager.hasplugin("html"):
         config.pluginmanager.register(report.HtmlHooks(run), "phase4-html")
+    evidence_hooks.configure(config, settings, run)  # smoke URL, sign-off, JSON, execution summary
 
 
 def _target(settings: Settings, plan: Any) -> Target:
@@ -179,7 +193,11 @@ def pytest_runtest_makereport(
     run = item.config.stash.get(RUN_KEY, None)
     group = item.stash.get(GROUP_KEY, None)
     if run is not None and group is not None and rep.failed:
-        run.record_failure(group, f"{item.name}: {_reason(call)}", item.stash.get(IS_MIGRATION_KEY, False))
+        reason = run.target.scrub(f"{item.name}: {_reason(call)}")
+        run.record_failure(group, reason, item.stash.get(IS_MIGRATION_KEY, False))
+    if isinstance(item, Phase4Item) and rep.skipped and isinstance(rep.longrepr, tuple):
+        # A check that skips itself is located at its plan entry, not at the plugin line that raised the skip.
+        rep.longrepr = (str(item.path), item.line, rep.longrepr[2])
     return rep
 
 

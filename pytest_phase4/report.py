@@ -69,22 +69,6 @@ class HtmlHooks:
         report.title = f"{self.run.plan.name}: migration run report"
 
     @pytest.hookimpl(optionalhook=True)
-    def pytest_html_results_summary(self, prefix: list[str], summary: list[str], postfix: list[str],
-                                    session: pytest.Session) -> None:
-        e = html.escape
-        run = self.run
-        facts = "".join(f"<li>{e(line)}</li>" for line in header_lines(run))
-        rows = "".join(
-            f"<tr class='phase4-{e(status.replace(' ', '-'))}'><td>{e(status)}</td><td>{e(file)}</td>"
-            f"<td>{e(duration)}</td><td>{e(note)}</td></tr>"
-            for status, file, duration, note in _migration_rows(run))
-        halt = f"<p><strong>halted after {e(run.halt.step)}:</strong> {e(run.halt.reason)}</p>" if run.halt else ""
-        prefix.append(
-            f"<h2>Migrations</h2><ul>{facts}</ul>{halt}"
-            "<table id='phase4-migrations'><thead><tr><th>Status</th><th>Migration</th><th>Duration</th>"
-            f"<th>Note</th></tr></thead><tbody>{rows}</tbody></table>")
-
-    @pytest.hookimpl(optionalhook=True)
     def pytest_html_results_table_header(self, cells: list[str]) -> None:
         cells.insert(2, "<th>Observed</th>")
 

@@ -12,10 +12,11 @@ from typing import Any
 
 import psycopg
 
-from pytest_phase4 import catalog, checks, ledger, migrate
-from pytest_phase4.errors import MigrationFailed
+from pytest_phase4 import catalog, checks, guard, ledger, migrate, safety
+from pytest_phase4.errors import CheckFailed, MigrationFailed
 from pytest_phase4.facts import Facts, Pool
 from pytest_phase4.plan import CheckSpec, Migration, Plan
+from pytest_phase4.runextras import RunExtras
 from pytest_phase4.target import Target
 
 # Migration states, as the report prints them.
@@ -49,15 +50,20 @@ class Phase4Run:
     plan: Plan
     target: Target
     confirm_destructive: bool
+    check_timeout: str = "60s"
+    lock_timeout: str = "10s"
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     finished_at: datetime | None = None
     server_version: str = ""
     halt: Halt | None = None
     states: dict[str, MigrationState] = field(default_factory=dict)
     applied_before_run: dict[str, ledger.Entry] = field(default_factory=dict)
+    extras: RunExtras = field(default_factory=RunExtras)
     _ro: psycopg.Connection[Any] | None = None
     _rw: psycopg.Connection[Any] | None = None
+    _guard: psycopg.Connection[Any] | None = None  # holds the run lock; watches blocked migrations
     _snapshot: checks.Snapshot | None = None
+    safety: safety.SafetyState = field(default_factory=lambda: safety.SafetyState())
     workers: int = 1  # read-only connections that run a step's heavy queries side by side (1: none)
     selected: frozenset[tuple[str, str, int]] | None = None  # (step, test id, line) of the checks that will run
     _facts: tuple[str, Facts] | None = None  # the current step's shared facts; dropped by every migration
@@ -68,20 +74,27 @@ class Phase4Run:
 
     # -- connections -------------------------------------------------------------------------------------
     def open(self) -> None:
-        """Connect read-only, learn the server version and what the ledger says. Writes nothing."""
-        self._ro = self.target.connect(read_only=True, autocommit=True)
+        """Take the run lock, connect read-only, learn the server version and the ledger. Writes nothing."""
+        self._guard = self.target.connect(read_only=True, autocommit=True)
+        guard.take_run_lock(self._guard, self.target.label)
+        self._ro = self._connect_ro()
         self.server_version = str(self._ro.execute("SHOW server_version").fetchone()[0])  # type: ignore[index]
         self.applied_before_run = ledger.read(self._ro)
+
+    def _connect_ro(self) -> psycopg.Connection[Any]:
+        return self.target.connect(read_only=True, autocommit=True,
+                                   settings={"statement_timeout": self.check_timeout})
 
     @property
     def ro(self) -> psycopg.Connection[Any]:
         if self._ro is None or self._ro.closed:
-            self._ro = self.target.connect(read_only=True, autocommit=True)
+            self._ro = self._connect_ro()
         return self._ro
 
     def _writer(self) -> psycopg.Connection[Any]:
-        if self._rw is None or self._rw.closed:
-            self._rw = self.target.connect(read_only=False, autocommit=False)
+        if self._rw is None or self._rw.closed or self._rw.broken:
+            self._rw = self.target.connect(read_only=False, autocommit=False,
+                                           settings={"lock_timeout": self.lock_timeout})
         return self._rw
 
     def close(self) -> None:
@@ -89,7 +102,7 @@ class Phase4Run:
         self._drop_facts()
         if self._pool is not None:
             self._pool.close()
-        for conn in (self._ro, self._rw):
+        for conn in (self._ro, self._rw, self._guard):
             if conn is not None:
                 conn.close()
         self.target.close()
@@ -123,12 +136,22 @@ class Phase4Run:
     def snapshot(self) -> checks.Snapshot:
         if self._snapshot is None:
             before = not any(s.status == APPLIED for s in self.states.values())
-            self._snapshot = checks.Snapshot(catalog.count_all_tables(self.ro, self.plan.schema), before)
+            try:
+                counts = catalog.count_all_tables(self.ro, self.plan.schema)
+                if before:
+                    safety.capture_before(self)  # kept-column checksums and catalog fingerprint, same moment
+            except psycopg.Error as exc:
+                raise CheckFailed(
+                    f"row counts of every table in schema {self.plan.schema}, recorded before migrating",
+                    f"SQL error: {exc.diag.message_primary or exc} [SQLSTATE {exc.sqlstate}]",
+                    f"schema {self.plan.schema}", hint=checks.timeout_hint(exc, self.check_timeout)) from None
+            self._snapshot = checks.Snapshot(counts, before)
         return self._snapshot
 
     def context(self, spec: CheckSpec | None = None) -> checks.Context:
         facts = self.facts(spec.step) if spec is not None else None
-        return checks.Context(self.ro, self.plan, self.snapshot, frozenset(self.applied_before_run), facts)
+        return checks.Context(self.ro, self.plan, self.snapshot, frozenset(self.applied_before_run),
+                              self.applied_before_run, self.extras, facts)
 
     def facts(self, step: str) -> Facts:
         """The facts shared by the checks of one step: one catalog query, each table counted once."""
@@ -138,7 +161,7 @@ class Phase4Run:
             specs = tuple(s for s in (found.checks if found else ())
                           if self.selected is None or (s.step, s.test_id, s.line) in self.selected)
             if self.workers > 1 and self._pool is None:
-                self._pool = Pool(lambda: self.target.connect(read_only=True, autocommit=True), self.workers)
+                self._pool = Pool(self._connect_ro, self.workers)  # the same guards as the verification connection
             self._facts = (step, Facts(self.ro, self.plan.schema, specs, self._pool))
         return self._facts[1]
 
@@ -148,6 +171,8 @@ class Phase4Run:
             self._facts = None
 
     def check(self, spec: CheckSpec) -> str:
+        if spec.kind in safety.KINDS:
+            return safety.run_check(self, spec)
         return checks.run_check(self.context(spec), spec)
 
     def migrate(self, migration: Migration) -> MigrationState:
@@ -166,20 +191,28 @@ class Phase4Run:
             state.status, state.duration_ms = ALREADY, entry.duration_ms
             state.note = f"applied {entry.applied_at:%Y-%m-%d %H:%M:%S %Z} (ledger), sha256 matches"
             return state
-        if migration.destructive and not self.confirm_destructive:
+        if migration.destructive and (blocked := safety.gate(self, migration)):
             state.status = BLOCKED
-            state.note = "point of no return not confirmed"
-            raise DestructiveBlocked(
-                f"stopped at the point of no return: {migration.file} is destructive ({migration.title}) and was "
-                "not confirmed; verify the backup, then rerun with --phase4-confirm-destructive")
+            state.note = "point of no return: " + blocked.split(" and ", 1)[-1]
+            for later in self.states.values():  # everything after the point of no return is blocked with it
+                if later.status == PENDING and later.migration.index > migration.index:
+                    later.status, later.note = BLOCKED, f"blocked at the point of no return ({migration.file})"
+            raise DestructiveBlocked(blocked)
         self.snapshot()  # the row counts must be taken before the first change
         self._drop_facts()  # what a step learned is stale once a migration runs, and its reads must end first
         started = time.perf_counter()
+        writer = self._writer()
         try:
-            applied = migrate.apply(self._writer(), migration, self.plan.name)
+            with guard.Watch(self._guard or self.ro, writer.info.backend_pid) as watch:
+                applied = migrate.apply(writer, migration, self.plan.name, self.plan.schema,
+                                        blockers=lambda: [str(b) for b in watch.blockers])
         except MigrationFailed as exc:
             state.status, state.duration_ms = FAILED, (time.perf_counter() - started) * 1000
             state.note = exc.summary
+            raise
+        except BaseException:  # Ctrl-C: psycopg cancels the query and the transaction rolls back
+            state.status, state.duration_ms = FAILED, (time.perf_counter() - started) * 1000
+            state.note = "interrupted: rolled back"
             raise
         state.status, state.duration_ms = APPLIED, applied.duration_ms
         return state

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from pytest_phase4.plan import DURATION
+
 DEFAULT_PLAN = "checks/phase4.toml"
 DEFAULT_REPORT_DIR = "reports"
 DEFAULT_WORKERS = 2
@@ -20,6 +22,11 @@ class Settings:
     seed: bool
     confirm_destructive: bool
     report_root: str | None
+    check_timeout: str
+    lock_timeout: str
+    base_url: str | None = None
+    signoff: tuple[str, ...] = ()  # ROLE=NAME, as given
+    json_path: str | None = None
     workers: int = DEFAULT_WORKERS
 
     @staticmethod
@@ -45,7 +52,26 @@ class Settings:
         group.addoption("--phase4-workers", default=None, metavar="N",
                         help=f"read-only connections that run a step's heavy counts and orphan queries side by "
                              f"side (ini: phase4_workers; default: {DEFAULT_WORKERS}; 1 runs them one by one)")
+        group.addoption("--phase4-check-timeout", default=None, metavar="DURATION",
+                        help="statement_timeout of the read-only verification connection, e.g. 60s "
+                             "(ini: phase4_check_timeout; default 60s)")
+        group.addoption("--phase4-lock-timeout", default=None, metavar="DURATION",
+                        help="lock_timeout of the migration connection: a migration waiting longer for a lock "
+                             "fails and names who holds it (ini: phase4_lock_timeout; default 10s)")
+        group.addoption("--phase4-base-url", default=None, metavar="URL",
+                        help="the API the smoke stage requests (ini: phase4_base_url); without it smoke "
+                             "requests are skipped")
+        group.addoption("--phase4-signoff", action="append", default=[], metavar="ROLE=NAME",
+                        help="a name for a sign-off role of the plan's [signoff], e.g. dba=\"Jane Doe\" "
+                             "(repeat per role); roles left out are blank lines to sign")
+        group.addoption("--phase4-json", default=None, metavar="PATH",
+                        help="write the run's evidence as JSON (ini: phase4_json; default: beside the HTML "
+                             "report, same name with .json)")
+        parser.addini("phase4_base_url", "pytest-phase4 smoke stage API base URL", default=None)
+        parser.addini("phase4_json", "pytest-phase4 JSON evidence path", default=None)
         parser.addini("phase4_plan", "pytest-phase4 plan file", default=None)
+        parser.addini("phase4_check_timeout", "statement_timeout for checks", default="60s")
+        parser.addini("phase4_lock_timeout", "lock_timeout for migrations", default="10s")
         parser.addini("phase4_workers", "pytest-phase4 read-only connections for heavy checks", default=None)
         parser.addini("phase4_seed", "load the plan's [setup] into the target first", type="bool", default=False)
         parser.addini("phase4_report_dir", "pytest-phase4 default HTML report folder", default=None)
@@ -60,6 +86,11 @@ class Settings:
             seed=bool(opt("phase4_seed") or config.getini("phase4_seed")),
             confirm_destructive=bool(opt("phase4_confirm_destructive")),
             report_root=opt("phase4_report_dir") or config.getini("phase4_report_dir"),
+            check_timeout=_duration(config, "phase4_check_timeout"),
+            lock_timeout=_duration(config, "phase4_lock_timeout"),
+            base_url=opt("phase4_base_url") or config.getini("phase4_base_url"),
+            signoff=tuple(opt("phase4_signoff") or ()),
+            json_path=opt("phase4_json") or config.getini("phase4_json"),
             workers=_workers(config),
         )
 
@@ -89,3 +120,11 @@ def _workers(config: pytest.Config) -> int:
         raise pytest.UsageError(f"{source}: expected a whole number from 1 to 16, found {value!r}; use 1 to run "
                                 "heavy checks one by one on the verification connection")
     return workers
+
+
+def _duration(config: pytest.Config, name: str) -> str:
+    value = str(config.getoption(name) or config.getini(name)).strip()
+    if not DURATION.match(value):
+        flag = "--" + name.replace("_", "-")
+        raise pytest.UsageError(f"{flag}: expected a duration like 500ms, 30s or 5min, found {value!r}")
+    return value.replace(" ", "")

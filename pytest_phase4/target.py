@@ -31,12 +31,16 @@ class Target:
     def scrub(self, text: str) -> str:
         return dsnlib.scrub(text, self.secrets)
 
-    def connect(self, *, read_only: bool, autocommit: bool) -> psycopg.Connection[Any]:
-        """Open a connection; read-only ones refuse writes at the server (default_transaction_read_only)."""
+    def connect(self, *, read_only: bool, autocommit: bool,
+                settings: dict[str, str] | None = None) -> psycopg.Connection[Any]:
+        """Open a connection; read-only ones refuse writes at the server (default_transaction_read_only).
+
+        `settings` become server settings of the session (statement_timeout, lock_timeout), set at connect so
+        that no statement runs without them."""
         params = conninfo_to_dict(self.dsn) if self.dsn else {}
         options = str(params.get("options", "") or "")
-        if read_only:
-            options = f"{options} -c default_transaction_read_only=on".strip()
+        wanted = {**(settings or {}), **({"default_transaction_read_only": "on"} if read_only else {})}
+        options = " ".join([options, *(f"-c {k}={v}" for k, v in wanted.items())]).strip()
         extra: dict[str, Any] = {"application_name": params.get("application_name") or APPLICATION_NAME,
                                  "connect_timeout": params.get("connect_timeout") or 10}
         if options:

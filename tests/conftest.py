@@ -6,12 +6,15 @@ from __future__ import annotations
 import itertools
 import re
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 from pytest_phase4.embedded import EmbeddedPostgres, start_embedded
 
@@ -90,7 +93,29 @@ def outcomes_of(result: pytest.RunResult) -> dict[str, str]:
     """node id -> outcome, from the verbose lines of a run made with -v."""
     found = {}
     for line in result.outlines:
-        m = re.match(r"^(\S+::\S+) (PASSED|FAILED|SKIPPED|ERROR)", line)
+        m = re.match(r"^(\S+::.+?) (PASSED|FAILED|SKIPPED|ERROR)\b", line)
         if m:
             found[m.group(1)] = m.group(2)
     return found
+
+
+def require_password(server: EmbeddedPostgres, role: str, password: str) -> None:
+    """Make ``role`` log in with a SCRAM password while every other role stays on trust."""
+    with psycopg.connect(server.dsn, autocommit=True) as conn:
+        conn.execute("SET password_encryption = 'scram-sha-256'")
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(role), sql.Literal(password)))
+        hba_file = str(conn.execute("SHOW hba_file").fetchone()[0])  # type: ignore[index]
+        rules = f"local all {role} scram-sha-256\nhost all {role} all scram-sha-256\nlocal all all trust\n"
+        rules += "host all all all trust\n"
+        Path(hba_file).write_text(rules)
+        conn.execute("SELECT pg_reload_conf()")
+    # The postmaster rereads pg_hba.conf asynchronously after the signal.
+    deadline = time.monotonic() + 10
+    wrong = make_conninfo(server.dsn, user=role, password="not-" + password)
+    while time.monotonic() < deadline:
+        try:
+            psycopg.connect(wrong).close()
+        except psycopg.OperationalError:
+            return
+        time.sleep(0.05)
+    raise AssertionError("pg_hba.conf reload did not take effect")

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import psycopg
 import pytest
-from psycopg import sql
+from conftest import require_password
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pytest_phase4.dsn import (
@@ -176,28 +174,6 @@ def server() -> Iterator[EmbeddedPostgres]:
     pg = start_embedded()
     yield pg
     pg.stop()
-
-
-def require_password(server: EmbeddedPostgres, role: str, password: str) -> None:
-    """Make ``role`` log in with a SCRAM password while every other role stays on trust."""
-    with psycopg.connect(server.dsn, autocommit=True) as conn:
-        conn.execute("SET password_encryption = 'scram-sha-256'")
-        conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(role), sql.Literal(password)))
-        hba_file = str(conn.execute("SHOW hba_file").fetchone()[0])  # type: ignore[index]
-        rules = f"local all {role} scram-sha-256\nhost all {role} all scram-sha-256\nlocal all all trust\n"
-        rules += "host all all all trust\n"
-        Path(hba_file).write_text(rules)
-        conn.execute("SELECT pg_reload_conf()")
-    # The postmaster rereads pg_hba.conf asynchronously after the signal.
-    deadline = time.monotonic() + 10
-    wrong = make_conninfo(server.dsn, user=role, password="not-" + password)
-    while time.monotonic() < deadline:
-        try:
-            psycopg.connect(wrong).close()
-        except psycopg.OperationalError:
-            return
-        time.sleep(0.05)
-    raise AssertionError("pg_hba.conf reload did not take effect")
 
 
 def test_wrong_password_message_hides_it(server: EmbeddedPostgres, monkeypatch: pytest.MonkeyPatch) -> None:

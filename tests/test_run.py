@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 
 from conftest import Project, outcomes_of
@@ -129,14 +130,24 @@ def test_rerun_skips_applied_migrations_and_verifies_them(project: Callable[...,
     assert "phase4 migrations: 3 in plan, 3 already applied (ledger)" in result.stdout.str()
 
 
-def test_changed_applied_migration_fails_with_both_hashes(project: Callable[..., Project]) -> None:
+def test_changed_applied_migration_fails_preflight_with_both_hashes(project: Callable[..., Project]) -> None:
     p = project("mini")
     p.run("--phase4-confirm-destructive", seed=True)
+    (applied,) = p.query("SELECT sha256 FROM pytest_phase4.ledger WHERE file = '20250101000001_create_views.sql'")
     path = p.pytester.path / "checks/migrations/20250101000001_create_views.sql"
     path.write_text(path.read_text() + "-- edited after applying\n")
-    result = p.run("--phase4-confirm-destructive")
-    result.stdout.fnmatch_lines(["*20250101000001_create_views.sql was applied on * with sha256 *, the file now "
-                                 "has *: an applied migration must not change; write a new migration instead"])
+    now = hashlib.sha256(path.read_bytes()).hexdigest()
+    result = p.run("-v", "--phase4-confirm-destructive")
+    result.stdout.fnmatch_lines([f"expected: the file as applied on * (sha256 {applied[0]})",
+                                 f"found:    a changed file (sha256 {now})",
+                                 "where:    */checks/migrations/20250101000001_create_views.sql"])
+    assert outcomes_of(result)[f"{M1}::apply"] == "SKIPPED"
+    assert result.ret == 1
+    # the migration step checks the same on its own, for runs that deselect the preflight stage
+    result = p.run("-m", "not preflight", "--phase4-confirm-destructive")
+    result.stdout.fnmatch_lines([f"*20250101000001_create_views.sql was applied on * with sha256 {applied[0][:12]}, "
+                                 f"the file now has {now[:12]}: an applied migration must not change; write a new "
+                                 "migration instead"])
     assert result.ret == 1
 
 
@@ -191,3 +202,21 @@ def test_post_failures_show_count_offending_rows_and_null_keys(project: Callable
         "  0 row(s) with NULL sales.customer_id (not orphans, reported apart)",
     ])
     result.stdout.fnmatch_lines(["*no_orphans[[]tickets.customer_id->customers.id[]] PASSED*"])
+
+
+def test_runs_without_pytest_html(project: Callable[..., Project]) -> None:
+    p = project("mini")
+    result = p.run("-p", "no:html", "--phase4-confirm-destructive", seed=True)
+    result.assert_outcomes(passed=25)
+    assert "Generated html report" not in result.stdout.str()
+    assert not (p.path / "reports").exists()
+
+
+def test_explicit_html_path_is_respected(project: Callable[..., Project]) -> None:
+    p = project("mini")
+    result = p.run("--html=out/board.html", "-m", "preflight", seed=True)
+    assert result.ret == 0
+    assert (p.path / "out/board.html").exists()
+    # self-contained: no assets/; the JSON evidence goes beside the report
+    assert sorted(x.name for x in (p.path / "out").iterdir()) == ["board.html", "board.json"]
+    assert not (p.path / "reports").exists()

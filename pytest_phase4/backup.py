@@ -1,0 +1,237 @@
+"""pg_dump / pg_restore: find the client tools, make a verified backup, restore it. No pytest here.
+
+Passwords travel in the child's environment (PGPASSWORD), never on its command line (visible in `ps`) and
+never in BACKUP_INFO.txt; every message that can quote a DSN goes through the target's scrub().
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import hashlib
+import os
+import re
+import shlex
+import shutil
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from pytest_phase4 import dsn as dsnlib
+from pytest_phase4.errors import CheckFailed
+
+DUMP, SCHEMA, SNAPSHOT, INFO = "full.dump", "schema.sql", "snapshot.json", "BACKUP_INFO.txt"
+_TOOLS = ("pg_dump", "pg_restore")
+
+
+@dataclass(frozen=True)
+class Tools:
+    bindir: str
+    major: int
+    version: str  # as the tool prints it, e.g. "15.18"
+
+    def path(self, tool: str) -> str:
+        return os.path.join(self.bindir, tool)
+
+
+def _version(binary: str) -> tuple[int, str] | None:
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10, check=True).stdout
+        if m := re.search(r"\)\s+((\d+)[.\d]*)", out):
+            return int(m.group(2)), m.group(1)
+    return None
+
+
+def candidate_bindirs(tool: str = "pg_dump") -> list[str]:
+    """Where a client tool may live: PATH, `pg_config --bindir`, then Debian's /usr/lib/postgresql/<major>/bin."""
+    found: list[str] = []
+    if on_path := shutil.which(tool):
+        found.append(os.path.dirname(on_path))
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True, timeout=10, check=True)
+        found.append(out.stdout.strip())
+    versioned = glob.glob("/usr/lib/postgresql/*/bin")
+    found += sorted(versioned, key=lambda p: [int(n) for n in re.findall(r"\d+", p)], reverse=True)
+    return list(dict.fromkeys(d for d in found if d))
+
+
+def find_tools(server_major: int) -> Tools:
+    """pg_dump and pg_restore of the server's major version, else the newest newer one.
+
+    pg_dump refuses a newer server ("server version mismatch"): say so before any backup is attempted."""
+    seen = [t for t in locate("pg_dump") if os.access(t.path("pg_restore"), os.X_OK)]
+    usable = [t for t in seen if t.major >= server_major]
+    if usable:
+        return min(usable, key=lambda t: (t.major != server_major, -t.major))
+    found = ", ".join(f"pg_dump {t.version} in {t.bindir}" for t in seen) or "no pg_dump/pg_restore at all"
+    raise CheckFailed(f"pg_dump and pg_restore of major version >= {server_major} (the server's)", found,
+                      "PATH, pg_config --bindir, /usr/lib/postgresql/*/bin",
+                      hint=f"install the PostgreSQL {server_major} client tools (e.g. apt-get install "
+                           f"postgresql-client-{server_major}): an older pg_dump cannot back up this server")
+
+
+def locate(tool: str) -> list[Tools]:
+    """Every installed copy of a PostgreSQL client tool with its version, in search order."""
+    found = []
+    for bindir in candidate_bindirs(tool):
+        binary = os.path.join(bindir, tool)
+        if os.access(binary, os.X_OK) and (version := _version(binary)) is not None:
+            found.append(Tools(bindir, *version))
+    return found
+
+
+def client_args(dsn: str) -> tuple[str, dict[str, str]]:
+    """A conninfo without the password for the command line, and the environment carrying the password."""
+    params = {k: str(v) for k, v in conninfo_to_dict(dsn).items() if v is not None} if dsn else {}
+    env = dict(os.environ)
+    if password := params.pop("password", None):
+        env["PGPASSWORD"] = password
+    return make_conninfo(**params), env
+
+
+def with_dbname(dsn: str, dbname: str) -> str:
+    return make_conninfo(dsn, dbname=dbname)
+
+
+def _run(args: list[str], env: dict[str, str], secrets: list[str], what: str, where: str) -> str:
+    proc = subprocess.run(args, capture_output=True, text=True, env=env, check=False)
+    if proc.returncode != 0:
+        message = dsnlib.scrub((proc.stderr or proc.stdout).strip(), secrets)
+        last = message.splitlines()[-1] if message else ""
+        raise CheckFailed(what, f"{Path(args[0]).name} exited with {proc.returncode}" + (f": {last}" if last else ""),
+                          where, details=message.splitlines()[-12:])
+    return proc.stdout
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def dump(tools: Tools, dsn: str, folder: Path, secrets: list[str]) -> Path:
+    """`pg_dump --format=custom` of the whole database into folder/full.dump."""
+    folder.mkdir(parents=True, exist_ok=True)
+    conninfo, env = client_args(dsn)
+    target = folder / DUMP
+    _run([tools.path("pg_dump"), "--format=custom", f"--file={target}", f"--dbname={conninfo}"], env, secrets,
+         "a custom-format dump of the whole database", str(target))
+    return target
+
+
+def dump_schema(tools: Tools, dsn: str, folder: Path, secrets: list[str]) -> Path:
+    conninfo, env = client_args(dsn)
+    target = folder / SCHEMA
+    _run([tools.path("pg_dump"), "--schema-only", f"--file={target}", f"--dbname={conninfo}"], env, secrets,
+         "a schema-only dump", str(target))
+    return target
+
+
+def restore_command(tools: Tools, dsn: str, archive: Path) -> str:
+    """The exact command a person runs to put the backup back (Part 7, full rollback); no password in it."""
+    conninfo, _ = client_args(dsn)
+    return shlex.join([tools.path("pg_restore"), "--clean", "--if-exists", "--single-transaction",
+                       "--exit-on-error", f"--dbname={conninfo}", str(archive.resolve())])
+
+
+def write_info(folder: Path, *, plan: str, source: str, server: str, tools: Tools, archive: Path, sha: str,
+               command: str, made_at: datetime) -> Path:
+    size = archive.stat().st_size
+    lines = [
+        "pytest-phase4 backup (runbook Part 2), taken before the first migration",
+        f"plan:      {plan}",
+        f"date:      {made_at:%Y-%m-%d %H:%M:%S %Z}",
+        f"source:    {source}",  # already redacted by the caller: no password is ever written here
+        f"server:    PostgreSQL {server}",
+        f"pg_dump:   {tools.version} ({tools.path('pg_dump')})",
+        f"file:      {archive.name}",
+        f"size:      {size:,} bytes",
+        f"sha256:    {sha}",
+        f"schema:    {SCHEMA} (schema-only dump)",
+        f"snapshot:  {SNAPSHOT} (row counts, content checksums, catalog fingerprint)",
+        "",
+        "Restore (drops and recreates every object in the dump; drop objects created after the backup first,",
+        "or run `pytest --phase4 --phase4-rollback` which does both and proves the result):",
+        f"  {command}",
+        "The password, if any, comes from PGPASSWORD or ~/.pgpass; it is never written here.",
+    ]
+    path = folder / INFO
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def read_info_sha(folder: Path) -> str | None:
+    with contextlib.suppress(OSError):
+        for line in (folder / INFO).read_text().splitlines():
+            if line.startswith("sha256:"):
+                return line.split(":", 1)[1].strip()
+    return None
+
+
+def verify_archive(tools: Tools, archive: Path, expected_sha: str | None, secrets: list[str]) -> int:
+    """The archive is the file that was written and pg_restore reads all of it; returns its TOC entry count.
+
+    `pg_restore --list` reads only the table of contents, so a truncated data section passes it: the sha256
+    and a full read to /dev/null (every data block decompressed) catch that."""
+    where = str(archive)
+    if not archive.is_file():
+        raise CheckFailed("the backup file to exist", "no such file", where)
+    if expected_sha is not None and (actual := sha256_of(archive)) != expected_sha:
+        raise CheckFailed(f"sha256 {expected_sha[:16]} (recorded when the backup was made)",
+                          f"sha256 {actual[:16]}, {archive.stat().st_size:,} bytes: the file changed or is "
+                          "truncated", where, hint="do not migrate: take a new backup (rerun the backup stage)")
+    env = dict(os.environ)
+    listing = _run([tools.path("pg_restore"), "--list", str(archive)], env, secrets,
+                   "pg_restore --list to read the archive", where)
+    _run([tools.path("pg_restore"), f"--file={os.devnull}", str(archive)], env, secrets,
+         "pg_restore to read every block of the archive", where)
+    return sum(1 for line in listing.splitlines() if line and not line.startswith(";"))
+
+
+def restore(tools: Tools, dsn: str, archive: Path, secrets: list[str], *, clean: bool, owner: bool = True) -> None:
+    conninfo, env = client_args(dsn)
+    args = [tools.path("pg_restore"), "--single-transaction", "--exit-on-error", f"--dbname={conninfo}"]
+    if clean:
+        args += ["--clean", "--if-exists"]
+    if not owner:
+        args += ["--no-owner", "--no-privileges"]
+    _run([*args, str(archive)], env, secrets, "pg_restore to restore the backup", dsnlib.redact(dsn))
+
+
+def create_database(dsn: str, name: str) -> None:
+    """An empty database on the target's server (any database of the server can create another one)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:  # CREATE DATABASE refuses transactions
+        _drop(conn, name)
+        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name)))
+
+
+def drop_database(dsn: str, name: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        _drop(conn, name)
+
+
+@contextlib.contextmanager
+def scratch_database(dsn: str, name: str) -> Iterator[str]:
+    """An empty database on the target's server, dropped afterwards even on failure."""
+    create_database(dsn, name)
+    try:
+        yield with_dbname(dsn, name)
+    finally:
+        drop_database(dsn, name)
+
+
+def _drop(conn: psycopg.Connection[Any], name: str) -> None:
+    conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "plan"

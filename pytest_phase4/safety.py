@@ -1,0 +1,354 @@
+"""Data safety for one run (runbook Parts 2 and 4): the backup stage's checks, the before/after snapshot
+checks, and the gate in front of a destructive migration. No pytest here: the pytest layer sets `ask`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+
+from pytest_phase4 import backup, catalog, checks, ledger, snapshot
+from pytest_phase4.checks import CheckSkipped, _like
+from pytest_phase4.errors import CheckFailed
+from pytest_phase4.kinds import Column
+from pytest_phase4.plan import CheckSpec, Migration, Plan
+
+if TYPE_CHECKING:
+    from pytest_phase4.run import Phase4Run
+
+KINDS = frozenset({"backup", "checksum_unchanged", "row_counts_match", "catalog_diff"})
+
+
+@dataclass
+class SafetyState:
+    """Options and what this run has made and proven so far."""
+
+    backup_root: Path | None = None  # <root>/<timestamp>/ per run
+    verify_restore: bool = False
+    rehearse: bool = False
+    rollback: str | None = None  # None, "full" or "columns"
+    ask: Callable[[str], bool | None] | None = None  # yes/no on a terminal; None when there is none
+    tools: backup.Tools | None = None
+    folder: Path | None = None  # this run's backup
+    sha256: str | None = None
+    verified: bool = False  # pg_restore read the whole archive
+    restore_verified: bool = False
+    backup_snapshot: snapshot.Snapshot | None = None
+    before: snapshot.Snapshot | None = None  # kept-column checksums and fingerprint before the first migration
+    catalog_changes: list[tuple[snapshot.Change, bool]] | None = None  # (change, expected by the plan)
+
+    def has_backup_stage(self, plan: Plan) -> bool:
+        return any(s.kind == "backup" for s in plan.stages.get("backup", ()))
+
+
+def kept_columns(run: Phase4Run) -> dict[str, list[str]]:
+    """Columns that must survive, per table named by a checksum_unchanged check: every column the table has
+    now except those the plan drops (its column_absent checks)."""
+    plan = run.plan
+    dropped = {(c.table, c.column) for step in plan.steps for s in step.checks if s.kind == "column_absent"
+               for c in [s.element] if isinstance(c, Column)}
+    tables = [s.element for step in plan.steps for s in step.checks if s.kind == "checksum_unchanged"]
+    return {t: [c for c in catalog.columns(run.ro, plan.schema, t) if (t, c) not in dropped]
+            for t in dict.fromkeys(tables)}
+
+
+def capture_before(run: Phase4Run) -> None:
+    """Called once, when the run takes its pre-migration row counts."""
+    if run.safety.before is None:
+        run.safety.before = snapshot.take(run.ro, run.plan.schema, kept_columns(run))
+
+
+def _server_major(run: Phase4Run) -> int:
+    return run.ro.info.server_version // 10000
+
+
+def tools(run: Phase4Run) -> backup.Tools:
+    if run.safety.tools is None:
+        run.safety.tools = backup.find_tools(_server_major(run))
+    return run.safety.tools
+
+
+def backup_folder(run: Phase4Run) -> Path:
+    s = run.safety
+    if s.folder is None:
+        root = s.backup_root or Path("_backups") / backup.slug(run.plan.name)
+        stamp = run.started_at.strftime("%Y%m%dT%H%M%SZ")
+        s.folder = root / stamp
+        for n in range(2, 100):  # a second run within the same second: never write into another run's backup
+            if not s.folder.exists():
+                break
+            s.folder = root / f"{stamp}-{n:02d}"
+    return s.folder
+
+
+# -- check kinds ---------------------------------------------------------------------------------------------
+def run_check(run: Phase4Run, spec: CheckSpec) -> str:
+    try:
+        return _IMPL[spec.kind](run, spec)
+    except CheckFailed as exc:
+        exc.origin = exc.origin or spec.where
+        exc.hint = exc.hint or spec.hint
+        raise
+    except psycopg.Error as exc:
+        raise CheckFailed(f"check {spec.test_id} to run", run.target.scrub(
+            f"SQL error: {exc.diag.message_primary or exc} [SQLSTATE {exc.sqlstate}]"), spec.where,
+            hint=spec.hint or checks.timeout_hint(exc, run.check_timeout)) from None
+    except OSError as exc:  # a full disk or a folder that cannot be written: a failed step, not a crash
+        where = exc.filename or (run.safety.folder if spec.kind == "backup" else None) or spec.where
+        raise CheckFailed(f"{spec.test_id} to write its files", f"{exc.strerror or exc}", str(where),
+                          hint="free space there or choose another --phase4-backup-dir; nothing in the database "
+                               "was changed") from None
+
+
+def backup_step(run: Phase4Run, spec: CheckSpec) -> str:
+    s, step = run.safety, spec.element
+    folder = backup_folder(run)
+    secrets = run.target.secrets
+    if step == "dump":
+        if folder.exists() and any(folder.iterdir()):
+            raise CheckFailed("an empty folder for this run's backup", "a folder that already holds files",
+                              str(folder), hint="never overwrite a backup: choose another --phase4-backup-dir")
+        archive = backup.dump(tools(run), run.target.dsn, folder, secrets)
+        s.sha256 = backup.sha256_of(archive)
+        return f"{archive}: {archive.stat().st_size:,} bytes, sha256 {s.sha256[:16]}"
+    archive = folder / backup.DUMP
+    if s.sha256 is None:
+        raise CheckFailed("a dump made by this run", "none: the dump step did not succeed", str(folder))
+    if step == "schema":
+        path = backup.dump_schema(tools(run), run.target.dsn, folder, secrets)
+        return f"{path}: {path.stat().st_size:,} bytes"
+    if step == "snapshot":
+        snap = snapshot.take(run.ro, run.plan.schema)
+        snap.applied = sorted(ledger.read(run.ro))
+        (folder / backup.SNAPSHOT).write_text(snap.to_json())
+        s.backup_snapshot = snap
+        return f"{folder / backup.SNAPSHOT}: {len(snap.counts)} tables, {sum(snap.counts.values()):,} rows"
+    if step == "info":
+        command = backup.restore_command(tools(run), run.target.dsn, archive)
+        path = backup.write_info(folder, plan=run.plan.name, source=run.target.label, server=run.server_version,
+                                 tools=tools(run), archive=archive, sha=s.sha256, command=command,
+                                 made_at=datetime.now(UTC))
+        return f"{path}: restore with {command}"
+    if step == "verify":
+        entries = backup.verify_archive(tools(run), archive, s.sha256, secrets)
+        s.verified = True
+        return f"pg_restore read {archive.name} whole: {entries} entries, sha256 {s.sha256[:16]} matches"
+    if step == "restore":
+        if not s.verify_restore:
+            raise CheckSkipped("restore into a scratch database not requested (--phase4-verify-restore)")
+        return verify_restore(run, archive)
+    raise AssertionError(step)
+
+
+def verify_restore(run: Phase4Run, archive: Path) -> str:
+    s = run.safety
+    if s.backup_snapshot is None:
+        raise CheckFailed("the snapshot step to have run", "no snapshot in this run", str(archive.parent))
+    scratch = f"{_dbname(run)}_phase4_verify"[:63]
+    with backup.scratch_database(run.target.dsn, scratch) as dsn:
+        backup.restore(tools(run), dsn, archive, run.target.secrets, clean=False, owner=False)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            copy = snapshot.take(conn, run.plan.schema)
+    problems = compare(s.backup_snapshot, copy)
+    if problems:
+        raise CheckFailed("the restored copy to equal the source (row counts, checksums, catalog)",
+                          f"{len(problems)} difference(s)", f"scratch database {scratch}", details=problems[:40])
+    s.restore_verified = True
+    return (f"restored into {scratch}: {len(copy.counts)} tables, {sum(copy.counts.values()):,} rows, "
+            "checksums and catalog fingerprint equal the source")
+
+
+def _dbname(run: Phase4Run) -> str:
+    return str(run.ro.info.dbname)
+
+
+def compare(expected: snapshot.Snapshot, found: snapshot.Snapshot) -> list[str]:
+    """Every difference in row counts, content checksums and catalog, as lines (empty when equal)."""
+    lines = []
+    for table in sorted(set(expected.counts) | set(found.counts)):
+        a, b = expected.counts.get(table), found.counts.get(table)
+        if a != b:
+            shown = ["no such table" if n is None else f"{n:,}" for n in (a, b)]
+            lines.append(f"rows of {expected.schema}.{table}: expected {shown[0]}, found {shown[1]}")
+        ea, fb = expected.checksums.get(table), found.checksums.get(table)
+        if ea and fb and ea.columns == fb.columns and ea.sum != fb.sum:
+            lines.append(f"checksum of {expected.schema}.{table}: expected {ea.sum}, found {fb.sum}")
+    changes = snapshot.diff(expected.fingerprint, found.fingerprint)
+    if changes:
+        lines += snapshot.table_lines(changes)
+    return lines
+
+
+def checksum_unchanged(run: Phase4Run, spec: CheckSpec) -> str:
+    table = spec.element
+    before = run.safety.before
+    if before is None or not run.snapshot().before_migrations:
+        raise CheckSkipped("no pre-migration snapshot in this run: run the migrations and this check together")
+    recorded = before.checksums.get(table)
+    where = f"{run.plan.schema}.{table}"
+    if recorded is None:
+        raise CheckFailed(f"a checksum of {where} recorded before the first migration", "none: the table did not "
+                          "exist then", where)
+    now = snapshot.checksum(run.ro, run.plan.schema, table, recorded.columns)
+    if now != recorded:
+        rows = f"{now.rows:,} rows ({now.rows - recorded.rows:+,})" if now.rows != recorded.rows else \
+            f"{now.rows:,} rows, same count"
+        raise CheckFailed(f"{where}: {recorded.describe()} (recorded before migrating)",
+                          f"{rows}, checksum {now.sum}", where,
+                          hint=spec.hint or f"a migration changed or deleted rows of {table} that must be kept: "
+                                            "restore from the backup (--phase4-rollback)")
+    return f"{where}: {now.describe()}, as before"
+
+
+def row_counts_match(run: Phase4Run, spec: CheckSpec) -> str:
+    snap = run.snapshot()
+    if not snap.before_migrations:
+        raise CheckSkipped("no pre-migration row counts in this run: run the migrations and this check together")
+    deltas: dict[str, int] = spec.params["deltas"]
+    schema = run.plan.schema
+    unknown = sorted(set(deltas) - set(snap.counts))
+    now = {t: catalog.count_rows(run.ro, schema, t) for t in catalog.tables(run.ro, schema) if t in snap.counts}
+    rows = [("table", "before", "delta allowed", "expected", "found")]
+    for table, before in sorted(snap.counts.items()):
+        want = before + deltas.get(table, 0)
+        found = now.get(table)
+        if found != want:
+            rows.append((table, f"{before:,}", f"{deltas.get(table, 0):+,}", f"{want:,}",
+                         "table gone" if found is None else f"{found:,}"))
+    if unknown or len(rows) > 1:
+        widths = [max(len(r[i]) for r in rows) for i in range(5)]
+        lines = [" | ".join(r[i].ljust(widths[i]) for i in range(5)).rstrip() for r in rows] if len(rows) > 1 else []
+        lines += [f"deltas name {t}, which had no row count before migrating" for t in unknown]
+        raise CheckFailed(f"every table's row count as before migrating, plus the plan's deltas ({len(deltas)})",
+                          f"{len(rows) - 1} table(s) differ" + (f", {len(unknown)} unknown delta(s)" if unknown
+                                                                 else ""),
+                          f"schema {schema}", details=lines,
+                          hint=spec.hint or "rows were lost or added: restore from the backup (--phase4-rollback), "
+                                            "or declare the intended change in deltas")
+    total = sum(now.values())
+    return f"{len(now)} tables, {total:,} rows: every count as before" + (
+        f", with deltas {', '.join(f'{t} {d:+,}' for t, d in sorted(deltas.items()))}" if deltas else "")
+
+
+def expected_changes(plan: Plan, extra: tuple[str, ...]) -> tuple[set[str], list[str]]:
+    """Names the plan expects to change ("view v", "column t.c", "table t", "index i", ...) and LIKE patterns."""
+    names: set[str] = set(extra)
+    likes: list[str] = []
+    for step in plan.steps:
+        for s in step.checks:
+            p, e = s.params, s.element
+            if s.kind in ("view_exists", "views_absent"):
+                names.add(f"view {e}")
+            elif s.kind == "view_rowcount_matches":
+                names.add(f"view {e[0]}")
+            elif s.kind == "view_sample_not_null":
+                names.add(f"view {p['view']}")
+            elif s.kind in ("column_absent", "column_present"):
+                names.add(f"column {e}")
+            elif s.kind == "table_exists":
+                names.add(f"table {e}")
+            elif s.kind == "index_exists":
+                names.add(f"index {e}")
+            elif s.kind == "index_count":
+                likes.append(p["like"])
+            elif s.kind == "rls_policies":
+                names.add(f"rls {p['table']}")
+    return names, likes
+
+
+def _expected(change: snapshot.Change, names: set[str], likes: list[str], columns: dict[str, set[str]]) -> bool:
+    key = f"{change.kind} {change.name}"
+    if key in names or change.name in names:
+        return True
+    table = change.name.split(".", 1)[0]
+    if change.kind == "index" and (m := re.search(r"\bON (?:ONLY )?(?:\S+\.)?\"?([^\s\"]+)\"? USING",
+                                                  change.before or change.after)):
+        table = m.group(1)
+    if change.kind == "sequence" and (m := re.search(r" owned by ([^.\s]+)\.", change.before or change.after)):
+        table = m.group(1)
+    if change.kind == "matview" and f"view {change.name}" in names:
+        return True
+    if f"table {table}" in names and change.kind in ("column", "constraint", "index", "policy", "sequence",
+                                                     "table"):
+        return True  # everything of a table the plan creates
+    if change.kind == "policy" or (change.kind == "table" and change.change == "changed"):
+        return f"rls {table}" in names
+    if change.kind == "index" and any(_like(change.name, like) for like in likes):
+        return True
+    if change.kind in ("constraint", "index"):  # one that follows a column the plan adds or drops
+        text = f"{change.before} {change.after}"
+        if change.kind == "index":
+            tables = [t for t in columns if re.search(rf"\bON (ONLY )?\S*\b{re.escape(t)} ", text)]
+        else:
+            tables = [table]
+        return any(re.search(rf"[( ]{re.escape(c)}[,)]", text) for t in tables for c in columns.get(t, ()))
+    return False
+
+
+def catalog_diff(run: Phase4Run, spec: CheckSpec) -> str:
+    before = run.safety.before
+    if before is None or not run.snapshot().before_migrations:
+        raise CheckSkipped("no pre-migration snapshot in this run: run the migrations and this check together")
+    changes = snapshot.diff(before.fingerprint, snapshot.fingerprint(run.ro, run.plan.schema))
+    names, likes = expected_changes(run.plan, tuple(spec.params["expect"]))
+    columns: dict[str, set[str]] = {}
+    for name in names:
+        if name.startswith("column "):
+            t, col = name[7:].split(".", 1)
+            columns.setdefault(t, set()).add(col)
+    unexpected = [c for c in changes if not _expected(c, names, likes, columns)]
+    run.safety.catalog_changes = [(c, c not in unexpected) for c in changes]
+    if unexpected:
+        raise CheckFailed("every catalog change to be expected by the plan",
+                          f"{len(unexpected)} unexpected change(s) of {len(changes)}", f"schema {run.plan.schema}",
+                          details=snapshot.table_lines(unexpected),
+                          hint=spec.hint or "add a check for the change to the plan (or list it in expect), or "
+                                            "find the migration that made it")
+    kinds: dict[str, int] = {}
+    for change in changes:
+        kinds[f"{change.kind} {change.change}"] = kinds.get(f"{change.kind} {change.change}", 0) + 1
+    summary = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())) or "no change"
+    return f"{len(changes)} catalog change(s), all expected by the plan: {summary}"
+
+
+_IMPL: dict[str, Callable[[Any, CheckSpec], str]] = {
+    "backup": backup_step, "checksum_unchanged": checksum_unchanged,
+    "row_counts_match": row_counts_match,
+    "catalog_diff": catalog_diff,
+}
+
+
+# -- the point of no return ----------------------------------------------------------------------------------
+def gate(run: Phase4Run, migration: Migration) -> str | None:
+    """Why the destructive migration must not run now, or None when every condition holds."""
+    s = run.safety
+    head = f"stopped at the point of no return: {migration.file} is destructive ({migration.title})"
+    if run.halt is not None:
+        return f"{head} and an earlier step failed ({run.halt.step})"
+    if s.has_backup_stage(run.plan):
+        if s.folder is None or s.sha256 is None or not s.verified:
+            return (f"{head} and this run made no verified backup; run the backup stage with it (do not deselect "
+                    "it with -m or -k)")
+        if s.verify_restore and not s.restore_verified:
+            return f"{head} and the backup was not restored and compared (--phase4-verify-restore)"
+        try:  # the file may have changed since it was verified: check it again, right before the change
+            backup.verify_archive(tools(run), s.folder / backup.DUMP, s.sha256, run.target.secrets)
+        except CheckFailed as exc:
+            return f"{head} and the backup no longer verifies: {exc.summary} ({exc.where})"
+    if run.confirm_destructive:
+        return None
+    if s.ask is not None:
+        where = f"; backup {s.folder / backup.DUMP} verified" if s.folder and s.verified else ""
+        answer = s.ask(f"{migration.file} is destructive ({migration.title}){where}. Run it now? [yes/no] ")
+        if answer is True:
+            return None
+        if answer is False:
+            return f"{head} and the confirmation prompt was answered no"
+    return (f"{head} and was not confirmed; verify the backup, then rerun with --phase4-confirm-destructive")
+

@@ -1,0 +1,249 @@
+"""The pytest side of data safety: options, the yes/no prompt, the rehearsal item, the rollback steps and the
+backup's lines in the terminal. The work itself is in safety.py, backup.py, snapshot.py and rollback.py."""
+
+from __future__ import annotations
+
+import contextlib
+import html
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from pytest_phase4 import backup, checks, rollback
+from pytest_phase4.errors import CheckFailed
+from pytest_phase4.run import Phase4Run
+
+ROLLBACK_KEY = pytest.StashKey[rollback.RollbackState]()
+FULL_STEPS: tuple[tuple[str, Callable[[Phase4Run, rollback.RollbackState], str]], ...] = (
+    ("locate_backup", rollback.locate),
+    ("drop_created", rollback.drop_created),
+    ("restore", rollback.restore_full),
+    ("row_counts", lambda run, st: rollback.prove(run, st, "row_counts")),
+    ("checksums", lambda run, st: rollback.prove(run, st, "checksums")),
+    ("fingerprint", lambda run, st: rollback.prove(run, st, "fingerprint")),
+)
+COLUMN_STEPS: tuple[tuple[str, Callable[[Phase4Run, rollback.RollbackState], str]], ...] = (
+    ("locate_backup", rollback.locate),
+    ("restore_scratch", rollback.restore_scratch),
+    ("refill_columns", rollback.refill_columns),
+    ("prove_columns", rollback.prove_columns),
+)
+
+
+def add_options(parser: pytest.Parser) -> None:
+    group = parser.getgroup("phase4")
+    group.addoption("--phase4-backup-dir", default=None, metavar="DIR",
+                    help="where backups go: each run writes DIR/<timestamp>/ (ini: phase4_backup_dir; default "
+                         "_backups/<plan name>); --phase4-rollback uses the newest one taken before any migration, or "
+                         "DIR itself if it holds a BACKUP_INFO.txt")
+    group.addoption("--phase4-verify-restore", action="store_true", default=None,
+                    help="restore the backup into a scratch database and compare it with the source "
+                         "(ini: phase4_verify_restore)")
+    group.addoption("--phase4-rollback", nargs="?", const="full", default=None, choices=("full", "columns"),
+                    help="instead of the plan, restore the pre-migration state from the backup and prove it; "
+                         "=columns re-adds and refills only the dropped columns")
+    group.addoption("--phase4-rehearse", action="store_true", default=False,
+                    help="after the backup, run the whole plan on a scratch copy restored from it; touch the "
+                         "target only if that is green")
+    parser.addini("phase4_backup_dir", "pytest-phase4 backup folder", default=None)
+    parser.addini("phase4_verify_restore", "restore each backup into a scratch database and compare",
+                  type="bool", default=False)
+
+
+def configure(config: pytest.Config, run: Phase4Run) -> None:
+    s = run.safety
+    root = config.getoption("phase4_backup_dir") or config.getini("phase4_backup_dir")
+    if root:
+        base = config.invocation_params.dir if config.getoption("phase4_backup_dir") else config.rootpath
+        s.backup_root = (base / str(root)).resolve()
+    else:
+        s.backup_root = config.rootpath / "_backups" / backup.slug(run.plan.name)
+    s.verify_restore = bool(config.getoption("phase4_verify_restore") or config.getini("phase4_verify_restore"))
+    s.rollback = config.getoption("phase4_rollback")
+    s.rehearse = bool(config.getoption("phase4_rehearse"))
+    if s.rollback and s.rehearse:
+        raise pytest.UsageError("--phase4-rollback and --phase4-rehearse are separate modes: give one of them")
+    if s.rehearse and not s.has_backup_stage(run.plan):
+        raise pytest.UsageError(f"--phase4-rehearse restores this run's backup, but {run.plan.path.name} has no "
+                                '[[backup]] entry: add one with check = "backup"')
+    if s.rollback and run.target.embedded is not None:
+        raise pytest.UsageError("--phase4-rollback needs the database to restore: give --dsn (the embedded "
+                                "throwaway database has no backup to go back to)")
+    s.ask = _asker(config)
+    config.stash[ROLLBACK_KEY] = rollback.RollbackState()
+    config.pluginmanager.register(SafetyHooks(run), "phase4-safety")
+    if config.pluginmanager.hasplugin("html"):
+        config.pluginmanager.register(SafetyHtml(run), "phase4-safety-html")
+
+
+def _asker(config: pytest.Config) -> Callable[[str], bool | None]:
+    def ask(question: str) -> bool | None:
+        """yes/no on the user's terminal; None, at once, when there is no terminal to ask."""
+        capman: Any = config.pluginmanager.getplugin("capturemanager")
+        guard = capman.global_and_fixture_disabled() if capman else contextlib.nullcontext()
+        with guard:
+            if capman:
+                capman.suspend_global_capture(in_=True)  # give the real stdin back; resumed on leaving the guard
+            stdin, stdout = sys.stdin, sys.stdout
+            if not (stdin and stdout and stdin.isatty() and stdout.isatty()):
+                return None
+            for _ in range(3):
+                stdout.write(f"\n{question}")
+                stdout.flush()
+                answer = stdin.readline()
+                if not answer:
+                    return None
+                if answer.strip().lower() in ("y", "yes"):
+                    return True
+                if answer.strip().lower() in ("n", "no"):
+                    return False
+            return False
+
+    return ask
+
+
+class SafetyHooks:
+    def __init__(self, run: Phase4Run) -> None:
+        self.run = run
+
+    def pytest_report_header(self) -> list[str]:
+        s = self.run.safety
+        if s.rollback:
+            what = "dropped columns only" if s.rollback == "columns" else "full"
+            return [f"phase4 ROLLBACK ({what}) from the newest pre-migration backup in {s.backup_root}; the plan is "
+                    "not run"]
+        extra = ", verify restore" if s.verify_restore else ""
+        extra += ", rehearsal first" if s.rehearse else ""
+        lines = [f"phase4 backups: {s.backup_root}{extra}"]
+        if any(m.destructive for m in self.run.plan.migrations) and not self.run.confirm_destructive:
+            needs = "this run's verified backup and " if s.has_backup_stage(self.run.plan) else ""
+            lines.append(f"phase4 point of no return: needs {needs}--phase4-confirm-destructive or 'yes' at a "
+                         "terminal prompt; without a terminal the run stops there")
+        return lines
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
+        if not self.run.safety.rollback:
+            return
+        # Custom checks belong to the plan's run, not to a rollback: leave them out.
+        keep = [i for i in items if "::rollback::" in i.nodeid]
+        dropped = [i for i in items if "::rollback::" not in i.nodeid]
+        if dropped:
+            config.hook.pytest_deselected(items=dropped)
+            items[:] = keep
+
+    def pytest_terminal_summary(self, terminalreporter: Any, config: pytest.Config) -> None:
+        s = self.run.safety
+        state = config.stash.get(ROLLBACK_KEY, None)
+        if s.rollback and state is not None:
+            terminalreporter.section("phase4 rollback")
+            for step, observed in state.done.items():
+                terminalreporter.write_line(f"{step:<16} {observed}")
+            steps = COLUMN_STEPS if s.rollback == "columns" else FULL_STEPS
+            if len(state.done) < len(steps):
+                terminalreporter.write_line("rollback NOT complete: see the failed step above", red=True, bold=True)
+        if s.folder is not None and (s.folder / backup.INFO).is_file():
+            terminalreporter.section("phase4 backup")
+            for line in (s.folder / backup.INFO).read_text().splitlines()[1:10]:
+                terminalreporter.write_line(line)
+            terminalreporter.write_line(f"restore instructions: {s.folder / backup.INFO}")
+
+    def pytest_unconfigure(self, config: pytest.Config) -> None:
+        state = config.stash.get(ROLLBACK_KEY, None)
+        if state is not None and state.scratch is not None:
+            with contextlib.suppress(Exception):
+                rollback.drop_scratch(self.run, state)
+
+
+class SafetyHtml:
+    """The backup and the catalog diff in the pytest-html report (registered only when pytest-html is active)."""
+
+    def __init__(self, run: Phase4Run) -> None:
+        self.run = run
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_html_results_summary(self, prefix: list[str], summary: list[str], postfix: list[str],
+                                    session: pytest.Session) -> None:
+        e = html.escape
+        s = self.run.safety
+        if s.folder is not None and (s.folder / backup.INFO).is_file():
+            prefix.append(f"<h2>Backup</h2><pre id='phase4-backup'>{e((s.folder / backup.INFO).read_text())}</pre>")
+        if s.catalog_changes is not None:
+            rows = "".join(
+                f"<tr class='phase4-{'expected' if ok else 'unexpected'}'><td>{'expected' if ok else 'UNEXPECTED'}"
+                f"</td><td>{e(c.change)}</td><td>{e(c.kind)}</td><td>{e(c.name)}</td><td>{e(c.before)}</td>"
+                f"<td>{e(c.after)}</td></tr>" for c, ok in s.catalog_changes)
+            prefix.append(
+                "<h2>Catalog diff (before the first migration / now)</h2><table id='phase4-catalog-diff'><thead><tr>"
+                "<th>Verdict</th><th>Change</th><th>Kind</th><th>Name</th><th>Before</th><th>After</th></tr>"
+                f"</thead><tbody>{rows}</tbody></table>")
+
+
+def rehearsal_items(collector: Any, position: int) -> Iterator[pytest.Item]:
+    """The rehearsal, as the last test of the backup stage: a failure halts everything after it."""
+    from pytest_phase4.items import RUN_KEY
+
+    run = collector.config.stash[RUN_KEY]
+    if collector.stage != "backup" or not run.safety.rehearse:
+        return
+
+    def phase4_rehearsal(phase4_run: Phase4Run, request: pytest.FixtureRequest,
+                         record_property: Callable[[str, object], None]) -> None:
+        try:
+            observed = rollback.rehearse(phase4_run, request.config.rootpath)
+        except psycopg.Error as exc:  # e.g. no CREATEDB privilege for the scratch copy
+            raise CheckFailed("a scratch copy of the backup to rehearse on", phase4_run.target.scrub(
+                f"SQL error: {exc.diag.message_primary or exc} [SQLSTATE {exc.sqlstate}]"),
+                phase4_run.target.label, hint="the rehearsal needs CREATEDB on the target's server") from None
+        record_property("observed", observed)
+
+    phase4_rehearsal.__doc__ = "run the whole plan on a scratch copy restored from the backup"
+    yield collector._item("rehearse", phase4_rehearsal, position + 1, 0, False)
+
+
+class RollbackCollector(pytest.Collector):
+    """--phase4-rollback: each step of the restore and of its proof is a test, in order."""
+
+    def collect(self) -> Iterator[pytest.Item]:
+        from pytest_phase4.items import RUN_KEY, Phase4Item  # items imports this module
+
+        run = self.config.stash[RUN_KEY]
+        steps = COLUMN_STEPS if run.safety.rollback == "columns" else FULL_STEPS
+        previous: str | None = None
+        for name, fn in steps:
+            item = Phase4Item.from_parent(self, name=name, callobj=_step_function(name, fn, previous))
+            item.add_marker(pytest.mark.rollback)
+            yield item
+            previous = name
+
+
+def _step_function(name: str, fn: Callable[[Phase4Run, rollback.RollbackState], str],
+                   previous: str | None) -> Callable[..., None]:
+    def phase4_rollback(phase4_run: Phase4Run, request: pytest.FixtureRequest,
+                        record_property: Callable[[str, object], None]) -> None:
+        state = request.config.stash[ROLLBACK_KEY]
+        if previous is not None and previous not in state.done:
+            pytest.skip(f"halted: rollback step {previous} did not succeed")
+        try:
+            observed = fn(phase4_run, state)
+        except psycopg.Error as exc:  # one readable failure, never a traceback or a password
+            raise CheckFailed(f"rollback step {name} to succeed", phase4_run.target.scrub(
+                f"SQL error: {exc.diag.message_primary or exc} [SQLSTATE {exc.sqlstate}]"), phase4_run.target.label,
+                hint=checks.timeout_hint(exc, phase4_run.lock_timeout) or "the step's transaction was rolled "
+                "back; fix the cause and rerun --phase4-rollback") from None
+        finally:
+            if name == "prove_columns":
+                rollback.drop_scratch(phase4_run, state)
+        state.done[name] = observed
+        record_property("observed", observed)
+
+    phase4_rollback.__doc__ = f"rollback: {name}"
+    return phase4_rollback
+
+
+def rollback_collectors(parent: pytest.File) -> Iterator[pytest.Collector]:
+    yield RollbackCollector.from_parent(parent, name="rollback")
+

@@ -1,0 +1,172 @@
+"""Before/after snapshots of a schema: exact row counts, content checksums and a catalog fingerprint, and the
+diff between two of them. No pytest here; every identifier is composed with psycopg.sql.
+
+The content checksum is computed in the database, order independent, as the sum of 64-bit hashes of each row's
+kept columns: `SELECT count(*), coalesce(sum(hashtextextended(ROW(c1, c2, ...)::text, 0)), 0) FROM t`; the sum
+is numeric, so it cannot overflow. Keep this exact formula: it is what the benchmarks measure.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from pytest_phase4 import catalog
+from pytest_phase4.ledger import SCHEMA as OWN_SCHEMA
+
+
+@dataclass(frozen=True)
+class Checksum:
+    columns: tuple[str, ...]
+    rows: int
+    sum: str  # numeric, kept as text so JSON round-trips it exactly
+
+    def describe(self) -> str:
+        return f"{self.rows:,} rows, checksum {self.sum} of ({', '.join(self.columns)})"
+
+
+def checksum(conn: psycopg.Connection[Any], schema: str, table: str, columns: Sequence[str]) -> Checksum:
+    row_expr = sql.SQL("ROW({})").format(sql.SQL(", ").join(sql.Identifier(c) for c in columns))
+    query = sql.SQL("SELECT count(*), coalesce(sum(hashtextextended({}::text, 0)), 0) FROM {}").format(
+        row_expr, sql.Identifier(schema, table))
+    row = conn.execute(query).fetchone()
+    assert row is not None
+    return Checksum(tuple(columns), int(row[0]), str(row[1]))
+
+
+# One query per object kind; each row is (key, definition). Only the plan's schema, never the plugin's own.
+_FINGERPRINT = [
+    ("table", """SELECT c.relname, 'rls ' || CASE WHEN c.relrowsecurity THEN 'on' ELSE 'off' END
+      FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+      WHERE n.nspname = %(s)s AND n.nspname <> %(own)s AND c.relkind IN ('r', 'p')"""),
+    ("column", """SELECT c.relname || '.' || a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod)
+             || CASE WHEN a.attnotnull THEN ' not null' ELSE '' END
+      FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
+      JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+      WHERE n.nspname = %(s)s AND n.nspname <> %(own)s AND c.relkind IN ('r', 'p')
+        AND a.attnum > 0 AND NOT a.attisdropped"""),
+    ("view", """SELECT c.relname, pg_catalog.pg_get_viewdef(c.oid)
+      FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+      WHERE n.nspname = %(s)s AND n.nspname <> %(own)s AND c.relkind = 'v'"""),
+    ("matview", """SELECT c.relname, pg_catalog.pg_get_viewdef(c.oid)
+      FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+      WHERE n.nspname = %(s)s AND n.nspname <> %(own)s AND c.relkind = 'm'"""),
+    ("sequence", """SELECT c.relname, pg_catalog.format_type(q.seqtypid, NULL) || coalesce(' owned by '
+             || (SELECT t.relname || '.' || a.attname FROM pg_catalog.pg_depend d
+                 JOIN pg_catalog.pg_class t ON t.oid = d.refobjid
+                 JOIN pg_catalog.pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
+                 WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.objid = c.oid AND d.deptype IN ('a', 'i')
+                 LIMIT 1), '')
+      FROM pg_catalog.pg_sequence q JOIN pg_catalog.pg_class c ON c.oid = q.seqrelid
+      JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+      WHERE n.nspname = %(s)s AND n.nspname <> %(own)s"""),
+    ("function", """SELECT p.proname || '(' || pg_catalog.pg_get_function_identity_arguments(p.oid) || ')',
+             md5(pg_catalog.pg_get_functiondef(p.oid))
+      FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+      WHERE n.nspname = %(s)s AND n.nspname <> %(own)s AND p.prokind IN ('f', 'p')
+        AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_catalog.pg_proc'::regclass
+                        AND d.objid = p.oid AND d.deptype = 'e')"""),
+    ("type", """SELECT t.typname, CASE t.typtype WHEN 'e' THEN 'enum ' || (SELECT string_agg(e.enumlabel, ', '
+             ORDER BY e.enumsortorder) FROM pg_catalog.pg_enum e WHERE e.enumtypid = t.oid)
+             ELSE 'domain ' || pg_catalog.format_type(t.typbasetype, t.typtypmod) END
+      FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
+      WHERE n.nspname = %(s)s AND n.nspname <> %(own)s AND t.typtype IN ('e', 'd')"""),
+    ("index", """SELECT indexname, indexdef FROM pg_catalog.pg_indexes
+      WHERE schemaname = %(s)s AND schemaname <> %(own)s"""),
+    ("constraint", """SELECT c.relname || '.' || k.conname, pg_catalog.pg_get_constraintdef(k.oid)
+      FROM pg_catalog.pg_constraint k JOIN pg_catalog.pg_class c ON c.oid = k.conrelid
+      JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+      WHERE n.nspname = %(s)s AND n.nspname <> %(own)s"""),
+    ("policy", """SELECT tablename || '.' || policyname,
+             cmd || ' using ' || coalesce(qual, '-') || ' check ' || coalesce(with_check, '-')
+      FROM pg_catalog.pg_policies WHERE schemaname = %(s)s AND schemaname <> %(own)s"""),
+]
+
+
+def fingerprint(conn: psycopg.Connection[Any], schema: str) -> dict[str, str]:
+    """"<kind> <name>" -> definition for tables (with RLS), columns and types, views and their definitions,
+    indexes, constraints, policies, sequences, functions (a hash of their definition), enums and domains."""
+    found: dict[str, str] = {}
+    for kind, query in _FINGERPRINT:
+        for name, definition in conn.execute(query, {"s": schema, "own": OWN_SCHEMA}).fetchall():
+            found[f"{kind} {name}"] = str(definition)
+    return dict(sorted(found.items()))
+
+
+@dataclass
+class Snapshot:
+    schema: str
+    counts: dict[str, int]
+    checksums: dict[str, Checksum] = field(default_factory=dict)
+    fingerprint: dict[str, str] = field(default_factory=dict)
+    applied: list[str] = field(default_factory=list)  # migrations the ledger showed as applied at that moment
+
+    def to_json(self) -> str:
+        return json.dumps({
+            "schema": self.schema, "counts": self.counts, "fingerprint": self.fingerprint, "applied": self.applied,
+            "checksums": {t: {"columns": list(c.columns), "rows": c.rows, "sum": c.sum}
+                          for t, c in self.checksums.items()},
+        }, indent=1, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Snapshot:
+        data = json.loads(text)
+        sums = {t: Checksum(tuple(c["columns"]), int(c["rows"]), str(c["sum"])) for t, c in data["checksums"].items()}
+        return cls(str(data["schema"]), {k: int(v) for k, v in data["counts"].items()}, sums,
+                   dict(data["fingerprint"]), [str(f) for f in data.get("applied", [])])
+
+
+def take(conn: psycopg.Connection[Any], schema: str, kept: Mapping[str, Sequence[str]] | None = None) -> Snapshot:
+    """Counts of every table, the fingerprint, and checksums: of the given kept columns per table, or (None)
+    of every column of every table, the counts then coming from the same scan."""
+    tables = catalog.tables(conn, schema)
+    sums: dict[str, Checksum] = {}
+    if kept is None:
+        for t in tables:
+            sums[t] = checksum(conn, schema, t, catalog.columns(conn, schema, t))
+        counts = {t: s.rows for t, s in sums.items()}
+    else:
+        counts = {t: catalog.count_rows(conn, schema, t) for t in tables}
+        for t, cols in kept.items():
+            if t in counts and cols:
+                sums[t] = checksum(conn, schema, t, cols)
+    return Snapshot(schema, counts, sums, fingerprint(conn, schema))
+
+
+@dataclass(frozen=True)
+class Change:
+    kind: str
+    name: str
+    change: str  # "added", "removed", "changed"
+    before: str = ""
+    after: str = ""
+
+
+def diff(before: Mapping[str, str], after: Mapping[str, str]) -> list[Change]:
+    changes = []
+    for key in sorted(set(before) | set(after)):
+        kind, name = key.split(" ", 1)
+        if key not in after:
+            changes.append(Change(kind, name, "removed", before[key]))
+        elif key not in before:
+            changes.append(Change(kind, name, "added", "", after[key]))
+        elif before[key] != after[key]:
+            changes.append(Change(kind, name, "changed", before[key], after[key]))
+    return changes
+
+
+def table_lines(changes: Iterable[Change], width: int = 60) -> list[str]:
+    """The diff as an aligned text table, for the terminal and the report."""
+    def cut(text: str) -> str:
+        text = " ".join(text.split())
+        return text if len(text) <= width else text[: width - 3] + "..."
+
+    rows = [("change", "kind", "name", "before", "after")]
+    rows += [(c.change, c.kind, c.name, cut(c.before), cut(c.after)) for c in changes]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    return [" | ".join([*(r[i].ljust(widths[i]) for i in range(4)), r[4]]).rstrip() for r in rows]

@@ -1,0 +1,10 @@
+-- The mini example's first migration, made slow on demand so a test can strike while it runs:
+-- ALTER DATABASE ... SET faults.sleep = '30' before the run, RESET it before the rerun.
+CREATE VIEW sales_with_details AS
+SELECT s.id, s.customer_id, c.name AS customer_name, s.value
+FROM sales s
+LEFT JOIN customers c ON c.id = s.customer_id;
+
+COMMENT ON TABLE tickets IS 'customer tickets';  -- takes a SHARE UPDATE EXCLUSIVE lock
+
+SELECT pg_sleep(coalesce(nullif(current_setting('faults.sleep', true), ''), '0')::float8);

@@ -1,0 +1,73 @@
+"""Guards: non-transactional migrations and invalid indexes, Supabase's migration history, read-only checks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from conftest import Project, outcomes_of
+
+M3 = "checks/phase4.toml::20250101000003_add_indexes"
+
+
+def concurrent(p: Project, sql: str) -> None:
+    """Make the mini example's index migration non-transactional, with the given SQL, and check indexes."""
+    plan = p.path / "checks/phase4.toml"
+    text = plan.read_text().replace('title = "Add performance indexes"',
+                                    'title = "Add performance indexes"\ntransaction = false')
+    plan.write_text(text + '\n[[preflight]]\ncheck = "no_invalid_indexes"\n')
+    (p.path / "checks/migrations/20250101000003_add_indexes.sql").write_text(sql)
+
+
+def test_non_transactional_migration_runs_statement_by_statement(project: Callable[..., Project]) -> None:
+    p = project("mini")
+    concurrent(p, "CREATE INDEX CONCURRENTLY idx_sales_customer ON sales (customer_id);\n"
+                  "CREATE INDEX CONCURRENTLY idx_tickets_customer ON tickets (customer_id);\n")
+    result = p.run("--phase4-confirm-destructive", seed=True)
+    result.assert_outcomes(passed=26)
+    assert p.query("SELECT count(*) FROM pytest_phase4.ledger") == [(3,)]
+
+
+def test_failed_concurrent_index_is_named_with_the_fix(project: Callable[..., Project]) -> None:
+    p = project("mini")
+    concurrent(p, "CREATE INDEX CONCURRENTLY idx_sales_customer ON sales (customer_id);\n\n"
+                  "CREATE UNIQUE INDEX CONCURRENTLY idx_tickets_customer ON tickets (customer_id);\n")
+    result = p.run("-v", "--phase4-confirm-destructive", seed=True)
+    assert outcomes_of(result)[f"{M3}::apply"] == "FAILED"
+    result.stdout.fnmatch_lines([
+        "*20250101000003_add_indexes.sql:3: could not create unique index \"idx_tickets_customer\" "
+        "[[]SQLSTATE 23505[]]",
+        "detail: Key (customer_id)=(*) is duplicated.; transaction = false: 1 of 2 statement(s) were committed "
+        "before this point and stay applied; the ledger does not list the file, so make its statements "
+        "idempotent (IF NOT EXISTS) before rerunning",
+    ])
+    assert "the migration's transaction was rolled back" not in result.stdout.str()
+    assert p.query("SELECT file FROM pytest_phase4.ledger ORDER BY 1") == [
+        ("20250101000001_create_views.sql",), ("20250101000002_drop_denormalized.sql",)]
+    rerun = p.run("-v", "--phase4-confirm-destructive")
+    assert outcomes_of(rerun)["checks/phase4.toml::preflight::no_invalid_indexes[schema]"] == "FAILED"
+    rerun.stdout.fnmatch_lines([
+        "expected: no INVALID index", "found:    1: idx_tickets_customer", "where:    schema public",
+        "hint:     a failed CREATE INDEX CONCURRENTLY leaves an invalid index that is maintained but never used: "
+        "DROP INDEX CONCURRENTLY idx_tickets_customer; then create it again"])
+
+
+def test_supabase_migration_history_is_kept_in_step(project: Callable[..., Project]) -> None:
+    p = project("mini")
+    p.execute("CREATE SCHEMA supabase_migrations; CREATE TABLE supabase_migrations.schema_migrations "
+              "(version text PRIMARY KEY, statements text[], name text)")
+    result = p.run("--phase4-confirm-destructive", seed=True)
+    result.assert_outcomes(passed=25)
+    assert p.query("SELECT version, name, statements[1] LIKE 'CREATE INDEX%' FROM "
+                   "supabase_migrations.schema_migrations ORDER BY 1") == [
+        ("20250101000001", "create_views", False), ("20250101000002", "drop_denormalized", False),
+        ("20250101000003", "add_indexes", True)]
+
+
+def test_supabase_history_rolls_back_with_a_failed_migration(project: Callable[..., Project]) -> None:
+    p = project("mini")
+    p.execute("CREATE SCHEMA supabase_migrations; CREATE TABLE supabase_migrations.schema_migrations "
+              "(version text PRIMARY KEY, name text)")
+    (p.path / "checks/migrations/20250101000003_add_indexes.sql").write_text("CREATE INDEX idx_x ON nope (id);\n")
+    assert p.run("--phase4-confirm-destructive", seed=True).ret == 1
+    assert p.query("SELECT version FROM supabase_migrations.schema_migrations ORDER BY 1") == [
+        ("20250101000001",), ("20250101000002",)]
