@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import sql
@@ -58,6 +58,8 @@ class OrphanCount:
     orphans: int
     nulls: int
 
+T = TypeVar("T")
+
 
 class Pool:
     """A few read-only connections that run independent queries side by side.
@@ -74,10 +76,10 @@ class Pool:
         self._lock = threading.Lock()
         self._executor = ThreadPoolExecutor(size, thread_name_prefix="phase4-facts")
 
-    def submit(self, job: Callable[[psycopg.Connection[Any]], int]) -> Future[int]:
+    def submit(self, job: Callable[[psycopg.Connection[Any]], T]) -> Future[T]:
         return self._executor.submit(self._run, job)
 
-    def _run(self, job: Callable[[psycopg.Connection[Any]], int]) -> int:
+    def _run(self, job: Callable[[psycopg.Connection[Any]], T]) -> T:
         try:
             conn = self._idle.get_nowait()
         except queue.Empty:
@@ -107,6 +109,34 @@ class Pool:
         self._executor.shutdown(wait=True)
         for conn in self._all:
             conn.close()
+
+
+def run_all(conn: psycopg.Connection[Any], pool: Pool | None,
+            jobs: Iterable[Callable[[psycopg.Connection[Any]], T]]) -> list[T]:
+    """Run independent read-only queries side by side on the pool (one by one on conn without one), in order of
+    the results. Every job has ended when this returns or raises (the first error, in job order): nothing of
+    ours still reads when the caller goes on to migrate."""
+    jobs = list(jobs)
+    if pool is None:
+        return [job(conn) for job in jobs]
+    futures = [pool.submit(job) for job in jobs]
+    wait(futures)
+    results = []
+    for future, job in zip(futures, jobs, strict=True):
+        try:
+            results.append(future.result())
+        except psycopg.Error:
+            raise
+        except Exception:  # the pool could not help (e.g. no connection left on the server): ask here
+            results.append(job(conn))
+    return results
+
+
+def count_all(conn: psycopg.Connection[Any], pool: Pool | None, schema: str) -> dict[str, int]:
+    """Exact row count of every base table in the schema, as catalog.count_all_tables, side by side on a pool."""
+    tables = catalog.tables(conn, schema)
+    jobs = [functools.partial(catalog.count_rows, schema=schema, relation=t) for t in tables]
+    return dict(zip(tables, run_all(conn, pool, jobs), strict=True))
 
 
 @dataclass

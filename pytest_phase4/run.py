@@ -12,9 +12,9 @@ from typing import Any
 
 import psycopg
 
-from pytest_phase4 import catalog, checks, guard, ledger, migrate, safety
+from pytest_phase4 import checks, guard, ledger, migrate, safety
 from pytest_phase4.errors import CheckFailed, MigrationFailed
-from pytest_phase4.facts import Facts, Pool
+from pytest_phase4.facts import Facts, Pool, count_all
 from pytest_phase4.plan import CheckSpec, Migration, Plan
 from pytest_phase4.runextras import RunExtras
 from pytest_phase4.target import Target
@@ -137,7 +137,7 @@ class Phase4Run:
         if self._snapshot is None:
             before = not any(s.status == APPLIED for s in self.states.values())
             try:
-                counts = catalog.count_all_tables(self.ro, self.plan.schema)
+                counts = count_all(self.ro, self.pool(), self.plan.schema)
                 if before:
                     safety.capture_before(self)  # kept-column checksums and catalog fingerprint, same moment
             except psycopg.Error as exc:
@@ -160,10 +160,14 @@ class Phase4Run:
             found = self.plan.step(step)
             specs = tuple(s for s in (found.checks if found else ())
                           if self.selected is None or (s.step, s.test_id, s.line) in self.selected)
-            if self.workers > 1 and self._pool is None:
-                self._pool = Pool(self._connect_ro, self.workers)  # the same guards as the verification connection
-            self._facts = (step, Facts(self.ro, self.plan.schema, specs, self._pool))
+            self._facts = (step, Facts(self.ro, self.plan.schema, specs, self.pool()))
         return self._facts[1]
+
+    def pool(self) -> Pool | None:
+        """The read-only connections for side-by-side reads (--phase4-workers), or None when it is 1."""
+        if self.workers > 1 and self._pool is None:
+            self._pool = Pool(self._connect_ro, self.workers)  # the same guards as the verification connection
+        return self._pool
 
     def _drop_facts(self) -> None:
         if self._facts is not None:
@@ -198,8 +202,8 @@ class Phase4Run:
                 if later.status == PENDING and later.migration.index > migration.index:
                     later.status, later.note = BLOCKED, f"blocked at the point of no return ({migration.file})"
             raise DestructiveBlocked(blocked)
-        self.snapshot()  # the row counts must be taken before the first change
         self._drop_facts()  # what a step learned is stale once a migration runs, and its reads must end first
+        self.snapshot()  # the row counts must be taken before the first change
         started = time.perf_counter()
         writer = self._writer()
         try:

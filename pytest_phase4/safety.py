@@ -61,7 +61,7 @@ def kept_columns(run: Phase4Run) -> dict[str, list[str]]:
 def capture_before(run: Phase4Run) -> None:
     """Called once, when the run takes its pre-migration row counts."""
     if run.safety.before is None:
-        run.safety.before = snapshot.take(run.ro, run.plan.schema, kept_columns(run))
+        run.safety.before = snapshot.take(run.ro, run.plan.schema, kept_columns(run), pool=run.pool())
 
 
 def _server_major(run: Phase4Run) -> int:
@@ -124,7 +124,7 @@ def backup_step(run: Phase4Run, spec: CheckSpec) -> str:
         path = backup.dump_schema(tools(run), run.target.dsn, folder, secrets)
         return f"{path}: {path.stat().st_size:,} bytes"
     if step == "snapshot":
-        snap = snapshot.take(run.ro, run.plan.schema)
+        snap = snapshot.take(run.ro, run.plan.schema, pool=run.pool())
         snap.applied = sorted(ledger.read(run.ro))
         (folder / backup.SNAPSHOT).write_text(snap.to_json())
         s.backup_snapshot = snap

@@ -9,7 +9,7 @@ is numeric, so it cannot overflow. Keep this exact formula: it is what the bench
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +17,7 @@ import psycopg
 from psycopg import sql
 
 from pytest_phase4 import catalog
+from pytest_phase4.facts import Pool, run_all
 from pytest_phase4.ledger import SCHEMA as OWN_SCHEMA
 
 
@@ -121,21 +122,34 @@ class Snapshot:
                    dict(data["fingerprint"]), [str(f) for f in data.get("applied", [])])
 
 
-def take(conn: psycopg.Connection[Any], schema: str, kept: Mapping[str, Sequence[str]] | None = None) -> Snapshot:
+def take(conn: psycopg.Connection[Any], schema: str, kept: Mapping[str, Sequence[str]] | None = None,
+         pool: Pool | None = None) -> Snapshot:
     """Counts of every table, the fingerprint, and checksums: of the given kept columns per table, or (None)
-    of every column of every table, the counts then coming from the same scan."""
+    of every column of every table, the counts then coming from the same scan. With a pool, the tables'
+    queries run side by side on its read-only connections (the same queries, the same results)."""
     tables = catalog.tables(conn, schema)
     sums: dict[str, Checksum] = {}
     if kept is None:
-        for t in tables:
-            sums[t] = checksum(conn, schema, t, catalog.columns(conn, schema, t))
+        cols = {t: catalog.columns(conn, schema, t) for t in tables}
+        found = run_all(conn, pool, [_checksum_job(schema, t, cols[t]) for t in tables])
+        sums = dict(zip(tables, found, strict=True))
         counts = {t: s.rows for t, s in sums.items()}
     else:
-        counts = {t: catalog.count_rows(conn, schema, t) for t in tables}
-        for t, cols in kept.items():
-            if t in counts and cols:
-                sums[t] = checksum(conn, schema, t, cols)
+        summed = [t for t, cols in kept.items() if t in tables and cols]
+        jobs: list[Callable[[psycopg.Connection[Any]], int | Checksum]] = [_count_job(schema, t) for t in tables]
+        jobs += [_checksum_job(schema, t, kept[t]) for t in summed]
+        found_all = run_all(conn, pool, jobs)  # the counts, then the checksums
+        counts = {t: n for t, n in zip(tables, found_all, strict=False) if isinstance(n, int)}
+        sums = {t: c for t, c in zip(summed, found_all[len(tables):], strict=True) if isinstance(c, Checksum)}
     return Snapshot(schema, counts, sums, fingerprint(conn, schema))
+
+
+def _checksum_job(schema: str, table: str, columns: Sequence[str]) -> Callable[[psycopg.Connection[Any]], Checksum]:
+    return lambda conn: checksum(conn, schema, table, columns)
+
+
+def _count_job(schema: str, table: str) -> Callable[[psycopg.Connection[Any]], int]:
+    return lambda conn: catalog.count_rows(conn, schema, table)
 
 
 @dataclass(frozen=True)

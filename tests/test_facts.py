@@ -13,8 +13,8 @@ import psycopg
 import pytest
 from conftest import EXAMPLES, Project, outcomes_of
 
-from pytest_phase4 import catalog
-from pytest_phase4.facts import Facts, OrphanCount, Pool
+from pytest_phase4 import catalog, snapshot
+from pytest_phase4.facts import Facts, OrphanCount, Pool, count_all
 from pytest_phase4.kinds import Column, Relation
 from pytest_phase4.plan import CheckSpec, load_plan
 from pytest_phase4.run import Phase4Run
@@ -151,5 +151,21 @@ def test_closing_the_facts_cancels_read_ahead_nobody_asked_for(scratch_dsn: str,
             time.sleep(0.01)  # until the slow count runs on the server
         facts.close()  # the 30 s count of slow is cancelled on the server, not waited for
         assert isinstance(slow.exception(), psycopg.errors.QueryCanceled)
+    finally:
+        pool.close()
+
+
+def test_snapshot_and_counts_on_the_pool_equal_those_taken_one_by_one(scratch_dsn: str,
+                                                                      conn: psycopg.Connection[Any]) -> None:
+    conn.execute("DROP VIEW slow")
+    pool = Pool(lambda: psycopg.connect(scratch_dsn, autocommit=True), 2)
+    try:
+        assert count_all(conn, pool, "public") == catalog.count_all_tables(conn, "public") == {
+            "child": 100, "other": 5, "parent": 10}
+        for kept in (None, {"child": ["id", "parent_id"], "parent": ["code"]}):
+            alone, side_by_side = snapshot.take(conn, "public", kept), snapshot.take(conn, "public", kept, pool)
+            assert side_by_side.counts == alone.counts
+            assert side_by_side.checksums == alone.checksums
+            assert len(alone.checksums) == (3 if kept is None else 2)
     finally:
         pool.close()
