@@ -33,6 +33,7 @@ import workloads as w
 
 from pytest_phase4 import catalog, migrate
 from pytest_phase4.embedded import start_embedded
+from pytest_phase4.facts import Pool
 from pytest_phase4.plan import load_plan
 from pytest_phase4.seed import load_setup
 
@@ -94,6 +95,7 @@ def bench(args: argparse.Namespace, dsn: str, before: dict[str, int], tmp: Path,
     everything = catalog.tables(conn, "public")
     checksums = w.checksum_queries(conn, everything)
     tap_problem = w.pgtap_ready(dsn)
+    pool = Pool(lambda: psycopg.connect(dsn, autocommit=True), 2)  # as --phase4-workers=2, the default
     tap_file = w.pgtap_file(conn, tmp, specs, before) if tap_problem is None else None
     say(f"{len(specs)} checks read {len(read)} tables: {', '.join(read)}")
     say("pgTAP: " + (tap_problem or "ready"))
@@ -116,6 +118,7 @@ def bench(args: argparse.Namespace, dsn: str, before: dict[str, int], tmp: Path,
             timed("pgtap", lambda: w.pg_prove(dsn, tap_file))
         timed("floor_all", lambda: w.count_pass(conn, everything))
         timed("checksum", lambda: w.run_all(conn, checksums))
+        timed("snapshot", lambda: w.plugin_snapshot(conn, pool))
         if seed is not None:  # a script that timed out once is not run again: it would only time out again
             seed, seed_out = w.seed_script(dsn, args.seed_timeout)
             if seed is not None:
@@ -133,6 +136,7 @@ def bench(args: argparse.Namespace, dsn: str, before: dict[str, int], tmp: Path,
         conn.execute("SELECT 1").fetchone()
     round_trip = (time.perf_counter() - started) / 1000
     conn.close()
+    pool.close()
     if seed_out:
         (tmp / "runbook_part_6_1.out").write_text(seed_out)
     report(args, times, specs, read, everything, tap_problem, seed is None, round_trip)
@@ -165,7 +169,8 @@ def report(args: argparse.Namespace, times: dict[str, list[float]], specs: objec
     row(f"pgTAP: the same {n_checks} assertions, SQL only", "pgtap_sql", tap_problem or "one session, as pg_prove")
     row("pgTAP: pg_prove", "pgtap", tap_problem or "perl + psql start-up included")
     row("floor: count(*) of every table in the schema", "floor_all", f"{len(everything)} tables")
-    row("checksum snapshot: count + hashtextextended(ROW(...)::text)", "checksum", f"{len(everything)} tables")
+    row("checksum formula, table by table on one connection", "checksum", f"{len(everything)} tables")
+    row("plugin: snapshot.take, content checksums of every table", "snapshot", "2 connections side by side (default)")
     per_check = w.median(times["cheap_loop"]) / args.checks
     collect = w.median(t + c for t, c in zip(times["cheap_load"], times["cheap_collect"], strict=True))
     print(f"| plugin overhead per check ({args.checks:,} query_returns SELECT 1) | {per_check * 1000:.3f} ms | | 3 | "
@@ -178,7 +183,7 @@ def report(args: argparse.Namespace, times: dict[str, list[float]], specs: objec
     if seed_timed_out:
         print(f"\nThe runbook's script timed out: seed_script/plugin is a lower bound ({args.seed_timeout:g} s used).")
     print(f"\nratios: plugin/floor={plugin / med['floor']:.2f} seed_script/plugin={seed / plugin:.2f} "
-          f"pgtap/plugin={pgtap / plugin:.2f} checksum/floor={med['checksum'] / med['floor_all']:.2f}")
+          f"pgtap/plugin={pgtap / plugin:.2f} checksum/floor={med['snapshot'] / med['floor_all']:.2f}")
 
 
 if __name__ == "__main__":

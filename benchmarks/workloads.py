@@ -22,6 +22,8 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
+from pytest_phase4 import snapshot
+from pytest_phase4.facts import Pool
 from pytest_phase4.items import RUN_KEY
 from pytest_phase4.plan import CheckSpec
 
@@ -173,6 +175,14 @@ def checksum_queries(conn: psycopg.Connection[Any], tables: Iterable[str]) -> li
         queries.append(sql.SQL("SELECT count(*), coalesce(sum(hashtextextended(ROW({})::text, 0)), 0) FROM {}").format(
             sql.SQL(", ").join(map(sql.Identifier, cols)), sql.Identifier("public", table)))
     return queries
+
+
+def plugin_snapshot(conn: psycopg.Connection[Any], pool: Pool) -> float:
+    """The plugin's full snapshot (snapshot.take: the same formula over every column of every table, counts
+    from the same scans, and the catalog fingerprint), its tables side by side on the read-ahead pool."""
+    started = time.perf_counter()
+    snapshot.take(conn, "public", None, pool)
+    return time.perf_counter() - started
 
 
 def run_all(conn: psycopg.Connection[Any], queries: Iterable[sql.Composed]) -> float:
