@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import queue
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -111,15 +111,18 @@ class Pool:
             conn.close()
 
 
-def run_all(conn: psycopg.Connection[Any], pool: Pool | None,
-            jobs: Iterable[Callable[[psycopg.Connection[Any]], T]]) -> list[T]:
-    """Run independent read-only queries side by side on the pool (one by one on conn without one), in order of
-    the results. Every job has ended when this returns or raises (the first error, in job order): nothing of
-    ours still reads when the caller goes on to migrate."""
+def run_all(conn: psycopg.Connection[Any], pool: Pool | None, jobs: Iterable[Callable[[psycopg.Connection[Any]], T]],
+            sizes: Sequence[float] | None = None) -> list[T]:
+    """Run independent read-only queries side by side on the pool (one by one on conn without one), results in
+    job order. With `sizes` (e.g. each table's pages) the largest start first, so no connection is left alone
+    with a big table at the end. Every job has ended when this returns or raises (the first error, in job
+    order): nothing of ours still reads when the caller goes on to migrate."""
     jobs = list(jobs)
     if pool is None:
         return [job(conn) for job in jobs]
-    futures = [pool.submit(job) for job in jobs]
+    order = sorted(range(len(jobs)), key=lambda i: -sizes[i]) if sizes else range(len(jobs))
+    submitted = {i: pool.submit(jobs[i]) for i in order}
+    futures = [submitted[i] for i in range(len(jobs))]
     wait(futures)
     results = []
     for future, job in zip(futures, jobs, strict=True):
@@ -136,7 +139,15 @@ def count_all(conn: psycopg.Connection[Any], pool: Pool | None, schema: str) -> 
     """Exact row count of every base table in the schema, as catalog.count_all_tables, side by side on a pool."""
     tables = catalog.tables(conn, schema)
     jobs = [functools.partial(catalog.count_rows, schema=schema, relation=t) for t in tables]
-    return dict(zip(tables, run_all(conn, pool, jobs), strict=True))
+    return dict(zip(tables, run_all(conn, pool, jobs, pages(conn, schema, tables)), strict=True))
+
+
+def pages(conn: psycopg.Connection[Any], schema: str, tables: Sequence[str]) -> list[float]:
+    """Each table's size in pages as the catalog last estimated it (VACUUM, ANALYZE): only to schedule work."""
+    found = dict(conn.execute(
+        "SELECT c.relname::text, c.relpages FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n"
+        " ON n.oid = c.relnamespace WHERE n.nspname = %s", (schema,)).fetchall())
+    return [float(found.get(t, 0)) for t in tables]
 
 
 @dataclass

@@ -17,7 +17,7 @@ import psycopg
 from psycopg import sql
 
 from pytest_phase4 import catalog
-from pytest_phase4.facts import Pool, run_all
+from pytest_phase4.facts import Pool, pages, run_all
 from pytest_phase4.ledger import SCHEMA as OWN_SCHEMA
 
 
@@ -131,14 +131,15 @@ def take(conn: psycopg.Connection[Any], schema: str, kept: Mapping[str, Sequence
     sums: dict[str, Checksum] = {}
     if kept is None:
         cols = {t: catalog.columns(conn, schema, t) for t in tables}
-        found = run_all(conn, pool, [_checksum_job(schema, t, cols[t]) for t in tables])
+        found = run_all(conn, pool, [_checksum_job(schema, t, cols[t]) for t in tables], pages(conn, schema, tables))
         sums = dict(zip(tables, found, strict=True))
         counts = {t: s.rows for t, s in sums.items()}
     else:
         summed = [t for t, cols in kept.items() if t in tables and cols]
         jobs: list[Callable[[psycopg.Connection[Any]], int | Checksum]] = [_count_job(schema, t) for t in tables]
         jobs += [_checksum_job(schema, t, kept[t]) for t in summed]
-        found_all = run_all(conn, pool, jobs)  # the counts, then the checksums
+        sizes = pages(conn, schema, [*tables, *summed])
+        found_all = run_all(conn, pool, jobs, sizes)  # the counts, then the checksums
         counts = {t: n for t, n in zip(tables, found_all, strict=False) if isinstance(n, int)}
         sums = {t: c for t, c in zip(summed, found_all[len(tables):], strict=True) if isinstance(c, Checksum)}
     return Snapshot(schema, counts, sums, fingerprint(conn, schema))
