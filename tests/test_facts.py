@@ -139,7 +139,7 @@ def test_workers_must_be_a_small_whole_number(project: Callable[..., Project], v
 
 
 def test_closing_the_facts_cancels_read_ahead_nobody_asked_for(scratch_dsn: str, conn: psycopg.Connection[Any]) -> None:
-    pool = Pool(lambda: psycopg.connect(scratch_dsn, autocommit=True), 1)
+    pool = Pool(lambda: psycopg.connect(scratch_dsn, autocommit=True), 2)  # the largest (child, slow) start first
     try:
         facts = Facts(conn, "public", (spec("row_counts_unchanged", "other"),
                                        spec("view_rowcount_matches", ("slow", "child"))), pool)
