@@ -66,3 +66,24 @@ def test_migration_3_conflict_halts_before_migrations_4_to_8(project: Callable[.
     report = p.report()
     assert "halted after 20250322000022_create_crm_views.sql" in report
     assert "already exists" in report
+
+
+def test_stop_at_the_point_of_no_return_then_resume_confirmed(project: Callable[..., Project]) -> None:
+    p = project("crm")
+    stopped = p.run("-v", seed=True)
+    assert stopped.ret == 1
+    outcomes = outcomes_of(stopped)
+    assert outcomes["checks/phase4.toml::20250328000026_remove_all_denormalized_fields::apply"] == "FAILED"
+    assert outcomes["checks/phase4.toml::20250328000027_add_performance_indexes::apply"] == "SKIPPED"
+    assert "customer_name" in p.columns("sales")
+    resumed = p.run("-v", "-rs", "--phase4-confirm-destructive")
+    assert resumed.ret == 0, resumed.stdout.str()
+    outcomes = outcomes_of(resumed)
+    assert outcomes["checks/phase4.toml::20250322000021_create_sales_views::apply"] == "SKIPPED"
+    assert outcomes["checks/phase4.toml::20250328000026_remove_all_denormalized_fields::apply"] == "PASSED"
+    # migration 3's "5 views so far" held then, and cannot be checked now that migration 6 added more
+    assert outcomes["checks/phase4.toml::20250322000022_create_crm_views::view_count[%_with_details==5]"] == "SKIPPED"
+    resumed.stdout.fnmatch_lines(["*: describes the state right after 20250322000022_create_crm_views.sql, and "
+                                  "20250322000025_create_remaining_views.sql was already applied when this run "
+                                  "started (ledger): no longer checkable"])
+    assert "customer_name" not in p.columns("sales")
