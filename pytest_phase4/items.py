@@ -15,7 +15,7 @@ import pytest
 
 from pytest_phase4.errors import CheckFailed, MigrationFailed
 from pytest_phase4.plan import CheckSpec, Migration, Step
-from pytest_phase4.run import ALREADY, DestructiveBlocked, Phase4Run
+from pytest_phase4.run import ALREADY, Phase4Run, Refused
 
 RUN_KEY = pytest.StashKey[Phase4Run]()
 GROUP_KEY = pytest.StashKey[int]()
@@ -58,7 +58,7 @@ class Phase4Item(pytest.Function):
         run = self.config.stash[RUN_KEY]
         if isinstance(exc, CheckFailed | MigrationFailed):
             return run.target.scrub(exc.render())
-        if isinstance(exc, DestructiveBlocked):
+        if isinstance(exc, Refused):
             return str(exc)
         if isinstance(exc, psycopg.Error):  # e.g. the connection was lost between two steps
             lines = str(exc).strip().splitlines() or [type(exc).__name__]

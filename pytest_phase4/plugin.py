@@ -16,7 +16,7 @@ from pytest_phase4 import evidence_hooks, report, safety_plugin
 from pytest_phase4.errors import Phase4Error, PlanError
 from pytest_phase4.items import GROUP_KEY, IS_MIGRATION_KEY, ORDER_STRIDE, RUN_KEY, SPEC_KEY, Phase4Item, PlanFile
 from pytest_phase4.plan import load_plan
-from pytest_phase4.run import ALREADY, APPLIED, Phase4Run
+from pytest_phase4.run import Phase4Run
 from pytest_phase4.seed import load_setup
 from pytest_phase4.settings import Settings
 from pytest_phase4.target import Target, resolve, start_throwaway
@@ -176,9 +176,10 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         return
     reason = run.halted_reason(group, item.stash.get(IS_MIGRATION_KEY, False))
     migration = run.plan.steps[group].migration
-    if (reason is None and migration is not None and item.get_closest_marker("phase4_after")
-            and run.states[migration.file].status not in (APPLIED, ALREADY)):
-        reason = f"{migration.file} did not run in this session"
+    if (reason is None and migration is not None and not item.stash.get(IS_MIGRATION_KEY, False)
+            and not run.is_applied(migration)):
+        # its apply step was deselected (-k, -m) and the ledger does not show it: nothing to verify
+        reason = f"{migration.file} is not applied: neither in this run nor in the ledger"
     if reason is not None:
         # A skip marker, evaluated next by pytest's own skipping plugin, reports the item's location (the
         # plan) rather than this hook's, and keeps every fixture of the step from running.

@@ -41,8 +41,16 @@ class Halt:
     same_group: bool  # a failed migration also stops its own verify checks
 
 
-class DestructiveBlocked(Exception):
+class Refused(Exception):
+    """A migration was not attempted, for the reason in the message (which is all the user needs to read)."""
+
+
+class DestructiveBlocked(Refused):
     """A destructive migration was not confirmed; the run stops at the point of no return."""
+
+
+class OutOfOrder(Refused):
+    """An earlier migration of the plan is neither applied nor selected in this run."""
 
 
 @dataclass
@@ -80,6 +88,19 @@ class Phase4Run:
         self._ro = self._connect_ro()
         self.server_version = str(self._ro.execute("SHOW server_version").fetchone()[0])  # type: ignore[index]
         self.applied_before_run = ledger.read(self._ro)
+        for file, entry in self.applied_before_run.items():  # the summary tells the truth even if -k skips them
+            if file in self.states:
+                state = self.states[file]
+                state.status, state.duration_ms, state.sha256 = ALREADY, entry.duration_ms, entry.sha256
+                state.note = f"applied {entry.applied_at:%Y-%m-%d %H:%M:%S %Z} (ledger)"
+
+    def is_applied(self, migration: Migration) -> bool:
+        """Applied by this run or an earlier one (the ledger)."""
+        return self.states[migration.file].status in (APPLIED, ALREADY)
+
+    @property
+    def migrated_in_this_run(self) -> bool:
+        return any(s.status == APPLIED for s in self.states.values())
 
     def _connect_ro(self) -> psycopg.Connection[Any]:
         return self.target.connect(read_only=True, autocommit=True,
@@ -195,6 +216,12 @@ class Phase4Run:
             state.status, state.duration_ms = ALREADY, entry.duration_ms
             state.note = f"applied {entry.applied_at:%Y-%m-%d %H:%M:%S %Z} (ledger), sha256 matches"
             return state
+        if pending := [m.file for m in self.plan.migrations if m.index < migration.index and not self.is_applied(m)]:
+            state.status, state.note = FAILED, f"{pending[0]} is not applied yet"
+            raise OutOfOrder(
+                f"refusing to apply {migration.file} before {', '.join(pending)}: migrations apply in plan order, "
+                "and the earlier one(s) are neither in the ledger nor selected in this run (-k / -m deselected "
+                "them); select them too, e.g. pytest --phase4 -m 'not post'")
         if migration.destructive and (blocked := safety.gate(self, migration)):
             state.status = BLOCKED
             state.note = "point of no return: " + blocked.split(" and ", 1)[-1]
@@ -219,4 +246,6 @@ class Phase4Run:
             state.note = "interrupted: rolled back"
             raise
         state.status, state.duration_ms = APPLIED, applied.duration_ms
+        if self._snapshot is not None:
+            self._snapshot.migrated_since = True
         return state

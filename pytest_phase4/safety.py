@@ -188,8 +188,8 @@ def compare(expected: snapshot.Snapshot, found: snapshot.Snapshot) -> list[str]:
 def checksum_unchanged(run: Phase4Run, spec: CheckSpec) -> str:
     table = spec.element
     before = run.safety.before
-    if before is None or not run.snapshot().before_migrations:
-        raise CheckSkipped("no pre-migration snapshot in this run: run the migrations and this check together")
+    if before is None or not run.snapshot().is_baseline:
+        raise CheckSkipped(checks.NO_BASELINE)
     recorded = before.checksums.get(table)
     where = f"{run.plan.schema}.{table}"
     if recorded is None:
@@ -208,8 +208,8 @@ def checksum_unchanged(run: Phase4Run, spec: CheckSpec) -> str:
 
 def row_counts_match(run: Phase4Run, spec: CheckSpec) -> str:
     snap = run.snapshot()
-    if not snap.before_migrations:
-        raise CheckSkipped("no pre-migration row counts in this run: run the migrations and this check together")
+    if not snap.is_baseline:
+        raise CheckSkipped(checks.NO_BASELINE)
     deltas: dict[str, int] = spec.params["deltas"]
     schema = run.plan.schema
     unknown = sorted(set(deltas) - set(snap.counts))
@@ -293,8 +293,8 @@ def _expected(change: snapshot.Change, names: set[str], likes: list[str], column
 
 def catalog_diff(run: Phase4Run, spec: CheckSpec) -> str:
     before = run.safety.before
-    if before is None or not run.snapshot().before_migrations:
-        raise CheckSkipped("no pre-migration snapshot in this run: run the migrations and this check together")
+    if before is None or not run.snapshot().is_baseline:
+        raise CheckSkipped(checks.NO_BASELINE)
     changes = snapshot.diff(before.fingerprint, snapshot.fingerprint(run.ro, run.plan.schema))
     names, likes = expected_changes(run.plan, tuple(spec.params["expect"]))
     columns: dict[str, set[str]] = {}

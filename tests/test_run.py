@@ -125,8 +125,12 @@ def test_rerun_skips_applied_migrations_and_verifies_them(project: Callable[...,
     assert outcomes[f"{M1}::view_rowcount_matches[sales_with_details=sales]"] == "PASSED"
     # the pre-migration state check does not apply once the ledger shows applied migrations
     assert outcomes[f"{MINI}::preflight::views_absent[sales_with_details]"] == "SKIPPED"
-    result.assert_outcomes(passed=21, skipped=4)
-    result.stdout.fnmatch_lines(["*already applied: applied * (ledger), sha256 matches; verifying only"])
+    # nothing migrated in this run: "row counts as before migrating" would compare the snapshot with itself
+    assert outcomes[f"{MINI}::post::row_counts_unchanged[sales]"] == "SKIPPED"
+    result.assert_outcomes(passed=18, skipped=7)
+    result.stdout.fnmatch_lines(["*already applied: applied * (ledger), sha256 matches; verifying only",
+                                 "*: nothing was migrated in this run after the pre-migration snapshot, so there "
+                                 "is no 'before' to compare with*"])
     assert "phase4 migrations: 3 in plan, 3 already applied (ledger)" in result.stdout.str()
 
 
@@ -220,3 +224,35 @@ def test_explicit_html_path_is_respected(project: Callable[..., Project]) -> Non
     # self-contained: no assets/; the JSON evidence goes beside the report
     assert sorted(x.name for x in (p.path / "out").iterdir()) == ["board.html", "board.json"]
     assert not (p.path / "reports").exists()
+
+
+def test_a_later_migration_selected_alone_is_refused(project: Callable[..., Project]) -> None:
+    p = project("mini")
+    result = p.run("-v", "-k", "add_indexes", "--phase4-confirm-destructive", seed=True)
+    assert outcomes_of(result)[f"{M3}::apply"] == "FAILED"
+    result.stdout.fnmatch_lines([
+        "refusing to apply 20250101000003_add_indexes.sql before 20250101000001_create_views.sql, "
+        "20250101000002_drop_denormalized.sql: migrations apply in plan order, and the earlier one(s) are neither "
+        "in the ledger nor selected in this run (-k / -m deselected them); select them too, e.g. pytest --phase4 "
+        "-m 'not post'"])
+    assert result.ret == 1
+    assert p.query("SELECT to_regclass('pytest_phase4.ledger'), to_regclass('public.idx_sales_customer')") == [
+        (None, None)]
+
+
+def test_checks_of_a_deselected_migration_are_skipped_not_failed(project: Callable[..., Project]) -> None:
+    p = project("mini")
+    result = p.run("-v", "-rs", "-k", "index_exists", seed=True)
+    result.assert_outcomes(skipped=2, deselected=23)
+    result.stdout.fnmatch_lines(["SKIPPED [[]2[]] checks/phase4.toml: 20250101000003_add_indexes.sql is not "
+                                 "applied: neither in this run nor in the ledger"])
+
+
+def test_post_alone_claims_nothing_about_before_and_reports_the_ledger(project: Callable[..., Project]) -> None:
+    p = project("mini")
+    p.run("--phase4-confirm-destructive", seed=True).assert_outcomes(passed=25)
+    p.execute("DELETE FROM sales WHERE id <= 5")  # lost after the migrations, before this post-only run
+    result = p.run("-v", "-m", "post")
+    outcomes = outcomes_of(result)
+    assert outcomes[f"{MINI}::post::row_counts_unchanged[sales]"] == "SKIPPED"  # never "as before"
+    result.stdout.fnmatch_lines(["already applied * 20250101000001_create_views.sql *applied * (ledger)*"])
