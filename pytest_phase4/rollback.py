@@ -49,20 +49,39 @@ def locate(run: Phase4Run, state: RollbackState) -> str:
 
 
 def _pick(run: Phase4Run, root: Path) -> tuple[Path, snapshot.Snapshot]:
+    here = snapshot.identity(run.ro)
     if (root / backup.INFO).is_file():  # the user named the backup itself
-        return root, _saved(root)
+        saved = _saved(root)
+        if not snapshot.same_database(saved.source, here):
+            raise CheckFailed(
+                f"a backup of this database ({_describe(here)})", f"a backup of {_describe(saved.source)}", str(root),
+                hint="restoring it here would replace this database's data with another's: if that is really "
+                     "meant, use the pg_restore command in its BACKUP_INFO.txt by hand")
+        return root, saved
     folders = sorted((p.parent for p in root.glob(f"*/{backup.INFO}")), reverse=True)
     if not folders:
         raise CheckFailed(f"a backup ({backup.INFO}) in {root} or one of its <timestamp>/ folders", "none",
                           str(root), hint="give the backup's folder with --phase4-backup-dir=DIR")
     plan_files = {m.file for m in run.plan.migrations}
+    others: list[str] = []
     for folder in folders:
         saved = _saved(folder)
+        if not snapshot.same_database(saved.source, here):  # backups of other databases share the plan's folder
+            others.append(f"{folder.name} ({_describe(saved.source)})")
+            continue
         if not plan_files & set(saved.applied):
             return folder, saved
-    raise CheckFailed("a backup taken before any migration of the plan was applied", f"{len(folders)} backup(s), "
-                      "each taken after some migrations", str(root),
-                      hint="give the backup to restore with --phase4-backup-dir=DIR")
+    found = f"{len(folders)} backup(s): " + ("; ".join(others) + " of other databases" if others else
+                                             "each taken after some migrations")
+    raise CheckFailed(f"a backup of this database ({_describe(here)}) taken before any migration of the plan",
+                      found, str(root), hint="give the backup to restore with --phase4-backup-dir=DIR")
+
+
+def _describe(ident: dict[str, str]) -> str:
+    if not ident:
+        return "an unknown database (a backup made before pytest-phase4 recorded its source)"
+    sysid = f", cluster {ident['system_identifier']}" if ident.get("system_identifier") else ""
+    return f"database {ident.get('database', '?')} (oid {ident.get('oid', '?')}{sysid})"
 
 
 def _saved(folder: Path) -> snapshot.Snapshot:

@@ -126,6 +126,7 @@ def backup_step(run: Phase4Run, spec: CheckSpec) -> str:
     if step == "snapshot":
         snap = snapshot.take(run.ro, run.plan.schema, pool=run.pool())
         snap.applied = sorted(ledger.read(run.ro))
+        snap.source = snapshot.identity(run.ro)
         (folder / backup.SNAPSHOT).write_text(snap.to_json())
         s.backup_snapshot = snap
         return f"{folder / backup.SNAPSHOT}: {len(snap.counts)} tables, {sum(snap.counts.values()):,} rows"

@@ -106,10 +106,12 @@ class Snapshot:
     checksums: dict[str, Checksum] = field(default_factory=dict)
     fingerprint: dict[str, str] = field(default_factory=dict)
     applied: list[str] = field(default_factory=list)  # migrations the ledger showed as applied at that moment
+    source: dict[str, str] = field(default_factory=dict)  # which database this is of (see identity())
 
     def to_json(self) -> str:
         return json.dumps({
             "schema": self.schema, "counts": self.counts, "fingerprint": self.fingerprint, "applied": self.applied,
+            "source": self.source,
             "checksums": {t: {"columns": list(c.columns), "rows": c.rows, "sum": c.sum}
                           for t, c in self.checksums.items()},
         }, indent=1, sort_keys=True)
@@ -119,7 +121,28 @@ class Snapshot:
         data = json.loads(text)
         sums = {t: Checksum(tuple(c["columns"]), int(c["rows"]), str(c["sum"])) for t, c in data["checksums"].items()}
         return cls(str(data["schema"]), {k: int(v) for k, v in data["counts"].items()}, sums,
-                   dict(data["fingerprint"]), [str(f) for f in data.get("applied", [])])
+                   dict(data["fingerprint"]), [str(f) for f in data.get("applied", [])],
+                   {str(k): str(v) for k, v in data.get("source", {}).items()})
+
+
+def identity(conn: psycopg.Connection[Any]) -> dict[str, str]:
+    """What identifies a database across connections, whatever host name reached it: the cluster's system
+    identifier (when the role may read it) and the database's name and oid. No secret in it."""
+    row = conn.execute("SELECT current_database(), (SELECT oid::text FROM pg_database WHERE datname ="
+                       " current_database())").fetchone()
+    ident = {"database": str(row[0]), "oid": str(row[1])} if row else {}
+    try:
+        with conn.transaction():
+            sysid = conn.execute("SELECT system_identifier::text FROM pg_control_system()").fetchone()
+        ident["system_identifier"] = str(sysid[0]) if sysid else ""
+    except psycopg.Error:
+        ident["system_identifier"] = ""  # pg_control_system() needs superuser or pg_monitor
+    return ident
+
+
+def same_database(a: Mapping[str, str], b: Mapping[str, str]) -> bool:
+    keys = [k for k in ("database", "system_identifier") if a.get(k) and b.get(k)]  # the oid changes on re-creation
+    return "database" in keys and all(a[k] == b[k] for k in keys)
 
 
 def take(conn: psycopg.Connection[Any], schema: str, kept: Mapping[str, Sequence[str]] | None = None,

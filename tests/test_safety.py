@@ -19,6 +19,7 @@ from conftest import Project, outcomes_of
 from psycopg import sql
 
 from pytest_phase4 import backup, snapshot
+from pytest_phase4.embedded import EmbeddedPostgres
 from pytest_phase4.errors import CheckFailed
 from pytest_phase4.safety import compare
 
@@ -432,3 +433,25 @@ def test_mode_options_that_cannot_work_are_usage_errors(project: Callable[..., P
     result.stderr.fnmatch_lines(["ERROR: --phase4-rollback and --phase4-rehearse are separate modes: give one of "
                                  "them"])
     assert "customer_name" in p.columns("sales")
+
+
+def test_rollback_never_restores_another_databases_backup(project: Callable[..., Project],
+                                                          pg_server: EmbeddedPostgres) -> None:
+    p = project("mini", "safe")
+    assert p.run("--phase4-confirm-destructive", seed=True).ret == 0  # database A: backed up and migrated
+    other = pg_server.create_database("other_db")  # database B, same plan, same backup folder, never backed up
+    a_dsn, p.dsn = p.dsn, other
+    try:
+        assert p.run("-m", "preflight", seed=True).ret == 0
+        p.execute("CREATE TABLE precious (x int); INSERT INTO precious VALUES (42)")
+        for args in (["--phase4-rollback"], ["--phase4-rollback=columns"],
+                     [f"--phase4-backup-dir={backup_folder(p)}", "--phase4-rollback"]):
+            result = p.run("-v", *args)
+            assert result.ret == 1, result.stdout.str()
+            result.stdout.fnmatch_lines(["expected: a backup of this database (database other_db (oid *)*",
+                                         "found:    *database scratch_* (oid *)*"])
+            assert p.query("SELECT x FROM precious") == [(42,)]
+            assert "customer_name" in p.columns("sales")
+    finally:
+        p.dsn = a_dsn
+        pg_server.drop_database("other_db")
