@@ -96,6 +96,13 @@ class Evidence:
         applied = [s.migration.file for s in states if s.status == APPLIED]
         failed_migration = next((s for s in states if s.status == FAILED), None)
         failures = [r for r in self.records.values() if r.outcome in ("failed", "error")]
+        if self.run.safety.rollback:  # this run was the rollback itself (runbook Part 7)
+            mode = "--phase4-rollback" + ("=columns" if self.run.safety.rollback == "columns" else "")
+            if failures:
+                return True, (f"this run was a rollback ({mode}) and it did not complete: "
+                              f"{len(failures)} step(s) failed; the database may be partly restored: see the "
+                              "failed step, fix the cause and run the rollback again")
+            return False, f"this run was a rollback ({mode}): restored and proven (see the rollback steps)"
         if failed_migration is not None:
             return True, (f"{failed_migration.migration.file} failed (its own transaction was rolled back); "
                           f"{len(applied)} migration(s) of this run stay applied: roll back (Part 7) or fix and "

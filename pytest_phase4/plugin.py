@@ -5,6 +5,7 @@ Inert unless `--phase4` is given, so installing the plugin changes no other test
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Generator
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,8 @@ def pytest_cmdline_main(config: pytest.Config) -> None:
         plan = load_plan(plan_path, display=_display(plan_path, config.rootpath))
     except PlanError as exc:
         raise pytest.UsageError(str(exc)) from None
+    if config.pluginmanager.hasplugin("html"):
+        _check_writable(Path(config.getoption("htmlpath", None) or settings.report_dir(config.rootpath) / "x").parent)
     try:
         target = _target(settings, plan)
         # A throwaway database holds nothing to lose: its point of no return needs no confirmation.
@@ -107,6 +110,17 @@ def _seed(target: Target, plan: Any) -> None:
     except BaseException:
         target.close()
         raise
+
+
+def _check_writable(folder: Path) -> None:
+    """The report is the run's evidence: refuse to start a run whose report could not be written."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise pytest.UsageError(f"cannot write the HTML report into {folder}: {exc.strerror or exc}; choose a "
+                                "writable folder with --phase4-report-dir=DIR or --html=PATH") from None
 
 
 def _display(path: Path, root: Path) -> str:

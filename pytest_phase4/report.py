@@ -29,12 +29,16 @@ def header_lines(run: Phase4Run) -> list[str]:
         gate = f"confirmed ({', '.join(destructive)})"
     else:
         gate = f"NOT confirmed: {', '.join(destructive)} will stop the run (--phase4-confirm-destructive)"
-    return [
+    lines = [
         f"phase4 plan: {plan.name} ({plan.path.name}, sha256 {plan.sha256[:12]})",
         f"phase4 target: {run.target.label} via {run.target.source}; PostgreSQL {run.server_version}",
-        f"phase4 migrations: {len(plan.migrations)} in plan, {already} already applied (ledger); "
-        f"destructive: {gate}",
     ]
+    if run.safety.rollback:
+        what = "the dropped columns only" if run.safety.rollback == "columns" else "the whole schema"
+        return [*lines, f"phase4 mode: rollback of {what} from the newest backup of this database, proven by row "
+                        f"counts, checksums and fingerprint; no migration runs ({already} in the ledger)"]
+    return [*lines, f"phase4 migrations: {len(plan.migrations)} in plan, {already} already applied (ledger); "
+                    f"destructive: {gate}"]
 
 
 class ReportPlugin:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,7 +125,10 @@ def _workers(config: pytest.Config) -> int:
 
 def _duration(config: pytest.Config, name: str) -> str:
     value = str(config.getoption(name) or config.getini(name)).strip()
+    flag = "--" + name.replace("_", "-")
     if not DURATION.match(value):
-        flag = "--" + name.replace("_", "-")
         raise pytest.UsageError(f"{flag}: expected a duration like 500ms, 30s or 5min, found {value!r}")
+    if int(re.match(r"\d+", value).group()) == 0:  # type: ignore[union-attr]
+        raise pytest.UsageError(f"{flag}: 0 turns the timeout off in PostgreSQL (wait forever), which is what this "
+                                "guard is for; give a positive duration like 10s")
     return value.replace(" ", "")

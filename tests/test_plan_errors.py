@@ -72,3 +72,23 @@ def test_without_phase4_the_plugin_collects_nothing(project: Callable[..., Proje
     result = p.pytester.runpytest("-p", "no:cacheprovider", "-rs", "checks/test_custom.py")
     result.assert_outcomes(skipped=3)
     result.stdout.fnmatch_lines(["*pytest-phase4 is not active: run pytest with --phase4*"])
+
+
+@pytest.mark.parametrize(("option", "expected"), [
+    ("--phase4-report-dir=/proc/phase4-reports",
+     "ERROR: cannot write the HTML report into /proc/phase4-reports: *; choose a writable folder with "
+     "--phase4-report-dir=DIR or --html=PATH"),
+    ("--phase4-lock-timeout=0",
+     "ERROR: --phase4-lock-timeout: 0 turns the timeout off in PostgreSQL (wait forever), which is what this guard "
+     "is for; give a positive duration like 10s"),
+    ("--phase4-check-timeout=soon",
+     "ERROR: --phase4-check-timeout: expected a duration like 500ms, 30s or 5min, found 'soon'"),
+])
+def test_bad_options_are_usage_errors_before_connecting(project: Callable[..., Project], option: str,
+                                                         expected: str) -> None:
+    p = project("mini")
+    result = p.run(option, seed=True)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([expected])
+    assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+    assert p.query("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == [(0,)]  # not even seeded
