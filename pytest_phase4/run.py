@@ -222,6 +222,12 @@ class Phase4Run:
                 f"refusing to apply {migration.file} before {', '.join(pending)}: migrations apply in plan order, "
                 "and the earlier one(s) are neither in the ledger nor selected in this run (-k / -m deselected "
                 "them); select them too, e.g. pytest --phase4 -m 'not post'")
+        s = self.safety
+        if s.has_backup_stage(self.plan) and not (s.folder and s.sha256 and s.verified):
+            state.status, state.note = BLOCKED, "no verified backup in this run"
+            raise Refused(f"refusing to apply {migration.file}: the plan has a [[backup]] stage and this run made "
+                          "no verified backup (the stage was deselected with -m / -k, or failed); run it with the "
+                          "migrations, e.g. pytest --phase4 -m 'not post'")
         if migration.destructive and (blocked := safety.gate(self, migration)):
             state.status = BLOCKED
             state.note = "point of no return: " + blocked.split(" and ", 1)[-1]

@@ -408,18 +408,19 @@ def test_compare_names_every_difference() -> None:
     ]
 
 
-def test_destructive_migration_waits_for_this_runs_backup_even_when_confirmed(project: Callable[..., Project]) -> None:
+def test_no_migration_runs_without_this_runs_backup_even_when_confirmed(project: Callable[..., Project]) -> None:
     p = project("mini", "safe")
     result = p.run("-v", "-m", "not backup", "--phase4-confirm-destructive", seed=True)
     assert result.ret == 1
     outcomes = outcomes_of(result)
-    assert outcomes[f"{M1}::apply"] == "PASSED"
-    assert outcomes[f"{M2}::apply"] == "FAILED"
+    assert outcomes[f"{M1}::apply"] == "FAILED"
+    assert outcomes[f"{M2}::apply"] == "SKIPPED"
     result.stdout.fnmatch_lines([
-        "stopped at the point of no return: 20250101000002_drop_denormalized.sql is destructive (Remove "
-        "denormalized fields) and this run made no verified backup; run the backup stage with it (do not "
-        "deselect it with -m or -k)"])
-    assert "customer_name" in p.columns("sales")
+        "refusing to apply 20250101000001_create_views.sql: the plan has a [[][[]backup[]][]] stage and this run "
+        "made no verified backup (the stage was deselected with -m / -k, or failed); run it with the migrations, e.g. "
+        "pytest --phase4 -m 'not post'"])
+    assert p.query("SELECT to_regclass('public.sales_with_details'), to_regclass('pytest_phase4.ledger')") == [
+        (None, None)]
 
 
 def test_mode_options_that_cannot_work_are_usage_errors(project: Callable[..., Project]) -> None:
