@@ -155,7 +155,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     folder = run.plan.folder.resolve()
     problems: list[str] = []
     for position, item in enumerate(items):
-        if GROUP_KEY in item.stash or folder not in Path(item.path).resolve().parents:
+        if GROUP_KEY in item.stash or isinstance(item, Phase4Item) or folder not in Path(item.path).resolve().parents:
             continue
         marker = item.get_closest_marker("phase4_after")
         ref = str(marker.args[0]) if marker and marker.args else "post"
