@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from pytest_phase4 import catalog
+from pytest_phase4 import catalog, sqltext
 from pytest_phase4.errors import CheckFailed, Phase4Error
 from pytest_phase4.facts import Facts
 from pytest_phase4.kinds import Column, Relation
@@ -107,6 +107,10 @@ def migration_files(ctx: Context, spec: CheckSpec) -> str:
         raise CheckFailed("a readable migration file", f"unreadable ({exc.strerror})", str(path)) from None
     if not text.strip():
         raise CheckFailed("SQL statements", "an empty file", str(path), hint="the file must hold the migration's SQL")
+    if not sqltext.split(text.decode("utf-8", errors="replace")):
+        raise CheckFailed("SQL statements", "only comments", str(path),
+                          hint="the file must hold the migration's SQL: applied as it is, it would be recorded in "
+                               "the ledger and could never be changed")
     sha = hashlib.sha256(text).hexdigest()
     entry = ctx.ledger.get(migration.file)
     if entry is not None and entry.sha256 != sha:

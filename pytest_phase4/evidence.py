@@ -39,6 +39,7 @@ class Category:
 
 CATEGORIES = (
     Category("Preflight", "VERIFIED", lambda r: r.stage == "preflight" and r.kind not in PERF_KINDS | {"command"}),
+    Category("Migration checks", "VERIFIED", lambda r: r.stage == "migration" and r.kind not in ("apply", "custom")),
     Category("Data Integrity", "VERIFIED", lambda r: r.stage == "post" and r.kind not in PERF_KINDS | {"custom"}),
     Category("Tests Passed", "PASSED", lambda r: r.kind in ("command", "custom")),
     Category("Smoke Tests", "PASSED", lambda r: r.stage == "smoke"),
@@ -110,11 +111,17 @@ class Evidence:
         blocked = next((s for s in states if s.status == BLOCKED), None)
         if blocked is not None:
             return False, (f"stopped before the point of no return ({blocked.migration.file}); {len(applied)} "
-                           "migration(s) applied, nothing destructive: confirm and rerun, or drop the views (Part 7)")
+                           "migration(s) applied, nothing destructive: confirm and rerun, or undo them with "
+                           "--phase4-rollback (Part 7)")
         if failures and applied:
             return True, f"{len(failures)} check(s) failed after {len(applied)} migration(s) were applied in this run"
         if failures:
             return False, "checks failed, but this run changed nothing in the database"
+        if not any(r.outcome == "passed" for r in self.records.values()):
+            return False, "no check ran (none selected, or all skipped)"
+        if applied and not any(r.outcome == "passed" for r in self.checks if r.stage == "migration"
+                               and r.kind not in ("apply", "custom")):
+            return False, f"{len(applied)} migration(s) applied in this run without any of their checks run"
         return False, "every check selected passed"
 
     def migrations(self) -> list[dict[str, Any]]:

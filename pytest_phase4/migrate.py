@@ -40,6 +40,9 @@ def apply(conn: psycopg.Connection[Any], migration: Migration, plan_name: str, s
     raw = migration.path.read_bytes()
     text = raw.decode("utf-8")
     sha = hashlib.sha256(raw).hexdigest()
+    if not sqltext.split(text):  # the ledger would record it, and its real content could never follow
+        raise MigrationFailed(migration.file, None, None, "the file holds no SQL statement (empty, or only "
+                              "comments): nothing was applied and nothing recorded; put the migration's SQL in it")
     if stmt := sqltext.transaction_control(text):
         raise MigrationFailed(
             migration.file, stmt.line, None,

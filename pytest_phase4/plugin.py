@@ -6,7 +6,7 @@ Inert unless `--phase4` is given, so installing the plugin changes no other test
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -166,7 +166,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             continue
         group = step.group
         item.add_marker(getattr(pytest.mark, step.stage))
-        item.add_marker(pytest.mark.order(group * ORDER_STRIDE + ORDER_STRIDE // 2 + position))
+        # After the named migration's own checks; unmarked ones open the post step, so that the plan's integrity
+        # checks that follow would see anything a custom check changed.
+        offset = ORDER_STRIDE // 2 if marker is not None else -(ORDER_STRIDE // 4)
+        item.add_marker(pytest.mark.order(group * ORDER_STRIDE + offset + position))
         item.stash[GROUP_KEY] = group
         item.stash[IS_MIGRATION_KEY] = False
     if problems:
@@ -233,10 +236,21 @@ def phase4_run(request: pytest.FixtureRequest) -> Phase4Run:
     return run
 
 
-@pytest.fixture(scope="session")
-def phase4_db(phase4_run: Phase4Run) -> psycopg.Connection[Any]:
-    """A read-only connection to the target (autocommit, default_transaction_read_only=on)."""
-    return phase4_run.ro
+@pytest.fixture
+def phase4_db(phase4_run: Phase4Run) -> Iterator[psycopg.Connection[Any]]:
+    """The run's read-only connection to the target (autocommit, default_transaction_read_only=on).
+
+    After each test it is put back as it was: an open transaction would hold locks that block the next
+    migration, and a SET (even of default_transaction_read_only) must not carry over to later checks."""
+    conn = phase4_run.ro
+    yield conn
+    try:
+        if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            conn.rollback()
+        conn.autocommit = True
+        conn.execute("RESET ALL")  # back to the connection's own options: read-only, the check timeout
+    except psycopg.Error:
+        conn.close()  # the next use reconnects with the guarded options
 
 
 @pytest.fixture(scope="session")

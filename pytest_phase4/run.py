@@ -20,8 +20,8 @@ from pytest_phase4.runextras import RunExtras
 from pytest_phase4.target import Target
 
 # Migration states, as the report prints them.
-PENDING, APPLIED, ALREADY, FAILED, BLOCKED, NOT_RUN = (
-    "pending", "applied", "already applied", "failed", "blocked", "not run")
+PENDING, APPLIED, ALREADY, FAILED, BLOCKED, NOT_RUN, ROLLED_BACK = (
+    "pending", "applied", "already applied", "failed", "blocked", "not run", "rolled back")
 
 
 @dataclass
@@ -93,6 +93,13 @@ class Phase4Run:
                 state = self.states[file]
                 state.status, state.duration_ms, state.sha256 = ALREADY, entry.duration_ms, entry.sha256
                 state.note = f"applied {entry.applied_at:%Y-%m-%d %H:%M:%S %Z} (ledger)"
+
+    def after_restore(self, source: str) -> None:
+        """A rollback restored a backup: what the ledger no longer lists was undone by this run."""
+        now = ledger.read(self.ro)
+        for file, state in self.states.items():
+            if state.status in (ALREADY, APPLIED) and file not in now:
+                state.status, state.note = ROLLED_BACK, f"undone by this run's rollback ({source})"
 
     def is_applied(self, migration: Migration) -> bool:
         """Applied by this run or an earlier one (the ledger)."""

@@ -238,6 +238,8 @@ def _step_function(name: str, fn: Callable[[Phase4Run, rollback.RollbackState], 
             if name == "prove_columns":
                 rollback.drop_scratch(phase4_run, state)
         state.done[name] = observed
+        if name == "restore":
+            phase4_run.after_restore(state.folder.name if state.folder else "the backup")
         record_property("observed", observed)
 
     phase4_rollback.__doc__ = f"rollback: {name}"

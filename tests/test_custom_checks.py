@@ -20,7 +20,10 @@ def test_custom_checks_run_after_their_migration(project: Callable[..., Project]
     assert ids[after_m1 + 1] == "checks/phase4.toml::20250101000002_drop_denormalized::apply"
     after_m2 = ids.index(f"{CUSTOM}::test_verification_connection_cannot_write")
     assert ids[after_m2 + 1] == "checks/phase4.toml::20250101000003_add_indexes::apply"
-    assert ids[-1] == f"{CUSTOM}::test_snapshot_recorded_before_migrating"  # unmarked: with the post stage
+    # unmarked: first in the post step, before the plan's integrity checks
+    unmarked = ids.index(f"{CUSTOM}::test_snapshot_recorded_before_migrating")
+    assert ids[unmarked - 1] == "checks/phase4.toml::20250101000003_add_indexes::index_count[idx_%>=2]"
+    assert ids[unmarked + 1].startswith("checks/phase4.toml::post::")
 
 
 def test_failing_custom_check_halts_the_next_migration(project: Callable[..., Project]) -> None:
@@ -53,3 +56,24 @@ def test_phase4_after_naming_no_migration_is_a_usage_error(project: Callable[...
     result.stderr.fnmatch_lines(["ERROR: checks/test_custom.py::test_x: phase4_after('20250101000009_nope.sql') "
                                  "names no step of the plan; use one of: preflight, backup, 20250101000001_*, post, "
                                  "smoke"])
+
+
+def test_phase4_db_is_put_back_after_each_custom_check(project: Callable[..., Project]) -> None:
+    p = project("mini", "custom_cleanup")
+    # the open transaction would block migration 2's ALTER TABLE on sales past the lock timeout
+    result = p.run("-v", "--phase4-confirm-destructive", "--phase4-lock-timeout=2s", seed=True)
+    result.assert_outcomes(passed=27)
+    assert "customer_name" not in p.columns("sales")
+
+
+def test_migration_file_with_only_comments_is_never_applied(project: Callable[..., Project]) -> None:
+    p = project("mini")
+    (p.path / "checks/migrations/20250101000003_add_indexes.sql").write_text("-- to do\\n/* later */\\n")
+    result = p.run("--phase4-confirm-destructive", seed=True)
+    result.stdout.fnmatch_lines(["expected: SQL statements", "found:    only comments"])
+    assert result.ret == 1
+    result = p.run("-m", "not preflight", "--phase4-confirm-destructive")
+    result.stdout.fnmatch_lines(["*20250101000003_add_indexes.sql (line not reported): the file holds no SQL "
+                                 "statement (empty, or only comments): nothing was applied and nothing recorded*"])
+    assert [r[0] for r in p.query("SELECT file FROM pytest_phase4.ledger ORDER BY 1")] == [
+        "20250101000001_create_views.sql", "20250101000002_drop_denormalized.sql"]

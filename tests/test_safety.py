@@ -109,6 +109,10 @@ def test_confirmed_run_leaves_a_verified_dump_and_rollback_brings_back_schema_an
                                  "fingerprint      * catalog objects as in the backup's snapshot"])
     assert outside_fingerprint(p) == before
     assert p.query("SELECT to_regclass('pytest_phase4.ledger')") == [(None,)]
+    # the evidence says what the database now is: every migration undone, none "already applied"
+    result.stdout.fnmatch_lines([f"rolled back * 20250315000003_enhance_reference_tables.sql * undone by this "
+                                 f"run's rollback ({folder.name})"])
+    assert "already applied" not in result.stdout.str()
 
 
 def test_without_flag_or_terminal_the_destructive_migrations_never_run(project: Callable[..., Project]) -> None:
