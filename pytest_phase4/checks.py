@@ -404,10 +404,15 @@ def run_check(ctx: Context, spec: CheckSpec) -> str:
         exc.origin = exc.origin or spec.where
         raise
     except psycopg.Error as exc:
-        diag = exc.diag
-        raise CheckFailed(f"check {spec.test_id} to run", f"SQL error: {diag.message_primary or exc}"
-                          + (f" [SQLSTATE {exc.sqlstate}]" if exc.sqlstate else ""), spec.where,
-                          hint=timeout_hint(exc, "") or spec.hint or (diag.message_hint or "")) from None
+        raise CheckFailed(f"check {spec.test_id} to run", sql_error(exc), spec.where,
+                          hint=timeout_hint(exc, "") or spec.hint or (exc.diag.message_hint or "")) from None
+
+
+def sql_error(exc: psycopg.Error) -> str:
+    """One line for an SQL error: the server's message and its SQLSTATE, never a traceback."""
+    lines = str(exc).strip().splitlines()
+    message = exc.diag.message_primary or (lines[0] if lines else type(exc).__name__)
+    return f"SQL error: {message}" + (f" [SQLSTATE {exc.sqlstate}]" if exc.sqlstate else "")
 
 
 def timeout_hint(exc: psycopg.Error, limit: str) -> str:

@@ -13,6 +13,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from pytest_phase4.checks import sql_error
 from pytest_phase4.errors import CheckFailed, MigrationFailed
 from pytest_phase4.plan import CheckSpec, Migration, Step
 from pytest_phase4.run import ALREADY, Phase4Run, Refused
@@ -61,9 +62,7 @@ class Phase4Item(pytest.Function):
         if isinstance(exc, Refused):
             return str(exc)
         if isinstance(exc, psycopg.Error):  # e.g. the connection was lost between two steps
-            lines = str(exc).strip().splitlines() or [type(exc).__name__]
-            state = f" [SQLSTATE {exc.sqlstate}]" if exc.sqlstate else ""
-            return run.target.scrub(f"SQL error: {lines[0]}{state}")
+            return run.target.scrub(sql_error(exc))
         return super().repr_failure(excinfo)
 
     line: int = 0  # plan line of the entry this item comes from

@@ -171,7 +171,7 @@ class Phase4Run:
             except psycopg.Error as exc:
                 raise CheckFailed(
                     f"row counts of every table in schema {self.plan.schema}, recorded before migrating",
-                    f"SQL error: {exc.diag.message_primary or exc} [SQLSTATE {exc.sqlstate}]",
+                    checks.sql_error(exc),
                     f"schema {self.plan.schema}", hint=checks.timeout_hint(exc, self.check_timeout)) from None
             self._snapshot = checks.Snapshot(counts, before)
         return self._snapshot

@@ -96,8 +96,7 @@ def run_check(run: Phase4Run, spec: CheckSpec) -> str:
         exc.hint = exc.hint or spec.hint
         raise
     except psycopg.Error as exc:
-        raise CheckFailed(f"check {spec.test_id} to run", run.target.scrub(
-            f"SQL error: {exc.diag.message_primary or exc} [SQLSTATE {exc.sqlstate}]"), spec.where,
+        raise CheckFailed(f"check {spec.test_id} to run", run.target.scrub(checks.sql_error(exc)), spec.where,
             hint=spec.hint or checks.timeout_hint(exc, run.check_timeout)) from None
     except OSError as exc:  # a full disk or a folder that cannot be written: a failed step, not a crash
         where = exc.filename or (run.safety.folder if spec.kind == "backup" else None) or spec.where

@@ -195,9 +195,9 @@ def rehearsal_items(collector: Any, position: int) -> Iterator[pytest.Item]:
         try:
             observed = rollback.rehearse(phase4_run, request.config.rootpath)
         except psycopg.Error as exc:  # e.g. no CREATEDB privilege for the scratch copy
-            raise CheckFailed("a scratch copy of the backup to rehearse on", phase4_run.target.scrub(
-                f"SQL error: {exc.diag.message_primary or exc} [SQLSTATE {exc.sqlstate}]"),
-                phase4_run.target.label, hint="the rehearsal needs CREATEDB on the target's server") from None
+            raise CheckFailed("a scratch copy of the backup to rehearse on",
+                              phase4_run.target.scrub(checks.sql_error(exc)), phase4_run.target.label,
+                              hint="the rehearsal needs CREATEDB on the target's server") from None
         record_property("observed", observed)
 
     phase4_rehearsal.__doc__ = "run the whole plan on a scratch copy restored from the backup"
@@ -230,8 +230,8 @@ def _step_function(name: str, fn: Callable[[Phase4Run, rollback.RollbackState], 
         try:
             observed = fn(phase4_run, state)
         except psycopg.Error as exc:  # one readable failure, never a traceback or a password
-            raise CheckFailed(f"rollback step {name} to succeed", phase4_run.target.scrub(
-                f"SQL error: {exc.diag.message_primary or exc} [SQLSTATE {exc.sqlstate}]"), phase4_run.target.label,
+            raise CheckFailed(f"rollback step {name} to succeed", phase4_run.target.scrub(checks.sql_error(exc)),
+                              phase4_run.target.label,
                 hint=checks.timeout_hint(exc, phase4_run.lock_timeout) or "the step's transaction was rolled "
                 "back; fix the cause and rerun --phase4-rollback") from None
         finally:
