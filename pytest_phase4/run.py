@@ -167,7 +167,7 @@ class Phase4Run:
             try:
                 counts = count_all(self.ro, self.pool(), self.plan.schema)
                 if before:
-                    safety.capture_before(self)  # kept-column checksums and catalog fingerprint, same moment
+                    safety.capture_before(self, counts)  # kept-column checksums and the fingerprint, same moment
             except psycopg.Error as exc:
                 raise CheckFailed(
                     f"row counts of every table in schema {self.plan.schema}, recorded before migrating",

@@ -58,10 +58,11 @@ def kept_columns(run: Phase4Run) -> dict[str, list[str]]:
             for t in dict.fromkeys(tables)}
 
 
-def capture_before(run: Phase4Run) -> None:
-    """Called once, when the run takes its pre-migration row counts."""
+def capture_before(run: Phase4Run, counts: dict[str, int]) -> None:
+    """Called once, when the run takes its pre-migration row counts (passed in: counted once, not twice)."""
     if run.safety.before is None:
-        run.safety.before = snapshot.take(run.ro, run.plan.schema, kept_columns(run), pool=run.pool())
+        run.safety.before = snapshot.take(run.ro, run.plan.schema, kept_columns(run), pool=run.pool(),
+                                          counts=counts)
 
 
 def _server_major(run: Phase4Run) -> int:

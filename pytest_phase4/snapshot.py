@@ -146,10 +146,11 @@ def same_database(a: Mapping[str, str], b: Mapping[str, str]) -> bool:
 
 
 def take(conn: psycopg.Connection[Any], schema: str, kept: Mapping[str, Sequence[str]] | None = None,
-         pool: Pool | None = None) -> Snapshot:
+         pool: Pool | None = None, counts: Mapping[str, int] | None = None) -> Snapshot:
     """Counts of every table, the fingerprint, and checksums: of the given kept columns per table, or (None)
     of every column of every table, the counts then coming from the same scan. With a pool, the tables'
-    queries run side by side on its read-only connections (the same queries, the same results)."""
+    queries run side by side on its read-only connections (the same queries, the same results). Counts the
+    caller took at the same moment are used as they are, rather than scanning every table a second time."""
     tables = catalog.tables(conn, schema)
     sums: dict[str, Checksum] = {}
     if kept is None:
@@ -159,13 +160,15 @@ def take(conn: psycopg.Connection[Any], schema: str, kept: Mapping[str, Sequence
         counts = {t: s.rows for t, s in sums.items()}
     else:
         summed = [t for t, cols in kept.items() if t in tables and cols]
-        jobs: list[Callable[[psycopg.Connection[Any]], int | Checksum]] = [_count_job(schema, t) for t in tables]
+        counted = [] if counts is not None else tables
+        jobs: list[Callable[[psycopg.Connection[Any]], int | Checksum]] = [_count_job(schema, t) for t in counted]
         jobs += [_checksum_job(schema, t, kept[t]) for t in summed]
-        sizes = pages(conn, schema, [*tables, *summed])
+        sizes = pages(conn, schema, [*counted, *summed])
         found_all = run_all(conn, pool, jobs, sizes)  # the counts, then the checksums
-        counts = {t: n for t, n in zip(tables, found_all, strict=False) if isinstance(n, int)}
-        sums = {t: c for t, c in zip(summed, found_all[len(tables):], strict=True) if isinstance(c, Checksum)}
-    return Snapshot(schema, counts, sums, fingerprint(conn, schema))
+        if counts is None:
+            counts = {t: n for t, n in zip(tables, found_all, strict=False) if isinstance(n, int)}
+        sums = {t: c for t, c in zip(summed, found_all[len(counted):], strict=True) if isinstance(c, Checksum)}
+    return Snapshot(schema, dict(counts), sums, fingerprint(conn, schema))
 
 
 def _checksum_job(schema: str, table: str, columns: Sequence[str]) -> Callable[[psycopg.Connection[Any]], Checksum]:
