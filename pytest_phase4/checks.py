@@ -50,7 +50,6 @@ class Context:
     conn: psycopg.Connection[Any]
     plan: Plan
     snapshot: Callable[[], Snapshot]
-    applied_before_run: frozenset[str]  # migration files the ledger showed as applied when the run started
     ledger: Mapping[str, Any] = field(default_factory=dict)  # file -> ledger.Entry, as the run started
     extras: RunExtras = field(default_factory=RunExtras)
     facts: Facts | None = None  # the step's shared catalog facts and row counts; one of its own if not given
@@ -58,6 +57,11 @@ class Context:
     @property
     def schema(self) -> str:
         return self.plan.schema
+
+    @property
+    def applied_before_run(self) -> frozenset[str]:
+        """Migration files the ledger showed as applied when the run started."""
+        return frozenset(self.ledger)
 
     @property
     def known(self) -> Facts:
@@ -171,7 +175,7 @@ def view_count(ctx: Context, spec: CheckSpec) -> str:
     p = spec.params
     names = ctx.known.views()
     if p["like"]:
-        names = [n for n in names if _like(n, p["like"])]
+        names = [n for n in names if like(n, p["like"])]
     n = len(names)
     ok = (p["equals"] is None or n == p["equals"]) and (p["min"] is None or n >= p["min"]) and (
         p["max"] is None or n <= p["max"])
@@ -183,7 +187,7 @@ def view_count(ctx: Context, spec: CheckSpec) -> str:
     return f"{n} {what}: {', '.join(names) or '-'}"
 
 
-def _like(name: str, pattern: str) -> bool:
+def like(name: str, pattern: str) -> bool:
     """SQL LIKE (without escapes) on a name already fetched, so one catalog read serves many patterns."""
     regex = "".join(".*" if c == "%" else "." if c == "_" else re.escape(c) for c in pattern)
     return re.fullmatch(regex, name, re.DOTALL) is not None
@@ -281,12 +285,12 @@ def index_exists(ctx: Context, spec: CheckSpec) -> str:
 
 
 def index_count(ctx: Context, spec: CheckSpec) -> str:
-    like, least = spec.params["like"], spec.params["min"]
-    names = [n for n in ctx.known.indexes() if _like(n, like)]
+    pattern, least = spec.params["like"], spec.params["min"]
+    names = [n for n in ctx.known.indexes() if like(n, pattern)]
     if len(names) < least:
-        raise CheckFailed(f">= {least} indexes like {like!r}", str(len(names)), f"schema {ctx.schema}",
+        raise CheckFailed(f">= {least} indexes like {pattern!r}", str(len(names)), f"schema {ctx.schema}",
                           details=[", ".join(names)] if names else [], hint=spec.hint)
-    return f"{len(names)} indexes like {like!r}"
+    return f"{len(names)} indexes like {pattern!r}"
 
 
 def no_orphans(ctx: Context, spec: CheckSpec) -> str:

@@ -178,8 +178,7 @@ class Phase4Run:
 
     def context(self, spec: CheckSpec | None = None) -> checks.Context:
         facts = self.facts(spec.step) if spec is not None else None
-        return checks.Context(self.ro, self.plan, self.snapshot, frozenset(self.applied_before_run),
-                              self.applied_before_run, self.extras, facts)
+        return checks.Context(self.ro, self.plan, self.snapshot, self.applied_before_run, self.extras, facts)
 
     def facts(self, step: str) -> Facts:
         """The facts shared by the checks of one step: one catalog query, each table counted once."""

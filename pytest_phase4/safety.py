@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from pytest_phase4 import backup, catalog, checks, ledger, snapshot
-from pytest_phase4.checks import CheckSkipped, _like
+from pytest_phase4.checks import CheckSkipped, like
 from pytest_phase4.errors import CheckFailed
 from pytest_phase4.kinds import Column
 from pytest_phase4.plan import CheckSpec, Migration, Plan
@@ -280,7 +280,7 @@ def _expected(change: snapshot.Change, names: set[str], likes: list[str], column
         return True  # everything of a table the plan creates
     if change.kind == "policy" or (change.kind == "table" and change.change == "changed"):
         return f"rls {table}" in names
-    if change.kind == "index" and any(_like(change.name, like) for like in likes):
+    if change.kind == "index" and any(like(change.name, pattern) for pattern in likes):
         return True
     if change.kind in ("constraint", "index"):  # one that follows a column the plan adds or drops
         text = f"{change.before} {change.after}"
