@@ -107,11 +107,11 @@ def bench(args: argparse.Namespace, dsn: str, before: dict[str, int], tmp: Path,
 
     seed: float | str | None = "not run"
     seed_out = ""
-    w.plugin_inprocess(plan, dsn)  # warm-up: imports, caches, hint bits
+    w.plugin_inprocess(plan, dsn, before)  # warm-up: imports, caches, hint bits
     w.count_pass(conn, everything)
     for round_ in range(args.repeat):
         say(f"round {round_ + 1}/{args.repeat}")
-        timed("plugin", lambda: w.plugin_inprocess(plan, dsn).loop)
+        timed("plugin", lambda: w.plugin_inprocess(plan, dsn, before).loop)
         timed("floor", lambda: w.count_pass(conn, read))
         if tap_file is not None:
             timed("pgtap_sql", lambda: w.pgtap_sql(dsn, tap_file))

@@ -22,7 +22,7 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
-from pytest_phase4 import snapshot
+from pytest_phase4 import checks, snapshot
 from pytest_phase4.facts import Pool
 from pytest_phase4.items import RUN_KEY
 from pytest_phase4.plan import CheckSpec
@@ -66,11 +66,16 @@ def write_plan(folder: Path, name: str, migrations_dir: Path, post: list[Mapping
 
 # -- the plugin ----------------------------------------------------------------------------------------------
 class Timer:
-    """Times collection and the test loop of one in-process pytest run."""
+    """Times collection and the test loop of one in-process pytest run.
 
-    def __init__(self) -> None:
+    With `before` (the row counts recorded before the benchmark applied the migrations), the run compares with
+    them as a run that migrated compares with its own: row_counts_unchanged runs instead of being skipped for
+    want of a baseline, as in the pgTAP twin."""
+
+    def __init__(self, before: Mapping[str, int] | None = None) -> None:
         self.collect = self.loop = 0.0
         self.outcomes: Counter[str] = Counter()
+        self.before = before
 
     @pytest.hookimpl(wrapper=True)
     def pytest_collection(self, session: pytest.Session) -> Generator[None, object, object]:
@@ -85,6 +90,8 @@ class Timer:
         run = session.config.stash.get(RUN_KEY, None)
         if run is not None:
             run.snapshot()
+            if self.before is not None:  # the benchmark migrated outside the run: hand it the baseline
+                run._snapshot = checks.Snapshot(dict(self.before), before_migrations=True, migrated_since=True)
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtestloop(self, session: pytest.Session) -> Generator[None, object, object]:
@@ -106,13 +113,14 @@ def pytest_args(plan: Path, dsn: str, *extra: str) -> list[str]:
             *extra]
 
 
-def plugin_inprocess(plan: Path, dsn: str, *extra: str) -> Timer:
-    """One pytest run in this process; every check must pass, or the timing means nothing."""
-    timer = Timer()
+def plugin_inprocess(plan: Path, dsn: str, before: Mapping[str, int] | None = None) -> Timer:
+    """One pytest run in this process; every check must pass and none be skipped, or the timing means nothing."""
+    timer = Timer(before)
     with contextlib.redirect_stdout(io.StringIO()) as out:
-        code = pytest.main(pytest_args(plan, dsn, *extra), plugins=[timer])
-    if code != 0 or timer.outcomes["failed"]:
-        raise RuntimeError(f"the plugin run failed (exit {code}):\n{out.getvalue()[-3000:]}")
+        code = pytest.main(pytest_args(plan, dsn), plugins=[timer])
+    if code != 0 or set(timer.outcomes) != {"passed"}:
+        raise RuntimeError(f"the plugin run did not pass every check (exit {code}, {dict(timer.outcomes)}):\n"
+                           f"{out.getvalue()[-3000:]}")
     return timer
 
 

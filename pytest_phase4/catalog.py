@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -88,6 +91,77 @@ def orphans_query(schema: str, child: str, col: str, parent: str, pcol: str, wha
         " AND NOT EXISTS (SELECT 1 FROM {parent} AS p WHERE p.{pcol} = c.{col})"
     ).format(what=what, child=sql.Identifier(schema, child), col=sql.Identifier(col),
              parent=sql.Identifier(schema, parent), pcol=sql.Identifier(pcol))
+
+
+# Integer key types whose values the dense-key proof of count_orphans can reason about.
+INTEGER_TYPES = frozenset({"smallint", "integer", "bigint"})
+
+
+@contextlib.contextmanager
+def one_snapshot(conn: psycopg.Connection[Any]) -> Iterator[None]:
+    """Run the block's statements in one read-only REPEATABLE READ transaction on an autocommit connection, so
+    they all see the same committed data."""
+    conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+    try:
+        yield
+    finally:
+        if not conn.closed and not conn.broken:
+            conn.execute("ROLLBACK")
+
+
+@dataclass(frozen=True)
+class OrphanScan:
+    """What one orphan query found: the orphans, and the row counts it read on the way (None: not read)."""
+
+    orphans: int
+    parent_rows: int | None = None
+    child_rows: int | None = None
+    child_nulls: int | None = None
+
+
+def scan_orphans(conn: psycopg.Connection[Any], schema: str, child: str, col: str, parent: str, pcol: str, *,
+                 dense_keys: bool = False, child_counts: bool = False) -> OrphanScan:
+    """Count the non-NULL child keys without a parent row, exactly.
+
+    The anti-join of orphans_query probes the parent once per child row. With `dense_keys` (integer keys on both
+    sides; the parent's key NOT NULL and the only column of a unique index, so each parent row has its own key)
+    the parent's min, max and row count come first: when count = max - min + 1, the keys are every integer from
+    min to max, and a child key is an orphan exactly when it lies outside [min, max], which an index on the child
+    key answers without reading every row. The statements share one snapshot: a parent and child inserted in
+    between cannot pass for an orphan. Parent keys with gaps get the anti-join, in the same snapshot. The
+    parent's row count is returned too.
+
+    `child_counts` (for a key no index leads with, whose range query reads the whole child anyway) counts the
+    child's rows and NULL keys in that same scan."""
+    anti = orphans_query(schema, child, col, parent, pcol, sql.SQL("count(*)"))
+    if not dense_keys:
+        return OrphanScan(_count(conn, anti))
+    table, key = sql.Identifier(schema, child), sql.Identifier(col)
+    with one_snapshot(conn):
+        parent_table = sql.Identifier(schema, parent)
+        low, high = conn.execute(sql.SQL("SELECT min({k}), max({k}) FROM {t}").format(  # two index probes
+            k=sql.Identifier(pcol), t=parent_table)).fetchone() or (None, None)
+        parent_rows = _count(conn, sql.SQL("SELECT count(*) FROM {}").format(parent_table))
+        outside: sql.Composed | None = None  # which child keys are orphans, when the parent's keys say it
+        params: tuple[Any, ...] = ()
+        if not parent_rows:
+            outside = sql.SQL("{} IS NOT NULL").format(key)
+        elif low is not None and high is not None and parent_rows == high - low + 1:
+            outside, params = sql.SQL("{k} < %s OR {k} > %s").format(k=key), (low, high)
+        if not child_counts:
+            query = anti if outside is None else sql.SQL("SELECT count(*) FROM {} WHERE {}").format(table, outside)
+            return OrphanScan(_count(conn, query, params), parent_rows)
+        counted = sql.SQL("count(*) FILTER (WHERE {}), ").format(outside) if outside is not None else sql.SQL("")
+        row = conn.execute(sql.SQL("SELECT {}count(*), count(*) FILTER (WHERE {} IS NULL) FROM {}").format(
+            counted, key, table), params).fetchone()
+        assert row is not None  # an aggregate always returns one row
+        *orphans, child_rows, child_nulls = row
+        return OrphanScan(orphans[0] if orphans else _count(conn, anti), parent_rows, child_rows, child_nulls)
+
+
+def _count(conn: psycopg.Connection[Any], query: sql.Composed, params: tuple[Any, ...] | None = None) -> int:
+    row = conn.execute(query, params).fetchone()
+    return int(row[0]) if row else 0
 
 
 def count_nulls(conn: psycopg.Connection[Any], schema: str, table: str, col: str) -> int:

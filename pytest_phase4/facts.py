@@ -22,10 +22,9 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import psycopg
-from psycopg import sql
 
 from pytest_phase4 import catalog
-from pytest_phase4.kinds import Relation
+from pytest_phase4.kinds import Column, Relation
 from pytest_phase4.plan import CheckSpec
 
 # One row per relation of the schema: everything the catalog checks ask about it.
@@ -33,11 +32,23 @@ _CATALOG = """
 SELECT c.relname::text, c.relkind::text, c.relrowsecurity,
        coalesce((SELECT array_agg(a.attname::text ORDER BY a.attnum) FROM pg_catalog.pg_attribute a
                  WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped), '{}'),
+       coalesce((SELECT array_agg(a.atttypid::regtype::text ORDER BY a.attnum) FROM pg_catalog.pg_attribute a
+                 WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped), '{}'),
        coalesce((SELECT array_agg(p.polname::text ORDER BY p.polname) FROM pg_catalog.pg_policy p
                  WHERE p.polrelid = c.oid), '{}'),
        coalesce((SELECT array_agg(a.attname::text ORDER BY a.attnum) FROM pg_catalog.pg_index i
                  JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum = ANY(i.indkey)
-                 WHERE i.indrelid = c.oid AND i.indisprimary), '{}')
+                 WHERE i.indrelid = c.oid AND i.indisprimary), '{}'),
+       -- NOT NULL columns that are by themselves the key of a valid unique index: a distinct value per row
+       coalesce((SELECT array_agg(a.attname::text) FROM pg_catalog.pg_index i
+                 JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum = i.indkey[0]
+                 WHERE i.indrelid = c.oid AND i.indisunique AND i.indisvalid AND i.indnkeyatts = 1
+                   AND i.indpred IS NULL AND a.attnotnull), '{}'),
+       -- columns an index leads with: a range of their values is found without reading every row
+       coalesce((SELECT array_agg(a.attname::text) FROM pg_catalog.pg_index i
+                 JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum = i.indkey[0]
+                 WHERE i.indrelid = c.oid AND i.indisvalid AND i.indpred IS NULL), '{}'),
+       c.relpages
 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname = %s
 ORDER BY c.relname
@@ -49,8 +60,12 @@ class RelationFacts:
     kind: str
     rls: bool
     columns: tuple[str, ...]
+    types: tuple[str, ...]  # of the columns, as format_type names ("integer", "text", ...)
     policies: tuple[str, ...]
     primary_key: tuple[str, ...]
+    unique: frozenset[str]  # NOT NULL columns that are by themselves the key of a valid unique index
+    indexed: frozenset[str]  # columns a valid index leads with
+    pages: int  # size as last estimated by VACUUM/ANALYZE: only to schedule the read-ahead
 
 
 @dataclass(frozen=True)
@@ -59,6 +74,8 @@ class OrphanCount:
     nulls: int
 
 T = TypeVar("T")
+Key = tuple[str, ...]  # one value of the step: ("count", relation), ("nulls", table, column), ("orphans", ...)
+Read = tuple[Key, ...]  # the key one query is for, then those it answers on the way
 
 
 class Pool:
@@ -161,8 +178,9 @@ class Facts:
     pool: Pool | None = None
     queries: int = 0  # statements sent, for tests and benchmarks
     _catalog: dict[str, RelationFacts] | None = None
-    _values: dict[tuple[str, ...], Future[int] | int] = field(default_factory=dict)
-    _read_ahead: bool = False
+    _values: dict[Key, int] = field(default_factory=dict)
+    _read_of: dict[Key, Read] | None = None
+    _pending: dict[Read, Future[dict[Key, int]]] = field(default_factory=dict)
 
     # -- catalog ---------------------------------------------------------------------------------------
     @property
@@ -170,7 +188,8 @@ class Facts:
         if self._catalog is None:
             self.queries += 1
             rows = self.conn.execute(_CATALOG, (self.schema,)).fetchall()
-            self._catalog = {r[0]: RelationFacts(r[1], bool(r[2]), tuple(r[3]), tuple(r[4]), tuple(r[5]))
+            self._catalog = {r[0]: RelationFacts(r[1], bool(r[2]), tuple(r[3]), tuple(r[4]), tuple(r[5]),
+                                                 tuple(r[6]), frozenset(r[7]), frozenset(r[8]), int(r[9]))
                              for r in rows}
         return self._catalog
 
@@ -207,74 +226,125 @@ class Facts:
         rel = self.catalog.get(table)
         return list(rel.primary_key) if rel else []
 
+    def column_type(self, col: Column) -> str | None:
+        rel = self.catalog.get(col.table)
+        return rel.types[rel.columns.index(col.column)] if rel and col.column in rel.columns else None
+
+    def dense_keys(self, rel: Relation) -> bool:
+        """Whether catalog.scan_orphans may try its dense-key proof: integer keys on both sides, and a NOT NULL
+        parent key that is by itself the key of a unique index (so its row count is a count of distinct keys)."""
+        parent = self.catalog.get(rel.parent.table)
+        return (parent is not None and rel.parent.column in parent.unique
+                and self.column_type(rel.parent) in catalog.INTEGER_TYPES
+                and self.column_type(rel.child) in catalog.INTEGER_TYPES)
+
     # -- data ------------------------------------------------------------------------------------------
     def count(self, relation: str) -> int:
         """Exact row count of a table or view, read once per step."""
         return self._value(("count", relation))
 
     def orphans(self, rel: Relation) -> OrphanCount:
-        """Non-NULL child keys without a parent (an anti-join), and NULL child keys, for one relation."""
+        """Non-NULL child keys without a parent (catalog.scan_orphans), and NULL child keys, for one relation."""
         c, p = rel.child, rel.parent
         return OrphanCount(self._value(("orphans", c.table, c.column, p.table, p.column)),
                            self._value(("nulls", c.table, c.column)))
 
     def quiesce(self) -> None:
         """Wait until no read-ahead query runs, e.g. before timing a query."""
-        for value in list(self._values.values()):
-            if isinstance(value, Future):
-                wait([value])
+        wait(list(self._pending.values()))
 
     def close(self) -> None:
         """Drop what has not started and cancel what runs (answers nobody will ask for once the step is over,
         e.g. after pytest -x stopped it), then wait: a migration must not wait on our locks."""
-        pending = [v for v in self._values.values() if isinstance(v, Future) and not v.cancel()]
-        if self.pool is not None and any(not v.done() for v in pending):
+        running = [f for f in self._pending.values() if not f.cancel()]
+        if self.pool is not None and any(not f.done() for f in running):
             self.pool.interrupt()
         self.quiesce()
 
-    def _value(self, key: tuple[str, ...]) -> int:
-        if self.pool is not None and not self._read_ahead:
-            self._read_ahead = True
-            for job in self._jobs():
-                if job not in self._values:
-                    self._values[job] = self.pool.submit(functools.partial(self._query, job))
-        value = self._values.get(key)
-        if isinstance(value, Future):
-            try:  # result() re-raises the query's own SQL error, for the check that asked
-                value = self._query(key, self.conn) if value.cancelled() else value.result()
-            except psycopg.Error:
-                raise
-            except Exception:  # the pool could not help (e.g. no connection left on the server): ask here
-                value = self._query(key, self.conn)
-            self._values[key] = value
-        elif value is None:
-            value = self._values[key] = self._query(key, self.conn)
-        return value
+    def _value(self, key: Key) -> int:
+        reads = self._reads()
+        if self.pool is not None and not self._pending:  # the first data question: queue the step's reads
+            for read in sorted(dict.fromkeys(reads.values()), key=self._pages, reverse=True):  # longest first
+                self._pending[read] = self.pool.submit(functools.partial(self._read, read))
+        if key in self._values:
+            return self._values[key]
+        read = reads.get(key, (key,))
+        future = self._pending.get(read)
+        try:
+            found = self._read(read, self.conn) if future is None or future.cancelled() else future.result()
+        except psycopg.Error:
+            if key == read[0]:
+                raise  # the query's own SQL error, for the check that asked
+            found = {}  # the read it was answered on the way by failed: ask for it alone
+        except Exception:  # the pool could not help (e.g. no connection left on the server): ask here
+            found = self._read(read, self.conn)
+        self._values.update(found)
+        if key not in self._values:
+            self._values.update(self._read((key,), self.conn))
+        return self._values[key]
 
-    def _jobs(self) -> list[tuple[str, ...]]:
-        """The data queries the step's checks will ask for, for relations that exist (a missing one fails its
-        check before any query)."""
-        jobs: list[tuple[str, ...]] = []
+    def _wanted(self) -> list[Key]:
+        """The data the step's checks will ask for, for relations that exist (a missing one fails its check
+        before any query)."""
+        keys: list[Key] = []
         for spec in self.specs:
             if spec.kind == "no_orphans":
                 c, p = spec.element.child, spec.element.parent
                 if self.relkind(c.table) in ("r", "p") and self.relkind(p.table) in ("r", "p"):
-                    jobs += [("orphans", c.table, c.column, p.table, p.column), ("nulls", c.table, c.column)]
+                    keys += [("orphans", c.table, c.column, p.table, p.column), ("nulls", c.table, c.column)]
             elif spec.kind == "view_rowcount_matches":
                 view, base = spec.element
                 if self.relkind(view) in ("v", "m") and self.relkind(base) in ("r", "p"):
-                    jobs += [("count", view), ("count", base)]
+                    keys += [("count", view), ("count", base)]
             elif spec.kind == "row_counts_unchanged" and self.relkind(spec.element) in ("r", "p"):
-                jobs.append(("count", spec.element))
-        return list(dict.fromkeys(jobs))
+                keys.append(("count", spec.element))
+        return list(dict.fromkeys(keys))
 
-    def _query(self, key: tuple[str, ...], conn: psycopg.Connection[Any]) -> int:
+    def _reads(self) -> dict[Key, Read]:
+        """Which read answers each wanted key. A read is the key it is for, then the keys it answers on the way:
+        an orphan query over dense keys counts the parent's rows, and over a key no index leads with it scans
+        the whole child, so it counts the child's rows and NULL keys in the same scan."""
+        if self._read_of is None:
+            wanted = self._wanted()
+            self._read_of = {}
+            for key in wanted:
+                if key[0] != "orphans" or key in self._read_of:
+                    continue
+                rel = _relation(key)
+                also: list[Key] = []
+                if self.dense_keys(rel):
+                    also.append(("count", rel.parent.table))
+                    if rel.child.column not in self.catalog[rel.child.table].indexed:
+                        also += [("count", rel.child.table), ("nulls", rel.child.table, rel.child.column)]
+                read = (key, *(k for k in dict.fromkeys(also) if k in wanted and k not in self._read_of))
+                self._read_of.update(dict.fromkeys(read, read))
+            self._read_of.update({k: (k,) for k in wanted if k not in self._read_of})
+        return self._read_of
+
+    def _pages(self, read: Read) -> int:
+        """The size of what a read reads, as far as the catalog knows: only to schedule it."""
+        key = read[0]
+        tables = [key[1], key[3]] if key[0] == "orphans" else [key[1]]
+        found = self.catalog.get(key[1])
+        if key[0] == "count" and found and found.kind in catalog.VIEW_KINDS:  # a view: the size of its base
+            tables = [b for s in self.specs if s.kind == "view_rowcount_matches" for v, b in [s.element] if v == key[1]]
+        return sum(rel.pages for t in tables if (rel := self.catalog.get(t)))
+
+    def _read(self, read: Read, conn: psycopg.Connection[Any]) -> dict[Key, int]:
         self.queries += 1
+        key = read[0]
         what, table, *rest = key
         if what == "count":
-            return catalog.count_rows(conn, self.schema, table)
+            return {key: catalog.count_rows(conn, self.schema, table)}
         if what == "nulls":
-            return catalog.count_nulls(conn, self.schema, table, rest[0])
-        query = catalog.orphans_query(self.schema, table, rest[0], rest[1], rest[2], sql.SQL("count(*)"))
-        row = conn.execute(query).fetchone()
-        return int(row[0]) if row else 0
+            return {key: catalog.count_nulls(conn, self.schema, table, rest[0])}
+        rel = _relation(key)
+        nulls = ("nulls", table, rest[0])
+        found = catalog.scan_orphans(conn, self.schema, table, rest[0], rest[1], rest[2],
+                                     dense_keys=self.dense_keys(rel), child_counts=nulls in read)
+        values = {("count", rest[1]): found.parent_rows, ("count", table): found.child_rows, nulls: found.child_nulls}
+        return {key: found.orphans, **{k: v for k, v in values.items() if k in read and v is not None}}
+
+
+def _relation(key: Key) -> Relation:
+    return Relation(Column(key[1], key[2]), Column(key[3], key[4]))
