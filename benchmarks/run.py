@@ -33,8 +33,8 @@ import workloads as w
 
 from pytest_phase4 import catalog, migrate
 from pytest_phase4.embedded import start_embedded
-from pytest_phase4.facts import Pool
 from pytest_phase4.plan import load_plan
+from pytest_phase4.pool import Pool
 from pytest_phase4.seed import load_setup
 
 REPO = Path(__file__).resolve().parent.parent

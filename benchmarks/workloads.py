@@ -23,9 +23,9 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from pytest_phase4 import checks, snapshot
-from pytest_phase4.facts import Pool
 from pytest_phase4.items import RUN_KEY
 from pytest_phase4.plan import CheckSpec
+from pytest_phase4.pool import Pool
 
 HERE = Path(__file__).resolve().parent
 SEED_SCRIPT = HERE / "runbook_part_6_1.sql"

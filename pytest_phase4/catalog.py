@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,9 +74,78 @@ def primary_key(conn: psycopg.Connection[Any], schema: str, table: str) -> list[
         (schema, table)).fetchall()]
 
 
-def count_rows(conn: psycopg.Connection[Any], schema: str, relation: str) -> int:
-    row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, relation))).fetchone()
+# One row per relation of the schema: everything the catalog checks ask about it.
+_RELATION_FACTS = """
+SELECT c.relname::text, c.relkind::text, c.relrowsecurity,
+       coalesce((SELECT array_agg(a.attname::text ORDER BY a.attnum) FROM pg_catalog.pg_attribute a
+                 WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped), '{}'),
+       coalesce((SELECT array_agg(a.atttypid::regtype::text ORDER BY a.attnum) FROM pg_catalog.pg_attribute a
+                 WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped), '{}'),
+       coalesce((SELECT array_agg(p.polname::text ORDER BY p.polname) FROM pg_catalog.pg_policy p
+                 WHERE p.polrelid = c.oid), '{}'),
+       coalesce((SELECT array_agg(a.attname::text ORDER BY a.attnum) FROM pg_catalog.pg_index i
+                 JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum = ANY(i.indkey)
+                 WHERE i.indrelid = c.oid AND i.indisprimary), '{}'),
+       -- NOT NULL columns that are by themselves the key of a valid unique index: a distinct value per row
+       coalesce((SELECT array_agg(a.attname::text) FROM pg_catalog.pg_index i
+                 JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum = i.indkey[0]
+                 WHERE i.indrelid = c.oid AND i.indisunique AND i.indisvalid AND i.indnkeyatts = 1
+                   AND i.indpred IS NULL AND a.attnotnull), '{}'),
+       -- columns an index leads with: a range of their values is found without reading every row
+       coalesce((SELECT array_agg(a.attname::text) FROM pg_catalog.pg_index i
+                 JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum = i.indkey[0]
+                 WHERE i.indrelid = c.oid AND i.indisvalid AND i.indpred IS NULL), '{}'),
+       coalesce((SELECT array_agg(a.attname::text) FROM pg_catalog.pg_attribute a
+                 WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attnotnull), '{}'),
+       c.relpages
+FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = %s
+ORDER BY c.relname
+"""
+
+
+@dataclass(frozen=True)
+class RelationFacts:
+    kind: str
+    rls: bool
+    columns: tuple[str, ...]
+    types: tuple[str, ...]  # of the columns, as format_type names ("integer", "text", ...)
+    policies: tuple[str, ...]
+    primary_key: tuple[str, ...]
+    unique: frozenset[str]  # NOT NULL columns that are by themselves the key of a valid unique index
+    indexed: frozenset[str]  # columns a valid index leads with
+    not_null: frozenset[str]  # NOT NULL columns: the server refuses a NULL in them, there is none to count
+    pages: int  # size as last estimated by VACUUM/ANALYZE: only to schedule the read-ahead
+
+
+def relation_facts(conn: psycopg.Connection[Any], schema: str) -> dict[str, RelationFacts]:
+    """Everything the checks ask about the schema's relations, from one catalog query, by name."""
+    return {r[0]: RelationFacts(r[1], bool(r[2]), tuple(r[3]), tuple(r[4]), tuple(r[5]), tuple(r[6]),
+                                frozenset(r[7]), frozenset(r[8]), frozenset(r[9]), int(r[10]))
+            for r in conn.execute(_RELATION_FACTS, (schema,)).fetchall()}
+
+
+def count_query(schema: str, relation: str, where: sql.Composable | None = None) -> sql.Composed:
+    query = sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, relation))
+    return query if where is None else query + sql.SQL(" WHERE ") + where
+
+
+def count(conn: psycopg.Connection[Any], query: sql.Composed) -> int:
+    row = conn.execute(query).fetchone()
     return int(row[0]) if row else 0
+
+
+def count_each(conn: psycopg.Connection[Any], queries: Sequence[sql.Composed]) -> list[int]:
+    """The results of several count queries from one statement (one round trip)."""
+    if not queries:
+        return []
+    row = conn.execute(sql.SQL("SELECT ") + sql.SQL(", ").join(sql.SQL("({})").format(q) for q in queries)
+                       ).fetchone()
+    return [int(v) for v in row] if row else []
+
+
+def count_rows(conn: psycopg.Connection[Any], schema: str, relation: str) -> int:
+    return count(conn, count_query(schema, relation))
 
 
 def count_all_tables(conn: psycopg.Connection[Any], schema: str) -> dict[str, int]:
@@ -100,7 +169,10 @@ INTEGER_TYPES = frozenset({"smallint", "integer", "bigint"})
 @contextlib.contextmanager
 def one_snapshot(conn: psycopg.Connection[Any]) -> Iterator[None]:
     """Run the block's statements in one read-only REPEATABLE READ transaction on an autocommit connection, so
-    they all see the same committed data."""
+    they all see the same committed data. Inside a transaction already (the pool's shared snapshot), that one."""
+    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        yield
+        return
     conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
     try:
         yield
@@ -109,62 +181,67 @@ def one_snapshot(conn: psycopg.Connection[Any]) -> Iterator[None]:
             conn.execute("ROLLBACK")
 
 
-@dataclass(frozen=True)
-class OrphanScan:
-    """What one orphan query found: the orphans, and the row counts it read on the way (None: not read)."""
+def key_bounds(conn: psycopg.Connection[Any], schema: str,
+               keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], tuple[Any, Any]]:
+    """min and max of each (table, column), in one statement: an index probe each where an index leads with it."""
+    if not keys:
+        return {}
+    parts = [sql.SQL("(SELECT min({c}) FROM {t}), (SELECT max({c}) FROM {t})").format(
+        c=sql.Identifier(col), t=sql.Identifier(schema, table)) for table, col in keys]
+    row = conn.execute(sql.SQL("SELECT ") + sql.SQL(", ").join(parts)).fetchone() or ()
+    return {key: (row[2 * i], row[2 * i + 1]) for i, key in enumerate(keys)}
 
-    orphans: int
-    parent_rows: int | None = None
-    child_rows: int | None = None
-    child_nulls: int | None = None
+
+def outside(col: str, low: int | None, high: int | None) -> sql.Composed:
+    """The child keys outside the parent's [low, high], or every non-NULL one when the parent has no key: the
+    orphans when the parent's keys are dense."""
+    key = sql.Identifier(col)
+    if low is None or high is None:
+        return sql.SQL("{} IS NOT NULL").format(key)
+    return sql.SQL("{k} < {low} OR {k} > {high}").format(k=key, low=sql.Literal(low), high=sql.Literal(high))
 
 
-def scan_orphans(conn: psycopg.Connection[Any], schema: str, child: str, col: str, parent: str, pcol: str, *,
-                 dense_keys: bool = False, child_counts: bool = False) -> OrphanScan:
+def dense(rows: int, low: int | None, high: int | None) -> bool:
+    """Whether `rows` distinct integer keys from low to high are every integer in between (or there are none)."""
+    return rows == 0 or (low is not None and high is not None and rows == high - low + 1)
+
+
+def count_where(conn: psycopg.Connection[Any], schema: str, table: str, condition: sql.Composed) -> int:
+    return count(conn, count_query(schema, table, condition))
+
+
+def count_filtered(conn: psycopg.Connection[Any], schema: str, table: str,
+                   conditions: Sequence[sql.Composed]) -> list[int]:
+    """count(*) of the table, then the rows meeting each condition, from one scan."""
+    counts = [sql.SQL("count(*)")] + [sql.SQL("count(*) FILTER (WHERE {})").format(c) for c in conditions]
+    row = conn.execute(sql.SQL("SELECT {} FROM {}").format(sql.SQL(", ").join(counts),
+                                                          sql.Identifier(schema, table))).fetchone()
+    return [int(v) for v in row] if row else [0] * len(counts)
+
+
+def count_orphans(conn: psycopg.Connection[Any], schema: str, child: str, col: str, parent: str, pcol: str,
+                  dense_keys: bool = False) -> int:
     """Count the non-NULL child keys without a parent row, exactly.
 
     The anti-join of orphans_query probes the parent once per child row. With `dense_keys` (integer keys on both
     sides; the parent's key NOT NULL and the only column of a unique index, so each parent row has its own key)
-    the parent's min, max and row count come first: when count = max - min + 1, the keys are every integer from
+    the parent's min, max and row count come first: when count = max - min + 1 the keys are every integer from
     min to max, and a child key is an orphan exactly when it lies outside [min, max], which an index on the child
-    key answers without reading every row. The statements share one snapshot: a parent and child inserted in
-    between cannot pass for an orphan. Parent keys with gaps get the anti-join, in the same snapshot. The
-    parent's row count is returned too.
-
-    `child_counts` (for a key no index leads with, whose range query reads the whole child anyway) counts the
-    child's rows and NULL keys in that same scan."""
+    key answers without reading every row. The statements share one snapshot, so a parent and child inserted in
+    between cannot pass for an orphan. Parent keys with gaps get the anti-join, in the same snapshot."""
     anti = orphans_query(schema, child, col, parent, pcol, sql.SQL("count(*)"))
     if not dense_keys:
-        return OrphanScan(_count(conn, anti))
-    table, key = sql.Identifier(schema, child), sql.Identifier(col)
+        return count(conn, anti)
     with one_snapshot(conn):
-        parent_table = sql.Identifier(schema, parent)
-        low, high = conn.execute(sql.SQL("SELECT min({k}), max({k}) FROM {t}").format(  # two index probes
-            k=sql.Identifier(pcol), t=parent_table)).fetchone() or (None, None)
-        parent_rows = _count(conn, sql.SQL("SELECT count(*) FROM {}").format(parent_table))
-        outside: sql.Composed | None = None  # which child keys are orphans, when the parent's keys say it
-        params: tuple[Any, ...] = ()
-        if not parent_rows:
-            outside = sql.SQL("{} IS NOT NULL").format(key)
-        elif low is not None and high is not None and parent_rows == high - low + 1:
-            outside, params = sql.SQL("{k} < %s OR {k} > %s").format(k=key), (low, high)
-        if not child_counts:
-            query = anti if outside is None else sql.SQL("SELECT count(*) FROM {} WHERE {}").format(table, outside)
-            return OrphanScan(_count(conn, query, params), parent_rows)
-        counted = sql.SQL("count(*) FILTER (WHERE {}), ").format(outside) if outside is not None else sql.SQL("")
-        row = conn.execute(sql.SQL("SELECT {}count(*), count(*) FILTER (WHERE {} IS NULL) FROM {}").format(
-            counted, key, table), params).fetchone()
-        assert row is not None  # an aggregate always returns one row
-        *orphans, child_rows, child_nulls = row
-        return OrphanScan(orphans[0] if orphans else _count(conn, anti), parent_rows, child_rows, child_nulls)
+        low, high = key_bounds(conn, schema, [(parent, pcol)])[(parent, pcol)]
+        if dense(count_rows(conn, schema, parent), low, high):
+            return count_where(conn, schema, child, outside(col, low, high))
+        return count(conn, anti)
 
 
-def _count(conn: psycopg.Connection[Any], query: sql.Composed, params: tuple[Any, ...] | None = None) -> int:
-    row = conn.execute(query, params).fetchone()
-    return int(row[0]) if row else 0
+def is_null(col: str) -> sql.Composed:
+    return sql.SQL("{} IS NULL").format(sql.Identifier(col))
 
 
 def count_nulls(conn: psycopg.Connection[Any], schema: str, table: str, col: str) -> int:
-    row = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE {} IS NULL").format(
-        sql.Identifier(schema, table), sql.Identifier(col))).fetchone()
-    return int(row[0]) if row else 0
+    return count_where(conn, schema, table, is_null(col))

@@ -1,170 +1,35 @@
 """What one step's checks know about the database, each fact read once, the heavy ones read ahead.
 
 A step's checks ask the same questions many times: does this relation exist, which columns has it, how many rows
-has `sales`. `Facts` answers every catalog question of a step from one catalog query and counts each relation
-once per step, whichever checks ask. With a `Pool` of read-only connections it also reads ahead: when the first
-check of a step asks for data, every count and orphan query the step's selected checks will need is queued on
-the pool, so the server works on several while pytest runs and reports the checks in order. Each check still
-runs its own query (the per-relation anti-join of catalog.orphans_query, count(*) of one relation) and gets its
-own result or its own SQL error; nothing is inferred from another check.
+has `sales`. `Facts` answers every catalog question of a step from one catalog query and reads each value (a row
+count, the orphans of a relation) once per step, whichever checks ask. With a `Pool` of read-only connections it
+reads ahead: when the first check of a step asks for data, every value the step's selected checks need is read on
+the pool in one snapshot (readahead.py). Without one, each value is read when asked, each orphan count in a
+snapshot of its own (catalog.count_orphans). Either way each check gets its own result or the SQL error of the
+query it depends on.
 
 A `Facts` belongs to one step and must be thrown away (`close`) when a migration runs: `Phase4Run` does both.
 """
 
 from __future__ import annotations
 
-import functools
-import queue
-import threading
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import psycopg
 
 from pytest_phase4 import catalog
 from pytest_phase4.kinds import Column, Relation
 from pytest_phase4.plan import CheckSpec
-
-# One row per relation of the schema: everything the catalog checks ask about it.
-_CATALOG = """
-SELECT c.relname::text, c.relkind::text, c.relrowsecurity,
-       coalesce((SELECT array_agg(a.attname::text ORDER BY a.attnum) FROM pg_catalog.pg_attribute a
-                 WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped), '{}'),
-       coalesce((SELECT array_agg(a.atttypid::regtype::text ORDER BY a.attnum) FROM pg_catalog.pg_attribute a
-                 WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped), '{}'),
-       coalesce((SELECT array_agg(p.polname::text ORDER BY p.polname) FROM pg_catalog.pg_policy p
-                 WHERE p.polrelid = c.oid), '{}'),
-       coalesce((SELECT array_agg(a.attname::text ORDER BY a.attnum) FROM pg_catalog.pg_index i
-                 JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum = ANY(i.indkey)
-                 WHERE i.indrelid = c.oid AND i.indisprimary), '{}'),
-       -- NOT NULL columns that are by themselves the key of a valid unique index: a distinct value per row
-       coalesce((SELECT array_agg(a.attname::text) FROM pg_catalog.pg_index i
-                 JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum = i.indkey[0]
-                 WHERE i.indrelid = c.oid AND i.indisunique AND i.indisvalid AND i.indnkeyatts = 1
-                   AND i.indpred IS NULL AND a.attnotnull), '{}'),
-       -- columns an index leads with: a range of their values is found without reading every row
-       coalesce((SELECT array_agg(a.attname::text) FROM pg_catalog.pg_index i
-                 JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum = i.indkey[0]
-                 WHERE i.indrelid = c.oid AND i.indisvalid AND i.indpred IS NULL), '{}'),
-       c.relpages
-FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-WHERE n.nspname = %s
-ORDER BY c.relname
-"""
-
-
-@dataclass(frozen=True)
-class RelationFacts:
-    kind: str
-    rls: bool
-    columns: tuple[str, ...]
-    types: tuple[str, ...]  # of the columns, as format_type names ("integer", "text", ...)
-    policies: tuple[str, ...]
-    primary_key: tuple[str, ...]
-    unique: frozenset[str]  # NOT NULL columns that are by themselves the key of a valid unique index
-    indexed: frozenset[str]  # columns a valid index leads with
-    pages: int  # size as last estimated by VACUUM/ANALYZE: only to schedule the read-ahead
+from pytest_phase4.pool import Pool
+from pytest_phase4.readahead import Key, ReadAhead
 
 
 @dataclass(frozen=True)
 class OrphanCount:
     orphans: int
     nulls: int
-
-T = TypeVar("T")
-Key = tuple[str, ...]  # one value of the step: ("count", relation), ("nulls", table, column), ("orphans", ...)
-Read = tuple[Key, ...]  # the key one query is for, then those it answers on the way
-
-
-class Pool:
-    """A few read-only connections that run independent queries side by side.
-
-    Intra-query parallelism is turned off on them: measured on 2 cores, two connections each running
-    non-parallel scans finish a step's queries about twice as fast as one connection with parallel workers."""
-
-    def __init__(self, connect: Callable[[], psycopg.Connection[Any]], size: int) -> None:
-        self.size = size
-        self._connect = connect
-        self._idle: queue.SimpleQueue[psycopg.Connection[Any]] = queue.SimpleQueue()
-        self._all: list[psycopg.Connection[Any]] = []
-        self._busy: set[psycopg.Connection[Any]] = set()
-        self._lock = threading.Lock()
-        self._executor = ThreadPoolExecutor(size, thread_name_prefix="phase4-facts")
-
-    def submit(self, job: Callable[[psycopg.Connection[Any]], T]) -> Future[T]:
-        return self._executor.submit(self._run, job)
-
-    def _run(self, job: Callable[[psycopg.Connection[Any]], T]) -> T:
-        try:
-            conn = self._idle.get_nowait()
-        except queue.Empty:
-            conn = self._connect()
-            conn.execute("SET max_parallel_workers_per_gather = 0")
-            with self._lock:
-                self._all.append(conn)
-        with self._lock:
-            self._busy.add(conn)
-        try:
-            return job(conn)
-        finally:
-            with self._lock:
-                self._busy.discard(conn)
-            self._idle.put(conn)
-
-    def interrupt(self) -> None:
-        """Ask the server to cancel what the pool's connections run now (their futures fail with QueryCanceled)."""
-        with self._lock:
-            busy = list(self._busy)
-        for conn in busy:
-            conn.cancel_safe()
-
-    def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
-        self.interrupt()
-        self._executor.shutdown(wait=True)
-        for conn in self._all:
-            conn.close()
-
-
-def run_all(conn: psycopg.Connection[Any], pool: Pool | None, jobs: Iterable[Callable[[psycopg.Connection[Any]], T]],
-            sizes: Sequence[float] | None = None) -> list[T]:
-    """Run independent read-only queries side by side on the pool (one by one on conn without one), results in
-    job order. With `sizes` (e.g. each table's pages) the largest start first, so no connection is left alone
-    with a big table at the end. Every job has ended when this returns or raises (the first error, in job
-    order): nothing of ours still reads when the caller goes on to migrate."""
-    jobs = list(jobs)
-    if pool is None:
-        return [job(conn) for job in jobs]
-    order = sorted(range(len(jobs)), key=lambda i: -sizes[i]) if sizes else range(len(jobs))
-    submitted = {i: pool.submit(jobs[i]) for i in order}
-    futures = [submitted[i] for i in range(len(jobs))]
-    wait(futures)
-    results = []
-    for future, job in zip(futures, jobs, strict=True):
-        try:
-            results.append(future.result())
-        except psycopg.Error:
-            raise
-        except Exception:  # the pool could not help (e.g. no connection left on the server): ask here
-            results.append(job(conn))
-    return results
-
-
-def count_all(conn: psycopg.Connection[Any], pool: Pool | None, schema: str) -> dict[str, int]:
-    """Exact row count of every base table in the schema, as catalog.count_all_tables, side by side on a pool."""
-    tables = catalog.tables(conn, schema)
-    jobs = [functools.partial(catalog.count_rows, schema=schema, relation=t) for t in tables]
-    return dict(zip(tables, run_all(conn, pool, jobs, pages(conn, schema, tables)), strict=True))
-
-
-def pages(conn: psycopg.Connection[Any], schema: str, tables: Sequence[str]) -> list[float]:
-    """Each table's size in pages as the catalog last estimated it (VACUUM, ANALYZE): only to schedule work."""
-    found = dict(conn.execute(
-        "SELECT c.relname::text, c.relpages FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n"
-        " ON n.oid = c.relnamespace WHERE n.nspname = %s", (schema,)).fetchall())
-    return [float(found.get(t, 0)) for t in tables]
 
 
 @dataclass
@@ -176,21 +41,18 @@ class Facts:
     schema: str
     specs: tuple[CheckSpec, ...] = ()
     pool: Pool | None = None
-    queries: int = 0  # statements sent, for tests and benchmarks
-    _catalog: dict[str, RelationFacts] | None = None
+    queries: int = 0  # statements sent on conn, for tests and benchmarks
+    _catalog: dict[str, catalog.RelationFacts] | None = None
     _values: dict[Key, int] = field(default_factory=dict)
-    _read_of: dict[Key, Read] | None = None
-    _pending: dict[Read, Future[dict[Key, int]]] = field(default_factory=dict)
+    _ahead: ReadAhead | None = None
+    _started: bool = False
 
     # -- catalog ---------------------------------------------------------------------------------------
     @property
-    def catalog(self) -> dict[str, RelationFacts]:
+    def catalog(self) -> dict[str, catalog.RelationFacts]:
         if self._catalog is None:
             self.queries += 1
-            rows = self.conn.execute(_CATALOG, (self.schema,)).fetchall()
-            self._catalog = {r[0]: RelationFacts(r[1], bool(r[2]), tuple(r[3]), tuple(r[4]), tuple(r[5]),
-                                                 tuple(r[6]), frozenset(r[7]), frozenset(r[8]), int(r[9]))
-                             for r in rows}
+            self._catalog = catalog.relation_facts(self.conn, self.schema)
         return self._catalog
 
     def relkind(self, name: str) -> str | None:
@@ -231,7 +93,7 @@ class Facts:
         return rel.types[rel.columns.index(col.column)] if rel and col.column in rel.columns else None
 
     def dense_keys(self, rel: Relation) -> bool:
-        """Whether catalog.scan_orphans may try its dense-key proof: integer keys on both sides, and a NOT NULL
+        """Whether catalog.count_orphans may try its dense-key proof: integer keys on both sides, and a NOT NULL
         parent key that is by itself the key of a unique index (so its row count is a count of distinct keys)."""
         parent = self.catalog.get(rel.parent.table)
         return (parent is not None and rel.parent.column in parent.unique
@@ -244,54 +106,64 @@ class Facts:
         return self._value(("count", relation))
 
     def orphans(self, rel: Relation) -> OrphanCount:
-        """Non-NULL child keys without a parent (catalog.scan_orphans), and NULL child keys, for one relation."""
+        """Non-NULL child keys without a parent, and NULL child keys, for one relation."""
         c, p = rel.child, rel.parent
         return OrphanCount(self._value(("orphans", c.table, c.column, p.table, p.column)),
                            self._value(("nulls", c.table, c.column)))
 
     def quiesce(self) -> None:
         """Wait until no read-ahead query runs, e.g. before timing a query."""
-        wait(list(self._pending.values()))
+        if self._ahead is not None:
+            self._ahead.quiesce()
 
     def close(self) -> None:
-        """Drop what has not started and cancel what runs (answers nobody will ask for once the step is over,
-        e.g. after pytest -x stopped it), then wait: a migration must not wait on our locks."""
-        running = [f for f in self._pending.values() if not f.cancel()]
-        if self.pool is not None and any(not f.done() for f in running):
-            self.pool.interrupt()
-        self.quiesce()
+        """Stop the read-ahead (answers nobody will ask for once the step is over, e.g. after pytest -x) and end
+        its snapshot: a migration must not wait on our locks."""
+        if self._ahead is not None:
+            self._ahead.close()
 
     def _value(self, key: Key) -> int:
-        reads = self._reads()
-        if self.pool is not None and not self._pending:  # the first data question: queue the step's reads
-            for read in sorted(dict.fromkeys(reads.values()), key=self._pages, reverse=True):  # longest first
-                self._pending[read] = self.pool.submit(functools.partial(self._read, read))
         if key in self._values:
             return self._values[key]
-        read = reads.get(key, (key,))
-        future = self._pending.get(read)
+        if self._not_null(key):
+            return 0
+        if self.pool is not None and not self._started:
+            self._started = True
+            ahead = ReadAhead(self.pool, self.schema, self.catalog, self._wanted(), self._dense(), self._view_bases())
+            self._ahead = ahead if ahead.start() else None
         try:
-            found = self._read(read, self.conn) if future is None or future.cancelled() else future.result()
+            value = self._ahead.value(key) if self._ahead is not None else None
         except psycopg.Error:
-            if key == read[0]:
-                raise  # the query's own SQL error, for the check that asked
-            found = {}  # the read it was answered on the way by failed: ask for it alone
+            raise  # the query's own SQL error, for the check that asked
         except Exception:  # the pool could not help (e.g. no connection left on the server): ask here
-            found = self._read(read, self.conn)
-        self._values.update(found)
-        if key not in self._values:
-            self._values.update(self._read((key,), self.conn))
-        return self._values[key]
+            value = None
+        if value is None:
+            value = self._ask(key)
+        self._values[key] = value
+        return value
+
+    def _ask(self, key: Key) -> int:
+        """One value by its own query on conn (an orphan count: in a snapshot of its own)."""
+        self.queries += 1
+        what, table, *rest = key
+        if what == "count":
+            return catalog.count_rows(self.conn, self.schema, table)
+        if what == "nulls":
+            return catalog.count_nulls(self.conn, self.schema, table, rest[0])
+        return catalog.count_orphans(self.conn, self.schema, table, rest[0], rest[1], rest[2],
+                                     self.dense_keys(_relation(key)))
 
     def _wanted(self) -> list[Key]:
-        """The data the step's checks will ask for, for relations that exist (a missing one fails its check
-        before any query)."""
+        """The data the step's checks will ask for, in check order, for relations that exist (a missing one
+        fails its check before any query)."""
         keys: list[Key] = []
         for spec in self.specs:
             if spec.kind == "no_orphans":
                 c, p = spec.element.child, spec.element.parent
                 if self.relkind(c.table) in ("r", "p") and self.relkind(p.table) in ("r", "p"):
-                    keys += [("orphans", c.table, c.column, p.table, p.column), ("nulls", c.table, c.column)]
+                    keys.append(("orphans", c.table, c.column, p.table, p.column))
+                    if not self._not_null(nulls := ("nulls", c.table, c.column)):
+                        keys.append(nulls)
             elif spec.kind == "view_rowcount_matches":
                 view, base = spec.element
                 if self.relkind(view) in ("v", "m") and self.relkind(base) in ("r", "p"):
@@ -300,50 +172,20 @@ class Facts:
                 keys.append(("count", spec.element))
         return list(dict.fromkeys(keys))
 
-    def _reads(self) -> dict[Key, Read]:
-        """Which read answers each wanted key. A read is the key it is for, then the keys it answers on the way:
-        an orphan query over dense keys counts the parent's rows, and over a key no index leads with it scans
-        the whole child, so it counts the child's rows and NULL keys in the same scan."""
-        if self._read_of is None:
-            wanted = self._wanted()
-            self._read_of = {}
-            for key in wanted:
-                if key[0] != "orphans" or key in self._read_of:
-                    continue
-                rel = _relation(key)
-                also: list[Key] = []
-                if self.dense_keys(rel):
-                    also.append(("count", rel.parent.table))
-                    if rel.child.column not in self.catalog[rel.child.table].indexed:
-                        also += [("count", rel.child.table), ("nulls", rel.child.table, rel.child.column)]
-                read = (key, *(k for k in dict.fromkeys(also) if k in wanted and k not in self._read_of))
-                self._read_of.update(dict.fromkeys(read, read))
-            self._read_of.update({k: (k,) for k in wanted if k not in self._read_of})
-        return self._read_of
+    def _not_null(self, key: Key) -> bool:
+        """A count of NULLs in a NOT NULL column: 0, without asking."""
+        rel = self.catalog.get(key[1]) if key[0] == "nulls" else None
+        return rel is not None and key[2] in rel.not_null
 
-    def _pages(self, read: Read) -> int:
-        """The size of what a read reads, as far as the catalog knows: only to schedule it."""
-        key = read[0]
-        tables = [key[1], key[3]] if key[0] == "orphans" else [key[1]]
-        found = self.catalog.get(key[1])
-        if key[0] == "count" and found and found.kind in catalog.VIEW_KINDS:  # a view: the size of its base
-            tables = [b for s in self.specs if s.kind == "view_rowcount_matches" for v, b in [s.element] if v == key[1]]
-        return sum(rel.pages for t in tables if (rel := self.catalog.get(t)))
+    def _dense(self) -> list[Key]:
+        return [k for k in self._wanted() if k[0] == "orphans" and self.dense_keys(_relation(k))]
 
-    def _read(self, read: Read, conn: psycopg.Connection[Any]) -> dict[Key, int]:
-        self.queries += 1
-        key = read[0]
-        what, table, *rest = key
-        if what == "count":
-            return {key: catalog.count_rows(conn, self.schema, table)}
-        if what == "nulls":
-            return {key: catalog.count_nulls(conn, self.schema, table, rest[0])}
-        rel = _relation(key)
-        nulls = ("nulls", table, rest[0])
-        found = catalog.scan_orphans(conn, self.schema, table, rest[0], rest[1], rest[2],
-                                     dense_keys=self.dense_keys(rel), child_counts=nulls in read)
-        values = {("count", rest[1]): found.parent_rows, ("count", table): found.child_rows, nulls: found.child_nulls}
-        return {key: found.orphans, **{k: v for k, v in values.items() if k in read and v is not None}}
+    def _view_bases(self) -> dict[str, list[str]]:
+        bases: dict[str, list[str]] = {}
+        for spec in self.specs:
+            if spec.kind == "view_rowcount_matches":
+                bases.setdefault(spec.element[0], []).append(spec.element[1])
+        return bases
 
 
 def _relation(key: Key) -> Relation:

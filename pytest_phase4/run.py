@@ -14,8 +14,9 @@ import psycopg
 
 from pytest_phase4 import checks, guard, ledger, migrate, safety
 from pytest_phase4.errors import CheckFailed, MigrationFailed
-from pytest_phase4.facts import Facts, Pool, count_all
+from pytest_phase4.facts import Facts
 from pytest_phase4.plan import CheckSpec, Migration, Plan
+from pytest_phase4.pool import Pool, count_all
 from pytest_phase4.runextras import RunExtras
 from pytest_phase4.target import Target
 

@@ -17,8 +17,8 @@ import psycopg
 from psycopg import sql
 
 from pytest_phase4 import catalog
-from pytest_phase4.facts import Pool, pages, run_all
 from pytest_phase4.ledger import SCHEMA as OWN_SCHEMA
+from pytest_phase4.pool import Pool, pages, run_all
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,10 @@ from conftest import EXAMPLES, Project, outcomes_of
 from psycopg import sql
 
 from pytest_phase4 import catalog, snapshot
-from pytest_phase4.facts import Facts, OrphanCount, Pool, count_all
+from pytest_phase4.facts import Facts, OrphanCount
 from pytest_phase4.kinds import Column, Relation
 from pytest_phase4.plan import CheckSpec, load_plan
+from pytest_phase4.pool import Pool, count_all
 from pytest_phase4.run import Phase4Run
 from pytest_phase4.seed import load_setup
 from pytest_phase4.target import Target
@@ -89,25 +90,34 @@ ORPHAN_CASES = {
 
 
 @pytest.mark.parametrize(("parents", "children"), ORPHAN_CASES.values(), ids=ORPHAN_CASES.keys())
-@pytest.mark.parametrize("child_type", ["int", "bigint"])
-def test_orphans_counted_from_dense_keys_equal_the_anti_join(conn: psycopg.Connection[Any], parents: str,
-                                                            children: str, child_type: str) -> None:
+@pytest.mark.parametrize(("child_type", "index"), [("int", True), ("bigint", True), ("int", False)],
+                         ids=["int indexed", "bigint indexed", "int scanned"])
+def test_orphans_counted_from_dense_keys_equal_the_anti_join(scratch_dsn: str, conn: psycopg.Connection[Any],
+                                                            parents: str, children: str, child_type: str,
+                                                            index: bool) -> None:
     conn.execute(sql.SQL("CREATE TABLE p (id bigint PRIMARY KEY); INSERT INTO p SELECT * FROM {};"
-                         "CREATE TABLE c (k {}); CREATE INDEX ON c (k);"
-                         "INSERT INTO c SELECT k FROM unnest({}::bigint[]) k"
+                         "CREATE TABLE c (k {}); INSERT INTO c SELECT k FROM unnest({}::bigint[]) k"
                          " WHERE k IS NULL OR k BETWEEN -2147483648 AND 2147483647 OR {} = 'bigint'").format(
         sql.SQL(parents), sql.SQL(child_type), sql.SQL(children), child_type))
-    assert Facts(conn, "public").dense_keys(Relation(Column("c", "k"), Column("p", "id")))
+    if index:
+        conn.execute("CREATE INDEX ON c (k)")
+    rel = Relation(Column("c", "k"), Column("p", "id"))
     truth = conn.execute("SELECT (SELECT count(*) FROM c WHERE k IS NOT NULL AND k NOT IN (SELECT id FROM p)),"
-                         " (SELECT count(*) FROM p), (SELECT count(*) FROM c), (SELECT count(*) FROM c WHERE k IS NULL)"
+                         " (SELECT count(*) FROM c WHERE k IS NULL), (SELECT count(*) FROM p), (SELECT count(*) FROM c)"
                          ).fetchone()
-    orphans, parent_rows, child_rows, child_nulls = truth or ()
-    assert catalog.scan_orphans(conn, "public", "c", "k", "p", "id") == catalog.OrphanScan(orphans)
-    assert catalog.scan_orphans(conn, "public", "c", "k", "p", "id", dense_keys=True) == catalog.OrphanScan(
-        orphans, parent_rows)
-    assert catalog.scan_orphans(conn, "public", "c", "k", "p", "id", dense_keys=True, child_counts=True) == (
-        catalog.OrphanScan(orphans, parent_rows, child_rows, child_nulls))
+    orphans, nulls, parent_rows, child_rows = truth or ()
+    assert Facts(conn, "public").dense_keys(rel)
+    assert catalog.count_orphans(conn, "public", "c", "k", "p", "id") == orphans  # the anti-join
+    assert catalog.count_orphans(conn, "public", "c", "k", "p", "id", dense_keys=True) == orphans
     assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE  # its snapshot is closed
+    pool = Pool(lambda: psycopg.connect(scratch_dsn, autocommit=True), 2)
+    try:  # read ahead in the step's snapshot: the parent's bounds, its count, the keys outside
+        facts = Facts(conn, "public", (spec("no_orphans", rel), spec("row_counts_unchanged", "c")), pool)
+        assert facts.orphans(rel) == OrphanCount(orphans, nulls)
+        assert (facts.count("p"), facts.count("c")) == (parent_rows, child_rows)
+        facts.close()
+    finally:
+        pool.close()
 
 
 def test_only_a_unique_integer_parent_key_is_counted_from_its_range(conn: psycopg.Connection[Any]) -> None:
@@ -131,10 +141,14 @@ def test_read_ahead_keeps_each_checks_own_result_and_error(scratch_dsn: str, con
     try:
         facts = Facts(conn, "public", specs, pool)
         assert facts.count("other") == 5  # the first data question queues every query of the step
-        # other.parent_id leads no index: its orphan query scans `other` and counts its rows and NULLs on the way
-        assert facts._reads()[("count", "other")] == (("orphans", "other", "parent_id", "parent", "id"),
-                                                      ("count", "other"), ("nulls", "other", "parent_id"))
-        assert len(facts._pending) == 6  # 3 orphan queries, nulls of child.parent_id, counts of child_view, child
+        # other.parent_id leads no index: one scan of `other` counts its rows, NULL keys and keys outside parent.id;
+        # child.parent_id has an index: its keys outside parent.id are an index range. parent is counted for the proof.
+        assert facts._ahead is not None
+        assert set(facts._ahead._plan()) == {
+            (("outside", "child", "parent_id", "parent", "id"),),
+            (("count", "other"), ("nulls", "other", "parent_id"), ("outside", "other", "parent_id", "parent", "id")),
+            (("count", "child_view"),), (("count", "child"),), (("count", "parent"),),
+            (("orphans", "child", "parent_id", "parent", "code"),), (("nulls", "child", "parent_id"),)}
         with pytest.raises(psycopg.errors.UndefinedFunction, match="operator does not exist: text = integer"):
             facts.orphans(BAD_TYPES)
         assert facts.orphans(TO_PARENT) == OrphanCount(orphans=13, nulls=10)
@@ -195,7 +209,8 @@ def test_closing_the_facts_cancels_read_ahead_nobody_asked_for(scratch_dsn: str,
         facts = Facts(conn, "public", (spec("row_counts_unchanged", "other"),
                                        spec("view_rowcount_matches", ("slow", "child"))), pool)
         assert facts.count("other") == 5
-        slow = facts._pending[(("count", "slow"),)]
+        assert facts._ahead is not None
+        slow = facts._ahead._pending[("count", "slow")]
         assert isinstance(slow, Future)
         while not conn.execute("SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND wait_event = "
                                "'PgSleep'").fetchone()[0]:  # type: ignore[index]

@@ -1,0 +1,165 @@
+"""A few read-only connections that run independent queries side by side, optionally all in one snapshot.
+
+Checks of one step compare numbers read by different queries (a view's rows with its base table's, a child's keys
+with its parent's). `Pool.begin` makes them all read the same committed data, as pg_dump -j does: one connection
+exports a REPEATABLE READ snapshot, the others import it, and every job runs in a savepoint so that one failing
+query leaves the others theirs. `Pool.end` closes those transactions, and with them their locks; a migration must
+not start before it.
+"""
+
+from __future__ import annotations
+
+import functools
+import queue
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg import sql
+
+from pytest_phase4 import catalog
+
+T = TypeVar("T")
+_BEGIN = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
+
+
+class Pool:
+    """Read-only connections for side-by-side queries.
+
+    Intra-query parallelism is turned off on them: measured on 2 cores, two connections each running
+    non-parallel scans finish a step's queries about twice as fast as one connection with parallel workers."""
+
+    def __init__(self, connect: Callable[[], psycopg.Connection[Any]], size: int) -> None:
+        self.size = size
+        self._connect = connect
+        self._idle: queue.SimpleQueue[psycopg.Connection[Any]] = queue.SimpleQueue()
+        self._all: list[psycopg.Connection[Any]] = []
+        self._busy: set[psycopg.Connection[Any]] = set()
+        self._joined: set[psycopg.Connection[Any]] = set()  # in the shared snapshot's transaction
+        self._snapshot: str | None = None
+        self._lock = threading.Lock()
+        self._executor = ThreadPoolExecutor(size, thread_name_prefix="phase4-facts")
+
+    def submit(self, job: Callable[[psycopg.Connection[Any]], T]) -> Future[T]:
+        return self._executor.submit(self._run, job)
+
+    def begin(self, first: Callable[[psycopg.Connection[Any]], T]) -> T:
+        """Run every job from now until `end` in one snapshot, and `first` in it right away (on this thread).
+        Call when no job runs."""
+        conn = self._take()
+        try:
+            conn.execute(_BEGIN)
+            row = conn.execute("SELECT pg_catalog.pg_export_snapshot()").fetchone()
+            with self._lock:
+                self._joined.add(conn)
+                self._snapshot = str(row[0]) if row else None
+            return first(conn)
+        except BaseException:
+            self.end()
+            raise
+        finally:
+            self._idle.put(conn)
+
+    def end(self) -> None:
+        """Close the shared snapshot's transactions, and with them their locks. Call when no job runs."""
+        with self._lock:
+            joined, self._joined, self._snapshot = list(self._joined), set(), None
+        for conn in joined:
+            try:
+                conn.execute("ROLLBACK")  # read only: nothing to keep
+            except psycopg.Error:
+                conn.close()  # broken: _take replaces it
+
+    def _take(self) -> psycopg.Connection[Any]:
+        try:
+            conn = self._idle.get_nowait()
+        except queue.Empty:
+            conn = None
+        if conn is None or conn.closed or conn.broken:
+            conn = self._connect()
+            conn.execute("SET max_parallel_workers_per_gather = 0")
+            with self._lock:
+                self._all.append(conn)
+        return conn
+
+    def _run(self, job: Callable[[psycopg.Connection[Any]], T]) -> T:
+        conn = self._take()
+        with self._lock:
+            self._busy.add(conn)
+            snapshot = self._snapshot if conn not in self._joined else None
+        try:
+            if snapshot is not None:
+                self._join(conn, snapshot)
+            if conn in self._joined:
+                with conn.transaction():  # a savepoint: a failing query leaves the snapshot to the others
+                    return job(conn)
+            return job(conn)
+        finally:
+            with self._lock:
+                self._busy.discard(conn)
+            self._idle.put(conn)
+
+    def _join(self, conn: psycopg.Connection[Any], snapshot: str) -> None:
+        conn.execute(_BEGIN)
+        try:
+            conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        with self._lock:
+            self._joined.add(conn)
+
+    def interrupt(self) -> None:
+        """Ask the server to cancel what the pool's connections run now (their futures fail with QueryCanceled)."""
+        with self._lock:
+            busy = list(self._busy)
+        for conn in busy:
+            conn.cancel_safe()
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self.interrupt()
+        self._executor.shutdown(wait=True)
+        for conn in self._all:
+            conn.close()
+
+
+def run_all(conn: psycopg.Connection[Any], pool: Pool | None, jobs: Iterable[Callable[[psycopg.Connection[Any]], T]],
+            sizes: Sequence[float] | None = None) -> list[T]:
+    """Run independent read-only queries side by side on the pool (one by one on conn without one), results in
+    job order. With `sizes` (e.g. each table's pages) the largest start first, so no connection is left alone
+    with a big table at the end. Every job has ended when this returns or raises (the first error, in job
+    order): nothing of ours still reads when the caller goes on to migrate."""
+    jobs = list(jobs)
+    if pool is None:
+        return [job(conn) for job in jobs]
+    order = sorted(range(len(jobs)), key=lambda i: -sizes[i]) if sizes else range(len(jobs))
+    submitted = {i: pool.submit(jobs[i]) for i in order}
+    futures = [submitted[i] for i in range(len(jobs))]
+    wait(futures)
+    results = []
+    for future, job in zip(futures, jobs, strict=True):
+        try:
+            results.append(future.result())
+        except psycopg.Error:
+            raise
+        except Exception:  # the pool could not help (e.g. no connection left on the server): ask here
+            results.append(job(conn))
+    return results
+
+
+def count_all(conn: psycopg.Connection[Any], pool: Pool | None, schema: str) -> dict[str, int]:
+    """Exact row count of every base table in the schema, as catalog.count_all_tables, side by side on a pool."""
+    tables = catalog.tables(conn, schema)
+    jobs = [functools.partial(catalog.count_rows, schema=schema, relation=t) for t in tables]
+    return dict(zip(tables, run_all(conn, pool, jobs, pages(conn, schema, tables)), strict=True))
+
+
+def pages(conn: psycopg.Connection[Any], schema: str, tables: Sequence[str]) -> list[float]:
+    """Each table's size in pages as the catalog last estimated it (VACUUM, ANALYZE): only to schedule work."""
+    found = dict(conn.execute(
+        "SELECT c.relname::text, c.relpages FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n"
+        " ON n.oid = c.relnamespace WHERE n.nspname = %s", (schema,)).fetchall())
+    return [float(found.get(t, 0)) for t in tables]

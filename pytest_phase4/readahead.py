@@ -1,0 +1,212 @@
+"""Reading a step's data ahead on the pool: in one snapshot, each value once, the small reads together.
+
+`Facts` knows which values a step's checks will ask for (keys, in check order). `ReadAhead` plans the queries that
+answer them and queues them on the pool in one snapshot (Pool.begin), so that the server works while pytest
+reports the checks in order, and every number of the step describes the same moment: a view and its base table,
+a child and its parent.
+
+- A table is counted by one scan, which also counts, for each of its keys that no index leads with, the NULL keys
+  and the keys outside the parent's [min, max].
+- An orphan check over dense keys (catalog.count_orphans has the proof) is answered from the parent's row count
+  and the count of child keys outside the parent's [min, max] (an index range where an index leads with the
+  key), read with the min and max (two index probes). Parent keys with gaps get the anti-join, in the snapshot.
+  Other orphan checks get the anti-join of catalog.orphans_query.
+- Reads too small to matter (an index range, or under 2% of the step's pages) go first, together in one job;
+  the others follow in the order of the first check that needs them. Each job handed to a worker thread waits
+  for the GIL while pytest runs Python, so fewer, larger jobs keep the server busy.
+
+A value whose query fails gets that query's SQL error: a batch that fails is run again read by read, so one bad
+check does not take the others' results with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, wait
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from pytest_phase4 import catalog
+from pytest_phase4.pool import Pool
+
+Key = tuple[str, ...]  # ("count", relation), ("nulls", table, column), ("orphans" | "outside", table, column,
+#                        parent, parent column)
+Found = dict[Key, Any]  # a count; for "outside", (count, the parent's min, max); or the query's psycopg.Error
+Job = Callable[[psycopg.Connection[Any]], Found]
+SMALL = 50  # a read under 1/SMALL of the step's pages is small
+
+
+class ReadAhead:
+    """The read-ahead of one step: `wanted` keys in check order, `dense` the orphan keys the dense-key proof may
+    answer, `view_bases` the base tables of the views counted (to size their reads)."""
+
+    def __init__(self, pool: Pool, schema: str, relations: Mapping[str, catalog.RelationFacts],
+                 wanted: Sequence[Key], dense: Sequence[Key], view_bases: Mapping[str, Sequence[str]]) -> None:
+        self.pool, self.schema, self.relations = pool, schema, relations
+        self.wanted, self.dense, self.view_bases = list(wanted), list(dense), view_bases
+        self.jobs = 0  # handed to the pool, for tests
+        self._pending: dict[Key, Future[Found]] = {}
+        self._open = False
+
+    def start(self) -> bool:
+        """Take the snapshot and queue the reads; False if the server would not share a snapshot (the caller
+        then reads each value when asked)."""
+        try:
+            self.pool.begin(lambda conn: None)
+        except psycopg.Error:
+            return False
+        self._open = True
+        reads = self._plan()
+        cost = {keys: self._cost(keys[0]) for keys in reads}
+        total = sum(cost.values())
+        small = [keys for keys in reads if cost[keys] * SMALL < total]
+        if small:
+            self._submit([k for keys in small for k in keys], self._batch(small))
+        first = self._first_needed()
+        for keys in sorted((r for r in reads if cost[r] * SMALL >= total),
+                           key=lambda r: min(first.get(k, len(self.wanted)) for k in r)):
+            self._submit(keys, self._read(keys))
+        return True
+
+    def value(self, key: Key) -> int | None:
+        """The key's value (raising its query's SQL error), or None if it was not read ahead."""
+        if key in self.dense:
+            return self._derived(key)
+        return self._answer(key) if key in self._pending else None
+
+    def quiesce(self) -> None:
+        wait(set(self._pending.values()))
+
+    def close(self) -> None:
+        """Drop what has not started, cancel what runs, wait, and end the snapshot (its locks go with it)."""
+        running = [f for f in set(self._pending.values()) if not f.cancel()]
+        if any(not f.done() for f in running):
+            self.pool.interrupt()
+        self.quiesce()
+        if self._open:
+            self._open = False
+            self.pool.end()
+
+    # -- answers -----------------------------------------------------------------------------------------
+    def _answer(self, key: Key) -> Any:
+        value = self._pending[key].result()[key]  # raises the read's error, or CancelledError once closed
+        if isinstance(value, psycopg.Error):
+            raise value
+        return value
+
+    def _derived(self, key: Key) -> int:
+        """Orphans over dense keys, from values of the same snapshot."""
+        outside, low, high = self._answer(("outside", *key[1:]))
+        if catalog.dense(self._answer(("count", key[3])), low, high):
+            return int(outside)
+        if key not in self._pending:  # gaps in the parent's keys: the anti-join
+            self._submit([key], self._read((key,)))
+        return int(self._answer(key))
+
+    # -- planning ----------------------------------------------------------------------------------------
+    def _plan(self) -> list[tuple[Key, ...]]:
+        """The reads, each the keys one query answers: a table's count with the NULL and outside counts of its
+        dense keys that no index leads with; an index range; a view count; the anti-join of another relation."""
+        scans: dict[str, list[Key]] = {}
+        reads: list[tuple[Key, ...]] = []
+        for key in self.dense:
+            if key[2] in self.relations[key[1]].indexed:
+                reads.append((("outside", *key[1:]),))
+            else:
+                scans.setdefault(key[1], []).append(key)
+        counted = [k[1] for k in self.wanted if k[0] == "count"] + [k[3] for k in self.dense] + list(scans)
+        for table in dict.fromkeys(counted):
+            keys = scans.get(table, [])
+            reads.append((("count", table), *(("nulls", *k[1:3]) for k in keys), *(("outside", *k[1:]) for k in keys)))
+        covered = {k for keys in reads for k in keys}
+        return reads + [(k,) for k in self.wanted if k not in covered and k not in self.dense]
+
+    def _first_needed(self) -> dict[Key, int]:
+        """For each key, the position of the first check that needs it (pytest reports the checks in order)."""
+        first: dict[Key, int] = {}
+        for i, key in enumerate(self.wanted):
+            for needed in (key, ("count", key[3]), ("outside", *key[1:])) if key in self.dense else (key,):
+                first.setdefault(needed, i)
+        return first
+
+    def _cost(self, key: Key) -> int:
+        """What a read reads, in pages as far as the catalog knows: an index range 1; a scan the table's pages
+        (a view: its base tables'); an anti-join both tables'."""
+        rel = self.relations.get(key[1])
+        if rel is None or (key[0] in ("outside", "nulls") and key[2] in rel.indexed):
+            return 1
+        if rel.kind in catalog.VIEW_KINDS:
+            return sum(self._cost(("count", base)) for base in self.view_bases.get(key[1], ()))
+        if key[0] == "orphans":
+            return rel.pages + self._cost(("count", key[3]))
+        return rel.pages
+
+    # -- queries -----------------------------------------------------------------------------------------
+    def _read(self, keys: tuple[Key, ...]) -> Job:
+        """The job answering `keys` (see _plan), in one statement after the parents' min and max if it needs
+        them."""
+        first, table = keys[0], keys[0][1]  # a read of several keys is a table's count and FILTERs
+        parents = list(dict.fromkeys((k[3], k[4]) for k in keys if k[0] == "outside"))
+
+        def job(conn: psycopg.Connection[Any]) -> Found:
+            bounds = catalog.key_bounds(conn, self.schema, parents)
+            if first[0] == "count":
+                conditions = [catalog.is_null(k[2]) if k[0] == "nulls" else catalog.outside(k[2], *bounds[(k[3], k[4])])
+                              for k in keys[1:]]
+                counts = catalog.count_filtered(conn, self.schema, table, conditions)
+            else:
+                counts = [catalog.count(conn, self._query(first, bounds))]
+            return {k: (n, *bounds[(k[3], k[4])]) if k[0] == "outside" else n
+                    for k, n in zip(keys, counts, strict=True)}
+        return job
+
+    def _batch(self, reads: Sequence[tuple[Key, ...]]) -> Job:
+        """Small reads in few statements: the parents' min and max, every one-value count (a scalar subquery
+        each), and each table scan with FILTERs."""
+        single = [read[0] for read in reads if len(read) == 1]
+        scans = [read for read in reads if len(read) > 1]
+        parents = list(dict.fromkeys((k[3], k[4]) for k in single if k[0] == "outside"))
+
+        def job(conn: psycopg.Connection[Any]) -> Found:
+            try:
+                with conn.transaction():
+                    bounds = catalog.key_bounds(conn, self.schema, parents)
+                    counts = catalog.count_each(conn, [self._query(k, bounds) for k in single])
+                    found: Found = {k: (n, *bounds[(k[3], k[4])]) if k[0] == "outside" else n
+                                    for k, n in zip(single, counts, strict=True)}
+                    for read in scans:
+                        found.update(self._read(read)(conn))
+                return found
+            except psycopg.errors.QueryCanceled:
+                raise  # a timeout or the step's end: the same for each query
+            except psycopg.Error:
+                pass
+            found = {}
+            for read in reads:  # one failed: read by read, each with its own result or error
+                try:
+                    with conn.transaction():
+                        found.update(self._read(read)(conn))
+                except psycopg.errors.QueryCanceled:
+                    raise
+                except psycopg.Error as exc:
+                    found.update(dict.fromkeys(read, exc))
+            return found
+        return job
+
+    def _query(self, key: Key, bounds: Mapping[tuple[str, str], tuple[Any, Any]]) -> sql.Composed:
+        what, table, *rest = key
+        if what == "count":
+            return catalog.count_query(self.schema, table)
+        if what == "nulls":
+            return catalog.count_query(self.schema, table, catalog.is_null(rest[0]))
+        if what == "outside":
+            return catalog.count_query(self.schema, table, catalog.outside(rest[0], *bounds[(rest[1], rest[2])]))
+        return catalog.orphans_query(self.schema, table, rest[0], rest[1], rest[2], sql.SQL("count(*)"))
+
+    def _submit(self, keys: Sequence[Key], job: Job) -> None:
+        self.jobs += 1
+        future = self.pool.submit(job)
+        for key in keys:
+            self._pending[key] = future
