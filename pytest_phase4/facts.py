@@ -45,7 +45,7 @@ class Facts:
     _catalog: dict[str, catalog.RelationFacts] | None = None
     _values: dict[Key, int] = field(default_factory=dict)
     _ahead: ReadAhead | None = None
-    _started: bool = False
+    _queued: bool = False
 
     # -- catalog ---------------------------------------------------------------------------------------
     @property
@@ -122,15 +122,25 @@ class Facts:
         if self._ahead is not None:
             self._ahead.close()
 
+    def __post_init__(self) -> None:
+        if self.pool is not None and self._view_bases():  # view counts are the longest reads: start them now
+            self._begin(self.pool)
+
+    def _begin(self, pool: Pool) -> ReadAhead | None:
+        ahead = ReadAhead(pool, self.schema)
+        self._ahead = ahead if ahead.begin(list(self._view_bases())) else None
+        return self._ahead
+
     def _value(self, key: Key) -> int:
         if key in self._values:
             return self._values[key]
+        if self.pool is not None and not self._queued:  # the first data question: read the step's data ahead
+            self._queued = True
+            ahead = self._ahead or self._begin(self.pool)
+            if ahead is not None:
+                ahead.queue(self.catalog, self._wanted(), self._dense(), self._view_bases())
         if self._not_null(key):
             return 0
-        if self.pool is not None and not self._started:
-            self._started = True
-            ahead = ReadAhead(self.pool, self.schema, self.catalog, self._wanted(), self._dense(), self._view_bases())
-            self._ahead = ahead if ahead.start() else None
         try:
             value = self._ahead.value(key) if self._ahead is not None else None
         except psycopg.Error:

@@ -11,7 +11,7 @@ a child and its parent.
   and the count of child keys outside the parent's [min, max] (an index range where an index leads with the
   key), read with the min and max (two index probes). Parent keys with gaps get the anti-join, in the snapshot.
   Other orphan checks get the anti-join of catalog.orphans_query.
-- Reads too small to matter (an index range, or under 2% of the step's pages) go first, together in one job;
+- Reads too small to matter (an index range, a page, or under 2% of the step's pages) go first, in one job;
   the others follow in the order of the first check that needs them. Each job handed to a worker thread waits
   for the GIL while pytest runs Python, so fewer, larger jobs keep the server busy.
 
@@ -35,40 +35,52 @@ Key = tuple[str, ...]  # ("count", relation), ("nulls", table, column), ("orphan
 #                        parent, parent column)
 Found = dict[Key, Any]  # a count; for "outside", (count, the parent's min, max); or the query's psycopg.Error
 Job = Callable[[psycopg.Connection[Any]], Found]
-SMALL = 50  # a read under 1/SMALL of the step's pages is small
+SMALL = 50  # a read of at most one page, or under 1/SMALL of the step's pages, is small
 
 
 class ReadAhead:
-    """The read-ahead of one step: `wanted` keys in check order, `dense` the orphan keys the dense-key proof may
-    answer, `view_bases` the base tables of the views counted (to size their reads)."""
+    """The read-ahead of one step. `begin` takes the snapshot and queues view counts on all connections but one
+    (they are the longest reads, needed by the last checks, and need nothing from the catalog); `queue` plans and
+    queues the rest: `wanted` keys in check order, `dense` the orphan keys the dense-key proof may answer,
+    `view_bases` the base tables of the views (to size their reads)."""
 
-    def __init__(self, pool: Pool, schema: str, relations: Mapping[str, catalog.RelationFacts],
-                 wanted: Sequence[Key], dense: Sequence[Key], view_bases: Mapping[str, Sequence[str]]) -> None:
-        self.pool, self.schema, self.relations = pool, schema, relations
-        self.wanted, self.dense, self.view_bases = list(wanted), list(dense), view_bases
+    def __init__(self, pool: Pool, schema: str) -> None:
+        self.pool, self.schema = pool, schema
+        self.relations: Mapping[str, catalog.RelationFacts] = {}
+        self.wanted: list[Key] = []
+        self.dense: list[Key] = []
+        self.view_bases: Mapping[str, Sequence[str]] = {}
         self.jobs = 0  # handed to the pool, for tests
         self._pending: dict[Key, Future[Found]] = {}
         self._open = False
 
-    def start(self) -> bool:
-        """Take the snapshot and queue the reads; False if the server would not share a snapshot (the caller
-        then reads each value when asked)."""
+    def begin(self, views: Sequence[str]) -> bool:
+        """Take the snapshot and queue the first view counts; False if the server would not share a snapshot (the
+        caller then reads each value when asked)."""
         try:
             self.pool.begin(lambda conn: None)
         except psycopg.Error:
             return False
         self._open = True
-        reads = self._plan()
-        cost = {keys: self._cost(keys[0]) for keys in reads}
+        for view in views[:self.pool.size - 1]:  # one connection stays free for what the first checks need
+            self._submit([("count", view)], self._read((("count", view),)))
+        return True
+
+    def queue(self, relations: Mapping[str, catalog.RelationFacts], wanted: Sequence[Key], dense: Sequence[Key],
+              view_bases: Mapping[str, Sequence[str]]) -> None:
+        """Plan the step's other reads and queue them."""
+        self.relations, self.wanted, self.dense, self.view_bases = relations, list(wanted), list(dense), view_bases
+        planned = self._plan()
+        cost = {keys: self._cost(keys[0]) for keys in planned}
         total = sum(cost.values())
-        small = [keys for keys in reads if cost[keys] * SMALL < total]
+        reads = [r for r in planned if r[0] not in self._pending]
+        small = [keys for keys in reads if cost[keys] <= 1 or cost[keys] * SMALL < total]
         if small:
             self._submit([k for keys in small for k in keys], self._batch(small))
         first = self._first_needed()
-        for keys in sorted((r for r in reads if cost[r] * SMALL >= total),
+        for keys in sorted((r for r in reads if r not in small),
                            key=lambda r: min(first.get(k, len(self.wanted)) for k in r)):
             self._submit(keys, self._read(keys))
-        return True
 
     def value(self, key: Key) -> int | None:
         """The key's value (raising its query's SQL error), or None if it was not read ahead."""
@@ -119,7 +131,8 @@ class ReadAhead:
         counted = [k[1] for k in self.wanted if k[0] == "count"] + [k[3] for k in self.dense] + list(scans)
         for table in dict.fromkeys(counted):
             keys = scans.get(table, [])
-            reads.append((("count", table), *(("nulls", *k[1:3]) for k in keys), *(("outside", *k[1:]) for k in keys)))
+            nulls = [n for k in keys if (n := ("nulls", *k[1:3])) in self.wanted]  # none in a NOT NULL column
+            reads.append((("count", table), *nulls, *(("outside", *k[1:]) for k in keys)))
         covered = {k for keys in reads for k in keys}
         return reads + [(k,) for k in self.wanted if k not in covered and k not in self.dense]
 

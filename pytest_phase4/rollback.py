@@ -115,6 +115,7 @@ def drop_created(run: Phase4Run, state: RollbackState) -> str:
 
 def _writer(run: Phase4Run) -> psycopg.Connection[Any]:
     # The same lock_timeout as migrations: a session holding a lock fails the step instead of hanging it.
+    run.end_reads()
     return run.target.connect(read_only=False, autocommit=False, settings={"lock_timeout": run.lock_timeout})
 
 
@@ -136,6 +137,7 @@ def _drop_statement(kind: str, schema: str, name: str) -> sql.Composed:
 def restore_full(run: Phase4Run, state: RollbackState) -> str:
     assert state.folder is not None
     archive = state.folder / backup.DUMP
+    run.end_reads()
     backup.restore(tools(run), run.target.dsn, archive, run.target.secrets, clean=True)
     return f"pg_restore --clean --if-exists --single-transaction of {archive}"
 

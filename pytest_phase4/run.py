@@ -197,6 +197,10 @@ class Phase4Run:
             self._pool = Pool(self._connect_ro, self.workers)  # the same guards as the verification connection
         return self._pool
 
+    def end_reads(self) -> None:
+        """Before writing: what the step's checks learned goes stale, and their reads (and locks) end."""
+        self._drop_facts()
+
     def _drop_facts(self) -> None:
         if self._facts is not None:
             self._facts[1].close()

@@ -149,12 +149,37 @@ def test_read_ahead_keeps_each_checks_own_result_and_error(scratch_dsn: str, con
             (("count", "other"), ("nulls", "other", "parent_id"), ("outside", "other", "parent_id", "parent", "id")),
             (("count", "child_view"),), (("count", "child"),), (("count", "parent"),),
             (("orphans", "child", "parent_id", "parent", "code"),), (("nulls", "child", "parent_id"),)}
+        # the small reads (none of these tables is large) go in one job: the bad one fails it, and it is run again
+        # read by read, so that only BAD_TYPES gets the error
+        bad = ("orphans", "child", "parent_id", "parent", "code")
+        assert facts._ahead._pending[bad] is facts._ahead._pending[("outside", "child", "parent_id", "parent", "id")]
         with pytest.raises(psycopg.errors.UndefinedFunction, match="operator does not exist: text = integer"):
             facts.orphans(BAD_TYPES)
         assert facts.orphans(TO_PARENT) == OrphanCount(orphans=13, nulls=10)
         assert facts.orphans(OTHER) == OrphanCount(orphans=0, nulls=0)
         assert (facts.count("child_view"), facts.count("child")) == (77, 100)
         facts.close()
+    finally:
+        pool.close()
+
+
+def test_every_value_of_a_step_comes_from_one_snapshot_that_ends_with_the_step(scratch_dsn: str,
+                                                                              conn: psycopg.Connection[Any]) -> None:
+    specs = (spec("view_rowcount_matches", ("child_view", "child")), spec("no_orphans", TO_PARENT),
+             spec("row_counts_unchanged", "parent"))
+    pool = Pool(lambda: psycopg.connect(scratch_dsn, autocommit=True), 2)
+    try:
+        facts = Facts(conn, "public", specs, pool)  # takes the snapshot: a view is counted from the start
+        # The application goes on writing: a parent and its child, and an orphan. None of it is in the step's
+        # numbers, which agree with each other (without the snapshot: 102 rows in child, 11 in parent).
+        conn.execute("INSERT INTO parent VALUES (11, 'p11'); INSERT INTO child VALUES (101, 11, 'p11'), (102, 500, '')")
+        assert (facts.count("child_view"), facts.count("child"), facts.count("parent")) == (77, 100, 10)
+        assert facts.orphans(TO_PARENT) == OrphanCount(orphans=13, nulls=10)
+        locks = "SELECT count(*) FROM pg_locks WHERE relation = 'child'::regclass AND pid <> pg_backend_pid()"
+        assert conn.execute(locks).fetchone() == (1,)  # the snapshot's transaction holds its read lock on child
+        facts.close()
+        assert conn.execute(locks).fetchone() == (0,)  # closed: a migration would not wait on us
+        assert Facts(conn, "public", specs, pool).count("child") == 102
     finally:
         pool.close()
 
