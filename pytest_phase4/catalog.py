@@ -148,6 +148,42 @@ def count_rows(conn: psycopg.Connection[Any], schema: str, relation: str) -> int
     return count(conn, count_query(schema, relation))
 
 
+@dataclass(frozen=True)
+class RowsOf:
+    """A view's row count is the row count of this table, by the view's plan (see scanned_alone)."""
+
+    table: str
+
+
+def scanned_alone(conn: psycopg.Connection[Any], schema: str, view: str) -> str | None:
+    """The table whose every row count(*) of the view counts once, when the server's plan for it shows nothing
+    but a scan of that table: no filter, join, grouping, limit or set-returning function left, and no
+    inheritance child under the table. The planner removes a left join only when it cannot add or drop rows (a
+    unique key on the joined side, none of its columns used), so the view then has one row per row of the table
+    for any data, and counting the table (its narrowest index) counts the view. Otherwise None."""
+    found = conn.execute(sql.SQL("EXPLAIN (COSTS OFF, VERBOSE, FORMAT JSON) SELECT count(*) FROM {}").format(
+        sql.Identifier(schema, view))).fetchone()
+    node: dict[str, Any] = found[0][0]["Plan"] if found else {}
+    while node.get("Node Type") in ("Aggregate", "Gather"):  # count(*), in parallel or not
+        if node.get("Strategy", "Plain") != "Plain" or "Filter" in node or len(node.get("Plans", [])) != 1:
+            return None
+        node = node["Plans"][0]
+    # A Seq Scan reads every row; an index scan could read a partial index whose predicate stood for a WHERE.
+    if node.get("Node Type") != "Seq Scan" or "Filter" in node or "Plans" in node or node.get("Schema") != schema:
+        return None
+    table = str(node.get("Relation Name"))
+    plain = conn.execute("SELECT NOT c.relhassubclass FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n"
+                         " ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s AND c.relkind = 'r'",
+                         (schema, table)).fetchone()
+    return table if plain == (True,) and table != view else None
+
+
+def count_view(conn: psycopg.Connection[Any], schema: str, view: str) -> int | RowsOf:
+    """count(*) of a view, or the table whose count it is (scanned_alone)."""
+    table = scanned_alone(conn, schema, view)
+    return RowsOf(table) if table is not None else count_rows(conn, schema, view)
+
+
 def count_all_tables(conn: psycopg.Connection[Any], schema: str) -> dict[str, int]:
     """Exact row count of every base table in the schema."""
     return {t: count_rows(conn, schema, t) for t in tables(conn, schema)}

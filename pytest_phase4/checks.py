@@ -234,7 +234,9 @@ def view_rowcount_matches(ctx: Context, spec: CheckSpec) -> str:
         raise CheckFailed(f"view {view} to have as many rows as {base} ({_fmt(b)})",
                           f"{_fmt(v)} ({diff})", f"{_q(view, ctx.schema)} vs {_q(base, ctx.schema)}", sql=shown,
                           hint=spec.hint or cause)
-    return f"{view}: {_fmt(v)} rows = {base}: {_fmt(b)} rows"
+    via = ctx.known.rows_of(view)
+    how = f" (its plan reads {via} alone, unfiltered: one row per {via} row whatever the data)" if via else ""
+    return f"{view}: {_fmt(v)} rows = {base}: {_fmt(b)} rows{how}"
 
 
 def view_sample_not_null(ctx: Context, spec: CheckSpec) -> str:

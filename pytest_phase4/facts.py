@@ -20,6 +20,7 @@ from typing import Any
 import psycopg
 
 from pytest_phase4 import catalog
+from pytest_phase4.catalog import RowsOf
 from pytest_phase4.kinds import Column, Relation
 from pytest_phase4.plan import CheckSpec
 from pytest_phase4.pool import Pool
@@ -45,6 +46,7 @@ class Facts:
     _catalog: dict[str, catalog.RelationFacts] | None = None
     _values: dict[Key, int] = field(default_factory=dict)
     _ahead: ReadAhead | None = None
+    _rows_of: dict[str, str] = field(default_factory=dict)
     _queued: bool = False
 
     # -- catalog ---------------------------------------------------------------------------------------
@@ -128,7 +130,7 @@ class Facts:
 
     def _begin(self, pool: Pool) -> ReadAhead | None:
         ahead = ReadAhead(pool, self.schema)
-        self._ahead = ahead if ahead.begin(list(self._view_bases())) else None
+        self._ahead = ahead if ahead.begin(self._view_bases()) else None
         return self._ahead
 
     def _value(self, key: Key) -> int:
@@ -138,7 +140,7 @@ class Facts:
             self._queued = True
             ahead = self._ahead or self._begin(self.pool)
             if ahead is not None:
-                ahead.queue(self.catalog, self._wanted(), self._dense(), self._view_bases())
+                ahead.queue(self.catalog, self._wanted(), self._dense())
         if self._not_null(key):
             return 0
         try:
@@ -149,13 +151,22 @@ class Facts:
             value = None
         if value is None:
             value = self._ask(key)
+        if isinstance(value, RowsOf):  # a view counted as the table its plan scans alone
+            self._rows_of[key[1]] = value.table
+            value = self._value(("count", value.table))
         self._values[key] = value
         return value
 
-    def _ask(self, key: Key) -> int:
+    def rows_of(self, view: str) -> str | None:
+        """The table whose count answered count(view), when the view's plan scans it alone (catalog.scanned_alone)."""
+        return self._rows_of.get(view)
+
+    def _ask(self, key: Key) -> int | RowsOf:
         """One value by its own query on conn (an orphan count: in a snapshot of its own)."""
         self.queries += 1
         what, table, *rest = key
+        if what == "count" and self.relkind(table) == "v":
+            return catalog.count_view(self.conn, self.schema, table)
         if what == "count":
             return catalog.count_rows(self.conn, self.schema, table)
         if what == "nulls":

@@ -33,7 +33,8 @@ from pytest_phase4.pool import Pool
 
 Key = tuple[str, ...]  # ("count", relation), ("nulls", table, column), ("orphans" | "outside", table, column,
 #                        parent, parent column)
-Found = dict[Key, Any]  # a count; for "outside", (count, the parent's min, max); or the query's psycopg.Error
+Found = dict[Key, Any]  # a count (of a view: maybe catalog.RowsOf); for "outside", (count, the parent's min, max);
+#                         or the query's psycopg.Error
 Job = Callable[[psycopg.Connection[Any]], Found]
 SMALL = 50  # a read of at most one page, or under 1/SMALL of the step's pages, is small
 
@@ -54,22 +55,23 @@ class ReadAhead:
         self._pending: dict[Key, Future[Found]] = {}
         self._open = False
 
-    def begin(self, views: Sequence[str]) -> bool:
+    def begin(self, view_bases: Mapping[str, Sequence[str]]) -> bool:
         """Take the snapshot and queue the first view counts; False if the server would not share a snapshot (the
         caller then reads each value when asked)."""
+        self.view_bases = view_bases
         try:
             self.pool.begin(lambda conn: None)
         except psycopg.Error:
             return False
         self._open = True
-        for view in views[:self.pool.size - 1]:  # one connection stays free for what the first checks need
+        for view in list(view_bases)[:self.pool.size - 1]:  # one connection stays free for what the first checks need
             self._submit([("count", view)], self._read((("count", view),)))
         return True
 
-    def queue(self, relations: Mapping[str, catalog.RelationFacts], wanted: Sequence[Key], dense: Sequence[Key],
-              view_bases: Mapping[str, Sequence[str]]) -> None:
+    def queue(self, relations: Mapping[str, catalog.RelationFacts], wanted: Sequence[Key],
+              dense: Sequence[Key]) -> None:
         """Plan the step's other reads and queue them."""
-        self.relations, self.wanted, self.dense, self.view_bases = relations, list(wanted), list(dense), view_bases
+        self.relations, self.wanted, self.dense = relations, list(wanted), list(dense)
         planned = self._plan()
         cost = {keys: self._cost(keys[0]) for keys in planned}
         total = sum(cost.values())
@@ -82,7 +84,7 @@ class ReadAhead:
                            key=lambda r: min(first.get(k, len(self.wanted)) for k in r)):
             self._submit(keys, self._read(keys))
 
-    def value(self, key: Key) -> int | None:
+    def value(self, key: Key) -> int | catalog.RowsOf | None:
         """The key's value (raising its query's SQL error), or None if it was not read ahead."""
         if key in self.dense:
             return self._derived(key)
@@ -165,6 +167,8 @@ class ReadAhead:
 
         def job(conn: psycopg.Connection[Any]) -> Found:
             bounds = catalog.key_bounds(conn, self.schema, parents)
+            if first[0] == "count" and first[1] in self.view_bases:
+                return {first: catalog.count_view(conn, self.schema, table)}
             if first[0] == "count":
                 conditions = [catalog.is_null(k[2]) if k[0] == "nulls" else catalog.outside(k[2], *bounds[(k[3], k[4])])
                               for k in keys[1:]]
