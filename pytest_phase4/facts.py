@@ -3,10 +3,11 @@
 A step's checks ask the same questions many times: does this relation exist, which columns has it, how many rows
 has `sales`. `Facts` answers every catalog question of a step from one catalog query and reads each value (a row
 count, the orphans of a relation) once per step, whichever checks ask. With a `Pool` of read-only connections it
-reads ahead: when the first check of a step asks for data, every value the step's selected checks need is read on
-the pool in one snapshot (readahead.py). Without one, each value is read when asked, each orphan count in a
-snapshot of its own (catalog.count_orphans). Either way each check gets its own result or the SQL error of the
-query it depends on.
+reads ahead, in one snapshot (readahead.py): the view counts as soon as the step's Facts is made, every other
+value the step's selected checks need when the first of them asks for data. Without one, each value is read when
+asked, each orphan count in a snapshot of its own (catalog.count_orphans). Either way each check gets its own
+result or the SQL error of the query it depends on. A NOT NULL column has no NULL to count; a view whose plan
+scans one table alone is counted as that table (catalog.scanned_alone).
 
 A `Facts` belongs to one step and must be thrown away (`close`) when a migration runs: `Phase4Run` does both.
 """

@@ -6,7 +6,8 @@ reports the checks in order, and every number of the step describes the same mom
 a child and its parent.
 
 - A table is counted by one scan, which also counts, for each of its keys that no index leads with, the NULL keys
-  and the keys outside the parent's [min, max].
+  and the keys outside the parent's [min, max]. A view is counted as the table its plan scans alone, when it
+  does (catalog.scanned_alone), else by its own count.
 - An orphan check over dense keys (catalog.count_orphans has the proof) is answered from the parent's row count
   and the count of child keys outside the parent's [min, max] (an index range where an index leads with the
   key), read with the min and max (two index probes). Parent keys with gaps get the anti-join, in the snapshot.
@@ -40,10 +41,10 @@ SMALL = 50  # a read of at most one page, or under 1/SMALL of the step's pages, 
 
 
 class ReadAhead:
-    """The read-ahead of one step. `begin` takes the snapshot and queues view counts on all connections but one
-    (they are the longest reads, needed by the last checks, and need nothing from the catalog); `queue` plans and
-    queues the rest: `wanted` keys in check order, `dense` the orphan keys the dense-key proof may answer,
-    `view_bases` the base tables of the views (to size their reads)."""
+    """The read-ahead of one step. `begin` takes the snapshot and queues view counts (`view_bases`: each view
+    with the base tables it is compared with) on all connections but one: they may be the longest reads, are
+    needed by the last checks, and need nothing from the catalog. `queue` plans and queues the rest: `wanted`
+    keys in check order, `dense` the orphan keys the dense-key proof may answer."""
 
     def __init__(self, pool: Pool, schema: str) -> None:
         self.pool, self.schema = pool, schema
@@ -51,7 +52,6 @@ class ReadAhead:
         self.wanted: list[Key] = []
         self.dense: list[Key] = []
         self.view_bases: Mapping[str, Sequence[str]] = {}
-        self.jobs = 0  # handed to the pool, for tests
         self._pending: dict[Key, Future[Found]] = {}
         self._open = False
 
@@ -181,9 +181,9 @@ class ReadAhead:
 
     def _batch(self, reads: Sequence[tuple[Key, ...]]) -> Job:
         """Small reads in few statements: the parents' min and max, every one-value count (a scalar subquery
-        each), and each table scan with FILTERs."""
-        single = [read[0] for read in reads if len(read) == 1]
-        scans = [read for read in reads if len(read) > 1]
+        each), then each table scan with FILTERs and each view count."""
+        single = [read[0] for read in reads if len(read) == 1 and read[0][1] not in self.view_bases]
+        scans = [read for read in reads if read[0] not in single]  # a table's scan with FILTERs; a view
         parents = list(dict.fromkeys((k[3], k[4]) for k in single if k[0] == "outside"))
 
         def job(conn: psycopg.Connection[Any]) -> Found:
@@ -223,7 +223,6 @@ class ReadAhead:
         return catalog.orphans_query(self.schema, table, rest[0], rest[1], rest[2], sql.SQL("count(*)"))
 
     def _submit(self, keys: Sequence[Key], job: Job) -> None:
-        self.jobs += 1
         future = self.pool.submit(job)
         for key in keys:
             self._pending[key] = future
