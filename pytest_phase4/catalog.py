@@ -86,17 +86,19 @@ SELECT c.relname::text, c.relkind::text, c.relrowsecurity,
        coalesce((SELECT array_agg(a.attname::text ORDER BY a.attnum) FROM pg_catalog.pg_index i
                  JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum = ANY(i.indkey)
                  WHERE i.indrelid = c.oid AND i.indisprimary), '{}'),
-       -- NOT NULL columns that are by themselves the key of a valid unique index: a distinct value per row
+       -- NOT NULL columns that are by themselves the key of a valid unique index: a distinct value per row. Not
+       -- for a table with inheritance children: its index and NOT NULL do not cover their rows (partitions: do).
        coalesce((SELECT array_agg(a.attname::text) FROM pg_catalog.pg_index i
                  JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum = i.indkey[0]
                  WHERE i.indrelid = c.oid AND i.indisunique AND i.indisvalid AND i.indnkeyatts = 1
-                   AND i.indpred IS NULL AND a.attnotnull), '{}'),
+                   AND i.indpred IS NULL AND a.attnotnull AND NOT (c.relkind = 'r' AND c.relhassubclass)), '{}'),
        -- columns an index leads with: a range of their values is found without reading every row
        coalesce((SELECT array_agg(a.attname::text) FROM pg_catalog.pg_index i
                  JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum = i.indkey[0]
                  WHERE i.indrelid = c.oid AND i.indisvalid AND i.indpred IS NULL), '{}'),
        coalesce((SELECT array_agg(a.attname::text) FROM pg_catalog.pg_attribute a
-                 WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attnotnull), '{}'),
+                 WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attnotnull
+                   AND NOT (c.relkind = 'r' AND c.relhassubclass)), '{}'),
        c.relpages
 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname = %s
@@ -112,9 +114,9 @@ class RelationFacts:
     types: tuple[str, ...]  # of the columns, as format_type names ("integer", "text", ...)
     policies: tuple[str, ...]
     primary_key: tuple[str, ...]
-    unique: frozenset[str]  # NOT NULL columns that are by themselves the key of a valid unique index
+    unique: frozenset[str]  # NOT NULL columns alone in a valid unique index (no inheritance child): distinct
     indexed: frozenset[str]  # columns a valid index leads with
-    not_null: frozenset[str]  # NOT NULL columns: the server refuses a NULL in them, there is none to count
+    not_null: frozenset[str]  # NOT NULL columns (of a table with no inheritance child): none to count
     pages: int  # size as last estimated by VACUUM/ANALYZE: only to schedule the read-ahead
 
 
@@ -156,26 +158,40 @@ class RowsOf:
 
 
 def scanned_alone(conn: psycopg.Connection[Any], schema: str, view: str) -> str | None:
-    """The table whose every row count(*) of the view counts once, when the server's plan for it shows nothing
-    but a scan of that table: no filter, join, grouping, limit or set-returning function left, and no
-    inheritance child under the table. The planner removes a left join only when it cannot add or drop rows (a
-    unique key on the joined side, none of its columns used), so the view then has one row per row of the table
-    for any data, and counting the table (its narrowest index) counts the view. Otherwise None."""
+    """The table whose every row count(*) of the view counts once, when the server's plan for it is nothing but
+    count(*) over a scan of that table: no filter, join, grouping, limit or set-returning function left; the
+    table has no inheritance child and no row-level security (the view reads it with its owner's rights), and the
+    checking role may read it. The planner removes a left join only when it cannot add or drop rows (a unique key
+    on the joined side, none of its columns used), so the view then has one row per row of the table for any
+    data, and counting the table (its narrowest index) counts the view. Otherwise None."""
     found = conn.execute(sql.SQL("EXPLAIN (COSTS OFF, VERBOSE, FORMAT JSON) SELECT count(*) FROM {}").format(
         sql.Identifier(schema, view))).fetchone()
-    node: dict[str, Any] = found[0][0]["Plan"] if found else {}
-    while node.get("Node Type") in ("Aggregate", "Gather"):  # count(*), in parallel or not
-        if node.get("Strategy", "Plain") != "Plain" or "Filter" in node or len(node.get("Plans", [])) != 1:
-            return None
-        node = node["Plans"][0]
+    scan = _counted_scan(found[0][0]["Plan"] if found else {})
     # A Seq Scan reads every row; an index scan could read a partial index whose predicate stood for a WHERE.
-    if node.get("Node Type") != "Seq Scan" or "Filter" in node or "Plans" in node or node.get("Schema") != schema:
+    if scan is None or scan.get("Node Type") != "Seq Scan" or "Filter" in scan or "Plans" in scan \
+            or scan.get("Schema") != schema:
         return None
-    table = str(node.get("Relation Name"))
-    plain = conn.execute("SELECT NOT c.relhassubclass FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n"
-                         " ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s AND c.relkind = 'r'",
-                         (schema, table)).fetchone()
+    table = str(scan.get("Relation Name"))
+    plain = conn.execute("SELECT NOT c.relhassubclass AND NOT c.relrowsecurity AND has_table_privilege(c.oid, 'SELECT')"
+                         " FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+                         " WHERE n.nspname = %s AND c.relname = %s AND c.relkind = 'r'", (schema, table)).fetchone()
     return table if plain == (True,) and table != view else None
+
+
+def _counted_scan(node: dict[str, Any]) -> dict[str, Any] | None:
+    """The node under count(*) itself: Aggregate over it, or in parallel Aggregate, Gather, partial Aggregate."""
+    def aggregate(n: dict[str, Any], mode: str) -> bool:
+        return (n.get("Node Type") == "Aggregate" and n.get("Strategy") == "Plain" and n.get("Partial Mode") == mode
+                and "Filter" not in n and len(n.get("Plans", [])) == 1)
+
+    if aggregate(node, "Simple"):
+        return dict(node["Plans"][0])
+    if aggregate(node, "Finalize"):
+        gather = node["Plans"][0]
+        if gather.get("Node Type") == "Gather" and "Filter" not in gather and len(gather.get("Plans", [])) == 1 \
+                and aggregate(gather["Plans"][0], "Partial"):
+            return dict(gather["Plans"][0]["Plans"][0])
+    return None
 
 
 def count_view(conn: psycopg.Connection[Any], schema: str, view: str) -> int | RowsOf:

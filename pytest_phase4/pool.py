@@ -58,6 +58,11 @@ class Pool:
             return first(conn)
         except BaseException:
             self.end()
+            if not conn.closed and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                try:
+                    conn.execute("ROLLBACK")  # e.g. the export refused: the connection goes back clean
+                except psycopg.Error:
+                    conn.close()
             raise
         finally:
             self._idle.put(conn)
@@ -80,6 +85,8 @@ class Pool:
         if conn is None or conn.closed or conn.broken:
             conn = self._connect()
             conn.execute("SET max_parallel_workers_per_gather = 0")
+            # As pg_dump: a step's snapshot sits idle between reads; the server must not end it under us.
+            conn.execute("SET idle_in_transaction_session_timeout = 0")
             with self._lock:
                 self._all.append(conn)
         return conn

@@ -54,6 +54,7 @@ class ReadAhead:
         self.view_bases: Mapping[str, Sequence[str]] = {}
         self._pending: dict[Key, Future[Found]] = {}
         self._open = False
+        self._closing = False  # a QueryCanceled is then ours, not a timeout
 
     def begin(self, view_bases: Mapping[str, Sequence[str]]) -> bool:
         """Take the snapshot and queue the first view counts; False if the server would not share a snapshot (the
@@ -61,7 +62,7 @@ class ReadAhead:
         self.view_bases = view_bases
         try:
             self.pool.begin(lambda conn: None)
-        except psycopg.Error:
+        except Exception:  # refused (pg_export_snapshot), or no connection to be had: each value when asked
             return False
         self._open = True
         for view in list(view_bases)[:self.pool.size - 1]:  # one connection stays free for what the first checks need
@@ -76,7 +77,8 @@ class ReadAhead:
         cost = {keys: self._cost(keys[0]) for keys in planned}
         total = sum(cost.values())
         reads = [r for r in planned if r[0] not in self._pending]
-        small = [keys for keys in reads if cost[keys] <= 1 or cost[keys] * SMALL < total]
+        small = [keys for keys in reads if (cost[keys] <= 1 or cost[keys] * SMALL < total)
+                 and keys[0][1] not in self.view_bases]  # a view's cost is its plan's, unknown before it runs
         if small:
             self._submit([k for keys in small for k in keys], self._batch(small))
         first = self._first_needed()
@@ -85,7 +87,7 @@ class ReadAhead:
             self._submit(keys, self._read(keys))
 
     def value(self, key: Key) -> int | catalog.RowsOf | None:
-        """The key's value (raising its query's SQL error), or None if it was not read ahead."""
+        """The key's value (raising its query's SQL error), or None if the caller must read it."""
         if key in self.dense:
             return self._derived(key)
         return self._answer(key) if key in self._pending else None
@@ -95,9 +97,11 @@ class ReadAhead:
 
     def close(self) -> None:
         """Drop what has not started, cancel what runs, wait, and end the snapshot (its locks go with it)."""
+        self._closing = True
         running = [f for f in set(self._pending.values()) if not f.cancel()]
-        if any(not f.done() for f in running):
-            self.pool.interrupt()
+        while not wait(running, timeout=0 if running else None).done.issuperset(running):
+            self.pool.interrupt()  # again until they end: a job may have been connecting, or between statements
+            wait(running, timeout=0.1)
         self.quiesce()
         if self._open:
             self._open = False
@@ -110,14 +114,11 @@ class ReadAhead:
             raise value
         return value
 
-    def _derived(self, key: Key) -> int:
-        """Orphans over dense keys, from values of the same snapshot."""
+    def _derived(self, key: Key) -> int | None:
+        """Orphans over dense keys, from values of the same snapshot; None when the parent's keys have gaps (the
+        caller then runs catalog.count_orphans, which needs the anti-join, in a snapshot of its own)."""
         outside, low, high = self._answer(("outside", *key[1:]))
-        if catalog.dense(self._answer(("count", key[3])), low, high):
-            return int(outside)
-        if key not in self._pending:  # gaps in the parent's keys: the anti-join
-            self._submit([key], self._read((key,)))
-        return int(self._answer(key))
+        return int(outside) if catalog.dense(self._answer(("count", key[3])), low, high) else None
 
     # -- planning ----------------------------------------------------------------------------------------
     def _plan(self) -> list[tuple[Key, ...]]:
@@ -160,8 +161,15 @@ class ReadAhead:
 
     # -- queries -----------------------------------------------------------------------------------------
     def _read(self, keys: tuple[Key, ...]) -> Job:
-        """The job answering `keys` (see _plan), in one statement after the parents' min and max if it needs
-        them."""
+        """The job answering `keys` (see _plan): one statement after the parents' min and max if it needs them.
+        If a read of several keys fails, each key is read alone, so that a row count does not get the error of a
+        parent's bounds (e.g. no SELECT on the parent)."""
+        one = self._statement(keys)
+        if len(keys) == 1:
+            return one
+        return lambda conn: self._split(conn, [(keys, one)], [((k,), self._statement((k,))) for k in keys])
+
+    def _statement(self, keys: tuple[Key, ...]) -> Job:
         first, table = keys[0], keys[0][1]  # a read of several keys is a table's count and FILTERs
         parents = list(dict.fromkeys((k[3], k[4]) for k in keys if k[0] == "outside"))
 
@@ -179,38 +187,46 @@ class ReadAhead:
                     for k, n in zip(keys, counts, strict=True)}
         return job
 
-    def _batch(self, reads: Sequence[tuple[Key, ...]]) -> Job:
-        """Small reads in few statements: the parents' min and max, every one-value count (a scalar subquery
-        each), then each table scan with FILTERs and each view count."""
-        single = [read[0] for read in reads if len(read) == 1 and read[0][1] not in self.view_bases]
-        scans = [read for read in reads if read[0] not in single]  # a table's scan with FILTERs; a view
-        parents = list(dict.fromkeys((k[3], k[4]) for k in single if k[0] == "outside"))
-
-        def job(conn: psycopg.Connection[Any]) -> Found:
+    def _split(self, conn: psycopg.Connection[Any], together: Sequence[tuple[tuple[Key, ...], Job]],
+               apart: Sequence[tuple[tuple[Key, ...], Job]]) -> Found:
+        """Run the jobs `together` (each in a savepoint); if one fails, run `apart` instead, each with its own
+        result or error. A cancel from close() ends it all."""
+        found: Found = {}
+        try:
+            for _, job in together:
+                with conn.transaction():
+                    found.update(job(conn))
+            return found
+        except psycopg.Error:
+            if self._closing:
+                raise
+        found = {}
+        for keys, job in apart:
             try:
                 with conn.transaction():
-                    bounds = catalog.key_bounds(conn, self.schema, parents)
-                    counts = catalog.count_each(conn, [self._query(k, bounds) for k in single])
-                    found: Found = {k: (n, *bounds[(k[3], k[4])]) if k[0] == "outside" else n
-                                    for k, n in zip(single, counts, strict=True)}
-                    for read in scans:
-                        found.update(self._read(read)(conn))
-                return found
-            except psycopg.errors.QueryCanceled:
-                raise  # a timeout or the step's end: the same for each query
-            except psycopg.Error:
-                pass
-            found = {}
-            for read in reads:  # one failed: read by read, each with its own result or error
-                try:
-                    with conn.transaction():
-                        found.update(self._read(read)(conn))
-                except psycopg.errors.QueryCanceled:
+                    found.update(job(conn))
+            except psycopg.Error as exc:
+                if self._closing:
                     raise
-                except psycopg.Error as exc:
-                    found.update(dict.fromkeys(read, exc))
-            return found
-        return job
+                found.update(dict.fromkeys(keys, exc))
+        return found
+
+    def _batch(self, reads: Sequence[tuple[Key, ...]]) -> Job:
+        """Small reads in few statements: the parents' min and max and every one-value count (a scalar subquery
+        each) in two, then each table scan with FILTERs; if one fails, read by read (and key by key)."""
+        single = [read[0] for read in reads if len(read) == 1]
+        scans = [read for read in reads if len(read) > 1]
+        parents = list(dict.fromkeys((k[3], k[4]) for k in single if k[0] == "outside"))
+
+        def counts(conn: psycopg.Connection[Any]) -> Found:
+            bounds = catalog.key_bounds(conn, self.schema, parents)
+            values = catalog.count_each(conn, [self._query(k, bounds) for k in single])
+            return {k: (n, *bounds[(k[3], k[4])]) if k[0] == "outside" else n
+                    for k, n in zip(single, values, strict=True)}
+
+        apart = [((k,), self._statement((k,))) for read in reads for k in read]
+        return lambda conn: self._split(conn, [(tuple(single), counts), *((r, self._statement(r)) for r in scans)],
+                                        apart)
 
     def _query(self, key: Key, bounds: Mapping[tuple[str, str], tuple[Any, Any]]) -> sql.Composed:
         what, table, *rest = key

@@ -208,8 +208,14 @@ class Phase4Run:
 
     def check(self, spec: CheckSpec) -> str:
         if spec.kind in safety.KINDS:
+            self._drop_facts()  # it reads on its own, at its own moment: a backup's snapshot describes the dump
             return safety.run_check(self, spec)
-        return checks.run_check(self.context(spec), spec)
+        try:
+            return checks.run_check(self.context(spec), spec)
+        finally:
+            last = self._facts[1].specs[-1] if self._facts and self._facts[1].specs else None
+            if last is not None and (last.step, last.test_id, last.line) == (spec.step, spec.test_id, spec.line):
+                self._drop_facts()  # the step's last check: its snapshot and locks end now, before anything else runs
 
     def migrate(self, migration: Migration) -> MigrationState:
         """Apply the migration unless the ledger shows it applied; raise MigrationFailed or DestructiveBlocked."""
@@ -233,6 +239,7 @@ class Phase4Run:
                 f"refusing to apply {migration.file} before {', '.join(pending)}: migrations apply in plan order, "
                 "and the earlier one(s) are neither in the ledger nor selected in this run (-k / -m deselected "
                 "them); select them too, e.g. pytest --phase4 -m 'not post'")
+        self._drop_facts()  # stale once a migration runs; and its reads must not hold locks through the prompt
         s = self.safety
         if s.has_backup_stage(self.plan) and not (s.folder and s.sha256 and s.verified):
             state.status, state.note = BLOCKED, "no verified backup in this run"
@@ -246,7 +253,6 @@ class Phase4Run:
                 if later.status == PENDING and later.migration.index > migration.index:
                     later.status, later.note = BLOCKED, f"blocked at the point of no return ({migration.file})"
             raise DestructiveBlocked(blocked)
-        self._drop_facts()  # what a step learned is stale once a migration runs, and its reads must end first
         self.snapshot()  # the row counts must be taken before the first change
         started = time.perf_counter()
         writer = self._writer()

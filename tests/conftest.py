@@ -17,6 +17,8 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from pytest_phase4.embedded import EmbeddedPostgres, start_embedded
+from pytest_phase4.kinds import Column, Relation
+from pytest_phase4.plan import CheckSpec
 
 EXAMPLES = Path(__file__).parent / "examples"
 collect_ignore = ["examples"]  # example projects are run by pytester, never collected by this suite
@@ -119,3 +121,36 @@ def require_password(server: EmbeddedPostgres, role: str, password: str) -> None
             return
         time.sleep(0.05)
     raise AssertionError("pg_hba.conf reload did not take effect")
+
+
+# A small schema for the facts and read-ahead tests (tests/test_facts.py, tests/test_readahead.py): child has 100
+# rows, parent_id NULL in 10, 99 (no such parent) in 13, else 1..9; parent has RLS with a permissive policy.
+FACTS_SCHEMA = """
+CREATE TABLE parent (id int PRIMARY KEY, code text UNIQUE);
+CREATE TABLE child (id int PRIMARY KEY, parent_id int, code text);
+CREATE TABLE other (id int PRIMARY KEY, parent_id int);
+INSERT INTO parent SELECT g, 'p' || g FROM generate_series(1, 10) g;
+INSERT INTO child SELECT g, CASE WHEN g % 10 = 0 THEN NULL WHEN g % 7 = 0 THEN 99 ELSE g % 10 END, 'p1'
+  FROM generate_series(1, 100) g;
+INSERT INTO other SELECT g, 1 FROM generate_series(1, 5) g;
+CREATE INDEX idx_child_parent ON child (parent_id);
+CREATE VIEW child_view AS SELECT c.id FROM child c JOIN parent p ON p.id = c.parent_id;
+ALTER TABLE parent ENABLE ROW LEVEL SECURITY;
+CREATE POLICY parent_read ON parent FOR SELECT USING (true);
+CREATE VIEW slow AS SELECT 1 AS x FROM pg_sleep(30);
+"""
+TO_PARENT = Relation(Column("child", "parent_id"), Column("parent", "id"))
+BAD_TYPES = Relation(Column("child", "parent_id"), Column("parent", "code"))  # int = text: an SQL error
+OTHER = Relation(Column("other", "parent_id"), Column("parent", "id"))
+
+
+def spec(kind: str, element: Any) -> CheckSpec:
+    return CheckSpec(kind, f"{kind}[{element}]", {}, element, "post", "post", "plan.toml:1", 1)
+
+
+@pytest.fixture
+def conn(scratch_dsn: str) -> Iterator[psycopg.Connection[Any]]:
+    """An autocommit connection to a scratch database holding FACTS_SCHEMA."""
+    with psycopg.connect(scratch_dsn, autocommit=True) as c:
+        c.execute(FACTS_SCHEMA)
+        yield c

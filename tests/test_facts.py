@@ -4,53 +4,24 @@ result and error, and no stale facts after a migration (real PostgreSQL, no mock
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-from conftest import EXAMPLES, Project, outcomes_of
+from conftest import BAD_TYPES, EXAMPLES, OTHER, TO_PARENT, Project, outcomes_of, spec
 from psycopg import sql
 
 from pytest_phase4 import catalog, snapshot
 from pytest_phase4.facts import Facts, OrphanCount
 from pytest_phase4.kinds import Column, Relation
-from pytest_phase4.plan import CheckSpec, load_plan
+from pytest_phase4.plan import load_plan
 from pytest_phase4.pool import Pool, count_all
 from pytest_phase4.run import Phase4Run
 from pytest_phase4.seed import load_setup
 from pytest_phase4.target import Target
-
-SCHEMA = """
-CREATE TABLE parent (id int PRIMARY KEY, code text UNIQUE);
-CREATE TABLE child (id int PRIMARY KEY, parent_id int, code text);
-CREATE TABLE other (id int PRIMARY KEY, parent_id int);
-INSERT INTO parent SELECT g, 'p' || g FROM generate_series(1, 10) g;
-INSERT INTO child SELECT g, CASE WHEN g % 10 = 0 THEN NULL WHEN g % 7 = 0 THEN 99 ELSE g % 10 END, 'p1'
-  FROM generate_series(1, 100) g;
-INSERT INTO other SELECT g, 1 FROM generate_series(1, 5) g;
-CREATE INDEX idx_child_parent ON child (parent_id);
-CREATE VIEW child_view AS SELECT c.id FROM child c JOIN parent p ON p.id = c.parent_id;
-ALTER TABLE parent ENABLE ROW LEVEL SECURITY;
-CREATE POLICY parent_read ON parent FOR SELECT USING (true);
-CREATE VIEW slow AS SELECT 1 AS x FROM pg_sleep(30);
-"""
-TO_PARENT = Relation(Column("child", "parent_id"), Column("parent", "id"))
-BAD_TYPES = Relation(Column("child", "parent_id"), Column("parent", "code"))  # int = text: an SQL error
-OTHER = Relation(Column("other", "parent_id"), Column("parent", "id"))
-
-
-def spec(kind: str, element: Any) -> CheckSpec:
-    return CheckSpec(kind, f"{kind}[{element}]", {}, element, "post", "post", "plan.toml:1", 1)
-
-
-@pytest.fixture
-def conn(scratch_dsn: str) -> Iterator[psycopg.Connection[Any]]:
-    with psycopg.connect(scratch_dsn, autocommit=True) as c:
-        c.execute(SCHEMA)
-        yield c
 
 
 def test_one_catalog_query_answers_what_the_catalog_module_answers(conn: psycopg.Connection[Any]) -> None:
