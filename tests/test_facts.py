@@ -187,7 +187,8 @@ def test_every_value_of_a_step_comes_from_one_snapshot_that_ends_with_the_step(s
         assert (facts.count("child_view"), facts.count("child"), facts.count("parent")) == (77, 100, 10)
         assert facts.orphans(TO_PARENT) == OrphanCount(orphans=13, nulls=10)
         locks = "SELECT count(*) FROM pg_locks WHERE relation = 'child'::regclass AND pid <> pg_backend_pid()"
-        assert conn.execute(locks).fetchone() == (1,)  # the snapshot's transaction holds its read lock on child
+        (held,) = conn.execute(locks).fetchone() or (0,)
+        assert held >= 1  # the snapshot's transactions (one or both connections) hold read locks on child
         facts.close()
         assert conn.execute(locks).fetchone() == (0,)  # closed: a migration would not wait on us
         assert Facts(conn, "public", specs, pool).count("child") == 102
