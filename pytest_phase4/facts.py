@@ -50,6 +50,10 @@ class Facts:
     _rows_of: dict[str, str] = field(default_factory=dict)
     _queued: bool = False
 
+    def __post_init__(self) -> None:
+        if self.pool is not None and self._view_bases():  # view counts are the longest reads: start them now
+            self._begin(self.pool)
+
     # -- catalog ---------------------------------------------------------------------------------------
     @property
     def catalog(self) -> dict[str, catalog.RelationFacts]:
@@ -97,7 +101,8 @@ class Facts:
 
     def dense_keys(self, rel: Relation) -> bool:
         """Whether catalog.count_orphans may try its dense-key proof: integer keys on both sides, and a NOT NULL
-        parent key that is by itself the key of a unique index (so its row count is a count of distinct keys)."""
+        parent key alone in a unique index, on a table without inheritance children (RelationFacts.unique), so
+        that its row count is a count of distinct keys."""
         parent = self.catalog.get(rel.parent.table)
         return (parent is not None and rel.parent.column in parent.unique
                 and self.column_type(rel.parent) in catalog.INTEGER_TYPES
@@ -114,6 +119,10 @@ class Facts:
         return OrphanCount(self._value(("orphans", c.table, c.column, p.table, p.column)),
                            self._value(("nulls", c.table, c.column)))
 
+    def rows_of(self, view: str) -> str | None:
+        """The table whose count answered count(view), when the view's plan scans it alone (catalog.scanned_alone)."""
+        return self._rows_of.get(view)
+
     def quiesce(self) -> None:
         """Wait until no read-ahead query runs, e.g. before timing a query."""
         if self._ahead is not None:
@@ -124,10 +133,6 @@ class Facts:
         its snapshot: a migration must not wait on our locks."""
         if self._ahead is not None:
             self._ahead.close()
-
-    def __post_init__(self) -> None:
-        if self.pool is not None and self._view_bases():  # view counts are the longest reads: start them now
-            self._begin(self.pool)
 
     def _begin(self, pool: Pool) -> ReadAhead | None:
         ahead = ReadAhead(pool, self.schema)
@@ -157,10 +162,6 @@ class Facts:
             value = self._value(("count", value.table))
         self._values[key] = value
         return value
-
-    def rows_of(self, view: str) -> str | None:
-        """The table whose count answered count(view), when the view's plan scans it alone (catalog.scanned_alone)."""
-        return self._rows_of.get(view)
 
     def _ask(self, key: Key) -> int | RowsOf:
         """One value by its own query on conn (an orphan count: in a snapshot of its own)."""
