@@ -221,10 +221,7 @@ INTEGER_TYPES = frozenset({"smallint", "integer", "bigint"})
 @contextlib.contextmanager
 def one_snapshot(conn: psycopg.Connection[Any]) -> Iterator[None]:
     """Run the block's statements in one read-only REPEATABLE READ transaction on an autocommit connection, so
-    they all see the same committed data. Inside a transaction already (the pool's shared snapshot), that one."""
-    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-        yield
-        return
+    they all see the same committed data."""
     conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
     try:
         yield

@@ -146,7 +146,8 @@ class Facts:
             self._queued = True
             ahead = self._ahead or self._begin(self.pool)
             if ahead is not None:
-                ahead.queue(self.catalog, self._wanted(), self._dense())
+                wanted = self._wanted()
+                ahead.queue(self.catalog, wanted, self._dense(wanted))
         if self._not_null(key):
             return 0
         try:
@@ -200,8 +201,8 @@ class Facts:
         rel = self.catalog.get(key[1]) if key[0] == "nulls" else None
         return rel is not None and key[2] in rel.not_null
 
-    def _dense(self) -> list[Key]:
-        return [k for k in self._wanted() if k[0] == "orphans" and self.dense_keys(_relation(k))]
+    def _dense(self, wanted: list[Key]) -> list[Key]:
+        return [k for k in wanted if k[0] == "orphans" and self.dense_keys(_relation(k))]
 
     def _view_bases(self) -> dict[str, list[str]]:
         bases: dict[str, list[str]] = {}

@@ -45,24 +45,18 @@ class Pool:
     def submit(self, job: Callable[[psycopg.Connection[Any]], T]) -> Future[T]:
         return self._executor.submit(self._run, job)
 
-    def begin(self, first: Callable[[psycopg.Connection[Any]], T]) -> T:
-        """Run every job from now until `end` in one snapshot, and `first` in it right away (on this thread).
-        Call when no job runs."""
+    def begin(self) -> None:
+        """Run every job from now until `end` in one snapshot. Call when no job runs."""
         conn = self._take()
         try:
+            with self._lock:
+                self._joined.add(conn)  # from BEGIN on, end() closes its transaction, whatever fails next
             conn.execute(_BEGIN)
             row = conn.execute("SELECT pg_catalog.pg_export_snapshot()").fetchone()
             with self._lock:
-                self._joined.add(conn)
                 self._snapshot = str(row[0]) if row else None
-            return first(conn)
         except BaseException:
-            self.end()
-            if not conn.closed and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-                try:
-                    conn.execute("ROLLBACK")  # e.g. the export refused: the connection goes back clean
-                except psycopg.Error:
-                    conn.close()
+            self.end()  # e.g. the export refused: the connection goes back out of its aborted transaction
             raise
         finally:
             self._idle.put(conn)

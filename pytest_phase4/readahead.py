@@ -61,7 +61,7 @@ class ReadAhead:
         caller then reads each value when asked)."""
         self.view_bases = view_bases
         try:
-            self.pool.begin(lambda conn: None)
+            self.pool.begin()
         except Exception:  # refused (pg_export_snapshot), or no connection to be had: each value when asked
             return False
         self._open = True
@@ -99,7 +99,7 @@ class ReadAhead:
         """Drop what has not started, cancel what runs, wait, and end the snapshot (its locks go with it)."""
         self._closing = True
         running = [f for f in set(self._pending.values()) if not f.cancel()]
-        while not wait(running, timeout=0 if running else None).done.issuperset(running):
+        while any(not f.done() for f in running):
             self.pool.interrupt()  # again until they end: a job may have been connecting, or between statements
             wait(running, timeout=0.1)
         self.quiesce()

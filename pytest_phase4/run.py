@@ -128,7 +128,7 @@ class Phase4Run:
 
     def close(self) -> None:
         self.finished_at = self.finished_at or datetime.now(UTC)
-        self._drop_facts()
+        self.end_reads()
         if self._pool is not None:
             self._pool.close()
         for conn in (self._ro, self._rw, self._guard):
@@ -184,7 +184,7 @@ class Phase4Run:
     def facts(self, step: str) -> Facts:
         """The facts shared by the checks of one step: one catalog query, each table counted once."""
         if self._facts is None or self._facts[0] != step or self._facts[1].conn is not self.ro:
-            self._drop_facts()
+            self.end_reads()
             found = self.plan.step(step)
             specs = tuple(s for s in (found.checks if found else ())
                           if self.selected is None or (s.step, s.test_id, s.line) in self.selected)
@@ -198,24 +198,22 @@ class Phase4Run:
         return self._pool
 
     def end_reads(self) -> None:
-        """Before writing: what the step's checks learned goes stale, and their reads (and locks) end."""
-        self._drop_facts()
-
-    def _drop_facts(self) -> None:
+        """What the step's checks learned goes stale, and their reads (with their snapshot and locks) end: before
+        anything writes or reads at another moment."""
         if self._facts is not None:
             self._facts[1].close()
             self._facts = None
 
     def check(self, spec: CheckSpec) -> str:
         if spec.kind in safety.KINDS:
-            self._drop_facts()  # it reads on its own, at its own moment: a backup's snapshot describes the dump
+            self.end_reads()  # it reads on its own, at its own moment: a backup's snapshot describes the dump
             return safety.run_check(self, spec)
         try:
             return checks.run_check(self.context(spec), spec)
         finally:
             last = self._facts[1].specs[-1] if self._facts and self._facts[1].specs else None
             if last is not None and (last.step, last.test_id, last.line) == (spec.step, spec.test_id, spec.line):
-                self._drop_facts()  # the step's last check: its snapshot and locks end now, before anything else runs
+                self.end_reads()  # the step's last check: its snapshot and locks end now, before anything else runs
 
     def migrate(self, migration: Migration) -> MigrationState:
         """Apply the migration unless the ledger shows it applied; raise MigrationFailed or DestructiveBlocked."""
@@ -239,7 +237,7 @@ class Phase4Run:
                 f"refusing to apply {migration.file} before {', '.join(pending)}: migrations apply in plan order, "
                 "and the earlier one(s) are neither in the ledger nor selected in this run (-k / -m deselected "
                 "them); select them too, e.g. pytest --phase4 -m 'not post'")
-        self._drop_facts()  # stale once a migration runs; and its reads must not hold locks through the prompt
+        self.end_reads()  # stale once a migration runs; and its reads must not hold locks through the prompt
         s = self.safety
         if s.has_backup_stage(self.plan) and not (s.folder and s.sha256 and s.verified):
             state.status, state.note = BLOCKED, "no verified backup in this run"

@@ -29,10 +29,10 @@ from pytest_phase4.target import Target
 _roles = itertools.count(1)
 
 
-def role(scratch_dsn: str, admin: psycopg.Connection[Any], extra: str = "") -> str:
+def role(scratch_dsn: str, admin: psycopg.Connection[Any], extra: sql.Composable | None = None) -> str:
     """A fresh login role; returns a DSN that logs in as it."""
     name = f"review_r{next(_roles)}_{admin.info.backend_pid}"
-    admin.execute(sql.SQL("CREATE ROLE {} LOGIN " + extra).format(sql.Identifier(name)))
+    admin.execute(sql.SQL("CREATE ROLE {} LOGIN {}").format(sql.Identifier(name), extra or sql.SQL("")))
     admin.execute(sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA public TO {}").format(sql.Identifier(name)))
     return make_conninfo(scratch_dsn, user=name)
 
@@ -115,7 +115,7 @@ def test_no_connection_for_the_pool_fails_the_check_instead_of_falling_back(scra
     plan = load_plan(EXAMPLES / "mini" / "checks" / "phase4.toml")
     with psycopg.connect(scratch_dsn, autocommit=True) as admin:
         load_setup(admin, plan)
-        dsn = role(scratch_dsn, admin, "CONNECTION LIMIT 2")  # the run lock and the verification connection
+        dsn = role(scratch_dsn, admin, sql.SQL("CONNECTION LIMIT 2"))  # the run lock and the verification connection
     run = Phase4Run(plan, Target(dsn, "test"), True, workers=2)
     try:
         run.open()
