@@ -5,28 +5,26 @@ execution summary and sign-off at the top of the HTML report, and the stage into
 from __future__ import annotations
 
 import html
-import os
-import sys
 import urllib.parse
 import xml.etree.ElementTree as ET
 from collections.abc import Generator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import psycopg
 import pytest
 
-from pytest_phase4 import evidence_html, perf
+from pytest_phase4 import evidence_html, perf, progress
 from pytest_phase4.errors import Phase4Error
 from pytest_phase4.evidence import CheckRecord, Evidence, migration_done
-from pytest_phase4.items import GROUP_KEY, IS_MIGRATION_KEY, SPEC_KEY
-from pytest_phase4.progress import Heartbeat
+from pytest_phase4.items import GROUP_KEY, IS_MIGRATION_KEY, SPEC_KEY, Phase4Item
+from pytest_phase4.progress import Terminal
 from pytest_phase4.run import Phase4Run
 from pytest_phase4.settings import Settings
 
 
-def configure(config: pytest.Config, settings: Settings, run: Phase4Run) -> None:
+def configure(config: pytest.Config, settings: Settings, run: Phase4Run, terminal: Terminal) -> None:
     """Validate the evidence options against the plan (pytest.UsageError) and register the hooks."""
     try:
         _validate(settings, run)
@@ -42,9 +40,7 @@ def configure(config: pytest.Config, settings: Settings, run: Phase4Run) -> None
         json_path = config.invocation_params.dir / settings.json_path
     elif (html_path := config.getoption("htmlpath", None)) and config.pluginmanager.hasplugin("html"):
         json_path = (config.invocation_params.dir / str(html_path)).with_suffix(".json")
-    # The heartbeat writes to the terminal itself: during a test pytest captures file descriptor 1.
-    tty = os.fdopen(os.dup(sys.stdout.fileno()), "w") if _isatty() else None
-    plugin = EvidencePlugin(run, json_path, tty)
+    plugin = EvidencePlugin(run, json_path, terminal)
     config.pluginmanager.register(plugin, "phase4-evidence")
     if config.pluginmanager.hasplugin("html"):
         config.pluginmanager.register(EvidenceHtml(plugin), "phase4-evidence-html")
@@ -58,13 +54,6 @@ def _validate(settings: Settings, run: Phase4Run) -> None:
                                     "https://staging.api.example.com")
         run.extras.base_url = settings.base_url
     run.extras.signoff = signoff_names(settings.signoff, run.plan.signoff)
-
-
-def _isatty() -> bool:
-    try:
-        return sys.stdout.isatty()
-    except (AttributeError, ValueError):
-        return False
 
 
 def signoff_names(given: tuple[str, ...], roles: Any) -> dict[str, str]:
@@ -98,8 +87,8 @@ def _message(report: pytest.TestReport) -> str:
 
 
 class EvidencePlugin:
-    def __init__(self, run: Phase4Run, json_path: Path | None, tty: IO[str] | None) -> None:
-        self.run, self.json_path, self.tty = run, json_path, tty
+    def __init__(self, run: Phase4Run, json_path: Path | None, terminal: Terminal) -> None:
+        self.run, self.json_path, self.terminal = run, json_path, terminal
         self.ev = Evidence(run)
         self.classnames: dict[str, str] = {}  # nodeid -> stage, for the JUnit rewrite
         self.json_error = ""
@@ -130,16 +119,17 @@ class EvidencePlugin:
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, None, None]:
+        """On a terminal, any step of the run that takes more than a few seconds says what runs."""
+        if not self.terminal.active or (GROUP_KEY not in item.stash and not isinstance(item, Phase4Item)):
+            return (yield)
         step = self.run.plan.steps[item.stash[GROUP_KEY]] if GROUP_KEY in item.stash else None
-        if self.tty is None or step is None or step.migration is None or not item.stash.get(IS_MIGRATION_KEY, False):
+        if step is not None and step.migration is not None and item.stash.get(IS_MIGRATION_KEY, False):
+            run = self.run
+            with self.terminal.step(f"applying {step.migration.file}", status=lambda: progress.migration_status(
+                    run.watch.waiting if run.watch else [], run.lock_timeout)):
+                return (yield)
+        with self.terminal.step(progress.describe(item.name)):
             return (yield)
-        with Heartbeat(step.migration.file, self._say):
-            return (yield)
-
-    def _say(self, line: str) -> None:
-        assert self.tty is not None
-        self.tty.write(f"\n{line}\n")
-        self.tty.flush()
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
@@ -174,8 +164,6 @@ class EvidencePlugin:
             tr.write_line(f"phase4 evidence (JSON): {self.json_path}")
 
     def pytest_unconfigure(self, config: pytest.Config) -> None:
-        if self.tty is not None:
-            self.tty.close()
         xml_path = config.getoption("xmlpath", None)
         if xml_path:
             junit_stage_classnames(config.invocation_params.dir / str(xml_path), self.classnames)

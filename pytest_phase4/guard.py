@@ -24,10 +24,13 @@ FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
 WHERE l.locktype = 'advisory' AND l.classid = %s AND l.objid = %s AND l.granted
 """
 
+# Who blocks the session, while pg_stat_activity shows it waiting for a lock (not working, not waiting on I/O).
 _BLOCKERS = """
 SELECT a.pid, a.usename, coalesce(a.application_name, ''), a.state,
        extract(epoch FROM now() - coalesce(a.xact_start, a.query_start))::int, left(a.query, 200)
-FROM pg_catalog.pg_stat_activity a WHERE a.pid = ANY(pg_catalog.pg_blocking_pids(%s))
+FROM pg_catalog.pg_stat_activity w
+JOIN pg_catalog.pg_stat_activity a ON a.pid = ANY(pg_catalog.pg_blocking_pids(w.pid))
+WHERE w.pid = %s AND w.wait_event_type = 'Lock'
 """
 
 
@@ -62,12 +65,14 @@ class Blocker:
 
 @dataclass
 class Watch:
-    """Polls, while a migration runs, which sessions block it; keeps the last ones seen."""
+    """Polls, while a migration runs, which sessions block it: `waiting` now (for the heartbeat), `blockers` the
+    last ones seen (for the failure after a lock timeout)."""
 
     conn: psycopg.Connection[Any]
     pid: int
     interval: float = 0.1
     blockers: list[Blocker] = field(default_factory=list)
+    waiting: list[Blocker] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -81,6 +86,7 @@ class Watch:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        self.waiting = []
 
     @property
     def elapsed(self) -> float:
@@ -92,5 +98,6 @@ class Watch:
                 rows = self.conn.execute(_BLOCKERS, (self.pid,)).fetchall()
             except psycopg.Error:
                 return  # the watch is a diagnosis aid; a failure here must not disturb the migration
+            self.waiting = [Blocker(*r) for r in rows]
             if rows:
-                self.blockers = [Blocker(*r) for r in rows]
+                self.blockers = self.waiting

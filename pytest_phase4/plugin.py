@@ -17,6 +17,7 @@ from pytest_phase4 import evidence_hooks, report, safety_plugin
 from pytest_phase4.errors import Phase4Error, PlanError
 from pytest_phase4.items import GROUP_KEY, IS_MIGRATION_KEY, ORDER_STRIDE, RUN_KEY, SPEC_KEY, Phase4Item, PlanFile
 from pytest_phase4.plan import load_plan
+from pytest_phase4.progress import Terminal
 from pytest_phase4.run import Phase4Run
 from pytest_phase4.seed import load_setup
 from pytest_phase4.settings import Settings
@@ -61,8 +62,10 @@ def pytest_cmdline_main(config: pytest.Config) -> None:
         raise pytest.UsageError(str(exc)) from None
     if config.pluginmanager.hasplugin("html"):
         _check_writable(Path(config.getoption("htmlpath", None) or settings.report_dir(config.rootpath) / "x").parent)
+    terminal = Terminal.open()  # heartbeat lines of long steps, from seeding to the last check
+    config.add_cleanup(terminal.close)
     try:
-        target = _target(settings, plan)
+        target = _target(settings, plan, terminal)
         # A throwaway database holds nothing to lose: its point of no return needs no confirmation.
         run = Phase4Run(plan, target, settings.confirm_destructive or target.embedded is not None,
                         settings.check_timeout, settings.lock_timeout, workers=settings.workers)
@@ -89,24 +92,27 @@ def pytest_cmdline_main(config: pytest.Config) -> None:
     config.pluginmanager.register(report.ReportPlugin(run), "phase4-report")
     if config.pluginmanager.hasplugin("html"):
         config.pluginmanager.register(report.HtmlHooks(run), "phase4-html")
-    evidence_hooks.configure(config, settings, run)  # smoke URL, sign-off, JSON, execution summary
+    evidence_hooks.configure(config, settings, run, terminal)  # smoke URL, sign-off, JSON, execution summary
 
 
-def _target(settings: Settings, plan: Any) -> Target:
+def _target(settings: Settings, plan: Any, terminal: Terminal) -> Target:
     target = resolve(settings.dsn)
     if target is None:
-        target = start_throwaway("phase4")
-        _seed(target, plan)
+        with terminal.step("starting a throwaway PostgreSQL server (local initdb/pg_ctl, else Docker)"):
+            target = start_throwaway("phase4")
+        _seed(target, plan, terminal)
         return target
     if settings.seed:
-        _seed(target, plan)
+        _seed(target, plan, terminal)
     return target
 
 
-def _seed(target: Target, plan: Any) -> None:
+def _seed(target: Target, plan: Any, terminal: Terminal) -> None:
+    loading = {"file": ""}
     try:
-        with target.connect(read_only=False, autocommit=False) as conn:
-            load_setup(conn, plan)
+        with (target.connect(read_only=False, autocommit=False) as conn,
+              terminal.step(f"loading the plan's [setup] into {target.label}", status=lambda: loading["file"])):
+            load_setup(conn, plan, on_file=lambda name: loading.update(file=f"running {name}"))
     except BaseException:
         target.close()
         raise

@@ -77,6 +77,7 @@ class Phase4Run:
     selected: frozenset[tuple[str, str, int]] | None = None  # (step, test id, line) of the checks that will run
     _facts: tuple[str, Facts] | None = None  # the current step's shared facts; dropped by every migration
     _pool: Pool | None = None
+    watch: guard.Watch | None = None  # of the migration being applied: whom it waits for, for the heartbeat
 
     def __post_init__(self) -> None:
         self.states = {m.file: MigrationState(m) for m in self.plan.migrations}
@@ -256,6 +257,7 @@ class Phase4Run:
         writer = self._writer()
         try:
             with guard.Watch(self._guard or self.ro, writer.info.backend_pid) as watch:
+                self.watch = watch
                 applied = migrate.apply(writer, migration, self.plan.name, self.plan.schema,
                                         blockers=lambda: [str(b) for b in watch.blockers])
         except MigrationFailed as exc:

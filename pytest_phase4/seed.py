@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -11,9 +12,10 @@ from pytest_phase4.errors import TargetError
 from pytest_phase4.plan import Plan
 
 
-def load_setup(conn: psycopg.Connection[Any], plan: Plan, settings: dict[str, str] | None = None) -> None:
-    """Run the setup files in one transaction. Refuses a schema that already holds tables: seeding is for
-    empty scratch databases, never for one that holds data."""
+def load_setup(conn: psycopg.Connection[Any], plan: Plan, settings: dict[str, str] | None = None,
+               on_file: Callable[[str], None] = lambda name: None) -> None:
+    """Run the setup files in one transaction, calling on_file(name) as each starts. Refuses a schema that
+    already holds tables: seeding is for empty scratch databases, never for one that holds data."""
     if not plan.setup_files:
         raise TargetError(f"the plan {plan.path} has no [setup] files to load: add [setup] files = [...] "
                           "or drop --phase4-seed")
@@ -31,6 +33,7 @@ def load_setup(conn: psycopg.Connection[Any], plan: Plan, settings: dict[str, st
                 conn.execute("SELECT set_config(%s, %s, true)", (key, value))
             for path in plan.setup_files:
                 name, text = path.name, path.read_text(encoding="utf-8")
+                on_file(name)
                 conn.execute(text.encode())
     except psycopg.Error as exc:
         pos = exc.diag.statement_position

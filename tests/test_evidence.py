@@ -1,12 +1,11 @@
 """Runbook Part 6.4 and Part 8: performance before/after, the execution summary and sign-off in the HTML report,
-the JSON evidence, JUnit classnames with the stage, and the heartbeat of long migrations."""
+the JSON evidence, JUnit classnames with the stage (the heartbeat of long steps: test_progress.py)."""
 
 from __future__ import annotations
 
 import hashlib
 import html
 import json
-import threading
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +15,6 @@ from conftest import Project, outcomes_of
 
 from pytest_phase4.errors import PlanError
 from pytest_phase4.plan import load_plan
-from pytest_phase4.progress import Heartbeat
 
 PLAN = "checks/phase4.toml"
 
@@ -158,17 +156,3 @@ def test_perf_and_signoff_plan_errors_name_their_line(tmp_path: Path) -> None:
         "phase4.toml:4 [[perf]] #1 check=perf_before: runs must be at least 1",
         "phase4.toml:9 [[perf]] #2 check=perf_before: missing key 'query' (str) for check 'perf_before'",
     ]
-
-
-def test_heartbeat_names_the_migration_until_it_ends() -> None:
-    lines: list[str] = []
-    said = threading.Event()
-
-    def write(line: str) -> None:
-        lines.append(line)
-        said.set()
-
-    with Heartbeat("20250328000026_remove_all_denormalized_fields.sql", write, first=0.01, every=0.01) as beat:
-        assert said.wait(10)
-    assert lines[0].startswith("phase4: still applying 20250328000026_remove_all_denormalized_fields.sql: ")
-    assert not beat._thread.is_alive()  # stopped with the block: nothing is written after the migration ended
