@@ -18,6 +18,23 @@ _RELATIONS = sql.SQL(
 TABLE_KINDS = ["r", "p"]
 VIEW_KINDS = ["v", "m"]
 
+# Catalog codes in the words users read: pg_class.relkind, and the object kinds of a catalog fingerprint.
+RELKIND_WORDS = {"r": "table", "p": "partitioned table", "v": "view", "m": "materialized view", "i": "index",
+                 "I": "partitioned index", "S": "sequence", "f": "foreign table", "c": "composite type",
+                 "t": "TOAST table"}
+KIND_WORDS = {"matview": "materialized view"}
+
+
+def relkind_words(relkind: str) -> str:
+    """'v' -> 'a view'; a code this table does not know stays visible rather than vanishing."""
+    word = RELKIND_WORDS.get(relkind, f"relation of kind {relkind!r}")
+    return ("an " if word[0] in "aeiou" else "a ") + word
+
+
+def kind_words(kind: str) -> str:
+    """A fingerprint's object kind as users say it: 'matview' -> 'materialized view'."""
+    return KIND_WORDS.get(kind, kind)
+
 
 def relations(conn: psycopg.Connection[Any], schema: str, kinds: list[str]) -> list[str]:
     return [r[0] for r in conn.execute(_RELATIONS, (schema, kinds)).fetchall()]

@@ -84,7 +84,7 @@ def _fmt(n: int) -> str:
 def _require_relation(ctx: Context, spec: CheckSpec, name: str, kinds: str, what: str) -> None:
     kind = ctx.known.relkind(name)
     if kind is None or kind not in kinds:
-        found = "no such relation" if kind is None else f"a relation of kind {kind!r}, not a {what}"
+        found = "no such relation" if kind is None else f"{catalog.relkind_words(kind)}, not a {what}"
         raise CheckFailed(f"{what} {_q(name, ctx.schema)} to exist", found, _q(name, ctx.schema),
                           hint=spec.hint or f"check the name in the plan, or that an earlier migration creates {name}")
 
@@ -164,7 +164,7 @@ def views_absent(ctx: Context, spec: CheckSpec) -> str:
                            "migration(s) already applied")
     kind = ctx.known.relkind(spec.element)
     if kind is not None:
-        raise CheckFailed(f"no relation named {spec.element} before migrating", f"one of kind {kind!r}",
+        raise CheckFailed(f"no relation named {spec.element} before migrating", catalog.relkind_words(kind),
                           _q(spec.element, ctx.schema),
                           hint=spec.hint or "a migration will create this name: drop or rename the existing "
                                             "object, or document it and remove it from views_absent")

@@ -109,7 +109,8 @@ def drop_created(run: Phase4Run, state: RollbackState) -> str:
                 dropped[kind].append(change.name)
         # The ledger belongs to the migrations being undone; the restore brings back the one of the backup.
         conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(OWN_SCHEMA)))
-    parts = [f"{len(names)} {kind}(s) ({', '.join(names)})" for kind, names in dropped.items() if names]
+    parts = [f"{len(names)} {catalog.kind_words(kind)}(s) ({', '.join(names)})" for kind, names in dropped.items()
+             if names]
     return f"dropped what was created after the backup: {'; '.join(parts) or 'nothing'}"
 
 

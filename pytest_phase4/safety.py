@@ -313,7 +313,8 @@ def catalog_diff(run: Phase4Run, spec: CheckSpec) -> str:
                                             "find the migration that made it")
     kinds: dict[str, int] = {}
     for change in changes:
-        kinds[f"{change.kind} {change.change}"] = kinds.get(f"{change.kind} {change.change}", 0) + 1
+        key = f"{catalog.kind_words(change.kind)} {change.change}"
+        kinds[key] = kinds.get(key, 0) + 1
     summary = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())) or "no change"
     return f"{len(changes)} catalog change(s), all expected by the plan: {summary}"
 

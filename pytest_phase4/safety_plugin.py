@@ -12,7 +12,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from pytest_phase4 import backup, checks, rollback
+from pytest_phase4 import backup, catalog, checks, rollback
 from pytest_phase4.errors import CheckFailed
 from pytest_phase4.run import Phase4Run
 
@@ -174,8 +174,8 @@ class SafetyHtml:
         if s.catalog_changes is not None:
             rows = "".join(
                 f"<tr class='phase4-{'expected' if ok else 'unexpected'}'><td>{'expected' if ok else 'UNEXPECTED'}"
-                f"</td><td>{e(c.change)}</td><td>{e(c.kind)}</td><td>{e(c.name)}</td><td>{e(c.before)}</td>"
-                f"<td>{e(c.after)}</td></tr>" for c, ok in s.catalog_changes)
+                f"</td><td>{e(c.change)}</td><td>{e(catalog.kind_words(c.kind))}</td><td>{e(c.name)}</td>"
+                f"<td>{e(c.before)}</td><td>{e(c.after)}</td></tr>" for c, ok in s.catalog_changes)
             prefix.append(
                 "<h2>Catalog diff (before the first migration / now)</h2><table id='phase4-catalog-diff'><thead><tr>"
                 "<th>Verdict</th><th>Change</th><th>Kind</th><th>Name</th><th>Before</th><th>After</th></tr>"

@@ -208,6 +208,6 @@ def table_lines(changes: Iterable[Change], width: int = 60) -> list[str]:
         return text if len(text) <= width else text[: width - 3] + "..."
 
     rows = [("change", "kind", "name", "before", "after")]
-    rows += [(c.change, c.kind, c.name, cut(c.before), cut(c.after)) for c in changes]
+    rows += [(c.change, catalog.kind_words(c.kind), c.name, cut(c.before), cut(c.after)) for c in changes]
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     return [" | ".join([*(r[i].ljust(widths[i]) for i in range(4)), r[4]]).rstrip() for r in rows]

@@ -41,10 +41,13 @@ def test_hostile_identifiers_are_quoted_and_harmless(project: Callable[..., Proj
 def test_plan_naming_a_missing_table_is_a_failed_check_with_a_hint(project: Callable[..., Project]) -> None:
     p = project("mini")
     plan = p.path / "checks/phase4.toml"
-    plan.write_text(plan.read_text().replace('tables = ["customers", "sales"]', 'tables = ["customers", "sale"]'))
+    plan.write_text(plan.read_text().replace('tables = ["customers", "sales"]',
+                                             'tables = ["customers", "sale", "recent_sales"]'))
+    p.execute("CREATE VIEW recent_sales AS SELECT 1 AS id")  # a view, where the plan expects a table
     result = p.run(seed=True)
     result.stdout.fnmatch_lines(["expected: table public.sale to exist", "found:    no such relation",
                                  "hint:     check the name in the plan, or that an earlier migration creates sale"])
+    result.stdout.fnmatch_lines(["expected: table public.recent_sales to exist", "found:    a view, not a table"])
     assert result.ret == 1
     assert "Traceback" not in result.stdout.str()
     assert "customer_name" in p.columns("sales")

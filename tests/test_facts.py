@@ -272,3 +272,11 @@ def test_snapshot_and_counts_on_the_pool_equal_those_taken_one_by_one(scratch_ds
             assert len(alone.checksums) == (3 if kept is None else 2)
     finally:
         pool.close()
+
+
+def test_catalog_codes_reach_users_as_words() -> None:
+    assert [catalog.relkind_words(code) for code in "rpvmiISfct"] == [
+        "a table", "a partitioned table", "a view", "a materialized view", "an index", "a partitioned index",
+        "a sequence", "a foreign table", "a composite type", "a TOAST table"]
+    assert catalog.relkind_words("x") == "a relation of kind 'x'"  # a code of a newer server stays visible
+    assert [catalog.kind_words(k) for k in ("matview", "view", "column")] == ["materialized view", "view", "column"]

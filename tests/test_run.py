@@ -62,7 +62,7 @@ def test_failed_preflight_check_halts_every_later_step(project: Callable[..., Pr
     result.assert_outcomes(passed=7, failed=1, skipped=17)
     result.stdout.fnmatch_lines([
         "*SKIPPED [[]*] checks/phase4.toml: halted after preflight: views_absent[[]sales_with_details[]]: "
-        "expected no relation named sales_with_details before migrating, found one of kind 'v'"])
+        "expected no relation named sales_with_details before migrating, found a view"])
     assert "customer_name" in p.columns("sales")
 
 

@@ -369,21 +369,21 @@ def test_rollback_drops_every_kind_of_object_the_run_created(project: Callable[.
     result = p.run("-v", "--phase4-confirm-destructive")
     assert outcomes_of(result)[f"{SAFE}::post::catalog_diff[schema]"] == "FAILED"
     result.stdout.fnmatch_lines(["found:    10 unexpected change(s) of 14", "*",
-                                 "  added  | column     | audit.id         |        | bigint not null",
-                                 "  added  | column     | audit.state      |        | ticket_state",
-                                 "  added  | constraint | audit.audit_pkey |        | PRIMARY KEY (id)",
-                                 "  added  | function   | sale_total()     |        | *",
-                                 "  added  | index      | audit_pkey       |        | CREATE UNIQUE INDEX audit_pkey *",
-                                 "  added  | matview    | sales_summary    |        | SELECT sales.customer_id, *",
-                                 "  added  | sequence   | audit_id_seq     |        | bigint owned by audit.id",
-                                 "  added  | sequence   | invoice_no       |        | bigint",
-                                 "  added  | table      | audit            |        | rls off",
-                                 "  added  | type       | ticket_state     |        | enum open, closed"])
+                                 "  added  | column            | audit.id         |        | bigint not null",
+                                 "  added  | column            | audit.state      |        | ticket_state",
+                                 "  added  | constraint        | audit.audit_pkey |        | PRIMARY KEY (id)",
+                                 "  added  | function          | sale_total()     |        | *",
+                                 "  added  | index             | audit_pkey       |        | CREATE UNIQUE INDEX *",
+                                 "  added  | materialized view | sales_summary    |        | SELECT sales.*",
+                                 "  added  | sequence          | audit_id_seq     |        | bigint owned by audit.id",
+                                 "  added  | sequence          | invoice_no       |        | bigint",
+                                 "  added  | table             | audit            |        | rls off",
+                                 "  added  | type              | ticket_state     |        | enum open, closed"])
 
     result = p.run("-v", "--phase4-rollback")
     assert result.ret == 0, result.stdout.str()
     result.stdout.fnmatch_lines(["drop_created     dropped what was created after the backup: 1 view(s) "
-                                 "(sales_with_details); 1 matview(s) (sales_summary); 1 table(s) (audit); "
+                                 "(sales_with_details); 1 materialized view(s) (sales_summary); 1 table(s) (audit); "
                                  "2 index(s) (idx_sales_customer, idx_tickets_customer); 1 sequence(s) "
                                  "(invoice_no); 1 function(s) (sale_total()); 1 type(s) (ticket_state)"])
     assert outside_fingerprint(p) == before
