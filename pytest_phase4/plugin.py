@@ -20,7 +20,7 @@ from pytest_phase4.plan import load_plan
 from pytest_phase4.progress import Terminal
 from pytest_phase4.run import Phase4Run
 from pytest_phase4.seed import load_setup
-from pytest_phase4.settings import Settings
+from pytest_phase4.settings import Settings, missing_plan
 from pytest_phase4.target import Target, resolve, start_throwaway
 
 STAGE_MARKERS = {
@@ -56,6 +56,8 @@ def pytest_cmdline_main(config: pytest.Config) -> None:
         raise pytest.UsageError("--phase4 runs its steps in order against one database: it cannot be "
                                 "distributed; drop -n / --numprocesses")
     plan_path = settings.plan
+    if missing := missing_plan(config, plan_path):
+        raise pytest.UsageError(missing)
     try:
         plan = load_plan(plan_path, display=_display(plan_path, config.rootpath))
     except PlanError as exc:

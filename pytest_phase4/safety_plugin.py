@@ -43,8 +43,9 @@ def add_options(parser: pytest.Parser) -> None:
                     help="restore the backup into a scratch database and compare it with the source "
                          "(ini: phase4_verify_restore)")
     group.addoption("--phase4-rollback", nargs="?", const="full", default=None, choices=("full", "columns"),
-                    help="instead of the plan, restore the pre-migration state from the backup and prove it; "
-                         "=columns re-adds and refills only the dropped columns")
+                    metavar="MODE",
+                    help="instead of the plan, restore the pre-migration state from the backup and prove it. "
+                         "MODE: full (the default) or columns (re-add and refill only the dropped columns)")
     group.addoption("--phase4-rehearse", action="store_true", default=False,
                     help="after the backup, run the whole plan on a scratch copy restored from it; touch the "
                          "target only if that is green")

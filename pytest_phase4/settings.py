@@ -40,10 +40,12 @@ class Settings:
                              "environment, else an embedded throwaway PostgreSQL. Kept out of ini files on "
                              "purpose: a DSN may carry a password")
         group.addoption("--phase4-plan", default=None, metavar="PATH",
-                        help=f"the plan file (ini: phase4_plan; default: {DEFAULT_PLAN})")
+                        help=f"the plan file, relative to the working directory (ini: phase4_plan, relative "
+                             f"to the rootdir; default: {DEFAULT_PLAN} in the rootdir)")
         group.addoption("--phase4-seed", action="store_true", default=None,
-                        help="load the plan's [setup] into --dsn first; refused if the schema holds tables "
-                             "(ini: phase4_seed)")
+                        help="load the plan's [setup] into the --dsn database, then run the plan as usual (add "
+                             "-m preflight to run only the read-only checks); refused if the schema holds tables; "
+                             "the embedded throwaway database is always loaded (ini: phase4_seed)")
         group.addoption("--phase4-confirm-destructive", action="store_true", default=None,
                         help="allow migrations marked destructive = true (the point of no return) to run "
                              "against --dsn; the embedded throwaway database never needs it")
@@ -73,8 +75,10 @@ class Settings:
         parser.addini("phase4_plan", "pytest-phase4 plan file", default=None)
         parser.addini("phase4_check_timeout", "statement_timeout for checks", default="60s")
         parser.addini("phase4_lock_timeout", "lock_timeout for migrations", default="10s")
-        parser.addini("phase4_workers", "pytest-phase4 read-only connections for heavy checks", default=None)
-        parser.addini("phase4_seed", "load the plan's [setup] into the target first", type="bool", default=False)
+        parser.addini("phase4_workers", "pytest-phase4 read-only connections for heavy checks (1 to 16)",
+                      type="int", default=None)
+        parser.addini("phase4_seed", "load the plan's [setup] into the target, then run the plan", type="bool",
+                      default=False)
         parser.addini("phase4_report_dir", "pytest-phase4 default HTML report folder", default=None)
 
     @classmethod
@@ -106,16 +110,42 @@ def _plan_path(config: pytest.Config) -> Path:
     return (config.rootpath / (config.getini("phase4_plan") or DEFAULT_PLAN)).resolve()
 
 
+def missing_plan(config: pytest.Config, path: Path) -> str | None:
+    """Why there is no plan file at `path`, where it was looked for, and how to point at one; None if it is there."""
+    if path.is_file():
+        return None
+    if cli := config.getoption("phase4_plan"):
+        given = f"--phase4-plan={cli}, relative to the working directory"
+    elif ini := config.getini("phase4_plan"):
+        given = f"phase4_plan = {ini!r} in {config.inipath}, relative to the rootdir {config.rootpath}"
+    else:
+        given = (f"the default {DEFAULT_PLAN}, relative to the rootdir {config.rootpath} (the folder of pytest's "
+                 "ini file, else the working directory)")
+    found = "a folder, not a plan file" if path.is_dir() else "no such file"
+    return (f"no phase4 plan at {path}: {found}\n"
+            f"  looked for: {given}\n"
+            f"  working directory: {config.invocation_params.dir}\n"
+            "  point at your plan with --phase4-plan=PATH (relative to the working directory), or with "
+            "phase4_plan = \"PATH\" in your pytest ini file (pytest.ini, or [tool.pytest.ini_options] in "
+            "pyproject.toml; relative to the rootdir); the bundled example is checks/phase4.toml in a clone of "
+            "pytest-phase4")
+
+
 def _workers(config: pytest.Config) -> int:
-    value = config.getoption("phase4_workers")
+    value: str | int | None = config.getoption("phase4_workers")
     source = "--phase4-workers"
     if value is None:
-        value, source = config.getini("phase4_workers"), "ini phase4_workers"
+        source = "ini phase4_workers"
+        try:
+            value = config.getini("phase4_workers")
+        except (pytest.UsageError, TypeError, ValueError) as exc:  # pytest's own int conversion refused it
+            raise pytest.UsageError(f"{source}: expected a whole number from 1 to 16, found a value that is not "
+                                    f"one ({exc}); use 1 to run heavy checks one by one") from None
     if value is None or value == "":
         return DEFAULT_WORKERS
     try:
         workers = int(value)
-    except ValueError:
+    except (TypeError, ValueError):
         workers = 0
     if not 1 <= workers <= 16:
         raise pytest.UsageError(f"{source}: expected a whole number from 1 to 16, found {value!r}; use 1 to run "

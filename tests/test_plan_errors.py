@@ -48,12 +48,47 @@ def test_malformed_toml_names_file_and_line(project: Callable[..., Project]) -> 
     assert p.query("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == [(0,)]
 
 
-def test_missing_plan_says_where_it_looked(project: Callable[..., Project]) -> None:
-    p = project("mini")
-    result = p.run("--phase4-plan=nope/phase4.toml")
+def test_missing_plan_says_where_it_looked_and_how_to_point_at_one(pytester: pytest.Pytester,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # No database: the plan is looked for before anything connects.
+    root = pytester.path
+    pytester.makepyprojecttoml("[tool.pytest.ini_options]\n")
+    how = ("  point at your plan with --phase4-plan=PATH (relative to the working directory), or with phase4_plan = "
+           "\"PATH\" in your pytest ini file (pytest.ini, or [[]tool.pytest.ini_options[]] in pyproject.toml; relative "
+           "to the rootdir); the bundled example is checks/phase4.toml in a clone of pytest-phase4")
+    result = pytester.runpytest("--phase4", "-p", "no:cacheprovider")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["ERROR: invalid phase4 plan (1 problem):",
-                                 "  *nope/phase4.toml: cannot read the plan: No such file or directory"])
+    result.stderr.fnmatch_lines([
+        f"ERROR: no phase4 plan at {root}/checks/phase4.toml: no such file",
+        f"  looked for: the default checks/phase4.toml, relative to the rootdir {root} (the folder of pytest's ini "
+        "file, else the working directory)",
+        f"  working directory: {root}", how])
+
+    sub = pytester.mkdir("sub")
+    monkeypatch.chdir(sub)
+    result = pytester.runpytest("--phase4", "-p", "no:cacheprovider", "--phase4-plan=nope/phase4.toml")
+    result.stderr.fnmatch_lines([f"ERROR: no phase4 plan at {sub}/nope/phase4.toml: no such file",
+                                 "  looked for: --phase4-plan=nope/phase4.toml, relative to the working directory",
+                                 f"  working directory: {sub}", how])
+
+    pytester.makepyprojecttoml('[tool.pytest.ini_options]\nphase4_plan = "db"\n')
+    pytester.mkdir("db")
+    result = pytester.runpytest("--phase4", "-p", "no:cacheprovider")
+    result.stderr.fnmatch_lines([f"ERROR: no phase4 plan at {root}/db: a folder, not a plan file",
+                                 f"  looked for: phase4_plan = 'db' in {root}/pyproject.toml, relative to the rootdir "
+                                 f"{root}", f"  working directory: {sub}", how])
+    assert "Traceback" not in result.stdout.str() + result.stderr.str()
+
+
+def test_help_says_what_the_options_do(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest("--help")
+    text = " ".join(result.stdout.str().split())  # argparse wraps help text to the terminal's width
+    assert "--phase4-rollback=[MODE] instead of the plan, restore the pre-migration state from the backup and prove " \
+           "it. MODE: full (the default) or columns (re-add and refill only the dropped columns)" in text
+    assert "--phase4-seed load the plan's [setup] into the --dsn database, then run the plan as usual (add -m " \
+           "preflight to run only the read-only checks); refused if the schema holds tables" in text
+    assert "phase4_workers (int):" in text
+    assert "{full,columns}" not in text
 
 
 def test_unreachable_target_fails_in_a_few_lines_without_password(project: Callable[..., Project]) -> None:

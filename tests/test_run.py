@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import shlex
 from collections.abc import Callable
 
-from conftest import Project, outcomes_of
+from conftest import REPO, Project, outcomes_of
 
 MINI = "checks/phase4.toml"
 M1 = f"{MINI}::20250101000001_create_views"
@@ -41,10 +42,17 @@ def test_header_names_plan_target_and_server_without_password(project: Callable[
     assert "phase4 migrations: 3 in plan, 0 already applied (ledger)" in header
 
 
-def test_preflight_gate_migrates_nothing(project: Callable[..., Project]) -> None:
+def test_the_readme_seed_line_loads_the_setup_and_migrates_nothing(project: Callable[..., Project]) -> None:
     p = project("mini")
-    result = p.run("-m", "preflight", seed=True)
+    line = next(line for line in (REPO / "README.md").read_text().splitlines()
+                if line.startswith("pytest --phase4 ") and "--phase4-seed" in line)
+    command, _, comment = line.partition("#")
+    assert comment.strip() == "load [setup] into an empty db, then preflight only"
+    args = [f"--dsn={p.dsn}" if arg.startswith("--dsn=") else arg for arg in shlex.split(command)[1:]]
+    result = p.pytester.runpytest(*args, "-p", "no:cacheprovider")
     assert result.ret == 0
+    result.assert_outcomes(passed=8, deselected=17)
+    assert p.query("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == [(3,)]  # the [setup], loaded
     assert "customer_name" in p.columns("sales")
     assert p.query("SELECT count(*) FROM pg_views WHERE schemaname = 'public'") == [(0,)]
     assert p.query("SELECT to_regclass('pytest_phase4.ledger')") == [(None,)]
