@@ -124,9 +124,9 @@ class EvidencePlugin:
             return (yield)
         step = self.run.plan.steps[item.stash[GROUP_KEY]] if GROUP_KEY in item.stash else None
         if step is not None and step.migration is not None and item.stash.get(IS_MIGRATION_KEY, False):
-            run = self.run
-            with self.terminal.step(f"applying {step.migration.file}", status=lambda: progress.migration_status(
-                    run.watch.waiting if run.watch else [], run.lock_timeout)):
+            run = self.run  # the blocker's query is another session's text: scrubbed like every line we write
+            with self.terminal.step(f"applying {step.migration.file}", status=lambda: run.target.scrub(
+                    progress.migration_status(run.watch.waiting if run.watch else [], run.lock_timeout))):
                 return (yield)
         with self.terminal.step(progress.describe(item.name)):
             return (yield)

@@ -16,9 +16,12 @@ from collections.abc import Callable
 import psycopg
 import pytest
 from conftest import Project
+from psycopg import sql
 
 from pytest_phase4.guard import Blocker
 from pytest_phase4.progress import Heartbeat, describe, migration_status
+
+SECRET = "hunter2-in-a-query"
 
 
 def test_each_long_step_says_what_runs_and_a_lock_wait_names_its_blocker(project: Callable[..., Project]) -> None:
@@ -33,7 +36,7 @@ def test_each_long_step_says_what_runs_and_a_lock_wait_names_its_blocker(project
          r"\(running schema\.sql\)", 4241),
         (r"phase4: still running query_returns\[slow\]: \d+ s so far", 4243),
         (rf"phase4: still applying 20250101000001_wait\.sql: \d+ s so far \(waiting for a lock held by pid {pid} "
-         r"\(user \w+, application the-app, idle, for \d+ s\): SELECT pg_advisory_unlock\(\$1\)\. "
+         r"\(user \w+, application the-app, idle, for \d+ s\): SELECT pg_advisory_unlock\(\$1\), '\*\*\*' AS pw\. "
          r"It goes on once the lock is released, and fails "
          rf"if the wait reaches the lock timeout \(20s\); if that session is stuck, end it: "
          rf"SELECT pg_terminate_backend\({pid}\)\)", 4242),
@@ -47,19 +50,22 @@ def test_each_long_step_says_what_runs_and_a_lock_wait_names_its_blocker(project
         holder.close()
     assert not release, f"no heartbeat line for {release[0][0]!r} in:\n{output}"
     assert status == 0, output
+    assert SECRET not in output
     assert "3 passed" in output
     assert p.query("SELECT count(*) FROM pytest_phase4.ledger") == [(1,)]
 
 
 def _release(holder: psycopg.Connection[object], release: list[tuple[str, int]], text: str) -> None:
     while release and re.search(release[0][0], text):
-        holder.execute("SELECT pg_advisory_unlock(%s)", (release.pop(0)[1],))
+        # the holder's last query, which the migration's heartbeat shows, carries the run's password
+        holder.execute(sql.SQL("SELECT pg_advisory_unlock(%s), {} AS pw").format(sql.Literal(SECRET)),
+                       (release.pop(0)[1],))
 
 
 def _run_on_a_terminal(argv: list[str], cwd: str, seen: Callable[[str], None]) -> tuple[str, int]:
     """Run argv with a pseudo-terminal as stdin/stdout/stderr; call seen(output so far) as output arrives."""
     leader, follower = pty.openpty()
-    env = {**os.environ, "COLUMNS": "200"}
+    env = {**os.environ, "COLUMNS": "200", "PGPASSWORD": SECRET}  # trust auth: a secret to hide, nothing more
     proc = subprocess.Popen(argv, cwd=cwd, stdin=follower, stdout=follower, stderr=follower, env=env,
                             close_fds=True)
     os.close(follower)
