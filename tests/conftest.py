@@ -48,8 +48,14 @@ class Project:
     def __init__(self, pytester: pytest.Pytester, dsn: str) -> None:
         self.pytester, self.dsn, self.path = pytester, dsn, pytester.path
 
-    def run(self, *args: str, dsn: bool = True, seed: bool = False) -> pytest.RunResult:
-        argv = ["--phase4", "-p", "no:cacheprovider", "-rs", *args]
+    def run(self, *args: str, dsn: bool = True, seed: bool = False, cache: bool = False) -> pytest.RunResult:
+        """pytest --phase4 in the project, without the cache (--lf, --ff, --sw need cache=True) and without
+        pytest-randomly unless the arguments name it (-p randomly)."""
+        argv = ["--phase4", "-rs", *args]
+        if not cache:
+            argv[1:1] = ["-p", "no:cacheprovider"]
+        if not any("randomly" in a for a in args):
+            argv[1:1] = ["-p", "no:randomly"]
         if dsn:
             argv.append(f"--dsn={self.dsn}")
         if seed:
@@ -83,7 +89,9 @@ def project(pytester: pytest.Pytester, scratch_dsn: str) -> Callable[[str], Proj
         for name in names:  # later folders overlay earlier ones
             source = REPO / "checks" if name == "crm" else EXAMPLES / name
             target = pytester.path / "checks" if name == "crm" else pytester.path
-            shutil.copytree(source, target, dirs_exist_ok=True)
+            shutil.copytree(source, target, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
+            if name == "crm":  # the fixtures of its custom checks
+                shutil.copy(REPO / "conftest.py", pytester.path / "conftest.py")
         if not (pytester.path / "pyproject.toml").exists():
             (pytester.path / "pyproject.toml").write_text("[tool.pytest.ini_options]\ninitial_sort = \"original\"\n")
         return Project(pytester, scratch_dsn)
@@ -154,3 +162,12 @@ def conn(scratch_dsn: str) -> Iterator[psycopg.Connection[Any]]:
     with psycopg.connect(scratch_dsn, autocommit=True) as c:
         c.execute(FACTS_SCHEMA)
         yield c
+
+
+def pass_steps_before(run: Any, migration: Any) -> None:
+    """For tests that drive Phase4Run.migrate without pytest: record every earlier step as passed in this run."""
+    from pytest_phase4.steps import PASSED
+
+    for group in range(run.group_of(migration.file)):
+        for key in run.book.required[group]:
+            run.book.record(key, PASSED)
