@@ -1,5 +1,7 @@
 """Apply one migration file: in its own transaction with its ledger row (all or nothing), or, when the plan
-says `transaction = false`, statement by statement in autocommit for what cannot run in a transaction."""
+says `transaction = false`, in autocommit for what cannot run in a transaction. Either way statement by
+statement, as `psql --single-transaction` runs a file: the statement that fails is known as it fails, so an
+error names its line without running anything again (a lock wait is waited once)."""
 
 from __future__ import annotations
 
@@ -54,7 +56,12 @@ def apply(conn: psycopg.Connection[Any], migration: Migration, plan_name: str, s
             _in_transaction(conn, migration, text, sha, plan_name, started)
         else:
             _statement_by_statement(conn, migration, text, sha, plan_name, schema, started)
-    except psycopg.Error as exc:
+    except _StatementError as failed:
+        failure = _translate(conn, migration, text, failed.error, failed.statement)
+        if failed.error.sqlstate in _WAITED:
+            failure.blockers = blockers()
+        raise failure from None
+    except psycopg.Error as exc:  # outside the file's statements: the ledger row, the Supabase history
         failure = _translate(conn, migration, text, exc)
         if exc.sqlstate in _WAITED:
             failure.blockers = blockers()
@@ -62,14 +69,31 @@ def apply(conn: psycopg.Connection[Any], migration: Migration, plan_name: str, s
     return Applied(migration.file, sha, (time.perf_counter() - started) * 1000)
 
 
+class _StatementError(Exception):
+    """A statement of the file failed: the server's error, and which statement it was."""
+
+    def __init__(self, statement: sqltext.Statement, error: psycopg.Error) -> None:
+        super().__init__(str(error))
+        self.statement, self.error = statement, error
+
+
+def _execute(conn: psycopg.Connection[Any], stmt: sqltext.Statement) -> None:
+    try:
+        conn.execute(stmt.text.encode())  # simple protocol, no parameters: '%' stays literal
+    except psycopg.Error as exc:
+        raise _StatementError(stmt, exc) from exc
+
+
 def _in_transaction(conn: psycopg.Connection[Any], m: Migration, text: str, sha: str, plan: str,
                     started: float) -> None:
     with conn.transaction():
         if m.statement_timeout:
             conn.execute("SELECT pg_catalog.set_config('statement_timeout', %s, true)", (m.statement_timeout,))
-        conn.execute(text.encode())  # one simple-protocol query, no parameters: '%' stays literal
-        if conn.info.transaction_status != TransactionStatus.INTRANS:
-            raise MigrationFailed(m.file, None, None, "the file ended the transaction itself")
+        for stmt in sqltext.split(text):
+            _execute(conn, stmt)
+            if conn.info.transaction_status != TransactionStatus.INTRANS:
+                raise MigrationFailed(m.file, stmt.line, None, "the file ended the transaction itself",
+                                      statement=stmt.code)
         ledger.record(conn, m.file, sha, plan, (time.perf_counter() - started) * 1000)
         ledger.sync_supabase(conn, m.file, text)
 
@@ -83,9 +107,9 @@ def _statement_by_statement(conn: psycopg.Connection[Any], m: Migration, text: s
             conn.execute("SELECT pg_catalog.set_config('statement_timeout', %s, false)", (m.statement_timeout,))
         for done, stmt in enumerate(statements):
             try:
-                conn.execute(stmt.text.encode())
-            except psycopg.Error as exc:
-                failure = _translate(conn, m, text, exc, line=stmt.line, statement=stmt.code)
+                _execute(conn, stmt)
+            except _StatementError as failed:
+                failure = _translate(conn, m, text, failed.error, stmt)
                 failure.detail = "; ".join(filter(None, [failure.detail, _partial(done, len(statements))]))
                 failure.rolled_back = False
                 raise failure from None
@@ -118,13 +142,11 @@ def invalid_indexes(conn: psycopg.Connection[Any], schema: str) -> list[str]:
 
 
 def _translate(conn: psycopg.Connection[Any], migration: Migration, text: str, exc: psycopg.Error,
-               line: int | None = None, statement: str = "") -> MigrationFailed:
+               stmt: sqltext.Statement | None = None) -> MigrationFailed:
     diag = exc.diag
-    if diag.statement_position and not statement:
-        line = sqltext.line_of(text, int(diag.statement_position))
-        statement = next((s.code for s in reversed(sqltext.split(text)) if s.line <= line), "")
-    elif line is None and not conn.closed and migration.transaction:
-        line, statement = _locate(conn, text, exc.sqlstate)
+    line, statement = (stmt.line, stmt.code) if stmt is not None else (None, "")
+    if stmt is not None and diag.statement_position:  # a position in the statement sent: its line in the file
+        line = sqltext.line_of(text, stmt.start + int(diag.statement_position))
     lines = str(exc).strip().splitlines()
     message = diag.message_primary or (lines[0] if lines else type(exc).__name__)
     if conn.closed or conn.broken:
@@ -132,22 +154,3 @@ def _translate(conn: psycopg.Connection[Any], migration: Migration, text: str, e
                    "transaction, so nothing of this file was applied)")
     return MigrationFailed(migration.file, line, exc.sqlstate, message,
                            detail=diag.message_detail or diag.message_hint or "", statement=statement)
-
-
-def _locate(conn: psycopg.Connection[Any], text: str, sqlstate: str | None) -> tuple[int | None, str]:
-    """The server gave no position: replay the statements one by one in a transaction that is always rolled
-    back, and report the first one that fails the same way."""
-    statements = sqltext.split(text)
-    if len(statements) < 2:
-        return (statements[0].line, statements[0].code) if statements else (None, "")
-    try:
-        with conn.transaction(force_rollback=True):
-            for stmt in statements:
-                try:
-                    conn.execute(stmt.text.encode())
-                except psycopg.Error as exc:
-                    return (stmt.line, stmt.code) if exc.sqlstate == sqlstate else (None, "")
-    except psycopg.Error:
-        pass
-    return None, ""
-

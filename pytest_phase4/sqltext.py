@@ -1,8 +1,8 @@
 """Split migration text into statements, aware of quotes, dollar quotes, comments, parentheses and
 BEGIN ATOMIC bodies.
 
-The server runs a migration file whole; this split only serves to find transaction-control statements
-before running and to name the line of an error the server reports without a position.
+Migrations run statement by statement (migrate.py), so the split decides what is sent to the server; it also
+finds transaction-control statements before anything runs.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ _LEADING_COMMENTS = re.compile(r"^(\s+|--[^\n]*\n?|/\*.*?\*/)*", re.S)
 class Statement:
     line: int  # 1-based line of the statement's first token
     text: str
+    start: int = 0  # character offset of `text` in the file
 
     @property
     def code(self) -> str:
@@ -39,7 +40,7 @@ def split(text: str) -> list[Statement]:
         elif c == "/" and text.startswith("/*", i):
             i = _block_comment_end(text, i)
         elif c in "'\"":
-            i = _quote_end(text, i, c)
+            i = _quote_end(text, i, c, escapes=c == "'" and _escape_string(text, i))
         elif c == "$" and (m := _DOLLAR.match(text, i)) and not (i and (text[i - 1].isalnum() or text[i - 1] == "_")):
             end = text.find(m.group(0), m.end())
             i = n if end < 0 else end + len(m.group(0))
@@ -79,7 +80,7 @@ def _merge_atomic(text: str, pieces: list[tuple[int, int]]) -> list[Statement]:
 def _statement(text: str, start: int, end: int) -> Statement:
     chunk = text[start:end]
     lead = len(chunk) - len(_LEADING_COMMENTS.sub("", chunk, count=1))
-    return Statement(text.count("\n", 0, start + lead) + 1, chunk)
+    return Statement(text.count("\n", 0, start + lead) + 1, chunk, start)
 
 
 def _block_comment_end(text: str, i: int) -> int:
@@ -96,9 +97,17 @@ def _block_comment_end(text: str, i: int) -> int:
     return i
 
 
-def _quote_end(text: str, i: int, q: str) -> int:
+def _escape_string(text: str, i: int) -> bool:
+    """E'...' (or e'...'): a backslash escapes the next character, \' included."""
+    return i > 0 and text[i - 1] in "Ee" and (i < 2 or not (text[i - 2].isalnum() or text[i - 2] == "_"))
+
+
+def _quote_end(text: str, i: int, q: str, escapes: bool = False) -> int:
     i += 1
     while i < len(text):
+        if escapes and text[i] == "\\":
+            i += 2
+            continue
         if text[i] == q:
             if text.startswith(q * 2, i):
                 i += 2
