@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_phase4 import migrate
-from pytest_phase4.run import ALREADY, APPLIED, BLOCKED, FAILED, Phase4Run
+from pytest_phase4.run import ALREADY, APPLIED, BLOCKED, FAILED, REFUSED, Phase4Run
 
 PERF_KINDS = frozenset({"perf_before", "perf_after", "explain_under"})
 
@@ -108,6 +108,11 @@ class Evidence:
             return True, (f"{failed_migration.migration.file} failed (its own transaction was rolled back); "
                           f"{len(applied)} migration(s) of this run stay applied: roll back (Part 7) or fix and "
                           "rerun")
+        refused = next((s for s in states if s.status == REFUSED), None)
+        if refused is not None:
+            return False, (f"{refused.migration.file} was refused, not attempted ({refused.note}); {len(applied)} "
+                           "migration(s) applied in this run stay applied: fix the cause and rerun the whole plan, "
+                           "or undo them with --phase4-rollback (Part 7)")
         blocked = next((s for s in states if s.status == BLOCKED), None)
         if blocked is not None:
             return False, (f"stopped before the point of no return ({blocked.migration.file}); {len(applied)} "

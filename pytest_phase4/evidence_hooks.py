@@ -41,6 +41,9 @@ def configure(config: pytest.Config, settings: Settings, run: Phase4Run, termina
     elif (html_path := config.getoption("htmlpath", None)) and config.pluginmanager.hasplugin("html"):
         json_path = (config.invocation_params.dir / str(html_path)).with_suffix(".json")
     plugin = EvidencePlugin(run, json_path, terminal)
+    # A migration is applied in its fixture, wherever pytest sets that up: the heartbeat wraps the apply itself.
+    run.progress = lambda file: terminal.step(f"applying {file}", status=lambda: run.target.scrub(
+        progress.migration_status(run.watch.waiting if run.watch else [], run.lock_timeout)))
     config.pluginmanager.register(plugin, "phase4-evidence")
     if config.pluginmanager.hasplugin("html"):
         config.pluginmanager.register(EvidenceHtml(plugin), "phase4-evidence-html")
@@ -119,15 +122,11 @@ class EvidencePlugin:
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, None, None]:
-        """On a terminal, any step of the run that takes more than a few seconds says what runs."""
-        if not self.terminal.active or (GROUP_KEY not in item.stash and not isinstance(item, Phase4Item)):
+        """On a terminal, any step of the run that takes more than a few seconds says what runs (a migration's
+        apply item only reports: the migration itself runs in its fixture, under Phase4Run.progress)."""
+        if not self.terminal.active or item.stash.get(IS_MIGRATION_KEY, False) or (
+                GROUP_KEY not in item.stash and not isinstance(item, Phase4Item)):
             return (yield)
-        step = self.run.plan.steps[item.stash[GROUP_KEY]] if GROUP_KEY in item.stash else None
-        if step is not None and step.migration is not None and item.stash.get(IS_MIGRATION_KEY, False):
-            run = self.run  # the blocker's query is another session's text: scrubbed like every line we write
-            with self.terminal.step(f"applying {step.migration.file}", status=lambda: run.target.scrub(
-                    progress.migration_status(run.watch.waiting if run.watch else [], run.lock_timeout))):
-                return (yield)
         with self.terminal.step(progress.describe(item.name)):
             return (yield)
 

@@ -3,11 +3,14 @@
 Tests are `pytest.Function` items built from small closures, so they get fixtures, markers and reporting
 exactly like hand-written tests; their node ids read like the runbook:
 `checks/phase4.toml::20250322000021_create_sales_views::view_exists[sales_with_details]`.
+Each migration is a session fixture (`migration_<file name>`, ordering.py); its step's items use it.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -16,13 +19,35 @@ import pytest
 from pytest_phase4.checks import sql_error
 from pytest_phase4.errors import CheckFailed, MigrationFailed
 from pytest_phase4.plan import CheckSpec, Migration, Step
-from pytest_phase4.run import ALREADY, Phase4Run, Refused
+from pytest_phase4.run import ALREADY, NOT_RUN, Phase4Run, Refused
+from pytest_phase4.steps import REHEARSE_KEY, Key, apply_key, check_key
 
 RUN_KEY = pytest.StashKey[Phase4Run]()
 GROUP_KEY = pytest.StashKey[int]()
 IS_MIGRATION_KEY = pytest.StashKey[bool]()
 SPEC_KEY = pytest.StashKey[CheckSpec]()  # the plan entry behind a check item (report attachments, evidence)
-ORDER_STRIDE = 100_000  # order numbers: group * stride + position, so custom checks can slot in after a step
+
+# Where an item stands in the runbook: its step (group), its rank in the step (APPLY first, then the plan's
+# checks, then the custom checks placed after them; custom checks of the post stage come first there, so the
+# plan's integrity checks see what they did), its key in the run's StepBook, and the migrations it needs.
+APPLY, CHECKS, PLACED = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class Place:
+    group: int
+    rank: int
+    key: Key
+    needs: tuple[str, ...] = ()  # migration fixtures to set up first; not applied means skipped
+
+
+PLACE_KEY = pytest.StashKey[Place]()
+
+
+def fixture_name(migration: Migration) -> str:
+    """The session fixture of a migration: `migration_` and its file name without .sql, e.g.
+    `migration_20250322000021_create_sales_views` (characters not allowed in a name become `_`)."""
+    return "migration_" + re.sub(r"\W", "_", migration.name)
 
 
 def check_function(spec: CheckSpec) -> Callable[..., None]:
@@ -41,10 +66,14 @@ def check_function(spec: CheckSpec) -> Callable[..., None]:
 
 def migration_function(migration: Migration) -> Callable[..., None]:
     def phase4_migration(phase4_run: Phase4Run, record_property: Callable[[str, object], None]) -> None:
-        state = phase4_run.migrate(migration)
+        state = phase4_run.ensure(migration)  # done already by the migration's fixture, in this item's setup
         record_property("sha256", state.sha256)
+        if (error := phase4_run.errors.get(migration.file)) is not None:
+            raise error
         if state.status == ALREADY:
             pytest.skip(f"already applied: {state.note}; verifying only")
+        if state.status == NOT_RUN:
+            pytest.skip(f"not applied: {state.note}")
         record_property("duration_ms", round(state.duration_ms or 0, 1))
 
     phase4_migration.__doc__ = f"apply {migration.file}: {migration.title}"
@@ -77,29 +106,34 @@ class StepCollector(pytest.Collector):
     def __init__(self, *, step: Step, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.specs, self.migration, self.group, self.stage = step.checks, step.migration, step.group, step.stage
+        self.needs = (fixture_name(self.migration),) if self.migration is not None else ()
+        if self.needs:  # every item of the step uses the migration's fixture (pytest's --setup-plan shows it)
+            self.add_marker(pytest.mark.usefixtures(*self.needs))
 
     def collect(self) -> Iterator[pytest.Item]:
         position = 0
         if self.migration is not None:
-            yield self._item("apply", migration_function(self.migration), position, self.migration.line, True)
+            yield self._item("apply", migration_function(self.migration), position, self.migration.line, True,
+                             apply_key(self.migration))
         for spec in self.specs:
             position += 1
-            item = self._item(spec.test_id, check_function(spec), position, spec.line, False)
+            item = self._item(spec.test_id, check_function(spec), position, spec.line, False, check_key(spec))
             item.stash[SPEC_KEY] = spec
             yield item
         from pytest_phase4.safety_plugin import rehearsal_items  # imports this module
 
         yield from rehearsal_items(self, position)
 
-    def _item(self, name: str, fn: Callable[..., None], position: int, line: int, is_migration: bool) -> pytest.Item:
+    def _item(self, name: str, fn: Callable[..., None], position: int, line: int, is_migration: bool,
+              key: Key = REHEARSE_KEY) -> pytest.Item:
         item = Phase4Item.from_parent(self, name=name, callobj=fn)
         item.line = line
         item.add_marker(getattr(pytest.mark, self.stage))
         if self.migration is not None and self.migration.destructive:
             item.add_marker(pytest.mark.destructive)
-        item.add_marker(pytest.mark.order(self.group * ORDER_STRIDE + position))
         item.stash[GROUP_KEY] = self.group
         item.stash[IS_MIGRATION_KEY] = is_migration
+        item.stash[PLACE_KEY] = Place(self.group, APPLY if is_migration else CHECKS, key, self.needs)
         return item
 
 

@@ -6,16 +6,16 @@ Inert unless `--phase4` is given, so installing the plugin changes no other test
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Generator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 
-from pytest_phase4 import evidence_hooks, report, safety_plugin
+from pytest_phase4 import evidence_hooks, ordering, report, safety_plugin
 from pytest_phase4.errors import Phase4Error, PlanError
-from pytest_phase4.items import GROUP_KEY, IS_MIGRATION_KEY, ORDER_STRIDE, RUN_KEY, SPEC_KEY, Phase4Item, PlanFile
+from pytest_phase4.items import RUN_KEY, SPEC_KEY, PlanFile
 from pytest_phase4.plan import load_plan
 from pytest_phase4.progress import Terminal
 from pytest_phase4.run import Phase4Run
@@ -43,7 +43,8 @@ def pytest_configure(config: pytest.Config) -> None:
     for name, text in STAGE_MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {text}")
     config.addinivalue_line(
-        "markers", "phase4_after(migration): run this custom check right after the given migration's checks")
+        "markers", "phase4_after(step): run this custom check in the given step (a migration file, or preflight, "
+                   "backup, post, smoke), after the step's own checks; it needs that migration applied")
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -52,9 +53,7 @@ def pytest_cmdline_main(config: pytest.Config) -> None:
     settings = Settings.from_config(config)
     if not settings.enabled:
         return
-    if config.pluginmanager.hasplugin("xdist") and config.getoption("numprocesses", None):
-        raise pytest.UsageError("--phase4 runs its steps in order against one database: it cannot be "
-                                "distributed; drop -n / --numprocesses")
+    _refuse_distribution(config)
     plan_path = settings.plan
     if missing := missing_plan(config, plan_path):
         raise pytest.UsageError(missing)
@@ -81,6 +80,7 @@ def pytest_cmdline_main(config: pytest.Config) -> None:
     config.stash[RUN_KEY] = run
     try:
         safety_plugin.configure(config, run)
+        ordering.register(config, run)
     except pytest.UsageError:
         run.close()
         raise
@@ -95,6 +95,26 @@ def pytest_cmdline_main(config: pytest.Config) -> None:
     if config.pluginmanager.hasplugin("html"):
         config.pluginmanager.register(report.HtmlHooks(run), "phase4-html")
     evidence_hooks.configure(config, settings, run, terminal)  # smoke URL, sign-off, JSON, execution summary
+
+
+def _refuse_distribution(config: pytest.Config) -> None:
+    """pytest-xdist in any form (workers, --dist, -d, --tx, a worker process): refused before anything connects."""
+    given = []
+    if hasattr(config, "workerinput"):
+        given.append("an xdist worker process")
+    if config.getoption("numprocesses", None) not in (None, 0, "0"):
+        given.append(f"-n {config.getoption('numprocesses')}")
+    if config.getoption("dist", None) not in (None, "no"):
+        given.append(f"--dist={config.getoption('dist')}")
+    if config.getoption("distload", False):
+        given.append("-d")
+    given += [f"--tx={tx}" for tx in config.getoption("tx", None) or ()]
+    if config.getoption("looponfail", False):
+        given.append("--looponfail")
+    if given:
+        raise pytest.UsageError(f"--phase4 runs one runbook, step after step, against one database: it cannot be "
+                                f"distributed by pytest-xdist ({' '.join(dict.fromkeys(given))}); drop -n, --dist, "
+                                "-d, --tx and --looponfail for this run (-n 0 turns distribution off)")
 
 
 def _target(settings: Settings, plan: Any, terminal: Terminal) -> Target:
@@ -152,87 +172,12 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Col
     return None
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Place custom checks: after the migration named by phase4_after, else with the post stage.
-
-    Runs before pytest-order (trylast) sorts by the order markers, and before -m deselects by stage."""
-    run = config.stash.get(RUN_KEY, None)
-    if run is None:
-        return
-    folder = run.plan.folder.resolve()
-    problems: list[str] = []
-    for position, item in enumerate(items):
-        if GROUP_KEY in item.stash or isinstance(item, Phase4Item) or folder not in Path(item.path).resolve().parents:
-            continue
-        marker = item.get_closest_marker("phase4_after")
-        ref = str(marker.args[0]) if marker and marker.args else "post"
-        step = run.plan.step(ref)
-        if step is None:
-            names = ", ".join(s.name for s in run.plan.steps)
-            problems.append(f"{item.nodeid}: phase4_after({ref!r}) names no step of the plan; use one of: {names}")
-            continue
-        group = step.group
-        item.add_marker(getattr(pytest.mark, step.stage))
-        # After the named migration's own checks; unmarked ones open the post step, so that the plan's integrity
-        # checks that follow would see anything a custom check changed.
-        offset = ORDER_STRIDE // 2 if marker is not None else -(ORDER_STRIDE // 4)
-        item.add_marker(pytest.mark.order(group * ORDER_STRIDE + offset + position))
-        item.stash[GROUP_KEY] = group
-        item.stash[IS_MIGRATION_KEY] = False
-    if problems:
-        raise pytest.UsageError("\n".join(problems))
-
-
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Tell the run which checks were selected (-m, -k), so a step reads ahead only what its checks need."""
     run = session.config.stash.get(RUN_KEY, None)
     if run is not None:
         run.selected = frozenset((spec.step, spec.test_id, spec.line) for item in session.items
                                  if (spec := item.stash.get(SPEC_KEY, None)) is not None)
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_runtest_setup(item: pytest.Item) -> None:
-    """Halting: once a step failed, every later step is skipped with the reason and never runs its fixtures."""
-    run = item.config.stash.get(RUN_KEY, None)
-    group = item.stash.get(GROUP_KEY, None)
-    if run is None or group is None:
-        return
-    reason = run.halted_reason(group, item.stash.get(IS_MIGRATION_KEY, False))
-    migration = run.plan.steps[group].migration
-    if (reason is None and migration is not None and not item.stash.get(IS_MIGRATION_KEY, False)
-            and not run.is_applied(migration)):
-        # its apply step was deselected (-k, -m) and the ledger does not show it: nothing to verify
-        reason = f"{migration.file} is not applied: neither in this run nor in the ledger"
-    if reason is not None:
-        # A skip marker, evaluated next by pytest's own skipping plugin, reports the item's location (the
-        # plan) rather than this hook's, and keeps every fixture of the step from running.
-        item.add_marker(pytest.mark.skip(reason=reason))
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(
-    item: pytest.Item, call: pytest.CallInfo[None]
-) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-    rep = yield
-    run = item.config.stash.get(RUN_KEY, None)
-    group = item.stash.get(GROUP_KEY, None)
-    if run is not None and group is not None and rep.failed:
-        reason = run.target.scrub(f"{item.name}: {_reason(call)}")
-        run.record_failure(group, reason, item.stash.get(IS_MIGRATION_KEY, False))
-    if isinstance(item, Phase4Item) and rep.skipped and isinstance(rep.longrepr, tuple):
-        # A check that skips itself is located at its plan entry, not at the plugin line that raised the skip.
-        rep.longrepr = (str(item.path), item.line, rep.longrepr[2])
-    return rep
-
-
-def _reason(call: pytest.CallInfo[None]) -> str:
-    if call.excinfo is None:
-        return "failed"
-    exc = call.excinfo.value
-    text = getattr(exc, "summary", None) or str(exc) or type(exc).__name__
-    return str(text).strip().splitlines()[0][:300]
 
 
 @pytest.fixture(scope="session")
@@ -264,4 +209,8 @@ def phase4_db(phase4_run: Phase4Run) -> Iterator[psycopg.Connection[Any]]:
 @pytest.fixture(scope="session")
 def phase4_snapshot(phase4_run: Phase4Run) -> dict[str, int]:
     """Row counts of every table in the plan's schema, recorded before the first migration of this run."""
-    return dict(phase4_run.snapshot().counts)
+    snap = phase4_run.snapshot()
+    if not snap.before_migrations:
+        pytest.skip("no migration can be applied in this run (none selected, or all applied already): there are no "
+                    "row counts from before one")
+    return dict(snap.counts)

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from pytest_phase4.run import APPLIED, FAILED, Phase4Run
+from pytest_phase4.run import APPLIED, FAILED, REFUSED, Phase4Run
 
 
 def _migration_rows(run: Phase4Run) -> list[tuple[str, str, str, str]]:
@@ -55,7 +55,7 @@ class ReportPlugin:
         tr.section("phase4 migrations")
         width = max((len(m.file) for m in self.run.plan.migrations), default=10)
         for status, file, duration, note in _migration_rows(self.run):
-            markup = {"green": True} if status == APPLIED else {"red": True} if status == FAILED else {}
+            markup = {"green": True} if status == APPLIED else {"red": True} if status in (FAILED, REFUSED) else {}
             line = f"{status:<16} {file:<{width}} {duration:>9}  {note}".rstrip()
             tr.write_line(line, **markup)
         if self.run.halt:

@@ -6,6 +6,8 @@ This is the state the pytest layer reads and updates; it knows nothing of pytest
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -18,11 +20,12 @@ from pytest_phase4.facts import Facts
 from pytest_phase4.plan import CheckSpec, Migration, Plan
 from pytest_phase4.pool import Pool, count_all
 from pytest_phase4.runextras import RunExtras
+from pytest_phase4.steps import StepBook
 from pytest_phase4.target import Target
 
 # Migration states, as the report prints them.
-PENDING, APPLIED, ALREADY, FAILED, BLOCKED, NOT_RUN, ROLLED_BACK = (
-    "pending", "applied", "already applied", "failed", "blocked", "not run", "rolled back")
+PENDING, APPLIED, ALREADY, FAILED, BLOCKED, NOT_RUN, ROLLED_BACK, REFUSED = (
+    "pending", "applied", "already applied", "failed", "blocked", "not run", "rolled back", "refused")
 
 
 @dataclass
@@ -32,6 +35,11 @@ class MigrationState:
     duration_ms: float | None = None
     sha256: str = ""
     note: str = ""
+
+    @property
+    def applied(self) -> bool:
+        """Applied to the target, by this run or an earlier one (the ledger)."""
+        return self.status in (APPLIED, ALREADY)
 
 
 @dataclass(frozen=True)
@@ -51,7 +59,7 @@ class DestructiveBlocked(Refused):
 
 
 class OutOfOrder(Refused):
-    """An earlier migration of the plan is neither applied nor selected in this run."""
+    """An earlier step of the plan did not pass in this run, or a later migration is applied already."""
 
 
 @dataclass
@@ -69,7 +77,6 @@ class Phase4Run:
     applied_before_run: dict[str, ledger.Entry] = field(default_factory=dict)
     extras: RunExtras = field(default_factory=RunExtras)
     _ro: psycopg.Connection[Any] | None = None
-    _rw: psycopg.Connection[Any] | None = None
     _guard: psycopg.Connection[Any] | None = None  # holds the run lock; watches blocked migrations
     _snapshot: checks.Snapshot | None = None
     safety: safety.SafetyState = field(default_factory=lambda: safety.SafetyState())
@@ -78,9 +85,15 @@ class Phase4Run:
     _facts: tuple[str, Facts] | None = None  # the current step's shared facts; dropped by every migration
     _pool: Pool | None = None
     watch: guard.Watch | None = None  # of the migration being applied: whom it waits for, for the heartbeat
+    book: StepBook = field(init=False)  # what each step did in this run: the gate before every migration
+    apply_selected: frozenset[str] | None = None  # files whose apply item runs in this run; None: not known yet
+    attempted: set[str] = field(default_factory=set)  # migrations ensure() has tried in this run
+    errors: dict[str, Exception] = field(default_factory=dict)  # why a migration ensure() tried failed
+    progress: Callable[[str], AbstractContextManager[object]] | None = None  # shown while a migration runs
 
     def __post_init__(self) -> None:
         self.states = {m.file: MigrationState(m) for m in self.plan.migrations}
+        self.book = StepBook(self.plan)
 
     # -- connections -------------------------------------------------------------------------------------
     def open(self) -> None:
@@ -122,17 +135,16 @@ class Phase4Run:
         return self._ro
 
     def _writer(self) -> psycopg.Connection[Any]:
-        if self._rw is None or self._rw.closed or self._rw.broken:
-            self._rw = self.target.connect(read_only=False, autocommit=False,
-                                           settings={"lock_timeout": self.lock_timeout})
-        return self._rw
+        """A new session for each migration: nothing one file SETs (search_path, lock_timeout, a role) reaches
+        the next, and the guard is in force from the first statement."""
+        return self.target.connect(read_only=False, autocommit=False, settings={"lock_timeout": self.lock_timeout})
 
     def close(self) -> None:
         self.finished_at = self.finished_at or datetime.now(UTC)
         self.end_reads()
         if self._pool is not None:
             self._pool.close()
-        for conn in (self._ro, self._rw, self._guard):
+        for conn in (self._ro, self._guard):
             if conn is not None:
                 conn.close()
         self.target.close()
@@ -163,7 +175,16 @@ class Phase4Run:
                 state.status, state.note = NOT_RUN, f"halted after {self.halt.step}"
 
     # -- checks and migrations ---------------------------------------------------------------------------
+    def may_migrate(self) -> bool:
+        """Whether a migration can still be applied in this run: one is selected and neither applied nor stopped."""
+        return any(s.status == PENDING and (self.apply_selected is None or f in self.apply_selected)
+                   for f, s in self.states.items())
+
     def snapshot(self) -> checks.Snapshot:
+        if self._snapshot is None and not self.may_migrate():
+            # Nothing this run does can be compared with it (-m post, a rerun with everything applied): counting
+            # every table would only cost time, and hold locks, for checks that then skip.
+            self._snapshot = checks.Snapshot({}, before_migrations=False)
         if self._snapshot is None:
             before = not any(s.status == APPLIED for s in self.states.values())
             try:
@@ -216,11 +237,25 @@ class Phase4Run:
             if last is not None and (last.step, last.test_id, last.line) == (spec.step, spec.test_id, spec.line):
                 self.end_reads()  # the step's last check: its snapshot and locks end now, before anything else runs
 
+    def ensure(self, migration: Migration) -> MigrationState:
+        """Attempt the migration once in this run (what its session fixture does) and return its state; a failure
+        or refusal is kept in `errors` for its apply item to report, never raised here."""
+        state = self.states[migration.file]
+        if migration.file in self.attempted:
+            return state
+        self.attempted.add(migration.file)
+        try:
+            self.migrate(migration)
+        except Exception as exc:  # reported by the apply item; KeyboardInterrupt goes through
+            self.errors[migration.file] = exc
+        return state
+
     def migrate(self, migration: Migration) -> MigrationState:
-        """Apply the migration unless the ledger shows it applied; raise MigrationFailed or DestructiveBlocked."""
+        """Apply the migration unless the ledger shows it applied; raise MigrationFailed or Refused."""
         state = self.states[migration.file]
         state.sha256 = migrate.file_sha256(migration)
-        entry = ledger.read(self.ro).get(migration.file)
+        applied = ledger.read(self.ro)
+        entry = applied.get(migration.file)
         if entry is not None:
             if entry.sha256 != state.sha256:
                 state.status = FAILED
@@ -232,19 +267,31 @@ class Phase4Run:
             state.status, state.duration_ms = ALREADY, entry.duration_ms
             state.note = f"applied {entry.applied_at:%Y-%m-%d %H:%M:%S %Z} (ledger), sha256 matches"
             return state
-        if pending := [m.file for m in self.plan.migrations if m.index < migration.index and not self.is_applied(m)]:
-            state.status, state.note = FAILED, f"{pending[0]} is not applied yet"
+        group = self.group_of(migration.file)
+        if self.apply_selected is not None and migration.file not in self.apply_selected:
+            state.status, state.note = NOT_RUN, "neither in this run nor in the ledger"
+            return state
+        if (halted := self.halted_reason(group, True)) is not None:
+            state.status, state.note = NOT_RUN, halted
+            return state
+        if ahead := [m.file for m in self.plan.migrations if m.index > migration.index and m.file in applied]:
+            state.status, state.note = REFUSED, f"{ahead[0]} after it in the plan is applied already"
             raise OutOfOrder(
-                f"refusing to apply {migration.file} before {', '.join(pending)}: migrations apply in plan order, "
-                "and the earlier one(s) are neither in the ledger nor selected in this run (-k / -m deselected "
-                "them); select them too, e.g. pytest --phase4 -m 'not post'")
+                f"refusing to apply {migration.file}: {ahead[0]}, which comes after it in the plan, is applied "
+                f"already (ledger, {applied[ahead[0]].applied_at:%Y-%m-%d %H:%M}); applying {migration.file} now "
+                f"would run it after {ahead[0]}, out of plan order. Give it a name and a place in the plan after "
+                f"{ahead[-1]}, or undo {', '.join(ahead)} first")
+        if problem := self.book.problem_before(group):
+            what, todo = problem
+            state.status, state.note = REFUSED, what
+            raise OutOfOrder(f"refusing to apply {migration.file}: every step before it must pass in this run, and "
+                             f"{what}; {todo}")
         self.end_reads()  # stale once a migration runs; and its reads must not hold locks through the prompt
         s = self.safety
         if s.has_backup_stage(self.plan) and not (s.folder and s.sha256 and s.verified):
             state.status, state.note = BLOCKED, "no verified backup in this run"
             raise Refused(f"refusing to apply {migration.file}: the plan has a [[backup]] stage and this run made "
-                          "no verified backup (the stage was deselected with -m / -k, or failed); run it with the "
-                          "migrations, e.g. pytest --phase4 -m 'not post'")
+                          "no verified backup; run the whole plan, backup stage included")
         if migration.destructive and (blocked := safety.gate(self, migration)):
             state.status = BLOCKED
             state.note = "point of no return: " + blocked.split(" and ", 1)[-1]
@@ -256,10 +303,11 @@ class Phase4Run:
         started = time.perf_counter()
         writer = self._writer()
         try:
-            with guard.Watch(self._guard or self.ro, writer.info.backend_pid) as watch:
+            with guard.Watch(self._guard or self.ro, writer.info.backend_pid) as watch, \
+                    (self.progress or _quiet)(migration.file):
                 self.watch = watch
-                applied = migrate.apply(writer, migration, self.plan.name, self.plan.schema,
-                                        blockers=lambda: [str(b) for b in watch.blockers])
+                done = migrate.apply(writer, migration, self.plan.name, self.plan.schema,
+                                     blockers=lambda: [str(b) for b in watch.blockers])
         except MigrationFailed as exc:
             state.status, state.duration_ms = FAILED, (time.perf_counter() - started) * 1000
             state.note = exc.summary
@@ -268,7 +316,13 @@ class Phase4Run:
             state.status, state.duration_ms = FAILED, (time.perf_counter() - started) * 1000
             state.note = "interrupted: rolled back"
             raise
-        state.status, state.duration_ms = APPLIED, applied.duration_ms
+        finally:
+            writer.close()
+        state.status, state.duration_ms = APPLIED, done.duration_ms
         if self._snapshot is not None:
             self._snapshot.migrated_since = True
         return state
+
+
+def _quiet(label: str) -> AbstractContextManager[object]:
+    return nullcontext()

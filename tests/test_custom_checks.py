@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import psycopg
+import pytest
+
 from conftest import Project, outcomes_of
+from pytest_phase4 import migrate
+from pytest_phase4.errors import MigrationFailed
+from pytest_phase4.plan import load_plan
 
 CUSTOM = "checks/test_custom.py"
 
@@ -12,14 +18,16 @@ CUSTOM = "checks/test_custom.py"
 def test_custom_checks_run_after_their_migration(project: Callable[..., Project]) -> None:
     p = project("mini", "custom_checks")
     result = p.run("-v", "--phase4-confirm-destructive", seed=True)
-    result.assert_outcomes(passed=28)
+    result.assert_outcomes(passed=29)
     ids = [line.split(" ")[0] for line in result.outlines if line.startswith("checks/")]
     after_m1 = ids.index(f"{CUSTOM}::test_view_names_come_from_customers")
     assert ids[after_m1 - 1] == ("checks/phase4.toml::20250101000001_create_views::"
                                  "view_rowcount_matches[sales_with_details=sales]")
     assert ids[after_m1 + 1] == "checks/phase4.toml::20250101000002_drop_denormalized::apply"
     after_m2 = ids.index(f"{CUSTOM}::test_verification_connection_cannot_write")
-    assert ids[after_m2 + 1] == "checks/phase4.toml::20250101000003_add_indexes::apply"
+    assert ids[after_m2 - 1] == "checks/phase4.toml::20250101000002_drop_denormalized::column_present[sales.value]"
+    assert ids[after_m2 + 1] == f"{CUSTOM}::test_sales_lost_the_copied_name"  # by fixture: the same step
+    assert ids[after_m2 + 2] == "checks/phase4.toml::20250101000003_add_indexes::apply"
     # unmarked: first in the post step, before the plan's integrity checks
     unmarked = ids.index(f"{CUSTOM}::test_snapshot_recorded_before_migrating")
     assert ids[unmarked - 1] == "checks/phase4.toml::20250101000003_add_indexes::index_count[idx_%>=2]"
@@ -44,7 +52,7 @@ def test_failing_custom_check_halts_the_next_migration(project: Callable[..., Pr
 def test_custom_checks_follow_stage_selection(project: Callable[..., Project]) -> None:
     p = project("mini", "custom_checks")
     result = p.run("-v", "-m", "preflight", seed=True)
-    result.assert_outcomes(passed=8, deselected=20)
+    result.assert_outcomes(passed=8, deselected=21)
 
 
 def test_phase4_after_naming_no_migration_is_a_usage_error(project: Callable[..., Project]) -> None:
@@ -56,6 +64,19 @@ def test_phase4_after_naming_no_migration_is_a_usage_error(project: Callable[...
     result.stderr.fnmatch_lines(["ERROR: checks/test_custom.py::test_x: phase4_after('20250101000009_nope.sql') "
                                  "names no step of the plan; use one of: preflight, backup, 20250101000001_*, post, "
                                  "smoke"])
+
+
+def test_phase4_after_before_a_migration_the_check_requests_is_a_usage_error(project: Callable[..., Project]) -> None:
+    p = project("mini", "custom_checks")
+    (p.path / "checks/test_custom.py").write_text(
+        "import pytest\n\n@pytest.mark.phase4_after('preflight')\n"
+        "def test_x(migration_20250101000001_create_views):\n    pass\n")
+    result = p.run(seed=True)
+    assert result.ret == 4
+    result.stderr.fnmatch_lines(["ERROR: checks/test_custom.py::test_x: phase4_after('preflight') places it before "
+                                 "20250101000001_create_views.sql, which it requests as the fixture "
+                                 "migration_20250101000001_create_views; drop the marker, or name that migration "
+                                 "or a later step"])
 
 
 def test_phase4_db_is_put_back_after_each_custom_check(project: Callable[..., Project]) -> None:
@@ -72,8 +93,9 @@ def test_migration_file_with_only_comments_is_never_applied(project: Callable[..
     result = p.run("--phase4-confirm-destructive", seed=True)
     result.stdout.fnmatch_lines(["expected: SQL statements", "found:    only comments"])
     assert result.ret == 1
-    result = p.run("-m", "not preflight", "--phase4-confirm-destructive")
-    result.stdout.fnmatch_lines(["*20250101000003_add_indexes.sql (line not reported): the file holds no SQL "
-                                 "statement (empty, or only comments): nothing was applied and nothing recorded*"])
-    assert [r[0] for r in p.query("SELECT file FROM pytest_phase4.ledger ORDER BY 1")] == [
-        "20250101000001_create_views.sql", "20250101000002_drop_denormalized.sql"]
+    assert p.query("SELECT to_regclass('pytest_phase4.ledger')") == [(None,)]
+    # the migration step checks the same on its own, whatever preflight said
+    plan = load_plan(p.path / "checks/phase4.toml")
+    with psycopg.connect(p.dsn) as conn, pytest.raises(MigrationFailed, match="the file holds no SQL statement"):
+        migrate.apply(conn, plan.migrations[2], plan.name, plan.schema)
+    assert p.query("SELECT to_regclass('pytest_phase4.ledger')") == [(None,)]

@@ -16,9 +16,9 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import Project, outcomes_of
 from psycopg import sql
 
+from conftest import Project, outcomes_of
 from pytest_phase4.embedded import EmbeddedPostgres, start_embedded
 
 M1 = "checks/phase4.toml::20250101000001_create_views"
@@ -106,7 +106,7 @@ def test_connection_killed_mid_migration(seeded: tuple[Project, dict[str, Any]])
             conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
 
     killer = strike(kill)
-    result = p.run("-v", "-m", "not preflight", "--phase4-confirm-destructive")
+    result = p.run("-v", "--phase4-confirm-destructive")
     killer.join()
     assert outcomes_of(result)[f"{M1}::apply"] == "FAILED"
     result.stdout.fnmatch_lines([
@@ -120,7 +120,7 @@ def test_lock_held_past_the_lock_timeout_names_the_blocker(seeded: tuple[Project
     p, before = seeded
     with psycopg.connect(p.dsn, application_name="nightly-report") as holder:
         holder.execute("LOCK TABLE tickets IN SHARE MODE")  # readers pass, the migration's COMMENT waits
-        result = p.run("-m", "not preflight", "--phase4-confirm-destructive", "--phase4-lock-timeout=300ms")
+        result = p.run("--phase4-confirm-destructive", "--phase4-lock-timeout=300ms")
         pid = holder.info.backend_pid
     result.stdout.fnmatch_lines([
         "*20250101000001_create_views.sql:*: canceling statement due to lock timeout [[]SQLSTATE 55P03[]]",
@@ -161,7 +161,7 @@ def test_two_runs_started_together_apply_each_migration_once(seeded: tuple[Proje
 def test_ctrl_c_during_a_migration(seeded: tuple[Project, dict[str, Any]]) -> None:
     p, before = seeded
     set_sleep(p.dsn, 30)
-    run = _popen(p, "-m", "not preflight", "--phase4-confirm-destructive")
+    run = _popen(p, "--phase4-confirm-destructive")
     wait_for_migration(p.dsn)
     run.send_signal(signal.SIGINT)
     out, _ = run.communicate(timeout=60)
@@ -205,7 +205,7 @@ def test_server_stopped_hard_mid_migration(pytester: pytest.Pytester, own_server
         own_server.crash()
 
     crasher = strike(crash)
-    result = p.run("-v", "-m", "not preflight", "--phase4-confirm-destructive")
+    result = p.run("-v", "--phase4-confirm-destructive")
     crasher.join()
     assert outcomes_of(result)[f"{M1}::apply"] == "FAILED"
     assert result.ret == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
+
 from conftest import Project
 
 
@@ -105,7 +106,7 @@ def test_unreachable_target_fails_in_a_few_lines_without_password(project: Calla
 def test_without_phase4_the_plugin_collects_nothing(project: Callable[..., Project]) -> None:
     p = project("mini", "custom_checks")
     result = p.pytester.runpytest("-p", "no:cacheprovider", "-rs", "checks/test_custom.py")
-    result.assert_outcomes(skipped=3)
+    result.assert_outcomes(skipped=4)
     result.stdout.fnmatch_lines(["*pytest-phase4 is not active: run pytest with --phase4*"])
 
 

@@ -239,10 +239,10 @@ def test_a_later_migration_selected_alone_is_refused(project: Callable[..., Proj
     result = p.run("-v", "-k", "add_indexes", "--phase4-confirm-destructive", seed=True)
     assert outcomes_of(result)[f"{M3}::apply"] == "FAILED"
     result.stdout.fnmatch_lines([
-        "refusing to apply 20250101000003_add_indexes.sql before 20250101000001_create_views.sql, "
-        "20250101000002_drop_denormalized.sql: migrations apply in plan order, and the earlier one(s) are neither "
-        "in the ledger nor selected in this run (-k / -m deselected them); select them too, e.g. pytest --phase4 "
-        "-m 'not post'"])
+        "refusing to apply 20250101000003_add_indexes.sql: every step before it must pass in this run, and preflight "
+        "did not: 7 of its 8 test(s) were deselected by -k add_indexes (server_version[[]>=13[]], "
+        "migration_files[[]20250101000001_create_views.sql[]], ...); run the whole plan, deselecting no step before "
+        "the last migration you mean to apply (-m preflight alone checks without migrating)"])
     assert result.ret == 1
     assert p.query("SELECT to_regclass('pytest_phase4.ledger'), to_regclass('public.idx_sales_customer')") == [
         (None, None)]

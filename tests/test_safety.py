@@ -15,9 +15,9 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from conftest import Project, outcomes_of
 from psycopg import sql
 
+from conftest import Project, outcomes_of
 from pytest_phase4 import backup, snapshot
 from pytest_phase4.embedded import EmbeddedPostgres
 from pytest_phase4.errors import CheckFailed
@@ -420,9 +420,10 @@ def test_no_migration_runs_without_this_runs_backup_even_when_confirmed(project:
     assert outcomes[f"{M1}::apply"] == "FAILED"
     assert outcomes[f"{M2}::apply"] == "SKIPPED"
     result.stdout.fnmatch_lines([
-        "refusing to apply 20250101000001_create_views.sql: the plan has a [[][[]backup[]][]] stage and this run "
-        "made no verified backup (the stage was deselected with -m / -k, or failed); run it with the migrations, e.g. "
-        "pytest --phase4 -m 'not post'"])
+        "refusing to apply 20250101000001_create_views.sql: every step before it must pass in this run, and backup "
+        "did not: 6 of its 6 test(s) were deselected by -m 'not backup' (backup[[]dump[]], backup[[]schema[]], ...); "
+        "run the whole plan, deselecting no step before the last migration you mean to apply (-m preflight alone "
+        "checks without migrating)"])
     assert p.query("SELECT to_regclass('public.sales_with_details'), to_regclass('pytest_phase4.ledger')") == [
         (None, None)]
 

@@ -16,5 +16,12 @@ def test_verification_connection_cannot_write(phase4_db: psycopg.Connection) -> 
         phase4_db.execute("DELETE FROM sales")
 
 
+def test_sales_lost_the_copied_name(migration_20250101000002_drop_denormalized, phase4_db: psycopg.Connection) -> None:
+    """Asks for migration 2 by its fixture: runs in its step, after the marked check above."""
+    assert migration_20250101000002_drop_denormalized.applied
+    columns = phase4_db.execute("SELECT column_name FROM information_schema.columns WHERE table_name = 'sales'")
+    assert ("customer_name",) not in columns.fetchall()
+
+
 def test_snapshot_recorded_before_migrating(phase4_snapshot: dict[str, int]) -> None:
     assert phase4_snapshot == {"customers": 10, "sales": 100, "tickets": 50}
