@@ -47,8 +47,10 @@ def register(config: pytest.Config, run: Phase4Run) -> None:
         twins = sorted({n for n in names if names.count(n) > 1})
         raise pytest.UsageError(f"two migrations of the plan map to the same fixture name ({', '.join(twins)}): "
                                 "rename one file so that their names differ in letters, digits or '_'")
-    config.pluginmanager.register(_fixtures(run), "phase4-migrations")
-    config.pluginmanager.register(Runbook(run, config), "phase4-runbook")
+    for name, plugin in (("phase4-migrations", _fixtures(run)), ("phase4-runbook", Runbook(run, config))):
+        if config.pluginmanager.register(plugin, name) is None:  # -p no:<name>
+            raise pytest.UsageError(f"-p no:{name} disables the part of pytest-phase4 that keeps the runbook in "
+                                    f"order and applies a migration only after every earlier step passed; drop it")
 
 
 def _fixtures(run: Phase4Run) -> types.ModuleType:
@@ -240,10 +242,13 @@ class Runbook:
         place = item.stash.get(PLACE_KEY, None)
         if place is None:
             return rep
-        if rep.failed:
+        if rep.failed or (rep.skipped and hasattr(rep, "wasxfail")):  # an expected failure has not passed either
             self.run.book.record(place.key, FAILED)
             reason = self.run.target.scrub(f"{item.name}: {_reason(call)}")
             self.run.record_failure(place.group, reason, place.key[0] == "apply")
+        elif rep.skipped and rep.when == "setup" and isinstance(item, Phase4Item):
+            if self.run.book.outcomes.get(place.key) != HELD:  # not held back by this plugin: someone else's skip
+                self.run.book.record(place.key, HELD, "by a skip marker or a plugin, before they ran")
         elif rep.skipped or (rep.passed and rep.when == "call"):
             self.run.book.record(place.key, PASSED)  # a skip of the item's own: it does not apply to this run
         if rep.skipped and isinstance(rep.longrepr, tuple) and _ours(rep.longrepr[0]):

@@ -272,3 +272,33 @@ def test_no_option_applies_a_crm_migration_out_of_order_or_after_a_failed_or_unr
     ledger_order, columns_kept, indexes = crm_state(p)
     assert (ledger_order, columns_kept) == (CRM, False)
     assert indexes >= 30
+
+
+def test_a_plugin_cannot_pass_a_plan_check_off_as_done(project: Callable[..., Project]) -> None:
+    """A conftest that skips a preflight check, or marks a failing one xfail, does not make preflight pass; and
+    the plugin's own parts cannot be switched off with -p no:."""
+    p = project("mini")
+    assert p.run("-m", "preflight", seed=True).ret == 0
+    (p.path / "conftest.py").write_text(
+        "import pytest\n\n"
+        "def pytest_collection_modifyitems(items):\n"
+        "    for item in items:\n"
+        "        if item.name == 'table_count[>=3]':\n"
+        "            item.add_marker(pytest.mark.skip(reason='not today'))\n"
+        "        if item.name == 'tables_have_rows[sales]':\n"
+        "            item.add_marker(pytest.mark.xfail(reason='known'))\n")
+    result = p.run("-v", "--phase4-confirm-destructive")
+    assert outcomes_of(result)[f"{M1}::apply"] == "FAILED"
+    result.stdout.fnmatch_lines(["refusing to apply 20250101000001_create_views.sql: every step before it must pass "
+                                 "in this run, and preflight did not: 1 of its 8 test(s) were skipped: by a skip "
+                                 "marker or a plugin, before they ran (table_count[[]>=3[]]); *"])
+    p.execute("DELETE FROM sales")
+    result = p.run("-v", "--phase4-confirm-destructive")
+    assert outcomes_of(result)[f"{M1}::apply"] == "SKIPPED"
+    result.stdout.fnmatch_lines(["*halted after preflight: tables_have_rows[[]sales[]]: *"])
+    assert ledger(p) == []
+    for name in ("phase4-runbook", "phase4-migrations"):
+        result = p.run("-p", f"no:{name}")
+        assert result.ret == pytest.ExitCode.USAGE_ERROR
+        result.stderr.fnmatch_lines([f"ERROR: -p no:{name} disables the part of pytest-phase4 that keeps the "
+                                     "runbook in order*"])
