@@ -35,7 +35,7 @@ from pytest_phase4.items import (
 )
 from pytest_phase4.plan import Migration
 from pytest_phase4.run import NOT_RUN, MigrationState, Phase4Run
-from pytest_phase4.steps import FAILED, HELD, PASSED, custom_key
+from pytest_phase4.steps import FAILED, HELD, PASSED, REHEARSE_KEY, custom_key
 
 INDEX_KEY = pytest.StashKey[int]()  # collection order, kept as the tie-break whatever reordered the items
 
@@ -47,6 +47,9 @@ def register(config: pytest.Config, run: Phase4Run) -> None:
         twins = sorted({n for n in names if names.count(n) > 1})
         raise pytest.UsageError(f"two migrations of the plan map to the same fixture name ({', '.join(twins)}): "
                                 "rename one file so that their names differ in letters, digits or '_'")
+    backup = run.plan.step("backup")
+    if run.safety.rehearse and backup is not None:  # asked for: the target is touched only after it is green
+        run.book.require(backup.group, REHEARSE_KEY, "rehearse")
     for name, plugin in (("phase4-migrations", _fixtures(run)), ("phase4-runbook", Runbook(run, config))):
         if config.pluginmanager.register(plugin, name) is None:  # -p no:<name>
             raise pytest.UsageError(f"-p no:{name} disables the part of pytest-phase4 that keeps the runbook in "

@@ -304,3 +304,14 @@ def test_a_plugin_cannot_pass_a_plan_check_off_as_done(project: Callable[..., Pr
         assert result.ret == pytest.ExitCode.USAGE_ERROR
         result.stderr.fnmatch_lines([f"ERROR: -p no:{name} disables the part of pytest-phase4 that keeps the "
                                      "runbook in order*"])
+
+
+def test_a_deselected_rehearsal_refuses_the_migrations(project: Callable[..., Project]) -> None:
+    """--phase4-rehearse promises that the target is touched only after the rehearsal is green."""
+    p = project("mini", "safe")
+    result = p.run("-v", "--phase4-rehearse", "-k", "not rehearse", "--phase4-confirm-destructive", seed=True)
+    assert outcomes_of(result)[f"{M1}::apply"] == "FAILED"
+    result.stdout.fnmatch_lines(["refusing to apply 20250101000001_create_views.sql: every step before it must pass "
+                                 "in this run, and backup did not: 1 of its 7 test(s) were deselected by -k 'not "
+                                 "rehearse' (rehearse); *"])
+    assert ledger(p) == []
