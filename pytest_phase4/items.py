@@ -8,6 +8,7 @@ Each migration is a session fixture (`migration_<file name>`, ordering.py); its 
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -51,11 +52,13 @@ def fixture_name(migration: Migration) -> str:
 
 
 def check_function(spec: CheckSpec) -> Callable[..., None]:
-    def phase4_check(phase4_run: Phase4Run, record_property: Callable[[str, object], None]) -> None:
+    # The run comes from the config, not from the phase4_run fixture: a conftest may override a fixture, never
+    # what the plan's own checks check with.
+    def phase4_check(request: pytest.FixtureRequest, record_property: Callable[[str, object], None]) -> None:
         from pytest_phase4.checks import CheckSkipped
 
         try:
-            observed = phase4_run.check(spec)
+            observed = request.config.stash[RUN_KEY].check(spec)
         except CheckSkipped as exc:
             pytest.skip(str(exc))
         record_property("observed", observed)
@@ -65,7 +68,8 @@ def check_function(spec: CheckSpec) -> Callable[..., None]:
 
 
 def migration_function(migration: Migration) -> Callable[..., None]:
-    def phase4_migration(phase4_run: Phase4Run, record_property: Callable[[str, object], None]) -> None:
+    def phase4_migration(request: pytest.FixtureRequest, record_property: Callable[[str, object], None]) -> None:
+        phase4_run = request.config.stash[RUN_KEY]
         state = phase4_run.ensure(migration)  # done already by the migration's fixture, in this item's setup
         record_property("sha256", state.sha256)
         if (error := phase4_run.errors.get(migration.file)) is not None:
@@ -100,6 +104,23 @@ class Phase4Item(pytest.Function):
         return self.path, max(self.line - 1, 0), self.nodeid.split("::", 1)[-1]
 
 
+def _noting_it_ran(fn: Callable[..., None], key: Key) -> Callable[..., None]:
+    """The item's function, noting in the run's StepBook that it ran to its end (or skipped itself): a plugin that
+    reports the test passed without calling it (-p no:python, a pytest_pyfunc_call of its own) passes nothing."""
+
+    @functools.wraps(fn)  # pytest reads the fixtures from the wrapped function's signature
+    def noted(*args: Any, **kwargs: Any) -> None:
+        book = kwargs["request"].config.stash[RUN_KEY].book
+        try:
+            fn(*args, **kwargs)
+        except pytest.skip.Exception:
+            book.ran.add(key)
+            raise
+        book.ran.add(key)
+
+    return noted
+
+
 class StepCollector(pytest.Collector):
     """A stage's checks, or one migration and its verify checks: a group that halting treats as one step."""
 
@@ -126,7 +147,7 @@ class StepCollector(pytest.Collector):
 
     def _item(self, name: str, fn: Callable[..., None], position: int, line: int, is_migration: bool,
               key: Key = REHEARSE_KEY) -> pytest.Item:
-        item = Phase4Item.from_parent(self, name=name, callobj=fn)
+        item = Phase4Item.from_parent(self, name=name, callobj=_noting_it_ran(fn, key))
         item.line = line
         item.add_marker(getattr(pytest.mark, self.stage))
         if self.migration is not None and self.migration.destructive:

@@ -34,7 +34,8 @@ from pytest_phase4.items import (
     fixture_name,
 )
 from pytest_phase4.plan import Migration
-from pytest_phase4.run import NOT_RUN, MigrationState, Phase4Run
+from pytest_phase4.run import FAILED as FAILED_STATE
+from pytest_phase4.run import NOT_RUN, REFUSED, MigrationState, Phase4Run
 from pytest_phase4.steps import FAILED, HELD, PASSED, REHEARSE_KEY, custom_key
 
 INDEX_KEY = pytest.StashKey[int]()  # collection order, kept as the tie-break whatever reordered the items
@@ -252,11 +253,20 @@ class Runbook:
         elif rep.skipped and rep.when == "setup" and isinstance(item, Phase4Item):
             if self.run.book.outcomes.get(place.key) != HELD:  # not held back by this plugin: someone else's skip
                 self.run.book.record(place.key, HELD, "by a skip marker or a plugin, before they ran")
+        elif isinstance(item, Phase4Item) and rep.when == "call" and place.key not in self.run.book.ran:
+            self.run.book.record(place.key, HELD, "reported without running: a plugin took over the test call")
         elif rep.skipped or (rep.passed and rep.when == "call"):
             self.run.book.record(place.key, PASSED)  # a skip of the item's own: it does not apply to this run
         if rep.skipped and isinstance(rep.longrepr, tuple) and _ours(rep.longrepr[0]):
             rep.longrepr = _location(item, rep.longrepr[2])  # where the item is, not the plugin line that skipped
         return rep
+
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        """A run in which a migration failed or was refused never exits 0, whatever reported its items."""
+        if session.exitstatus == pytest.ExitCode.OK and any(
+                s.status in (FAILED_STATE, REFUSED) for s in self.run.states.values()):
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def _reason(call: pytest.CallInfo[None]) -> str:

@@ -53,7 +53,7 @@ def pytest_cmdline_main(config: pytest.Config) -> None:
     settings = Settings.from_config(config)
     if not settings.enabled:
         return
-    _refuse_distribution(config)
+    _refuse_options(config)
     plan_path = settings.plan
     if missing := missing_plan(config, plan_path):
         raise pytest.UsageError(missing)
@@ -95,6 +95,13 @@ def pytest_cmdline_main(config: pytest.Config) -> None:
     if config.pluginmanager.hasplugin("html"):
         config.pluginmanager.register(report.HtmlHooks(run), "phase4-html")
     evidence_hooks.configure(config, settings, run, terminal)  # smoke URL, sign-off, JSON, execution summary
+
+
+def _refuse_options(config: pytest.Config) -> None:
+    if not config.pluginmanager.hasplugin("python"):
+        raise pytest.UsageError("-p no:python: pytest would report every check of the runbook passed without "
+                                "running it; drop -p no:python")
+    _refuse_distribution(config)
 
 
 def _refuse_distribution(config: pytest.Config) -> None:

@@ -38,6 +38,7 @@ class StepBook:
     plan: Plan
     required: dict[int, dict[Key, str]] = field(default_factory=dict)  # group -> item -> label, in plan order
     outcomes: dict[Key, str] = field(default_factory=dict)
+    ran: set[Key] = field(default_factory=set)  # plan items whose own function ran to its end or skipped itself
     reasons: dict[Key, str] = field(default_factory=dict)  # why a held item was skipped
     collected: set[Key] = field(default_factory=set)
     selected: set[Key] | None = None  # None until collection has finished

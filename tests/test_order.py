@@ -299,11 +299,19 @@ def test_a_plugin_cannot_pass_a_plan_check_off_as_done(project: Callable[..., Pr
     assert outcomes_of(result)[f"{M1}::apply"] == "SKIPPED"
     result.stdout.fnmatch_lines(["*halted after preflight: tables_have_rows[[]sales[]]: *"])
     assert ledger(p) == []
-    for name in ("phase4-runbook", "phase4-migrations"):
+    p.execute("INSERT INTO sales SELECT g, 1 + g % 10, 'customer ' || (1 + g % 10), g FROM generate_series(1, 9) g")
+    (p.path / "conftest.py").write_text(  # reports every test passed without calling it
+        "import pytest\n\n@pytest.hookimpl(tryfirst=True)\ndef pytest_pyfunc_call(pyfuncitem):\n    return True\n")
+    result = p.run("--phase4-confirm-destructive")
+    assert result.ret == 1
+    result.stdout.fnmatch_lines(["refused * 20250101000001_create_views.sql * preflight did not: 8 of its 8 "
+                                 "test(s) were skipped: reported without running: a plugin took over the test call*"])
+    assert ledger(p) == []
+    (p.path / "conftest.py").unlink()
+    for name in ("phase4-runbook", "phase4-migrations", "python"):
         result = p.run("-p", f"no:{name}")
         assert result.ret == pytest.ExitCode.USAGE_ERROR
-        result.stderr.fnmatch_lines([f"ERROR: -p no:{name} disables the part of pytest-phase4 that keeps the "
-                                     "runbook in order*"])
+        result.stderr.fnmatch_lines([f"ERROR: -p no:{name}*"])
 
 
 def test_a_deselected_rehearsal_refuses_the_migrations(project: Callable[..., Project]) -> None:
