@@ -116,10 +116,6 @@ class Phase4Run:
             if state.status in (ALREADY, APPLIED) and file not in now:
                 state.status, state.note = ROLLED_BACK, f"undone by this run's rollback ({source})"
 
-    def is_applied(self, migration: Migration) -> bool:
-        """Applied by this run or an earlier one (the ledger)."""
-        return self.states[migration.file].status in (APPLIED, ALREADY)
-
     @property
     def migrated_in_this_run(self) -> bool:
         return any(s.status == APPLIED for s in self.states.values())
