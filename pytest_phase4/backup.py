@@ -118,22 +118,44 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def dump(tools: Tools, dsn: str, folder: Path, secrets: list[str]) -> Path:
-    """`pg_dump --format=custom` of the whole database into folder/full.dump."""
+def dump(tools: Tools, dsn: str, folder: Path, secrets: list[str], snapshot: str | None = None,
+         name: str = DUMP) -> Path:
+    """`pg_dump --format=custom` of the whole database into folder/full.dump; with `snapshot` (exported by a
+    transaction that stays open meanwhile), of exactly what that transaction sees."""
     folder.mkdir(parents=True, exist_ok=True)
     conninfo, env = client_args(dsn)
-    target = folder / DUMP
-    _run([tools.path("pg_dump"), "--format=custom", f"--file={target}", f"--dbname={conninfo}"], env, secrets,
-         "a custom-format dump of the whole database", str(target))
+    target = folder / name
+    _run([tools.path("pg_dump"), "--format=custom", f"--file={target}", f"--dbname={conninfo}",
+          *_snapshot_arg(snapshot)], env, secrets, "a custom-format dump of the whole database", str(target))
     return target
 
 
-def dump_schema(tools: Tools, dsn: str, folder: Path, secrets: list[str]) -> Path:
+def dump_schema(tools: Tools, dsn: str, folder: Path, secrets: list[str], snapshot: str | None = None) -> Path:
     conninfo, env = client_args(dsn)
     target = folder / SCHEMA
-    _run([tools.path("pg_dump"), "--schema-only", f"--file={target}", f"--dbname={conninfo}"], env, secrets,
-         "a schema-only dump", str(target))
+    _run([tools.path("pg_dump"), "--schema-only", f"--file={target}", f"--dbname={conninfo}",
+          *_snapshot_arg(snapshot)], env, secrets, "a schema-only dump", str(target))
     return target
+
+
+def _snapshot_arg(snapshot: str | None) -> list[str]:
+    return [f"--snapshot={snapshot}"] if snapshot else []
+
+
+def markers_in_dump(tools: Tools, archive: Path, secrets: list[str]) -> set[str]:
+    """The backup markers (pytest_phase4.backups ids) the archive holds: what ties a dump to its snapshot.json."""
+    out = _run([tools.path("pg_restore"), "--data-only", "--schema=pytest_phase4", "--table=backups",
+                "--file=-", str(archive)], dict(os.environ), secrets, "pg_restore to read the backup's marker",
+               str(archive))
+    found, inside = set(), False
+    for line in out.splitlines():
+        if line.startswith("COPY pytest_phase4.backups "):
+            inside = True
+        elif inside and line == "\\.":
+            inside = False
+        elif inside:
+            found.add(line.split("\t", 1)[0])
+    return found
 
 
 def restore_command(tools: Tools, dsn: str, archive: Path) -> str:

@@ -45,6 +45,7 @@ CATEGORIES = (
     Category("Smoke Tests", "PASSED", lambda r: r.stage == "smoke"),
     Category("Performance", "ACCEPTABLE", lambda r: r.kind in PERF_KINDS),
 )
+ROLLBACK = Category("Rollback", "PROVEN", lambda r: r.stage == "rollback")
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,8 @@ class Evidence:
         return [r for r in self.records.values() if r.kind != "apply"]
 
     def verdicts(self) -> list[Verdict]:
+        if self.run.safety.rollback:  # a rollback runs none of the plan's checks: its own steps are the verdict
+            return [verdict(ROLLBACK, self.checks)]
         return [verdict(c, self.checks) for c in CATEGORIES]
 
     def issues(self) -> list[str]:
@@ -95,25 +98,30 @@ class Evidence:
         """Whether the database needs the runbook's Part 7, and why: a human decides, this says what happened."""
         states = list(self.run.states.values())
         applied = [s.migration.file for s in states if s.status == APPLIED]
+        stayed = [s.migration.file for s in states if s.status in (APPLIED, ALREADY)]
         failed_migration = next((s for s in states if s.status == FAILED), None)
         failures = [r for r in self.records.values() if r.outcome in ("failed", "error")]
         if self.run.safety.rollback:  # this run was the rollback itself (runbook Part 7)
-            mode = "--phase4-rollback" + ("=columns" if self.run.safety.rollback == "columns" else "")
-            if failures:
-                return True, (f"this run was a rollback ({mode}) and it did not complete: "
-                              f"{len(failures)} step(s) failed; the database may be partly restored: see the "
-                              "failed step, fix the cause and run the rollback again")
-            return False, f"this run was a rollback ({mode}): restored and proven (see the rollback steps)"
+            return self._rollback_run(failures, stayed)
+        if failed_migration is not None and not stayed:
+            return False, (f"{failed_migration.migration.file} failed (its own transaction was rolled back) and no "
+                           "migration of the plan is applied: nothing to roll back; fix it and rerun")
         if failed_migration is not None:
             return True, (f"{failed_migration.migration.file} failed (its own transaction was rolled back); "
-                          f"{len(applied)} migration(s) of this run stay applied: roll back (Part 7) or fix and "
-                          "rerun")
+                          f"{len(stayed)} migration(s) of the plan stay applied ({len(applied)} of this run): "
+                          "roll back with --phase4-rollback (Part 7) or fix and rerun")
         refused = next((s for s in states if s.status == REFUSED), None)
+        if refused is not None and not stayed:
+            return False, (f"{refused.migration.file} was refused, not attempted ({refused.note}); no migration of "
+                           "the plan is applied: nothing to roll back; fix the cause and rerun")
         if refused is not None:
             return False, (f"{refused.migration.file} was refused, not attempted ({refused.note}); {len(applied)} "
                            "migration(s) applied in this run stay applied: fix the cause and rerun the whole plan, "
                            "or undo them with --phase4-rollback (Part 7)")
         blocked = next((s for s in states if s.status == BLOCKED), None)
+        if blocked is not None and not stayed:
+            return False, (f"stopped before the point of no return ({blocked.migration.file}); no migration of the "
+                           "plan is applied: nothing to roll back; confirm and rerun")
         if blocked is not None:
             return False, (f"stopped before the point of no return ({blocked.migration.file}); {len(applied)} "
                            "migration(s) applied, nothing destructive: confirm and rerun, or undo them with "
@@ -128,6 +136,22 @@ class Evidence:
                                and r.kind not in ("apply", "custom")):
             return False, f"{len(applied)} migration(s) applied in this run without any of their checks run"
         return False, "every check selected passed"
+
+    def _rollback_run(self, failures: list[CheckRecord], stayed: list[str]) -> tuple[bool, str]:
+        mode = f"--phase4-rollback={self.run.safety.rollback}"
+        steps = [r for r in self.records.values() if r.stage == "rollback"]
+        failed = next((r for r in steps if r.outcome in ("failed", "error")), None)
+        if failed is None and steps and all(r.outcome == "passed" for r in steps):
+            return False, f"this run was a rollback ({mode}): committed and proven (see the rollback steps)"
+        if failed is not None and failed.step in ("locate_backup", "assess"):
+            if not stayed:
+                return False, f"this run was a rollback ({mode}), refused: {failed.message}"
+            return True, (f"this run was a rollback ({mode}) and it was REFUSED at {failed.step} before any change "
+                          f"({failed.message}); {len(stayed)} migration(s) of the plan are still applied")
+        where = failed.step if failed is not None else "a step not run"
+        return True, (f"this run was a rollback ({mode}) and it FAILED at {where}: its transaction was rolled back, "
+                      f"the database and the ledger are as before it ({len(stayed)} migration(s) of the plan still "
+                      "applied); fix the cause and run the rollback again")
 
     def migrations(self) -> list[dict[str, Any]]:
         rows = []

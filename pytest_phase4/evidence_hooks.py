@@ -18,7 +18,7 @@ import pytest
 from pytest_phase4 import evidence_html, perf, progress
 from pytest_phase4.errors import Phase4Error
 from pytest_phase4.evidence import CheckRecord, Evidence, migration_done
-from pytest_phase4.items import GROUP_KEY, IS_MIGRATION_KEY, SPEC_KEY, Phase4Item
+from pytest_phase4.items import GROUP_KEY, IS_MIGRATION_KEY, ROLLBACK_STEP_KEY, SPEC_KEY, Phase4Item
 from pytest_phase4.progress import Terminal
 from pytest_phase4.run import Phase4Run
 from pytest_phase4.settings import Settings
@@ -99,6 +99,10 @@ class EvidencePlugin:
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         for item in session.items:
             group = item.stash.get(GROUP_KEY, None)
+            if (rollback_step := item.stash.get(ROLLBACK_STEP_KEY, None)) is not None:
+                self.ev.records[item.nodeid] = CheckRecord(item.nodeid, "rollback", rollback_step, "rollback")
+                self.classnames[item.nodeid] = "rollback"
+                continue
             if group is None:
                 continue
             step = self.run.plan.steps[group]

@@ -43,6 +43,7 @@ class Place:
 
 
 PLACE_KEY = pytest.StashKey[Place]()
+ROLLBACK_STEP_KEY = pytest.StashKey[str]()  # the step of a --phase4-rollback item (evidence)
 
 
 def fixture_name(migration: Migration) -> str:

@@ -20,6 +20,10 @@ CREATE TABLE IF NOT EXISTS pytest_phase4.ledger (
     duration_ms numeric(12, 1) NOT NULL
 );
 COMMENT ON TABLE pytest_phase4.ledger IS 'migrations applied by pytest-phase4; one row per file';
+-- true when the migration's changes are in pytest_phase4.changes (what --phase4-rollback reverts)
+ALTER TABLE pytest_phase4.ledger ADD COLUMN IF NOT EXISTS recorded boolean NOT NULL DEFAULT false;
+-- the migration's transaction id: a row whose xmin is none of the plan's was written (or changed) by someone else
+ALTER TABLE pytest_phase4.ledger ADD COLUMN IF NOT EXISTS xid bigint;
 """
 
 
@@ -46,8 +50,35 @@ def record(conn: psycopg.Connection[Any], file: str, sha256: str, plan: str, dur
     """Insert the ledger row; call inside the migration's transaction so both commit or neither does."""
     conn.execute(_CREATE)
     conn.execute(
-        "INSERT INTO pytest_phase4.ledger (file, sha256, plan, duration_ms) VALUES (%s, %s, %s, %s)",
-        (file, sha256, plan, round(duration_ms, 1)))
+        "INSERT INTO pytest_phase4.ledger (file, sha256, plan, duration_ms, recorded, xid)"
+        " VALUES (%s, %s, %s, %s, true, txid_current())", (file, sha256, plan, round(duration_ms, 1)))
+
+
+_BACKUPS = """
+CREATE SCHEMA IF NOT EXISTS pytest_phase4;
+CREATE TABLE IF NOT EXISTS pytest_phase4.backups (
+    id       uuid PRIMARY KEY,
+    taken_at timestamptz NOT NULL DEFAULT now(),
+    folder   text NOT NULL
+);
+COMMENT ON TABLE pytest_phase4.backups IS 'one row per backup, written just before its dump: ties a backup to '
+    'the database it was taken from (the row travels in the dump and stays in the database)';
+"""
+
+
+def mark_backup(conn: psycopg.Connection[Any], backup_id: str, folder: str) -> None:
+    """The one write of the backup stage: a row naming the backup, committed before the dump."""
+    with conn.transaction():
+        conn.execute(_BACKUPS)
+        conn.execute("INSERT INTO pytest_phase4.backups (id, folder) VALUES (%s, %s)", (backup_id, folder))
+
+
+def backup_markers(conn: psycopg.Connection[Any]) -> set[str]:
+    """The backups this database holds the marker of (none when no backup was ever taken of it)."""
+    row = conn.execute("SELECT to_regclass('pytest_phase4.backups') IS NOT NULL").fetchone()
+    if not row or not row[0]:
+        return set()
+    return {str(r[0]) for r in conn.execute("SELECT id FROM pytest_phase4.backups").fetchall()}
 
 
 def sync_supabase(conn: psycopg.Connection[Any], file: str, text: str) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 from psycopg.pq import TransactionStatus
 
-from pytest_phase4 import ledger, sqltext
+from pytest_phase4 import changes, ledger, sqltext
 from pytest_phase4.errors import MigrationFailed
 from pytest_phase4.plan import Migration
 
@@ -89,12 +89,14 @@ def _in_transaction(conn: psycopg.Connection[Any], m: Migration, text: str, sha:
     with conn.transaction():
         if m.statement_timeout:
             conn.execute("SELECT pg_catalog.set_config('statement_timeout', %s, true)", (m.statement_timeout,))
+        seen = changes.before(conn)  # the catalog before: what the rollback reverts is recorded below
         for stmt in sqltext.split(text):
             _execute(conn, stmt)
             if conn.info.transaction_status != TransactionStatus.INTRANS:
                 raise MigrationFailed(m.file, stmt.line, None, "the file ended the transaction itself",
                                       statement=stmt.code)
         ledger.record(conn, m.file, sha, plan, (time.perf_counter() - started) * 1000)
+        changes.store(conn, m.file, seen)
         ledger.sync_supabase(conn, m.file, text)
 
 
@@ -102,6 +104,7 @@ def _statement_by_statement(conn: psycopg.Connection[Any], m: Migration, text: s
                             schema: str, started: float) -> None:
     statements = sqltext.split(text)
     conn.autocommit = True
+    seen = changes.before(conn)  # autocommit: the diff spans the file's statements, which commit one by one
     try:
         if m.statement_timeout:
             conn.execute("SELECT pg_catalog.set_config('statement_timeout', %s, false)", (m.statement_timeout,))
@@ -119,12 +122,16 @@ def _statement_by_statement(conn: psycopg.Connection[Any], m: Migration, text: s
                 detail=f"{_partial(len(statements), len(statements))}; a failed or cancelled CREATE INDEX "
                        f"CONCURRENTLY leaves an invalid index: DROP INDEX CONCURRENTLY {invalid[0]}; then rerun",
                 rolled_back=False)
+    except MigrationFailed:
+        changes.store_partial(conn, m.file, seen)  # what stayed committed, for --phase4-rollback to undo
+        raise
     finally:
         if m.statement_timeout:
             conn.execute("RESET statement_timeout")
         conn.autocommit = False
     with conn.transaction():
         ledger.record(conn, m.file, sha, plan, (time.perf_counter() - started) * 1000)
+        changes.store(conn, m.file, seen, transactional=False)
         ledger.sync_supabase(conn, m.file, text)
 
 

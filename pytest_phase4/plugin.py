@@ -30,7 +30,7 @@ STAGE_MARKERS = {
     "smoke": "phase4 smoke requests against the application's API (--phase4-base-url)",
     "destructive": "phase4 steps of a migration marked destructive (the point of no return)",
     "backup": "phase4 backup stage: pg_dump, schema dump, snapshot, BACKUP_INFO.txt, verified",
-    "rollback": "phase4 --phase4-rollback steps: restore the backup and prove it",
+    "rollback": "phase4 --phase4-rollback steps: undo the plan in one transaction and prove it",
 }
 
 

@@ -61,6 +61,11 @@ class Pool:
         finally:
             self._idle.put(conn)
 
+    def adopt(self, snapshot: str) -> None:
+        """Run every job from now until `end` in a snapshot another transaction exported (and keeps open)."""
+        with self._lock:
+            self._snapshot = snapshot
+
     def end(self) -> None:
         """Close the shared snapshot's transactions, and with them their locks. Call when no job runs."""
         with self._lock:

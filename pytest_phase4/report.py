@@ -34,9 +34,8 @@ def header_lines(run: Phase4Run) -> list[str]:
         f"phase4 target: {run.target.label} via {run.target.source}; PostgreSQL {run.server_version}",
     ]
     if run.safety.rollback:
-        what = "the dropped columns only" if run.safety.rollback == "columns" else "the whole schema"
-        return [*lines, f"phase4 mode: rollback of {what} from the newest backup of this database, proven by row "
-                        f"counts, checksums and fingerprint; no migration runs ({already} in the ledger)"]
+        return [*lines, f"phase4 mode: rollback ({run.safety.rollback}) of the plan's migrations in the ledger "
+                        f"({already}), proven before it commits; no migration runs"]
     return [*lines, f"phase4 migrations: {len(plan.migrations)} in plan, {already} already applied (ledger); "
                     f"destructive: {gate}"]
 

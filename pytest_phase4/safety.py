@@ -5,6 +5,7 @@ checks, and the gate in front of a destructive migration. No pytest here: the py
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -114,22 +115,23 @@ def backup_step(run: Phase4Run, spec: CheckSpec) -> str:
         if folder.exists() and any(folder.iterdir()):
             raise CheckFailed("an empty folder for this run's backup", "a folder that already holds files",
                               str(folder), hint="never overwrite a backup: choose another --phase4-backup-dir")
-        archive = backup.dump(tools(run), run.target.dsn, folder, secrets)
+        archive = one_moment(run, folder)
         s.sha256 = backup.sha256_of(archive)
-        return f"{archive}: {archive.stat().st_size:,} bytes, sha256 {s.sha256[:16]}"
+        marker = s.backup_snapshot.backup_id if s.backup_snapshot else "?"
+        return (f"{archive}: {archive.stat().st_size:,} bytes, sha256 {s.sha256[:16]}; with {backup.SCHEMA} and "
+                f"{backup.SNAPSHOT}, of one exported snapshot (marker {marker})")
     archive = folder / backup.DUMP
-    if s.sha256 is None:
+    if s.sha256 is None or s.backup_snapshot is None:
         raise CheckFailed("a dump made by this run", "none: the dump step did not succeed", str(folder))
     if step == "schema":
-        path = backup.dump_schema(tools(run), run.target.dsn, folder, secrets)
-        return f"{path}: {path.stat().st_size:,} bytes"
+        path = folder / backup.SCHEMA
+        return f"{path}: {path.stat().st_size:,} bytes, the same moment as {backup.DUMP}"
     if step == "snapshot":
-        snap = snapshot.take(run.ro, run.plan.schema, pool=run.pool())
-        snap.applied = sorted(ledger.read(run.ro))
-        snap.source = snapshot.identity(run.ro)
-        (folder / backup.SNAPSHOT).write_text(snap.to_json())
-        s.backup_snapshot = snap
-        return f"{folder / backup.SNAPSHOT}: {len(snap.counts)} tables, {sum(snap.counts.values()):,} rows"
+        snap = snapshot.Snapshot.from_json((folder / backup.SNAPSHOT).read_text())
+        every = sum(c.rows for t in snap.tables.values() for c in t.values())
+        return (f"{folder / backup.SNAPSHOT}: {len(snap.counts)} tables, {sum(snap.counts.values()):,} rows in "
+                f"{snap.schema} ({every:,} rows in {sum(len(t) for t in snap.tables.values())} tables of every "
+                f"schema), {len(snap.objects)} catalog objects, the same moment as {backup.DUMP}")
     if step == "info":
         command = backup.restore_command(tools(run), run.target.dsn, archive)
         path = backup.write_info(folder, plan=run.plan.name, source=run.target.label, server=run.server_version,
@@ -147,6 +149,37 @@ def backup_step(run: Phase4Run, spec: CheckSpec) -> str:
     raise AssertionError(step)
 
 
+def one_moment(run: Phase4Run, folder: Path) -> Path:
+    """Write the backup's marker row, then dump, schema-dump and snapshot (counts, checksums, fingerprint,
+    inventory) one exported snapshot: the files describe one moment even while the application writes."""
+    s, secrets = run.safety, run.target.secrets
+    backup_id = str(uuid.uuid4())
+    with run.target.connect(read_only=False, autocommit=False, settings={"lock_timeout": run.lock_timeout}) as w:
+        ledger.mark_backup(w, backup_id, folder.name)
+    pool = run.pool()
+    with run.target.connect(read_only=True, autocommit=False,
+                            settings={"statement_timeout": run.check_timeout}) as conn:
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        row = conn.execute("SELECT pg_catalog.pg_export_snapshot()").fetchone()
+        name = str(row[0]) if row else None
+        try:
+            if pool is not None and name:
+                pool.adopt(name)
+            archive = backup.dump(tools(run), run.target.dsn, folder, secrets, snapshot=name)
+            backup.dump_schema(tools(run), run.target.dsn, folder, secrets, snapshot=name)
+            snap = snapshot.take_all(conn, run.plan.schema, pool)
+            snap.applied = sorted(ledger.read(conn))
+            snap.source = snapshot.identity(conn)
+            snap.backup_id = backup_id
+        finally:
+            if pool is not None:
+                pool.end()
+            conn.rollback()
+    (folder / backup.SNAPSHOT).write_text(snap.to_json())
+    s.backup_snapshot = snap
+    return archive
+
+
 def verify_restore(run: Phase4Run, archive: Path) -> str:
     s = run.safety
     if s.backup_snapshot is None:
@@ -156,10 +189,10 @@ def verify_restore(run: Phase4Run, archive: Path) -> str:
         backup.restore(tools(run), dsn, archive, run.target.secrets, clean=False, owner=False)
         with psycopg.connect(dsn, autocommit=True) as conn:
             copy = snapshot.take(conn, run.plan.schema)
-    problems = compare(s.backup_snapshot, copy)
+    count, problems = differences(s.backup_snapshot, copy)
     if problems:
         raise CheckFailed("the restored copy to equal the source (row counts, checksums, catalog)",
-                          f"{len(problems)} difference(s)", f"scratch database {scratch}", details=problems[:40])
+                          f"{count} difference(s)", f"scratch database {scratch}", details=problems[:40])
     s.restore_verified = True
     return (f"restored into {scratch}: {len(copy.counts)} tables, {sum(copy.counts.values()):,} rows, "
             "checksums and catalog fingerprint equal the source")
@@ -171,6 +204,11 @@ def _dbname(run: Phase4Run) -> str:
 
 def compare(expected: snapshot.Snapshot, found: snapshot.Snapshot) -> list[str]:
     """Every difference in row counts, content checksums and catalog, as lines (empty when equal)."""
+    return differences(expected, found)[1]
+
+
+def differences(expected: snapshot.Snapshot, found: snapshot.Snapshot) -> tuple[int, list[str]]:
+    """How many differences (a catalog table's header row is not one), and the lines that show them."""
     lines = []
     for table in sorted(set(expected.counts) | set(found.counts)):
         a, b = expected.counts.get(table), found.counts.get(table)
@@ -180,10 +218,11 @@ def compare(expected: snapshot.Snapshot, found: snapshot.Snapshot) -> list[str]:
         ea, fb = expected.checksums.get(table), found.checksums.get(table)
         if ea and fb and ea.columns == fb.columns and ea.sum != fb.sum:
             lines.append(f"checksum of {expected.schema}.{table}: expected {ea.sum}, found {fb.sum}")
+    count = len(lines)
     changes = snapshot.diff(expected.fingerprint, found.fingerprint)
     if changes:
         lines += snapshot.table_lines(changes)
-    return lines
+    return count + len(changes), lines
 
 
 def checksum_unchanged(run: Phase4Run, spec: CheckSpec) -> str:
@@ -203,7 +242,7 @@ def checksum_unchanged(run: Phase4Run, spec: CheckSpec) -> str:
         raise CheckFailed(f"{where}: {recorded.describe()} (recorded before migrating)",
                           f"{rows}, checksum {now.sum}", where,
                           hint=spec.hint or f"a migration changed or deleted rows of {table} that must be kept: "
-                                            "restore from the backup (--phase4-rollback)")
+                                            "put the backup's rows back (--phase4-rollback=restore)")
     return f"{where}: {now.describe()}, as before"
 
 
@@ -230,8 +269,8 @@ def row_counts_match(run: Phase4Run, spec: CheckSpec) -> str:
                           f"{len(rows) - 1} table(s) differ" + (f", {len(unknown)} unknown delta(s)" if unknown
                                                                  else ""),
                           f"schema {schema}", details=lines,
-                          hint=spec.hint or "rows were lost or added: restore from the backup (--phase4-rollback), "
-                                            "or declare the intended change in deltas")
+                          hint=spec.hint or "rows were lost or added: put the backup's rows back "
+                                            "(--phase4-rollback=restore), or declare the intended change in deltas")
     total = sum(now.values())
     return f"{len(now)} tables, {total:,} rows: every count as before" + (
         f", with deltas {', '.join(f'{t} {d:+,}' for t, d in sorted(deltas.items()))}" if deltas else "")
@@ -288,7 +327,7 @@ def _expected(change: snapshot.Change, names: set[str], likes: list[str], column
             tables = [t for t in columns if re.search(rf"\bON (ONLY )?\S*\b{re.escape(t)} ", text)]
         else:
             tables = [table]
-        return any(re.search(rf"[( ]{re.escape(c)}[,)]", text) for t in tables for c in columns.get(t, ()))
+        return any(re.search(rf"[( ]{re.escape(c)}[,) ]", text) for t in tables for c in columns.get(t, ()))
     return False
 
 

@@ -6,31 +6,19 @@ from __future__ import annotations
 import contextlib
 import html
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
 import psycopg
 import pytest
 
-from pytest_phase4 import backup, catalog, checks, rollback
+from pytest_phase4 import backup, catalog, checks, rollback, rollback_steps
 from pytest_phase4.errors import CheckFailed
+from pytest_phase4.items import ROLLBACK_STEP_KEY
 from pytest_phase4.run import Phase4Run
 
 ROLLBACK_KEY = pytest.StashKey[rollback.RollbackState]()
-FULL_STEPS: tuple[tuple[str, Callable[[Phase4Run, rollback.RollbackState], str]], ...] = (
-    ("locate_backup", rollback.locate),
-    ("drop_created", rollback.drop_created),
-    ("restore", rollback.restore_full),
-    ("row_counts", lambda run, st: rollback.prove(run, st, "row_counts")),
-    ("checksums", lambda run, st: rollback.prove(run, st, "checksums")),
-    ("fingerprint", lambda run, st: rollback.prove(run, st, "fingerprint")),
-)
-COLUMN_STEPS: tuple[tuple[str, Callable[[Phase4Run, rollback.RollbackState], str]], ...] = (
-    ("locate_backup", rollback.locate),
-    ("restore_scratch", rollback.restore_scratch),
-    ("refill_columns", rollback.refill_columns),
-    ("prove_columns", rollback.prove_columns),
-)
+MODES = (rollback.REVERT, rollback.RESTORE)
 
 
 def add_options(parser: pytest.Parser) -> None:
@@ -42,10 +30,13 @@ def add_options(parser: pytest.Parser) -> None:
     group.addoption("--phase4-verify-restore", action="store_true", default=None,
                     help="restore the backup into a scratch database and compare it with the source "
                          "(ini: phase4_verify_restore)")
-    group.addoption("--phase4-rollback", nargs="?", const="full", default=None, choices=("full", "columns"),
-                    metavar="MODE",
-                    help="instead of the plan, restore the pre-migration state from the backup and prove it. "
-                         "MODE: full (the default) or columns (re-add and refill only the dropped columns)")
+    group.addoption("--phase4-rollback", nargs="?", const=rollback.REVERT, default=None, metavar="MODE",
+                    help="instead of the plan, undo its migrations in one transaction and prove it: revert (the "
+                         "default) undoes what they recorded and keeps every write made since the backup; restore "
+                         "puts the whole backup back, after listing what that loses (needs --phase4-accept-loss)")
+    group.addoption("--phase4-accept-loss", action="store_true", default=False,
+                    help="let --phase4-rollback drop or overwrite what it listed as lost (the current state is "
+                         "dumped first)")
     group.addoption("--phase4-rehearse", action="store_true", default=False,
                     help="after the backup, run the whole plan on a scratch copy restored from it; touch the "
                          "target only if that is green")
@@ -63,7 +54,7 @@ def configure(config: pytest.Config, run: Phase4Run) -> None:
     else:
         s.backup_root = config.rootpath / "_backups" / backup.slug(run.plan.name)
     s.verify_restore = bool(config.getoption("phase4_verify_restore") or config.getini("phase4_verify_restore"))
-    s.rollback = config.getoption("phase4_rollback")
+    s.rollback = _mode(config.getoption("phase4_rollback"))
     s.rehearse = bool(config.getoption("phase4_rehearse"))
     if s.rollback and s.rehearse:
         raise pytest.UsageError("--phase4-rollback and --phase4-rehearse are separate modes: give one of them")
@@ -74,10 +65,21 @@ def configure(config: pytest.Config, run: Phase4Run) -> None:
         raise pytest.UsageError("--phase4-rollback needs the database to restore: give --dsn (the embedded "
                                 "throwaway database has no backup to go back to)")
     s.ask = _asker(config)
-    config.stash[ROLLBACK_KEY] = rollback.RollbackState()
+    config.stash[ROLLBACK_KEY] = rollback.RollbackState(s.rollback or rollback.REVERT,
+                                                        bool(config.getoption("phase4_accept_loss")))
     config.pluginmanager.register(SafetyHooks(run), "phase4-safety")
     if config.pluginmanager.hasplugin("html"):
         config.pluginmanager.register(SafetyHtml(run), "phase4-safety-html")
+
+
+def _mode(given: str | None) -> str | None:
+    if given in (None, *MODES):
+        return given
+    if given in ("columns", "full"):
+        now = "--phase4-rollback (revert re-adds and refills dropped columns too)" if given == "columns" else \
+            "--phase4-rollback=restore (it lists what it would lose and needs --phase4-accept-loss)"
+        raise pytest.UsageError(f"--phase4-rollback={given} no longer exists: use {now}")
+    raise pytest.UsageError(f"--phase4-rollback={given}: expected one of {', '.join(MODES)} (default revert)")
 
 
 def _asker(config: pytest.Config) -> Callable[[str], bool | None]:
@@ -113,9 +115,10 @@ class SafetyHooks:
     def pytest_report_header(self) -> list[str]:
         s = self.run.safety
         if s.rollback:
-            what = "dropped columns only" if s.rollback == "columns" else "full"
-            return [f"phase4 ROLLBACK ({what}) from the newest pre-migration backup in {s.backup_root}; the plan is "
-                    "not run"]
+            what = ("revert: undo what the migrations recorded, keep every write since the backup"
+                    if s.rollback == rollback.REVERT else "restore: the whole backup back, with consent")
+            return [f"phase4 ROLLBACK ({what}) with the newest pre-migration backup in {s.backup_root}; one "
+                    "transaction; the plan is not run"]
         extra = ", verify restore" if s.verify_restore else ""
         extra += ", rehearsal first" if s.rehearse else ""
         lines = [f"phase4 backups: {s.backup_root}{extra}"]
@@ -143,20 +146,31 @@ class SafetyHooks:
             terminalreporter.section("phase4 rollback")
             for step, observed in state.done.items():
                 terminalreporter.write_line(f"{step:<16} {observed}")
-            steps = COLUMN_STEPS if s.rollback == "columns" else FULL_STEPS
-            if len(state.done) < len(steps):
-                terminalreporter.write_line("rollback NOT complete: see the failed step above", red=True, bold=True)
+            for line in rollback_outcome(state):
+                terminalreporter.write_line(line, red=not state.committed, bold=True)
         if s.folder is not None and (s.folder / backup.INFO).is_file():
             terminalreporter.section("phase4 backup")
             for line in (s.folder / backup.INFO).read_text().splitlines()[1:10]:
                 terminalreporter.write_line(line)
             terminalreporter.write_line(f"restore instructions: {s.folder / backup.INFO}")
 
-    def pytest_unconfigure(self, config: pytest.Config) -> None:
-        state = config.stash.get(ROLLBACK_KEY, None)
-        if state is not None and state.scratch is not None:
-            with contextlib.suppress(Exception):
-                rollback.drop_scratch(self.run, state)
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(self, item: pytest.Item,
+                                  call: pytest.CallInfo[None]) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+        rep = yield
+        step = item.stash.get(ROLLBACK_STEP_KEY, None)
+        state = item.config.stash.get(ROLLBACK_KEY, None)
+        if step is not None and state is not None and rep.failed:  # whatever failed it: nothing may stay
+            state.failed = state.failed or step
+            state.done.pop(step, None)
+            rollback.abort(state)
+        return rep
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        state = session.config.stash.get(ROLLBACK_KEY, None)
+        if state is not None and state.conn is not None:  # interrupted, or steps deselected: never half-done
+            state.failed = state.failed or "commit"
+            rollback.abort(state)
 
 
 class SafetyHtml:
@@ -205,18 +219,30 @@ def rehearsal_items(collector: Any, position: int) -> Iterator[pytest.Item]:
     yield collector._item("rehearse", phase4_rehearsal, position + 1, 0, False)
 
 
+def rollback_outcome(state: rollback.RollbackState) -> list[str]:
+    """The rollback's last word, for the terminal and the report."""
+    if state.committed:
+        return [f"rollback COMPLETE and proven ({state.mode}); the state before it: {state.safety_dump}"]
+    if state.nothing:
+        return [f"rollback REFUSED: nothing to roll back: {state.nothing}; nothing was changed"]
+    step = state.failed or "a step"
+    changed = ("its transaction was rolled back: the database and the ledger are exactly as before"
+               if "safety_dump" in state.done else "nothing was changed")
+    return [f"rollback FAILED at {step}: {changed}"]
+
+
 class RollbackCollector(pytest.Collector):
-    """--phase4-rollback: each step of the restore and of its proof is a test, in order."""
+    """--phase4-rollback: each step of the rollback and of its proof is a test, in order."""
 
     def collect(self) -> Iterator[pytest.Item]:
         from pytest_phase4.items import RUN_KEY, Phase4Item  # items imports this module
 
         run = self.config.stash[RUN_KEY]
-        steps = COLUMN_STEPS if run.safety.rollback == "columns" else FULL_STEPS
         previous: str | None = None
-        for name, fn in steps:
+        for name, fn in rollback_steps.steps(run.safety.rollback or rollback.REVERT):
             item = Phase4Item.from_parent(self, name=name, callobj=_step_function(name, fn, previous))
             item.add_marker(pytest.mark.rollback)
+            item.stash[ROLLBACK_STEP_KEY] = name
             yield item
             previous = name
 
@@ -226,20 +252,24 @@ def _step_function(name: str, fn: Callable[[Phase4Run, rollback.RollbackState], 
     def phase4_rollback(phase4_run: Phase4Run, request: pytest.FixtureRequest,
                         record_property: Callable[[str, object], None]) -> None:
         state = request.config.stash[ROLLBACK_KEY]
-        if previous is not None and previous not in state.done:
-            pytest.skip(f"halted: rollback step {previous} did not succeed")
+        if state.failed is not None or (previous is not None and previous not in state.done):
+            pytest.skip(f"halted: rollback step {state.failed or previous} did not succeed; "
+                        + rollback_outcome(state)[0].split(": ", 1)[-1])
         try:
             observed = fn(phase4_run, state)
         except psycopg.Error as exc:  # one readable failure, never a traceback or a password
+            state.failed = name
+            rollback.abort(state)
             raise CheckFailed(f"rollback step {name} to succeed", phase4_run.target.scrub(checks.sql_error(exc)),
                               phase4_run.target.label,
-                hint=checks.timeout_hint(exc, phase4_run.lock_timeout) or "the step's transaction was rolled "
-                "back; fix the cause and rerun --phase4-rollback") from None
-        finally:
-            if name == "prove_columns":
-                rollback.drop_scratch(phase4_run, state)
+                hint=checks.timeout_hint(exc, phase4_run.lock_timeout) or "the rollback's transaction was rolled "
+                "back: nothing changed; fix the cause and rerun --phase4-rollback") from None
+        except BaseException:
+            state.failed = name
+            rollback.abort(state)
+            raise
         state.done[name] = observed
-        if name == "restore":
+        if name == "commit":
             phase4_run.after_restore(state.folder.name if state.folder else "the backup")
         record_property("observed", observed)
 

@@ -3,22 +3,48 @@ diff between two of them. No pytest here; every identifier is composed with psyc
 
 The content checksum is computed in the database, order independent, as the sum of 64-bit hashes of each row's
 kept columns: `SELECT count(*), coalesce(sum(hashtextextended(ROW(c1, c2, ...)::text, 0)), 0) FROM t`; the sum
-is numeric, so it cannot overflow. Keep this exact formula: it is what the benchmarks measure.
+is numeric, so it cannot overflow. Keep this exact formula: it is what the benchmarks measure. A row's text
+depends on session settings (time zone, date and interval styles, float digits, bytea output, search_path), so
+every checksum and fingerprint is computed with the settings of PINNED, recorded in snapshot.json with the
+formula's version: a snapshot is only compared with one computed the same way.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
-from pytest_phase4 import catalog
+from pytest_phase4 import catalog, normalize
 from pytest_phase4.ledger import SCHEMA as OWN_SCHEMA
 from pytest_phase4.pool import Pool, pages, run_all
+
+# The checksum formula: its version travels in snapshot.json, so a snapshot is never compared with a checksum
+# computed another way (a later version may hash records with hash_record_extended).
+FORMULA = {"version": 1, "row": "hashtextextended(ROW(<columns>)::text, 0)", "table": "count(*), sum(<row>)"}
+# Session settings every checksum and fingerprint is computed under (search_path: the plan's schema).
+PINNED = {"TimeZone": "UTC", "DateStyle": "ISO, YMD", "IntervalStyle": "postgres", "extra_float_digits": "1",
+          "bytea_output": "hex"}
+
+
+def pinned_settings(schema: str) -> dict[str, str]:
+    return {**PINNED, "search_path": schema}
+
+
+@contextmanager
+def pinned(conn: psycopg.Connection[Any], schema: str) -> Iterator[None]:
+    """Run what is inside with PINNED (and search_path = the schema), local to a transaction (or a savepoint
+    of the caller's): nothing else on the connection sees them."""
+    with conn.transaction():
+        conn.execute("SELECT pg_catalog.set_config(k, v, true) FROM unnest(%s::text[], %s::text[]) AS s(k, v)",
+                     (list(PINNED), list(PINNED.values())))
+        conn.execute("SELECT pg_catalog.set_config('search_path', pg_catalog.quote_ident(%s), true)", (schema,))
+        yield
 
 
 @dataclass(frozen=True)
@@ -31,11 +57,14 @@ class Checksum:
         return f"{self.rows:,} rows, checksum {self.sum} of ({', '.join(self.columns)})"
 
 
-def checksum(conn: psycopg.Connection[Any], schema: str, table: str, columns: Sequence[str]) -> Checksum:
+def checksum(conn: psycopg.Connection[Any], schema: str, table: str, columns: Sequence[str],
+             pin: str | None = None) -> Checksum:
+    """The table's checksum of the columns, under PINNED with search_path = pin (default: the table's schema)."""
     row_expr = sql.SQL("ROW({})").format(sql.SQL(", ").join(sql.Identifier(c) for c in columns))
     query = sql.SQL("SELECT count(*), coalesce(sum(hashtextextended({}::text, 0)), 0) FROM {}").format(
         row_expr, sql.Identifier(schema, table))
-    row = conn.execute(query).fetchone()
+    with pinned(conn, pin or schema):
+        row = conn.execute(query).fetchone()
     assert row is not None
     return Checksum(tuple(columns), int(row[0]), str(row[1]))
 
@@ -84,7 +113,9 @@ _FINGERPRINT = [
       JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
       WHERE n.nspname = %(s)s AND n.nspname <> %(own)s"""),
     ("policy", """SELECT tablename || '.' || policyname,
-             cmd || ' using ' || coalesce(qual, '-') || ' check ' || coalesce(with_check, '-')
+             'AS ' || permissive || ' FOR ' || cmd || ' TO ' || (SELECT string_agg(quote_ident(r), ', ' ORDER BY r)
+                                                               FROM unnest(roles) r)
+             || coalesce(' USING (' || qual || ')', '') || coalesce(' WITH CHECK (' || with_check || ')', '')
       FROM pg_catalog.pg_policies WHERE schemaname = %(s)s AND schemaname <> %(own)s"""),
 ]
 
@@ -93,9 +124,10 @@ def fingerprint(conn: psycopg.Connection[Any], schema: str) -> dict[str, str]:
     """"<kind> <name>" -> definition for tables (with RLS), columns and types, views and their definitions,
     indexes, constraints, policies, sequences, functions (a hash of their definition), enums and domains."""
     found: dict[str, str] = {}
-    for kind, query in _FINGERPRINT:
-        for name, definition in conn.execute(query, {"s": schema, "own": OWN_SCHEMA}).fetchall():
-            found[f"{kind} {name}"] = str(definition)
+    with pinned(conn, schema):
+        for kind, query in _FINGERPRINT:
+            for name, definition in conn.execute(query, {"s": schema, "own": OWN_SCHEMA}).fetchall():
+                found[f"{kind} {name}"] = str(definition)
     return dict(sorted(found.items()))
 
 
@@ -107,22 +139,76 @@ class Snapshot:
     fingerprint: dict[str, str] = field(default_factory=dict)
     applied: list[str] = field(default_factory=list)  # migrations the ledger showed as applied at that moment
     source: dict[str, str] = field(default_factory=dict)  # which database this is of (see identity())
+    # A backup's snapshot only (the backup stage, one moment with its dump):
+    backup_id: str = ""  # the marker row written into pytest_phase4.backups before the dump
+    tables: dict[str, dict[str, Checksum]] = field(default_factory=dict)  # every table of every schema
+    objects: list[dict[str, Any]] = field(default_factory=list)  # the inventory (inventory.Obj.to_json)
+    settings: dict[str, str] = field(default_factory=dict)  # the session settings checksums were computed under
+    formula: dict[str, Any] = field(default_factory=dict)  # FORMULA when computed; {} when unknown (older file)
 
     def to_json(self) -> str:
+        def sums(found: Mapping[str, Checksum]) -> dict[str, Any]:
+            return {t: {"columns": list(c.columns), "rows": c.rows, "sum": c.sum} for t, c in found.items()}
+
         return json.dumps({
             "schema": self.schema, "counts": self.counts, "fingerprint": self.fingerprint, "applied": self.applied,
-            "source": self.source,
-            "checksums": {t: {"columns": list(c.columns), "rows": c.rows, "sum": c.sum}
-                          for t, c in self.checksums.items()},
+            "source": self.source, "checksums": sums(self.checksums), "backup_id": self.backup_id,
+            "tables": {ns: sums(t) for ns, t in self.tables.items()}, "objects": self.objects,
+            "settings": self.settings, "formula": self.formula,
         }, indent=1, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> Snapshot:
         data = json.loads(text)
-        sums = {t: Checksum(tuple(c["columns"]), int(c["rows"]), str(c["sum"])) for t, c in data["checksums"].items()}
-        return cls(str(data["schema"]), {k: int(v) for k, v in data["counts"].items()}, sums,
+
+        def sums(found: Mapping[str, Any]) -> dict[str, Checksum]:
+            return {t: Checksum(tuple(c["columns"]), int(c["rows"]), str(c["sum"])) for t, c in found.items()}
+
+        return cls(str(data["schema"]), {k: int(v) for k, v in data["counts"].items()}, sums(data["checksums"]),
                    dict(data["fingerprint"]), [str(f) for f in data.get("applied", [])],
-                   {str(k): str(v) for k, v in data.get("source", {}).items()})
+                   {str(k): str(v) for k, v in data.get("source", {}).items()}, str(data.get("backup_id", "")),
+                   {ns: sums(t) for ns, t in data.get("tables", {}).items()}, list(data.get("objects", [])),
+                   dict(data.get("settings", {})), dict(data.get("formula", {})))
+
+    def comparable(self) -> str | None:
+        """Why checksums computed now cannot be compared with this snapshot's, or None when they can."""
+        if self.formula.get("version") != FORMULA["version"] or self.settings != pinned_settings(self.schema):
+            return (f"the snapshot's checksums were computed with formula {self.formula or 'unknown'} under "
+                    f"settings {self.settings or 'unknown'}; this version computes formula {FORMULA} under "
+                    f"{pinned_settings(self.schema)}")
+        return None
+
+
+def take_all(conn: psycopg.Connection[Any], schema: str, pool: Pool | None = None) -> Snapshot:
+    """A backup's snapshot: every table of every schema counted and checksummed (all columns), the plan's
+    schema's fingerprint, and the inventory of every object. Call inside the transaction whose snapshot the
+    dump uses (pool connections that imported it run the tables side by side)."""
+    from pytest_phase4 import inventory  # inventory imports nothing of this module; this keeps the import light
+
+    rows = conn.execute(
+        "SELECT n.nspname::text, c.relname::text, c.relpages FROM pg_catalog.pg_class c"
+        " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'p')"
+        " AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast', %s)"
+        " AND n.nspname NOT LIKE 'pg\\_temp\\_%%' AND n.nspname NOT LIKE 'pg\\_toast\\_temp\\_%%'"
+        " ORDER BY 1, 2", (OWN_SCHEMA,)).fetchall()
+    cols = {(ns, t): catalog.columns(conn, ns, t) for ns, t, _ in rows}
+    jobs = [_pinned_checksum_job(ns, t, cols[ns, t], schema) for ns, t, _ in rows]
+    found = run_all(conn, pool, jobs, [float(p) for _, _, p in rows])
+    tables: dict[str, dict[str, Checksum]] = {}
+    for (ns, t, _), c in zip(rows, found, strict=True):
+        tables.setdefault(ns, {})[t] = c
+    mine = tables.get(schema, {})
+    return Snapshot(schema, {t: c.rows for t, c in mine.items()}, dict(mine), fingerprint(conn, schema),
+                    tables=tables, objects=[o.to_json() for o in inventory.take(conn).values()],
+                    settings=pinned_settings(schema), formula=dict(FORMULA))
+
+
+def _pinned_checksum_job(ns: str, table: str, columns: Sequence[str],
+                         schema: str) -> Callable[[psycopg.Connection[Any]], Checksum]:
+    def job(conn: psycopg.Connection[Any]) -> Checksum:
+        return checksum(conn, ns, table, columns, pin=schema)
+
+    return job
 
 
 def identity(conn: psycopg.Connection[Any]) -> dict[str, str]:
@@ -196,7 +282,7 @@ def diff(before: Mapping[str, str], after: Mapping[str, str]) -> list[Change]:
             changes.append(Change(kind, name, "removed", before[key]))
         elif key not in before:
             changes.append(Change(kind, name, "added", "", after[key]))
-        elif before[key] != after[key]:
+        elif before[key] != after[key] and not normalize.same_text(kind, before[key], after[key]):
             changes.append(Change(kind, name, "changed", before[key], after[key]))
     return changes
 

@@ -62,9 +62,9 @@ class Project:
             argv.append("--phase4-seed")
         return self.pytester.runpytest(*argv)
 
-    def query(self, text: str, params: tuple[Any, ...] | None = None) -> list[tuple[Any, ...]]:
+    def query(self, text: str | sql.Composed, params: tuple[Any, ...] | None = None) -> list[tuple[Any, ...]]:
         with psycopg.connect(self.dsn, autocommit=True) as conn:
-            return conn.execute(text.encode(), params).fetchall()
+            return conn.execute(text.encode() if isinstance(text, str) else text, params).fetchall()
 
     def execute(self, text: str) -> None:
         with psycopg.connect(self.dsn, autocommit=True) as conn:
@@ -83,12 +83,13 @@ class Project:
 @pytest.fixture
 def project(pytester: pytest.Pytester, scratch_dsn: str) -> Callable[[str], Project]:
     """project("mini", ...) copies tests/examples/mini (then the others, overlaid) into a temp dir, with an
-    empty scratch database as target; "crm" is the bundled example in checks/."""
+    empty scratch database as target; "crm" is the bundled example in checks/, "supabase" the Supabase-shaped
+    application in examples/supabase/ (both copied to checks/)."""
 
     def make(*names: str) -> Project:
         for name in names:  # later folders overlay earlier ones
-            source = REPO / "checks" if name == "crm" else EXAMPLES / name
-            target = pytester.path / "checks" if name == "crm" else pytester.path
+            source = {"crm": REPO / "checks", "supabase": REPO / "examples" / "supabase"}.get(name, EXAMPLES / name)
+            target = pytester.path / "checks" if name in ("crm", "supabase") else pytester.path
             shutil.copytree(source, target, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
             if name == "crm":  # the fixtures of its custom checks
                 shutil.copy(REPO / "conftest.py", pytester.path / "conftest.py")

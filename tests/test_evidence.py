@@ -11,8 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import Project, outcomes_of
 
+from conftest import Project, outcomes_of
 from pytest_phase4.errors import PlanError
 from pytest_phase4.plan import load_plan
 
@@ -123,7 +123,8 @@ def test_failed_migration_means_rollback_required_and_is_the_issue(project: Call
     evidence = json.loads((p.path / "evidence.json").read_text())
     assert evidence["rollback_required"] == {
         "required": True, "reason": "20250101000003_add_indexes.sql failed (its own transaction was rolled back); "
-        "2 migration(s) of this run stay applied: roll back (Part 7) or fix and rerun"}
+        "2 migration(s) of the plan stay applied (2 of this run): roll back with --phase4-rollback (Part 7) or fix "
+        "and rerun"}
     assert [m["status"] for m in evidence["migrations"]] == ["applied", "applied", "failed"]
     assert evidence["issues"] == ["20250101000003_add_indexes::apply: 20250101000003_add_indexes.sql:1: column "
                                   "\"customer_idd\" does not exist [SQLSTATE 42703]"]

@@ -11,9 +11,9 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import BAD_TYPES, EXAMPLES, OTHER, TO_PARENT, Project, outcomes_of, pass_steps_before, spec
 from psycopg import sql
 
+from conftest import BAD_TYPES, EXAMPLES, OTHER, TO_PARENT, Project, outcomes_of, pass_steps_before, spec
 from pytest_phase4 import catalog, snapshot
 from pytest_phase4.facts import Facts, OrphanCount
 from pytest_phase4.kinds import Column, Relation

@@ -12,10 +12,10 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import EXAMPLES, OTHER, TO_PARENT, Project, outcomes_of, pass_steps_before, spec
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
+from conftest import EXAMPLES, OTHER, TO_PARENT, Project, outcomes_of, pass_steps_before, spec
 from pytest_phase4 import catalog
 from pytest_phase4.errors import CheckFailed
 from pytest_phase4.facts import Facts, OrphanCount

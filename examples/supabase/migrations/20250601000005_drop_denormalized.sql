@@ -1,0 +1,36 @@
+-- The point of no return: the denormalized copies go (their values live in the tables they were copied from).
+ALTER TABLE public.profiles
+  DROP COLUMN tenant_name,
+  DROP COLUMN tenant_plan,
+  DROP COLUMN legacy_code,
+  DROP COLUMN legacy_flags,
+  DROP COLUMN signup_note;
+ALTER TABLE public.projects
+  DROP COLUMN owner_name,
+  DROP COLUMN owner_email,
+  DROP COLUMN tenant_name,
+  DROP COLUMN tenant_plan,
+  DROP COLUMN budget_code,
+  DROP COLUMN archived_note;
+ALTER TABLE public.tickets
+  DROP COLUMN reporter_name,
+  DROP COLUMN reporter_email,
+  DROP COLUMN reporter_role,
+  DROP COLUMN project_name,
+  DROP COLUMN project_status,
+  DROP COLUMN tenant_name,
+  DROP COLUMN tenant_plan,
+  DROP COLUMN legacy_state,
+  DROP COLUMN legacy_ref,
+  DROP COLUMN sla_hours,
+  DROP COLUMN external_url,
+  DROP COLUMN customer_tier;
+ALTER TABLE public.comments
+  DROP COLUMN author_name,
+  DROP COLUMN author_email,
+  DROP COLUMN author_role,
+  DROP COLUMN ticket_title,
+  DROP COLUMN ticket_status,
+  DROP COLUMN project_name,
+  DROP COLUMN tenant_name,
+  DROP COLUMN edited_count;

@@ -1,0 +1,232 @@
+"""Every catalog object of a database that a migration can create, alter or drop, in any schema, by identity.
+
+One query returns, for each object, its catalog address (classid, objid, objsubid), its identity as
+PostgreSQL prints it (`pg_identify_object`), the address to find it again later (`pg_identify_object_as_address`)
+and a definition (a dict) that changes when the object is altered. Two inventories taken inside one migration's
+transaction, before and after its SQL, say what it created, altered and dropped; this needs no superuser, unlike
+event triggers. Objects of extensions, of system schemas and of pytest-phase4's own schema are left out.
+
+Definitions are read with search_path pinned to pg_catalog, so every name in them is schema-qualified whatever
+the session's path. No pytest here.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+
+from pytest_phase4.ledger import SCHEMA as OWN_SCHEMA
+from pytest_phase4.snapshot import PINNED
+
+# Kinds the rollback knows how to drop, by pg_identify_object's type.
+TOP_LEVEL = ("schema", "table", "view", "materialized view", "sequence", "foreign table", "composite type",
+             "function", "procedure", "aggregate", "type", "domain", "extension", "statistics object", "collation")
+PARTS = ("table column", "table constraint", "trigger", "policy", "rule", "index")
+
+_USER_NS = """
+  nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast', '""" + OWN_SCHEMA + """')
+  AND nspname NOT LIKE 'pg\\_temp\\_%' AND nspname NOT LIKE 'pg\\_toast\\_temp\\_%'"""
+
+_ACL = re.compile(r"ACL\(([a-z.]+)\)")  # a privilege list as a sorted array of text
+
+_QUERY = """
+WITH ns AS (SELECT oid, nspname FROM pg_catalog.pg_namespace WHERE {user_ns}),
+objs AS (
+  SELECT 'pg_catalog.pg_namespace'::regclass AS classid, n.oid AS objid, 0 AS objsubid, n.xmin AS x,
+         jsonb_build_object('owner', n.nspowner::regrole::text, 'acl', ACL(n.nspacl)) AS def,
+         NULL::oid AS parent
+    FROM pg_catalog.pg_namespace n JOIN ns ON ns.oid = n.oid
+  UNION ALL
+  SELECT 'pg_catalog.pg_class'::regclass, c.oid, 0, c.xmin,
+         jsonb_build_object('relkind', c.relkind, 'owner', c.relowner::regrole::text, 'acl', ACL(c.relacl),
+                            'rls', c.relrowsecurity, 'force_rls', c.relforcerowsecurity,
+                            'options', coalesce(array_to_string(c.reloptions, ','), ''),
+                            'persistence', c.relpersistence,
+                            'def', CASE WHEN c.relkind IN ('v', 'm') THEN pg_catalog.pg_get_viewdef(c.oid)
+                                        WHEN c.relkind IN ('i', 'I') THEN pg_catalog.pg_get_indexdef(c.oid) END,
+                            'key', CASE WHEN c.relkind IN ('r', 'p') THEN (
+                              SELECT array_agg(a.attname::text ORDER BY k.n) FROM pg_catalog.pg_index i
+                              CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, n)
+                              JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+                              WHERE i.indrelid = c.oid AND i.indisprimary) END),
+         CASE WHEN c.relkind IN ('i', 'I') THEN (SELECT i.indrelid FROM pg_catalog.pg_index i
+                                                  WHERE i.indexrelid = c.oid)
+              WHEN c.relkind = 'S' THEN (SELECT d.refobjid FROM pg_catalog.pg_depend d
+                                         WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.objid = c.oid
+                                           AND d.refclassid = 'pg_catalog.pg_class'::regclass
+                                           AND d.deptype IN ('a', 'i') LIMIT 1) END
+    FROM pg_catalog.pg_class c JOIN ns ON ns.oid = c.relnamespace
+   WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'i', 'I', 'f', 'c')
+  UNION ALL
+  SELECT 'pg_catalog.pg_class'::regclass, a.attrelid, a.attnum, a.xmin,
+         jsonb_build_object('type', pg_catalog.format_type(a.atttypid, a.atttypmod), 'notnull', a.attnotnull,
+                            'default', CASE WHEN a.attgenerated = '' THEN pg_catalog.pg_get_expr(d.adbin, d.adrelid)
+                                       END,
+                            'generated', CASE WHEN a.attgenerated <> '' THEN pg_catalog.pg_get_expr(d.adbin, d.adrelid)
+                                         END,
+                            'identity', a.attidentity,
+                            'collation', CASE WHEN a.attcollation <> t.typcollation
+                                              THEN (SELECT quote_ident(cn.nspname) || '.' || quote_ident(co.collname)
+                                                    FROM pg_catalog.pg_collation co
+                                                    JOIN pg_catalog.pg_namespace cn ON cn.oid = co.collnamespace
+                                                    WHERE co.oid = a.attcollation) END,
+                            'acl', ACL(a.attacl),
+                            'key', (SELECT array_agg(ka.attname::text ORDER BY k.n) FROM pg_catalog.pg_index i
+                              CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, n)
+                              JOIN pg_catalog.pg_attribute ka ON ka.attrelid = i.indrelid AND ka.attnum = k.attnum
+                              WHERE i.indrelid = a.attrelid AND i.indisprimary)),
+         a.attrelid
+    FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
+    JOIN ns ON ns.oid = c.relnamespace JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
+    LEFT JOIN pg_catalog.pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+   WHERE c.relkind IN ('r', 'p', 'f') AND a.attnum > 0 AND NOT a.attisdropped
+  UNION ALL
+  SELECT 'pg_catalog.pg_constraint'::regclass, k.oid, 0, k.xmin,
+         jsonb_build_object('contype', k.contype, 'def', pg_catalog.pg_get_constraintdef(k.oid),
+                            'validated', k.convalidated),
+         k.conrelid
+    FROM pg_catalog.pg_constraint k JOIN ns ON ns.oid = k.connamespace WHERE k.conrelid <> 0
+  UNION ALL
+  SELECT 'pg_catalog.pg_trigger'::regclass, g.oid, 0, g.xmin,
+         jsonb_build_object('def', pg_catalog.pg_get_triggerdef(g.oid), 'enabled', g.tgenabled), g.tgrelid
+    FROM pg_catalog.pg_trigger g JOIN pg_catalog.pg_class c ON c.oid = g.tgrelid JOIN ns ON ns.oid = c.relnamespace
+   WHERE NOT g.tgisinternal
+  UNION ALL
+  SELECT 'pg_catalog.pg_policy'::regclass, p.oid, 0, p.xmin,
+         jsonb_build_object('permissive', p.polpermissive, 'cmd', p.polcmd,
+                            'roles', (SELECT array_agg(CASE WHEN r = 0 THEN 'public' ELSE r::regrole::text END
+                                                       ORDER BY 1) FROM unnest(p.polroles) r),
+                            'using', pg_catalog.pg_get_expr(p.polqual, p.polrelid),
+                            'check', pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid)),
+         p.polrelid
+    FROM pg_catalog.pg_policy p JOIN pg_catalog.pg_class c ON c.oid = p.polrelid JOIN ns ON ns.oid = c.relnamespace
+  UNION ALL
+  SELECT 'pg_catalog.pg_rewrite'::regclass, r.oid, 0, r.xmin,
+         jsonb_build_object('def', pg_catalog.pg_get_ruledef(r.oid)), r.ev_class
+    FROM pg_catalog.pg_rewrite r JOIN pg_catalog.pg_class c ON c.oid = r.ev_class JOIN ns ON ns.oid = c.relnamespace
+   WHERE r.rulename <> '_RETURN'
+  UNION ALL
+  SELECT 'pg_catalog.pg_proc'::regclass, p.oid, 0, p.xmin,
+         jsonb_build_object('md5', CASE WHEN p.prokind IN ('f', 'p') THEN md5(pg_catalog.pg_get_functiondef(p.oid))
+                                   END, 'owner', p.proowner::regrole::text, 'acl', ACL(p.proacl)),
+         NULL::oid
+    FROM pg_catalog.pg_proc p JOIN ns ON ns.oid = p.pronamespace
+  UNION ALL
+  SELECT 'pg_catalog.pg_type'::regclass, t.oid, 0, t.xmin,
+         jsonb_build_object('typtype', t.typtype, 'owner', t.typowner::regrole::text, 'acl', ACL(t.typacl),
+                            'labels', (SELECT array_agg(e.enumlabel::text ORDER BY e.enumsortorder)
+                                       FROM pg_catalog.pg_enum e WHERE e.enumtypid = t.oid),
+                            'base', CASE WHEN t.typtype = 'd'
+                                         THEN pg_catalog.format_type(t.typbasetype, t.typtypmod) END,
+                            'notnull', t.typnotnull, 'default', t.typdefault,
+                            'checks', (SELECT array_agg(pg_catalog.pg_get_constraintdef(k.oid) ORDER BY k.conname)
+                                       FROM pg_catalog.pg_constraint k WHERE k.contypid = t.oid)),
+         NULL::oid
+    FROM pg_catalog.pg_type t JOIN ns ON ns.oid = t.typnamespace WHERE t.typtype IN ('e', 'd', 'r')
+  UNION ALL
+  SELECT 'pg_catalog.pg_extension'::regclass, e.oid, 0, e.xmin,
+         jsonb_build_object('version', e.extversion), NULL::oid
+    FROM pg_catalog.pg_extension e
+  UNION ALL
+  SELECT 'pg_catalog.pg_statistic_ext'::regclass, s.oid, 0, s.xmin,
+         jsonb_build_object('def', pg_catalog.pg_get_statisticsobjdef(s.oid)), s.stxrelid
+    FROM pg_catalog.pg_statistic_ext s JOIN ns ON ns.oid = s.stxnamespace
+  UNION ALL
+  SELECT 'pg_catalog.pg_collation'::regclass, co.oid, 0, co.xmin, jsonb_build_object('provider', co.collprovider),
+         NULL::oid
+    FROM pg_catalog.pg_collation co JOIN ns ON ns.oid = co.collnamespace
+)
+SELECT o.classid::oid::int8, o.objid::int8, o.objsubid, i.type, i.identity, a.object_names, a.object_args, o.def,
+       (SELECT pi.identity FROM pg_catalog.pg_identify_object('pg_catalog.pg_class'::regclass, o.parent, 0) pi),
+       {mine}
+  FROM objs o
+ CROSS JOIN (SELECT {cur}) cur
+ CROSS JOIN LATERAL pg_catalog.pg_identify_object(o.classid, o.objid, o.objsubid) i
+ CROSS JOIN LATERAL pg_catalog.pg_identify_object_as_address(o.classid, o.objid, o.objsubid) a
+ WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.classid = o.classid AND d.objid = o.objid
+                     AND d.deptype = 'e')
+   AND (o.classid <> 'pg_catalog.pg_extension'::regclass OR i.identity <> 'plpgsql')
+"""
+_QUERY = _ACL.sub(r"coalesce((SELECT array_agg(x::text ORDER BY x::text) FROM unnest(\1) x), '{}')",
+                 _QUERY).replace("{user_ns}", _USER_NS)
+# Written by this transaction (or one of its subtransactions): a visible catalog row whose xmin is still in
+# progress can only be our own. Objects another session committed meanwhile are not the migration's.
+_MINE = ("pg_catalog.pg_xact_status((CASE WHEN o.x::text::int8 <= (cur.id & 4294967295)"
+         " THEN (cur.id >> 32 << 32) + o.x::text::int8"
+         " ELSE greatest((cur.id >> 32 << 32) - 4294967296 + o.x::text::int8, 3) END)::text::xid8) = 'in progress'")
+
+
+@dataclass(frozen=True)
+class Obj:
+    classid: int
+    objid: int
+    objsubid: int
+    type: str  # pg_identify_object's type: "table", "table column", "view", "function", ...
+    identity: str  # e.g. public.sales, public.sales.customer_name, c_check on public.orders
+    names: tuple[str, ...]  # pg_identify_object_as_address: finds the object again by name
+    args: tuple[str, ...]
+    definition: dict[str, Any] = field(compare=False)
+    parent: str | None = None  # the table (or view) a column, constraint, index, trigger, policy belongs to
+    mine: bool = True
+
+    @property
+    def key(self) -> tuple[int, int, int]:
+        return (self.classid, self.objid, self.objsubid)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"classid": self.classid, "objid": self.objid, "objsubid": self.objsubid, "type": self.type,
+                "identity": self.identity, "names": list(self.names), "args": list(self.args),
+                "def": self.definition, "parent": self.parent}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Obj:
+        return cls(int(data["classid"]), int(data["objid"]), int(data["objsubid"]), str(data["type"]),
+                   str(data["identity"]), tuple(data["names"]), tuple(data["args"]), dict(data["def"]),
+                   data.get("parent"))
+
+
+@contextmanager
+def qualified(conn: psycopg.Connection[Any]) -> Iterator[None]:
+    """search_path = pg_catalog (every name deparsed schema-qualified) and the pinned settings of checksums (a
+    default's timestamp or float deparsed the same whatever the session's) for what runs inside; then the
+    settings the session had: inside a migration, its SQL must run with the ones it expects."""
+    wanted = {**PINNED, "search_path": "pg_catalog"}
+    names = list(wanted)
+    row = conn.execute("SELECT array_agg(pg_catalog.current_setting(n) ORDER BY o) FROM unnest(%s::text[])"
+                       " WITH ORDINALITY AS s(n, o)", (names,)).fetchone()
+    saved = list(row[0]) if row and row[0] else []
+    in_tx = conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
+    _set(conn, names, list(wanted.values()), in_tx)
+    try:
+        yield
+    finally:
+        if not conn.broken and conn.info.transaction_status != psycopg.pq.TransactionStatus.INERROR:
+            _set(conn, names, saved, in_tx)
+
+
+def _set(conn: psycopg.Connection[Any], names: list[str], values: list[str], local: bool) -> None:
+    conn.execute("SELECT pg_catalog.set_config(n, v, %s) FROM unnest(%s::text[], %s::text[]) AS s(n, v)",
+                 (local, names, values))
+
+
+def take(conn: psycopg.Connection[Any], mine: bool = False) -> dict[tuple[int, int, int], Obj]:
+    """Every object, by catalog address. With mine, each says whether this transaction wrote its catalog row
+    (PostgreSQL 13+; older servers: every object counts as written by it)."""
+    mine = mine and conn.info.server_version >= 130000
+    query = _QUERY.replace("{mine}", _MINE if mine else "true").replace(
+        "{cur}", "pg_catalog.pg_current_xact_id()::text::int8 AS id" if mine else "0 AS id")
+    with qualified(conn):
+        rows = conn.execute(query.encode()).fetchall()
+    found = {}
+    for classid, objid, subid, kind, identity, names, args, definition, parent, is_mine in rows:
+        data = definition if isinstance(definition, dict) else json.loads(definition)
+        obj = Obj(int(classid), int(objid), int(subid), str(kind), str(identity), tuple(names or ()),
+                  tuple(args or ()), data, parent, bool(is_mine))
+        found[obj.key] = obj
+    return found

@@ -1,0 +1,137 @@
+"""Dropped columns back with their values: re-added as recorded (type, collation, generated expression), refilled
+from the backup's rows by the table's key with the table's triggers disabled (ALTER TABLE ... DISABLE TRIGGER:
+needs only ownership of the table, unlike session_replication_role, which needs superuser), then their default and
+NOT NULL; and the proof that their values equal the backup's. Runs inside the rollback's transaction; no pytest.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from psycopg import sql
+
+from pytest_phase4 import pgscript, snapshot
+from pytest_phase4.errors import CheckFailed
+
+if TYPE_CHECKING:
+    from pytest_phase4.revert_apply import Refill, Reverter
+
+_RESTORE_HINT = "nothing was changed; use --phase4-rollback=restore (it lists what a full restore would lose first)"
+
+
+def refill_table(rv: Reverter, refill: Refill) -> str:
+    table = sql.SQL(str(refill.table.parent))  # the server's own quoted identity of the table
+    name = str(refill.table.parent)
+    current_key = [str(r[0]) for r in rv.conn.execute(
+        "SELECT a.attname FROM pg_index i CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY k(n, o)"
+        " JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.n"
+        " WHERE i.indrelid = %s::regclass AND i.indisprimary ORDER BY k.o", (name,)).fetchall()]
+    if current_key != refill.key:
+        raise CheckFailed(f"{name} keyed by ({', '.join(refill.key)}) as when its column(s) were dropped",
+                          f"primary key ({', '.join(current_key) or 'none'})", name, hint=_RESTORE_HINT)
+    for col in refill.columns:
+        d = col.definition
+        if d.get("identity"):
+            raise CheckFailed("dropped columns the rollback can re-add", f"identity column {col.identity}",
+                              name, hint=_RESTORE_HINT)
+        extra = sql.SQL(" COLLATE {}").format(sql.SQL(d["collation"])) if d.get("collation") else sql.SQL("")
+        if d.get("generated"):
+            extra = sql.SQL(" GENERATED ALWAYS AS ({}) STORED").format(sql.SQL(d["generated"]))
+        rv.conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN {} {}{}").format(
+            table, sql.Identifier(col.names[2]), sql.SQL(d["type"]), extra))
+    source = refill.source
+    assert source is not None
+    data = pgscript.table_data(source.toc, refill.table.objid, *refill.table.names[:2])
+    assert data is not None
+    refill.temp = f"phase4_refill_{refill.table.objid}_{len([r for r in rv.refills if r.temp])}"
+
+    def into(line: bytes) -> bytes:
+        _, names = pgscript.copy_columns(line)
+        rv.conn.execute(sql.SQL("CREATE TEMP TABLE {} ({}) ON COMMIT DROP").format(
+            sql.Identifier(refill.temp), sql.SQL(", ").join(sql.SQL("{} text").format(sql.Identifier(n))
+                                                           for n in names)))
+        return sql.SQL("COPY {} ({}) FROM STDIN").format(
+            sql.Identifier(refill.temp), sql.SQL(", ").join(sql.Identifier(n) for n in names)).as_bytes(rv.conn)
+
+    pgscript.run(rv.conn, rv.tools, source.archive, rv.secrets, [data], copy_into=into)
+    stored = [c for c in refill.columns if not c.definition.get("generated")]
+    triggers = rv.conn.execute("SELECT tgname, tgenabled FROM pg_trigger WHERE tgrelid = %s::regclass"
+                                 " AND NOT tgisinternal AND tgenabled <> 'D'", (name,)).fetchall()
+    for tg, _ in triggers:  # the refill must not fire them (an updated_at trigger would rewrite every row)
+        rv.conn.execute(sql.SQL("ALTER TABLE {} DISABLE TRIGGER {}").format(table, sql.Identifier(tg)))
+    on = match(rv, refill)
+    if stored:
+        cur = rv.conn.execute(sql.SQL("UPDATE {} AS t SET {} FROM {} AS b WHERE {}").format(
+            table, sql.SQL(", ").join(sql.SQL("{} = b.{}::{}").format(
+                sql.Identifier(c.names[2]), sql.Identifier(c.names[2]), sql.SQL(c.definition["type"]))
+                for c in stored), sql.Identifier(refill.temp), on))
+        refill.refilled = max(cur.rowcount, 0)
+    row = rv.conn.execute(sql.SQL("SELECT count(*) FROM {} AS t WHERE NOT EXISTS (SELECT 1 FROM {} AS b"
+                                    " WHERE {})").format(table, sql.Identifier(refill.temp), on)).fetchone()
+    refill.without_value = int(row[0]) if row else 0
+    defaults = [c for c in stored if c.definition.get("default")]
+    if refill.without_value and defaults:  # as ADD COLUMN ... DEFAULT would have filled them
+        rv.conn.execute(sql.SQL("UPDATE {} AS t SET {} WHERE NOT EXISTS (SELECT 1 FROM {} AS b WHERE {})").format(
+            table, sql.SQL(", ").join(sql.SQL("{} = {}").format(sql.Identifier(c.names[2]),
+                                                              sql.SQL(c.definition["default"])) for c in defaults),
+            sql.Identifier(refill.temp), on))
+    for c in stored:
+        if c.definition.get("default"):
+            rv.conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} SET DEFAULT {}").format(
+                table, sql.Identifier(c.names[2]), sql.SQL(c.definition["default"])))
+        if c.definition.get("notnull"):
+            nulls = rv.conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE {} IS NULL").format(
+                table, sql.Identifier(c.names[2]))).fetchone()
+            if nulls and nulls[0]:
+                raise CheckFailed(f"{c.identity} NOT NULL again, as before the plan dropped it",
+                                  f"{nulls[0]:,} row(s) with no value (inserted since the backup, and the "
+                                  "column had no default)", name,
+                                  hint="nothing was changed: use --phase4-rollback=restore, or give those rows "
+                                       "a value after the rollback by hand")
+            rv.conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} SET NOT NULL").format(
+                table, sql.Identifier(c.names[2])))
+    for tg, enabled in triggers:
+        mode = {"O": "ENABLE", "A": "ENABLE ALWAYS", "R": "ENABLE REPLICA"}[str(enabled)]
+        rv.conn.execute(sql.SQL("ALTER TABLE {} {} TRIGGER {}").format(table, sql.SQL(mode),
+                                                                       sql.Identifier(tg)))
+    cols = ", ".join(c.names[2] for c in refill.columns)
+    which = f" {source.name} (the newest taken before {refill.dropped_by})" if source.name else ""
+    return (f"{name}: re-added {cols}; {refill.refilled:,} row(s) refilled from the backup{which} by "
+            f"({', '.join(refill.key)}), {refill.without_value:,} inserted since the backup "
+            + ("got the column default" if defaults else "have no value (NULL)"))
+
+
+def match(rv: Reverter, refill: Refill) -> sql.Composable:
+    types = dict(rv.conn.execute("SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute"
+                                   " WHERE attrelid = %s::regclass AND attnum > 0", (refill.table.parent,))
+                 .fetchall())
+    return sql.SQL(" AND ").join(sql.SQL("t.{} = b.{}::{}").format(sql.Identifier(k), sql.Identifier(k),
+                                                                  sql.SQL(types[k])) for k in refill.key)
+
+
+def prove_values(rv: Reverter) -> list[tuple[str, bool, str]]:
+    """Each refilled column's values, for every row the backup holds, equal the backup's (checksums of key
+    and columns, computed both sides in this transaction under the pinned settings)."""
+    found = []
+    for refill in rv.refills:
+        stored = [c for c in refill.columns if not c.definition.get("generated")]
+        if not stored:
+            continue
+        on = match(rv, refill)
+        keys = [sql.SQL("t.{}").format(sql.Identifier(k)) for k in refill.key]
+        live = sql.SQL(", ").join([*keys, *(sql.SQL("t.{}").format(sql.Identifier(c.names[2])) for c in stored)])
+        kept = sql.SQL(", ").join([*keys, *(sql.SQL("b.{}::{}").format(sql.Identifier(c.names[2]),
+                                                                      sql.SQL(c.definition["type"]))
+                                            for c in stored)])
+        sums = []
+        for row_expr in (live, kept):
+            with snapshot.pinned(rv.conn, rv.schema):
+                row = rv.conn.execute(sql.SQL(
+                    "SELECT count(*), coalesce(sum(hashtextextended(ROW({})::text, 0)), 0) FROM {} AS t"
+                    " JOIN {} AS b ON {}").format(row_expr, sql.SQL(str(refill.table.parent)),
+                                                  sql.Identifier(refill.temp), on)).fetchone()
+            sums.append((int(row[0]), str(row[1])) if row else (0, ""))
+        cols = ", ".join(c.names[2] for c in stored)
+        found.append((f"{refill.table.parent}({cols})", sums[0] == sums[1],
+                      f"{sums[0][0]:,} rows, checksum {sums[0][1]} (backup: {sums[1][1]})"))
+    return found
