@@ -129,7 +129,7 @@ _REPLACEABLE = (b"CREATE VIEW ", b"CREATE FUNCTION ", b"CREATE PROCEDURE ")
 
 def _feed(conn: psycopg.Connection[Any], stream: Any, copy_into: CopyTarget | None, or_replace: bool) -> int:
     pending: list[bytes] = []
-    rows = 0
+    rows, data_entry = 0, False  # COPY ... FROM stdin starts data only in a TABLE DATA entry
     with conn.cursor() as cur:
         for raw in stream:
             line = raw.rstrip(b"\n")
@@ -138,8 +138,10 @@ def _feed(conn: psycopg.Connection[Any], stream: Any, copy_into: CopyTarget | No
             if line.startswith(b"\\"):
                 raise CheckFailed("a restore script of SQL and COPY data only", f"a psql meta-command: "
                                   f"{line[:60].decode(errors='replace')}", "pg_restore output")
+            if line.startswith(b"-- ") and b"; Type: " in line:  # pg_restore's header of each entry
+                data_entry = b"; Type: TABLE DATA;" in line
             m = _COPY.match(line)
-            if m and _statement_ended(pending):
+            if m and data_entry and _statement_ended(pending):
                 if pending:
                     cur.execute(b"\n".join(pending))
                     pending = []

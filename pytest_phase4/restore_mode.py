@@ -49,7 +49,7 @@ def loss(run: Phase4Run, state: RollbackState) -> list[str]:
     ro = run.ro
     known = {(o["type"], o["identity"]) for o in saved.objects}
     live = list(inventory.take(ro).values())
-    extra = [o for o in live if (o.type, o.identity) not in known]
+    extra = sorted((o for o in live if (o.type, o.identity) not in known), key=lambda o: (o.type, o.identity))
     whole = {o.identity for o in extra if o.type not in _PARTS}
     lines: list[str] = []
     for obj in extra:

@@ -31,9 +31,9 @@ def add_options(parser: pytest.Parser) -> None:
                     help="restore the backup into a scratch database and compare it with the source "
                          "(ini: phase4_verify_restore)")
     group.addoption("--phase4-rollback", nargs="?", const=rollback.REVERT, default=None, metavar="MODE",
-                    help="instead of the plan, undo its migrations in one transaction and prove it: revert (the "
-                         "default) undoes what they recorded and keeps every write made since the backup; restore "
-                         "puts the whole backup back, after listing what that loses (needs --phase4-accept-loss)")
+                    help="instead of the plan, undo its migrations in one transaction and prove it. MODE: revert "
+                         "(the default: undo what they recorded, keep every write made since the backup) or restore "
+                         "(the whole backup back, after listing what that loses; needs --phase4-accept-loss)")
     group.addoption("--phase4-accept-loss", action="store_true", default=False,
                     help="let --phase4-rollback drop or overwrite what it listed as lost (the current state is "
                          "dumped first)")

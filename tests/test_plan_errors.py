@@ -84,8 +84,9 @@ def test_missing_plan_says_where_it_looked_and_how_to_point_at_one(pytester: pyt
 def test_help_says_what_the_options_do(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest("--help")
     text = " ".join(result.stdout.str().split())  # argparse wraps help text to the terminal's width
-    assert "--phase4-rollback=[MODE] instead of the plan, restore the pre-migration state from the backup and prove " \
-           "it. MODE: full (the default) or columns (re-add and refill only the dropped columns)" in text
+    assert "--phase4-rollback=[MODE] instead of the plan, undo its migrations in one transaction and prove it. MODE: " \
+           "revert (the default: undo what they recorded, keep every write made since the backup) or restore (the " \
+           "whole backup back, after listing what that loses; needs --phase4-accept-loss)" in text
     assert "--phase4-seed load the plan's [setup] into the --dsn database, then run the plan as usual (add -m " \
            "preflight to run only the read-only checks); refused if the schema holds tables" in text
     assert "phase4_workers (int):" in text

@@ -13,6 +13,10 @@ BEGIN
 END
 $$;
 
+-- As the Supabase CLI keeps it: pytest-phase4 writes each migration's row here too (and a rollback removes it).
+CREATE SCHEMA IF NOT EXISTS supabase_migrations;
+CREATE TABLE IF NOT EXISTS supabase_migrations.schema_migrations (version text PRIMARY KEY, statements text[], name text);
+
 CREATE SCHEMA IF NOT EXISTS auth;
 -- As Supabase's auth.uid(): the caller's user id from the JWT claims PostgREST sets per request.
 CREATE OR REPLACE FUNCTION auth.uid() RETURNS uuid LANGUAGE sql STABLE AS $$
