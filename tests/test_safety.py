@@ -104,7 +104,7 @@ def test_confirmed_run_leaves_a_verified_dump_and_rollback_brings_back_schema_an
                                  "readable; marker * in this database and in the dump; taken before any migration of "
                                  "the plan",
                                  "assess           restore the backup over 8 applied migration(s): * loss(es) "
-                                 "accepted: view public.*",
+                                 "accepted: *view public.sales_with_details: not in the backup, dropped*",
                                  "safety_dump      *before-rollback-*/full.dump: * bytes, sha256 *: the state before "
                                  "this rollback, taken while the rollback holds * table(s) against writes until it "
                                  "ends",
