@@ -111,7 +111,11 @@ def migration_files(ctx: Context, spec: CheckSpec) -> str:
         raise CheckFailed("a readable migration file", f"unreadable ({exc.strerror})", str(path)) from None
     if not text.strip():
         raise CheckFailed("SQL statements", "an empty file", str(path), hint="the file must hold the migration's SQL")
-    if not sqltext.split(text.decode("utf-8", errors="replace")):
+    try:
+        statements = sqltext.split(text.decode("utf-8", errors="replace"), path.name)
+    except sqltext.SqlSyntaxError as exc:
+        raise CheckFailed("SQL that PostgreSQL's parser accepts", str(exc), str(path)) from None
+    if not statements:
         raise CheckFailed("SQL statements", "only comments", str(path),
                           hint="the file must hold the migration's SQL: applied as it is, it would be recorded in "
                                "the ledger and could never be changed")

@@ -1,7 +1,8 @@
 """Apply one migration file: in its own transaction with its ledger row (all or nothing), or, when the plan
 says `transaction = false`, in autocommit for what cannot run in a transaction. Either way statement by
-statement, as `psql --single-transaction` runs a file: the statement that fails is known as it fails, so an
-error names its line without running anything again (a lock wait is waited once)."""
+statement as PostgreSQL's parser splits the file, as `psql --single-transaction` runs a file: the statement that
+fails is known as it fails, so an error names its line without running anything again (a lock wait is waited
+once), and an Observer (locks.py) measures what each statement holds."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from psycopg.pq import TransactionStatus
 
 from pytest_phase4 import changes, ledger, sqltext
 from pytest_phase4.errors import MigrationFailed
+from pytest_phase4.locks import Observer
 from pytest_phase4.plan import Migration
 
 # SQLSTATEs for "waited too long": lock_not_available (lock_timeout) and query_canceled (statement_timeout).
@@ -37,35 +39,48 @@ def file_sha256(migration: Migration) -> str:
 
 
 def apply(conn: psycopg.Connection[Any], migration: Migration, plan_name: str, schema: str,
-          blockers: Blockers = list) -> Applied:
-    """Run the file and record it in the ledger; raise MigrationFailed saying what was and was not applied."""
+          blockers: Blockers = list, observer: Observer | None = None) -> Applied:
+    """Run the file and record it in the ledger; raise MigrationFailed saying what was and was not applied.
+    The observer, when given, weighs the file's hazards first and sees every statement (and may refuse)."""
     raw = migration.path.read_bytes()
     text = raw.decode("utf-8")
     sha = hashlib.sha256(raw).hexdigest()
-    if not sqltext.split(text):  # the ledger would record it, and its real content could never follow
+    try:
+        statements = sqltext.split(text, migration.file)
+    except sqltext.SqlSyntaxError as exc:
+        raise MigrationFailed(migration.file, exc.line, None, f"{exc.message} (PostgreSQL's parser): the server "
+                              "would reject the file; nothing was run") from None
+    if not statements:  # the ledger would record it, and its real content could never follow
         raise MigrationFailed(migration.file, None, None, "the file holds no SQL statement (empty, or only "
                               "comments): nothing was applied and nothing recorded; put the migration's SQL in it")
-    if stmt := sqltext.transaction_control(text):
+    if stmt := sqltext.transaction_control(statements):
         raise MigrationFailed(
             migration.file, stmt.line, None,
             f"the file controls transactions itself ({stmt.code.split()[0].upper()}); pytest-phase4 runs each "
             "migration in its own transaction: remove BEGIN/COMMIT/ROLLBACK from the file", statement=stmt.code)
+    watch = observer or Observer(migration, measure=False)
     started = time.perf_counter()
     try:
         if migration.transaction:
-            _in_transaction(conn, migration, text, sha, plan_name, started)
+            _in_transaction(conn, migration, statements, text, sha, plan_name, started, watch)
         else:
-            _statement_by_statement(conn, migration, text, sha, plan_name, schema, started)
+            _statement_by_statement(conn, migration, statements, text, sha, plan_name, schema, started, watch)
     except _StatementError as failed:
+        watch.end(committed=False)
         failure = _translate(conn, migration, text, failed.error, failed.statement)
         if failed.error.sqlstate in _WAITED:
             failure.blockers = blockers()
         raise failure from None
-    except psycopg.Error as exc:  # outside the file's statements: the ledger row, the Supabase history
+    except psycopg.Error as exc:  # outside the file's statements: the measurement, the ledger row
+        watch.end(committed=False)
         failure = _translate(conn, migration, text, exc)
         if exc.sqlstate in _WAITED:
             failure.blockers = blockers()
         raise failure from None
+    except BaseException:
+        watch.end(committed=False)
+        raise
+    watch.end(committed=True)
     return Applied(migration.file, sha, (time.perf_counter() - started) * 1000)
 
 
@@ -77,21 +92,24 @@ class _StatementError(Exception):
         self.statement, self.error = statement, error
 
 
-def _execute(conn: psycopg.Connection[Any], stmt: sqltext.Statement) -> None:
+def _execute(conn: psycopg.Connection[Any], stmt: sqltext.Statement, watch: Observer) -> None:
+    started = time.perf_counter()
     try:
         conn.execute(stmt.text.encode())  # simple protocol, no parameters: '%' stays literal
     except psycopg.Error as exc:
         raise _StatementError(stmt, exc) from exc
+    watch.after(conn, stmt, started)
 
 
-def _in_transaction(conn: psycopg.Connection[Any], m: Migration, text: str, sha: str, plan: str,
-                    started: float) -> None:
+def _in_transaction(conn: psycopg.Connection[Any], m: Migration, statements: list[sqltext.Statement], text: str,
+                    sha: str, plan: str, started: float, watch: Observer) -> None:
     with conn.transaction():
         if m.statement_timeout:
             conn.execute("SELECT pg_catalog.set_config('statement_timeout', %s, true)", (m.statement_timeout,))
         seen = changes.before(conn)  # the catalog before: what the rollback reverts is recorded below
-        for stmt in sqltext.split(text):
-            _execute(conn, stmt)
+        watch.begin(conn, statements)
+        for stmt in statements:
+            _execute(conn, stmt, watch)
             if conn.info.transaction_status != TransactionStatus.INTRANS:
                 raise MigrationFailed(m.file, stmt.line, None, "the file ended the transaction itself",
                                       statement=stmt.code)
@@ -100,17 +118,17 @@ def _in_transaction(conn: psycopg.Connection[Any], m: Migration, text: str, sha:
         ledger.sync_supabase(conn, m.file, text)
 
 
-def _statement_by_statement(conn: psycopg.Connection[Any], m: Migration, text: str, sha: str, plan: str,
-                            schema: str, started: float) -> None:
-    statements = sqltext.split(text)
+def _statement_by_statement(conn: psycopg.Connection[Any], m: Migration, statements: list[sqltext.Statement],
+                            text: str, sha: str, plan: str, schema: str, started: float, watch: Observer) -> None:
     conn.autocommit = True
     seen = changes.before(conn)  # autocommit: the diff spans the file's statements, which commit one by one
     try:
         if m.statement_timeout:
             conn.execute("SELECT pg_catalog.set_config('statement_timeout', %s, false)", (m.statement_timeout,))
+        watch.begin(conn, statements)
         for done, stmt in enumerate(statements):
             try:
-                _execute(conn, stmt)
+                _execute(conn, stmt, watch)
             except _StatementError as failed:
                 failure = _translate(conn, m, text, failed.error, stmt)
                 failure.detail = "; ".join(filter(None, [failure.detail, _partial(done, len(statements))]))

@@ -21,9 +21,10 @@ from pytest_phase4.kinds import COMMON_KEYS, KINDS, Kind, ParamError
 # array of tables ([[preflight]]) and a pytest marker of the same name; the migrations are stage "migration".
 BEFORE_STAGES = ("preflight", "backup")
 AFTER_STAGES = ("post", "smoke")
-_PLAN_KEYS = {"name", "schema", "migrations_dir"}
+_GATES = ("max_exclusive_lock_ms", "hazard_min_rows")  # lock gates: in [phase4] for every migration, or per migration
+_PLAN_KEYS = {"name", "schema", "migrations_dir", *_GATES}
 _SETUP_KEYS = {"files", "settings"}
-_MIGRATION_KEYS = {"file", "title", "destructive", "transaction", "statement_timeout", "verify"}
+_MIGRATION_KEYS = {"file", "title", "destructive", "transaction", "statement_timeout", "verify", *_GATES}
 DURATION = re.compile(r"^\d+\s*(ms|s|min|h)?$")  # PostgreSQL's units for timeouts; a bare number is ms
 _TOP_KEYS = {"phase4", "setup", "migration", "perf", "signoff", *BEFORE_STAGES, *AFTER_STAGES}
 
@@ -54,6 +55,8 @@ class Migration:
     line: int = 0
     transaction: bool = True  # false: statement by statement in autocommit (CREATE INDEX CONCURRENTLY)
     statement_timeout: str | None = None
+    max_exclusive_lock_ms: int | None = None  # longest an (ACCESS) EXCLUSIVE lock may be held; None: no gate
+    hazard_min_rows: int | None = None  # a static hazard on a table of at least this many rows fails
 
     @property
     def name(self) -> str:
@@ -132,8 +135,8 @@ class _Reader:
         lines = self.headers[header]
         return lines[occurrence] if occurrence < len(lines) else None
 
-    def where(self, header: str | None = None, occurrence: int = 0, label: str = "") -> str:
-        line = self.header_line(header, occurrence) if header else None
+    def where(self, header: str | None = None, occurrence: int = 0, label: str = "", line: int | None = None) -> str:
+        line = self.header_line(header, occurrence) if header else line
         place = f"{self.display}:{line}" if line else self.display
         return f"{place} {label}".rstrip()
 
@@ -204,7 +207,9 @@ def _build(r: _Reader, data: dict[str, Any], sha: str) -> Plan | None:
         else:
             settings = dict(raw_settings)
 
-    migrations = _migrations(r, data.get("migration", []), mig_dir)
+    head_line = next((n for n, line in enumerate(r.lines, 1) if re.match(r"^\s*\[\s*phase4\s*\]", line)), None)
+    defaults = {key: _whole(r, head, key, r.where(label="[phase4]", line=head_line)) for key in _GATES}
+    migrations = _migrations(r, data.get("migration", []), mig_dir, defaults)
     stages = {s: _stage(r, data.get(s, []), s, s, s, migrations) for s in (*BEFORE_STAGES, *AFTER_STAGES)}
     _perf(r, data.get("perf", []), stages)
     signoff = _signoff(r, data.get("signoff", {}))
@@ -241,7 +246,7 @@ def _signoff(r: _Reader, table: Any) -> dict[str, str]:
     return dict(table)
 
 
-def _migrations(r: _Reader, entries: Any, mig_dir: Path) -> tuple[Migration, ...]:
+def _migrations(r: _Reader, entries: Any, mig_dir: Path, gates: dict[str, int | None]) -> tuple[Migration, ...]:
     if not isinstance(entries, list):
         r.problem(r.display, "migration must be an array of tables: [[migration]]")
         return ()
@@ -268,6 +273,7 @@ def _migrations(r: _Reader, entries: Any, mig_dir: Path) -> tuple[Migration, ...
         if timeout is not None and not (isinstance(timeout, str) and DURATION.match(timeout)):
             r.problem(where, f'statement_timeout must be a duration like "30s", "5min" or "500ms", found {timeout!r}')
             timeout = None
+        own = {key: _whole(r, entry, key, where) for key in _GATES}
         verify = entry.get("verify", [])
         if not isinstance(verify, list):
             r.problem(where, "verify must be an array of tables: [[migration.verify]]")
@@ -288,7 +294,8 @@ def _migrations(r: _Reader, entries: Any, mig_dir: Path) -> tuple[Migration, ...
         checks = _stage(r, verify, "migration", file, "migration.verify", (), first=verify_seen)
         verify_seen += len(verify)
         result.append(Migration(len(result) + 1, file, title or file, destructive, path, checks,
-                                r.header_line("migration", i) or 0, transaction, timeout))
+                                r.header_line("migration", i) or 0, transaction, timeout,
+                                *(gates[k] if own[k] is None else own[k] for k in _GATES)))
     return tuple(result)
 
 
@@ -360,6 +367,16 @@ def _expand(r: _Reader, entry: dict[str, Any], stage: str, step: str, where: str
 def _unknown(r: _Reader, table: dict[str, Any], allowed: set[str], where: str) -> None:
     for key in sorted(set(table) - allowed):
         r.problem(where, f"unknown key {key!r}; expected one of {sorted(allowed)}")
+
+
+def _whole(r: _Reader, table: dict[str, Any], key: str, where: str) -> int | None:
+    """A gate: a whole number, 0 or more (0 allows nothing), or absent."""
+    value = table.get(key)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+        unit, example = ("milliseconds", 5000) if key.endswith("_ms") else ("rows", 1000000)
+        r.problem(where, f"{key} must be a whole number of {unit}, 0 or more, e.g. {key} = {example}; found {value!r}")
+        return None
+    return value
 
 
 def _string(r: _Reader, table: dict[str, Any], key: str, where: str, required: bool = False) -> str | None:

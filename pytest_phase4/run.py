@@ -14,7 +14,7 @@ from typing import Any
 
 import psycopg
 
-from pytest_phase4 import checks, guard, ledger, migrate, safety
+from pytest_phase4 import checks, guard, ledger, locks, migrate, safety
 from pytest_phase4.errors import CheckFailed, MigrationFailed
 from pytest_phase4.facts import Facts
 from pytest_phase4.plan import CheckSpec, Migration, Plan
@@ -35,6 +35,8 @@ class MigrationState:
     duration_ms: float | None = None
     sha256: str = ""
     note: str = ""
+    measured: locks.Measurement | None = None  # what it held on the target, as applied in this run
+    rehearsed: dict[str, Any] | None = None  # the same, measured on the rehearsal copy (its JSON form)
 
     @property
     def applied(self) -> bool:
@@ -298,12 +300,14 @@ class Phase4Run:
         self.snapshot()  # the row counts must be taken before the first change
         started = time.perf_counter()
         writer = self._writer()
+        observer = locks.Observer(migration, locks.plan_views(self.plan))
+        state.measured = observer.measurement
         try:
             with guard.Watch(self._guard or self.ro, writer.info.backend_pid) as watch, \
                     (self.progress or _quiet)(migration.file):
                 self.watch = watch
                 done = migrate.apply(writer, migration, self.plan.name, self.plan.schema,
-                                     blockers=lambda: [str(b) for b in watch.blockers])
+                                     blockers=lambda: [str(b) for b in watch.blockers], observer=observer)
         except MigrationFailed as exc:
             state.status, state.duration_ms = FAILED, (time.perf_counter() - started) * 1000
             state.note = exc.summary
