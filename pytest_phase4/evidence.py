@@ -162,7 +162,10 @@ class Evidence:
             rows.append({"file": m.file, "title": m.title, "sha256": sha, "status": state.status,
                          "duration_ms": round(state.duration_ms, 1) if state.duration_ms is not None else None,
                          "destructive": m.destructive, "note": self.scrub(state.note),
-                         "verify_passed": sum(r.outcome == "passed" for r in verify), "verify_total": len(verify)})
+                         "verify_passed": sum(r.outcome == "passed" for r in verify), "verify_total": len(verify),
+                         # what it held: on this database as applied now, and on the rehearsal copy before
+                         "measured": state.measured.to_json() if state.measured and state.measured.outcome != "not run"
+                         else None, "rehearsal": state.rehearsed})
         return rows
 
     def performance(self) -> list[dict[str, Any]]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import html
 from typing import Any
 
+from pytest_phase4 import lockwords
 from pytest_phase4.evidence import Evidence, duration_text, migration_done
 
 _STYLE = """<style>
@@ -27,6 +28,8 @@ _STYLE = """<style>
 #phase4-summary .phase4-facts td:first-child { font-weight: bold; white-space: nowrap; }
 #phase4-summary p.phase4-note { color: #555; margin: 2px 0; }
 .phase4-sign td { height: 30px; min-width: 170px; }
+#phase4-locks ul { margin: 2px 0 6px 18px; padding: 0; } #phase4-locks p { margin: 4px 0 2px; }
+.phase4-gate { color: #b71c1c; font-weight: bold; }
 </style>"""
 _STATE_CLASS = {"passed": "phase4-ok", "failed": "phase4-bad", "notrun": "phase4-none"}
 _INDEX_ROWS = 20  # as the runbook's own query: LIMIT 20
@@ -83,6 +86,7 @@ def summary_html(ev: Evidence) -> str:
                      e(duration), e(verify), f"<code>{e(m['sha256'][:12])}</code>"])
     parts += ["<h3>Migrations applied</h3>",
               _table(["", "Migration", "Status", "Duration", "Verify checks", "sha256"], rows, num=(3,))]
+    parts.append(_locks_html(ev))
     vrows = [[e(v.label), f"<span class='phase4-badge {_STATE_CLASS[v.state]}'>{e(v.word)}</span>",
               e(ev.scrub(v.detail))] for v in verdicts]
     parts += ["<h3>Verification</h3>", _table(["", "Result", "Checks"], vrows)]
@@ -95,6 +99,48 @@ def summary_html(ev: Evidence) -> str:
     parts.append(_signoff_html(ev))
     parts.append("</section>")
     return "".join(parts)
+
+
+def _locks_html(ev: Evidence) -> str:
+    """Per migration: what it held and for how long (on the rehearsal copy, then here), and its hazards."""
+    e, schema = html.escape, ev.run.plan.schema
+    rows = []
+    for m in ev.migrations():
+        cell = "".join(_measured_html(title, m[key], schema) for key, title in (
+            ("rehearsal", "On the rehearsal copy, before this database was touched"), ("measured", "On this database")
+        ) if m[key])
+        if cell:
+            rows.append([e(m["file"]), cell])
+    if not rows:
+        return ""
+    note = ("After each statement, the migration's own session reads pg_locks: each relation that existed before "
+            "it, in each mode, held from the start of the statement that took it until the commit; rows are the "
+            "live estimate and size the table had, a rewrite is a new relfilenode. Hazards are read from "
+            "PostgreSQL's parse tree and weighed by the table's live size; a gated one failed the plan's "
+            "hazard_min_rows.")
+    return (f"<div id='phase4-locks'><h3>Locks held by each migration</h3><p class='phase4-note'>{e(note)}</p>"
+            + _table(["Migration", "Locks, statements and hazards"], rows) + "</div>")
+
+
+def _measured_html(title: str, measured: dict[str, Any], schema: str) -> str:
+    e = html.escape
+    locks = lockwords.ordered(measured["locks"])
+    gates = ", ".join(f"{k} = {v:,}" for k, v in measured.get("gates", {}).items())
+    head = f"<p><strong>{e(title)}</strong> ({e(measured['outcome'])}{'; gates: ' + e(gates) if gates else ''})</p>"
+    items = [lockwords.summary(measured, schema)] if not locks else [lockwords.lock(d, schema) for d in locks]
+    shown = "".join(f"<li>{e(i)}</li>" for i in items[:5])
+    more = (f"<details><summary>{len(items) - 5} more lock(s)</summary><ul>"
+            + "".join(f"<li>{e(i)}</li>" for i in items[5:]) + "</ul></details>") if len(items) > 5 else ""
+    statements = measured["statements"]
+    timing = (f"<details><summary>{len(statements)} statement(s), "
+              f"{lockwords.ms(sum(s['duration_ms'] for s in statements))}</summary><ul>"
+              + "".join(f"<li>line {s['line']}: <code>{e(s['statement'])}</code> "
+                        f"{e(lockwords.ms(s['duration_ms']))}</li>" for s in statements) + "</ul></details>"
+              if statements else "")
+    hazards = "".join(
+        f"<li>{'<span class=phase4-gate>GATE</span> ' if h['gated'] else ''}line {h['line']}: "
+        f"{e(lockwords.hazard(h, schema))}; fix: {e(h['fix'])}</li>" for h in measured["hazards"])
+    return head + f"<ul>{shown}</ul>{more}{timing}" + (f"<p>Hazards:</p><ul>{hazards}</ul>" if hazards else "")
 
 
 def _perf_html(ev: Evidence) -> str:

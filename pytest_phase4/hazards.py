@@ -34,15 +34,15 @@ TEXTS = {
                    "reads every row of the table under ACCESS EXCLUSIVE to prove it",
                    "in earlier migrations ADD CONSTRAINT ... CHECK (col IS NOT NULL) NOT VALID, then VALIDATE "
                    "CONSTRAINT; SET NOT NULL then skips the scan"),
-    NOT_VALID: ("a foreign key or CHECK without NOT VALID",
+    NOT_VALID: ("ADD CONSTRAINT (FOREIGN KEY or CHECK) without NOT VALID",
                 "reads every row of the table to validate it while holding the lock the constraint takes",
                 "ADD CONSTRAINT ... NOT VALID here and VALIDATE CONSTRAINT in a later migration (it takes only "
                 "SHARE UPDATE EXCLUSIVE)"),
-    TYPE_REWRITE: ("a column type change that rewrites",
+    TYPE_REWRITE: ("ALTER COLUMN TYPE that rewrites",
                    "rewrites the table and rebuilds its indexes under ACCESS EXCLUSIVE",
                    "add a new column, fill it in batches and switch over; or make a binary-compatible change "
                    "(varchar(n) to a longer varchar or to text)"),
-    DROP_VIEWED: ("DROP COLUMN of a column read by views the plan does not create",
+    DROP_VIEWED: ("DROP COLUMN still read by views outside the plan",
                   "fails on those views, or with CASCADE drops them with it",
                   "change or drop those views first, in this plan, or keep the column"),
     NO_LOCK_TIMEOUT: ("no lock_timeout",

@@ -11,8 +11,10 @@ enforces the plan's gates: `hazard_min_rows` before anything runs, `max_exclusiv
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -178,3 +180,12 @@ def plan_views(plan: Plan) -> set[str]:
         except (OSError, UnicodeDecodeError, SqlSyntaxError):
             continue  # that migration fails on its own, with its own message
     return names
+
+
+def from_evidence(path: Path) -> dict[str, dict[str, Any]]:
+    """Each migration's measurement in a run's JSON evidence (a rehearsal's), by file; {} if there is none."""
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return {m["file"]: m["measured"] for m in document.get("migrations", []) if m.get("measured")}

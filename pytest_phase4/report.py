@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from pytest_phase4 import lockwords
 from pytest_phase4.run import APPLIED, FAILED, REFUSED, Phase4Run
 
 
@@ -59,6 +60,27 @@ class ReportPlugin:
             tr.write_line(line, **markup)
         if self.run.halt:
             tr.write_line(f"halted after {self.run.halt.step}: {self.run.halt.reason}", red=True, bold=True)
+        if lines := lock_lines(self.run):
+            tr.section("phase4 locks (strongest held by each migration; all in the report)")
+            for line in lines:
+                tr.write_line(line)
+
+
+def lock_lines(run: Phase4Run) -> list[str]:
+    """One line per migration measured here or on the rehearsal copy: its strongest lock and its hazards."""
+    lines = []
+    for state in run.states.values():
+        for where, measured in (("rehearsal", state.rehearsed),
+                                ("", state.measured.to_json() if state.measured else None)):
+            if not measured or measured["outcome"] == "not run":
+                continue
+            hazards = measured["hazards"]
+            gated = sum(h["gated"] for h in hazards)
+            note = f"; {len(hazards)} hazard(s)" + (f", {gated} over hazard_min_rows" if gated else "") if hazards \
+                else ""
+            label = f"{state.migration.file} ({where})" if where else state.migration.file
+            lines.append(f"{label}: {lockwords.summary(measured, run.plan.schema)}{note}")
+    return lines
 
 
 class HtmlHooks:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import html
 import json
+import re
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from pathlib import Path
@@ -89,6 +90,24 @@ def test_confirmed_full_run_writes_json_evidence_and_junit_with_stages(project: 
         assert m["sha256"] == hashlib.sha256(file.read_bytes()).hexdigest()
         assert m["status"] == "applied"
         assert isinstance(m["duration_ms"], float)
+        # what each of the eight held, measured here: a lock on a table that existed before it, held until commit
+        assert m["measured"]["outcome"] == "committed"
+        assert m["measured"]["locks"], m["file"]
+        assert all(lock["held_ms"] > 0 and lock["rows"] >= 0 for lock in m["measured"]["locks"])
+        lines = [s["line"] for s in m["measured"]["statements"]]
+        assert lines == sorted(lines)
+        assert all(s["duration_ms"] > 0 for s in m["measured"]["statements"])
+    modes = {m["file"]: {lock["mode"] for lock in m["measured"]["locks"]} for m in migrations}
+    assert "AccessExclusiveLock" in modes["20250328000026_remove_all_denormalized_fields.sql"]  # DROP COLUMN
+    assert modes["20250328000027_add_performance_indexes.sql"] >= {"ShareLock"}  # plain CREATE INDEX
+    assert modes["20250322000021_create_sales_views.sql"] == {"AccessShareLock"}  # a view reads its tables
+    page = html.unescape(p.report())
+    locks = page[page.index("<h3>Locks held by each migration</h3>"):page.index("<h3>Verification</h3>")]
+    for m in migrations:
+        row = locks[locks.index(f"<td>{m['file']}</td>"):]
+        assert re.match(r"<td>[^<]+</td><td><p><strong>On this database</strong> \(committed\)</p><ul><li>"
+                        r"(ACCESS EXCLUSIVE|SHARE|ACCESS SHARE|SHARE ROW EXCLUSIVE) on \w+ \([0-9,.K]+ rows, [0-9.,]+ "
+                        r"(bytes|kB|MB)\) held [0-9.]+ m?s", row), row[:300]
     checks = evidence["checks"]
     assert len(checks) >= 40
     assert {c["stage"] for c in checks} == {"preflight", "backup", "migration", "post", "smoke"}
