@@ -221,6 +221,19 @@ def _sql(node: Any) -> str:
         return ""
 
 
+def owned_tables(statements: list[Statement]) -> list[str]:
+    """The tables these statements alter, index, or put policies and triggers on: work only their owner may do."""
+    names = []
+    for stmt in statements:
+        node: Any = stmt.node
+        if (isinstance(node, ast.AlterTableStmt) and node.objtype in _TABLES) or isinstance(
+                node, ast.IndexStmt | ast.CreateTrigStmt):
+            names.append(_relname(node.relation))
+        elif isinstance(node, ast.CreatePolicyStmt):
+            names.append(_relname(node.table))
+    return names
+
+
 def plan_views(statements: list[Statement]) -> set[str]:
     """Names of the views and materialized views these statements create."""
     names: set[str] = set()

@@ -4,11 +4,10 @@ that can back the database up."""
 
 from __future__ import annotations
 
-import re
 import warnings
 from typing import TYPE_CHECKING
 
-from pytest_phase4 import backup, catalog
+from pytest_phase4 import backup, catalog, hazards, sqltext
 from pytest_phase4.errors import CheckFailed
 from pytest_phase4.plan import CheckSpec
 from pytest_phase4.target import APPLICATION_NAME
@@ -51,20 +50,14 @@ def active_connections(ctx: Context, spec: CheckSpec) -> str:
     return f"{len(others)} other connection(s){note}"
 
 
-# What the migrations alter: these statements need ownership of the table (ALTER TABLE, CREATE INDEX, ...).
-_TOUCHES = re.compile(
-    r"\b(?:ALTER\s+TABLE(?:\s+IF\s+EXISTS)?(?:\s+ONLY)?"
-    r"|CREATE\s+(?:UNIQUE\s+)?INDEX(?:\s+CONCURRENTLY)?(?:\s+IF\s+NOT\s+EXISTS)?(?:\s+[\w\"]+)?\s+ON(?:\s+ONLY)?"
-    r"|CREATE\s+POLICY\s+[\w\"]+\s+ON"
-    r"|CREATE\s+(?:OR\s+REPLACE\s+)?TRIGGER\s+[\w\"]+\s+(?:BEFORE|AFTER|INSTEAD\s+OF)\s[^;]*?\sON)"
-    r"\s+([\w.\"]+)", re.I | re.S)
-_COMMENTS = re.compile(r"--[^\n]*|/\*.*?\*/", re.S)
-
-
 def touched_tables(sql_text: str) -> list[str]:
-    """Tables a migration alters or indexes, by name without schema, in order of first mention."""
-    raw = [m.group(1).split(".")[-1] for m in _TOUCHES.finditer(_COMMENTS.sub(" ", sql_text))]
-    return list(dict.fromkeys(n.strip('"') if n.startswith('"') else n.lower() for n in raw))
+    """Tables a migration alters, indexes, or puts policies and triggers on (these need ownership of the table), by
+    name without schema, in order of first mention; as PostgreSQL's parser reads the file (none if it cannot)."""
+    try:
+        statements = sqltext.split(sql_text)
+    except sqltext.SqlSyntaxError:
+        return []  # the migration_files check and the migration itself say why
+    return list(dict.fromkeys(hazards.owned_tables(statements)))
 
 
 def role_privileges(ctx: Context, spec: CheckSpec) -> str:

@@ -101,7 +101,9 @@ def test_touched_tables_reads_alter_and_index_statements() -> None:
     CREATE INDEX ON jobs (id);
     CREATE POLICY p_select ON suppliers FOR SELECT USING (true);
     CREATE TRIGGER t_audit AFTER INSERT OR UPDATE ON audit_logs FOR EACH ROW EXECUTE FUNCTION f();
-    CREATE VIEW v AS SELECT 1;"""
+    CREATE VIEW v AS SELECT 1;
+    SELECT 'ALTER TABLE not_a_table ADD x int';  -- words in a string are not a statement
+    COMMENT ON TABLE customers IS 'CREATE INDEX ON in_a_comment (id)';"""
     assert touched_tables(text) == ["sales", "Tickets", "jobs", "suppliers", "audit_logs"]
 
 
