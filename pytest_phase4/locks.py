@@ -159,7 +159,9 @@ class Observer:
         over = [lock for lock in self.measurement.locks if lock.mode in EXCLUSIVE and (now - lock.since) * 1000 > limit]
         if not over:
             return
-        worst = max(over, key=lambda lock: now - lock.since)
+        # the longest held; of those taken by the same statement, the strongest, on a table before an index
+        worst = max(over, key=lambda lock: (-lock.since, lockwords.strength(lock.mode), lock.kind == "table",
+                                            lock.relation))
         worst.held_ms = (now - worst.since) * 1000
         raise MigrationFailed(
             self.migration.file, worst.line, None,

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Project, outcomes_of
 
+from conftest import Project, outcomes_of
 from pytest_phase4.errors import PlanError
 from pytest_phase4.plan import load_plan
 
