@@ -8,9 +8,9 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from conftest import Project, outcomes_of
 from psycopg.conninfo import make_conninfo
 
+from conftest import Project, outcomes_of
 from pytest_phase4.commands import expand_env
 from pytest_phase4.errors import PlanError
 from pytest_phase4.plan import load_plan
