@@ -8,6 +8,7 @@ A file the parser rejects is refused before anything runs, naming file:line: the
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +16,9 @@ from pglast import ast, parse_sql
 from pglast.parser import ParseError
 
 from pytest_phase4.errors import Phase4Error
+
+# A literal after the word PASSWORD (CREATE ROLE ... PASSWORD '...', OPTIONS (password '...')): never shown.
+_PASSWORD = re.compile(r"(\bpassword\b\s*=?\s*)E?'(?:[^']|'')*'?", re.I)
 
 
 @dataclass(frozen=True)
@@ -31,8 +35,8 @@ class Statement:
 
     @property
     def head(self) -> str:
-        """Its first line, shortened: how a report names the statement."""
-        first = self.text.strip().splitlines()[0] if self.text.strip() else ""
+        """Its first line, shortened, any password literal masked: how a report names the statement."""
+        first = _PASSWORD.sub(r"\1***", self.text).strip().splitlines()[0] if self.text.strip() else ""
         return first if len(first) <= 100 else first[:99] + "\u2026"
 
 

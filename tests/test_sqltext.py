@@ -89,3 +89,11 @@ def test_the_hand_written_lexer_is_gone() -> None:
     assert "pglast" in code
     for leftover in ("_quote_end", "_block_comment_end", "_DOLLAR", "_merge_atomic"):
         assert leftover not in code
+
+
+def test_a_password_literal_never_reaches_a_report_through_a_statement_head() -> None:
+    role, mapping = sqltext.split("CREATE ROLE app LOGIN PASSWORD 's3cr''et' VALID UNTIL 'infinity';\n"
+                                  "ALTER USER MAPPING FOR app SERVER s OPTIONS (SET password 'x y');")
+    assert role.head == "CREATE ROLE app LOGIN PASSWORD *** VALID UNTIL 'infinity'"
+    assert mapping.head == "ALTER USER MAPPING FOR app SERVER s OPTIONS (SET password ***)"
+    assert role.text.endswith("'s3cr''et' VALID UNTIL 'infinity'")  # what the server receives is untouched
