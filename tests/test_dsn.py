@@ -6,9 +6,9 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
-from conftest import require_password
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from conftest import require_password
 from pytest_phase4.dsn import (
     connect_error_message,
     password_of,

@@ -15,9 +15,9 @@ from collections.abc import Callable
 
 import psycopg
 import pytest
-from conftest import Project
 from psycopg import sql
 
+from conftest import Project
 from pytest_phase4.guard import Blocker
 from pytest_phase4.progress import Heartbeat, describe, migration_status
 

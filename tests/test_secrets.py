@@ -10,10 +10,10 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from conftest import EXAMPLES, Project, require_password
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
+from conftest import EXAMPLES, Project, require_password
 from pytest_phase4.embedded import EmbeddedPostgres, start_embedded
 
 PASSWORD = "Tr0ub4dor&3-horse?"

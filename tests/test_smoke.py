@@ -10,6 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+
 from conftest import Project, outcomes_of
 
 TOKEN = "tok-3f9a1c77e2"  # a test value: the point is that it never shows
