@@ -40,22 +40,24 @@ def fingerprint(dsn: str) -> dict[str, Any]:
     return {"data": data, "shape": shape, "ledger": ledger}
 
 
-def set_sleep(dsn: str, seconds: int | None) -> None:
+def set_sleep(dsn: str, seconds: int | str | None, setting: str = "faults.sleep") -> None:
+    """Set (None: reset) one of the faults example's settings for the database: faults.sleep or faults.gate."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         db = sql.Identifier(conn.info.dbname)
+        name = sql.Identifier(*setting.split("."))
         if seconds is None:
-            conn.execute(sql.SQL("ALTER DATABASE {} RESET faults.sleep").format(db))
+            conn.execute(sql.SQL("ALTER DATABASE {} RESET {}").format(db, name))
         else:
-            conn.execute(sql.SQL("ALTER DATABASE {} SET faults.sleep = {}").format(db, sql.Literal(str(seconds))))
+            conn.execute(sql.SQL("ALTER DATABASE {} SET {} = {}").format(db, name, sql.Literal(str(seconds))))
 
 
-def wait_for_migration(dsn: str, timeout: float = 20) -> int:
-    """The pid of the run's migration session once it sleeps inside the migration."""
+def wait_for_migration(dsn: str, timeout: float = 20, doing: str = "pg_sleep") -> int:
+    """The pid of the run's migration session once it runs the statement of the migration that calls `doing`."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with psycopg.connect(dsn, autocommit=True) as conn:
             row = conn.execute("SELECT pid FROM pg_stat_activity WHERE application_name = 'pytest-phase4'"
-                               " AND state = 'active' AND query LIKE '%pg_sleep%'").fetchone()
+                               " AND state = 'active' AND strpos(query, %s) > 0", (doing,)).fetchone()
         if row:
             return int(row[0])
         time.sleep(0.05)
@@ -143,11 +145,15 @@ def _popen(p: Project, *args: str) -> subprocess.Popen[str]:
 
 def test_two_runs_started_together_apply_each_migration_once(seeded: tuple[Project, dict[str, Any]]) -> None:
     p, _ = seeded
-    set_sleep(p.dsn, 2)
-    first = _popen(p, "--phase4-confirm-destructive")
-    wait_for_migration(p.dsn)
-    second = _popen(p, "--phase4-confirm-destructive")
-    second_out, _ = second.communicate(timeout=60)
+    set_sleep(p.dsn, "on", "faults.gate")
+    # The first run waits inside its first migration, holding the run lock, until the second has been refused:
+    # no sleep to outlast, however slow a loaded machine starts the second.
+    with psycopg.connect(p.dsn, autocommit=True) as gate:
+        gate.execute("SELECT pg_advisory_lock(4242)")
+        first = _popen(p, "--phase4-confirm-destructive", "--phase4-lock-timeout=120s")
+        wait_for_migration(p.dsn, doing="pg_advisory_xact_lock")
+        second = _popen(p, "--phase4-confirm-destructive")
+        second_out, _ = second.communicate(timeout=60)
     first_out, _ = first.communicate(timeout=60)
     assert second.returncode == pytest.ExitCode.USAGE_ERROR, second_out
     assert "ERROR: another pytest-phase4 run holds " in second_out
