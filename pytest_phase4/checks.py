@@ -152,14 +152,13 @@ def table_count(ctx: Context, spec: CheckSpec) -> str:
 def tables_have_rows(ctx: Context, spec: CheckSpec) -> str:
     table = spec.element
     _require_relation(ctx, spec, table, "rp", "table")
-    snap = ctx.snapshot()
-    count = snap.counts.get(table)
-    if count is None:
-        count = ctx.known.count(table)
+    count = ctx.known.count(table)  # now, in the step's snapshot: never the pre-migration recording
     if count < spec.params["min_rows"]:
         raise CheckFailed(f">= {_fmt(spec.params['min_rows'])} rows", f"{_fmt(count)}", _q(table, ctx.schema),
-                          hint=spec.hint or "load recent data into this database before migrating")
-    return f"{_q(table, ctx.schema)}: {_fmt(count)} rows (recorded)"
+                          hint=spec.hint or ("load recent data into this database before migrating"
+                                             if spec.stage == "preflight" else "a migration deleted these rows: "
+                                             "restore them from the backup if this is not intended"))
+    return f"{_q(table, ctx.schema)}: {_fmt(count)} rows"
 
 
 def views_absent(ctx: Context, spec: CheckSpec) -> str:

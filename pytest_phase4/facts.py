@@ -192,7 +192,7 @@ class Facts:
                 view, base = spec.element
                 if self.relkind(view) in ("v", "m") and self.relkind(base) in ("r", "p"):
                     keys += [("count", view), ("count", base)]
-            elif spec.kind == "row_counts_unchanged" and self.relkind(spec.element) in ("r", "p"):
+            elif spec.kind in ("row_counts_unchanged", "tables_have_rows") and self.relkind(spec.element) in ("r", "p"):
                 keys.append(("count", spec.element))
         return list(dict.fromkeys(keys))
 

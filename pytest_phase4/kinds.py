@@ -202,7 +202,7 @@ _KIND_LIST = [
          label_fn=lambda p, _: "schema"),
     Kind("table_count", "the schema holds at least min base tables",
          {"min": Param("int")}, label_fn=lambda p, _: f">={p['min']}"),
-    Kind("tables_have_rows", "each table exists and holds at least min_rows rows (count recorded)",
+    Kind("tables_have_rows", "each table exists and holds at least min_rows rows now",
          {"tables": _names, "min_rows": Param("int", False, 1)}, expand="tables"),
     Kind("views_absent", "none of these views exists yet", {"views": _names}, expand="views"),
     Kind("view_count", "the number of views in the schema (matching like) meets the bound",
