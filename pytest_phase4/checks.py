@@ -226,8 +226,7 @@ def view_rowcount_matches(ctx: Context, spec: CheckSpec) -> str:
     view, base = spec.element
     _require_relation(ctx, spec, view, "vm", "view")
     _require_relation(ctx, spec, base, "rp", "table")
-    v = ctx.known.count(view)
-    b = ctx.known.count(base)
+    v, b = ctx.known.together(view, base)  # of one moment, even while the application writes
     if v != b:
         diff = f"{_fmt(b - v)} missing" if v < b else f"{_fmt(v - b)} extra"
         cause = ("an inner join on a nullable key drops rows: use LEFT JOIN" if v < b

@@ -4,8 +4,10 @@ A step's checks ask the same questions many times: does this relation exist, whi
 has `sales`. `Facts` answers every catalog question of a step from one catalog query and reads each value (a row
 count, the orphans of a relation) once per step, whichever checks ask. With a `Pool` of read-only connections it
 reads ahead, in one snapshot (readahead.py): the view counts as soon as the step's Facts is made, every other
-value the step's selected checks need when the first of them asks for data. Without one, each value is read when
-asked, each orphan count in a snapshot of its own (catalog.count_orphans). Either way each check gets its own
+value the step's selected checks need when the first of them asks for data, and a value nobody planned for (the
+partition a view's plan reads) when asked, in the same snapshot. Without one, each value is read when asked, each
+orphan count in a snapshot of its own (catalog.count_orphans), the counts a check compares (`together`) in one
+snapshot of their own. Either way each check gets its own
 result or the SQL error of the query it depends on. A NOT NULL column has no NULL to count; a view whose plan
 scans one table alone is counted as that table (catalog.scanned_alone).
 
@@ -49,6 +51,9 @@ class Facts:
     _ahead: ReadAhead | None = None
     _rows_of: dict[str, str] = field(default_factory=dict)
     _queued: bool = False
+    _moment: dict[Key, int] = field(default_factory=dict)  # without a pool: the read each value came from
+    _reads: int = 0
+    _reading: int = 0  # without a pool, inside together(): the read under way
 
     def __post_init__(self) -> None:
         if self.pool is not None and self._view_bases():  # view counts are the longest reads: start them now
@@ -113,6 +118,23 @@ class Facts:
         """Exact row count of a table or view, read once per step."""
         return self._value(("count", relation))
 
+    def together(self, *relations: str) -> list[int]:
+        """Row counts compared with each other (a view and its base table), of one moment: on the pool every value
+        of the step is; without one they are read in one snapshot of their own, unless they were read together."""
+        keys: list[Key] = [("count", r) for r in relations]
+        if self.pool is not None:
+            return [self._value(k) for k in keys]
+        moments = {self._moment.get(k) for k in keys}
+        if len(moments) == 1 and None not in moments:
+            return [self._values[k] for k in keys]
+        self._reads += 1
+        self._reading = self._reads
+        try:
+            with catalog.one_snapshot(self.conn):
+                return [self._value(k) for k in keys]
+        finally:
+            self._reading = 0
+
     def orphans(self, rel: Relation) -> OrphanCount:
         """Non-NULL child keys without a parent, and NULL child keys, for one relation."""
         c, p = rel.child, rel.parent
@@ -140,7 +162,7 @@ class Facts:
         return self._ahead
 
     def _value(self, key: Key) -> int:
-        if key in self._values:
+        if key in self._values and (not self._reading or self._moment.get(key) == self._reading):
             return self._values[key]
         if self.pool is not None and not self._queued:  # the first data question: read the step's data ahead
             self._queued = True
@@ -162,6 +184,10 @@ class Facts:
             self._rows_of[key[1]] = value.table
             value = self._value(("count", value.table))
         self._values[key] = value
+        if self.pool is None:  # which read it comes from, for together()
+            if not self._reading:
+                self._reads += 1
+            self._moment[key] = self._reading or self._reads
         return value
 
     def _ask(self, key: Key) -> int | RowsOf:

@@ -87,9 +87,12 @@ class ReadAhead:
             self._submit(keys, self._read(keys))
 
     def value(self, key: Key) -> int | catalog.RowsOf | None:
-        """The key's value (raising its query's SQL error), or None if the caller must read it."""
+        """The key's value (raising its query's SQL error), or None if the caller must read it. A key nobody
+        planned for (the partition a view's plan reads alone) is read now, in the same snapshot."""
         if key in self.dense:
             return self._derived(key)
+        if key not in self._pending and self._open and not self._closing:
+            self._submit([key], self._read((key,)))
         return self._answer(key) if key in self._pending else None
 
     def quiesce(self) -> None:
