@@ -174,16 +174,40 @@ class RowsOf:
     table: str
 
 
-def scanned_alone(conn: psycopg.Connection[Any], schema: str, view: str) -> str | None:
+@dataclass(frozen=True)
+class Unlocked:
+    """A view whose definition locks rows (FOR SHARE, FOR UPDATE), counted from its definition without the lock."""
+
+    rows: int
+    clauses: str  # as in the definition: "FOR SHARE"
+
+    @property
+    def note(self) -> str:
+        return (f"counted from its definition without {self.clauses}: a read-only check takes no row lock, and the "
+                "lock decides which rows wait, not which rows there are")
+
+
+def _count_plan(conn: psycopg.Connection[Any], schema: str, view: str) -> dict[str, Any]:
+    """The server's plan for count(*) of the view; EXPLAIN alone runs nothing, so a read-only transaction allows it
+    even for a view that locks rows."""
+    found = conn.execute(sql.SQL("EXPLAIN (COSTS OFF, VERBOSE, FORMAT JSON) SELECT count(*) FROM {}").format(
+        sql.Identifier(schema, view))).fetchone()
+    return dict(found[0][0]["Plan"]) if found else {}
+
+
+def _locks_rows(node: dict[str, Any]) -> bool:
+    return node.get("Node Type") == "LockRows" or any(_locks_rows(n) for n in node.get("Plans", ()))
+
+
+def scanned_alone(conn: psycopg.Connection[Any], schema: str, view: str,
+                  plan: dict[str, Any] | None = None) -> str | None:
     """The table whose every row count(*) of the view counts once, when the server's plan for it is nothing but
     count(*) over a scan of that table: no filter, join, grouping, limit or set-returning function left; the
     table has no inheritance child and no row-level security (the view reads it with its owner's rights), and the
     checking role may read it. The planner removes a left join only when it cannot add or drop rows (a unique key
     on the joined side, none of its columns used), so the view then has one row per row of the table for any
     data, and counting the table (its narrowest index) counts the view. Otherwise None."""
-    found = conn.execute(sql.SQL("EXPLAIN (COSTS OFF, VERBOSE, FORMAT JSON) SELECT count(*) FROM {}").format(
-        sql.Identifier(schema, view))).fetchone()
-    scan = _counted_scan(found[0][0]["Plan"] if found else {})
+    scan = _counted_scan(plan if plan is not None else _count_plan(conn, schema, view))
     # A Seq Scan reads every row; an index scan could read a partial index whose predicate stood for a WHERE.
     if scan is None or scan.get("Node Type") != "Seq Scan" or "Filter" in scan or "Plans" in scan \
             or scan.get("Schema") != schema:
@@ -211,10 +235,48 @@ def _counted_scan(node: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
-def count_view(conn: psycopg.Connection[Any], schema: str, view: str) -> int | RowsOf:
-    """count(*) of a view, or the table whose count it is (scanned_alone)."""
-    table = scanned_alone(conn, schema, view)
+def count_view(conn: psycopg.Connection[Any], schema: str, view: str) -> int | RowsOf | Unlocked:
+    """count(*) of a view, or the table whose count it is (scanned_alone), or its count without the row locks its
+    definition takes (count_unlocked: a read-only transaction may not take them)."""
+    plan = _count_plan(conn, schema, view)
+    if _locks_rows(plan):
+        return count_unlocked(conn, schema, view)
+    table = scanned_alone(conn, schema, view, plan)
     return RowsOf(table) if table is not None else count_rows(conn, schema, view)
+
+
+def count_unlocked(conn: psycopg.Connection[Any], schema: str, view: str) -> Unlocked:
+    """count(*) of a view whose definition locks rows, from its definition without the locking clauses (in a
+    snapshot they change which rows wait, not which rows there are). Exact only when the definition read as the
+    checking role reads what the view reads: the role owns the view, or the view reads with the caller's rights
+    (security_invoker); a definition with SKIP LOCKED has no exact count. Otherwise CheckFailed says why."""
+    from pytest_phase4 import pgparse
+    from pytest_phase4.errors import CheckFailed
+
+    definition, owner, user, same_rights = conn.execute(
+        "SELECT pg_catalog.pg_get_viewdef(c.oid), pg_catalog.pg_get_userbyid(c.relowner), current_user::text,"
+        " pg_catalog.pg_get_userbyid(c.relowner) = current_user OR EXISTS (SELECT FROM unnest(c.reloptions) o"
+        "   WHERE o ~* '^security_invoker=(true|on|yes|1)$')"
+        " FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = %s AND c.relname = %s", (schema, view)).fetchone() or (None, "", "", False)
+    where = f"{schema}.{view}"
+    unlocked = pgparse.without_row_locks(str(definition))
+    clauses = ", ".join(unlocked.clauses)
+    if unlocked.skips_rows:
+        raise CheckFailed(f"a row count of view {where}", f"none can be exact: its definition locks rows {clauses}, "
+                          "so the rows it returns depend on what other sessions lock at that moment", where,
+                          hint="drop SKIP LOCKED from the view, or check its rows with a query_runs or query_returns "
+                               "check that says what you expect of them")
+    if not same_rights:
+        raise CheckFailed(f"a row count of view {where}", f"none in a read-only transaction: its definition locks "
+                          f"rows ({clauses}), and counted without the lock it would read the tables with the rights "
+                          f"of {user}, not those of its owner {owner}", where,
+                          hint=f"check as {owner}, who owns the view, or make it WITH (security_invoker = true), or "
+                               f"drop {clauses} from it: a view that locks every row it returns blocks the "
+                               "application's writers")
+    # The definition comes from the server's catalog (pg_get_viewdef), deparsed by PostgreSQL's parser.
+    query = sql.SQL("SELECT count(*) FROM ({}) AS v").format(sql.SQL(unlocked.text))
+    return Unlocked(count(conn, query), clauses)
 
 
 def count_all_tables(conn: psycopg.Connection[Any], schema: str) -> dict[str, int]:

@@ -236,9 +236,8 @@ def view_rowcount_matches(ctx: Context, spec: CheckSpec) -> str:
         raise CheckFailed(f"view {view} to have as many rows as {base} ({_fmt(b)})",
                           f"{_fmt(v)} ({diff})", f"{_q(view, ctx.schema)} vs {_q(base, ctx.schema)}", sql=shown,
                           hint=spec.hint or cause)
-    via = ctx.known.rows_of(view)
-    how = f" (its plan reads {via} alone, unfiltered: one row per {via} row whatever the data)" if via else ""
-    return f"{view}: {_fmt(v)} rows = {base}: {_fmt(b)} rows{how}"
+    how = ctx.known.how_counted(view)
+    return f"{view}: {_fmt(v)} rows = {base}: {_fmt(b)} rows" + (f" ({how})" if how else "")
 
 
 def view_sample_not_null(ctx: Context, spec: CheckSpec) -> str:

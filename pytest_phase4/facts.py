@@ -23,7 +23,8 @@ from typing import Any
 import psycopg
 
 from pytest_phase4 import catalog
-from pytest_phase4.catalog import RowsOf
+from pytest_phase4.catalog import RowsOf, Unlocked
+from pytest_phase4.errors import CheckFailed
 from pytest_phase4.kinds import Column, Relation
 from pytest_phase4.plan import CheckSpec
 from pytest_phase4.pool import Pool
@@ -50,6 +51,7 @@ class Facts:
     _values: dict[Key, int] = field(default_factory=dict)
     _ahead: ReadAhead | None = None
     _rows_of: dict[str, str] = field(default_factory=dict)
+    _notes: dict[str, str] = field(default_factory=dict)  # view -> how it was counted (catalog.Unlocked)
     _queued: bool = False
     _moment: dict[Key, int] = field(default_factory=dict)  # without a pool: the read each value came from
     _reads: int = 0
@@ -145,6 +147,12 @@ class Facts:
         """The table whose count answered count(view), when the view's plan scans it alone (catalog.scanned_alone)."""
         return self._rows_of.get(view)
 
+    def how_counted(self, view: str) -> str:
+        """How the view's count was read when it was not by count(*) of the view, in words, or ""."""
+        if table := self._rows_of.get(view):
+            return f"its plan reads {table} alone, unfiltered: one row per {table} row whatever the data"
+        return self._notes.get(view, "")
+
     def quiesce(self) -> None:
         """Wait until no read-ahead query runs, e.g. before timing a query."""
         if self._ahead is not None:
@@ -174,8 +182,8 @@ class Facts:
             return 0
         try:
             value = self._ahead.value(key) if self._ahead is not None else None
-        except psycopg.Error:
-            raise  # the query's own SQL error, for the check that asked
+        except (psycopg.Error, CheckFailed):
+            raise  # the query's own SQL error, or why the value cannot be had, for the check that asked
         except Exception:  # the pool could not help (e.g. no connection left on the server): ask here
             value = None
         if value is None:
@@ -183,6 +191,9 @@ class Facts:
         if isinstance(value, RowsOf):  # a view counted as the table its plan scans alone
             self._rows_of[key[1]] = value.table
             value = self._value(("count", value.table))
+        elif isinstance(value, Unlocked):  # a view that locks rows, counted from its definition without the lock
+            self._notes[key[1]] = value.note
+            value = value.rows
         self._values[key] = value
         if self.pool is None:  # which read it comes from, for together()
             if not self._reading:
@@ -190,7 +201,7 @@ class Facts:
             self._moment[key] = self._reading or self._reads
         return value
 
-    def _ask(self, key: Key) -> int | RowsOf:
+    def _ask(self, key: Key) -> int | RowsOf | Unlocked:
         """One value by its own query on conn (an orphan count: in a snapshot of its own)."""
         self.queries += 1
         what, table, *rest = key

@@ -34,8 +34,8 @@ from pytest_phase4.pool import Pool
 
 Key = tuple[str, ...]  # ("count", relation), ("nulls", table, column), ("orphans" | "outside", table, column,
 #                        parent, parent column)
-Found = dict[Key, Any]  # a count (of a view: maybe catalog.RowsOf); for "outside", (count, the parent's min, max);
-#                         or the query's psycopg.Error
+Found = dict[Key, Any]  # a count (of a view: maybe catalog.RowsOf or Unlocked); for "outside", (count, the
+#                         parent's min, max); or the query's psycopg.Error
 Job = Callable[[psycopg.Connection[Any]], Found]
 SMALL = 50  # a read of at most one page, or under 1/SMALL of the step's pages, is small
 
@@ -86,7 +86,7 @@ class ReadAhead:
                            key=lambda r: min(first.get(k, len(self.wanted)) for k in r)):
             self._submit(keys, self._read(keys))
 
-    def value(self, key: Key) -> int | catalog.RowsOf | None:
+    def value(self, key: Key) -> int | catalog.RowsOf | catalog.Unlocked | None:
         """The key's value (raising its query's SQL error), or None if the caller must read it. A key nobody
         planned for (the partition a view's plan reads alone) is read now, in the same snapshot."""
         if key in self.dense:

@@ -14,6 +14,7 @@ import psycopg
 
 from conftest import Project, outcomes_of, spec
 from pytest_phase4 import checks
+from pytest_phase4.errors import CheckFailed
 from pytest_phase4.facts import Facts
 from pytest_phase4.pool import Pool
 
@@ -85,3 +86,61 @@ def test_with_one_worker_a_view_and_its_base_table_are_counted_at_one_moment(con
             # before the fix: CheckFailed "expected view waiting_events to have as many rows as events (193), found
             # 100 (93 missing)": the base table was counted after the view, at another moment
             assert running.result() == "waiting_events: 100 rows = events: 100 rows"
+
+
+LOCKING = """
+CREATE TABLE accounts (id int PRIMARY KEY, deleted_at timestamptz);
+INSERT INTO accounts SELECT g, CASE WHEN g % 10 = 0 THEN now() END FROM generate_series(1, 40) g;
+CREATE VIEW locked_accounts AS SELECT * FROM accounts WHERE id > 0 FOR SHARE;
+CREATE VIEW nested_lock AS SELECT * FROM (SELECT a.id FROM accounts a FOR NO KEY UPDATE OF a NOWAIT) s;
+CREATE VIEW skipping AS SELECT * FROM accounts FOR UPDATE SKIP LOCKED;
+"""
+
+
+def _check(ro: psycopg.Connection[Any], view: str, base: str, facts: Facts | None = None) -> str:
+    pair = dataclasses.replace(spec("view_rowcount_matches", (view, base)), params={"pairs": {view: base}})
+    ctx = checks.Context(ro, cast(Any, SimpleNamespace(schema="public")), lambda: checks.Snapshot({}, False),
+                         facts=facts)
+    try:
+        return checks.run_check(ctx, pair)
+    except CheckFailed as exc:
+        return exc.render()
+
+
+def test_a_view_that_locks_rows_is_counted_without_its_lock_or_says_why_it_cannot_be(
+        scratch_dsn: str, conn: psycopg.Connection[Any]) -> None:
+    conn.execute(LOCKING)
+    readonly = "-c default_transaction_read_only=on"
+    with psycopg.connect(scratch_dsn, autocommit=True, options=readonly) as ro:
+        # before the fix: "found: SQL error: cannot execute SELECT FOR SHARE in a read-only transaction [SQLSTATE
+        # 25006]", whatever the view holds
+        assert _check(ro, "locked_accounts", "accounts") == (
+            "locked_accounts: 40 rows = accounts: 40 rows (counted from its definition without FOR SHARE: a "
+            "read-only check takes no row lock, and the lock decides which rows wait, not which rows there are)")
+        assert _check(ro, "nested_lock", "accounts").startswith(
+            "nested_lock: 40 rows = accounts: 40 rows (counted from its definition without FOR NO KEY UPDATE NOWAIT: ")
+        pool = Pool(lambda: psycopg.connect(scratch_dsn, autocommit=True, options=readonly), 2)
+        try:
+            facts = Facts(ro, "public", (spec("view_rowcount_matches", ("locked_accounts", "accounts")),), pool)
+            assert _check(ro, "locked_accounts", "accounts", facts).startswith("locked_accounts: 40 rows = accounts")
+            facts.close()
+        finally:
+            pool.close()
+        assert _check(ro, "skipping", "accounts") == (
+            "expected: a row count of view public.skipping\n"
+            "found:    none can be exact: its definition locks rows FOR UPDATE SKIP LOCKED, so the rows it returns "
+            "depend on what other sessions lock at that moment\n"
+            "where:    public.skipping\n"
+            "hint:     drop SKIP LOCKED from the view, or check its rows with a query_runs or query_returns check that "
+            "says what you expect of them\n"
+            "plan:     plan.toml:1")
+    conn.execute("CREATE ROLE checker LOGIN; GRANT SELECT ON ALL TABLES IN SCHEMA public TO checker")
+    with psycopg.connect(scratch_dsn, autocommit=True, options=readonly, user="checker") as ro:
+        assert _check(ro, "locked_accounts", "accounts") == (
+            "expected: a row count of view public.locked_accounts\n"
+            "found:    none in a read-only transaction: its definition locks rows (FOR SHARE), and counted without "
+            "the lock it would read the tables with the rights of checker, not those of its owner postgres\n"
+            "where:    public.locked_accounts\n"
+            "hint:     check as postgres, who owns the view, or make it WITH (security_invoker = true), or drop "
+            "FOR SHARE from it: a view that locks every row it returns blocks the application's writers\n"
+            "plan:     plan.toml:1")
