@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +35,12 @@ def relkind_words(relkind: str) -> str:
 def kind_words(kind: str) -> str:
     """A fingerprint's object kind as users say it: 'matview' -> 'materialized view'."""
     return KIND_WORDS.get(kind, kind)
+
+
+def like(name: str, pattern: str) -> bool:
+    """SQL LIKE (without escapes) on a name already fetched, so one catalog read serves many patterns."""
+    regex = "".join(".*" if c == "%" else "." if c == "_" else re.escape(c) for c in pattern)
+    return re.fullmatch(regex, name, re.DOTALL) is not None
 
 
 def relations(conn: psycopg.Connection[Any], schema: str, kinds: list[str]) -> list[str]:
@@ -116,11 +123,17 @@ SELECT c.relname::text, c.relkind::text, c.relrowsecurity,
        coalesce((SELECT array_agg(a.attname::text) FROM pg_catalog.pg_attribute a
                  WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attnotnull
                    AND NOT (c.relkind = 'r' AND c.relhassubclass)), '{}'),
-       c.relpages
+       c.relpages,
+       -- each policy's command and the roles it names, in policy name order (0 in polroles: PUBLIC)
+       coalesce((SELECT json_agg(json_build_array(p.polcmd::text, (SELECT coalesce(json_agg(
+                        CASE WHEN r = 0 THEN 'public' ELSE pg_catalog.pg_get_userbyid(r)::text END ORDER BY 1), '[]')
+                                                                  FROM unnest(p.polroles) r)) ORDER BY p.polname)
+                 FROM pg_catalog.pg_policy p WHERE p.polrelid = c.oid), '[]')
 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname = %s
 ORDER BY c.relname
 """
+POLICY_COMMANDS = {"r": "select", "a": "insert", "w": "update", "d": "delete", "*": "all"}
 
 
 @dataclass(frozen=True)
@@ -135,18 +148,25 @@ class RelationFacts:
     indexed: frozenset[str]  # columns a valid index leads with
     not_null: frozenset[str]  # NOT NULL columns (of a table with no inheritance child): none to count
     pages: int  # size as last estimated by VACUUM/ANALYZE: only to schedule the read-ahead
+    policy_rules: tuple[tuple[str, tuple[str, ...]], ...] = ()  # per policy: command ("select", "all"), roles
 
 
 def relation_facts(conn: psycopg.Connection[Any], schema: str) -> dict[str, RelationFacts]:
     """Everything the checks ask about the schema's relations, from one catalog query, by name."""
     return {r[0]: RelationFacts(r[1], bool(r[2]), tuple(r[3]), tuple(r[4]), tuple(r[5]), tuple(r[6]),
-                                frozenset(r[7]), frozenset(r[8]), frozenset(r[9]), int(r[10]))
+                                frozenset(r[7]), frozenset(r[8]), frozenset(r[9]), int(r[10]),
+                                tuple((POLICY_COMMANDS.get(cmd, cmd), tuple(roles)) for cmd, roles in r[11]))
             for r in conn.execute(_RELATION_FACTS, (schema,)).fetchall()}
 
 
 def count_query(schema: str, relation: str, where: sql.Composable | None = None) -> sql.Composed:
     query = sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, relation))
     return query if where is None else query + sql.SQL(" WHERE ") + where
+
+
+def condition(text: str) -> sql.Composed:
+    """A condition the plan states in SQL (view_rowcount_matches' `where`), kept whole by its parentheses."""
+    return sql.SQL("({})").format(sql.SQL(text))
 
 
 def count(conn: psycopg.Connection[Any], query: sql.Composed) -> int:

@@ -4,18 +4,17 @@ expected/found/where, or CheckSkipped when it does not apply. Nothing here write
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
 from pytest_phase4 import catalog, sqltext
+from pytest_phase4.catalog import like as like  # safety.py matches names with it
 from pytest_phase4.errors import CheckFailed, Phase4Error
-from pytest_phase4.facts import Facts
+from pytest_phase4.facts import Facts, count_key
 from pytest_phase4.kinds import Column, Relation
 from pytest_phase4.plan import CheckSpec, Plan
 from pytest_phase4.runextras import RunExtras
@@ -53,6 +52,7 @@ class Context:
     ledger: Mapping[str, Any] = field(default_factory=dict)  # file -> ledger.Entry, as the run started
     extras: RunExtras = field(default_factory=RunExtras)
     facts: Facts | None = None  # the step's shared catalog facts and row counts; one of its own if not given
+    before_indexes: Mapping[str, frozenset[str]] = field(default_factory=dict)  # file -> indexes right before it
 
     @property
     def schema(self) -> str:
@@ -161,41 +161,6 @@ def tables_have_rows(ctx: Context, spec: CheckSpec) -> str:
     return f"{_q(table, ctx.schema)}: {_fmt(count)} rows"
 
 
-def views_absent(ctx: Context, spec: CheckSpec) -> str:
-    if ctx.applied_before_run:
-        raise CheckSkipped(f"pre-migration state check: the ledger shows {len(ctx.applied_before_run)} "
-                           "migration(s) already applied")
-    kind = ctx.known.relkind(spec.element)
-    if kind is not None:
-        raise CheckFailed(f"no relation named {spec.element} before migrating", catalog.relkind_words(kind),
-                          _q(spec.element, ctx.schema),
-                          hint=spec.hint or "a migration will create this name: drop or rename the existing "
-                                            "object, or document it and remove it from views_absent")
-    return f"{_q(spec.element, ctx.schema)} does not exist yet"
-
-
-def view_count(ctx: Context, spec: CheckSpec) -> str:
-    p = spec.params
-    names = ctx.known.views()
-    if p["like"]:
-        names = [n for n in names if like(n, p["like"])]
-    n = len(names)
-    ok = (p["equals"] is None or n == p["equals"]) and (p["min"] is None or n >= p["min"]) and (
-        p["max"] is None or n <= p["max"])
-    what = f"views like {p['like']!r}" if p["like"] else "views"
-    if not ok:
-        bound = next(f"{op} {p[k]}" for k, op in (("equals", "=="), ("min", ">="), ("max", "<=")) if p[k] is not None)
-        raise CheckFailed(f"{bound} {what} in schema {ctx.schema}", str(n), f"schema {ctx.schema}",
-                          details=[", ".join(names)] if names else [], hint=spec.hint)
-    return f"{n} {what}: {', '.join(names) or '-'}"
-
-
-def like(name: str, pattern: str) -> bool:
-    """SQL LIKE (without escapes) on a name already fetched, so one catalog read serves many patterns."""
-    regex = "".join(".*" if c == "%" else "." if c == "_" else re.escape(c) for c in pattern)
-    return re.fullmatch(regex, name, re.DOTALL) is not None
-
-
 def table_exists(ctx: Context, spec: CheckSpec) -> str:
     _require_relation(ctx, spec, spec.element, "rp", "table")
     return f"table {_q(spec.element, ctx.schema)} exists"
@@ -207,37 +172,47 @@ def view_exists(ctx: Context, spec: CheckSpec) -> str:
 
 
 def rls_policies(ctx: Context, spec: CheckSpec) -> str:
-    table, expected, names = spec.params["table"], spec.params["count"], spec.params["names"]
+    p = spec.params
+    table, expected, names, command, role = p["table"], p["count"], p["names"], p["command"], p["role"]
     where = _q(table, ctx.schema)
     _require_relation(ctx, spec, table, "rp", "table")
-    found = ctx.known.policies(table)
+    found = ctx.known.policies_for(table, command, role)
     if not ctx.known.rls_enabled(table):
         raise CheckFailed("row level security enabled", "RLS disabled", where,
                           hint=spec.hint or f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY")
+    which = "".join([f" FOR {command.upper()}" if command else "", f" TO {role}" if role else ""])
     missing = [n for n in names if n not in found]
     if len(found) != expected or missing:
         detail = [f"missing: {', '.join(missing)}"] if missing else []
-        raise CheckFailed(f"{expected} policies" + (f" including {', '.join(names)}" if names else ""),
+        if which:
+            detail.append(f"every policy of {table}: {', '.join(ctx.known.policies(table)) or 'none'}")
+        raise CheckFailed(f"{expected} policies{which}" + (f" including {', '.join(names)}" if names else ""),
                           f"{len(found)}: {', '.join(found) or 'none'}", where, details=detail, hint=spec.hint)
-    return f"{where}: RLS on, policies {', '.join(found)}"
+    return f"{where}: RLS on, policies{which} {', '.join(found) or '(none)'}"
 
 
 def view_rowcount_matches(ctx: Context, spec: CheckSpec) -> str:
     view, base = spec.element
+    where = spec.params.get("where", {}).get(view)  # the plan's condition on the base table, e.g. soft deletes
     _require_relation(ctx, spec, view, "vm", "view")
     _require_relation(ctx, spec, base, "rp", "table")
-    v, b = ctx.known.together(view, base)  # of one moment, even while the application writes
+    # of one moment, even while the application writes
+    v, b = ctx.known.together(count_key(view), count_key(base, where))
+    rows = f"{base} WHERE {where}" if where else base
     if v != b:
         diff = f"{_fmt(b - v)} missing" if v < b else f"{_fmt(v - b)} extra"
         cause = ("an inner join on a nullable key drops rows: use LEFT JOIN" if v < b
                  else "a join to a non-unique key multiplies rows: join on a unique key")
-        shown = sql.SQL("SELECT count(*) FROM {};\nSELECT count(*) FROM {};").format(
-            sql.Identifier(ctx.schema, view), sql.Identifier(ctx.schema, base)).as_string(ctx.conn)
-        raise CheckFailed(f"view {view} to have as many rows as {base} ({_fmt(b)})",
+        if where:
+            cause = f"the view's own filter differs from {where!r}, or {cause}"
+        shown = sql.SQL("SELECT count(*) FROM {};\n{};").format(
+            sql.Identifier(ctx.schema, view), catalog.count_query(ctx.schema, base, catalog.condition(where))
+            if where else catalog.count_query(ctx.schema, base)).as_string(ctx.conn)
+        raise CheckFailed(f"view {view} to have as many rows as {rows} ({_fmt(b)})",
                           f"{_fmt(v)} ({diff})", f"{_q(view, ctx.schema)} vs {_q(base, ctx.schema)}", sql=shown,
                           hint=spec.hint or cause)
     how = ctx.known.how_counted(view)
-    return f"{view}: {_fmt(v)} rows = {base}: {_fmt(b)} rows" + (f" ({how})" if how else "")
+    return f"{view}: {_fmt(v)} rows = {rows}: {_fmt(b)} rows" + (f" ({how})" if how else "")
 
 
 def view_sample_not_null(ctx: Context, spec: CheckSpec) -> str:
@@ -279,21 +254,6 @@ def column_absent(ctx: Context, spec: CheckSpec) -> str:
 
 def column_present(ctx: Context, spec: CheckSpec) -> str:
     return _column_state(ctx, spec, present=True)
-
-
-def index_exists(ctx: Context, spec: CheckSpec) -> str:
-    if spec.element not in ctx.known.indexes():
-        raise CheckFailed(f"index {spec.element}", "no such index", f"schema {ctx.schema}", hint=spec.hint)
-    return f"index {_q(spec.element, ctx.schema)} exists"
-
-
-def index_count(ctx: Context, spec: CheckSpec) -> str:
-    pattern, least = spec.params["like"], spec.params["min"]
-    names = [n for n in ctx.known.indexes() if like(n, pattern)]
-    if len(names) < least:
-        raise CheckFailed(f">= {least} indexes like {pattern!r}", str(len(names)), f"schema {ctx.schema}",
-                          details=[", ".join(names)] if names else [], hint=spec.hint)
-    return f"{len(names)} indexes like {pattern!r}"
 
 
 def no_orphans(ctx: Context, spec: CheckSpec) -> str:
@@ -339,51 +299,19 @@ def row_counts_unchanged(ctx: Context, spec: CheckSpec) -> str:
     return f"{_q(table, ctx.schema)}: {_fmt(after)} rows, as before"
 
 
-def explain_under(ctx: Context, spec: CheckSpec) -> str:
-    query, limit = spec.params["query"], spec.params["max_ms"]
-    ctx.known.quiesce()  # a timing taken while read-ahead queries run would be inflated by them
-    # The plan's own SQL, sent as is on the read-only connection: it may read, never write.
-    plan = ctx.conn.execute(b"EXPLAIN (ANALYZE, FORMAT JSON) " + query.encode()).fetchone()[0]  # type: ignore[index]
-    ms = float(plan[0]["Execution Time"])
-    if ms >= limit:
-        raise CheckFailed(f"execution time < {limit:g} ms", f"{ms:.1f} ms", spec.params["name"], sql=query,
-                          hint=spec.hint or "check the plan for sequential scans; migration 8's indexes may help")
-    return f"{spec.params['name']}: {ms:.1f} ms (limit {limit:g} ms)"
-
-
-def query_returns(ctx: Context, spec: CheckSpec) -> str:
-    query, expect = spec.params["query"], spec.params["expect"]
-    rows = ctx.conn.execute(query.encode()).fetchall()
-    if len(rows) != 1 or len(rows[0]) != 1:
-        raise CheckFailed("exactly one row with one column", f"{len(rows)} row(s)", spec.params["name"], sql=query)
-    value = rows[0][0]
-    if not _equal(value, expect):
-        raise CheckFailed(repr(expect), repr(value), spec.params["name"], sql=query, hint=spec.hint)
-    return f"{spec.params['name']}: {value!r}"
-
-
-def _equal(value: Any, expect: Any) -> bool:
-    if isinstance(expect, bool) or isinstance(value, bool):
-        return value is expect
-    if isinstance(expect, int | float) and isinstance(value, int | float | Decimal):
-        return Decimal(str(value)) == Decimal(str(expect))
-    return str(value) == str(expect)
-
-
 IMPLEMENTATIONS: Mapping[str, Impl] = {
     f.__name__: f for f in (
-        server_version, migration_files, no_invalid_indexes, table_count, tables_have_rows, views_absent,
-        view_count, table_exists, view_exists, rls_policies, view_rowcount_matches, view_sample_not_null,
-        column_absent, column_present, index_exists, index_count, no_orphans, row_counts_unchanged,
-        explain_under, query_returns)
+        server_version, migration_files, no_invalid_indexes, table_count, tables_have_rows, table_exists,
+        view_exists, rls_policies, view_rowcount_matches, view_sample_not_null, column_absent, column_present,
+        no_orphans, row_counts_unchanged)
 }
 
-# The kinds of the runbook's other parts live in their own modules, which use Context and CheckSkipped: imported
-# here, once both exist.
-from pytest_phase4 import commands, perf, readiness, smoke  # noqa: E402
+# The other kinds live in their own modules, which use Context and CheckSkipped: imported here, once both exist.
+from pytest_phase4 import commands, objects, perf, queries, readiness, smoke  # noqa: E402
 
-IMPLEMENTATIONS = {**IMPLEMENTATIONS, **commands.IMPLEMENTATIONS, **readiness.IMPLEMENTATIONS,
-                   **smoke.IMPLEMENTATIONS, **perf.IMPLEMENTATIONS}
+IMPLEMENTATIONS = {**IMPLEMENTATIONS, **objects.IMPLEMENTATIONS, **queries.IMPLEMENTATIONS,
+                   **commands.IMPLEMENTATIONS, **readiness.IMPLEMENTATIONS, **smoke.IMPLEMENTATIONS,
+                   **perf.IMPLEMENTATIONS}
 
 
 def _applied_after(ctx: Context, step: str) -> str | None:

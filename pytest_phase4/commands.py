@@ -7,40 +7,21 @@ timeout kills what it started too; stdout and stderr are read together and their
 from __future__ import annotations
 
 import os
-import re
 import shlex
 import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pytest_phase4.errors import CheckFailed
 from pytest_phase4.plan import CheckSpec
+from pytest_phase4.plan import expand_env as expand_env  # smoke.py and the tests use it from here
 
 if TYPE_CHECKING:  # checks.py imports this module to register its kinds
     from pytest_phase4.checks import Context, Impl
 
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-
-
-def expand_env(text: str, env: Mapping[str, str] | None = None) -> tuple[str, list[str], list[str]]:
-    """`${NAME}` replaced from the environment: (result, names that are unset, values used)."""
-    env = os.environ if env is None else env
-    missing: list[str] = []
-    used: list[str] = []
-
-    def one(m: re.Match[str]) -> str:
-        value = env.get(m.group(1))
-        if value is None:
-            missing.append(m.group(1))
-            return m.group(0)
-        used.append(value)
-        return value
-
-    return _VAR.sub(one, text), missing, used
 
 
 def tail_lines(text: str, count: int) -> list[str]:

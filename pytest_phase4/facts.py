@@ -94,6 +94,15 @@ class Facts:
         rel = self.catalog.get(table)
         return list(rel.policies) if rel else []
 
+    def policies_for(self, table: str, command: str | None, role: str | None) -> list[str]:
+        """The table's policies FOR `command` (exactly: "all" is FOR ALL) that name `role` (a policy TO PUBLIC
+        names "public"); None matches any."""
+        rel = self.catalog.get(table)
+        if rel is None:
+            return []
+        return [name for name, (cmd, roles) in zip(rel.policies, rel.policy_rules, strict=True)
+                if (command is None or cmd == command) and (role is None or role in roles)]
+
     def rls_enabled(self, table: str) -> bool:
         rel = self.catalog.get(table)
         return bool(rel and rel.rls)
@@ -120,10 +129,10 @@ class Facts:
         """Exact row count of a table or view, read once per step."""
         return self._value(("count", relation))
 
-    def together(self, *relations: str) -> list[int]:
-        """Row counts compared with each other (a view and its base table), of one moment: on the pool every value
-        of the step is; without one they are read in one snapshot of their own, unless they were read together."""
-        keys: list[Key] = [("count", r) for r in relations]
+    def together(self, *keys: Key) -> list[int]:
+        """Row counts compared with each other (count_key: a view and its base table), of one moment: on the pool
+        every value of the step is; without one they are read in one snapshot of their own, unless they were read
+        together."""
         if self.pool is not None:
             return [self._value(k) for k in keys]
         moments = {self._moment.get(k) for k in keys}
@@ -209,6 +218,8 @@ class Facts:
             return catalog.count_view(self.conn, self.schema, table)
         if what == "count":
             return catalog.count_rows(self.conn, self.schema, table)
+        if what == "where":
+            return catalog.count_where(self.conn, self.schema, table, catalog.condition(rest[0]))
         if what == "nulls":
             return catalog.count_nulls(self.conn, self.schema, table, rest[0])
         return catalog.count_orphans(self.conn, self.schema, table, rest[0], rest[1], rest[2],
@@ -228,7 +239,7 @@ class Facts:
             elif spec.kind == "view_rowcount_matches":
                 view, base = spec.element
                 if self.relkind(view) in ("v", "m") and self.relkind(base) in ("r", "p"):
-                    keys += [("count", view), ("count", base)]
+                    keys += [count_key(view), count_key(base, spec.params.get("where", {}).get(view))]
             elif spec.kind in ("row_counts_unchanged", "tables_have_rows") and self.relkind(spec.element) in ("r", "p"):
                 keys.append(("count", spec.element))
         return list(dict.fromkeys(keys))
@@ -247,6 +258,11 @@ class Facts:
             if spec.kind == "view_rowcount_matches":
                 bases.setdefault(spec.element[0], []).append(spec.element[1])
         return bases
+
+
+def count_key(relation: str, where: str | None = None) -> Key:
+    """The key of a row count: of the whole relation, or of its rows meeting the plan's condition `where`."""
+    return ("where", relation, where) if where else ("count", relation)
 
 
 def _relation(key: Key) -> Relation:

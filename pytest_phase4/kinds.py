@@ -84,6 +84,11 @@ def _convert(kind: str, value: Any) -> Any:
         if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
             raise ValueError('a table of strings, e.g. { Authorization = "Bearer ${TOKEN}" }')
         return dict(value)
+    if kind == "conditions":
+        if not isinstance(value, dict) or not all(isinstance(v, str) and v.strip() for v in value.values()):
+            raise ValueError('a table of view = "condition on its base table", e.g. '
+                             '{ active_customers = "deleted_at IS NULL" }')
+        return dict(value)
     if kind == "pairs":
         if not isinstance(value, dict) or not all(isinstance(v, str) and v for v in value.values()):
             raise ValueError('a table of view = "base_table", e.g. { sales_with_details = "sales" }')
@@ -121,6 +126,8 @@ class Kind:
     expand: str | None = None
     label_fn: Label | None = None
     constraint: Callable[[Mapping[str, Any]], str | None] | None = None
+    stages: tuple[str, ...] = ()  # the only stages it may be listed in, with why; () for any
+    stage_reason: str = ""
 
     def validate(self, raw: Mapping[str, Any]) -> dict[str, Any]:
         errors: list[str] = []
@@ -165,6 +172,28 @@ def _bound_label(params: Mapping[str, Any], _: Any) -> str:
     return f"{params['like']}{bound}" if params.get("like") else bound
 
 
+RLS_COMMANDS = ("select", "insert", "update", "delete", "all")
+
+
+def _rls_command(params: Mapping[str, Any]) -> str | None:
+    command = params.get("command")
+    if command is not None and command not in RLS_COMMANDS:
+        return f"command must be one of {', '.join(RLS_COMMANDS)} (the policy's FOR clause), found {command!r}"
+    return None
+
+
+def _rls_label(params: Mapping[str, Any], _: Any) -> str:
+    return str(params["table"]) + (f":{params['command']}" if params.get("command") else "") + (
+        f"@{params['role']}" if params.get("role") else "")
+
+
+def _where_views(params: Mapping[str, Any]) -> str | None:
+    if unknown := [v for v in params.get("where", {}) if v not in params["pairs"]]:
+        return (f"where names {', '.join(map(repr, unknown))}, not a view of pairs: give each condition under the "
+                "name of the view it filters for")
+    return None
+
+
 def _warn_max(params: Mapping[str, Any]) -> str | None:
     warn_max = params.get("warn_max")
     return "warn_max must be at least max" if warn_max is not None and warn_max < params["max"] else None
@@ -204,17 +233,24 @@ _KIND_LIST = [
          {"min": Param("int")}, label_fn=lambda p, _: f">={p['min']}"),
     Kind("tables_have_rows", "each table exists and holds at least min_rows rows now",
          {"tables": _names, "min_rows": Param("int", False, 1)}, expand="tables"),
-    Kind("views_absent", "none of these views exists yet", {"views": _names}, expand="views"),
+    Kind("views_absent", "none of these views exists yet (on a rerun: but those applied migrations create)",
+         {"views": _names}, expand="views"),
+    Kind("no_views", "no view in the schema (matching like), but those the applied migrations create",
+         {"like": Param("str", False)}, label_fn=lambda p, _: str(p["like"] or "schema"), stages=("preflight",),
+         stage_reason="it describes the database before the migrations: list it under [[preflight]]"),
     Kind("view_count", "the number of views in the schema (matching like) meets the bound",
          {"equals": Param("int", False), "min": Param("int", False), "max": Param("int", False),
           "like": Param("str", False)}, label_fn=_bound_label, constraint=_one_bound),
     Kind("table_exists", "each base table exists", {"tables": _names}, expand="tables"),
     Kind("view_exists", "each view exists", {"views": _names}, expand="views"),
-    Kind("rls_policies", "RLS is enabled and the table has exactly count policies, including names",
-         {"table": Param("str"), "count": Param("int"), "names": Param("names", False, ())},
-         label_fn=lambda p, _: str(p["table"])),
-    Kind("view_rowcount_matches", "the view has as many rows as its base table",
-         {"pairs": Param("pairs")}, expand="pairs"),
+    Kind("rls_policies", "RLS is enabled and the table has exactly count policies (FOR command, TO role), "
+                         "including names",
+         {"table": Param("str"), "count": Param("int"), "names": Param("names", False, ()),
+          "command": Param("str", False), "role": Param("str", False)},
+         label_fn=_rls_label, constraint=_rls_command),
+    Kind("view_rowcount_matches", "the view has as many rows as its base table (meeting where)",
+         {"pairs": Param("pairs"), "where": Param("conditions", False, {})}, expand="pairs",
+         constraint=_where_views),
     Kind("view_sample_not_null", "the view returns rows rows with none of columns NULL",
          {"view": Param("str"), "columns": _names, "rows": Param("int", False, 5)},
          label_fn=lambda p, _: str(p["view"])),
@@ -223,6 +259,10 @@ _KIND_LIST = [
     Kind("index_exists", "each index exists in the schema", {"indexes": _names}, expand="indexes"),
     Kind("index_count", "at least min indexes in the schema match like",
          {"like": Param("str"), "min": Param("int")}, label_fn=lambda p, _: f"{p['like']}>={p['min']}"),
+    Kind("indexes_created", "at least min indexes (matching like) are new since the migration started",
+         {"min": Param("int", False, 1), "like": Param("str", False)},
+         label_fn=lambda p, _: f"{p['like'] or '%'}>={p['min']}", stages=("migration",),
+         stage_reason="it checks what one migration created: list it under that migration's [[migration.verify]]"),
     Kind("no_orphans", "no child row has a non-NULL key without a parent",
          {"relations": Param("relations")}, expand="relations"),
     Kind("row_counts_unchanged", "the table's row count equals the one recorded before the first migration",
@@ -232,6 +272,8 @@ _KIND_LIST = [
          label_fn=lambda p, _: str(p["name"])),
     Kind("query_returns", "the query's single value equals expect",
          {"name": Param("str"), "query": Param("str"), "expect": Param("scalar")},
+         label_fn=lambda p, _: str(p["name"])),
+    Kind("query_runs", "the query runs without error", {"name": Param("str"), "query": Param("str")},
          label_fn=lambda p, _: str(p["name"])),
     # Part 1 A, C, D: commands and environment readiness (commands.py, readiness.py)
     Kind("command", "the command exits with exit_status (and prints nothing if expect_empty_output)",

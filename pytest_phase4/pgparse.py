@@ -63,7 +63,8 @@ class Created:
     """Names a migration file creates, without schema (CREATE [OR REPLACE] [MATERIALIZED] VIEW, CREATE INDEX)."""
 
     views: tuple[str, ...] = ()
-    indexes: tuple[str, ...] = ()
+    indexes: tuple[str, ...] = ()  # CREATE INDEX name: it did not exist before
+    indexes_if_absent: tuple[str, ...] = ()  # CREATE INDEX IF NOT EXISTS name: maybe it did
     unnamed_indexes: int = 0  # CREATE INDEX without a name: the server picks it
 
 
@@ -72,6 +73,7 @@ def created(text: str) -> Created:
     not looked into)."""
     views: list[str] = []
     indexes: list[str] = []
+    if_absent: list[str] = []
     unnamed = 0
     for raw in _parse(text):
         stmt = raw.stmt
@@ -81,8 +83,9 @@ def created(text: str) -> Created:
                 and stmt.into is not None and stmt.into.rel is not None:
             views.append(str(stmt.into.rel.relname))
         elif isinstance(stmt, ast.IndexStmt):
-            if stmt.idxname:
-                indexes.append(stmt.idxname)
-            else:
+            if not stmt.idxname:
                 unnamed += 1
-    return Created(tuple(dict.fromkeys(views)), tuple(dict.fromkeys(indexes)), unnamed)
+            else:
+                (if_absent if stmt.if_not_exists else indexes).append(stmt.idxname)
+    return Created(tuple(dict.fromkeys(views)), tuple(dict.fromkeys(indexes)), tuple(dict.fromkeys(if_absent)),
+                   unnamed)

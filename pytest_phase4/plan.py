@@ -7,6 +7,7 @@ user fixes the whole plan in one pass (Sqitch's habit, not Alembic's first-error
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -187,7 +188,7 @@ def _build(r: _Reader, data: dict[str, Any], sha: str) -> Plan | None:
     _unknown(r, head, _PLAN_KEYS, r.where(label="[phase4]"))
     name = _string(r, head, "name", r.where(label="[phase4]"), required=bool(head))
     schema = _string(r, head, "schema", r.where(label="[phase4]")) or "public"
-    mig_dir = r.path.parent / (_string(r, head, "migrations_dir", r.where(label="[phase4]")) or "migrations")
+    mig_dir = r.path.parent / _migrations_dir(r, head)
 
     setup = data.get("setup", {})
     setup_files: list[Path] = []
@@ -218,6 +219,36 @@ def _build(r: _Reader, data: dict[str, Any], sha: str) -> Plan | None:
     if r.problems or name is None:
         return None
     return Plan(r.path, sha, name, schema, mig_dir, tuple(setup_files), settings, stages, migrations, signoff)
+
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def expand_env(text: str, env: Mapping[str, str] | None = None) -> tuple[str, list[str], list[str]]:
+    """`${NAME}` replaced from the environment: (result, names that are unset, values used)."""
+    env = os.environ if env is None else env
+    missing: list[str] = []
+    used: list[str] = []
+
+    def one(m: re.Match[str]) -> str:
+        value = env.get(m.group(1))
+        if value is None:
+            missing.append(m.group(1))
+            return m.group(0)
+        used.append(value)
+        return value
+
+    return _VAR.sub(one, text), missing, used
+
+
+def _migrations_dir(r: _Reader, head: dict[str, Any]) -> str:
+    """migrations_dir with ${ENV} expanded (e.g. "${SUPABASE_DIR}/migrations"); an unset variable is a problem."""
+    raw = _string(r, head, "migrations_dir", r.where(label="[phase4]")) or "migrations"
+    expanded, missing, _ = expand_env(raw)
+    if missing:
+        r.problem(r.where(label="[phase4]"), f"migrations_dir {raw!r} uses ${{{missing[0]}}}, which is not set in "
+                  f"the environment; set it (export {missing[0]}=...) or write the folder's path")
+    return expanded
 
 
 def _perf(r: _Reader, entries: Any, stages: dict[str, tuple[CheckSpec, ...]]) -> None:
@@ -340,6 +371,9 @@ def _expand(r: _Reader, entry: dict[str, Any], stage: str, step: str, where: str
     except ParamError as exc:
         for message in exc.messages:
             r.problem(where, message)
+        return []
+    if kind.stages and stage not in kind.stages:
+        r.problem(where, f"{kind.name} cannot be a {stage} check: {kind.stage_reason}")
         return []
     hint = entry.get("hint", "")
     custom_id = entry.get("id")

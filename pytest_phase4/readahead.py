@@ -32,8 +32,8 @@ from psycopg import sql
 from pytest_phase4 import catalog
 from pytest_phase4.pool import Pool
 
-Key = tuple[str, ...]  # ("count", relation), ("nulls", table, column), ("orphans" | "outside", table, column,
-#                        parent, parent column)
+Key = tuple[str, ...]  # ("count", relation), ("where", table, the plan's condition), ("nulls", table, column),
+#                        ("orphans" | "outside", table, column, parent, parent column)
 Found = dict[Key, Any]  # a count (of a view: maybe catalog.RowsOf or Unlocked); for "outside", (count, the
 #                         parent's min, max); or the query's psycopg.Error
 Job = Callable[[psycopg.Connection[Any]], Found]
@@ -237,6 +237,8 @@ class ReadAhead:
             return catalog.count_query(self.schema, table)
         if what == "nulls":
             return catalog.count_query(self.schema, table, catalog.is_null(rest[0]))
+        if what == "where":
+            return catalog.count_query(self.schema, table, catalog.condition(rest[0]))
         if what == "outside":
             return catalog.count_query(self.schema, table, catalog.outside(rest[0], *bounds[(rest[1], rest[2])]))
         return catalog.orphans_query(self.schema, table, rest[0], rest[1], rest[2], sql.SQL("count(*)"))
