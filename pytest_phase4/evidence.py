@@ -17,15 +17,19 @@ from pytest_phase4.run import ALREADY, APPLIED, BLOCKED, FAILED, REFUSED, Phase4
 PERF_KINDS = frozenset({"perf_before", "perf_after", "explain_under"})
 
 
+NOT_RUN, DESELECTED, NOT_COLLECTED = "not run", "deselected", "not collected"
+
+
 @dataclass
 class CheckRecord:
     nodeid: str
     stage: str
     step: str
     kind: str  # the check kind; "apply" for a migration, "custom" for a plain pytest test
-    outcome: str = "not run"  # passed, failed, skipped, error
-    message: str = ""
+    outcome: str = NOT_RUN  # passed, failed, skipped, error; deselected, not collected, not run (not reached)
+    message: str = ""  # what a passing check observed, why it failed, why it did not run
     duration_ms: float = 0.0
+    key: tuple[str, ...] = ()  # the item's key in the run's StepBook (steps.py)
 
 
 @dataclass(frozen=True)
@@ -51,23 +55,58 @@ ROLLBACK = Category("Rollback", "PROVEN", lambda r: r.stage == "rollback")
 @dataclass(frozen=True)
 class Verdict:
     label: str
-    word: str  # the ok word, FAILED or NOT RUN
+    word: str  # the ok word only when every check of the kind ran and passed; else FAILED, INCOMPLETE or NOT RUN
     detail: str
-    state: str  # passed, failed, notrun: for styling
+    state: str  # passed, failed, partial, notrun: for styling
+    passed: int = 0
+    failed: int = 0
+    not_run: tuple[tuple[int, str], ...] = ()  # (how many, why) of the checks that did not run, most first
+
+
+_SHOWN = 2  # reasons for not running named in a verdict's detail (the JSON has them all)
+
+
+def not_run_reasons(records: list[CheckRecord]) -> list[tuple[int, str]]:
+    """Why the records did not run, grouped: (how many, reason), most frequent first."""
+    counts: dict[str, int] = {}
+    for r in records:
+        why = r.message if r.outcome != "skipped" or r.message.startswith("halted after") else f"skipped: {r.message}"
+        counts[why] = counts.get(why, 0) + 1
+    return sorted(((n, why) for why, n in counts.items()), key=lambda c: -c[0])
 
 
 def verdict(category: Category, records: list[CheckRecord]) -> Verdict:
+    """VERIFIED (or the category's word) only when every check of its kind ran and passed; otherwise what did not
+    run and why: deselected, not collected, halted, no baseline, its migration not applied or refused."""
     mine = [r for r in records if category.applies(r)]
-    counts = {o: sum(r.outcome == o for r in mine) for o in ("passed", "failed", "error", "skipped")}
-    failed = counts["failed"] + counts["error"]
-    detail = ", ".join(f"{n} {o}" for o, n in counts.items() if n)
+    passed = sum(r.outcome == "passed" for r in mine)
+    failed = sum(r.outcome in ("failed", "error") for r in mine)
+    missing = not_run_reasons([r for r in mine if r.outcome not in ("passed", "failed", "error")])
+    parts = [f"{passed} passed"] if passed else []
+    parts += [f"{failed} failed"] if failed else []
+    if missing:
+        shown = [f"{n} {_short(_halted_step(why))}" for n, why in missing[:_SHOWN]]
+        rest = sum(n for n, _ in missing[_SHOWN:])
+        shown += [f"{rest} for other reasons"] if rest else []
+        parts.append(f"{sum(n for n, _ in missing)} did not run: " + "; ".join(shown))
+    detail = "; ".join(parts) or "none in this run"
+    args = (passed, failed, tuple(missing))
     if failed:
-        return Verdict(category.label, "FAILED", detail, "failed")
-    if not counts["passed"]:
-        reason = next((r.message for r in mine if r.outcome == "skipped" and r.message), "")
-        why = f"{counts['skipped']} skipped" + (f": {reason}" if reason else "") if mine else "no check selected"
-        return Verdict(category.label, "NOT RUN", why, "notrun")
-    return Verdict(category.label, category.ok_word, detail, "passed")
+        return Verdict(category.label, "FAILED", detail, "failed", *args)
+    if not passed:
+        return Verdict(category.label, "NOT RUN", detail, "notrun", *args)
+    if missing:
+        return Verdict(category.label, "INCOMPLETE", detail, "partial", *args)
+    return Verdict(category.label, category.ok_word, detail, "passed", *args)
+
+
+def _halted_step(why: str) -> str:
+    """"halted after <step>: <reason>" says <reason> once, in the issues; a verdict names the step."""
+    return why.split(": ", 1)[0] if why.startswith("halted after ") else why
+
+
+def _short(text: str, limit: int = 160) -> str:
+    return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."
 
 
 @dataclass
@@ -85,7 +124,8 @@ class Evidence:
     def verdicts(self) -> list[Verdict]:
         if self.run.safety.rollback:  # a rollback runs none of the plan's checks: its own steps are the verdict
             return [verdict(ROLLBACK, self.checks)]
-        return [verdict(c, self.checks) for c in CATEGORIES]
+        found = [verdict(c, self.checks) for c in CATEGORIES]
+        return [perf_verdict(v, self.performance()) if v.label == "Performance" else v for v in found]
 
     def issues(self) -> list[str]:
         found = [f"{r.nodeid.split('::', 1)[-1]}: {r.message}" for r in self.records.values()
@@ -174,16 +214,30 @@ class Evidence:
         for r in self.run.extras.perf.values():
             pct = r.improvement_pct
             record = after.get(f"perf_after[{r.name}]")
-            rows.append({"name": r.name, "title": r.title, "gate": r.gate,
+            rows.append({"name": r.name, "title": r.title, "gate": r.gate or "none (recorded)",
                          "outcome": record.outcome if record else "not run",
                          "before_ms": round(r.before.median_ms, 2) if r.before else None,
                          "after_ms": round(r.after.median_ms, 2) if r.after else None,
-                         "improvement_pct": round(pct, 1) if pct is not None else None, "note": r.before_note})
+                         "improvement_pct": round(pct, 1) if pct is not None else None,
+                         "change": change_words(pct), "note": r.before_note})
         return rows
 
     def average_improvement(self) -> float | None:
         values = [p["improvement_pct"] for p in self.performance() if p["improvement_pct"] is not None]
         return sum(values) / len(values) if values else None
+
+    def point_of_no_return(self) -> list[dict[str, Any]]:
+        """Each destructive migration: its status and how running it was confirmed (flag or prompt, by whom)."""
+        rows = []
+        for state in self.run.states.values():
+            if not state.migration.destructive:
+                continue
+            c = self.run.confirmations.get(state.migration.file)
+            rows.append({"migration": state.migration.file, "status": state.status,
+                         "confirmed_by": c.by if c else None, "os_user": c.os_user if c else None,
+                         "confirmed_at": c.at.isoformat() if c else None,
+                         "note": self.scrub(state.note) if not c else ""})
+        return rows
 
     def signoff(self) -> list[dict[str, str]]:
         given, roles = self.run.extras.signoff, self.run.plan.signoff
@@ -202,8 +256,7 @@ class Evidence:
         for r in self.checks:
             entry: dict[str, Any] = {"id": r.nodeid, "stage": r.stage, "step": r.step, "kind": r.kind,
                                      "outcome": r.outcome, "duration_ms": round(r.duration_ms, 1)}
-            if r.outcome in ("failed", "error", "skipped") and r.message:
-                entry["message"] = self.scrub(r.message)
+            entry["message"] = self.scrub(r.message) if r.message else None  # observed, or why not passed
             checks.append(entry)
         return {
             "plan": {"name": plan.name, "path": str(plan.path), "sha256": plan.sha256},
@@ -215,7 +268,11 @@ class Evidence:
             "duration_s": round((self.finished() - self.started()).total_seconds(), 1),
             "migrations": self.migrations(),
             "checks": checks,
-            "summary": {v.label: {"verdict": v.word, "detail": self.scrub(v.detail)} for v in self.verdicts()},
+            "summary": {v.label: {"verdict": v.word, "detail": self.scrub(v.detail), "passed": v.passed,
+                                  "failed": v.failed, "not_run": [{"count": n, "reason": self.scrub(why)}
+                                                                  for n, why in v.not_run]}
+                        for v in self.verdicts()},
+            "point_of_no_return": self.point_of_no_return(),
             "issues": self.issues(),
             "rollback_required": {"required": required, "reason": why},
             "performance": self.performance(),
@@ -227,6 +284,41 @@ class Evidence:
     def write_json(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(self.scrub(json.dumps(self.document(), indent=2, ensure_ascii=False)) + "\n")
+
+
+def change_words(improvement_pct: float | None) -> str:
+    """A timing change as a change board reads it: "67.7% faster", "20.5% slower", "3.1x slower", never a bare
+    "-205.9%"."""
+    if improvement_pct is None:
+        return "-"
+    if round(improvement_pct, 1) == 0:
+        return "unchanged"
+    if improvement_pct <= -100:  # twice the time or more: a factor reads better than "12,603.9% slower"
+        return f"{1 - improvement_pct / 100:,.1f}x slower"
+    return f"{abs(improvement_pct):,.1f}% {'faster' if improvement_pct > 0 else 'slower'}"
+
+
+def perf_verdict(v: Verdict, rows: list[dict[str, Any]]) -> Verdict:
+    """The Performance line states its gates and shows a slower query as slower even when its gate passes; with
+    no gate at all nothing was judged, and it says RECORDED, not ACCEPTABLE."""
+    if not rows:
+        return v
+    gates: dict[str, int] = {}
+    for row in rows:
+        gates[row["gate"]] = gates.get(row["gate"], 0) + 1
+    gate_text = "gate " + ", ".join(f"{g} ({n} quer{'y' if n == 1 else 'ies'})" for g, n in gates.items())
+    slower = [r for r in rows if r["improvement_pct"] is not None and r["improvement_pct"] < 0]
+    parts = [v.detail]
+    if slower:
+        parts.append(f"{len(slower)} slower after the migrations: "
+                     + ", ".join(f"{r['title']} {r['change']}" for r in slower))
+    parts.append(gate_text)
+    word, state = v.word, v.state
+    if word == "ACCEPTABLE" and set(gates) == {"none (recorded)"}:
+        word = "RECORDED"  # no gate: the times are the evidence, nobody judged them
+    if slower and state == "passed":
+        state = "partial"
+    return Verdict(v.label, word, "; ".join(parts), state, v.passed, v.failed, v.not_run)
 
 
 def migration_done(status: str) -> bool:

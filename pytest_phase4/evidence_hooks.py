@@ -17,11 +17,13 @@ import pytest
 
 from pytest_phase4 import evidence_html, perf, progress
 from pytest_phase4.errors import Phase4Error
-from pytest_phase4.evidence import CheckRecord, Evidence, migration_done
-from pytest_phase4.items import GROUP_KEY, IS_MIGRATION_KEY, ROLLBACK_STEP_KEY, SPEC_KEY, Phase4Item
+from pytest_phase4.evidence import DESELECTED, NOT_COLLECTED, NOT_RUN, CheckRecord, Evidence, migration_done
+from pytest_phase4.items import GROUP_KEY, IS_MIGRATION_KEY, PLACE_KEY, ROLLBACK_STEP_KEY, SPEC_KEY, Phase4Item
 from pytest_phase4.progress import Terminal
+from pytest_phase4.report import outcome_line
 from pytest_phase4.run import Phase4Run
 from pytest_phase4.settings import Settings
+from pytest_phase4.steps import NOT_RUN_YET, check_key
 
 
 def configure(config: pytest.Config, settings: Settings, run: Phase4Run, terminal: Terminal) -> None:
@@ -77,39 +79,50 @@ def signoff_names(given: tuple[str, ...], roles: Any) -> dict[str, str]:
     return names
 
 
-def _message(report: pytest.TestReport) -> str:
-    if report.skipped:
-        longrepr = report.longrepr
-        text = str(longrepr[2]) if isinstance(longrepr, tuple) else str(longrepr)
-        return text.removeprefix("Skipped: ")
-    lines = [line for line in report.longreprtext.strip().splitlines() if line.strip()]
-    if len(lines) > 1 and lines[0].startswith("expected:") and lines[1].startswith("found:"):
-        return f"expected {lines[0][9:].strip()}, found {lines[1][6:].strip()}"
-    errors = [line[1:].strip() for line in lines if line.startswith("E ")]
-    return (errors or lines or ["failed"])[0][:500]
-
-
 class EvidencePlugin:
     def __init__(self, run: Phase4Run, json_path: Path | None, terminal: Terminal) -> None:
         self.run, self.json_path, self.terminal = run, json_path, terminal
         self.ev = Evidence(run)
         self.classnames: dict[str, str] = {}  # nodeid -> stage, for the JUnit rewrite
         self.json_error = ""
+        self.deselected: list[pytest.Item] = []
+
+    def pytest_deselected(self, items: list[pytest.Item]) -> None:
+        self.deselected += [i for i in items if GROUP_KEY in i.stash]
+
+    def _record(self, item: pytest.Item, outcome: str = NOT_RUN) -> None:
+        step = self.run.plan.steps[item.stash[GROUP_KEY]]
+        spec = item.stash.get(SPEC_KEY, None)
+        kind = spec.kind if spec else "apply" if item.stash.get(IS_MIGRATION_KEY, False) else "custom"
+        place = item.stash.get(PLACE_KEY, None)
+        self.ev.records[item.nodeid] = CheckRecord(item.nodeid, step.stage, step.name, kind, outcome,
+                                                   key=place.key if place else ())
+        self.classnames[item.nodeid] = step.stage
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
+        """Every item of the plan gets a record, also those that will not run: the verdicts say why (the StepBook
+        knows: deselected by -k, never collected); a rollback runs no plan check, by design."""
         for item in session.items:
-            group = item.stash.get(GROUP_KEY, None)
             if (rollback_step := item.stash.get(ROLLBACK_STEP_KEY, None)) is not None:
                 self.ev.records[item.nodeid] = CheckRecord(item.nodeid, "rollback", rollback_step, "rollback")
                 self.classnames[item.nodeid] = "rollback"
-                continue
-            if group is None:
-                continue
-            step = self.run.plan.steps[group]
-            spec = item.stash.get(SPEC_KEY, None)
-            kind = spec.kind if spec else "apply" if item.stash.get(IS_MIGRATION_KEY, False) else "custom"
-            self.ev.records[item.nodeid] = CheckRecord(item.nodeid, step.stage, step.name, kind)
-            self.classnames[item.nodeid] = step.stage
+            elif GROUP_KEY in item.stash:
+                self._record(item)
+        if self.run.safety.rollback:
+            return
+        book = self.run.book
+        for item in self.deselected:
+            self._record(item, DESELECTED)
+            self.ev.records[item.nodeid].message = book.why_not(self.ev.records[item.nodeid].key)
+        plan = self.run.plan
+        seen = {r.key for r in self.ev.records.values()}
+        for step in plan.steps:
+            name = step.migration.name if step.migration else step.name
+            for spec in step.checks:
+                if (key := check_key(spec)) not in seen:
+                    nodeid = f"{_relative(plan.path, session.config.rootpath)}::{name}::{spec.test_id}"
+                    self.ev.records[nodeid] = CheckRecord(nodeid, step.stage, step.name, spec.kind, NOT_COLLECTED,
+                                                          book.why_not(key), key=key)
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         record = self.ev.records.get(report.nodeid)
@@ -118,11 +131,12 @@ class EvidencePlugin:
         record.duration_ms += report.duration * 1000
         if report.failed:
             record.outcome = "failed" if report.when == "call" else "error"
-            record.message = self.ev.scrub(_message(report))
+            record.message = self.ev.scrub(outcome_line(report))
         elif report.skipped and record.outcome not in ("failed", "error"):
-            record.outcome, record.message = "skipped", self.ev.scrub(_message(report))
-        elif report.passed and report.when == "call" and record.outcome == "not run":
+            record.outcome, record.message = "skipped", self.ev.scrub(outcome_line(report))
+        elif report.passed and report.when == "call" and record.outcome == NOT_RUN:
             record.outcome = "passed"
+            record.message = self.ev.scrub(str(dict(report.user_properties).get("observed", "")))
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, None, None]:
@@ -139,6 +153,10 @@ class EvidencePlugin:
         """Before pytest-html renders (trylast): the end time, index usage and the JSON are final here."""
         run = self.run
         run.finished_at = datetime.now(UTC)
+        for record in self.ev.records.values():  # selected, never reported: the session stopped before them
+            if record.outcome == NOT_RUN and not record.message:
+                why = run.book.why_not(record.key) if record.key else NOT_RUN_YET
+                record.message = NOT_REACHED if why == NOT_RUN_YET else why
         if any(migration_done(s.status) for s in run.states.values()):
             try:
                 if run.ro.info.server_version >= 150000:
@@ -170,6 +188,16 @@ class EvidencePlugin:
         xml_path = config.getoption("xmlpath", None)
         if xml_path:
             junit_stage_classnames(config.invocation_params.dir / str(xml_path), self.classnames)
+
+
+NOT_REACHED = "not reached: the session ended before it (-x, --maxfail, an internal error or Ctrl-C)"
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(root.resolve()))
+    except ValueError:
+        return str(path)
 
 
 def _address(nodeid: str) -> tuple[str, str]:

@@ -95,9 +95,43 @@ class HtmlHooks:
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_html_results_table_header(self, cells: list[str]) -> None:
-        cells.insert(2, "<th>Observed</th>")
+        cells.insert(2, "<th class='col-observed'>Observed</th>")
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_html_results_table_row(self, report: pytest.TestReport, cells: list[str]) -> None:
         observed = dict(getattr(report, "user_properties", ())).get("observed", "")
-        cells.insert(2, f"<td>{html.escape(str(observed))}</td>")
+        if report.skipped:
+            reason = skip_reason(report)
+            if reason.startswith("halted after "):  # the same reason on every later row: the summary says it once
+                reason = reason.split(": ", 1)[0] + " (see What failed and why)"
+            observed = f"skipped: {reason}"
+            if report.when == "setup":  # held back before it ran: it is the check's row, not its setup's
+                cells[1] = cells[1].replace("::setup</td>", "</td>")
+        elif report.failed:
+            observed = outcome_line(report)
+        cells.insert(2, f"<td class='col-observed'>{html.escape(self.run.target.scrub(str(observed)))}</td>")
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_html_results_table_html(self, report: pytest.TestReport, data: list[str]) -> None:
+        """A skipped row says why in one line of its Observed cell: no box below it holding pytest's raw
+        (file, line, reason) tuple."""
+        if report.skipped:
+            data.clear()
+
+
+def outcome_line(report: pytest.TestReport) -> str:
+    """One line for a report: why it was skipped, or what failed ("expected X, found Y", an SQL error)."""
+    if report.skipped:
+        return skip_reason(report)
+    lines = [line for line in report.longreprtext.strip().splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith("expected:") and lines[1].startswith("found:"):
+        return f"expected {lines[0][9:].strip()}, found {lines[1][6:].strip()}"
+    errors = [line[1:].strip() for line in lines if line.startswith("E ")]
+    return (errors or lines or ["failed"])[0][:500]
+
+
+def skip_reason(report: pytest.TestReport) -> str:
+    """The reason a test was skipped, as the test gave it."""
+    longrepr = report.longrepr
+    text = str(longrepr[2]) if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr or "")
+    return text.removeprefix("Skipped: ")

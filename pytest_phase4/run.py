@@ -5,6 +5,8 @@ This is the state the pytest layer reads and updates; it knows nothing of pytest
 
 from __future__ import annotations
 
+import getpass
+import os
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -52,6 +54,23 @@ class Halt:
     same_group: bool  # a failed migration also stops its own verify checks
 
 
+@dataclass(frozen=True)
+class Confirmation:
+    """How the point of no return was passed: by the flag, a 'yes' at the prompt, or not needed (a throwaway
+    database), by which OS user, when."""
+
+    by: str
+    os_user: str
+    at: datetime
+
+
+def os_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a container without a passwd entry)
+        return f"uid {os.getuid()}"
+
+
 class Refused(Exception):
     """A migration was not attempted, for the reason in the message (which is all the user needs to read)."""
 
@@ -93,6 +112,7 @@ class Phase4Run:
     errors: dict[str, Exception] = field(default_factory=dict)  # why a migration ensure() tried failed
     progress: Callable[[str], AbstractContextManager[object]] | None = None  # shown while a migration runs
     before_indexes: dict[str, frozenset[str]] = field(default_factory=dict)  # file -> indexes right before it
+    confirmations: dict[str, Confirmation] = field(default_factory=dict)  # destructive file -> how it was passed
 
     def __post_init__(self) -> None:
         self.states = {m.file: MigrationState(m) for m in self.plan.migrations}
@@ -299,6 +319,10 @@ class Phase4Run:
                 if later.status == PENDING and later.migration.index > migration.index:
                     later.status, later.note = BLOCKED, f"blocked at the point of no return ({migration.file})"
             raise DestructiveBlocked(blocked)
+        if migration.destructive:
+            by = ("no one: an embedded throwaway database needs no confirmation" if self.target.embedded is not None
+                  else "--phase4-confirm-destructive" if self.confirm_destructive else "'yes' at the prompt")
+            self.confirmations[migration.file] = Confirmation(by, os_user(), datetime.now(UTC))
         self.snapshot()  # the row counts must be taken before the first change
         if any(spec.kind == "indexes_created" for spec in migration.checks):  # what "created by it" is relative to
             self.before_indexes[migration.file] = frozenset(catalog.indexes(self.ro, self.plan.schema))

@@ -1,10 +1,10 @@
 """The pytest side of data safety: options, the yes/no prompt, the rehearsal item, the rollback steps and the
-backup's lines in the terminal. The work itself is in safety.py, backup.py, snapshot.py and rollback.py."""
+backup's lines in the terminal (in the HTML report: evidence_html). The work itself is in safety.py, backup.py,
+snapshot.py and rollback.py."""
 
 from __future__ import annotations
 
 import contextlib
-import html
 import sys
 from collections.abc import Callable, Generator, Iterator
 from typing import Any
@@ -12,7 +12,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from pytest_phase4 import backup, catalog, checks, rollback, rollback_steps
+from pytest_phase4 import backup, checks, rollback, rollback_steps
 from pytest_phase4.errors import CheckFailed
 from pytest_phase4.items import ROLLBACK_STEP_KEY
 from pytest_phase4.run import Phase4Run
@@ -67,9 +67,7 @@ def configure(config: pytest.Config, run: Phase4Run) -> None:
     s.ask = _asker(config)
     config.stash[ROLLBACK_KEY] = rollback.RollbackState(s.rollback or rollback.REVERT,
                                                         bool(config.getoption("phase4_accept_loss")))
-    config.pluginmanager.register(SafetyHooks(run), "phase4-safety")
-    if config.pluginmanager.hasplugin("html"):
-        config.pluginmanager.register(SafetyHtml(run), "phase4-safety-html")
+    config.pluginmanager.register(SafetyHooks(run), "phase4-safety")  # the backup and catalog diff: evidence_html
 
 
 def _mode(given: str | None) -> str | None:
@@ -171,30 +169,6 @@ class SafetyHooks:
         if state is not None and state.conn is not None:  # interrupted, or steps deselected: never half-done
             state.failed = state.failed or "commit"
             rollback.abort(state)
-
-
-class SafetyHtml:
-    """The backup and the catalog diff in the pytest-html report (registered only when pytest-html is active)."""
-
-    def __init__(self, run: Phase4Run) -> None:
-        self.run = run
-
-    @pytest.hookimpl(optionalhook=True)
-    def pytest_html_results_summary(self, prefix: list[str], summary: list[str], postfix: list[str],
-                                    session: pytest.Session) -> None:
-        e = html.escape
-        s = self.run.safety
-        if s.folder is not None and (s.folder / backup.INFO).is_file():
-            prefix.append(f"<h2>Backup</h2><pre id='phase4-backup'>{e((s.folder / backup.INFO).read_text())}</pre>")
-        if s.catalog_changes is not None:
-            rows = "".join(
-                f"<tr class='phase4-{'expected' if ok else 'unexpected'}'><td>{'expected' if ok else 'UNEXPECTED'}"
-                f"</td><td>{e(c.change)}</td><td>{e(catalog.kind_words(c.kind))}</td><td>{e(c.name)}</td>"
-                f"<td>{e(c.before)}</td><td>{e(c.after)}</td></tr>" for c, ok in s.catalog_changes)
-            prefix.append(
-                "<h2>Catalog diff (before the first migration / now)</h2><table id='phase4-catalog-diff'><thead><tr>"
-                "<th>Verdict</th><th>Change</th><th>Kind</th><th>Name</th><th>Before</th><th>After</th></tr>"
-                f"</thead><tbody>{rows}</tbody></table>")
 
 
 def rehearsal_items(collector: Any, position: int) -> Iterator[pytest.Item]:

@@ -16,6 +16,7 @@ from pytest_phase4.plan import CheckSpec, Migration, Plan
 Key = tuple[str, ...]  # identifies one item of a step across collection and reports
 
 PASSED, FAILED, HELD = "passed", "failed", "held"  # held: skipped by the plugin itself (halted, not applied)
+NOT_RUN_YET = "not run yet"
 
 
 def check_key(spec: CheckSpec) -> Key:
@@ -105,12 +106,18 @@ class StepBook:
         return what, ("run the whole plan, deselecting no step before the last migration you mean to apply "
                       "(-m preflight alone checks without migrating)")
 
-    def _why(self, key: Key) -> str:
+    def why_not(self, key: Key) -> str:
+        """Why an item has not passed in this run, said of it: "skipped: <reason>", "deselected by -k 'x'", "not
+        collected (...)" or "not run yet" (the evidence's verdicts say it too)."""
         if self.outcomes.get(key) == HELD:
-            return f"were skipped: {self.reasons.get(key, 'held back')}"
+            return f"skipped: {self.reasons.get(key, 'held back')}"
         if key in self.deselected:
-            return f"were deselected {self.deselected_by or 'by a plugin'}"
+            return f"deselected {self.deselected_by or 'by a plugin'}"
         if key not in self.collected or (self.selected is not None and key not in self.selected):
             by = f", {self.deselected_by}" if self.deselected_by else ""
-            return f"were not collected (the command line named part of the plan{by})"
-        return "have not run yet"
+            return f"not collected (the command line named part of the plan{by})"
+        return NOT_RUN_YET
+
+    def _why(self, key: Key) -> str:
+        why = self.why_not(key)
+        return "have not run yet" if why == NOT_RUN_YET else f"were {why}"

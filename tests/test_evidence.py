@@ -35,7 +35,7 @@ def test_perf_is_timed_before_and_after_with_gates_table_and_explain(project: Ca
                                  "hint:     read the EXPLAIN attached to this row*"])
     result.stdout.fnmatch_lines([
         "*= phase4 performance (median ms) =*",
-        "query             before ms   after ms  improvement",
+        "query             before ms   after ms  change (gate)",
         "Sales list query  *",
         "regressed         *",
         "over_budget       *",

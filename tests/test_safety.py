@@ -257,10 +257,14 @@ def test_unexpected_catalog_change_is_reported_as_a_table(project: Callable[...,
         "  added  | column | customers.notes |        | text",
     ])
     report = p.report()
-    assert ("<tr class='phase4-unexpected'><td>UNEXPECTED</td><td>added</td><td>column</td><td>customers.notes</td>"
-            "<td></td><td>text</td></tr>") in report
-    assert "<td>expected</td><td>removed</td><td>column</td><td>sales.customer_name</td>" in report
-    assert "<pre id='phase4-backup'>pytest-phase4 backup" in report
+    # grouped by verdict, kind and change; the unexpected groups open, the expected ones folded
+    assert ("<details class='phase4-unexpected' open><summary><span class='phase4-bad'>UNEXPECTED</span>: 1 column "
+            "added</summary><table class='phase4-catalog-diff'><thead><tr><th>Name</th><th>Before</th><th>After</th>"
+            "</tr></thead><tbody><tr><td>customers.notes</td><td></td><td>text</td></tr>") in report
+    assert ("<details class='phase4-expected'><summary><span class='phase4-ok'>expected</span>: 1 column removed"
+            "</summary><table class='phase4-catalog-diff'><thead><tr><th>Name</th><th>Before</th><th>After</th></tr>"
+            "</thead><tbody><tr><td>sales.customer_name</td>") in report
+    assert "id='phase4-backup'>pytest-phase4 backup" in report
 
 
 def test_partial_rollback_restores_every_dropped_column(project: Callable[..., Project]) -> None:
