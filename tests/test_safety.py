@@ -3,6 +3,8 @@ and rehearsal (runbook Parts 2, 4 and 7)."""
 
 from __future__ import annotations
 
+import getpass
+import json
 import os
 import re
 import select
@@ -353,8 +355,12 @@ def test_prompt_on_a_terminal_decides_the_point_of_no_return(project: Callable[.
     assert proc.wait(timeout=60) == ret
     os.close(master)
     assert ("customer_name" in p.columns("sales")) == (answer == "no")
+    (gate,) = json.loads(sorted((p.path / "reports").glob("*.json"))[-1].read_text())["point_of_no_return"]
     if answer == "no":
         assert b"and the confirmation prompt was answered no" in seen
+        assert (gate["status"], gate["confirmed_by"]) == ("blocked", None)
+    else:  # the evidence says how it was passed, and by whom
+        assert (gate["confirmed_by"], gate["os_user"]) == ("'yes' at the prompt", getpass.getuser())
 
 
 def _read_until(fd: int, marker: bytes | None, timeout: float = 60) -> bytes:
