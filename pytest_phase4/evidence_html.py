@@ -37,7 +37,7 @@ body > h1, body > p { order: 0; } body > .summary { order: 1; } #environment-hea
 #phase4-summary pre.phase4-wrap { white-space: pre-wrap; overflow-wrap: anywhere; background: #f6f6f6;
   padding: 6px 10px; margin: 4px 0; font-size: 12px; }
 .phase4-banner { font-size: 18px; font-weight: bold; padding: 10px 14px; border-radius: 4px; margin: 6px 0 4px; }
-.phase4-banner a { font-size: 13px; font-weight: normal; margin-left: 12px; }
+.phase4-banner a { font-size: 13px; font-weight: normal; margin-left: 12px; white-space: nowrap; }
 .phase4-ok { color: #1b5e20; } .phase4-bad { color: #b71c1c; } .phase4-partial { color: #8a5300; }
 .phase4-none { color: #666; }
 .phase4-banner.phase4-ok { background: #e8f5e9; } .phase4-banner.phase4-bad { background: #ffebee; }
