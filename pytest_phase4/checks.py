@@ -52,7 +52,6 @@ class Context:
     ledger: Mapping[str, Any] = field(default_factory=dict)  # file -> ledger.Entry, as the run started
     extras: RunExtras = field(default_factory=RunExtras)
     facts: Facts | None = None  # the step's shared catalog facts and row counts; one of its own if not given
-    before_indexes: Mapping[str, frozenset[str]] = field(default_factory=dict)  # file -> indexes right before it
 
     @property
     def schema(self) -> str:

@@ -1,16 +1,17 @@
 """Check kinds about the views and indexes migrations create: before them (views_absent, no_views), after them
 (view_count, index_exists, index_count) and what one of them created (indexes_created).
 
-On a rerun the database already holds what the applied migrations created. A pre-migration check then verifies
-that nothing else is there: what the applied migrations create is read from their files (pgparse.created), and
-"no view yet" holds as "no view but those the applied migrations create". Nothing here writes."""
+What a migration created is its record, written in its own transaction when it was applied (changes.py); for one
+applied without a record, its file's CREATE statements (pgparse.created). On a rerun the database already holds
+what the applied migrations created: a pre-migration check then verifies that nothing else is there ("no view
+yet" holds as "no view but those the applied migrations created"). Nothing here writes."""
 
 from __future__ import annotations
 
 import functools
 from typing import TYPE_CHECKING
 
-from pytest_phase4 import catalog, pgparse
+from pytest_phase4 import catalog, changes, pgparse
 from pytest_phase4.catalog import like
 from pytest_phase4.errors import CheckFailed
 from pytest_phase4.plan import CheckSpec, Migration
@@ -38,13 +39,29 @@ def creates(migration: Migration) -> pgparse.Created:
                           hint="the file must be SQL that PostgreSQL's parser accepts") from None
 
 
-def _views_of_applied(ctx: Context) -> dict[str, str]:
-    """View name -> the file of the migration applied before this run (ledger) that creates it."""
-    found: dict[str, str] = {}
-    for m in ctx.plan.migrations:
-        if m.file in ctx.applied_before_run:
-            found.update(dict.fromkeys(creates(m).views, m.file))
+_VIEW_TYPES = ("view", "materialized view")
+
+
+def created(ctx: Context, migrations: list[Migration]) -> dict[str, tuple[pgparse.Created, bool]]:
+    """What each migration created in the plan's schema, and whether that is its record: as recorded in its own
+    transaction when it was applied (changes.py), else, for one applied without a record, read from its file."""
+    records = changes.read(ctx.conn, [m.file for m in migrations])
+    found: dict[str, tuple[pgparse.Created, bool]] = {}
+    for m in migrations:
+        record = records.get(m.file)
+        if record is None:
+            found[m.file] = (creates(m), False)
+            continue
+        made = [c.obj for c in record.changes if c.action == "created" and c.obj.names[:1] == (ctx.schema,)]
+        found[m.file] = (pgparse.Created(tuple(o.names[-1] for o in made if o.type in _VIEW_TYPES),
+                                         tuple(o.names[-1] for o in made if o.type == "index")), True)
     return found
+
+
+def _views_of_applied(ctx: Context) -> dict[str, str]:
+    """View name -> the file of the migration applied before this run (ledger) that created it."""
+    applied = [m for m in ctx.plan.migrations if m.file in ctx.applied_before_run]
+    return {view: file for file, (made, _) in created(ctx, applied).items() for view in made.views}
 
 
 def views_absent(ctx: Context, spec: CheckSpec) -> str:
@@ -112,8 +129,9 @@ def index_count(ctx: Context, spec: CheckSpec) -> str:
 
 
 def indexes_created(ctx: Context, spec: CheckSpec) -> str:
-    """The indexes this migration created: applied in this run, those new since it started (Context.before_indexes);
-    applied in an earlier run, those its CREATE INDEX statements name. Each must exist and be valid."""
+    """The indexes this migration created, as recorded in its own transaction when it was applied (an index that
+    was there already, CREATE INDEX IF NOT EXISTS, was not created by it); applied without a record, those its
+    CREATE INDEX statements name. Each must exist now and be valid."""
     from pytest_phase4.migrate import invalid_indexes
 
     migration = ctx.plan.migration(spec.step)
@@ -121,34 +139,29 @@ def indexes_created(ctx: Context, spec: CheckSpec) -> str:
     pattern, least = spec.params["like"], spec.params["min"]
     what = f"indexes like {pattern!r}" if pattern else "indexes"
     now = ctx.known.indexes()
-    before = ctx.before_indexes.get(migration.file)
-    if before is not None:
-        names = [n for n in now if n not in before and (not pattern or like(n, pattern))]
-        how = "new since it started, in this run"
-        already = [n for n in now if n in before and (not pattern or like(n, pattern))]
-        context = [f"{len(already)} {what} existed before it: {', '.join(already[:20])}"] if already else []
-    else:
-        made = creates(migration)
-        named = [n for n in made.indexes if not pattern or like(n, pattern)]
-        if missing := [n for n in named if n not in now]:
-            raise CheckFailed(f"every index {migration.file} creates to exist", f"no index {', '.join(missing)}",
-                              f"schema {ctx.schema}", hint=spec.hint or "someone dropped it since the migration "
-                              "ran: create it again in a new migration")
-        names, how = named, "named by its CREATE INDEX statements; it was applied before this run (ledger)"
-        maybe = [n for n in made.indexes_if_absent if not pattern or like(n, pattern)]
-        if maybe or made.unnamed_indexes:
-            how += (f"; not counted: {len(maybe) + made.unnamed_indexes} of CREATE INDEX IF NOT EXISTS or without "
-                    "a name, which the file alone cannot tell apart from older indexes")
-        context = []
+    made, recorded = created(ctx, [migration])[migration.file]
+    names = sorted(n for n in made.indexes if not pattern or like(n, pattern))
+    how = "as recorded when it was applied" if recorded else (
+        "named by its CREATE INDEX statements: it was applied without a record of what it created")
+    maybe = [n for n in made.indexes_if_absent if not pattern or like(n, pattern)]
+    if maybe or made.unnamed_indexes:
+        how += (f"; not counted: {len(maybe) + made.unnamed_indexes} of CREATE INDEX IF NOT EXISTS or without a "
+                "name, which the file alone cannot tell apart from older indexes")
+    if missing := [n for n in names if n not in now]:
+        raise CheckFailed(f"every index {migration.file} created to exist", f"no index {', '.join(missing)}",
+                          f"schema {ctx.schema}", hint=spec.hint or "someone dropped it since the migration ran: "
+                          "create it again in a new migration")
     if bad := [n for n in names if n in set(invalid_indexes(ctx.conn, ctx.schema))]:
         raise CheckFailed(f"valid {what}", f"INVALID: {', '.join(bad)}", f"schema {ctx.schema}",
                           hint=spec.hint or f"a failed CREATE INDEX CONCURRENTLY leaves an invalid index: DROP "
                                             f"INDEX CONCURRENTLY {bad[0]}; then create it again")
     if len(names) < least:
+        others = [n for n in now if n not in names and (not pattern or like(n, pattern))]
         raise CheckFailed(f">= {least} {what} created by {migration.file}", f"{len(names)}" + (
-            f": {', '.join(names)}" if names else ""), f"schema {ctx.schema}", details=context,
-            hint=spec.hint or "an index that already existed (CREATE INDEX IF NOT EXISTS) was not created by "
-                              "this migration, whatever its name")
+            f": {', '.join(names)}" if names else ""), f"schema {ctx.schema}",
+            details=[f"{len(others)} other {what} exist, not created by it: {', '.join(others[:20])}"]
+            if others else [], hint=spec.hint or "an index that already existed (CREATE INDEX IF NOT EXISTS) "
+                                                 "was not created by this migration, whatever its name")
     return f"{len(names)} {what} created by {migration.file} ({how}): {', '.join(names) or '-'}"
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import psycopg
 
-from pytest_phase4 import catalog, checks, guard, ledger, locks, migrate, safety
+from pytest_phase4 import checks, guard, ledger, locks, migrate, safety
 from pytest_phase4.errors import CheckFailed, MigrationFailed
 from pytest_phase4.facts import Facts
 from pytest_phase4.plan import CheckSpec, Migration, Plan
@@ -111,7 +111,6 @@ class Phase4Run:
     attempted: set[str] = field(default_factory=set)  # migrations ensure() has tried in this run
     errors: dict[str, Exception] = field(default_factory=dict)  # why a migration ensure() tried failed
     progress: Callable[[str], AbstractContextManager[object]] | None = None  # shown while a migration runs
-    before_indexes: dict[str, frozenset[str]] = field(default_factory=dict)  # file -> indexes right before it
     confirmations: dict[str, Confirmation] = field(default_factory=dict)  # destructive file -> how it was passed
 
     def __post_init__(self) -> None:
@@ -220,8 +219,7 @@ class Phase4Run:
 
     def context(self, spec: CheckSpec | None = None) -> checks.Context:
         facts = self.facts(spec.step) if spec is not None else None
-        return checks.Context(self.ro, self.plan, self.snapshot, self.applied_before_run, self.extras, facts,
-                              self.before_indexes)
+        return checks.Context(self.ro, self.plan, self.snapshot, self.applied_before_run, self.extras, facts)
 
     def facts(self, step: str) -> Facts:
         """The facts shared by the checks of one step: one catalog query, each table counted once."""
@@ -324,8 +322,6 @@ class Phase4Run:
                   else "--phase4-confirm-destructive" if self.confirm_destructive else "'yes' at the prompt")
             self.confirmations[migration.file] = Confirmation(by, os_user(), datetime.now(UTC))
         self.snapshot()  # the row counts must be taken before the first change
-        if any(spec.kind == "indexes_created" for spec in migration.checks):  # what "created by it" is relative to
-            self.before_indexes[migration.file] = frozenset(catalog.indexes(self.ro, self.plan.schema))
         started = time.perf_counter()
         writer = self._writer()
         observer = locks.Observer(migration, locks.plan_views(self.plan))
