@@ -102,7 +102,7 @@ def test_confirmed_full_run_writes_json_evidence_and_junit_with_stages(project: 
     assert modes["20250328000027_add_performance_indexes.sql"] >= {"ShareLock"}  # plain CREATE INDEX
     assert modes["20250322000021_create_sales_views.sql"] == {"AccessShareLock"}  # a view reads its tables
     page = html.unescape(p.report())
-    locks = page[page.index("<h3>Locks held by each migration</h3>"):page.index("<h3>Verification</h3>")]
+    locks = _locks_section(page)
     for m in migrations:
         row = locks[locks.index(f"<td>{m['file']}</td>"):]
         assert re.match(r"<td>[^<]+</td><td><p><strong>On this database</strong> \(committed\)</p><ul><li>"
@@ -176,3 +176,9 @@ def test_perf_and_signoff_plan_errors_name_their_line(tmp_path: Path) -> None:
         "phase4.toml:4 [[perf]] #1 check=perf_before: runs must be at least 1",
         "phase4.toml:9 [[perf]] #2 check=perf_before: missing key 'query' (str) for check 'perf_before'",
     ]
+
+
+def _locks_section(page: str) -> str:
+    """The report's locks section: from its heading to the end of its block."""
+    start = page.index("<h3>Locks held by each migration</h3>")
+    return page[start:page.index("<h3>", start + 1)]

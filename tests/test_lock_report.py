@@ -53,7 +53,7 @@ def test_locks_of_each_migration_measured_on_the_rehearsal_copy_then_the_target(
         assert (m1[where]["outcome"], m2[where]["outcome"]) == ("committed", "committed")
 
     page = html.unescape(p.report())
-    section = page[page.index("<h3>Locks held by each migration</h3>"):page.index("<h3>Verification</h3>")]
+    section = _locks_section(page)
     first, second = section.split("20250101000002_widen_big.sql")
     for row in (first, second):
         assert row.count("On the rehearsal copy, before this database was touched") == 1
@@ -135,3 +135,9 @@ def test_gate_keys_are_validated_with_file_and_line(tmp_path: Path) -> None:
                                         '\n\n[[migration]]\nfile = "a.sql"\nmax_exclusive_lock_ms = 5000\n')
     migration = load_plan(tmp_path / "plan.toml").migrations[0]
     assert (migration.max_exclusive_lock_ms, migration.hazard_min_rows) == (5000, 1000)  # its own, else the plan's
+
+
+def _locks_section(page: str) -> str:
+    """The report's locks section: from its heading to the end of its block."""
+    start = page.index("<h3>Locks held by each migration</h3>")
+    return page[start:page.index("<h3>", start + 1)]
