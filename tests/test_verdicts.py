@@ -79,3 +79,15 @@ def test_performance_shows_a_slower_query_as_slower_and_states_the_gate(project:
     (row,) = evidence(p)["performance"]
     assert row["change"].endswith("x slower")
     assert row["improvement_pct"] < -100
+
+
+def test_the_evidence_counts_the_verify_checks_a_run_deselected(project: Callable[..., Project]) -> None:
+    """Found by the attack on the order-proof runbook: with -k 'not index_count', migration 3 was applied with one of
+    its three verify checks deselected, and the evidence said 'verify 2/2 passed' and 'Migration checks: VERIFIED',
+    naming no deselected check."""
+    p = project("mini")
+    result = p.run("-k", "not index_count", "--phase4-confirm-destructive", seed=True)
+    assert result.ret == 0
+    m3 = evidence(p)["migrations"][2]
+    assert (m3["file"], m3["verify_passed"], m3["verify_total"]) == ("20250101000003_add_indexes.sql", 2, 3)
+    assert "deselected" in result.stdout.str().split("phase4 execution summary", 1)[1]
