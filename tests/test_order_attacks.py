@@ -1,0 +1,56 @@
+"""Attacks on the order-proof runbook (issue 11), each a way a real user's plan, options or plugins made a run
+apply a migration twice or out of order, pass a step that did not pass, or report a halted run as green. Each
+test asserts the safe behaviour, read from the ledger and the data with SQL, outside the plugin."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from conftest import Project, outcomes_of
+
+PLAN = "checks/phase4.toml"
+M1 = f"{PLAN}::20250101000001_create_views"
+M2 = f"{PLAN}::20250101000002_drop_denormalized"
+M3 = f"{PLAN}::20250101000003_add_indexes"
+
+
+def ledger(p: Project) -> list[str]:
+    """The ledger's files in the order they were applied."""
+    if p.query("SELECT to_regclass('pytest_phase4.ledger')") == [(None,)]:
+        return []
+    return [r[0] for r in p.query("SELECT file FROM pytest_phase4.ledger ORDER BY applied_at, file")]
+
+
+def without_migration(p: Project, file: str) -> None:
+    """The plan with one [[migration]] entry (and its verify checks) taken out."""
+    plan = p.path / PLAN
+    text = plan.read_text()
+    start = text.index(f'[[migration]]\nfile = "{file}"')
+    rest = text[start + 1:]
+    end = start + 1 + min(i for i in (rest.find("\n[[migration]]"), rest.find("\n[[post]]")) if i >= 0) + 1
+    plan.write_text(text[:start] + text[end:])
+
+
+def cents(p: Project) -> int:
+    return int(p.query("SELECT sum(value) FROM sales")[0][0])
+
+
+def test_a_renamed_migration_already_in_the_ledger_is_not_applied_again(project: Callable[..., Project]) -> None:
+    """A migration re-stamped after it was applied (a rebase moved it last) is a new file name to the plan: it was
+    applied a second time, every price multiplied by 100 twice, and the run was green."""
+    p = project("mini", "cents")
+    without_migration(p, "20250101000003_add_indexes.sql")
+    assert p.run(seed=True).ret == 0
+    applied = ledger(p)
+    assert applied == ["20250101000001_create_views.sql", "20250101000002_prices_to_cents.sql"]
+    in_cents = cents(p)
+    old = p.path / "checks/migrations/20250101000002_prices_to_cents.sql"
+    old.rename(old.with_name("20250101000004_prices_to_cents.sql"))
+    plan = p.path / PLAN
+    plan.write_text(plan.read_text().replace("20250101000002_prices_to_cents", "20250101000004_prices_to_cents"))
+    result = p.run("-v")
+    assert outcomes_of(result)[f"{PLAN}::20250101000004_prices_to_cents::apply"] == "FAILED"
+    result.stdout.fnmatch_lines(["*20250101000004_prices_to_cents.sql*20250101000002_prices_to_cents.sql*"])
+    assert result.ret == 1
+    assert cents(p) == in_cents, "the same migration ran twice"
+    assert ledger(p) == applied
