@@ -54,3 +54,25 @@ def test_a_renamed_migration_already_in_the_ledger_is_not_applied_again(project:
     assert result.ret == 1
     assert cents(p) == in_cents, "the same migration ran twice"
     assert ledger(p) == applied
+
+
+def test_a_migration_stamped_before_one_the_ledger_lists_is_refused_even_if_the_plan_omits_it(
+        project: Callable[..., Project]) -> None:
+    """Two branches: one applied 003 to staging; the other, whose plan has 002 and not yet 003, ran next. 002 was
+    applied after 003, silently (the header even said '2 in plan, 2 already applied'); once the branches merge,
+    the plan lists 002 before 003 and every run is green, the out-of-order application invisible."""
+    p = project("mini", "cents")
+    full = (p.path / PLAN).read_text()
+    without_migration(p, "20250101000002_prices_to_cents.sql")  # branch A
+    assert p.run(seed=True).ret == 0
+    assert ledger(p) == ["20250101000001_create_views.sql", "20250101000003_add_indexes.sql"]
+    before = cents(p)
+    (p.path / PLAN).write_text(full)
+    without_migration(p, "20250101000003_add_indexes.sql")  # branch B, from before 003
+    result = p.run("-v")
+    assert outcomes_of(result)[f"{PLAN}::20250101000002_prices_to_cents::apply"] == "FAILED"
+    result.stdout.fnmatch_lines(["refusing to apply 20250101000002_prices_to_cents.sql: *20250101000003_add_indexes"
+                                 ".sql*"])
+    assert result.ret == 1
+    assert cents(p) == before
+    assert ledger(p) == ["20250101000001_create_views.sql", "20250101000003_add_indexes.sql"]
