@@ -92,3 +92,18 @@ def test_a_run_halted_by_an_xfailed_check_never_exits_0(project: Callable[..., P
     assert ledger(p) == ["20250101000001_create_views.sql"]
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     assert "every check selected passed" not in result.stdout.str()
+
+
+@pytest.mark.parametrize("override", ["python_files=check_*.py", "python_functions=check_*"])
+def test_custom_checks_an_ini_override_leaves_out_refuse_the_migrations(
+        project: Callable[..., Project], override: str) -> None:
+    """-o python_files / python_functions (or PYTEST_ADDOPTS, or a project ini of its own) made pytest collect
+    none of the plan folder's custom checks; the plugin reads the same ini, so it expected none: a failing check of
+    migration 1's step never ran and the destructive migration 2 was applied, exit 0."""
+    p = project("mini", "failing_custom")
+    result = p.run("-v", "-o", override, "--phase4-confirm-destructive", seed=True)
+    assert outcomes_of(result)[f"{M2}::apply"] == "FAILED"
+    result.stdout.fnmatch_lines(["refusing to apply 20250101000002_drop_denormalized.sql: *test_views_empty.py*"])
+    assert result.ret == 1
+    assert "customer_name" in p.columns("sales")
+    assert ledger(p) == ["20250101000001_create_views.sql"]
