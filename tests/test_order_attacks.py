@@ -107,3 +107,26 @@ def test_custom_checks_an_ini_override_leaves_out_refuse_the_migrations(
     assert result.ret == 1
     assert "customer_name" in p.columns("sales")
     assert ledger(p) == ["20250101000001_create_views.sql"]
+
+
+@pytest.mark.parametrize("plugin", [
+    "def pytest_collection_modifyitems(items):\n"
+    "    for item in items:\n"
+    "        if item.name == 'test_views_are_empty':\n"
+    "            item.add_marker(pytest.mark.skip(reason='flaky on staging'))\n",
+    "@pytest.hookimpl(tryfirst=True)\n"
+    "def pytest_pyfunc_call(pyfuncitem):\n"
+    "    return True if pyfuncitem.name == 'test_views_are_empty' else None\n",
+], ids=["skip marker", "pytest_pyfunc_call"])
+def test_a_plugin_cannot_pass_a_custom_check_off_as_done(project: Callable[..., Project], plugin: str) -> None:
+    """What the plugin refuses for a plan check (a skip marker someone else added; a check reported passed without
+    its function running) passed a custom check of migration 1's step, which fails: the destructive migration 2 was
+    applied after it, exit 0."""
+    p = project("mini", "failing_custom")
+    (p.path / "conftest.py").write_text("import pytest\n\n\n" + plugin)
+    result = p.run("-v", "--phase4-confirm-destructive", seed=True)
+    assert outcomes_of(result)[f"{M2}::apply"] == "FAILED"
+    result.stdout.fnmatch_lines(["refusing to apply 20250101000002_drop_denormalized.sql: *test_views_are_empty*"])
+    assert result.ret == 1
+    assert "customer_name" in p.columns("sales")
+    assert ledger(p) == ["20250101000001_create_views.sql"]
