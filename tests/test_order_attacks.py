@@ -4,6 +4,7 @@ test asserts the safe behaviour, read from the ledger and the data with SQL, out
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Callable
 
 import pytest
@@ -130,3 +131,17 @@ def test_a_plugin_cannot_pass_a_custom_check_off_as_done(project: Callable[..., 
     assert result.ret == 1
     assert "customer_name" in p.columns("sales")
     assert ledger(p) == ["20250101000001_create_views.sql"]
+
+
+def test_the_rehearsal_runs_on_the_scratch_copy_when_the_dsn_comes_from_pytest_addopts(
+        project: Callable[..., Project], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The DSN in PYTEST_ADDOPTS (so as not to type it each time): the rehearsal's child pytest reads it too, and its
+    --dsn outranks the PHASE4_DSN that names the scratch copy, so the 'rehearsal' ran the whole plan, destructive
+    migration confirmed, against the target itself. Only the run lock stopped it, with a message that sends the
+    user hunting for 'another pytest-phase4 run' and tells them to end it: the pid it names is the run's own."""
+    p = project("mini", "safe")
+    monkeypatch.setenv("PYTEST_ADDOPTS", "--dsn=" + shlex.quote(p.dsn))
+    result = p.run("-v", "--phase4-rehearse", "--phase4-confirm-destructive", seed=True, dsn=False)
+    assert "another pytest-phase4 run holds" not in result.stdout.str()
+    assert outcomes_of(result)[f"{PLAN}::backup::rehearse"] == "PASSED"
+    assert result.ret == 0, result.stdout.str()
