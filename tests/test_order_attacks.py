@@ -5,8 +5,11 @@ test asserts the safe behaviour, read from the ledger and the data with SQL, out
 from __future__ import annotations
 
 import shlex
+import threading
+import time
 from collections.abc import Callable
 
+import psycopg
 import pytest
 
 from conftest import Project, outcomes_of
@@ -145,3 +148,33 @@ def test_the_rehearsal_runs_on_the_scratch_copy_when_the_dsn_comes_from_pytest_a
     assert "another pytest-phase4 run holds" not in result.stdout.str()
     assert outcomes_of(result)[f"{PLAN}::backup::rehearse"] == "PASSED"
     assert result.ret == 0, result.stdout.str()
+
+
+def test_a_non_transactional_migration_cut_off_midway_says_what_stayed_applied(
+        project: Callable[..., Project]) -> None:
+    """transaction = false, the connection killed in the file's second statement: the first CREATE INDEX
+    CONCURRENTLY stays committed, yet the failure said 'nothing of this file was applied' and 'the migration's
+    transaction was rolled back', and the summary 'its own transaction was rolled back'. A user who believes it
+    reruns the file as it is (it then fails on the index that exists) or, for a batched data fix, applies its first
+    part twice."""
+    p = project("mini", "nontx_cut")
+
+    def kill() -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with psycopg.connect(p.dsn, autocommit=True) as conn:
+                if conn.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE state = 'active'"
+                                " AND query LIKE '%pg_sleep(30)%' AND pid <> pg_backend_pid()").fetchone() == (1,):
+                    return
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill, daemon=True)
+    killer.start()
+    result = p.run("-v", "--phase4-confirm-destructive", seed=True)
+    killer.join()
+    assert outcomes_of(result)[f"{M3}::apply"] == "FAILED"
+    assert p.query("SELECT indexname FROM pg_indexes WHERE indexname LIKE 'idx\\_%'") == [("idx_sales_customer",)]
+    out = result.stdout.str()
+    assert "nothing of this file was applied" not in out
+    assert "transaction was rolled back" not in out
+    result.stdout.fnmatch_lines(["*1 of 3 statement(s) were committed*"])
