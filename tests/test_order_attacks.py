@@ -178,3 +178,15 @@ def test_a_non_transactional_migration_cut_off_midway_says_what_stayed_applied(
     assert "nothing of this file was applied" not in out
     assert "transaction was rolled back" not in out
     result.stdout.fnmatch_lines(["*1 of 3 statement(s) were committed*"])
+
+
+def test_a_run_that_lost_its_run_lock_applies_nothing_more(project: Callable[..., Project]) -> None:
+    """A DBA ends the idle sessions between two steps (the runbook's own active_connections check lists them):
+    the session holding the run lock is one. The run went on and applied all three migrations without the lock,
+    so a second run could start beside it; nothing said the guarantee 'one run per database' was gone."""
+    p = project("mini", "lock_lost")
+    result = p.run("-v", "--phase4-confirm-destructive", seed=True)
+    assert outcomes_of(result)["checks/test_dba_kills_idle_sessions.py::test_dba_ends_idle_sessions"] == "PASSED"
+    assert outcomes_of(result)[f"{M1}::apply"] == "FAILED"
+    assert result.ret == 1
+    assert ledger(p) == []
