@@ -190,3 +190,13 @@ def test_a_run_that_lost_its_run_lock_applies_nothing_more(project: Callable[...
     assert outcomes_of(result)[f"{M1}::apply"] == "FAILED"
     assert result.ret == 1
     assert ledger(p) == []
+
+
+@pytest.mark.parametrize("name", ["phase4-evidence", "phase4-report", "phase4-safety"])
+def test_p_no_of_any_part_of_the_plugin_is_refused(project: Callable[..., Project], name: str) -> None:
+    """README: '-p no:' of the plugin's own parts is refused. -p no:phase4-evidence ran the runbook without the
+    execution summary and the JSON evidence, -p no:phase4-report without the migrations table, silently."""
+    p = project("mini")
+    result = p.run("-p", f"no:{name}", "-m", "preflight", seed=True)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"ERROR: -p no:{name}*"])
