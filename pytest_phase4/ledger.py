@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import psycopg
+
+from pytest_phase4.plan import timestamped
 
 SCHEMA = "pytest_phase4"
 
@@ -44,6 +47,31 @@ def read(conn: psycopg.Connection[Any]) -> dict[str, Entry]:
     rows = conn.execute(
         "SELECT file, sha256, plan, applied_at, duration_ms::float8 FROM pytest_phase4.ledger").fetchall()
     return {r[0]: Entry(*r) for r in rows}
+
+
+def conflict(applied: dict[str, Entry], plan_files: Collection[str], file: str,
+             sha256: str) -> tuple[str, str] | None:
+    """Why the ledger forbids applying `file` (which it does not list) now, or None: a short note, and the reason
+    that completes "refusing to apply <file>: ". The plan's own later migrations are the caller's to weigh; this
+    sees what the plan cannot: the same content applied under another name (a rename, a copy), and a migration
+    stamped later that the ledger lists but this plan does not (a branch from before it was merged)."""
+    same = sorted((e for e in applied.values() if e.sha256 == sha256 and e.file != file), key=lambda e: e.applied_at)
+    if same:
+        twin = same[0]
+        return f"same content as {twin.file} (ledger)", (
+            f"its content (sha256 {sha256[:12]}) is that of {twin.file}, applied {twin.applied_at:%Y-%m-%d %H:%M} "
+            "(ledger): it is the same migration under another name, and applying it would run it a second time. "
+            f"If {twin.file} was renamed, give it its name back; if {file} is meant to run that SQL again, say so "
+            "in a comment at its top (its content then differs)")
+    later = sorted(f for f in applied if f not in plan_files and timestamped(f) and timestamped(file) and f > file)
+    if later:
+        last = applied[later[-1]]
+        return f"{last.file}, stamped after it, is applied (ledger)", (
+            f"the ledger lists {', '.join(later)} (plan {last.plan!r}, applied {last.applied_at:%Y-%m-%d %H:%M}), "
+            f"stamped after it, which this plan does not list: applying {file} now would run it after {last.file}, "
+            f"out of order (is this plan a branch from before {later[0]} was merged?). Add {', '.join(later)} to "
+            f"the plan, or give {file} a timestamp after {last.file}")
+    return None
 
 
 def record(conn: psycopg.Connection[Any], file: str, sha256: str, plan: str, duration_ms: float) -> None:

@@ -316,7 +316,7 @@ def _migrations(r: _Reader, entries: Any, mig_dir: Path, gates: dict[str, int | 
         if file in seen:
             r.problem(where, f"{file} is listed twice (first at {seen[file]}); list each migration once")
         seen[file] = where
-        if result and file < result[-1].file and _timestamped(file) and _timestamped(result[-1].file):
+        if result and file < result[-1].file and timestamped(file) and timestamped(result[-1].file):
             r.problem(where, f"{file} is listed after {result[-1].file} but sorts before it; "
                              "migrations must be listed in the order of their timestamps")
         path = mig_dir / file
@@ -330,7 +330,8 @@ def _migrations(r: _Reader, entries: Any, mig_dir: Path, gates: dict[str, int | 
     return tuple(result)
 
 
-def _timestamped(file: str) -> bool:
+def timestamped(file: str) -> bool:
+    """Whether the file name starts with a timestamp (8+ digits and '_'): such names sort in applying order."""
     return bool(re.match(r"\d{8,}_", file))
 
 

@@ -22,7 +22,10 @@ def _migration_rows(run: Phase4Run) -> list[tuple[str, str, str, str]]:
 
 def header_lines(run: Phase4Run) -> list[str]:
     plan = run.plan
-    already = len(run.applied_before_run)
+    already = sum(m.file in run.applied_before_run for m in plan.migrations)
+    others = sorted(set(run.applied_before_run) - {m.file for m in plan.migrations})
+    elsewhere = f"; the ledger also lists {len(others)} not in this plan ({', '.join(others[:3])}" + (
+        ", ...)" if len(others) > 3 else ")") if others else ""
     destructive = [m.file for m in plan.migrations if m.destructive]
     if not destructive:
         gate = "none in plan"
@@ -37,8 +40,8 @@ def header_lines(run: Phase4Run) -> list[str]:
     if run.safety.rollback:
         return [*lines, f"phase4 mode: rollback ({run.safety.rollback}) of the plan's migrations in the ledger "
                         f"({already}), proven before it commits; no migration runs"]
-    return [*lines, f"phase4 migrations: {len(plan.migrations)} in plan, {already} already applied (ledger); "
-                    f"destructive: {gate}"]
+    return [*lines, f"phase4 migrations: {len(plan.migrations)} in plan, {already} already applied (ledger)"
+                    f"{elsewhere}; destructive: {gate}"]
 
 
 class ReportPlugin:

@@ -299,6 +299,9 @@ class Phase4Run:
                 f"already (ledger, {applied[ahead[0]].applied_at:%Y-%m-%d %H:%M}); applying {migration.file} now "
                 f"would run it after {ahead[0]}, out of plan order. Give it a name and a place in the plan after "
                 f"{ahead[-1]}, or undo {', '.join(ahead)} first")
+        if conflict := ledger.conflict(applied, self.states, migration.file, state.sha256):
+            state.status, state.note = REFUSED, conflict[0]
+            raise Refused(f"refusing to apply {migration.file}: {conflict[1]}")
         if problem := self.book.problem_before(group):
             what, todo = problem
             state.status, state.note = REFUSED, what
