@@ -166,6 +166,11 @@ class Evidence:
             return False, (f"stopped before the point of no return ({blocked.migration.file}); {len(applied)} "
                            "migration(s) applied, nothing destructive: confirm and rerun, or undo them with "
                            "--phase4-rollback (Part 7)")
+        if self.run.halt is not None and not failures:  # halted by a check pytest counts as no failure (xfail)
+            halt = self.run.halt
+            return bool(applied), (f"halted after {halt.step}: {halt.reason}; " + (
+                f"{len(applied)} migration(s) applied in this run stay applied" if applied else
+                "this run changed nothing in the database"))
         if failures and applied:
             return True, f"{len(failures)} check(s) failed after {len(applied)} migration(s) were applied in this run"
         if failures:

@@ -9,6 +9,7 @@ Each migration is a session fixture (`migration_<file name>`, ordering.py); its 
 from __future__ import annotations
 
 import functools
+import inspect
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from pytest_phase4.checks import sql_error
 from pytest_phase4.errors import CheckFailed, MigrationFailed
 from pytest_phase4.plan import CheckSpec, Migration, Step
 from pytest_phase4.run import ALREADY, NOT_RUN, Phase4Run, Refused
-from pytest_phase4.steps import REHEARSE_KEY, Key, apply_key, check_key
+from pytest_phase4.steps import REHEARSE_KEY, Key, StepBook, apply_key, check_key
 
 RUN_KEY = pytest.StashKey[Phase4Run]()
 GROUP_KEY = pytest.StashKey[int]()
@@ -105,19 +106,33 @@ class Phase4Item(pytest.Function):
         return self.path, max(self.line - 1, 0), self.nodeid.split("::", 1)[-1]
 
 
-def _noting_it_ran(fn: Callable[..., None], key: Key) -> Callable[..., None]:
+def noting_it_ran(fn: Callable[..., Any], key: Key, book: StepBook) -> Callable[..., Any]:
     """The item's function, noting in the run's StepBook that it ran to its end (or skipped itself): a plugin that
-    reports the test passed without calling it (-p no:python, a pytest_pyfunc_call of its own) passes nothing."""
+    reports the test passed without calling it (-p no:python, a pytest_pyfunc_call of its own) passes nothing.
+    Used for the plan's items and for custom checks alike."""
+    book.watched.add(key)
+    if inspect.iscoroutinefunction(fn):  # stays a coroutine function for the plugin that runs it (pytest-asyncio)
+        @functools.wraps(fn)
+        async def noted_async(*args: Any, **kwargs: Any) -> Any:
+            try:
+                result = await fn(*args, **kwargs)
+            except pytest.skip.Exception:
+                book.ran.add(key)
+                raise
+            book.ran.add(key)
+            return result
+
+        return noted_async
 
     @functools.wraps(fn)  # pytest reads the fixtures from the wrapped function's signature
-    def noted(*args: Any, **kwargs: Any) -> None:
-        book = kwargs["request"].config.stash[RUN_KEY].book
+    def noted(*args: Any, **kwargs: Any) -> Any:
         try:
-            fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
         except pytest.skip.Exception:
             book.ran.add(key)
             raise
         book.ran.add(key)
+        return result
 
     return noted
 
@@ -148,7 +163,8 @@ class StepCollector(pytest.Collector):
 
     def _item(self, name: str, fn: Callable[..., None], position: int, line: int, is_migration: bool,
               key: Key = REHEARSE_KEY) -> pytest.Item:
-        item = Phase4Item.from_parent(self, name=name, callobj=_noting_it_ran(fn, key))
+        book = self.config.stash[RUN_KEY].book
+        item = Phase4Item.from_parent(self, name=name, callobj=noting_it_ran(fn, key, book))
         item.line = line
         item.add_marker(getattr(pytest.mark, self.stage))
         if self.migration is not None and self.migration.destructive:

@@ -13,16 +13,17 @@
 
 from __future__ import annotations
 
-import fnmatch
 import itertools
 import shlex
 import types
+import unittest
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from pytest_phase4 import customfiles
 from pytest_phase4.items import (
     APPLY,
     GROUP_KEY,
@@ -32,6 +33,7 @@ from pytest_phase4.items import (
     Phase4Item,
     Place,
     fixture_name,
+    noting_it_ran,
 )
 from pytest_phase4.plan import Migration
 from pytest_phase4.run import FAILED as FAILED_STATE
@@ -133,10 +135,15 @@ class Runbook:
         self.problems: list[str] = []
         self.modules: set[Path] = set()  # modules of the plan's folder that pytest collected
         self.broken: list[str] = []  # ... or failed to collect
+        self.skipped: dict[Path, str] = {}  # ... or that skipped themselves whole (importorskip), with the reason
+        self.tests: dict[Path, set[str]] = {}  # module -> the top-level functions and classes it gave items for
 
     # -- collection ------------------------------------------------------------------------------------------
     def pytest_itemcollected(self, item: pytest.Item) -> None:
         item.stash[INDEX_KEY] = next(self.counter)
+        parts = item.nodeid.split("::")
+        if len(parts) > 1:
+            self.tests.setdefault(Path(item.path).resolve(), set()).add(parts[1].split("[")[0])
         if PLACE_KEY not in item.stash:
             self._place_custom(item)
         if (place := item.stash.get(PLACE_KEY, None)) is not None:
@@ -182,6 +189,9 @@ class Runbook:
         item.stash[PLACE_KEY] = Place(step.group, PLACED if marker or wanted else APPLY, key,
                                       tuple(dict.fromkeys(needs)))
         self.run.book.require(step.group, key, item.nodeid)
+        if isinstance(item, pytest.Function) and not (  # passed only if its own function ran, as the plan's checks
+                isinstance(item.cls, type) and issubclass(item.cls, unittest.TestCase)):  # unittest runs its own
+            item.obj = noting_it_ran(item.obj, key, self.run.book)
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_collection_modifyitems(self) -> None:
@@ -194,6 +204,9 @@ class Runbook:
             return
         if report.failed:
             self.broken.append(f"{report.nodeid} (collection error)")
+        elif report.skipped:
+            reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+            self.skipped[path] = str(reason).removeprefix("Skipped: ")
         else:
             self.modules.add(path)
 
@@ -209,20 +222,45 @@ class Runbook:
         book = self.run.book
         book.selected = {p.key for item in session.items if (p := item.stash.get(PLACE_KEY, None)) is not None}
         book.deselected_by = deselecting_options(self.config)
-        book.uncollected = self.broken + [self._display(p) for p in self._custom_files() if p not in self.modules]
+        book.uncollected = [(0, text) for text in self.broken] + list(self._left_out())  # broken: any step
+        book.skipped_files = [f"{self._display(p)}: {why}" for p, why in self.skipped.items()]
         self.run.apply_selected = frozenset(
             m.file for m in self.run.plan.migrations if ("apply", m.file) in book.selected)
 
-    def _custom_files(self) -> Iterator[Path]:
-        """Files in the plan's folder that pytest would collect as test modules (ini python_files)."""
-        patterns = [str(p) for p in self.config.getini("python_files")]
-        skip = [str(p) for p in self.config.getini("norecursedirs")]
-        for path in sorted(self.folder.rglob("*.py")):
-            parts = path.relative_to(self.folder).parts
-            if any(fnmatch.fnmatch(part, pat) for part in parts[:-1] for pat in skip):
+    def _left_out(self) -> Iterator[tuple[int, str]]:
+        """Files of the plan's folder that hold tests by their names (pytest's defaults, and the ini's), each with
+        what pytest left out of it and the earliest step that can belong to: an ini override must not drop
+        custom checks unnoticed."""
+        ini = {name: [str(p) for p in self.config.getini(name)]
+               for name in ("python_files", "python_functions", "python_classes")}
+        plan = self.run.plan
+        fixtures = {name: self.run.group_of(m.file) for name, m in self.fixtures.items()}
+        unmarked = min(fixtures.values(), default=len(plan.steps))
+        root = self.config.rootpath.resolve()
+        for path in customfiles.files_with_tests(self.folder, ini["python_files"]):
+            if path in self.skipped:
+                continue  # it skipped itself: not run, and said so in the summary
+            module = customfiles.read_module(path, ini["python_functions"], ini["python_classes"])
+            if path not in self.modules and module.parsed and not module.tests:
+                continue  # defines no test: nothing of the runbook is missing
+            if path not in self.modules:
+                missing = list(module.tests)
+                why = (f"python_files = {' '.join(ini['python_files'])} leaves it out"
+                       if not customfiles.matches_file(path.name, ini["python_files"]) else
+                       "not collected: a narrower path, --ignore, norecursedirs or collect_ignore left it out")
+            elif missing := [n for n in module.tests if n not in self.tests.get(path, set())]:
+                changed = [f"{k} = {' '.join(v)}" for k, v in ini.items()
+                           if k != "python_files" and v != list(customfiles.DEFAULTS[k])]
+                why = f"{', '.join(missing)} not collected" + (f": {', '.join(changed)}" if changed else "")
+            else:
                 continue
-            if any(fnmatch.fnmatch(path.name, pat) for pat in patterns):
-                yield path
+            group = customfiles.earliest(module, missing, fixtures, unmarked, self._group_of,
+                                         customfiles.marker_in_conftests(path.parent, root))
+            yield group, f"{self._display(path)} ({why})"
+
+    def _group_of(self, ref: str) -> int | None:
+        step = self.run.plan.step(ref)
+        return step.group if step is not None else None
 
     def _display(self, path: Path) -> str:
         try:
@@ -246,26 +284,29 @@ class Runbook:
         place = item.stash.get(PLACE_KEY, None)
         if place is None:
             return rep
+        book = self.run.book
+        watched = place.key in book.watched  # its function notes that it ran: the plan's items, custom checks
         if rep.failed or (rep.skipped and hasattr(rep, "wasxfail")):  # an expected failure has not passed either
-            self.run.book.record(place.key, FAILED)
+            book.record(place.key, FAILED)
             reason = self.run.target.scrub(f"{item.name}: {_reason(call)}")
             self.run.record_failure(place.group, reason, place.key[0] == "apply")
-        elif rep.skipped and rep.when == "setup" and isinstance(item, Phase4Item):
-            if self.run.book.outcomes.get(place.key) != HELD:  # not held back by this plugin: someone else's skip
-                self.run.book.record(place.key, HELD, "by a skip marker or a plugin, before they ran")
-        elif isinstance(item, Phase4Item) and rep.when == "call" and place.key not in self.run.book.ran:
-            self.run.book.record(place.key, HELD, "reported without running: a plugin took over the test call")
+        elif rep.skipped and rep.when == "setup" and watched:
+            if book.outcomes.get(place.key) != HELD:  # not held back by this plugin: someone else's skip
+                book.record(place.key, HELD, "by a skip marker, a fixture or a plugin, before they ran")
+        elif watched and rep.when == "call" and place.key not in book.ran:
+            book.record(place.key, HELD, "reported without running: a plugin took over the test call")
         elif rep.skipped or (rep.passed and rep.when == "call"):
-            self.run.book.record(place.key, PASSED)  # a skip of the item's own: it does not apply to this run
+            book.record(place.key, PASSED)  # a skip of the item's own: it does not apply to this run
         if rep.skipped and isinstance(rep.longrepr, tuple) and _ours(rep.longrepr[0]):
             rep.longrepr = _location(item, rep.longrepr[2])  # where the item is, not the plugin line that skipped
         return rep
 
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        """A run in which a migration failed or was refused never exits 0, whatever reported its items."""
-        if session.exitstatus == pytest.ExitCode.OK and any(
-                s.status in (FAILED_STATE, REFUSED) for s in self.run.states.values()):
+        """A run that halted, left custom checks out, or in which a migration failed or was refused, never exits
+        0, whatever reported its items (an xfail marker makes pytest count a failed check as no failure)."""
+        if session.exitstatus == pytest.ExitCode.OK and (self.run.halt is not None or self.run.book.uncollected or any(
+                s.status in (FAILED_STATE, REFUSED) for s in self.run.states.values())):
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 

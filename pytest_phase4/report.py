@@ -61,6 +61,12 @@ class ReportPlugin:
             markup = {"green": True} if status == APPLIED else {"red": True} if status in (FAILED, REFUSED) else {}
             line = f"{status:<16} {file:<{width}} {duration:>9}  {note}".rstrip()
             tr.write_line(line, **markup)
+        book = self.run.book
+        for _, text in book.uncollected:  # a check that was not collected did not pass: the run exits non-zero
+            tr.write_line(f"{'not collected':<16} {text}", red=True)
+        for text in book.skipped_files:
+            tr.write_line(f"{'not run':<16} {text} (the module skipped itself whole: none of its checks ran)",
+                          yellow=True)
         if self.run.halt:
             tr.write_line(f"halted after {self.run.halt.step}: {self.run.halt.reason}", red=True, bold=True)
         if lines := lock_lines(self.run):

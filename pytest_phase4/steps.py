@@ -39,13 +39,16 @@ class StepBook:
     plan: Plan
     required: dict[int, dict[Key, str]] = field(default_factory=dict)  # group -> item -> label, in plan order
     outcomes: dict[Key, str] = field(default_factory=dict)
-    ran: set[Key] = field(default_factory=set)  # plan items whose own function ran to its end or skipped itself
+    watched: set[Key] = field(default_factory=set)  # items whose function notes that it ran (items.noting_it_ran)
+    ran: set[Key] = field(default_factory=set)  # ... and those whose own function ran to its end or skipped itself
     reasons: dict[Key, str] = field(default_factory=dict)  # why a held item was skipped
     collected: set[Key] = field(default_factory=set)
     selected: set[Key] | None = None  # None until collection has finished
     deselected: set[Key] = field(default_factory=set)
     deselected_by: str = ""  # the options that deselect, as typed ("-k 'x'", "--lf"), or "" if none
-    uncollected: list[str] = field(default_factory=list)  # files of custom checks that were not collected
+    uncollected: list[tuple[int, str]] = field(default_factory=list)  # custom checks left out: (the earliest
+    # step they can belong to, which file and why)
+    skipped_files: list[str] = field(default_factory=list)  # modules of custom checks that skipped themselves whole
     label_of: dict[int, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -74,10 +77,13 @@ class StepBook:
     def problem_before(self, group: int) -> tuple[str, str] | None:
         """Why the steps before `group` have not all passed in this run, as (what, what to do), or None.
         `what` completes "every step before it must pass in this run, and ..."."""
-        if self.uncollected:
+        if left_out := [text for earliest, text in self.uncollected if earliest < group]:
             by = f" ({self.deselected_by})" if self.deselected_by else ""
-            return (f"{', '.join(self.uncollected)} was not collected{by}: its custom checks may belong to any step",
-                    "collect the plan's whole folder (no --ignore or narrower path; fix any collection error)")
+            return (f"custom checks that may belong to a step before it were not collected{by}: "
+                    f"{'; '.join(left_out)}",
+                    "collect the plan's whole folder: no --ignore or narrower path, no python_files, "
+                    "python_functions, python_classes or norecursedirs (-o, ini, PYTEST_ADDOPTS) that leaves its "
+                    "checks out; fix any collection error")
         for g in range(group):
             items = self.required.get(g, {})
             step = self.label_of[g]

@@ -293,7 +293,7 @@ def test_a_plugin_cannot_pass_a_plan_check_off_as_done(project: Callable[..., Pr
     assert outcomes_of(result)[f"{M1}::apply"] == "FAILED"
     result.stdout.fnmatch_lines(["refusing to apply 20250101000001_create_views.sql: every step before it must pass "
                                  "in this run, and preflight did not: 1 of its 8 test(s) were skipped: by a skip "
-                                 "marker or a plugin, before they ran (table_count[[]>=3[]]); *"])
+                                 "marker, a fixture or a plugin, before they ran (table_count[[]>=3[]]); *"])
     p.execute("DELETE FROM sales")
     result = p.run("-v", "--phase4-confirm-destructive")
     assert outcomes_of(result)[f"{M1}::apply"] == "SKIPPED"

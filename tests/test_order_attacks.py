@@ -110,7 +110,12 @@ def test_custom_checks_an_ini_override_leaves_out_refuse_the_migrations(
     p = project("mini", "failing_custom")
     result = p.run("-v", "-o", override, "--phase4-confirm-destructive", seed=True)
     assert outcomes_of(result)[f"{M2}::apply"] == "FAILED"
-    result.stdout.fnmatch_lines(["refusing to apply 20250101000002_drop_denormalized.sql: *test_views_empty.py*"])
+    why = {"python_files=check_*.py": "python_files = check_*.py leaves it out",
+           "python_functions=check_*": "test_views_are_empty not collected: python_functions = check_*"}[override]
+    result.stdout.fnmatch_lines(["refusing to apply 20250101000002_drop_denormalized.sql: every step before it must "
+                                 "pass in this run, and custom checks that may belong to a step before it were not "
+                                 f"collected: checks/test_views_empty.py ({why}); collect the plan's whole folder: *"])
+    result.stdout.fnmatch_lines([f"not collected    checks/test_views_empty.py ({why})"])
     assert result.ret == 1
     assert "customer_name" in p.columns("sales")
     assert ledger(p) == ["20250101000001_create_views.sql"]
@@ -133,7 +138,11 @@ def test_a_plugin_cannot_pass_a_custom_check_off_as_done(project: Callable[..., 
     (p.path / "conftest.py").write_text("import pytest\n\n\n" + plugin)
     result = p.run("-v", "--phase4-confirm-destructive", seed=True)
     assert outcomes_of(result)[f"{M2}::apply"] == "FAILED"
-    result.stdout.fnmatch_lines(["refusing to apply 20250101000002_drop_denormalized.sql: *test_views_are_empty*"])
+    why = ("reported without running: a plugin took over the test call" if "pyfunc" in plugin else
+           "by a skip marker, a fixture or a plugin, before they ran")
+    result.stdout.fnmatch_lines(["refusing to apply 20250101000002_drop_denormalized.sql: every step before it must "
+                                 "pass in this run, and 20250101000001_create_views.sql did not: 1 of its 4 test(s) "
+                                 f"were skipped: {why} (checks/test_views_empty.py::test_views_are_empty); *"])
     assert result.ret == 1
     assert "customer_name" in p.columns("sales")
     assert ledger(p) == ["20250101000001_create_views.sql"]
