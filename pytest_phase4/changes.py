@@ -170,15 +170,17 @@ def store(conn: psycopg.Connection[Any], file: str, seen: Seen, transactional: b
     return Record(file, found, rows)
 
 
-def store_partial(conn: psycopg.Connection[Any], file: str, seen: Seen) -> None:
+def store_partial(conn: psycopg.Connection[Any], file: str, seen: Seen) -> bool:
     """A transaction = false migration failed with some statements committed: record what they did (the ledger
-    does not list the file), so that a rollback undoes them too. Never hides the migration's own error."""
+    does not list the file), so that a rollback undoes them too. Never hides the migration's own error: False
+    when the record could not be written."""
     try:
         with conn.transaction():
             store(conn, file, seen, transactional=False)
             conn.execute("INSERT INTO pytest_phase4.partial (file) VALUES (%s) ON CONFLICT DO NOTHING", (file,))
     except psycopg.Error:
-        pass
+        return False
+    return True
 
 
 def partial_files(conn: psycopg.Connection[Any]) -> set[str]:

@@ -77,6 +77,7 @@ class MigrationFailed(Phase4Error):
     statement: str = ""
     blockers: list[str] = field(default_factory=list)  # sessions that held the locks it waited for
     rolled_back: bool = True  # false for transaction = false migrations, whose statements commit one by one
+    committed: str = ""  # ... and then how many stayed committed: "1 of 3 statement(s)"
 
     def __post_init__(self) -> None:
         super().__init__(self.summary)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_phase4 import migrate
-from pytest_phase4.run import ALREADY, APPLIED, BLOCKED, FAILED, REFUSED, Phase4Run
+from pytest_phase4.run import ALREADY, APPLIED, BLOCKED, FAILED, REFUSED, MigrationState, Phase4Run
 
 PERF_KINDS = frozenset({"perf_before", "perf_after", "explain_under"})
 
@@ -109,6 +109,16 @@ def _short(text: str, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."
 
 
+def _undone(state: MigrationState) -> tuple[bool, str]:
+    """Whether part of a failed migration stayed applied, and the words for what happened to it."""
+    if state.migration.transaction:
+        return False, "its own transaction was rolled back"
+    if not state.stayed or state.stayed.startswith("0 "):
+        return False, "transaction = false, and none of its statements had committed"
+    return True, (f"transaction = false: {state.stayed} committed one by one before the failure stay applied, and "
+                  "the ledger does not list the file")
+
+
 @dataclass
 class Evidence:
     run: Phase4Run
@@ -143,13 +153,15 @@ class Evidence:
         failures = [r for r in self.records.values() if r.outcome in ("failed", "error")]
         if self.run.safety.rollback:  # this run was the rollback itself (runbook Part 7)
             return self._rollback_run(failures, stayed)
-        if failed_migration is not None and not stayed:
-            return False, (f"{failed_migration.migration.file} failed (its own transaction was rolled back) and no "
-                           "migration of the plan is applied: nothing to roll back; fix it and rerun")
         if failed_migration is not None:
-            return True, (f"{failed_migration.migration.file} failed (its own transaction was rolled back); "
-                          f"{len(stayed)} migration(s) of the plan stay applied ({len(applied)} of this run): "
-                          "roll back with --phase4-rollback (Part 7) or fix and rerun")
+            partly, undone = _undone(failed_migration)
+            file = failed_migration.migration.file
+            if not stayed and not partly:
+                return False, (f"{file} failed ({undone}) and no migration of the plan is applied: nothing to roll "
+                               "back; fix it and rerun")
+            return True, (f"{file} failed ({undone}); {len(stayed)} migration(s) of the plan stay applied "
+                          f"({len(applied)} of this run): roll back with --phase4-rollback (Part 7"
+                          + (", it undoes the committed part too" if partly else "") + ") or fix and rerun")
         refused = next((s for s in states if s.status == REFUSED), None)
         if refused is not None and not stayed:
             return False, (f"{refused.migration.file} was refused, not attempted ({refused.note}); no migration of "

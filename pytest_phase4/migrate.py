@@ -16,7 +16,7 @@ import psycopg
 from psycopg.pq import TransactionStatus
 
 from pytest_phase4 import changes, ledger, sqltext
-from pytest_phase4.errors import MigrationFailed
+from pytest_phase4.errors import MigrationFailed, Phase4Error
 from pytest_phase4.locks import Observer
 from pytest_phase4.plan import Migration
 
@@ -32,6 +32,7 @@ class Applied:
 
 
 Blockers = Callable[[], list[str]]  # who blocked the migration last, as readable lines
+Connect = Callable[[], psycopg.Connection[Any]]  # a new session on the target, when the migration's was lost
 
 
 def file_sha256(migration: Migration) -> str:
@@ -39,9 +40,10 @@ def file_sha256(migration: Migration) -> str:
 
 
 def apply(conn: psycopg.Connection[Any], migration: Migration, plan_name: str, schema: str,
-          blockers: Blockers = list, observer: Observer | None = None) -> Applied:
+          blockers: Blockers = list, observer: Observer | None = None, connect: Connect | None = None) -> Applied:
     """Run the file and record it in the ledger; raise MigrationFailed saying what was and was not applied.
-    The observer, when given, weighs the file's hazards first and sees every statement (and may refuse)."""
+    The observer, when given, weighs the file's hazards first and sees every statement (and may refuse).
+    `connect` records what a transaction = false file committed when its own session was lost."""
     raw = migration.path.read_bytes()
     text = raw.decode("utf-8")
     sha = hashlib.sha256(raw).hexdigest()
@@ -64,7 +66,8 @@ def apply(conn: psycopg.Connection[Any], migration: Migration, plan_name: str, s
         if migration.transaction:
             _in_transaction(conn, migration, statements, text, sha, plan_name, started, watch)
         else:
-            _statement_by_statement(conn, migration, statements, text, sha, plan_name, schema, started, watch)
+            _statement_by_statement(conn, migration, statements, text, sha, plan_name, schema, started, watch,
+                                    connect)
     except _StatementError as failed:
         watch.end(committed=False)
         failure = _translate(conn, migration, text, failed.error, failed.statement)
@@ -77,6 +80,11 @@ def apply(conn: psycopg.Connection[Any], migration: Migration, plan_name: str, s
         if exc.sqlstate in _WAITED:
             failure.blockers = blockers()
         raise failure from None
+    except MigrationFailed as failure:
+        watch.end(committed=False)
+        if failure.sqlstate in _WAITED and not failure.blockers:
+            failure.blockers = blockers()
+        raise
     except BaseException:
         watch.end(committed=False)
         raise
@@ -119,38 +127,78 @@ def _in_transaction(conn: psycopg.Connection[Any], m: Migration, statements: lis
 
 
 def _statement_by_statement(conn: psycopg.Connection[Any], m: Migration, statements: list[sqltext.Statement],
-                            text: str, sha: str, plan: str, schema: str, started: float, watch: Observer) -> None:
+                            text: str, sha: str, plan: str, schema: str, started: float, watch: Observer,
+                            connect: Connect | None) -> None:
+    """Each statement commits as it ends: whatever fails (a statement, the connection, the ledger row, Ctrl-C),
+    what the committed ones did stays applied. The failure says how many, and what they did is recorded for
+    --phase4-rollback; nothing done to clean up may take the place of the real error."""
     conn.autocommit = True
     seen = changes.before(conn)  # autocommit: the diff spans the file's statements, which commit one by one
+    done = 0
     try:
         if m.statement_timeout:
             conn.execute("SELECT pg_catalog.set_config('statement_timeout', %s, false)", (m.statement_timeout,))
         watch.begin(conn, statements)
-        for done, stmt in enumerate(statements):
-            try:
-                _execute(conn, stmt, watch)
-            except _StatementError as failed:
-                failure = _translate(conn, m, text, failed.error, stmt)
-                failure.detail = "; ".join(filter(None, [failure.detail, _partial(done, len(statements))]))
-                failure.rolled_back = False
-                raise failure from None
+        for stmt in statements:
+            _execute(conn, stmt, watch)
+            done += 1
         if invalid := invalid_indexes(conn, schema):
-            raise MigrationFailed(
-                m.file, None, None, f"left INVALID index(es) behind: {', '.join(invalid)}",
-                detail=f"{_partial(len(statements), len(statements))}; a failed or cancelled CREATE INDEX "
-                       f"CONCURRENTLY leaves an invalid index: DROP INDEX CONCURRENTLY {invalid[0]}; then rerun",
-                rolled_back=False)
-    except MigrationFailed:
-        changes.store_partial(conn, m.file, seen)  # what stayed committed, for --phase4-rollback to undo
-        raise
-    finally:
+            raise MigrationFailed(m.file, None, None, f"left INVALID index(es) behind: {', '.join(invalid)}",
+                                  detail=f"a failed or cancelled CREATE INDEX CONCURRENTLY leaves an invalid index: "
+                                         f"DROP INDEX CONCURRENTLY {invalid[0]}; then rerun")
         if m.statement_timeout:
             conn.execute("RESET statement_timeout")
         conn.autocommit = False
-    with conn.transaction():
-        ledger.record(conn, m.file, sha, plan, (time.perf_counter() - started) * 1000)
-        changes.store(conn, m.file, seen, transactional=False)
-        ledger.sync_supabase(conn, m.file, text)
+        with conn.transaction():
+            ledger.record(conn, m.file, sha, plan, (time.perf_counter() - started) * 1000)
+            changes.store(conn, m.file, seen, transactional=False)
+            ledger.sync_supabase(conn, m.file, text)
+    except _StatementError as failed:
+        failure = _translate(conn, m, text, failed.error, failed.statement)
+        raise _partly(failure, done, len(statements), _record_partial(conn, m, seen, schema, connect)) from None
+    except psycopg.Error as exc:  # outside the statements: the connection, the ledger row
+        failure = _translate(conn, m, text, exc)
+        raise _partly(failure, done, len(statements), _record_partial(conn, m, seen, schema, connect)) from None
+    except MigrationFailed as failure:
+        raise _partly(failure, done, len(statements), _record_partial(conn, m, seen, schema, connect)) from None
+    except BaseException:  # Ctrl-C: the statement running is cancelled, the ones before it stay committed
+        _record_partial(conn, m, seen, schema, connect)
+        raise
+
+
+def _record_partial(conn: psycopg.Connection[Any], m: Migration, seen: changes.Seen, schema: str,
+                    connect: Connect | None) -> tuple[bool, list[str]]:
+    """Record what the committed statements did (in a new session if the migration's was lost): whether it was
+    recorded, and the INVALID indexes a failed CREATE INDEX CONCURRENTLY left behind."""
+    fresh = None
+    try:
+        if conn.closed or conn.broken:
+            if connect is None:
+                return False, []
+            conn = fresh = connect()
+        conn.autocommit = False
+        recorded = changes.store_partial(conn, m.file, seen)
+        conn.autocommit = True
+        return recorded, invalid_indexes(conn, schema)
+    except (psycopg.Error, Phase4Error):
+        return False, []
+    finally:
+        if fresh is not None:
+            fresh.close()
+
+
+def _partly(failure: MigrationFailed, done: int, total: int, record: tuple[bool, list[str]]) -> MigrationFailed:
+    """The failure of a transaction = false migration: how many statements stayed committed, and what else."""
+    recorded, invalid = record
+    failure.rolled_back = False
+    failure.committed = f"{done} of {total} statement(s)"
+    notes = [failure.detail, _partial(done, total)]
+    if not recorded:
+        notes.append("what they did could not be recorded for --phase4-rollback: undo it by hand if needed")
+    if invalid and not failure.message.startswith("left INVALID"):  # that failure names them with the fix
+        notes.append(f"INVALID index(es) left behind: {', '.join(invalid)}: DROP INDEX CONCURRENTLY {invalid[0]}")
+    failure.detail = "; ".join(filter(None, notes))
+    return failure
 
 
 def _partial(done: int, total: int) -> str:
@@ -174,8 +222,10 @@ def _translate(conn: psycopg.Connection[Any], migration: Migration, text: str, e
         line = sqltext.line_of(text, stmt.start + int(diag.statement_position))
     lines = str(exc).strip().splitlines()
     message = diag.message_primary or (lines[0] if lines else type(exc).__name__)
-    if conn.closed or conn.broken:
+    if (conn.closed or conn.broken) and migration.transaction:
         message = (f"{message} (the connection to the server was lost: the server rolls back the open "
                    "transaction, so nothing of this file was applied)")
+    elif conn.closed or conn.broken:
+        message = f"{message} (the connection to the server was lost)"
     return MigrationFailed(migration.file, line, exc.sqlstate, message,
                            detail=diag.message_detail or diag.message_hint or "", statement=statement)

@@ -38,6 +38,7 @@ class MigrationState:
     sha256: str = ""
     note: str = ""
     measured: locks.Measurement | None = None  # what it held on the target, as applied in this run
+    stayed: str = ""  # failed with part of it committed (transaction = false): "1 of 3 statement(s)"
     rehearsed: dict[str, Any] | None = None  # the same, measured on the rehearsal copy (its JSON form)
 
     @property
@@ -334,14 +335,20 @@ class Phase4Run:
                     (self.progress or _quiet)(migration.file):
                 self.watch = watch
                 done = migrate.apply(writer, migration, self.plan.name, self.plan.schema,
-                                     blockers=lambda: [str(b) for b in watch.blockers], observer=observer)
+                                     blockers=lambda: [str(b) for b in watch.blockers], observer=observer,
+                                     connect=self._writer)
         except MigrationFailed as exc:
             state.status, state.duration_ms = FAILED, (time.perf_counter() - started) * 1000
-            state.note = exc.summary
+            state.note, state.stayed = exc.summary, exc.committed
             raise
-        except BaseException:  # Ctrl-C: psycopg cancels the query and the transaction rolls back
+        except BaseException:  # Ctrl-C: psycopg cancels the query; a transaction rolls back, autocommit does not
             state.status, state.duration_ms = FAILED, (time.perf_counter() - started) * 1000
             state.note = "interrupted: rolled back"
+            if not migration.transaction:
+                n = len(observer.measurement.statements)
+                state.stayed = f"{n} statement(s)"
+                state.note = (f"interrupted after {n} statement(s), committed one by one (transaction = false): "
+                              "they stay applied; the ledger does not list the file")
             raise
         finally:
             writer.close()

@@ -38,7 +38,8 @@ def test_failed_concurrent_index_is_named_with_the_fix(project: Callable[..., Pr
         "[[]SQLSTATE 23505[]]",
         "detail: Key (customer_id)=(*) is duplicated.; transaction = false: 1 of 2 statement(s) were committed "
         "before this point and stay applied; the ledger does not list the file, so make its statements "
-        "idempotent (IF NOT EXISTS) before rerunning",
+        "idempotent (IF NOT EXISTS) before rerunning; INVALID index(es) left behind: idx_tickets_customer: DROP INDEX "
+        "CONCURRENTLY idx_tickets_customer",
     ])
     assert "the migration's transaction was rolled back" not in result.stdout.str()
     assert p.query("SELECT file FROM pytest_phase4.ledger ORDER BY 1") == [
