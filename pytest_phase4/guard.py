@@ -6,6 +6,7 @@ lock, so it holds exactly while that connection does, and is released by the ser
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -34,6 +35,10 @@ WHERE w.pid = %s AND w.wait_event_type = 'Lock'
 """
 
 
+# Set by --phase4-rehearse for its child run: the server pid of the session holding the parent run's lock.
+PARENT_LOCK_ENV = "PHASE4_REHEARSAL_LOCK"
+
+
 def take_run_lock(conn: psycopg.Connection[Any], target: str) -> None:
     """Hold the database for this run, or refuse at once naming who holds it; never wait."""
     row = conn.execute("SELECT pg_catalog.pg_try_advisory_lock(%s, %s)", (LOCK_CLASS, LOCK_RUN)).fetchone()
@@ -43,10 +48,32 @@ def take_run_lock(conn: psycopg.Connection[Any], target: str) -> None:
     who = (f"pid {holder[0]} (application {holder[1] or '?'}, user {holder[2]}, "
            f"from {holder[3] or 'local socket'}, started {holder[4]:%Y-%m-%d %H:%M:%S %Z})"
            if holder else "a session that just ended")
+    if holder and str(holder[0]) == os.environ.get(PARENT_LOCK_ENV):
+        raise TargetError(
+            f"this rehearsal reached {target}, which the run that started it holds ({who}, its own run lock "
+            "session): a rehearsal runs only on its scratch copy, so nothing was done here. Report this as a bug "
+            "of pytest-phase4, with how the run was started (options, PYTEST_ADDOPTS, ini addopts)")
     raise TargetError(
         f"another pytest-phase4 run holds {target}: {who}. Only one run per database at a time: wait for it "
         "to finish; if it is stuck, end it (SELECT pg_terminate_backend(pid)) and rerun: its migration was "
         "rolled back and the ledger shows where to resume")
+
+
+def run_lock_lost(conn: psycopg.Connection[Any] | None, pid: int) -> str | None:
+    """Why the session `conn` (server pid `pid`) no longer holds the run lock, or None while it does."""
+    if conn is None or conn.closed or conn.broken:
+        return f"the session that held it (pid {pid}) is closed"
+    try:
+        row = conn.execute("SELECT count(*) FROM pg_catalog.pg_locks WHERE locktype = 'advisory' AND classid = %s"
+                           " AND objid = %s AND granted AND pid = pg_catalog.pg_backend_pid()",
+                           (LOCK_CLASS, LOCK_RUN)).fetchone()
+    except psycopg.Error as exc:
+        lines = str(exc).strip().splitlines()
+        said = exc.diag.message_primary or (lines[0] if lines else type(exc).__name__)
+        return f"the session that held it (pid {pid}) ended ({said})"
+    if not row or not row[0]:
+        return f"the session that held it (pid {pid}) released it"
+    return None
 
 
 @dataclass

@@ -12,9 +12,10 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 
-from pytest_phase4 import evidence_hooks, ordering, report, safety_plugin
-from pytest_phase4.errors import Phase4Error, PlanError
+from pytest_phase4 import evidence_hooks, ordering, rehearsal, report, safety_plugin
+from pytest_phase4.errors import Phase4Error, PlanError, TargetError
 from pytest_phase4.items import RUN_KEY, SPEC_KEY, PlanFile
 from pytest_phase4.plan import load_plan
 from pytest_phase4.progress import Terminal
@@ -126,6 +127,12 @@ def _refuse_distribution(config: pytest.Config) -> None:
 
 def _target(settings: Settings, plan: Any, terminal: Terminal) -> Target:
     target = resolve(settings.dsn)
+    if rehearsal.is_child():  # a rehearsal's child run: its scratch copy and nothing else; restored, not seeded
+        params = conninfo_to_dict(target.dsn) if target is not None and target.dsn else {}
+        refused = rehearsal.refuse_other_target(str(params.get("dbname") or "") or None)
+        if target is None or refused:
+            raise TargetError(refused or "a rehearsal runs only on the scratch copy its DSN names")
+        return target
     if target is None:
         with terminal.step("starting a throwaway PostgreSQL server (local initdb/pg_ctl, else Docker)"):
             target = start_throwaway("phase4")

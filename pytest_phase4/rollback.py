@@ -1,5 +1,5 @@
-"""Rollback (runbook Part 7) in one transaction, and the rehearsal. Each public step function is one test of
-the report; no pytest here.
+"""Rollback (runbook Part 7) in one transaction. Each public step function is one test of the report; no pytest
+here.
 
 Two modes. `revert` (the default) undoes what the plan's migrations recorded (changes.py) and keeps every
 write made since the backup. `restore` puts the whole backup back, after listing what that loses and only with
@@ -11,10 +11,6 @@ database and the ledger are exactly as before.
 
 from __future__ import annotations
 
-import os
-import re
-import subprocess
-import sys
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,7 +20,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from pytest_phase4 import backup, changes, ledger, locks, pgscript, revert, snapshot
+from pytest_phase4 import backup, changes, ledger, pgscript, revert, snapshot
 from pytest_phase4.errors import CheckFailed
 from pytest_phase4.revert_apply import Reverter, Source
 from pytest_phase4.safety import tools
@@ -322,6 +318,10 @@ def begin(run: Phase4Run, state: RollbackState) -> psycopg.Connection[Any]:
     if state.failed is not None:  # a failed step rolled the transaction back: nothing may start another
         raise CheckFailed("no failed step before this one", f"step {state.failed} failed", "rollback",
                           hint="the rollback's transaction was rolled back: nothing changed")
+    if lost := run.lock_lost():  # another run may have started: nothing may be written without the lock
+        raise CheckFailed("this run's run lock, held until the rollback commits", lost, run.target.label,
+                          hint="another run may have started since: the rollback's transaction was rolled back, "
+                               "nothing changed; rerun --phase4-rollback")
     if state.conn is None:
         run.end_reads()
         conn = run.target.connect(read_only=False, autocommit=False, settings={"lock_timeout": run.lock_timeout})
@@ -346,6 +346,7 @@ def commit(run: Phase4Run, state: RollbackState) -> str:
     conn = state.conn
     if conn is None:
         raise CheckFailed("the rollback's transaction to commit", "none open", "rollback")
+    begin(run, state)  # the run lock is still held: checked right before the commit, as before every write
     conn.commit()
     conn.close()
     state.conn, state.committed = None, True
@@ -377,40 +378,3 @@ def ledger_step(run: Phase4Run, state: RollbackState) -> str:
     record_history(state, begin(run, state))
     return (f"ledger: {len(state.files)} migration(s) no longer applied ({', '.join(state.files)}); the rollback "
             "recorded in pytest_phase4.rollbacks (same transaction)")
-
-
-# -- rehearsal -----------------------------------------------------------------------------------------------
-def rehearse(run: Phase4Run, rootdir: Path) -> str:
-    """Run the whole plan against a scratch copy restored from this run's backup, in a child pytest."""
-    s = run.safety
-    if s.folder is None or not s.verified:
-        raise CheckFailed("a verified backup made by this run to rehearse on", "none", "backup stage",
-                          hint="the rehearsal restores this run's backup: keep the backup stage selected")
-    name = f"{run.ro.info.dbname}_phase4_rehearsal"[:63]
-    with backup.scratch_database(run.target.dsn, name) as dsn:
-        backup.restore(tools(run), dsn, s.folder / backup.DUMP, run.target.secrets, clean=False, owner=False)
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute("ANALYZE")  # a restore leaves no statistics: the locks' row estimates and hazards need them
-        # The DSN in the environment: a password never reaches the command line. A wide terminal: the failure
-        # lines quoted below are not cut at 80 columns.
-        env = dict(os.environ, PHASE4_DSN=dsn, COLUMNS="400")
-        evidence = s.folder / "rehearsal.json"
-        args = [sys.executable, "-m", "pytest", "--phase4", f"--phase4-plan={run.plan.path}",
-                "--phase4-confirm-destructive", f"--phase4-backup-dir={s.folder / 'rehearsal'}",
-                f"--html={s.folder / 'rehearsal.html'}", f"--phase4-json={evidence}", "-p", "no:cacheprovider",
-                "-q", "-rfEs", f"--rootdir={rootdir}"]
-        proc = subprocess.run(args, cwd=rootdir, env=env, stdin=subprocess.DEVNULL, capture_output=True,
-                              text=True, check=False)
-    for file, measured in locks.from_evidence(evidence).items():  # what the real run will hold, green or not
-        if file in run.states:
-            run.states[file].rehearsed = measured
-    output = run.target.scrub(proc.stdout + proc.stderr)
-    lines = [line for line in output.splitlines() if line.strip()]
-    summary = lines[-1].strip("= ") if lines else "no output"
-    if proc.returncode != 0:
-        failed = [line for line in lines if re.match(r"^(FAILED|ERROR) ", line)]
-        raise CheckFailed("the whole plan green on a scratch copy restored from the backup",
-                          f"exit {proc.returncode}: {summary}", f"scratch database {name}",
-                          details=failed[:20] or lines[-20:],
-                          hint="nothing was done to the target: fix the plan or migration, then run again")
-    return f"rehearsal on {name} green: {summary}; report {s.folder / 'rehearsal.html'}"

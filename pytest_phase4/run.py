@@ -100,6 +100,7 @@ class Phase4Run:
     extras: RunExtras = field(default_factory=RunExtras)
     _ro: psycopg.Connection[Any] | None = None
     _guard: psycopg.Connection[Any] | None = None  # holds the run lock; watches blocked migrations
+    lock_pid: int = 0  # the server process of the session holding the run lock
     _snapshot: checks.Snapshot | None = None
     safety: safety.SafetyState = field(default_factory=lambda: safety.SafetyState())
     workers: int = 1  # read-only connections that run a step's heavy queries side by side (1: none)
@@ -123,6 +124,7 @@ class Phase4Run:
         """Take the run lock, connect read-only, learn the server version and the ledger. Writes nothing."""
         self._guard = self.target.connect(read_only=True, autocommit=True)
         guard.take_run_lock(self._guard, self.target.label)
+        self.lock_pid = self._guard.info.backend_pid
         self._ro = self._connect_ro()
         self.server_version = str(self._ro.execute("SHOW server_version").fetchone()[0])  # type: ignore[index]
         self.applied_before_run = ledger.read(self._ro)
@@ -152,6 +154,12 @@ class Phase4Run:
         if self._ro is None or self._ro.closed:
             self._ro = self._connect_ro()
         return self._ro
+
+    def lock_lost(self) -> str | None:
+        """Why this run no longer holds its run lock (the session holding it ended), or None while it does.
+        Checked before every write: without it another run may have started, and what this run's earlier steps
+        checked may no longer hold. Not taken again, for the same reason: the run writes nothing more."""
+        return guard.run_lock_lost(self._guard, self.lock_pid)
 
     def _writer(self) -> psycopg.Connection[Any]:
         """A new session for each migration: nothing one file SETs (search_path, lock_timeout, a role) reaches
@@ -321,6 +329,13 @@ class Phase4Run:
                 if later.status == PENDING and later.migration.index > migration.index:
                     later.status, later.note = BLOCKED, f"blocked at the point of no return ({migration.file})"
             raise DestructiveBlocked(blocked)
+        if lost := self.lock_lost():
+            state.status, state.note = REFUSED, "this run lost its run lock"
+            raise Refused(f"refusing to apply {migration.file}: this run no longer holds its run lock on "
+                          f"{self.target.label}: {lost}. Another run may have started since, and what this run's "
+                          "earlier steps checked may no longer hold, so it applies nothing more (the lock is not "
+                          "taken again). Find out who ended the session (the server log), then rerun the whole "
+                          "plan: the ledger shows what is applied")
         if migration.destructive:
             by = ("no one: an embedded throwaway database needs no confirmation" if self.target.embedded is not None
                   else "--phase4-confirm-destructive" if self.confirm_destructive else "'yes' at the prompt")

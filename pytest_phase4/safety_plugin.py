@@ -12,7 +12,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from pytest_phase4 import backup, checks, rollback, rollback_steps
+from pytest_phase4 import backup, checks, rehearsal, rollback, rollback_steps
 from pytest_phase4.errors import CheckFailed
 from pytest_phase4.items import ROLLBACK_STEP_KEY
 from pytest_phase4.run import Phase4Run
@@ -55,7 +55,8 @@ def configure(config: pytest.Config, run: Phase4Run) -> None:
         s.backup_root = config.rootpath / "_backups" / backup.slug(run.plan.name)
     s.verify_restore = bool(config.getoption("phase4_verify_restore") or config.getini("phase4_verify_restore"))
     s.rollback = _mode(config.getoption("phase4_rollback"))
-    s.rehearse = bool(config.getoption("phase4_rehearse"))
+    # The rehearsal's own child run does not rehearse again (--phase4-rehearse in the project's ini addopts)
+    s.rehearse = bool(config.getoption("phase4_rehearse")) and not rehearsal.is_child()
     if s.rollback and s.rehearse:
         raise pytest.UsageError("--phase4-rollback and --phase4-rehearse are separate modes: give one of them")
     if s.rehearse and not s.has_backup_stage(run.plan):
@@ -182,7 +183,7 @@ def rehearsal_items(collector: Any, position: int) -> Iterator[pytest.Item]:
     def phase4_rehearsal(phase4_run: Phase4Run, request: pytest.FixtureRequest,
                          record_property: Callable[[str, object], None]) -> None:
         try:
-            observed = rollback.rehearse(phase4_run, request.config.rootpath)
+            observed = rehearsal.rehearse(phase4_run, request.config.rootpath)
         except psycopg.Error as exc:  # e.g. no CREATEDB privilege for the scratch copy
             raise CheckFailed("a scratch copy of the backup to rehearse on",
                               phase4_run.target.scrub(checks.sql_error(exc)), phase4_run.target.label,

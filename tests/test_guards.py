@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import psycopg
+import pytest
+
 from conftest import Project, outcomes_of
+from pytest_phase4 import guard
+from pytest_phase4.errors import TargetError
 
 M3 = "checks/phase4.toml::20250101000003_add_indexes"
 
@@ -72,3 +77,22 @@ def test_supabase_history_rolls_back_with_a_failed_migration(project: Callable[.
     assert p.run("--phase4-confirm-destructive", seed=True).ret == 1
     assert p.query("SELECT version FROM supabase_migrations.schema_migrations ORDER BY 1") == [
         ("20250101000001",), ("20250101000002",)]
+
+
+def test_the_run_lock_names_a_lost_lock_and_the_parent_run_for_what_they_are(
+        scratch_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run checks its lock before each write; a rehearsal's child that reaches its parent's database is not told
+    that 'another run' holds it (the pid named would be the parent's own lock session)."""
+    holder = psycopg.connect(scratch_dsn, autocommit=True)
+    guard.take_run_lock(holder, "db")
+    pid = holder.info.backend_pid
+    assert guard.run_lock_lost(holder, pid) is None
+    with psycopg.connect(scratch_dsn, autocommit=True) as child:
+        monkeypatch.setenv(guard.PARENT_LOCK_ENV, str(pid))
+        with pytest.raises(TargetError, match=rf"^this rehearsal reached db, which the run that started it holds "
+                                              rf"\(pid {pid} \(application .*\), its own run lock session\)"):
+            guard.take_run_lock(child, "db")
+        child.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    assert str(guard.run_lock_lost(holder, pid)).startswith(f"the session that held it (pid {pid}) ended (")
+    assert guard.run_lock_lost(holder, pid) == f"the session that held it (pid {pid}) is closed"
+    holder.close()

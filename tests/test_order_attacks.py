@@ -4,6 +4,8 @@ test asserts the safe behaviour, read from the ledger and the data with SQL, out
 
 from __future__ import annotations
 
+import json
+import re
 import shlex
 import threading
 import time
@@ -160,6 +162,10 @@ def test_the_rehearsal_runs_on_the_scratch_copy_when_the_dsn_comes_from_pytest_a
     assert "another pytest-phase4 run holds" not in result.stdout.str()
     assert outcomes_of(result)[f"{PLAN}::backup::rehearse"] == "PASSED"
     assert result.ret == 0, result.stdout.str()
+    child = json.loads(next((p.path / "_backups").rglob("rehearsal.json")).read_text())
+    assert re.search(r"\bdbname=scratch_\d+_phase4_rehearsal\b", child["dsn"]), child["dsn"]
+    assert ledger(p) == ["20250101000001_create_views.sql", "20250101000002_drop_denormalized.sql",
+                         "20250101000003_add_indexes.sql"]
 
 
 def test_a_non_transactional_migration_cut_off_midway_says_what_stayed_applied(
@@ -200,6 +206,9 @@ def test_a_run_that_lost_its_run_lock_applies_nothing_more(project: Callable[...
     result = p.run("-v", "--phase4-confirm-destructive", seed=True)
     assert outcomes_of(result)["checks/test_dba_kills_idle_sessions.py::test_dba_ends_idle_sessions"] == "PASSED"
     assert outcomes_of(result)[f"{M1}::apply"] == "FAILED"
+    result.stdout.fnmatch_lines(["refusing to apply 20250101000001_create_views.sql: this run no longer holds its run "
+                                 "lock on *: the session that held it (pid *) ended (*). Another run may have started "
+                                 "since, * so it applies nothing more (the lock is not taken again). *"])
     assert result.ret == 1
     assert ledger(p) == []
 
