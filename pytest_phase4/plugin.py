@@ -24,6 +24,18 @@ from pytest_phase4.seed import load_setup
 from pytest_phase4.settings import Settings, missing_plan
 from pytest_phase4.target import Target, resolve, start_throwaway
 
+# The plugin's own parts, registered by name for a --phase4 run: `-p no:<name>` of any of them is refused.
+PARTS = {
+    "phase4-migrations": "the migrations as session fixtures, each set up after the one before it",
+    "phase4-runbook": "the plan's order, halting, and the rule that a migration applies only after every earlier "
+                      "step passed",
+    "phase4-report": "the report header and the migrations table",
+    "phase4-html": "the HTML report's title and observed values",
+    "phase4-evidence": "the execution summary and the JSON evidence",
+    "phase4-evidence-html": "the execution summary at the top of the HTML report",
+    "phase4-safety": "the backups, the rehearsal and the rollback",
+}
+
 STAGE_MARKERS = {
     "preflight": "phase4 preflight checks: read-only, nothing migrated (the CI gate)",
     "migration": "phase4 migrations and their verify checks",
@@ -62,6 +74,8 @@ def pytest_cmdline_main(config: pytest.Config) -> None:
         plan = load_plan(plan_path, display=_display(plan_path, config.rootpath))
     except PlanError as exc:
         raise pytest.UsageError(str(exc)) from None
+    if left_out := _plan_left_out(config, plan.path):
+        raise pytest.UsageError(left_out)
     if config.pluginmanager.hasplugin("html"):
         _check_writable(Path(config.getoption("htmlpath", None) or settings.report_dir(config.rootpath) / "x").parent)
     terminal = Terminal.open()  # heartbeat lines of long steps, from seeding to the last check
@@ -102,7 +116,28 @@ def _refuse_options(config: pytest.Config) -> None:
     if not config.pluginmanager.hasplugin("python"):
         raise pytest.UsageError("-p no:python: pytest would report every check of the runbook passed without "
                                 "running it; drop -p no:python")
+    if blocked := [name for name in PARTS if config.pluginmanager.is_blocked(name)]:
+        raise pytest.UsageError(f"{', '.join(f'-p no:{n}' for n in blocked)} disables a part of pytest-phase4 ("
+                                f"{'; '.join(PARTS[n] for n in blocked)}): a runbook runs with all of it or not at "
+                                f"all; drop {', '.join(f'-p no:{n}' for n in blocked)}")
     _refuse_distribution(config)
+
+
+def _plan_left_out(config: pytest.Config, plan: Path) -> str | None:
+    """Why the paths on the command line leave the whole plan out (nothing of the runbook would run), or None.
+    A path into the plan's folder (a custom check) selects part of it: the run refuses what that leaves out."""
+    if config.args_source != pytest.Config.ArgsSource.ARGS:
+        return None  # no path given: the plugin collects the plan's folder
+    folder = plan.resolve().parent
+    for arg in config.args:
+        path = (config.invocation_params.dir / arg.split("::")[0]).resolve()
+        if not path.exists() or path == folder or path in folder.parents or folder in path.parents:
+            return None  # a name pytest resolves otherwise (--pyargs), or a path that holds part of the plan
+    named = " ".join(config.args)
+    shown = _display(plan, config.invocation_params.dir)
+    return (f"--phase4 runs the plan {shown}, but the command line names only {named}, which holds no part of it: "
+            f"nothing of the runbook would run. Give no path (the plan's folder is collected), or name the plan's "
+            f"folder too: pytest --phase4 {_display(folder, config.invocation_params.dir)} {named}")
 
 
 def _refuse_distribution(config: pytest.Config) -> None:

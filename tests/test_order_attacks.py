@@ -221,3 +221,63 @@ def test_p_no_of_any_part_of_the_plugin_is_refused(project: Callable[..., Projec
     result = p.run("-p", f"no:{name}", "-m", "preflight", seed=True)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([f"ERROR: -p no:{name}*"])
+
+
+# The attacker's doubtful items, decided.
+
+def test_two_migrations_of_the_plan_with_the_same_content_the_later_is_refused(
+        project: Callable[..., Project]) -> None:
+    """A migration copied under a new name and the old one left in the plan: both would apply the same SQL."""
+    p = project("mini", "cents")
+    migrations = p.path / "checks/migrations"
+    (migrations / "20250101000003_add_indexes.sql").write_bytes(
+        (migrations / "20250101000002_prices_to_cents.sql").read_bytes())
+    result = p.run("-v", seed=True)
+    assert outcomes_of(result)[f"{M3}::apply"] == "FAILED"
+    result.stdout.fnmatch_lines(["refusing to apply 20250101000003_add_indexes.sql: its content (sha256 *) is that "
+                                 "of 20250101000002_prices_to_cents.sql, applied * (ledger): it is the same migration "
+                                 "under another name, *"])
+    assert result.ret == 1
+    assert ledger(p) == ["20250101000001_create_views.sql", "20250101000002_prices_to_cents.sql"]
+    assert cents(p) == 100 * 10 * sum(range(1, 101)), "the prices were multiplied by 100 more than once"
+
+
+def test_a_custom_check_module_that_skips_itself_is_listed_as_not_run(project: Callable[..., Project]) -> None:
+    """pytest.importorskip at a module's top: its checks do not run, said plainly in the summary, not only in
+    pytest's 'N skipped'."""
+    p = project("mini")
+    (p.path / "checks/test_with_requests.py").write_text(
+        "import pytest\n\nrequests = pytest.importorskip('phase4_no_such_module')\n\n\n"
+        "def test_api_answers(phase4_db):\n    assert False\n")
+    result = p.run("-m", "preflight", seed=True)
+    result.stdout.fnmatch_lines(["not run          checks/test_with_requests.py: could not import "
+                                 "'phase4_no_such_module': No module named 'phase4_no_such_module' (the module "
+                                 "skipped itself whole: none of its checks ran)"])
+    assert result.ret == 0
+
+
+def test_a_command_line_path_that_holds_no_part_of_the_plan_is_refused(project: Callable[..., Project]) -> None:
+    """pytest --phase4 tests/: nothing of the runbook would run, and the run said nothing of it (exit 0)."""
+    p = project("mini")
+    (p.path / "tests").mkdir()
+    (p.path / "tests/test_app.py").write_text("def test_app():\n    pass\n")
+    result = p.run("tests", seed=True)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: --phase4 runs the plan checks/phase4.toml, but the command line names only "
+                                 "tests, which holds no part of it: nothing of the runbook would run. Give no path *"])
+    assert p.query("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == [(0,)]  # not even seeded
+    assert p.run("tests", "checks", "-m", "preflight", seed=True).ret == 0
+
+
+def test_a_rehearsal_run_refuses_any_target_but_its_scratch_copy(
+        project: Callable[..., Project], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The child of --phase4-rehearse knows its scratch copy by name: whatever DSN reaches it, it runs nowhere
+    else."""
+    p = project("mini")
+    monkeypatch.setenv("PHASE4_REHEARSAL", "crm_phase4_rehearsal")
+    result = p.run("-m", "preflight", seed=True)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: this is the rehearsal run of --phase4-rehearse (PHASE4_REHEARSAL="
+                                 "crm_phase4_rehearsal), but its target is database scratch_*, not its scratch copy "
+                                 "crm_phase4_rehearsal: refusing to run there; nothing was done*"])
+    assert p.query("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == [(0,)]
