@@ -222,18 +222,23 @@ def _locks_rows(node: dict[str, Any]) -> bool:
 def scanned_alone(conn: psycopg.Connection[Any], schema: str, view: str,
                   plan: dict[str, Any] | None = None) -> str | None:
     """The table whose every row count(*) of the view counts once, when the server's plan for it is nothing but
-    count(*) over a scan of that table: no filter, join, grouping, limit or set-returning function left; the
-    table has no inheritance child and no row-level security (the view reads it with its owner's rights), and the
-    checking role may read it. The planner removes a left join only when it cannot add or drop rows (a unique key
-    on the joined side, none of its columns used), so the view then has one row per row of the table for any
-    data, and counting the table (its narrowest index) counts the view. Otherwise None."""
+    count(*) over a scan of that table: no filter, join, grouping, limit or set-returning function left (a
+    row-level security policy that applies to whoever the view reads as is such a filter); the table has no
+    inheritance child, no row-level security that applies to the checking role, and the checking role may read
+    it. The planner removes a left join only when it cannot add or drop rows (a unique key on the joined side,
+    none of its columns used), so the view then has one row per row of the table for any data, and counting the
+    table (its narrowest index) counts the view. Otherwise None."""
     scan = _counted_scan(plan if plan is not None else _count_plan(conn, schema, view))
     # A Seq Scan reads every row; an index scan could read a partial index whose predicate stood for a WHERE.
     if scan is None or scan.get("Node Type") != "Seq Scan" or "Filter" in scan or "Plans" in scan \
             or scan.get("Schema") != schema:
         return None
     table = str(scan.get("Relation Name"))
-    plain = conn.execute("SELECT NOT c.relhassubclass AND NOT c.relrowsecurity AND has_table_privilege(c.oid, 'SELECT')"
+    # Row-level security that applies to the checking role would filter its own count of the table; RLS that
+    # applies to whoever the view reads as (its owner, or the checking role with security_invoker) is a Filter
+    # in the plan above, refused.
+    plain = conn.execute("SELECT NOT c.relhassubclass AND NOT pg_catalog.row_security_active(c.oid)"
+                         " AND has_table_privilege(c.oid, 'SELECT')"
                          " FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
                          " WHERE n.nspname = %s AND c.relname = %s AND c.relkind = 'r'", (schema, table)).fetchone()
     return table if plain == (True,) and table != view else None
