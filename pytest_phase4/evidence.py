@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pytest_phase4 import migrate
+from pytest_phase4 import migrate, personas
 from pytest_phase4.run import ALREADY, APPLIED, BLOCKED, FAILED, REFUSED, MigrationState, Phase4Run
 
 PERF_KINDS = frozenset({"perf_before", "perf_after", "explain_under"})
@@ -296,6 +296,7 @@ class Evidence:
             "index_usage": [{"index": i, "table": t, "idx_scan": s, "idx_tup_read": n}
                             for i, t, s, n in run.extras.index_usage],
             "signoff": self.signoff(),
+            "personas": personas.to_json(run),  # what each persona saw, moment by moment (None without personas)
         }
 
     def write_json(self, path: Path) -> None:

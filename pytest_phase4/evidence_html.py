@@ -11,7 +11,7 @@ import html
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from pytest_phase4 import catalog, lockwords
+from pytest_phase4 import catalog, lockwords, persona_report
 from pytest_phase4.evidence import Evidence, change_words, duration_text, migration_done
 
 e = html.escape
@@ -304,8 +304,12 @@ def _plural(word: str, n: int) -> str:
 
 Section = Callable[[Evidence], str]
 # In the order a change board reads them: the first five fit the first screen of a finished run.
+def _personas(ev: Evidence) -> str:
+    return persona_report.section(ev.run)
+
+
 SECTIONS: Sequence[Section] = (_banner, _issues, _verification, _backup, _signoff, _run_facts, _migrations,
-                               _locks_html, _performance, _index_usage, _catalog_diff)
+                               _locks_html, _personas, _performance, _index_usage, _catalog_diff)
 
 
 def summary_html(ev: Evidence, sections: Sequence[Section] = SECTIONS) -> str:

@@ -316,4 +316,18 @@ _KIND_LIST += [
     Kind("catalog_diff", "every catalog change since before the first migration is expected by the plan",
          {"expect": Param("names", False, ())}, label_fn=lambda p, _: "schema"),
 ]
+
+
+def _scope(params: Mapping[str, Any]) -> str | None:
+    return None if params["scope"] in ("plan", "schemas") else 'scope must be "plan" or "schemas"'
+
+
+# Row-level security (exposure.py): the plan's [[persona]] entries add their own checks (rlsplan.py, personas.py).
+_KIND_LIST.append(Kind(
+    "rls_exposure", "nothing the plan created or changed exposes rows to a role subject to row-level security "
+    "(Supabase's splinter lints 0007, 0008, 0010, 0011, 0013, 0016, 0024)",
+    {"scope": Param("str", False, "plan"), "allow": Param("names", False, ())},
+    label_fn=lambda p, _: str(p["scope"]), constraint=_scope, stages=("preflight", "migration", "post"),
+    stage_reason="it reads what the migrations created or changed: list it in preflight, a migration's verify "
+                 "checks or post"))
 KINDS: dict[str, Kind] = {k.name: k for k in _KIND_LIST}

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pytest_phase4 import rlsplan
 from pytest_phase4.errors import PlanError, Problem
 from pytest_phase4.kinds import COMMON_KEYS, KINDS, Kind, ParamError
 
@@ -27,7 +28,7 @@ _PLAN_KEYS = {"name", "schema", "migrations_dir", *_GATES}
 _SETUP_KEYS = {"files", "settings"}
 _MIGRATION_KEYS = {"file", "title", "destructive", "transaction", "statement_timeout", "verify", *_GATES}
 DURATION = re.compile(r"^\d+\s*(ms|s|min|h)?$")  # PostgreSQL's units for timeouts; a bare number is ms
-_TOP_KEYS = {"phase4", "setup", "migration", "perf", "signoff", *BEFORE_STAGES, *AFTER_STAGES}
+_TOP_KEYS = {"phase4", "setup", "migration", "perf", "signoff", "rls", "persona", *BEFORE_STAGES, *AFTER_STAGES}
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,7 @@ class Plan:
     stages: Mapping[str, tuple[CheckSpec, ...]]  # every stage of BEFORE_STAGES and AFTER_STAGES
     migrations: tuple[Migration, ...]
     signoff: Mapping[str, str] = field(default_factory=dict)  # role key -> title, in plan order ([signoff])
+    rls: rlsplan.RlsSettings = field(default_factory=rlsplan.RlsSettings)  # [rls] and [[persona]]
 
     @property
     def folder(self) -> Path:
@@ -214,11 +216,12 @@ def _build(r: _Reader, data: dict[str, Any], sha: str) -> Plan | None:
     stages = {s: _stage(r, data.get(s, []), s, s, s, migrations) for s in (*BEFORE_STAGES, *AFTER_STAGES)}
     _perf(r, data.get("perf", []), stages)
     signoff = _signoff(r, data.get("signoff", {}))
+    rls, migrations = rlsplan.read(data, r.display, r.header_line, r.problem, stages, migrations)
     if not (migrations or any(stages.values())) and not r.problems:
         r.problem(r.display, "the plan has no [[preflight]], [[migration]] or [[post]] entries")
     if r.problems or name is None:
         return None
-    return Plan(r.path, sha, name, schema, mig_dir, tuple(setup_files), settings, stages, migrations, signoff)
+    return Plan(r.path, sha, name, schema, mig_dir, tuple(setup_files), settings, stages, migrations, signoff, rls)
 
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")

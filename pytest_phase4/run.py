@@ -16,9 +16,10 @@ from typing import Any
 
 import psycopg
 
-from pytest_phase4 import checks, guard, ledger, locks, migrate, safety
+from pytest_phase4 import checks, guard, ledger, locks, migrate, rls_checks, safety
 from pytest_phase4.errors import CheckFailed, MigrationFailed
 from pytest_phase4.facts import Facts
+from pytest_phase4.personas import PersonaBook
 from pytest_phase4.plan import CheckSpec, Migration, Plan
 from pytest_phase4.pool import Pool, count_all
 from pytest_phase4.runextras import RunExtras
@@ -114,6 +115,7 @@ class Phase4Run:
     errors: dict[str, Exception] = field(default_factory=dict)  # why a migration ensure() tried failed
     progress: Callable[[str], AbstractContextManager[object]] | None = None  # shown while a migration runs
     confirmations: dict[str, Confirmation] = field(default_factory=dict)  # destructive file -> how it was passed
+    personas: PersonaBook = field(default_factory=PersonaBook)  # what the plan's personas saw, moment by moment
 
     def __post_init__(self) -> None:
         self.states = {m.file: MigrationState(m) for m in self.plan.migrations}
@@ -257,6 +259,9 @@ class Phase4Run:
         if spec.kind in safety.KINDS:
             self.end_reads()  # it reads on its own, at its own moment: a backup's snapshot describes the dump
             return safety.run_check(self, spec)
+        if spec.kind in rls_checks.KINDS:
+            self.end_reads()  # the personas read in a snapshot of their own
+            return rls_checks.run_check(self, spec)
         try:
             return checks.run_check(self.context(spec), spec)
         finally:

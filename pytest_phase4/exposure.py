@@ -1,0 +1,327 @@
+"""Check kind `rls_exposure`: what the plan created or changed must not widen what an API role can see.
+
+Supabase's splinter lints are the anchor, scoped to the objects the plan's migrations created or changed (their
+records in pytest_phase4.changes, changes.py), or with `scope = "schemas"` to everything in the exposed schemas:
+
+- a view (0010) or materialized view (0016) over a table with row-level security, in an exposed schema, that a
+  role subject to RLS may read, and that runs with its owner's rights (no security_invoker; a materialized view
+  always does): whoever may read it sees every row its owner sees;
+- a table with RLS enabled and no policy (0008), a table with policies and RLS disabled (0007), a table in an
+  exposed schema without RLS (0013);
+- a permissive policy for INSERT, UPDATE, DELETE or ALL whose USING or WITH CHECK is always true, for PUBLIC or
+  an API role (0024);
+- a SECURITY DEFINER function executable by PUBLIC or an API role without a fixed search_path (0011, 0028).
+
+Read-only; names are passed as parameters or composed with psycopg.sql. No pytest here.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from pytest_phase4 import changes, ledger
+from pytest_phase4.changes import Change
+from pytest_phase4.errors import CheckFailed
+from pytest_phase4.plan import CheckSpec, Plan
+from pytest_phase4.rlsplan import RlsSettings
+
+# Views and materialized views, with the tables under them (through views, recursively) that have RLS enabled,
+# and the roles their ACL grants SELECT to that are subject to RLS (PUBLIC, or neither superuser nor BYPASSRLS).
+_VIEWS = """
+WITH RECURSIVE cand AS (
+  SELECT c.oid, n.nspname, c.relname, c.relkind, c.relowner, c.relacl, c.reloptions
+    FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+   WHERE c.relkind IN ('v', 'm') AND n.nspname = ANY(%(schemas)s) AND (%(all)s OR c.oid = ANY(%(oids)s))
+     AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend e WHERE e.classid = 'pg_catalog.pg_class'::regclass
+                       AND e.objid = c.oid AND e.deptype = 'e')  -- an extension's own objects are not the plan's
+), under(view, rel) AS (
+  SELECT v.oid, d.refobjid FROM cand v JOIN pg_catalog.pg_rewrite r ON r.ev_class = v.oid
+    JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.objid = r.oid
+     AND d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid <> v.oid
+  UNION
+  SELECT u.view, d.refobjid FROM under u
+    JOIN pg_catalog.pg_class c ON c.oid = u.rel AND c.relkind IN ('v', 'm')
+    JOIN pg_catalog.pg_rewrite r ON r.ev_class = c.oid
+    JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.objid = r.oid
+     AND d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid <> c.oid
+)
+SELECT v.oid::int8, v.nspname::text, v.relname::text, v.relkind::text, v.relowner::regrole::text,
+       coalesce(v.reloptions, '{}')::text[],
+       coalesce((SELECT array_agg(DISTINCT tn.nspname || '.' || t.relname) FROM under u
+                 JOIN pg_catalog.pg_class t ON t.oid = u.rel JOIN pg_catalog.pg_namespace tn ON tn.oid = t.relnamespace
+                 WHERE u.view = v.oid AND t.relkind IN ('r', 'p') AND t.relrowsecurity), '{}'),
+       coalesce((SELECT array_agg(DISTINCT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE a.grantee::regrole::text END)
+                 FROM aclexplode(v.relacl) a LEFT JOIN pg_catalog.pg_roles ro ON ro.oid = a.grantee
+                 WHERE a.privilege_type = 'SELECT' AND a.grantee <> v.relowner
+                   AND (a.grantee = 0 OR NOT (ro.rolsuper OR ro.rolbypassrls))), '{}')
+  FROM cand v ORDER BY 2, 3
+"""
+
+# Tables: RLS on or off, their policies, who may read them.
+_TABLES = """
+SELECT c.oid::int8, n.nspname::text, c.relname::text, c.relrowsecurity, n.nspname = ANY(%(schemas)s),
+       coalesce((SELECT array_agg(p.polname::text ORDER BY p.polname) FROM pg_catalog.pg_policy p
+                 WHERE p.polrelid = c.oid), '{}'),
+       coalesce((SELECT array_agg(DISTINCT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE a.grantee::regrole::text END)
+                 FROM aclexplode(c.relacl) a LEFT JOIN pg_catalog.pg_roles ro ON ro.oid = a.grantee
+                 WHERE a.privilege_type = 'SELECT' AND a.grantee <> c.relowner
+                   AND (a.grantee = 0 OR NOT (ro.rolsuper OR ro.rolbypassrls))), '{}')
+  FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+ WHERE c.relkind IN ('r', 'p')
+   AND ((%(all)s AND n.nspname = ANY(%(schemas)s)) OR c.oid = ANY(%(oids)s)
+        OR (pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname)) = ANY(%(names)s))
+   AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend e WHERE e.classid = 'pg_catalog.pg_class'::regclass
+                     AND e.objid = c.oid AND e.deptype = 'e')
+ ORDER BY 2, 3
+"""
+
+# Permissive policies of tables with RLS on, the roles they apply to, their expressions.
+_POLICIES = """
+SELECT p.oid::int8, n.nspname::text, c.relname::text, p.polname::text, p.polcmd::text,
+       (SELECT array_agg(CASE WHEN r = 0 THEN 'PUBLIC' ELSE r::regrole::text END ORDER BY 1) FROM unnest(p.polroles) r),
+       pg_catalog.pg_get_expr(p.polqual, p.polrelid), pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid)
+  FROM pg_catalog.pg_policy p JOIN pg_catalog.pg_class c ON c.oid = p.polrelid
+  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+ WHERE p.polpermissive AND c.relrowsecurity
+   AND ((%(all)s AND n.nspname = ANY(%(schemas)s)) OR p.oid = ANY(%(oids)s))
+ ORDER BY 2, 3, 4
+"""
+
+# SECURITY DEFINER functions without search_path, and who may execute them (PUBLIC, or the API roles that exist).
+_FUNCTIONS = """
+SELECT p.oid::int8, n.nspname::text, p.proname::text, pg_catalog.pg_get_function_identity_arguments(p.oid),
+       p.proowner::regrole::text,
+       EXISTS (SELECT 1 FROM aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a
+               WHERE a.grantee = 0 AND a.privilege_type = 'EXECUTE'),
+       coalesce((SELECT array_agg(ro.rolname::text ORDER BY ro.rolname) FROM pg_catalog.pg_roles ro
+                 WHERE ro.rolname = ANY(%(roles)s) AND pg_catalog.has_function_privilege(ro.oid, p.oid, 'EXECUTE')),
+                '{}')
+  FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+ WHERE p.prosecdef AND p.prokind IN ('f', 'p')
+   AND NOT EXISTS (SELECT 1 FROM unnest(coalesce(p.proconfig, '{}')) cfg WHERE cfg LIKE 'search\\_path=%%')
+   AND ((%(all)s AND n.nspname = ANY(%(schemas)s)) OR p.oid = ANY(%(oids)s))
+   AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend e WHERE e.classid = 'pg_catalog.pg_proc'::regclass
+                     AND e.objid = p.oid AND e.deptype = 'e')
+ ORDER BY 2, 3
+"""
+
+_TRUE = {"true", "1=1"}
+_INVOKER = {"security_invoker=true", "security_invoker=on", "security_invoker=yes", "security_invoker=1"}
+_COMMANDS = {"r": "SELECT", "a": "INSERT", "w": "UPDATE", "d": "DELETE", "*": "ALL"}
+
+
+@dataclass
+class Scope:
+    """What the plan's migrations created or changed, by catalog oid, and which migration did it."""
+
+    everything: bool = False  # scope = "schemas", or a migration without a record: every object of the schemas
+    relations: set[int] = field(default_factory=set)  # views, materialized views and tables
+    tables: set[str] = field(default_factory=set)  # tables by identity: parents of policies the plan touched
+    policies: set[int] = field(default_factory=set)
+    functions: set[int] = field(default_factory=set)
+    origin: dict[int, str] = field(default_factory=dict)  # oid -> "created by x.sql"
+    files: list[str] = field(default_factory=list)
+    unrecorded: list[str] = field(default_factory=list)  # applied, but without a record of what they did
+
+    def add(self, file: str, change: Change) -> None:
+        obj = change.after
+        if obj is None:  # dropped: a policy's table may be left with RLS and no policy
+            if change.before is not None and change.before.type == "policy" and change.before.parent:
+                self.tables.add(change.before.parent)
+            return
+        target = {"view": self.relations, "materialized view": self.relations, "table": self.relations,
+                  "policy": self.policies, "function": self.functions, "procedure": self.functions}.get(obj.type)
+        if target is None:
+            return
+        target.add(obj.objid)
+        self.origin.setdefault(obj.objid, f"{change.action} by {file}")
+        if obj.type == "policy" and obj.parent:
+            self.tables.add(obj.parent)
+
+
+def plan_changes(conn: psycopg.Connection[Any], plan: Plan, upto: str | None = None,
+                 only: str | None = None) -> tuple[list[tuple[str, Change]], list[str], list[str]]:
+    """The changes recorded for the plan's applied migrations (ledger), in plan order: every one up to `upto`
+    (a file; None: all), or only the migration `only`. Returns (file, change) pairs, the files, and the applied
+    files without a record (applied by a version that did not record)."""
+    applied = ledger.read(conn)
+    files = []
+    for m in plan.migrations:
+        if m.file in applied and (only is None or m.file == only):
+            files.append(m.file)
+        if m.file == upto:
+            break
+    records = changes.read(conn, files)
+    found = [(f, c) for f in files if f in records for c in records[f].changes]
+    return found, files, [f for f in files if f not in records]
+
+
+def scope_of(conn: psycopg.Connection[Any], plan: Plan, spec: CheckSpec) -> Scope:
+    """The objects a check looks at: in a migration's verify, what that migration did; elsewhere, what every
+    applied migration of the plan did; with scope = "schemas", everything in the exposed schemas."""
+    if spec.params.get("scope") == "schemas":
+        return Scope(everything=True)
+    only = spec.step if plan.migration(spec.step) is not None else None
+    found, files, unrecorded = plan_changes(conn, plan, only=only)
+    scope = Scope(files=files, unrecorded=unrecorded, everything=bool(unrecorded))
+    for file, change in found:
+        scope.add(file, change)
+    return scope
+
+
+@dataclass(frozen=True)
+class Finding:
+    name: str  # schema.name of the object, as the plan's allow list names it
+    lint: str  # splinter's number and name
+    text: str
+
+
+def _q(conn: psycopg.Connection[Any], *names: str) -> str:
+    return sql.Identifier(*names).as_string(conn)
+
+
+def _roles(names: Iterable[str]) -> str:
+    return ", ".join(sorted(names, key=lambda n: (n != "PUBLIC", n)))
+
+
+def views(conn: psycopg.Connection[Any], scope: Scope, schemas: Sequence[str]) -> list[Finding]:
+    rows = conn.execute(_VIEWS, {"schemas": list(schemas), "all": scope.everything,
+                                 "oids": sorted(scope.relations)}).fetchall()
+    found = []
+    for oid, nsp, name, kind, owner, options, rls_tables, readers in rows:
+        invoker = kind == "v" and bool(_INVOKER & {o.lower().replace(" ", "") for o in options})
+        if invoker or not rls_tables or not readers:
+            continue
+        what = "view" if kind == "v" else "materialized view"
+        origin = f" ({scope.origin[oid]})" if oid in scope.origin else ""
+        ident, grantees = _q(conn, nsp, name), _roles(readers)
+        revoke = f"REVOKE SELECT ON {ident} FROM {grantees}"  # noqa: S608 (a hint shown, never run)
+        if kind == "v":
+            lint = "splinter 0010 security_definer_view"
+            how = f"runs with its owner {owner}'s rights (no security_invoker)"
+            fix = (f"ALTER VIEW {ident} SET (security_invoker = true) (PostgreSQL 15+: the view then reads with the "
+                   f"rights of whoever queries it), or {revoke}")
+        else:
+            lint = "splinter 0016 materialized_view_in_api"
+            how = "holds their rows with no row-level security of its own"
+            fix = f"{revoke}, or move it to a schema the API does not expose"
+        found.append(Finding(f"{nsp}.{name}", lint, (
+            f"{what} {nsp}.{name}{origin} [{lint}]: readable by {grantees} (subject to row-level security), "
+            f"{how} over RLS table(s) {', '.join(sorted(rls_tables))}: they see every row {owner} sees; fix: {fix}")))
+    return found
+
+
+def tables(conn: psycopg.Connection[Any], scope: Scope, schemas: Sequence[str]) -> list[Finding]:
+    rows = conn.execute(_TABLES, {"schemas": list(schemas), "all": scope.everything,
+                                  "oids": sorted(scope.relations), "names": sorted(scope.tables)}).fetchall()
+    found = []
+    for oid, nsp, name, rls, exposed, policies, readers in rows:
+        ident, origin = _q(conn, nsp, name), f" ({scope.origin[oid]})" if oid in scope.origin else ""
+        who = f"readable by {_roles(readers)}" if readers else "no role but its owner may read it yet"
+        if rls and not policies:
+            found.append(Finding(f"{nsp}.{name}", "0008", (
+                f"table {nsp}.{name}{origin} [splinter 0008 rls_enabled_no_policy]: row-level security is enabled "
+                f"and no policy exists, so no role subject to it sees or writes any row ({who}); fix: CREATE POLICY "
+                f"... ON {ident} for the roles that use it, or ALTER TABLE {ident} DISABLE ROW LEVEL SECURITY if it "
+                "is not meant to be protected")))
+        elif policies and not rls:
+            found.append(Finding(f"{nsp}.{name}", "0007", (
+                f"table {nsp}.{name}{origin} [splinter 0007 policy_exists_rls_disabled]: policies "
+                f"{', '.join(policies)} exist but row-level security is disabled, so they are ignored ({who}); fix: "
+                f"ALTER TABLE {ident} ENABLE ROW LEVEL SECURITY")))
+        elif not rls and exposed and (scope.everything or oid in scope.relations):
+            found.append(Finding(f"{nsp}.{name}", "0013", (
+                f"table {nsp}.{name}{origin} [splinter 0013 rls_disabled_in_public]: in exposed schema {nsp} without "
+                f"row-level security ({who}; default privileges or a later GRANT expose every row); fix: ALTER TABLE "
+                f"{ident} ENABLE ROW LEVEL SECURITY and CREATE POLICY ... for the roles that use it")))
+    return found
+
+
+def always_true(expr: str | None) -> bool:
+    return expr is not None and re.sub(r"[\s()]", "", expr.lower()) in _TRUE
+
+
+def policies(conn: psycopg.Connection[Any], scope: Scope, schemas: Sequence[str],
+             api_roles: Sequence[str]) -> list[Finding]:
+    rows = conn.execute(_POLICIES, {"schemas": list(schemas), "all": scope.everything,
+                                    "oids": sorted(scope.policies)}).fetchall()
+    found = []
+    for oid, nsp, table, name, cmd, roles, using, check in rows:
+        api = [r for r in roles or () if r == "PUBLIC" or r in api_roles]
+        if cmd == "r" or not api:
+            continue  # SELECT USING (true) is how public reading is granted on purpose (splinter excludes it too)
+        loose = []
+        if cmd in "wd*" and always_true(using):
+            loose.append(f"USING ({using})")
+        if cmd in "aw*" and always_true(check):
+            loose.append(f"WITH CHECK ({check})")
+        if cmd in "w*" and check is None and always_true(using):
+            loose.append("no WITH CHECK (so USING's true applies to the new rows too)")
+        if not loose:
+            continue
+        origin = f" ({scope.origin[oid]})" if oid in scope.origin else ""
+        ident = _q(conn, nsp, table)
+        found.append(Finding(f"{nsp}.{table}", "0024", (
+            f"policy {name} on {nsp}.{table}{origin} [splinter 0024 rls_policy_always_true]: permissive, for "
+            f"{_COMMANDS[cmd]} by {_roles(api)}, with {' and '.join(loose)}: any of them may "
+            f"{'write' if cmd != 'd' else 'delete'} every row of every tenant; fix: ALTER POLICY "
+            f"{_q(conn, name)} ON {ident} with a condition on the row (e.g. tenant_id = the caller's tenant), or "
+            "drop it")))
+    return found
+
+
+def functions(conn: psycopg.Connection[Any], scope: Scope, schemas: Sequence[str],
+              api_roles: Sequence[str]) -> list[Finding]:
+    rows = conn.execute(_FUNCTIONS.encode(), {"schemas": list(schemas), "all": scope.everything,
+                                              "oids": sorted(scope.functions), "roles": list(api_roles)}).fetchall()
+    found = []
+    for oid, nsp, name, args, owner, public, roles in rows:
+        callers = (["PUBLIC"] if public else []) + [r for r in roles if not public]
+        if not callers:
+            continue
+        origin = f" ({scope.origin[oid]})" if oid in scope.origin else ""
+        ident = f"{_q(conn, nsp, name)}({args})"
+        found.append(Finding(f"{nsp}.{name}", "0011", (
+            f"function {nsp}.{name}({args}){origin} [splinter 0011 function_search_path_mutable, 0028]: SECURITY "
+            f"DEFINER (runs as {owner}, bypassing row-level security), executable by {_roles(callers)}, without a "
+            f"fixed search_path: a caller's search_path decides which tables and functions its unqualified names "
+            f"mean; fix: ALTER FUNCTION {ident} SET search_path = '' (and qualify every name in its body), or "
+            f"REVOKE EXECUTE ON FUNCTION {ident} FROM {_roles(callers)}")))
+    return found
+
+
+def findings(conn: psycopg.Connection[Any], scope: Scope, rls: RlsSettings) -> list[Finding]:
+    schemas = list(rls.exposed_schemas)
+    return [*views(conn, scope, schemas), *tables(conn, scope, schemas),
+            *policies(conn, scope, schemas, rls.api_roles), *functions(conn, scope, schemas, rls.api_roles)]
+
+
+def rls_exposure(conn: psycopg.Connection[Any], plan: Plan, spec: CheckSpec) -> str:
+    scope = scope_of(conn, plan, spec)
+    allow = set(spec.params.get("allow") or ())
+    found = findings(conn, scope, plan.rls)
+    allowed = [f for f in found if f.name in allow or f.name.split(".", 1)[1] in allow]
+    failing = [f for f in found if f not in allowed]
+    schemas = ", ".join(plan.rls.exposed_schemas)
+    if scope.everything and not scope.unrecorded:
+        what = f"every object of the exposed schemas ({schemas})"
+    elif scope.unrecorded:
+        what = (f"every object of the exposed schemas ({schemas}): {', '.join(scope.unrecorded)} was applied without a "
+                "record of what it did")
+    elif scope.files:
+        what = f"what {', '.join(scope.files)} created or changed (exposed schemas: {schemas})"
+    else:
+        what = "nothing: no migration of the plan is applied yet"
+    if failing:
+        raise CheckFailed("no row-level security exposure (Supabase's splinter lints 0007, 0008, 0010, 0011, 0013, "
+                          "0016, 0024)", f"{len(failing)} exposure(s)", what, details=[f.text for f in failing],
+                          hint=spec.hint or "apply each fix in a new migration (or correct this one if it is not "
+                          "applied anywhere else); an object exposed on purpose can be listed in the check's allow")
+    note = f"; allowed by the plan: {', '.join(sorted({f.name for f in allowed}))}" if allowed else ""
+    return f"no row-level security exposure in {what}{note}"

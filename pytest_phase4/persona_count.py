@@ -1,0 +1,260 @@
+"""What each persona of the plan sees, counted as that persona, at one moment.
+
+Each persona is a role and the settings that make it one user (as PostgREST does per request: `SET LOCAL ROLE`
+and `set_config('request.jwt.claims', ..., true)`). Every table, view and materialized view of the exposed
+schemas (and the plan's schema) is counted as each persona, grouped by tenant where the relation has the
+tenant column; a view is also counted through its own definition run with the persona's rights (what it would
+show with security_invoker). Everything is read in one REPEATABLE READ READ ONLY transaction on the
+verification connection, under its check timeout: one snapshot for every persona and relation, so a view and its
+tables are compared at the same moment. Each persona's role and settings end with a rollback to its savepoint.
+No pytest here.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from pytest_phase4 import catalog, checks, inventory
+from pytest_phase4.errors import CheckFailed
+from pytest_phase4.rlsplan import Persona
+
+# The relations counted, with what the comparison needs: RLS, the tenant column, the owner, security_invoker, the
+# RLS tables under a view (through views, recursively) and its definition, deparsed with every name qualified.
+_RELATIONS = """
+WITH RECURSIVE rel AS (
+  SELECT c.oid, n.nspname, c.relname, c.relkind, c.relrowsecurity, c.relowner, c.reloptions
+    FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+   WHERE c.relkind IN ('r', 'p', 'v', 'm') AND n.nspname = ANY(%(schemas)s) AND NOT c.relispartition
+), under(view, rel) AS (
+  SELECT v.oid, d.refobjid FROM rel v JOIN pg_catalog.pg_rewrite r ON r.ev_class = v.oid
+    JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.objid = r.oid
+     AND d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid <> v.oid
+  UNION
+  SELECT u.view, d.refobjid FROM under u
+    JOIN pg_catalog.pg_class c ON c.oid = u.rel AND c.relkind IN ('v', 'm')
+    JOIN pg_catalog.pg_rewrite r ON r.ev_class = c.oid
+    JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.objid = r.oid
+     AND d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid <> c.oid
+)
+SELECT r.oid::int8, r.nspname::text, r.relname::text,
+       pg_catalog.quote_ident(r.nspname) || '.' || pg_catalog.quote_ident(r.relname), r.relkind::text,
+       r.relrowsecurity, r.relowner::regrole::text,
+       coalesce(r.reloptions, '{}')::text[] && ARRAY['security_invoker=true', 'security_invoker=on',
+                                                    'security_invoker=yes', 'security_invoker=1'],
+       EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a WHERE a.attrelid = r.oid AND a.attname = %(tenant)s
+                 AND a.attnum > 0 AND NOT a.attisdropped),
+       coalesce((SELECT array_agg(DISTINCT pg_catalog.quote_ident(tn.nspname) || '.'
+                                           || pg_catalog.quote_ident(t.relname))
+                 FROM under u JOIN pg_catalog.pg_class t ON t.oid = u.rel
+                 JOIN pg_catalog.pg_namespace tn ON tn.oid = t.relnamespace
+                 WHERE u.view = r.oid AND t.relkind IN ('r', 'p') AND t.relrowsecurity), '{}'),
+       CASE WHEN r.relkind IN ('v', 'm') THEN pg_catalog.pg_get_viewdef(r.oid) END
+  FROM rel r ORDER BY 2, 3
+"""
+
+
+@dataclass(frozen=True)
+class Relation:
+    """A relation as it was at one moment."""
+
+    name: str  # schema.name, quoted where PostgreSQL would quote it
+    schema: str
+    relname: str
+    kind: str  # pg_class.relkind: r, p, v, m
+    rls: bool
+    owner: str
+    invoker: bool  # a view with security_invoker
+    tenant: bool  # has the plan's tenant column
+    under: tuple[str, ...] = ()  # RLS tables under a view
+    definition: str | None = None
+
+    @property
+    def is_view(self) -> bool:
+        return self.kind in ("v", "m")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": catalog.RELKIND_WORDS.get(self.kind, self.kind), "rls": self.rls, "owner": self.owner,
+                "security_invoker": self.invoker, "rls_tables_under": list(self.under)}
+
+
+@dataclass
+class Seen:
+    """What one role saw of one relation: its rows (by tenant), and for a view its definition's rows read with the
+    persona's own rights. rows is None when it was not counted (no privilege, or an error: see note)."""
+
+    rows: int | None = None
+    tenants: dict[str, int] | None = None
+    own: int | None = None
+    own_tenants: dict[str, int] | None = None
+    note: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        found: dict[str, Any] = {"rows": self.rows}
+        if self.tenants is not None:
+            found["tenants"] = self.tenants
+        if self.own is not None:
+            found["own_rights"] = self.own
+            if self.own_tenants is not None:
+                found["own_rights_tenants"] = self.own_tenants
+        if self.note:
+            found["note"] = self.note
+        return found
+
+
+@dataclass
+class Counted:
+    """One moment: the relations, what the checking role and each persona saw of them."""
+
+    relations: dict[str, Relation]
+    totals: dict[str, Seen]  # the checking role's own view of each table: the rows there are
+    checker_rls: set[str]  # tables whose row-level security applies to the checking role itself
+    seen: dict[str, dict[str, Seen]] = field(default_factory=dict)  # persona -> relation -> Seen
+
+
+class PersonaError(CheckFailed):
+    """A persona cannot be taken on (a missing role, no right to SET ROLE, a user_query without its row)."""
+
+
+def can_become(conn: psycopg.Connection[Any], personas: Sequence[Persona]) -> None:
+    """Every persona's role exists and the session may SET ROLE to it; raise PersonaError naming what is missing.
+
+    SET ROLE needs the session user to be a superuser or a member of the role (PostgreSQL 16+: with the SET
+    option); SET LOCAL ROLE inside a read-only transaction needs nothing more."""
+    option = "SET" if conn.info.server_version >= 160000 else "MEMBER"
+    rows = conn.execute("SELECT r.rolname::text, pg_catalog.pg_has_role(session_user, r.oid, %s), r.rolsuper,"
+                        " r.rolbypassrls FROM pg_catalog.pg_roles r WHERE r.rolname = ANY(%s)",
+                        (option, sorted({p.role for p in personas}))).fetchall()
+    found = {r[0]: r[1:] for r in rows}
+    me = str(conn.execute("SELECT session_user").fetchone()[0])  # type: ignore[index]
+    problems = []
+    for p in personas:
+        if p.role not in found:
+            problems.append(f"persona {p.name}: role {p.role} does not exist on this server; create it (roles are "
+                            f"cluster-wide: CREATE ROLE {p.role} NOLOGIN) or fix the persona's role")
+        elif not found[p.role][0]:
+            problems.append(f"persona {p.name}: the checking role {me} may not SET ROLE {p.role}: SET ROLE needs "
+                            f"membership in the role{' with the SET option' if option == 'SET' else ''}; as a "
+                            f"superuser or a role with ADMIN OPTION on it: GRANT {p.role} TO {me} (on Supabase, "
+                            "postgres is a member of anon, authenticated and service_role already)")
+        elif found[p.role][1] or found[p.role][2]:
+            problems.append(f"persona {p.name}: role {p.role} is a superuser or has BYPASSRLS: it sees every row, "
+                            "whatever the policies; a persona stands for a role subject to row-level security")
+    if problems:
+        raise PersonaError("each persona's role to exist and to be one the checking role may SET ROLE to",
+                           f"{len(problems)} problem(s)", "the plan's [[persona]] entries", details=problems)
+
+
+def resolve_claims(conn: psycopg.Connection[Any], persona: Persona) -> dict[str, Any] | None:
+    """The persona's claims, with the columns of its user_query's one row (run as the checking role)."""
+    if persona.claims is None:
+        return None
+    claims = dict(persona.claims)
+    if persona.user_query:
+        try:
+            cur = conn.execute(persona.user_query.encode())
+            rows = cur.fetchall()
+        except psycopg.Error as exc:
+            raise PersonaError(f"persona {persona.name}'s user_query to return one row", checks.sql_error(exc),
+                               f"[[persona]] {persona.name}", sql=persona.user_query) from None
+        if len(rows) != 1 or cur.description is None:
+            raise PersonaError(f"persona {persona.name}'s user_query to return one row", f"{len(rows)} row(s)",
+                               f"[[persona]] {persona.name}", sql=persona.user_query,
+                               hint="pick one real user, e.g. ... ORDER BY id LIMIT 1")
+        claims.update({col.name: _json_value(v) for col, v in zip(cur.description, rows[0], strict=True)})
+    return claims
+
+
+def _json_value(value: Any) -> Any:
+    return value if isinstance(value, str | int | float | bool) or value is None else str(value)
+
+
+def relations(conn: psycopg.Connection[Any], schemas: Sequence[str], tenant_column: str) -> dict[str, Relation]:
+    with inventory.qualified(conn):  # definitions deparsed with every name schema-qualified
+        rows = conn.execute(_RELATIONS, {"schemas": list(schemas), "tenant": tenant_column}).fetchall()
+    return {r[3]: Relation(r[3], r[1], r[2], r[4], bool(r[5]), str(r[6]), bool(r[7]), bool(r[8]),
+                           tuple(sorted(r[9])), str(r[10]).strip().rstrip(";") if r[10] else None) for r in rows}
+
+
+def count(conn: psycopg.Connection[Any], personas: Sequence[Persona], claims: Mapping[str, dict[str, Any] | None],
+          schemas: Sequence[str], tenant_column: str) -> Counted:
+    """Count every relation as the checking role (tables) and as each persona, in one snapshot."""
+    rels = relations(conn, schemas, tenant_column)
+    tenant = sql.Identifier(tenant_column)
+    with catalog.one_snapshot(conn):
+        tables = [r for r in rels.values() if not r.is_view]
+        active = conn.execute("SELECT c.relname_q FROM unnest(%s::text[]) AS c(relname_q)"
+                              " WHERE pg_catalog.row_security_active(c.relname_q::regclass)",
+                              ([t.name for t in tables],)).fetchall()
+        found = Counted(rels, {t.name: _count(conn, t, tenant) for t in tables}, {str(r[0]) for r in active})
+        for persona in personas:
+            found.seen[persona.name] = _as_persona(conn, persona, claims.get(persona.name), rels, tenant)
+    return found
+
+
+def _as_persona(conn: psycopg.Connection[Any], persona: Persona, claims: dict[str, Any] | None,
+                rels: Mapping[str, Relation], tenant: sql.Identifier) -> dict[str, Seen]:
+    allowed = dict(conn.execute(
+        "SELECT c.name, pg_catalog.has_schema_privilege(%s, c.schema, 'USAGE')"
+        " AND pg_catalog.has_table_privilege(%s, c.name::regclass, 'SELECT')"
+        " FROM unnest(%s::text[], %s::text[]) AS c(name, schema)",
+        (persona.role, persona.role, list(rels), [r.schema for r in rels.values()])).fetchall())
+    seen: dict[str, Seen] = {}
+    with conn.transaction():  # a savepoint: its rollback ends the role and the settings
+        conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(persona.role)))
+        settings = dict(persona.settings)
+        if claims is not None:
+            settings[persona.claims_setting] = json.dumps(claims, sort_keys=True)
+        for name, value in settings.items():
+            conn.execute("SELECT pg_catalog.set_config(%s, %s, true)", (name, value))
+        for rel in rels.values():
+            if not allowed.get(rel.name):
+                seen[rel.name] = Seen(note="no SELECT privilege")
+                continue
+            seen[rel.name] = _count(conn, rel, tenant)
+            if rel.definition is not None and seen[rel.name].rows is not None:
+                _own(conn, rel, tenant, seen[rel.name])
+        raise psycopg.Rollback()
+    return seen
+
+
+def _select(rel: Relation, tenant: sql.Identifier, source: sql.Composable) -> sql.Composed:
+    if rel.tenant:
+        return sql.SQL("SELECT {t}::text, count(*) FROM {s} GROUP BY 1").format(t=tenant, s=source)
+    return sql.SQL("SELECT NULL::text, count(*) FROM {}").format(source)
+
+
+def _rows(conn: psycopg.Connection[Any], rel: Relation, query: sql.Composed) -> tuple[int, dict[str, int] | None]:
+    with conn.transaction():  # a savepoint: an error here leaves the snapshot to the next count
+        rows = conn.execute(query).fetchall()
+    tenants = {("NULL" if t is None else str(t)): int(n) for t, n in rows} if rel.tenant else None
+    return sum(int(n) for _, n in rows), tenants
+
+
+def _count(conn: psycopg.Connection[Any], rel: Relation, tenant: sql.Identifier) -> Seen:
+    try:
+        rows, tenants = _rows(conn, rel, _select(rel, tenant, sql.Identifier(rel.schema, rel.relname)))
+    except psycopg.errors.InsufficientPrivilege as exc:  # e.g. a security_invoker view over a table it may not read
+        return Seen(0, {} if rel.tenant else None, note=exc.diag.message_primary or "permission denied")
+    except psycopg.Error as exc:
+        return Seen(note=checks.sql_error(exc))
+    return Seen(rows, tenants)
+
+
+def _own(conn: psycopg.Connection[Any], rel: Relation, tenant: sql.Identifier, seen: Seen) -> None:
+    """The view's definition read as the persona itself: what the view shows it with security_invoker. Not
+    allowed to read a table under it: it sees none of its rows."""
+    assert rel.definition is not None
+    source = sql.SQL("({}) AS v").format(sql.SQL(rel.definition))  # the catalog's own SQL, deparsed
+    try:
+        seen.own, seen.own_tenants = _rows(conn, rel, _select(rel, tenant, source))
+    except psycopg.errors.InsufficientPrivilege as exc:
+        seen.own, seen.own_tenants = 0, {} if rel.tenant else None
+        seen.note = f"with its own rights: {exc.diag.message_primary or 'permission denied'}"
+    except psycopg.Error as exc:
+        seen.note = f"its definition could not be read with its own rights: {checks.sql_error(exc)}"
