@@ -139,7 +139,7 @@ def test_revert_on_a_supabase_app_undoes_the_plan_and_keeps_every_write(project:
     assert result.ret == 0, result.stdout.str()
     assert p.query("SELECT count(*) FROM information_schema.columns WHERE table_schema = 'public'"
                    " AND table_name = 'tickets'") == [(22 - 12 + 2,)]  # assignee_id and kind added
-    assert p.query("SELECT count(*) FROM supabase_migrations.schema_migrations") == [(5,)]
+    assert p.query("SELECT count(*) FROM supabase_migrations.schema_migrations") == [(6,)]
     p.execute(APP_WRITES)
     app_tickets = p.query("SELECT id, title, status, updated_at FROM public.tickets ORDER BY id")
 
@@ -150,7 +150,7 @@ def test_revert_on_a_supabase_app_undoes_the_plan_and_keeps_every_write(project:
     result.stdout.fnmatch_lines([
         "*20250601000004_backfill_assignees.sql inserted 0, updated 200, deleted 0 row(s) of public.tickets: kept "
         "(undoing them would overwrite writes made since; --phase4-rollback=restore puts the backup's rows back)*",
-        "drop_created     dropped 15 object(s) the plan created, none reaching anything else: *trigger "
+        "drop_created     dropped 17 object(s) the plan created, none reaching anything else: *trigger "
         "tickets_audit_delete on public.tickets*view api.tickets*table audit.log, function audit.log_ticket_delete()"
         "*schema api, schema audit*",
         "restore_dropped  *public.tickets: re-added reporter_name, *, customer_tier; 300 row(s) refilled from the "
@@ -171,7 +171,7 @@ def test_revert_on_a_supabase_app_undoes_the_plan_and_keeps_every_write(project:
     assert p.query("SELECT id, title, status, updated_at FROM public.tickets ORDER BY id") == app_tickets
     assert ledger_files(p) == []
     assert p.query("SELECT count(*) FROM supabase_migrations.schema_migrations") == [(0,)]  # `supabase migration list`
-    assert p.query("SELECT mode, array_length(migrations, 1) FROM pytest_phase4.rollbacks") == [("revert", 5)]
+    assert p.query("SELECT mode, array_length(migrations, 1) FROM pytest_phase4.rollbacks") == [("revert", 6)]
     data = evidence(p)
     assert data["rollback_required"]["required"] is False
     assert [c["step"] for c in data["checks"]] == REVERT_STEPS
@@ -277,6 +277,8 @@ def test_restore_mode_lists_the_loss_refuses_without_consent_and_keeps_a_dump(
         "index public.idx_comments_ticket: not in the backup, dropped",
         "table audit.log: not in the backup, dropped with its 0 row(s)",
         "view api.tickets: not in the backup, dropped", "view api.accounts: not in the backup, dropped",
+        "view public.tickets_with_details: not in the backup, dropped",
+        "view public.comments_with_details: not in the backup, dropped",
         "table app.uploads: not in the backup, dropped with its 250 row(s)",
         "column public.tickets.assignee_id: not in the backup, dropped with its 200 value(s)",
         "column public.tickets.kind: not in the backup, dropped with its 340 value(s)",
@@ -291,7 +293,7 @@ def test_restore_mode_lists_the_loss_refuses_without_consent_and_keeps_a_dump(
         # 200 rows the backfill migration updated, 10 the application edited (7 of them both)
         "table public.tickets: 40 row(s) added, 203 changed, 0 deleted since the backup (by (id)): a restore "
         "undoes them",
-        "table supabase_migrations.schema_migrations: 5 row(s) added, 0 changed, 0 deleted since the backup (by "
+        "table supabase_migrations.schema_migrations: 6 row(s) added, 0 changed, 0 deleted since the backup (by "
         "(version)): a restore undoes them"])
     assert outcomes_of(result)[f"{SB}::rollback::safety_dump"] == "SKIPPED"
     assert schema_of(p) == migrated

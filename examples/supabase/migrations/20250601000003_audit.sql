@@ -11,7 +11,10 @@ CREATE TABLE audit.log (
 );
 ALTER TABLE audit.log ENABLE ROW LEVEL SECURITY;
 CREATE POLICY tenant_isolation ON audit.log TO authenticated USING (tenant_id = auth.tenant_id());
-CREATE FUNCTION audit.log_ticket_delete() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS $$
+-- SECURITY DEFINER (it writes audit.log for any caller) with a fixed search_path: a caller's search_path must not
+-- decide what its names mean.
+CREATE FUNCTION audit.log_ticket_delete() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = ''
+AS $$
 BEGIN
   INSERT INTO audit.log (tenant_id, table_name, row_id, action) VALUES (OLD.tenant_id, 'tickets', OLD.id, 'delete');
   RETURN OLD;

@@ -17,6 +17,14 @@ $$;
 CREATE SCHEMA IF NOT EXISTS supabase_migrations;
 CREATE TABLE IF NOT EXISTS supabase_migrations.schema_migrations (version text PRIMARY KEY, statements text[], name text);
 
+-- As the Supabase platform sets up a project: the API roles use schema public, and every table, view, sequence
+-- and function postgres creates there later is granted to them (default privileges). Row-level security is what
+-- keeps a role's rows its own; a view without security_invoker bypasses it (see README.md).
+GRANT USAGE ON SCHEMA public TO anon, authenticated, service_role;
+ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT ALL ON TABLES TO anon, authenticated, service_role;
+ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT ALL ON SEQUENCES TO anon, authenticated, service_role;
+ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT ALL ON FUNCTIONS TO anon, authenticated, service_role;
+
 CREATE SCHEMA IF NOT EXISTS auth;
 -- As Supabase's auth.uid(): the caller's user id from the JWT claims PostgREST sets per request.
 CREATE OR REPLACE FUNCTION auth.uid() RETURNS uuid LANGUAGE sql STABLE AS $$
