@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 
@@ -36,6 +37,18 @@ def test_demo_runs_on_an_embedded_server_and_reports_every_migration(project: Ca
     assert "CRM Phase 4: normalization (staging execution guide): migration run report" in report
     assert not re.search(r"<link[^>]+href=\"[^\"]+\.css", report), "report must be self-contained"
     result.stdout.fnmatch_lines(["*Generated html report: file://*/reports/phase4-*.html*"])
+    # the persona table: its views are security_invoker, so each tenant sees its own rows through them
+    assert "Row-level security: rows each persona sees" in report
+    assert "<td>public.sales_with_details <span class='phase4-note'>view (security_invoker)</span></td>" \
+           "<td class='num '>-</td><td class='num '>334</td><td class='num '>-</td><td class='num '>333</td>" \
+           "<td class='num '>-</td><td class='num '>0</td>" in report
+    data = json.loads(next((p.path / "reports").glob("phase4-*.json")).read_text())["personas"]
+    assert [m["label"] for m in data["moments"]] == ["before the first migration", *MIGRATIONS[:6]]
+    assert data["findings"] == []
+    last = data["moments"][-1]
+    assert last["totals"]["public.sales"] == {"rows": 1000, "tenants": {"1": 334, "2": 333, "3": 333}}
+    assert last["seen"]["tenant_1"]["public.sales_with_details"] == {
+        "rows": 334, "tenants": {"1": 334}, "own_rights": 334, "own_rights_tenants": {"1": 334}}
 
 
 def test_preflight_gate_on_a_seeded_scratch_database_changes_nothing(project: Callable[..., Project]) -> None:

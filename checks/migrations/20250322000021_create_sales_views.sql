@@ -3,8 +3,11 @@
 -- The names come from joins to the normalized tables, never from the denormalized columns that
 -- migration 7 drops (a view that read them would make that DROP COLUMN fail). Every join is a
 -- LEFT JOIN on a key that is unique on the joined side, so each view has exactly one row per base row.
+-- security_invoker: a view reads with the rights of whoever queries it, so the tables' row-level security
+-- applies to the application's role (crm_app). Without it a view runs with its owner's rights, and crm_app, to
+-- which every new view is granted, would see every tenant's rows through it (corrected for issue 12).
 
-CREATE VIEW sales_with_details AS
+CREATE VIEW sales_with_details WITH (security_invoker = true) AS
 SELECT s.id,
        s.tenant_id,
        s.customer_id,
@@ -34,7 +37,7 @@ LEFT JOIN (
     GROUP BY sale_id
 ) si ON si.sale_id = s.id;
 
-CREATE VIEW sale_items_with_details AS
+CREATE VIEW sale_items_with_details WITH (security_invoker = true) AS
 SELECT si.id,
        si.tenant_id,
        si.sale_id,
@@ -56,7 +59,7 @@ LEFT JOIN customers c           ON c.id = s.customer_id
 LEFT JOIN products p            ON p.id = si.product_id
 LEFT JOIN product_categories pc ON pc.id = p.category_id;
 
-CREATE VIEW product_sales_with_details AS
+CREATE VIEW product_sales_with_details WITH (security_invoker = true) AS
 SELECT ps.id,
        ps.tenant_id,
        ps.product_id,

@@ -1,9 +1,9 @@
 -- Migration 3: Create CRM Views
 -- customers_with_stats, tickets_with_details, ticket_comments_with_details.
--- Names from joins only (see migration 2); aggregates are joined as subqueries grouped by the join key,
--- so every view keeps exactly one row per base row.
+-- Names from joins only, security_invoker (see migration 2); aggregates are joined as subqueries grouped
+-- by the join key, so every view keeps exactly one row per base row.
 
-CREATE VIEW customers_with_stats AS
+CREATE VIEW customers_with_stats WITH (security_invoker = true) AS
 SELECT c.id,
        c.tenant_id,
        c.name,
@@ -40,7 +40,7 @@ LEFT JOIN (
     GROUP BY customer_id
 ) k ON k.customer_id = c.id;
 
-CREATE VIEW tickets_with_details AS
+CREATE VIEW tickets_with_details WITH (security_invoker = true) AS
 SELECT t.id,
        t.tenant_id,
        t.customer_id,
@@ -68,7 +68,7 @@ LEFT JOIN (
     GROUP BY ticket_id
 ) tc ON tc.ticket_id = t.id;
 
-CREATE VIEW ticket_comments_with_details AS
+CREATE VIEW ticket_comments_with_details WITH (security_invoker = true) AS
 SELECT tc.id,
        tc.tenant_id,
        tc.ticket_id,

@@ -1,8 +1,8 @@
 -- Migration 4: Create Contract Views
 -- contracts_with_details, contract_approval_records_with_details.
--- Names from joins only (see migration 2); one row per base row.
+-- Names from joins only, security_invoker (see migration 2); one row per base row.
 
-CREATE VIEW contracts_with_details AS
+CREATE VIEW contracts_with_details WITH (security_invoker = true) AS
 SELECT k.id,
        k.tenant_id,
        k.customer_id,
@@ -32,7 +32,7 @@ LEFT JOIN (
     GROUP BY contract_id
 ) a ON a.contract_id = k.id;
 
-CREATE VIEW contract_approval_records_with_details AS
+CREATE VIEW contract_approval_records_with_details WITH (security_invoker = true) AS
 SELECT r.id,
        r.tenant_id,
        r.contract_id,

@@ -2,9 +2,9 @@
 -- job_works_with_details joins job_works to customers, products, product_categories, suppliers, users
 -- (receiver engineer), tenants and the specification counts: 7 joins, all LEFT JOINs on keys unique on
 -- the joined side, so the view has exactly one row per job work and COUNT(*) can skip the joins.
--- Names from joins only (see migration 2).
+-- Names from joins only, security_invoker (see migration 2).
 
-CREATE VIEW job_works_with_details AS
+CREATE VIEW job_works_with_details WITH (security_invoker = true) AS
 SELECT jw.id,
        jw.tenant_id,
        jw.customer_id,
@@ -39,7 +39,7 @@ LEFT JOIN (
     GROUP BY job_work_id
 ) sp ON sp.job_work_id = jw.id;
 
-CREATE VIEW job_work_specifications_with_details AS
+CREATE VIEW job_work_specifications_with_details WITH (security_invoker = true) AS
 SELECT s.id,
        s.tenant_id,
        s.job_work_id,

@@ -1,8 +1,8 @@
 -- Migration 6: Create Remaining Views
 -- service_contracts_with_details, complaints_with_details.
--- Names from joins only (see migration 2); one row per base row.
+-- Names from joins only, security_invoker (see migration 2); one row per base row.
 
-CREATE VIEW service_contracts_with_details AS
+CREATE VIEW service_contracts_with_details WITH (security_invoker = true) AS
 SELECT sc.id,
        sc.tenant_id,
        sc.customer_id,
@@ -23,7 +23,7 @@ LEFT JOIN customers c ON c.id = sc.customer_id
 LEFT JOIN products p  ON p.id = sc.product_id
 LEFT JOIN users u     ON u.id = sc.assigned_to;
 
-CREATE VIEW complaints_with_details AS
+CREATE VIEW complaints_with_details WITH (security_invoker = true) AS
 SELECT cp.id,
        cp.tenant_id,
        cp.customer_id,

@@ -399,3 +399,29 @@ COMMENT ON COLUMN job_work_specifications.product_name       IS 'denormalized: p
 COMMENT ON COLUMN jobs.customer_name                         IS 'denormalized: customers.name of customer_id';
 COMMENT ON COLUMN jobs.assigned_to_name                      IS 'denormalized: users.full_name of assigned_to';
 COMMENT ON COLUMN audit_logs.user_name                       IS 'denormalized: users.full_name of user_id';
+
+-- ---------------------------------------------------------------- the application's role, row-level security
+-- The application connects as crm_app (created only where it does not exist: roles are cluster-wide) and sets
+-- app.tenant_id in each transaction; every table keeps each tenant's rows to that tenant. The schema's owner, who
+-- runs the migrations and the checks, is not subject to it. Tables and views created in public later are granted
+-- to crm_app too (default privileges), as a hosted platform does for its API roles: a view that runs with its
+-- owner's rights would show crm_app every tenant's rows, so the plan's views are security_invoker.
+DO $$
+BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'crm_app') THEN CREATE ROLE crm_app NOLOGIN; END IF;
+END
+$$;
+GRANT USAGE ON SCHEMA public TO crm_app;
+GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO crm_app;
+ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO crm_app;
+DO $$
+DECLARE t text;
+BEGIN
+  FOR t IN SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+           WHERE n.nspname = 'public' AND c.relkind = 'r' ORDER BY 1 LOOP
+    EXECUTE format('ALTER TABLE public.%I ENABLE ROW LEVEL SECURITY', t);
+    EXECUTE format('CREATE POLICY tenant_isolation ON public.%I TO crm_app USING (%I = nullif(current_setting('
+                   '''app.tenant_id'', true), '''')::bigint)', t, CASE WHEN t = 'tenants' THEN 'id' ELSE 'tenant_id' END);
+  END LOOP;
+END
+$$;
