@@ -4,10 +4,10 @@ Each persona is a role and the settings that make it one user (as PostgREST does
 and `set_config('request.jwt.claims', ..., true)`). Every table, view and materialized view of the exposed
 schemas (and the plan's schema) is counted as each persona, grouped by tenant where the relation has the
 tenant column; a view is also counted through its own definition run with the persona's rights (what it would
-show with security_invoker). Everything is read in one REPEATABLE READ READ ONLY transaction on the
-verification connection, under its check timeout: one snapshot for every persona and relation, so a view and its
-tables are compared at the same moment. Each persona's role and settings end with a rollback to its savepoint.
-No pytest here.
+show with security_invoker; for a security_invoker view that is its own count, not read twice). Everything is
+read in one REPEATABLE READ READ ONLY transaction on the verification connection, under its check timeout: one
+snapshot for every persona and relation, so a view and its tables are compared at the same moment. Each
+persona's role and settings end with a rollback to its savepoint. No pytest here.
 """
 
 from __future__ import annotations
@@ -217,8 +217,11 @@ def _as_persona(conn: psycopg.Connection[Any], persona: Persona, claims: dict[st
                 seen[rel.name] = Seen(note="no SELECT privilege")
                 continue
             seen[rel.name] = _count(conn, rel, tenant)
-            if rel.definition is not None and seen[rel.name].rows is not None:
-                _own(conn, rel, tenant, seen[rel.name])
+            counted = seen[rel.name]
+            if rel.invoker and counted.rows is not None:  # it reads with the persona's rights: its own count
+                counted.own, counted.own_tenants = counted.rows, counted.tenants
+            elif rel.definition is not None and counted.rows is not None:
+                _own(conn, rel, tenant, counted)
         raise psycopg.Rollback()
     return seen
 
