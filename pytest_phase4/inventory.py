@@ -26,8 +26,9 @@ from pytest_phase4.snapshot import PINNED
 
 # Kinds the rollback knows how to drop, by pg_identify_object's type.
 TOP_LEVEL = ("schema", "table", "view", "materialized view", "sequence", "foreign table", "composite type",
-             "function", "procedure", "aggregate", "type", "domain", "extension", "statistics object", "collation")
-PARTS = ("table column", "table constraint", "trigger", "policy", "rule", "index")
+             "function", "procedure", "aggregate", "type", "domain", "extension", "statistics object", "collation",
+             "default acl", "publication", "event trigger")
+PARTS = ("table column", "table constraint", "trigger", "policy", "rule", "index", "publication relation")
 
 _USER_NS = """
   nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast', '""" + OWN_SCHEMA + """')
@@ -48,6 +49,18 @@ objs AS (
                             'rls', c.relrowsecurity, 'force_rls', c.relforcerowsecurity,
                             'options', coalesce(array_to_string(c.reloptions, ','), ''),
                             'persistence', c.relpersistence,
+                            'replident', CASE WHEN c.relkind IN ('r', 'p')
+                              THEN c.relreplident::text || coalesce(' ' || (
+                              SELECT quote_ident(ic.relname) FROM pg_catalog.pg_index i
+                              JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
+                              WHERE i.indrelid = c.oid AND i.indisreplident), '') END,
+                            'inherits', (SELECT array_agg(h.inhparent::regclass::text ORDER BY h.inhseqno)
+                                         FROM pg_catalog.pg_inherits h WHERE h.inhrelid = c.oid),
+                            'partition', pg_catalog.pg_get_expr(c.relpartbound, c.oid),
+                            'sequence', (SELECT jsonb_build_object('type', q.seqtypid::regtype::text,
+                                                'start', q.seqstart, 'increment', q.seqincrement, 'min', q.seqmin,
+                                                'max', q.seqmax, 'cache', q.seqcache, 'cycle', q.seqcycle)
+                                         FROM pg_catalog.pg_sequence q WHERE q.seqrelid = c.oid),
                             'def', CASE WHEN c.relkind IN ('v', 'm') THEN pg_catalog.pg_get_viewdef(c.oid)
                                         WHEN c.relkind IN ('i', 'I') THEN pg_catalog.pg_get_indexdef(c.oid) END,
                             'key', CASE WHEN c.relkind IN ('r', 'p') THEN (
@@ -89,7 +102,11 @@ objs AS (
   UNION ALL
   SELECT 'pg_catalog.pg_constraint'::regclass, k.oid, 0, k.xmin,
          jsonb_build_object('contype', k.contype, 'def', pg_catalog.pg_get_constraintdef(k.oid),
-                            'validated', k.convalidated),
+                            'validated', k.convalidated,
+                            -- a foreign key is enforced by internal triggers: DISABLE TRIGGER ALL turns them off
+                            'enforced', CASE WHEN k.contype = 'f' THEN NOT EXISTS (
+                              SELECT 1 FROM pg_catalog.pg_trigger g WHERE g.tgconstraint = k.oid
+                                AND g.tgenabled NOT IN ('O', 'A')) END),
          k.conrelid
     FROM pg_catalog.pg_constraint k JOIN ns ON ns.oid = k.connamespace WHERE k.conrelid <> 0
   UNION ALL
@@ -108,13 +125,21 @@ objs AS (
     FROM pg_catalog.pg_policy p JOIN pg_catalog.pg_class c ON c.oid = p.polrelid JOIN ns ON ns.oid = c.relnamespace
   UNION ALL
   SELECT 'pg_catalog.pg_rewrite'::regclass, r.oid, 0, r.xmin,
-         jsonb_build_object('def', pg_catalog.pg_get_ruledef(r.oid)), r.ev_class
+         jsonb_build_object('def', pg_catalog.pg_get_ruledef(r.oid), 'enabled', r.ev_enabled), r.ev_class
     FROM pg_catalog.pg_rewrite r JOIN pg_catalog.pg_class c ON c.oid = r.ev_class JOIN ns ON ns.oid = c.relnamespace
    WHERE r.rulename <> '_RETURN'
   UNION ALL
   SELECT 'pg_catalog.pg_proc'::regclass, p.oid, 0, p.xmin,
          jsonb_build_object('md5', CASE WHEN p.prokind IN ('f', 'p') THEN md5(pg_catalog.pg_get_functiondef(p.oid))
-                                   END, 'owner', p.proowner::regrole::text, 'acl', ACL(p.proacl)),
+                                   END, 'owner', p.proowner::regrole::text, 'acl', ACL(p.proacl),
+                            'security_definer', p.prosecdef, 'config', p.proconfig,
+                            'body', md5(coalesce(p.prosrc, '') || coalesce(p.probin, '')),
+                            'attributes', concat_ws(', ', (SELECT l.lanname FROM pg_catalog.pg_language l
+                                                           WHERE l.oid = p.prolang),
+                              CASE p.provolatile WHEN 'i' THEN 'immutable' WHEN 's' THEN 'stable' ELSE 'volatile' END,
+                              CASE WHEN p.proisstrict THEN 'strict' END, CASE WHEN p.proleakproof THEN 'leakproof' END,
+                              CASE p.proparallel WHEN 's' THEN 'parallel safe' WHEN 'r' THEN 'parallel restricted' END,
+                              'returns ' || pg_catalog.pg_get_function_result(p.oid))),
          NULL::oid
     FROM pg_catalog.pg_proc p JOIN ns ON ns.oid = p.pronamespace
   UNION ALL
@@ -141,6 +166,28 @@ objs AS (
   SELECT 'pg_catalog.pg_collation'::regclass, co.oid, 0, co.xmin, jsonb_build_object('provider', co.collprovider),
          NULL::oid
     FROM pg_catalog.pg_collation co JOIN ns ON ns.oid = co.collnamespace
+  UNION ALL  -- ALTER DEFAULT PRIVILEGES: what every table, function, ... created later grants
+  SELECT 'pg_catalog.pg_default_acl'::regclass, d.oid, 0, d.xmin,
+         jsonb_build_object('objtype', d.defaclobjtype, 'acl', ACL(d.defaclacl)), NULL::oid
+    FROM pg_catalog.pg_default_acl d WHERE d.defaclnamespace = 0 OR d.defaclnamespace IN (SELECT oid FROM ns)
+  UNION ALL  -- publications (Supabase Realtime streams the changes of their tables) and their tables
+  SELECT 'pg_catalog.pg_publication'::regclass, pb.oid, 0, pb.xmin,
+         jsonb_build_object('owner', pb.pubowner::regrole::text, 'all_tables', pb.puballtables,
+                            'publish', concat_ws(', ', CASE WHEN pb.pubinsert THEN 'insert' END,
+                                                 CASE WHEN pb.pubupdate THEN 'update' END,
+                                                 CASE WHEN pb.pubdelete THEN 'delete' END,
+                                                 CASE WHEN pb.pubtruncate THEN 'truncate' END),
+                            'via_root', pb.pubviaroot), NULL::oid
+    FROM pg_catalog.pg_publication pb
+  UNION ALL
+  SELECT 'pg_catalog.pg_publication_rel'::regclass, pr.oid, 0, pr.xmin, '{}'::jsonb, pr.prrelid
+    FROM pg_catalog.pg_publication_rel pr JOIN pg_catalog.pg_class c ON c.oid = pr.prrelid
+    JOIN ns ON ns.oid = c.relnamespace
+  UNION ALL
+  SELECT 'pg_catalog.pg_event_trigger'::regclass, e.oid, 0, e.xmin,
+         jsonb_build_object('event', e.evtevent, 'enabled', e.evtenabled, 'tags', e.evttags,
+                            'function', e.evtfoid::regprocedure::text, 'owner', e.evtowner::regrole::text), NULL::oid
+    FROM pg_catalog.pg_event_trigger e
 )
 SELECT o.classid::oid::int8, o.objid::int8, o.objsubid, i.type, i.identity, a.object_names, a.object_args, o.def,
        (SELECT pi.identity FROM pg_catalog.pg_identify_object('pg_catalog.pg_class'::regclass, o.parent, 0) pi),

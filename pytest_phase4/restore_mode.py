@@ -20,9 +20,10 @@ from pytest_phase4.safety import tools
 if TYPE_CHECKING:
     from pytest_phase4.run import Phase4Run
 
-_TOP_ORDER = ["materialized view", "view", "foreign table", "table", "sequence", "function", "procedure",
-              "aggregate", "composite type", "domain", "type", "statistics object", "collation", "extension", "schema"]
-_PARTS = ("trigger", "policy", "rule", "table constraint", "index", "table column")
+_TOP_ORDER = ["default acl", "event trigger", "materialized view", "view", "foreign table", "table", "sequence",
+              "function", "procedure", "aggregate", "composite type", "domain", "type", "statistics object",
+              "collation", "publication", "extension", "schema"]
+_PARTS = ("publication relation", "trigger", "policy", "rule", "table constraint", "index", "table column")
 
 
 def assess(run: Phase4Run, state: RollbackState) -> str:
@@ -180,11 +181,11 @@ def drop_extra(run: Phase4Run, state: RollbackState) -> str:
                   key=lambda o: _TOP_ORDER.index(o.type) if o.type in _TOP_ORDER else len(_TOP_ORDER))
     dropped = []
     for obj in [*parts, *tops]:
-        statement = revert.drop_statement(obj)
+        statement = revert.drop_statement(obj, cascade=True)
         if statement is None:
             raise CheckFailed("objects not in the backup that the restore can drop", f"{obj.type} {obj.identity}",
                               "the database now", hint="drop it by hand, then rerun")
-        conn.execute(sql.Composed([statement, sql.SQL(" CASCADE")]))
+        conn.execute(statement)
         dropped.append(f"{obj.type} {obj.identity}")
     row = conn.execute("SELECT to_regclass('pytest_phase4.rollbacks') IS NOT NULL").fetchone()
     if row and row[0]:

@@ -23,7 +23,8 @@ RELATION_KW = {"table": "TABLE", "view": "VIEW", "materialized view": "MATERIALI
                "index": "INDEX", "foreign table": "FOREIGN TABLE"}
 ROUTINE_KW = {"function": "FUNCTION", "procedure": "PROCEDURE", "aggregate": "AGGREGATE"}
 TYPE_KW = {"type": "TYPE", "composite type": "TYPE", "domain": "DOMAIN"}
-OTHER_KW = {"schema": "SCHEMA", "extension": "EXTENSION", "statistics object": "STATISTICS", "collation": "COLLATION"}
+OTHER_KW = {"schema": "SCHEMA", "extension": "EXTENSION", "statistics object": "STATISTICS", "collation": "COLLATION",
+            "publication": "PUBLICATION", "event trigger": "EVENT TRIGGER"}
 ON_TABLE_KW = {"trigger": "TRIGGER", "policy": "POLICY", "rule": "RULE"}
 
 
@@ -47,7 +48,7 @@ class Net:
         if self.current is None:
             return "restore"
         if self.replaced or self.current.identity != self.original.identity or \
-                _bare(self.current) != _bare(self.original):
+                changed_keys(self.original, self.current):
             return "alter"
         return "none"
 
@@ -55,8 +56,10 @@ class Net:
         return f"{self.obj.type} {self.obj.identity} ({', '.join(self.files)})"
 
 
-def _bare(obj: Obj) -> dict[str, object]:
-    return {k: v for k, v in obj.definition.items() if k != "key"}
+def changed_keys(a: Obj, b: Obj) -> set[str]:
+    """The fields of the definition that differ. A field only one side has was not recorded by the version that
+    wrote the other (an older record): unknown, not changed. The table's key is only kept to refill by."""
+    return {k for k in a.definition.keys() & b.definition.keys() if k != "key" and a.definition[k] != b.definition[k]}
 
 
 def net_changes(records: list[Record]) -> list[Net]:
@@ -105,8 +108,19 @@ def type_name(obj: Obj) -> sql.Composable:
     return sql.SQL(obj.names[0])  # a type's address is its name as the server prints it, quoted by it
 
 
-def drop_statement(obj: Obj) -> sql.Composed | None:
-    """DROP ... IF EXISTS without CASCADE: PostgreSQL refuses when anything else depends on the object."""
+def drop_statement(obj: Obj, cascade: bool = False) -> sql.Composed | None:
+    """DROP ... IF EXISTS, without CASCADE unless asked: PostgreSQL refuses when anything else depends on the
+    object. Default privileges and a table's place in a publication are not dropped but taken back."""
+    t = obj.type
+    if t == "publication relation":
+        return sql.SQL("ALTER PUBLICATION {} DROP TABLE {}").format(sql.Identifier(obj.args[0]), relation(obj))
+    if t == "default acl":
+        return sql.SQL("; ").join(default_acl_statements(obj, None, list(obj.definition.get("acl") or [])))
+    found = _drop(obj)
+    return found if found is None or not cascade else sql.Composed([found, sql.SQL(" CASCADE")])
+
+
+def _drop(obj: Obj) -> sql.Composed | None:
     t = obj.type
     if t in RELATION_KW:
         return sql.SQL("DROP {} IF EXISTS {}").format(sql.SQL(RELATION_KW[t]), relation(obj))
@@ -158,7 +172,7 @@ def same_but_parent(net: Net) -> bool:
     """A part (column, constraint, ...) whose only change is its table's name: renaming the table back is enough."""
     a, b = net.original, net.current
     return (a is not None and b is not None and not net.replaced and a.parent != b.parent and
-            own_name(a) == own_name(b) and _bare(a) == _bare(b))
+            own_name(a) == own_name(b) and not changed_keys(a, b))
 
 
 # -- privileges -----------------------------------------------------------------------------------------------
@@ -182,6 +196,8 @@ def grants(acl: list[str]) -> set[tuple[str, str, bool]]:
 def acl_statements(obj: Obj, was: list[str], now: list[str], column: str | None = None) -> list[sql.Composed]:
     """GRANT/REVOKE that turn the privileges `now` back into `was` (an empty list: the defaults, i.e. the owner's
     own privileges, which are left alone)."""
+    if obj.type == "default acl":
+        return default_acl_statements(obj, was, now)
     target = _acl_target(obj)
     if target is None:
         return []
@@ -201,6 +217,42 @@ def acl_statements(obj: Obj, was: list[str], now: list[str], column: str | None 
     return out
 
 
+# What ALTER DEFAULT PRIVILEGES calls each pg_default_acl.defaclobjtype, and what PUBLIC gets by default.
+_DEFAULT_ON = {"r": "TABLES", "S": "SEQUENCES", "f": "FUNCTIONS", "T": "TYPES", "n": "SCHEMAS"}
+_PUBLIC_DEFAULT = {"f": "EXECUTE", "T": "USAGE"}
+
+
+def default_acl_statements(obj: Obj, was: list[str] | None, now: list[str]) -> list[sql.Composed]:
+    """ALTER DEFAULT PRIVILEGES statements that turn the default privileges `now` back into `was`, or (None)
+    into the built-in defaults, at which PostgreSQL removes the pg_default_acl row."""
+    role = obj.names[0]
+    kind = str(obj.definition.get("objtype") or (obj.args[0] if obj.args else "r"))
+    head = sql.SQL("ALTER DEFAULT PRIVILEGES FOR ROLE {}").format(sql.Identifier(role))
+    if len(obj.names) > 1:
+        head = sql.SQL("{} IN SCHEMA {}").format(head, sql.Identifier(obj.names[1]))
+    on = sql.SQL(_DEFAULT_ON.get(kind, "TABLES"))
+
+    def who(grantee: str) -> sql.Composable:
+        return sql.SQL("PUBLIC") if grantee == "" else sql.Identifier(grantee)
+
+    after = grants(now)
+    if was is not None:
+        before = grants(was)
+    elif len(obj.names) > 1:  # a schema's row only adds to the global defaults: it goes when it grants nothing
+        before = set()
+    else:
+        public = _PUBLIC_DEFAULT.get(kind)
+        before = {g for g in after if g[0] == role} | ({("", public, False)} if public else set())
+    out = [sql.SQL("{} REVOKE {} ON {} FROM {}").format(head, sql.SQL(p), on, who(g))
+           for g, p, _ in sorted(after - before)]
+    if was is None and len(obj.names) == 1:
+        out.append(sql.SQL("{} GRANT ALL ON {} TO {}").format(head, on, sql.Identifier(role)))
+    out += [sql.SQL("{} GRANT {} ON {} TO {}{}").format(head, sql.SQL(p), on, who(g),
+                                                      sql.SQL(" WITH GRANT OPTION" if option else ""))
+            for g, p, option in sorted(before - after)]
+    return out
+
+
 def _acl_target(obj: Obj) -> sql.Composable | None:
     t = obj.type
     if t in ("table", "view", "materialized view", "foreign table", "table column"):
@@ -214,6 +266,38 @@ def _acl_target(obj: Obj) -> sql.Composable | None:
     if t in TYPE_KW:
         return sql.Composed([sql.SQL("TYPE "), type_name(obj)])
     return None
+
+
+_OWNED_KW = {**RELATION_KW, **ROUTINE_KW, **TYPE_KW, "schema": "SCHEMA", "publication": "PUBLICATION",
+             "event trigger": "EVENT TRIGGER"}
+
+
+def owner_statements(was: Obj, now: Obj) -> list[sql.Composed]:
+    """ALTER ... OWNER TO the original owner (after any rename back: `now` carries the original name)."""
+    kw = _OWNED_KW.get(was.type)
+    if kw is None or was.type == "index" or (was.type == "sequence" and was.parent):
+        return []  # an index's and an owned sequence's owner follow their table's
+    target = routine(now) if was.type in ROUTINE_KW else type_name(now) if was.type in TYPE_KW else \
+        relation(now) if was.type in RELATION_KW else sql.Identifier(now.names[0])
+    owner = sql.Identifier(str(was.definition["owner"]))
+    return [sql.SQL("ALTER {} {} OWNER TO {}").format(sql.SQL(kw), target, owner)]
+
+
+def table_back(now: Obj, a: dict[str, Any], rest: set[str]) -> list[sql.Composed]:
+    """Row level security (enabled, forced) and replica identity back to `a`'s."""
+    out = []
+    if "rls" in rest:
+        out.append(sql.SQL("ALTER TABLE {} {} ROW LEVEL SECURITY").format(
+            relation(now), sql.SQL("ENABLE" if a["rls"] else "DISABLE")))
+    if "force_rls" in rest:
+        out.append(sql.SQL("ALTER TABLE {} {} FORCE ROW LEVEL SECURITY").format(
+            relation(now), sql.SQL("" if a["force_rls"] else "NO")))
+    if "replident" in rest:
+        mode, _, index = str(a["replident"]).partition(" ")
+        how: sql.Composable = {"d": sql.SQL("DEFAULT"), "n": sql.SQL("NOTHING"), "f": sql.SQL("FULL")}.get(mode) or \
+            sql.SQL("USING INDEX {}").format(sql.SQL(index))  # quoted by the server (quote_ident)
+        out.append(sql.SQL("ALTER TABLE {} REPLICA IDENTITY {}").format(relation(now), how))
+    return out
 
 
 RESTORE_HINT = ("nothing was changed; this change cannot be reverted in place: use --phase4-rollback=restore "

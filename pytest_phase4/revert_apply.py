@@ -21,15 +21,18 @@ from pytest_phase4.refill import prove_values, refill_table
 from pytest_phase4.revert import Net
 
 # Parts dropped before the objects they belong to; then relations (views before tables), routines, types.
-_DROP_ORDER = ["trigger", "policy", "rule", "table constraint", "index", "statistics object", "table column",
-               "materialized view", "view", "foreign table", "table", "sequence", "function", "procedure",
-               "aggregate", "composite type", "domain", "type", "collation", "extension", "schema"]
+_DROP_ORDER = ["publication relation", "default acl", "event trigger", "trigger", "policy", "rule",
+               "table constraint", "index", "statistics object", "table column", "materialized view", "view",
+               "foreign table", "table", "sequence", "function", "procedure", "aggregate", "composite type", "domain",
+               "type", "collation", "publication", "extension", "schema"]
 # Entries restored after the dropped columns are back: they may need them.
 _LATE = {"VIEW", "MATERIALIZED VIEW", "MATERIALIZED VIEW DATA", "TABLE DATA", "SEQUENCE OWNED BY", "SEQUENCE SET",
          "DEFAULT", "CONSTRAINT", "FK CONSTRAINT", "CHECK CONSTRAINT", "INDEX", "INDEX ATTACH", "TRIGGER", "POLICY",
          "ROW SECURITY", "RULE", "ACL", "COMMENT", "SECURITY LABEL", "STATISTICS"}
 _DERIVED = ("ACL", "COMMENT", "SECURITY LABEL")
 _WHOLE = ("table", "view", "materialized view", "foreign table")
+# What changed in a view or routine that replacing it by the backup's definition undoes.
+_FROM_BACKUP = {"def", "md5", "security_definer", "config", "body", "attributes"}
 
 
 @dataclass(frozen=True)
@@ -91,10 +94,9 @@ class Reverter:
         assert b is not None
         if net.replaced:
             return True
-        changed = {k for k in a.definition.keys() | b.definition.keys()
-                   if k != "key" and a.definition.get(k) != b.definition.get(k)}
+        changed = revert.changed_keys(a, b)
         return a.type in ("materialized view", "index", "table constraint", "rule", "statistics object") and \
-            bool(changed - {"acl", "owner", "validated"})
+            bool(changed - {"acl", "owner", "validated", "enforced"})
 
     def entry_of(self, obj: Obj) -> pgscript.Entry | None:
         return next((e for e in self.toc if e.catalog == obj.classid and e.oid == obj.objid), None)
@@ -265,36 +267,33 @@ class Reverter:
         return done
 
     def _definition_back(self, was: Obj, now: Obj, net: Net) -> list[sql.Composed]:
-        a, b = was.definition, now.definition
-        changed = {k for k in a.keys() | b.keys() if k != "key" and a.get(k) != b.get(k)}
+        a = was.definition
+        changed = revert.changed_keys(was, now)
         out: list[sql.Composed] = []
         if "acl" in changed:
             column = was.names[2] if was.type == "table column" else None
-            out += revert.acl_statements(now, list(a.get("acl") or []), list(b.get("acl") or []), column)
-        if "owner" in changed and was.type in revert.RELATION_KW | revert.ROUTINE_KW | revert.TYPE_KW | {
-                "schema": "SCHEMA"}:
-            kw = {**revert.RELATION_KW, **revert.ROUTINE_KW, **revert.TYPE_KW, "schema": "SCHEMA"}[was.type]
-            target = revert.routine(now) if was.type in revert.ROUTINE_KW else revert.type_name(now) \
-                if was.type in revert.TYPE_KW else sql.Identifier(now.names[0]) if was.type == "schema" \
-                else revert.relation(now)
-            out.append(sql.SQL("ALTER {} {} OWNER TO {}").format(sql.SQL(kw), target, sql.Identifier(str(a["owner"]))))
+            out += revert.acl_statements(now, list(a.get("acl") or []), list(now.definition.get("acl") or []),
+                                         column)
+        if "owner" in changed:
+            out += revert.owner_statements(was, now)
         rest = changed - {"acl", "owner", "validated"}
         if was.type == "table column":
             out += revert.column_back(now, a, rest)
-        elif was.type == "table" and rest <= {"rls", "force_rls"}:
-            if "rls" in rest:
-                out.append(sql.SQL("ALTER TABLE {} {} ROW LEVEL SECURITY").format(
-                    revert.relation(now), sql.SQL("ENABLE" if a["rls"] else "DISABLE")))
-            if "force_rls" in rest:
-                out.append(sql.SQL("ALTER TABLE {} {} FORCE ROW LEVEL SECURITY").format(
-                    revert.relation(now), sql.SQL("" if a["force_rls"] else "NO")))
+        elif was.type == "table" and rest <= {"rls", "force_rls", "replident"}:
+            out += revert.table_back(now, a, rest)
+        elif was.type == "table constraint" and rest <= {"enforced"}:
+            mode = "ENABLE" if a["enforced"] else "DISABLE"  # its internal triggers, by name (needs a superuser)
+            out += [sql.SQL("ALTER TABLE {} {} TRIGGER {}").format(sql.SQL(rel), sql.SQL(mode), sql.Identifier(name))
+                    for rel, name in self.conn.execute(
+                        "SELECT tgrelid::regclass::text, tgname FROM pg_catalog.pg_trigger WHERE tgconstraint = %s"
+                        " ORDER BY 1, 2", (now.objid,)).fetchall()]
         elif was.type == "trigger" and rest <= {"enabled"}:
             mode = {"O": "ENABLE", "A": "ENABLE ALWAYS", "R": "ENABLE REPLICA", "D": "DISABLE"}[str(a["enabled"])]
             out.append(sql.SQL("ALTER TABLE {} {} TRIGGER {}").format(revert.relation(now), sql.SQL(mode),
                                                                      sql.Identifier(now.names[2])))
         elif was.type == "policy" and rest <= {"roles", "using", "check"}:
             out.append(revert.policy_back(now, a))
-        elif was.type in ("view", "function", "procedure") and rest <= {"def", "md5"}:
+        elif was.type in ("view", "function", "procedure") and rest <= _FROM_BACKUP:
             self._replace_from_backup(was, now)
         elif rest:
             raise CheckFailed("changes the rollback can undo", f"{was.type} {was.identity}: {', '.join(sorted(rest))} "
