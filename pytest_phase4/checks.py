@@ -24,24 +24,22 @@ class CheckSkipped(Phase4Error):
     """The check does not apply to this run; the message says why."""
 
 
-NO_BASELINE = ("nothing was migrated in this run after the pre-migration snapshot, so there is no 'before' to "
-               "compare with (the migrations ran in an earlier run, or were deselected): run the preflight and the "
-               "migrations together with this check")
+NO_BASELINE = "no baseline from before the plan's migrations to compare with"
 
 
 @dataclass
 class Snapshot:
-    """Row counts of every base table, taken once before the first migration of the run."""
+    """Row counts of every base table in the baseline the comparisons use (baselines.py): this run's, taken before
+    its first migration, or an earlier run's from before the plan's first applied migration."""
 
     counts: dict[str, int]
-    before_migrations: bool  # taken before any migration of this run
-    migrated_since: bool = False  # a migration of this run has been applied after it
+    why_not: str = ""  # why there is no baseline to compare with ("" when there is one)
+    used: str = ""  # which baseline, in words
 
     @property
     def is_baseline(self) -> bool:
-        """Whether "after" compared with this snapshot says anything about this run's migrations; a snapshot
-        compared with itself (-m post alone, a rerun with everything applied) would always pass."""
-        return self.before_migrations and self.migrated_since
+        """Whether "after" compared with it says anything about the migrations: a baseline from before them."""
+        return not self.why_not
 
 
 @dataclass
@@ -52,6 +50,7 @@ class Context:
     ledger: Mapping[str, Any] = field(default_factory=dict)  # file -> ledger.Entry, as the run started
     extras: RunExtras = field(default_factory=RunExtras)
     facts: Facts | None = None  # the step's shared catalog facts and row counts; one of its own if not given
+    verified: frozenset[str] = frozenset()  # applied without a ledger row, as --phase4-verify-only found them
 
     @property
     def schema(self) -> str:
@@ -59,8 +58,9 @@ class Context:
 
     @property
     def applied_before_run(self) -> frozenset[str]:
-        """Migration files the ledger showed as applied when the run started."""
-        return frozenset(self.ledger)
+        """Migration files the ledger showed as applied when the run started (and, verifying only, those the
+        database proves applied)."""
+        return frozenset(self.ledger) | self.verified
 
     @property
     def known(self) -> Facts:
@@ -284,7 +284,7 @@ def row_counts_unchanged(ctx: Context, spec: CheckSpec) -> str:
     table = spec.element
     snap = ctx.snapshot()
     if not snap.is_baseline:
-        raise CheckSkipped(NO_BASELINE)
+        raise CheckSkipped(snap.why_not or NO_BASELINE)
     if table not in snap.counts:
         raise CheckFailed(f"a row count for {table} recorded before the first migration", "none: the table did not "
                           "exist then", _q(table, ctx.schema), hint=spec.hint)

@@ -297,6 +297,7 @@ class Evidence:
                             for i, t, s, n in run.extras.index_usage],
             "signoff": self.signoff(),
             "personas": personas.to_json(run),  # what each persona saw, moment by moment (None without personas)
+            "baseline": run.baseline_summary(),  # what the comparisons were made with (baselines.py)
         }
 
     def write_json(self, path: Path) -> None:

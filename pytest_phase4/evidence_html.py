@@ -11,7 +11,7 @@ import html
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from pytest_phase4 import catalog, lockwords, persona_report
+from pytest_phase4 import lockwords, persona_report
 from pytest_phase4.evidence import Evidence, change_words, duration_text, migration_done
 
 e = html.escape
@@ -175,6 +175,8 @@ def _run_facts(ev: Evidence) -> str:
         ["Migration End Time", e(finished.astimezone().strftime("%Y-%m-%d %H:%M:%S %Z"))],
         ["Total Duration", e(duration_text((finished - started).total_seconds()))],
     ]
+    if (used := run.baseline_summary()) is not None:  # what the comparisons were made with (baselines.py)
+        facts.append(["Baseline", f"<span id='phase4-baseline'>{e(ev.scrub(used['text']))}</span>"])
     return "<h3>The run</h3>" + _table([], facts, "phase4-facts")
 
 
@@ -280,9 +282,9 @@ def _catalog_diff(ev: Evidence) -> str:
         return ""
     groups: dict[tuple[bool, str, str], list[Any]] = {}
     for change, ok in changes:
-        groups.setdefault((ok, catalog.kind_words(change.kind), change.change), []).append(change)
+        groups.setdefault((ok, change.label, change.change), []).append(change)
     unexpected = sum(not ok for _, ok in changes)
-    out = [f"<h3>Catalog diff: before the first migration / now</h3><p>{len(changes)} change(s), "
+    out = [f"<h3>Catalog diff: the baseline / now</h3><p>{len(changes)} change(s), "
            + (f"<span class='phase4-bad'><strong>{unexpected} UNEXPECTED</strong></span>" if unexpected
               else "all expected by the plan") + "</p>"]
     for (ok, kind, what), found in sorted(groups.items(), key=lambda g: (g[0][0], g[0][1], g[0][2])):

@@ -109,6 +109,19 @@ def backup_markers(conn: psycopg.Connection[Any]) -> set[str]:
     return {str(r[0]) for r in conn.execute("SELECT id FROM pytest_phase4.backups").fetchall()}
 
 
+def supabase_versions(conn: psycopg.Connection[Any]) -> set[str] | None:
+    """The versions supabase_migrations.schema_migrations lists, or None when the target has no such table."""
+    row = conn.execute("SELECT to_regclass('supabase_migrations.schema_migrations') IS NOT NULL").fetchone()
+    if not row or not row[0]:
+        return None
+    return {str(r[0]) for r in conn.execute("SELECT version FROM supabase_migrations.schema_migrations").fetchall()}
+
+
+def supabase_version(file: str) -> str:
+    """The version Supabase's history gives a migration file: its name up to the first '_'."""
+    return file.removesuffix(".sql").partition("_")[0]
+
+
 def sync_supabase(conn: psycopg.Connection[Any], file: str, text: str) -> None:
     """Keep Supabase's own migration history in step, so `supabase migration list` agrees with the ledger.
 
@@ -116,7 +129,7 @@ def sync_supabase(conn: psycopg.Connection[Any], file: str, text: str) -> None:
     row = conn.execute("SELECT to_regclass('supabase_migrations.schema_migrations') IS NOT NULL").fetchone()
     if not row or not row[0]:
         return
-    version, _, name = file.removesuffix(".sql").partition("_")
+    version, _, name = file.removesuffix(".sql").partition("_")  # as supabase_version
     columns = {r[0] for r in conn.execute(
         "SELECT column_name FROM information_schema.columns"
         " WHERE table_schema = 'supabase_migrations' AND table_name = 'schema_migrations'").fetchall()}

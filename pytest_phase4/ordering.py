@@ -273,7 +273,8 @@ class Runbook:
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
         """Halting: once a step failed, every later step is skipped with the reason and never runs its fixtures."""
         place = item.stash.get(PLACE_KEY, None)
-        if place is not None and (reason := self.run.halted_reason(place.group, place.key[0] == "apply")):
+        if place is not None and (reason := self.run.halted_reason(place.group, place.key[0] == "apply")
+                                  or self.run.unverifiable(place.group)):
             hold(self.run, item, reason)
 
     @pytest.hookimpl(wrapper=True)

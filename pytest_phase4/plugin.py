@@ -14,7 +14,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
-from pytest_phase4 import evidence_hooks, ordering, rehearsal, report, safety_plugin
+from pytest_phase4 import baselines, evidence_hooks, ordering, rehearsal, report, safety_plugin, verifyonly
 from pytest_phase4.errors import Phase4Error, PlanError, TargetError
 from pytest_phase4.items import RUN_KEY, SPEC_KEY, PlanFile
 from pytest_phase4.plan import load_plan
@@ -67,6 +67,9 @@ def pytest_cmdline_main(config: pytest.Config) -> None:
     if not settings.enabled:
         return
     _refuse_options(config)
+    if settings.verify_only and settings.seed:
+        raise pytest.UsageError("--phase4-verify-only never writes to the target, and --phase4-seed loads the plan's "
+                                "[setup] into it: seed in a run of its own (--phase4-seed -m preflight), then verify")
     plan_path = settings.plan
     if missing := missing_plan(config, plan_path):
         raise pytest.UsageError(missing)
@@ -84,7 +87,8 @@ def pytest_cmdline_main(config: pytest.Config) -> None:
         target = _target(settings, plan, terminal)
         # A throwaway database holds nothing to lose: its point of no return needs no confirmation.
         run = Phase4Run(plan, target, settings.confirm_destructive or target.embedded is not None,
-                        settings.check_timeout, settings.lock_timeout, workers=settings.workers)
+                        settings.check_timeout, settings.lock_timeout, workers=settings.workers,
+                        verify_only=settings.verify_only)
     except Phase4Error as exc:
         raise pytest.UsageError(str(exc)) from None
     try:
@@ -101,15 +105,39 @@ def pytest_cmdline_main(config: pytest.Config) -> None:
         raise
     if config.args_source != pytest.Config.ArgsSource.ARGS:
         config.args[:] = [str(plan.folder)]
+    stamp = run.started_at.astimezone().strftime("%Y%m%d-%H%M%S")
+    report_path = settings.report_dir(config.rootpath) / f"phase4-{stamp}.html"
     if config.pluginmanager.hasplugin("html"):
         if not config.getoption("htmlpath", None):
-            stamp = run.started_at.astimezone().strftime("%Y%m%d-%H%M%S")
-            config.option.htmlpath = str(settings.report_dir(config.rootpath) / f"phase4-{stamp}.html")
+            config.option.htmlpath = str(report_path)
         config.option.self_contained_html = True  # one file to attach to the change ticket
+        report_path = config.invocation_params.dir / str(config.option.htmlpath)
+    _baselines(config, settings, run, report_path)
+    if run.verify_only:
+        try:
+            verifyonly.probe(run)
+        except psycopg.Error as exc:
+            run.close()
+            raise pytest.UsageError(run.target.scrub(str(exc))) from None
     config.pluginmanager.register(report.ReportPlugin(run), "phase4-report")
     if config.pluginmanager.hasplugin("html"):
         config.pluginmanager.register(report.HtmlHooks(run), "phase4-html")
     evidence_hooks.configure(config, settings, run, terminal)  # smoke URL, sign-off, JSON, execution summary
+
+
+def _baselines(config: pytest.Config, settings: Settings, run: Phase4Run, report: Path) -> None:
+    """Where this run's baseline goes (beside its report; with its backup too, once made) and where earlier runs'
+    are looked for: the report's folder, the backup folders, and --phase4-baseline."""
+    run.baseline_file = report.with_name(report.stem + baselines.SUFFIX)
+    given = [config.invocation_params.dir / p for p in settings.baselines]
+    for path in given:
+        if not path.exists():
+            run.close()
+            raise pytest.UsageError(f"--phase4-baseline={path}: no such file or folder; name a baseline file "
+                                    f"(*{baselines.SUFFIX}, or {baselines.FILE} in a backup folder) or a folder of "
+                                    "them")
+    backups = run.safety.backup_root
+    run.baseline_places = list(dict.fromkeys([*given, report.parent, *([backups] if backups else [])]))
 
 
 def _refuse_options(config: pytest.Config) -> None:
@@ -258,8 +286,7 @@ def phase4_db(phase4_run: Phase4Run) -> Iterator[psycopg.Connection[Any]]:
 @pytest.fixture(scope="session")
 def phase4_snapshot(phase4_run: Phase4Run) -> dict[str, int]:
     """Row counts of every table in the plan's schema, recorded before the first migration of this run."""
-    snap = phase4_run.snapshot()
-    if not snap.before_migrations:
+    if phase4_run.own is None and not phase4_run.may_migrate():
         pytest.skip("no migration can be applied in this run (none selected, or all applied already): there are no "
                     "row counts from before one")
-    return dict(snap.counts)
+    return dict(phase4_run.capture().snap.counts)

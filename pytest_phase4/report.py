@@ -40,6 +40,10 @@ def header_lines(run: Phase4Run) -> list[str]:
     if run.safety.rollback:
         return [*lines, f"phase4 mode: rollback ({run.safety.rollback}) of the plan's migrations in the ledger "
                         f"({already}), proven before it commits; no migration runs"]
+    if run.verify_only:
+        applied = [s for s in run.states.values() if s.applied]
+        return [*lines, f"phase4 mode: verification only, nothing is applied: {len(applied)} of {len(plan.migrations)} "
+                        f"migration(s) applied ({already} in the ledger, {len(run.verified)} proven by their checks)"]
     return [*lines, f"phase4 migrations: {len(plan.migrations)} in plan, {already} already applied (ledger)"
                     f"{elsewhere}; destructive: {gate}"]
 

@@ -12,11 +12,13 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import psycopg
 
-from pytest_phase4 import checks, guard, ledger, locks, migrate, rls_checks, safety
+from pytest_phase4 import baselines, checks, guard, ledger, locks, migrate, rls_checks, safety, snapshot
+from pytest_phase4.baselines import Baseline
 from pytest_phase4.errors import CheckFailed, MigrationFailed
 from pytest_phase4.facts import Facts
 from pytest_phase4.personas import PersonaBook
@@ -102,7 +104,14 @@ class Phase4Run:
     _ro: psycopg.Connection[Any] | None = None
     _guard: psycopg.Connection[Any] | None = None  # holds the run lock; watches blocked migrations
     lock_pid: int = 0  # the server process of the session holding the run lock
-    _snapshot: checks.Snapshot | None = None
+    verify_only: bool = False  # --phase4-verify-only: never apply; applied is what the database proves (probe)
+    verified: set[str] = field(default_factory=set)  # migrations the probe found applied without a ledger row
+    baseline_places: list[Path] = field(default_factory=list)  # where earlier runs' baselines are looked for
+    baseline_file: Path | None = None  # where this run's baseline goes, beside its report
+    own: Baseline | None = None  # this run's snapshot before its first migration (or, verifying only, its first step)
+    own_written: list[Path] = field(default_factory=list)
+    _found: tuple[list[Baseline], list[str]] | None = None
+    _identity: dict[str, str] | None = None
     safety: safety.SafetyState = field(default_factory=lambda: safety.SafetyState())
     workers: int = 1  # read-only connections that run a step's heavy queries side by side (1: none)
     selected: frozenset[tuple[str, str, int]] | None = None  # (step, test id, line) of the checks that will run
@@ -203,34 +212,89 @@ class Phase4Run:
             if state.status == PENDING and self.group_of(state.migration.file) > self.halt.group:
                 state.status, state.note = NOT_RUN, f"halted after {self.halt.step}"
 
+    def unverifiable(self, group: int) -> str | None:
+        """Verifying only: why an item after the last migration (post, smoke) cannot be verified yet, or None."""
+        last = self.plan.migrations[-1].file if self.plan.migrations else None
+        if not self.verify_only or last is None or group <= self.group_of(last):
+            return None
+        missing = [f for f, s in self.states.items() if not s.applied]
+        if not missing:
+            return None
+        return (f"verification only: {len(missing)} migration(s) of the plan not applied ({', '.join(missing[:3])}"
+                f"{', ...' if len(missing) > 3 else ''}): the checks after them describe the state they leave")
+
     # -- checks and migrations ---------------------------------------------------------------------------
     def may_migrate(self) -> bool:
         """Whether a migration can still be applied in this run: one is selected and neither applied nor stopped."""
-        return any(s.status == PENDING and (self.apply_selected is None or f in self.apply_selected)
-                   for f, s in self.states.items())
+        return not self.verify_only and any(
+            s.status == PENDING and (self.apply_selected is None or f in self.apply_selected)
+            for f, s in self.states.items())
+
+    # -- baselines -------------------------------------------------------------------------------------------
+    def capture(self) -> Baseline:
+        """This run's snapshot, taken once, before its first migration: row counts, kept-column checksums,
+        fingerprint and inventory, recorded as a baseline with this run's backup and beside its report."""
+        if self.own is not None:
+            return self.own
+        try:
+            counts = count_all(self.ro, self.pool(), self.plan.schema)
+            snap = safety.capture(self, counts)  # kept-column checksums, fingerprint, inventory: the same moment
+            snap.taken_at = datetime.now(UTC).isoformat()
+            snap.source = self.identity()
+            snap.markers = sorted(ledger.backup_markers(self.ro))
+            snap.applied = sorted(set(ledger.read(self.ro)) | {f for f, s in self.states.items() if s.applied})
+        except psycopg.Error as exc:
+            raise CheckFailed(
+                f"row counts of every table in schema {self.plan.schema}, recorded before migrating",
+                checks.sql_error(exc),
+                f"schema {self.plan.schema}", hint=checks.timeout_hint(exc, self.check_timeout)) from None
+        snap.plan = {"name": self.plan.name, "path": str(self.plan.path), "sha256": self.plan.sha256}
+        folder = self.safety.folder
+        beside = baselines.free(self.baseline_file) if self.baseline_file else None
+        targets = [p for p in (beside, folder / baselines.FILE if folder and folder.is_dir() else None) if p]
+        self.own_written = baselines.write(snap, targets)
+        self.own = Baseline(snap, self.own_written[0] if self.own_written else None)
+        return self.own
+
+    def identity(self) -> dict[str, str]:
+        if self._identity is None:
+            self._identity = snapshot.identity(self.ro)
+        return self._identity
+
+    def baseline(self) -> baselines.Choice:
+        """The baseline this run's comparisons use (or why there is none): see baselines.choose."""
+        if self._found is None:
+            self._found = baselines.find(self.baseline_places)
+        mine = {p.resolve() for p in self.own_written}
+        files = [b for b in self._found[0] if b.path is None or b.path.resolve() not in mine]
+        applied = [f for f, s in self.states.items() if s.applied]
+        return baselines.choose(files, self.own, self.plan.schema, self.identity(), ledger.backup_markers(self.ro),
+                                applied, self.baseline_places)
+
+    def baseline_summary(self) -> dict[str, Any] | None:
+        """Which baseline this run's comparisons use (or why none) and where it recorded its own: for the report
+        and the JSON evidence. None for a rollback, which compares nothing."""
+        if self.safety.rollback:
+            return None
+        try:
+            choice = self.baseline()
+        except psycopg.Error as exc:  # the connection is gone: say so rather than guess
+            return {"used": None, "text": f"unknown: {checks.sql_error(exc)}", "recorded": []}
+        used = choice.baseline
+        return {"used": (str(used.path) if used.path else "this run's snapshot") if used else None,
+                "taken_at": used.snap.taken_at if used else None, "applied_then": used.snap.applied if used else None,
+                "text": choice.describe(), "recorded": [str(p) for p in self.own_written]}
 
     def snapshot(self) -> checks.Snapshot:
-        if self._snapshot is None and not self.may_migrate():
-            # Nothing this run does can be compared with it (-m post, a rerun with everything applied): counting
-            # every table would only cost time, and hold locks, for checks that then skip.
-            self._snapshot = checks.Snapshot({}, before_migrations=False)
-        if self._snapshot is None:
-            before = not any(s.status == APPLIED for s in self.states.values())
-            try:
-                counts = count_all(self.ro, self.pool(), self.plan.schema)
-                if before:
-                    safety.capture_before(self, counts)  # kept-column checksums and the fingerprint, same moment
-            except psycopg.Error as exc:
-                raise CheckFailed(
-                    f"row counts of every table in schema {self.plan.schema}, recorded before migrating",
-                    checks.sql_error(exc),
-                    f"schema {self.plan.schema}", hint=checks.timeout_hint(exc, self.check_timeout)) from None
-            self._snapshot = checks.Snapshot(counts, before)
-        return self._snapshot
+        """The row counts of the baseline the comparisons use, as the checks see them."""
+        choice = self.baseline()
+        base = choice.baseline
+        return checks.Snapshot(dict(base.snap.counts) if base else {}, choice.why_not, choice.describe())
 
     def context(self, spec: CheckSpec | None = None) -> checks.Context:
         facts = self.facts(spec.step) if spec is not None else None
-        return checks.Context(self.ro, self.plan, self.snapshot, self.applied_before_run, self.extras, facts)
+        return checks.Context(self.ro, self.plan, self.snapshot, self.applied_before_run, self.extras, facts,
+                              frozenset(self.verified))
 
     def facts(self, step: str) -> Facts:
         """The facts shared by the checks of one step: one catalog query, each table counted once."""
@@ -277,6 +341,8 @@ class Phase4Run:
             return state
         self.attempted.add(migration.file)
         try:
+            if self.verify_only and self.own is None and not all(s.applied for s in self.states.values()):
+                self.capture()  # the baseline of the run after the migrations are applied
             self.migrate(migration)
         except Exception as exc:  # reported by the apply item; KeyboardInterrupt goes through
             self.errors[migration.file] = exc
@@ -298,6 +364,10 @@ class Phase4Run:
                                       "applied migration must not change; write a new migration instead")
             state.status, state.duration_ms = ALREADY, entry.duration_ms
             state.note = f"applied {entry.applied_at:%Y-%m-%d %H:%M:%S %Z} (ledger), sha256 matches"
+            return state
+        if self.verify_only:  # never applied here: the probe said whether it is applied already
+            if state.status == REFUSED:
+                raise OutOfOrder(state.note)
             return state
         group = self.group_of(migration.file)
         if self.apply_selected is not None and migration.file not in self.apply_selected:
@@ -345,7 +415,7 @@ class Phase4Run:
             by = ("no one: an embedded throwaway database needs no confirmation" if self.target.embedded is not None
                   else "--phase4-confirm-destructive" if self.confirm_destructive else "'yes' at the prompt")
             self.confirmations[migration.file] = Confirmation(by, os_user(), datetime.now(UTC))
-        self.snapshot()  # the row counts must be taken before the first change
+        self.capture()  # the baseline: taken before the first change
         started = time.perf_counter()
         writer = self._writer()
         observer = locks.Observer(migration, locks.plan_views(self.plan))
@@ -373,8 +443,6 @@ class Phase4Run:
         finally:
             writer.close()
         state.status, state.duration_ms = APPLIED, done.duration_ms
-        if self._snapshot is not None:
-            self._snapshot.migrated_since = True
         return state
 
 

@@ -4,7 +4,6 @@ checks, and the gate in front of a destructive migration. No pytest here: the py
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from pytest_phase4 import backup, catalog, checks, ledger, snapshot
-from pytest_phase4.checks import CheckSkipped, like
+from pytest_phase4 import backup, catalog, catdiff, checks, inventory, ledger, snapshot
+from pytest_phase4.checks import CheckSkipped
 from pytest_phase4.errors import CheckFailed
 from pytest_phase4.kinds import Column
 from pytest_phase4.plan import CheckSpec, Migration, Plan
@@ -41,7 +40,6 @@ class SafetyState:
     verified: bool = False  # pg_restore read the whole archive
     restore_verified: bool = False
     backup_snapshot: snapshot.Snapshot | None = None
-    before: snapshot.Snapshot | None = None  # kept-column checksums and fingerprint before the first migration
     catalog_changes: list[tuple[snapshot.Change, bool]] | None = None  # (change, expected by the plan)
 
     def has_backup_stage(self, plan: Plan) -> bool:
@@ -59,11 +57,25 @@ def kept_columns(run: Phase4Run) -> dict[str, list[str]]:
             for t in dict.fromkeys(tables)}
 
 
-def capture_before(run: Phase4Run, counts: dict[str, int]) -> None:
-    """Called once, when the run takes its pre-migration row counts (passed in: counted once, not twice)."""
-    if run.safety.before is None:
-        run.safety.before = snapshot.take(run.ro, run.plan.schema, kept_columns(run), pool=run.pool(),
-                                          counts=counts)
+def capture(run: Phase4Run, counts: dict[str, int]) -> snapshot.Snapshot:
+    """The run's baseline beside its row counts (passed in: counted once, not twice): kept-column checksums, the
+    fingerprint and the inventory that catalog_diff compares, with the settings the checksums were computed under."""
+    snap = snapshot.take(run.ro, run.plan.schema, kept_columns(run), pool=run.pool(), counts=counts)
+    snap.objects = [o.to_json() for o in inventory.take(run.ro).values()]
+    snap.settings, snap.formula = snapshot.pinned_settings(run.plan.schema), dict(snapshot.FORMULA)
+    return snap
+
+
+def baseline(run: Phase4Run, checksums: bool = False) -> snapshot.Snapshot:
+    """The baseline the comparisons use, or CheckSkipped saying why there is none (or, for checksums, why its
+    checksums cannot be compared with those computed now)."""
+    choice = run.baseline()
+    if choice.baseline is None:
+        raise CheckSkipped(choice.why_not)
+    snap = choice.baseline.snap
+    if checksums and (why := snap.comparable()):
+        raise CheckSkipped(f"the baseline {choice.baseline.label} cannot be compared: {why}")
+    return snap
 
 
 def _server_major(run: Phase4Run) -> int:
@@ -227,14 +239,13 @@ def differences(expected: snapshot.Snapshot, found: snapshot.Snapshot) -> tuple[
 
 def checksum_unchanged(run: Phase4Run, spec: CheckSpec) -> str:
     table = spec.element
-    before = run.safety.before
-    if before is None or not run.snapshot().is_baseline:
-        raise CheckSkipped(checks.NO_BASELINE)
+    before = baseline(run, checksums=True)
     recorded = before.checksums.get(table)
     where = f"{run.plan.schema}.{table}"
     if recorded is None:
-        raise CheckFailed(f"a checksum of {where} recorded before the first migration", "none: the table did not "
-                          "exist then", where)
+        found = "none: the table did not exist then" if table not in before.counts else \
+            "none: the plan had no checksum_unchanged check of it when the baseline was taken"
+        raise CheckFailed(f"a checksum of {where} recorded before the first migration", found, where)
     now = snapshot.checksum(run.ro, run.plan.schema, table, recorded.columns)
     if now != recorded:
         rows = f"{now.rows:,} rows ({now.rows - recorded.rows:+,})" if now.rows != recorded.rows else \
@@ -247,9 +258,7 @@ def checksum_unchanged(run: Phase4Run, spec: CheckSpec) -> str:
 
 
 def row_counts_match(run: Phase4Run, spec: CheckSpec) -> str:
-    snap = run.snapshot()
-    if not snap.is_baseline:
-        raise CheckSkipped(checks.NO_BASELINE)
+    snap = baseline(run)
     deltas: dict[str, int] = spec.params["deltas"]
     schema = run.plan.schema
     unknown = sorted(set(deltas) - set(snap.counts))
@@ -276,86 +285,28 @@ def row_counts_match(run: Phase4Run, spec: CheckSpec) -> str:
         f", with deltas {', '.join(f'{t} {d:+,}' for t, d in sorted(deltas.items()))}" if deltas else "")
 
 
-def expected_changes(plan: Plan, extra: tuple[str, ...]) -> tuple[set[str], list[str]]:
-    """Names the plan expects to change ("view v", "column t.c", "table t", "index i", ...) and LIKE patterns."""
-    names: set[str] = set(extra)
-    likes: list[str] = []
-    for step in plan.steps:
-        for s in step.checks:
-            p, e = s.params, s.element
-            if s.kind in ("view_exists", "views_absent"):
-                names.add(f"view {e}")
-            elif s.kind == "view_rowcount_matches":
-                names.add(f"view {e[0]}")
-            elif s.kind == "view_sample_not_null":
-                names.add(f"view {p['view']}")
-            elif s.kind in ("column_absent", "column_present"):
-                names.add(f"column {e}")
-            elif s.kind == "table_exists":
-                names.add(f"table {e}")
-            elif s.kind == "index_exists":
-                names.add(f"index {e}")
-            elif s.kind == "index_count":
-                likes.append(p["like"])
-            elif s.kind == "rls_policies":
-                names.add(f"rls {p['table']}")
-    return names, likes
-
-
-def _expected(change: snapshot.Change, names: set[str], likes: list[str], columns: dict[str, set[str]]) -> bool:
-    key = f"{change.kind} {change.name}"
-    if key in names or change.name in names:
-        return True
-    table = change.name.split(".", 1)[0]
-    if change.kind == "index" and (m := re.search(r"\bON (?:ONLY )?(?:\S+\.)?\"?([^\s\"]+)\"? USING",
-                                                  change.before or change.after)):
-        table = m.group(1)
-    if change.kind == "sequence" and (m := re.search(r" owned by ([^.\s]+)\.", change.before or change.after)):
-        table = m.group(1)
-    if change.kind == "matview" and f"view {change.name}" in names:
-        return True
-    if f"table {table}" in names and change.kind in ("column", "constraint", "index", "policy", "sequence",
-                                                     "table"):
-        return True  # everything of a table the plan creates
-    if change.kind == "policy" or (change.kind == "table" and change.change == "changed"):
-        return f"rls {table}" in names
-    if change.kind == "index" and any(like(change.name, pattern) for pattern in likes):
-        return True
-    if change.kind in ("constraint", "index"):  # one that follows a column the plan adds or drops
-        text = f"{change.before} {change.after}"
-        if change.kind == "index":
-            tables = [t for t in columns if re.search(rf"\bON (ONLY )?\S*\b{re.escape(t)} ", text)]
-        else:
-            tables = [table]
-        return any(re.search(rf"[( ]{re.escape(c)}[,) ]", text) for t in tables for c in columns.get(t, ()))
-    return False
-
-
 def catalog_diff(run: Phase4Run, spec: CheckSpec) -> str:
-    before = run.safety.before
-    if before is None or not run.snapshot().is_baseline:
-        raise CheckSkipped(checks.NO_BASELINE)
-    changes = snapshot.diff(before.fingerprint, snapshot.fingerprint(run.ro, run.plan.schema))
-    names, likes = expected_changes(run.plan, tuple(spec.params["expect"]))
-    columns: dict[str, set[str]] = {}
-    for name in names:
-        if name.startswith("column "):
-            t, col = name[7:].split(".", 1)
-            columns.setdefault(t, set()).add(col)
-    unexpected = [c for c in changes if not _expected(c, names, likes, columns)]
-    run.safety.catalog_changes = [(c, c not in unexpected) for c in changes]
+    before = baseline(run)
+    if not before.objects:
+        raise CheckSkipped("the baseline holds no catalog inventory (written by an older version): nothing to "
+                           "compare the catalog with")
+    found = catdiff.diff(catdiff.objects(before.objects), inventory.take(run.ro).values(), run.plan.schema)
+    judged = catdiff.judge(found, catdiff.Expected.of(run.plan, spec.params["expect"]))
+    run.safety.catalog_changes = judged
+    unexpected = [c for c, ok in judged if not ok]
     if unexpected:
         raise CheckFailed("every catalog change to be expected by the plan",
-                          f"{len(unexpected)} unexpected change(s) of {len(changes)}", f"schema {run.plan.schema}",
+                          f"{len(unexpected)} unexpected change(s) of {len(judged)}", "every schema",
                           details=snapshot.table_lines(unexpected),
-                          hint=spec.hint or "add a check for the change to the plan (or list it in expect), or "
+                          hint=spec.hint or "if a migration is meant to make the change, say so in the plan: a "
+                                            "verify check naming it, or its name in catalog_diff's expect; else "
                                             "find the migration that made it")
     kinds: dict[str, int] = {}
-    for change in changes:
-        key = f"{catalog.kind_words(change.kind)} {change.change}"
+    for change, _ in judged:
+        key = f"{change.label} {change.change}"
         kinds[key] = kinds.get(key, 0) + 1
     summary = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())) or "no change"
-    return f"{len(changes)} catalog change(s), all expected by the plan: {summary}"
+    return f"{len(judged)} catalog change(s), all expected by the plan: {summary}"
 
 
 _IMPL: dict[str, Callable[[Any, CheckSpec], str]] = {

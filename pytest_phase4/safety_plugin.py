@@ -59,6 +59,10 @@ def configure(config: pytest.Config, run: Phase4Run) -> None:
     s.rehearse = bool(config.getoption("phase4_rehearse")) and not rehearsal.is_child()
     if s.rollback and s.rehearse:
         raise pytest.UsageError("--phase4-rollback and --phase4-rehearse are separate modes: give one of them")
+    if run.verify_only and (s.rollback or s.rehearse):
+        given = "--phase4-rollback" if s.rollback else "--phase4-rehearse"
+        raise pytest.UsageError(f"--phase4-verify-only applies nothing, and {given} changes a database: give one of "
+                                "them")
     if s.rehearse and not s.has_backup_stage(run.plan):
         raise pytest.UsageError(f"--phase4-rehearse restores this run's backup, but {run.plan.path.name} has no "
                                 '[[backup]] entry: add one with check = "backup"')
@@ -121,7 +125,8 @@ class SafetyHooks:
         extra = ", verify restore" if s.verify_restore else ""
         extra += ", rehearsal first" if s.rehearse else ""
         lines = [f"phase4 backups: {s.backup_root}{extra}"]
-        if any(m.destructive for m in self.run.plan.migrations) and not self.run.confirm_destructive:
+        if any(m.destructive for m in self.run.plan.migrations) and not (self.run.confirm_destructive
+                                                                          or self.run.verify_only):
             needs = "this run's verified backup and " if s.has_backup_stage(self.run.plan) else ""
             lines.append(f"phase4 point of no return: needs {needs}--phase4-confirm-destructive or 'yes' at a "
                          "terminal prompt; without a terminal the run stops there")
@@ -147,6 +152,11 @@ class SafetyHooks:
                 terminalreporter.write_line(f"{step:<16} {observed}")
             for line in rollback_outcome(state):
                 terminalreporter.write_line(line, red=not state.committed, bold=True)
+        if (summary := self.run.baseline_summary()) is not None:
+            terminalreporter.section("phase4 baseline")
+            terminalreporter.write_line(summary["text"])
+            for path in summary["recorded"]:
+                terminalreporter.write_line(f"this run's baseline, for the runs after it: {path}")
         if s.folder is not None and (s.folder / backup.INFO).is_file():
             terminalreporter.section("phase4 backup")
             for line in (s.folder / backup.INFO).read_text().splitlines()[1:10]:

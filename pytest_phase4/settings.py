@@ -29,6 +29,8 @@ class Settings:
     signoff: tuple[str, ...] = ()  # ROLE=NAME, as given
     json_path: str | None = None
     workers: int = DEFAULT_WORKERS
+    verify_only: bool = False
+    baselines: tuple[str, ...] = ()  # --phase4-baseline: files or folders, as given
 
     @staticmethod
     def add_options(parser: pytest.Parser) -> None:
@@ -70,6 +72,15 @@ class Settings:
         group.addoption("--phase4-json", default=None, metavar="PATH",
                         help="write the run's evidence as JSON (ini: phase4_json; default: beside the HTML "
                              "report, same name with .json)")
+        group.addoption("--phase4-verify-only", action="store_true", default=None,
+                        help="apply nothing: run the plan's checks before or after migrations applied by another "
+                             "tool (supabase db push, Flyway, psql); a migration counts as applied when its checks "
+                             "verify against the database and the ledger or supabase_migrations.schema_migrations, "
+                             "where one exists, lists it (ini: phase4_verify_only)")
+        group.addoption("--phase4-baseline", action="append", default=[], metavar="PATH",
+                        help="also look here for the baseline to compare with: a *.baseline.json file or a folder "
+                             "of them (repeatable; always looked in: the report folder and the backup folders)")
+        parser.addini("phase4_verify_only", "pytest-phase4: apply nothing, verify only", type="bool", default=False)
         parser.addini("phase4_base_url", "pytest-phase4 smoke stage API base URL", default=None)
         parser.addini("phase4_json", "pytest-phase4 JSON evidence path", default=None)
         parser.addini("phase4_plan", "pytest-phase4 plan file", default=None)
@@ -97,6 +108,8 @@ class Settings:
             signoff=tuple(opt("phase4_signoff") or ()),
             json_path=opt("phase4_json") or config.getini("phase4_json"),
             workers=_workers(config),
+            verify_only=bool(opt("phase4_verify_only") or config.getini("phase4_verify_only")),
+            baselines=tuple(opt("phase4_baseline") or ()),
         )
 
     def report_dir(self, rootpath: Path) -> Path:

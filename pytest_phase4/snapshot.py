@@ -145,6 +145,10 @@ class Snapshot:
     objects: list[dict[str, Any]] = field(default_factory=list)  # the inventory (inventory.Obj.to_json)
     settings: dict[str, str] = field(default_factory=dict)  # the session settings checksums were computed under
     formula: dict[str, Any] = field(default_factory=dict)  # FORMULA when computed; {} when unknown (older file)
+    # A run's baseline (baselines.py): when, the backup markers the database held then, and the plan.
+    taken_at: str = ""  # ISO 8601, UTC
+    markers: list[str] = field(default_factory=list)
+    plan: dict[str, str] = field(default_factory=dict)  # name, path, sha256
 
     def to_json(self) -> str:
         def sums(found: Mapping[str, Checksum]) -> dict[str, Any]:
@@ -154,7 +158,8 @@ class Snapshot:
             "schema": self.schema, "counts": self.counts, "fingerprint": self.fingerprint, "applied": self.applied,
             "source": self.source, "checksums": sums(self.checksums), "backup_id": self.backup_id,
             "tables": {ns: sums(t) for ns, t in self.tables.items()}, "objects": self.objects,
-            "settings": self.settings, "formula": self.formula,
+            "settings": self.settings, "formula": self.formula, "taken_at": self.taken_at, "markers": self.markers,
+            "plan": self.plan,
         }, indent=1, sort_keys=True)
 
     @classmethod
@@ -168,7 +173,8 @@ class Snapshot:
                    dict(data["fingerprint"]), [str(f) for f in data.get("applied", [])],
                    {str(k): str(v) for k, v in data.get("source", {}).items()}, str(data.get("backup_id", "")),
                    {ns: sums(t) for ns, t in data.get("tables", {}).items()}, list(data.get("objects", [])),
-                   dict(data.get("settings", {})), dict(data.get("formula", {})))
+                   dict(data.get("settings", {})), dict(data.get("formula", {})), str(data.get("taken_at", "")),
+                   [str(m) for m in data.get("markers", [])], {str(k): str(v) for k, v in data.get("plan", {}).items()})
 
     def comparable(self) -> str | None:
         """Why checksums computed now cannot be compared with this snapshot's, or None when they can."""
@@ -272,6 +278,12 @@ class Change:
     change: str  # "added", "removed", "changed"
     before: str = ""
     after: str = ""
+    what: str = ""  # of a changed object: the property that changed ("default", "privileges", "enabled", ...)
+
+    @property
+    def label(self) -> str:
+        """The kind, and for a changed property which one: "column default", "trigger enabled"."""
+        return f"{catalog.kind_words(self.kind)} {self.what}".rstrip()
 
 
 def diff(before: Mapping[str, str], after: Mapping[str, str]) -> list[Change]:
@@ -294,6 +306,6 @@ def table_lines(changes: Iterable[Change], width: int = 60) -> list[str]:
         return text if len(text) <= width else text[: width - 3] + "..."
 
     rows = [("change", "kind", "name", "before", "after")]
-    rows += [(c.change, catalog.kind_words(c.kind), c.name, cut(c.before), cut(c.after)) for c in changes]
+    rows += [(c.change, c.label, c.name, cut(c.before), cut(c.after)) for c in changes]
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     return [" | ".join([*(r[i].ljust(widths[i]) for i in range(4)), r[4]]).rstrip() for r in rows]

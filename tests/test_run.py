@@ -133,12 +133,12 @@ def test_rerun_skips_applied_migrations_and_verifies_them(project: Callable[...,
     assert outcomes[f"{M1}::view_rowcount_matches[sales_with_details=sales]"] == "PASSED"
     # the pre-migration state check holds: the view is there because an applied migration creates it
     assert outcomes[f"{MINI}::preflight::views_absent[sales_with_details]"] == "PASSED"
-    # nothing migrated in this run: "row counts as before migrating" would compare the snapshot with itself
-    assert outcomes[f"{MINI}::post::row_counts_unchanged[sales]"] == "SKIPPED"
-    result.assert_outcomes(passed=19, skipped=6)
-    result.stdout.fnmatch_lines(["*already applied: applied * (ledger), sha256 matches; verifying only",
-                                 "*: nothing was migrated in this run after the pre-migration snapshot, so there "
-                                 "is no 'before' to compare with*"])
+    # nothing migrated in this run: the comparisons use the first run's baseline, from before the migrations
+    assert outcomes[f"{MINI}::post::row_counts_unchanged[sales]"] == "PASSED"
+    result.assert_outcomes(passed=22, skipped=3)
+    (first,) = (p.path / "reports").glob("*.baseline.json")
+    result.stdout.fnmatch_lines([f"compared with {first} (taken *)",
+                                 "*already applied: applied * (ledger), sha256 matches; verifying only"])
     assert "phase4 migrations: 3 in plan, 3 already applied (ledger)" in result.stdout.str()
 
 
@@ -221,7 +221,8 @@ def test_runs_without_pytest_html(project: Callable[..., Project]) -> None:
     result = p.run("-p", "no:html", "--phase4-confirm-destructive", seed=True)
     result.assert_outcomes(passed=25)
     assert "Generated html report" not in result.stdout.str()
-    assert not (p.path / "reports").exists()
+    # no report; the baseline goes where the report would have, for the runs after this one
+    assert [f.name.endswith(".baseline.json") for f in (p.path / "reports").iterdir()] == [True]
 
 
 def test_explicit_html_path_is_respected(project: Callable[..., Project]) -> None:
@@ -256,11 +257,13 @@ def test_checks_of_a_deselected_migration_are_skipped_not_failed(project: Callab
                                  "applied: neither in this run nor in the ledger"])
 
 
-def test_post_alone_claims_nothing_about_before_and_reports_the_ledger(project: Callable[..., Project]) -> None:
+def test_post_alone_compares_with_the_first_runs_baseline_and_reports_the_ledger(
+        project: Callable[..., Project]) -> None:
     p = project("mini")
     p.run("--phase4-confirm-destructive", seed=True).assert_outcomes(passed=25)
     p.execute("DELETE FROM sales WHERE id <= 5")  # lost after the migrations, before this post-only run
     result = p.run("-v", "-m", "post")
     outcomes = outcomes_of(result)
-    assert outcomes[f"{MINI}::post::row_counts_unchanged[sales]"] == "SKIPPED"  # never "as before"
+    assert outcomes[f"{MINI}::post::row_counts_unchanged[sales]"] == "FAILED"  # never "as before"
+    result.stdout.fnmatch_lines(["expected: 100 rows (recorded before migrating)", "found:    95 (-5)"])
     result.stdout.fnmatch_lines(["already applied * 20250101000001_create_views.sql *applied * (ledger)*"])

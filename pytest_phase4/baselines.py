@@ -1,0 +1,131 @@
+"""Baselines across runs: the state a run compares "after" with (row counts, content checksums, fingerprint and
+catalog inventory, in snapshot.json's format), recorded where a later run finds it and tied to the database.
+
+A run that can apply a migration, or that verifies a plan not yet applied, records its snapshot taken before its
+first migration as a baseline: `baseline.json` with this run's backup, and `<report>.baseline.json` beside its
+report. A later run compares with the newest baseline of this database (its name and cluster, and every backup
+marker it held is still there) taken when none of the plan's migrations applied now was applied yet, and says
+which one it used. No pytest here.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pytest_phase4.snapshot import Snapshot, same_database
+
+FILE = "baseline.json"  # in a backup folder
+SUFFIX = ".baseline.json"  # beside a report
+
+
+@dataclass(frozen=True)
+class Baseline:
+    snap: Snapshot
+    path: Path | None  # the file it was read from or written to; None: this run's, not written
+
+    @property
+    def label(self) -> str:
+        where = str(self.path) if self.path is not None else "this run's snapshot"
+        return f"{where} (taken {self.snap.taken_at or 'at an unknown time'})"
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The baseline the comparisons use, or why there is none."""
+
+    baseline: Baseline | None
+    why_not: str = ""  # when there is none
+    note: str = ""  # what the comparisons cannot tell with this one
+
+    def describe(self) -> str:
+        if self.baseline is None:
+            return self.why_not
+        return f"compared with {self.baseline.label}" + (f"; {self.note}" if self.note else "")
+
+
+def free(path: Path) -> Path:
+    """The path, or the first `<name>-NN.baseline.json` beside it not taken: never overwrite another run's."""
+    stem = path.name.removesuffix(SUFFIX)
+    for n in range(2, 100):
+        if not path.exists():
+            break
+        path = path.with_name(f"{stem}-{n:02d}{SUFFIX}")
+    return path
+
+
+def write(snap: Snapshot, paths: Iterable[Path]) -> list[Path]:
+    """Write the baseline to each path; the ones written (a folder that cannot be written is left out)."""
+    text = snap.to_json()
+    done = []
+    for path in paths:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+        except OSError:
+            continue
+        done.append(path)
+    return done
+
+
+def find(places: Iterable[Path]) -> tuple[list[Baseline], list[str]]:
+    """The baselines in these places: a baseline file, or a folder holding `*.baseline.json` files and backup
+    folders with a `baseline.json`. Also the files that could not be read, with why."""
+    paths: list[Path] = []
+    for place in places:
+        if place.is_file():
+            paths.append(place)
+        elif place.is_dir():
+            paths += sorted(place.glob(f"*{SUFFIX}")) + sorted(place.glob(f"*/{FILE}"))
+    found, unreadable = [], []
+    for path in dict.fromkeys(p.resolve() for p in paths):
+        try:
+            found.append(Baseline(Snapshot.from_json(path.read_text()), path))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            unreadable.append(f"{path}: not a baseline ({type(exc).__name__}: {exc})")
+    return found, unreadable
+
+
+def choose(candidates: Sequence[Baseline], own: Baseline | None, schema: str, identity: dict[str, str],
+           markers: set[str], applied: Sequence[str], places: Sequence[Path]) -> Choice:
+    """The newest baseline of this database taken before any of the plan's migrations applied now (`applied`, in
+    plan order); else this run's own snapshot when a migration was applied after it, saying what it misses."""
+    usable, rejected = [], []
+    for b in [*candidates, *([own] if own else [])]:
+        s, where = b.snap, str(b.path) if b.path else "this run's snapshot"
+        if s.schema != schema:
+            rejected.append(f"{where}: of schema {s.schema}, the plan's is {schema}")
+        elif not same_database(s.source, identity):
+            rejected.append(f"{where}: of another database ({_ident(s.source)})")
+        elif missing := sorted(set(s.markers) - markers):
+            rejected.append(f"{where}: this database no longer holds backup marker {missing[0]} it held then "
+                            "(restored or re-created since)")
+        elif early := [f for f in applied if f in s.applied]:
+            rejected.append(f"{where}: taken when {early[0]} was already applied")
+        else:
+            usable.append(b)
+    looked = ", ".join(str(p) for p in places) or "nowhere"
+    if usable:
+        newest = max(usable, key=lambda b: (b.snap.taken_at, b.path is None))
+        if not applied:
+            return Choice(None, why_not=f"no migration of the plan is applied: nothing to compare with the "
+                                        f"baseline {newest.label} yet")
+        return Choice(newest)
+    if own is not None and (since := [f for f in applied if f not in own.snap.applied]):
+        early = [f for f in applied if f in own.snap.applied]
+        return Choice(own, note=f"taken after {', '.join(early)} (applied before this run): the changes of "
+                                f"{since[0] if len(since) == 1 else 'this run'} only are compared; no baseline of "
+                                f"this database from before {early[0]} was found in {looked}")
+    if not applied:
+        return Choice(None, why_not="no migration of the plan is applied, and no baseline to compare with")
+    return Choice(None, why_not=(
+        f"no baseline of this database from before {applied[0]} was found (looked in {looked}" +
+        (f"; found {len(rejected)}: " + "; ".join(rejected[:5]) if rejected else "") +
+        "): run the plan (or --phase4-verify-only) before its migrations are applied, or name a baseline with "
+        "--phase4-baseline=PATH"))
+
+
+def _ident(source: dict[str, str]) -> str:
+    return json.dumps({k: v for k, v in source.items() if k in ("database", "system_identifier")}, sort_keys=True)
