@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from pytest_phase4 import customfiles
+from pytest_phase4 import customfiles, verifyonly
 from pytest_phase4.items import (
     APPLY,
     GROUP_KEY,
@@ -274,7 +274,7 @@ class Runbook:
         """Halting: once a step failed, every later step is skipped with the reason and never runs its fixtures."""
         place = item.stash.get(PLACE_KEY, None)
         if place is not None and (reason := self.run.halted_reason(place.group, place.key[0] == "apply")
-                                  or self.run.unverifiable(place.group)):
+                                  or verifyonly.unverifiable(self.run, place.group)):
             hold(self.run, item, reason)
 
     @pytest.hookimpl(wrapper=True)

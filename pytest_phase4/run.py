@@ -28,6 +28,8 @@ from pytest_phase4.runextras import RunExtras
 from pytest_phase4.steps import StepBook
 from pytest_phase4.target import Target
 
+_COMPARISONS = frozenset({"row_counts_unchanged", "checksum_unchanged", "row_counts_match", "catalog_diff"})
+
 # Migration states, as the report prints them.
 PENDING, APPLIED, ALREADY, FAILED, BLOCKED, NOT_RUN, ROLLED_BACK, REFUSED = (
     "pending", "applied", "already applied", "failed", "blocked", "not run", "rolled back", "refused")
@@ -212,17 +214,6 @@ class Phase4Run:
             if state.status == PENDING and self.group_of(state.migration.file) > self.halt.group:
                 state.status, state.note = NOT_RUN, f"halted after {self.halt.step}"
 
-    def unverifiable(self, group: int) -> str | None:
-        """Verifying only: why an item after the last migration (post, smoke) cannot be verified yet, or None."""
-        last = self.plan.migrations[-1].file if self.plan.migrations else None
-        if not self.verify_only or last is None or group <= self.group_of(last):
-            return None
-        missing = [f for f, s in self.states.items() if not s.applied]
-        if not missing:
-            return None
-        return (f"verification only: {len(missing)} migration(s) of the plan not applied ({', '.join(missing[:3])}"
-                f"{', ...' if len(missing) > 3 else ''}): the checks after them describe the state they leave")
-
     # -- checks and migrations ---------------------------------------------------------------------------
     def may_migrate(self) -> bool:
         """Whether a migration can still be applied in this run: one is selected and neither applied nor stopped."""
@@ -273,8 +264,11 @@ class Phase4Run:
 
     def baseline_summary(self) -> dict[str, Any] | None:
         """Which baseline this run's comparisons use (or why none) and where it recorded its own: for the report
-        and the JSON evidence. None for a rollback, which compares nothing."""
-        if self.safety.rollback:
+        and the JSON evidence. None when the run neither compares nor recorded one (a rollback, -m preflight)."""
+        selected = self.selected
+        compares = any(s.kind in _COMPARISONS and (selected is None or (s.step, s.test_id, s.line) in selected)
+                       for step in self.plan.steps for s in step.checks)
+        if self.safety.rollback or not (compares or self.own_written):
             return None
         try:
             choice = self.baseline()

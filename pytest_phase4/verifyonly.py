@@ -72,3 +72,15 @@ def _checks_of(run: Phase4Run, migration: Migration) -> tuple[list[str], list[st
             continue
         passed.append(spec.test_id)
     return passed, failed
+
+
+def unverifiable(run: Phase4Run, group: int) -> str | None:
+    """Why an item after the last migration (post, smoke) cannot be verified yet, or None."""
+    last = run.plan.migrations[-1].file if run.plan.migrations else None
+    if not run.verify_only or last is None or group <= run.group_of(last):
+        return None
+    missing = [f for f, s in run.states.items() if not s.applied]
+    if not missing:
+        return None
+    return (f"verification only: {len(missing)} migration(s) of the plan not applied ({', '.join(missing[:3])}"
+            f"{', ...' if len(missing) > 3 else ''}): the checks after them describe the state they leave")
