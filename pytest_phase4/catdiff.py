@@ -117,6 +117,7 @@ def describe(obj: Obj) -> str:
         text = str(d.get("type", ""))
         text += " not null" if d.get("notnull") else ""
         text += f" default {d['default']}" if d.get("default") else ""
+        text += f" generated {value('identity', d['identity'])} as identity" if d.get("identity") else ""
         return text + (f" generated {d['generated']}" if d.get("generated") else "")
     if t == "policy":
         text = (f"AS {'PERMISSIVE' if d.get('permissive') else 'RESTRICTIVE'} FOR {value('cmd', d.get('cmd'))} "
@@ -299,11 +300,19 @@ def _table_name(identity: str | None, schema: str) -> str:
 
 
 def judge(found: list[Found], expected: Expected) -> list[tuple[Change, bool]]:
-    """Each change with whether the plan expects it; everything of a table or view it adds is expected with it."""
+    """Each change with whether the plan expects it: everything of a table or view it adds is expected with it, and
+    the sequence of a serial or identity column it adds to a table (the column's default or identity uses it)."""
     added = {f.obj.identity for f in found if f.change.change == "added" and f.obj.type in _WHOLE
              and expected.direct(f)}
-    return [(f.change, expected.direct(f) or (f.obj.type != "publication relation" and f.parent in added))
-            for f in found]
+    columns = [f for f in found if f.obj.type == "table column" and f.change.change == "added" and expected.direct(f)]
+
+    def with_column(f: Found) -> bool:
+        name = f.obj.names[-1] if f.obj.names else ""
+        return f.obj.type == "sequence" and f.change.change == "added" and any(
+            c.parent == f.parent and (name in c.change.after or "as identity" in c.change.after) for c in columns)
+
+    return [(f.change, expected.direct(f) or (f.obj.type != "publication relation" and f.parent in added)
+             or with_column(f)) for f in found]
 
 
 def objects(data: Iterable[Mapping[str, Any]]) -> list[Obj]:

@@ -19,7 +19,7 @@ import psycopg
 
 from pytest_phase4 import baselines, checks, guard, ledger, locks, migrate, rls_checks, safety, snapshot
 from pytest_phase4.baselines import Baseline
-from pytest_phase4.errors import CheckFailed, MigrationFailed
+from pytest_phase4.errors import CheckFailed, MigrationFailed, Phase4Error
 from pytest_phase4.facts import Facts
 from pytest_phase4.personas import PersonaBook
 from pytest_phase4.plan import CheckSpec, Migration, Plan
@@ -272,8 +272,10 @@ class Phase4Run:
             return None
         try:
             choice = self.baseline()
-        except psycopg.Error as exc:  # the connection is gone: say so rather than guess
-            return {"used": None, "text": f"unknown: {checks.sql_error(exc)}", "recorded": []}
+        except (psycopg.Error, Phase4Error) as exc:  # the server is gone: say so rather than guess
+            why = checks.sql_error(exc) if isinstance(exc, psycopg.Error) else str(exc).splitlines()[0]
+            return {"used": None, "text": f"unknown: {self.target.scrub(why)}",
+                    "recorded": [str(p) for p in self.own_written]}
         used = choice.baseline
         return {"used": (str(used.path) if used.path else "this run's snapshot") if used else None,
                 "taken_at": used.snap.taken_at if used else None, "applied_then": used.snap.applied if used else None,

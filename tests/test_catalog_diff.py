@@ -4,8 +4,13 @@ change only where the plan says so specifically (issue 13, wrong answers 2 and 3
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
+
+import psycopg
 
 from conftest import Project, outcomes_of
+from pytest_phase4 import catdiff, inventory
+from pytest_phase4.plan import load_plan
 
 DIFF = "checks/phase4.toml::post::catalog_diff[schema]"
 
@@ -93,3 +98,46 @@ def test_revert_puts_every_property_catalog_diff_sees_back(project: Callable[...
         [(False, None), (False, None)]
     assert p.query("SELECT relowner::regrole::text FROM pg_class WHERE relname LIKE 'events%' ORDER BY 1") == \
         [("postgres",)] * 3
+
+
+def test_what_comes_with_a_column_the_plan_adds_or_drops_is_expected(scratch_dsn: str, tmp_path: Path) -> None:
+    (tmp_path / "m.sql").write_text("SELECT 1;\n")
+    (tmp_path / "plan.toml").write_text(PLAN)
+    plan = load_plan(tmp_path / "plan.toml")
+    with psycopg.connect(scratch_dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE p (id int PRIMARY KEY); CREATE TABLE t (id int PRIMARY KEY, old int, kept int);"
+                     "CREATE INDEX t_old ON t (old); CREATE INDEX t_kept ON t (kept)")
+        before = inventory.take(conn).values()
+        conn.execute("ALTER TABLE t ADD COLUMN n serial, ADD COLUMN i bigint GENERATED ALWAYS AS IDENTITY,"
+                     " ADD COLUMN p_id int REFERENCES p (id), DROP COLUMN old, DROP COLUMN kept;"
+                     " CREATE INDEX t_p ON t (p_id); CREATE SEQUENCE loose")
+        found = catdiff.diff(before, inventory.take(conn).values(), "public")
+    judged = {(c.change, c.kind, c.name): ok for c, ok in catdiff.judge(found, catdiff.Expected.of(plan, ()))}
+    assert judged == {
+        ("added", "column", "t.n"): True, ("added", "column", "t.i"): True, ("added", "column", "t.p_id"): True,
+        ("added", "sequence", "t_n_seq"): True, ("added", "sequence", "t_i_seq"): True,  # the columns' own
+        ("added", "constraint", "t.t_p_id_fkey"): True, ("added", "index", "t_p"): True,  # on an added column
+        ("removed", "column", "t.old"): True, ("removed", "index", "t_old"): True,  # with a dropped column
+        ("removed", "column", "t.kept"): False, ("removed", "index", "t_kept"): False,  # named by no check
+        ("added", "sequence", "loose"): False,
+    }
+
+
+PLAN = """
+[phase4]
+name = "columns"
+migrations_dir = "."
+
+[[migration]]
+file = "m.sql"
+  [[migration.verify]]
+  check = "column_present"
+  columns = ["t.n", "t.i", "t.p_id"]
+  [[migration.verify]]
+  check = "column_absent"
+  columns = ["t.old"]
+
+[[preflight]]
+check = "column_present"
+columns = ["t.kept"]
+"""

@@ -396,7 +396,7 @@ def test_rollback_drops_every_kind_of_object_the_run_created(project: Callable[.
                                  "  added  | sequence          | audit_id_seq     |        | bigint",
                                  "  added  | sequence          | invoice_no       |        | bigint",
                                  "  added  | table             | audit            |        | row level security off",
-                                 "  added  | column            | audit.id         |        | bigint not null",
+                                 "  added  | column            | audit.id         |        | bigint not null gen*",
                                  "  added  | column            | audit.state      |        | public.ticket_state",
                                  "  added  | constraint        | audit.audit_pkey |        | PRIMARY KEY (id)",
                                  "  added  | type              | ticket_state     |        | enum open, closed"])
