@@ -25,11 +25,15 @@ SUFFIX = ".baseline.json"  # beside a report
 class Baseline:
     snap: Snapshot
     path: Path | None  # the file it was read from or written to; None: this run's, not written
+    own: bool = False  # this run's
 
     @property
     def label(self) -> str:
         where = str(self.path) if self.path is not None else "this run's snapshot"
-        return f"{where} (taken {self.snap.taken_at or 'at an unknown time'})"
+        where = f"this run's baseline {where}" if self.own and self.path is not None else where
+        taken = self.snap.taken_at
+        when = f"{taken[:10]} {taken[11:19]} UTC" if len(taken) >= 19 else "at an unknown time"
+        return f"{where} (taken {when})"
 
 
 @dataclass(frozen=True)

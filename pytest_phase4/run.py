@@ -244,7 +244,7 @@ class Phase4Run:
         beside = baselines.free(self.baseline_file) if self.baseline_file else None
         targets = [p for p in (beside, folder / baselines.FILE if folder and folder.is_dir() else None) if p]
         self.own_written = baselines.write(snap, targets)
-        self.own = Baseline(snap, self.own_written[0] if self.own_written else None)
+        self.own = Baseline(snap, self.own_written[0] if self.own_written else None, own=True)
         return self.own
 
     def identity(self) -> dict[str, str]:

@@ -78,6 +78,12 @@ def baseline(run: Phase4Run, checksums: bool = False) -> snapshot.Snapshot:
     return snap
 
 
+def since(snap: snapshot.Snapshot) -> str:
+    """For a hint: when the baseline was taken, since which the application's own writes count too."""
+    return f"; compared with the baseline taken {snap.taken_at}: rows written since then count too" \
+        if snap.taken_at else ""
+
+
 def _server_major(run: Phase4Run) -> int:
     return run.ro.info.server_version // 10000
 
@@ -253,7 +259,7 @@ def checksum_unchanged(run: Phase4Run, spec: CheckSpec) -> str:
         raise CheckFailed(f"{where}: {recorded.describe()} (recorded before migrating)",
                           f"{rows}, checksum {now.sum}", where,
                           hint=spec.hint or f"a migration changed or deleted rows of {table} that must be kept: "
-                                            "put the backup's rows back (--phase4-rollback=restore)")
+                                            "put the backup's rows back (--phase4-rollback=restore)" + since(before))
     return f"{where}: {now.describe()}, as before"
 
 
@@ -279,7 +285,8 @@ def row_counts_match(run: Phase4Run, spec: CheckSpec) -> str:
                                                                  else ""),
                           f"schema {schema}", details=lines,
                           hint=spec.hint or "rows were lost or added: put the backup's rows back "
-                                            "(--phase4-rollback=restore), or declare the intended change in deltas")
+                                            "(--phase4-rollback=restore), or declare the intended change in deltas"
+                                            + since(snap))
     total = sum(now.values())
     return f"{len(now)} tables, {total:,} rows: every count as before" + (
         f", with deltas {', '.join(f'{t} {d:+,}' for t, d in sorted(deltas.items()))}" if deltas else "")
