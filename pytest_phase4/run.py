@@ -19,7 +19,7 @@ import psycopg
 
 from pytest_phase4 import baselines, checks, guard, ledger, locks, migrate, rls_checks, safety, snapshot
 from pytest_phase4.baselines import Baseline
-from pytest_phase4.errors import CheckFailed, MigrationFailed, Phase4Error
+from pytest_phase4.errors import CheckFailed, MigrationFailed
 from pytest_phase4.facts import Facts
 from pytest_phase4.personas import PersonaBook
 from pytest_phase4.plan import CheckSpec, Migration, Plan
@@ -27,8 +27,6 @@ from pytest_phase4.pool import Pool, count_all
 from pytest_phase4.runextras import RunExtras
 from pytest_phase4.steps import StepBook
 from pytest_phase4.target import Target
-
-_COMPARISONS = frozenset({"row_counts_unchanged", "checksum_unchanged", "row_counts_match", "catalog_diff"})
 
 # Migration states, as the report prints them.
 PENDING, APPLIED, ALREADY, FAILED, BLOCKED, NOT_RUN, ROLLED_BACK, REFUSED = (
@@ -230,16 +228,11 @@ class Phase4Run:
         try:
             counts = count_all(self.ro, self.pool(), self.plan.schema)
             snap = safety.capture(self, counts)  # kept-column checksums, fingerprint, inventory: the same moment
-            snap.taken_at = datetime.now(UTC).isoformat()
-            snap.source = self.identity()
-            snap.markers = sorted(ledger.backup_markers(self.ro))
-            snap.applied = sorted(set(ledger.read(self.ro)) | {f for f, s in self.states.items() if s.applied})
         except psycopg.Error as exc:
             raise CheckFailed(
                 f"row counts of every table in schema {self.plan.schema}, recorded before migrating",
                 checks.sql_error(exc),
                 f"schema {self.plan.schema}", hint=checks.timeout_hint(exc, self.check_timeout)) from None
-        snap.plan = {"name": self.plan.name, "path": str(self.plan.path), "sha256": self.plan.sha256}
         folder = self.safety.folder
         beside = baselines.free(self.baseline_file) if self.baseline_file else None
         targets = [p for p in (beside, folder / baselines.FILE if folder and folder.is_dir() else None) if p]
@@ -263,23 +256,8 @@ class Phase4Run:
                                 applied, self.baseline_places)
 
     def baseline_summary(self) -> dict[str, Any] | None:
-        """Which baseline this run's comparisons use (or why none) and where it recorded its own: for the report
-        and the JSON evidence. None when the run neither compares nor recorded one (a rollback, -m preflight)."""
-        selected = self.selected
-        compares = any(s.kind in _COMPARISONS and (selected is None or (s.step, s.test_id, s.line) in selected)
-                       for step in self.plan.steps for s in step.checks)
-        if self.safety.rollback or not (compares or self.own_written):
-            return None
-        try:
-            choice = self.baseline()
-        except (psycopg.Error, Phase4Error) as exc:  # the server is gone: say so rather than guess
-            why = checks.sql_error(exc) if isinstance(exc, psycopg.Error) else str(exc).splitlines()[0]
-            return {"used": None, "text": f"unknown: {self.target.scrub(why)}",
-                    "recorded": [str(p) for p in self.own_written]}
-        used = choice.baseline
-        return {"used": (str(used.path) if used.path else "this run's snapshot") if used else None,
-                "taken_at": used.snap.taken_at if used else None, "applied_then": used.snap.applied if used else None,
-                "text": choice.describe(), "recorded": [str(p) for p in self.own_written]}
+        """Which baseline the comparisons use, for the report and the JSON evidence (safety.baseline_summary)."""
+        return safety.baseline_summary(self)
 
     def snapshot(self) -> checks.Snapshot:
         """The row counts of the baseline the comparisons use, as the checks see them."""

@@ -15,7 +15,7 @@ import psycopg
 
 from pytest_phase4 import backup, catalog, catdiff, checks, inventory, ledger, snapshot
 from pytest_phase4.checks import CheckSkipped
-from pytest_phase4.errors import CheckFailed
+from pytest_phase4.errors import CheckFailed, Phase4Error
 from pytest_phase4.kinds import Column
 from pytest_phase4.plan import CheckSpec, Migration, Plan
 
@@ -63,7 +63,34 @@ def capture(run: Phase4Run, counts: dict[str, int]) -> snapshot.Snapshot:
     snap = snapshot.take(run.ro, run.plan.schema, kept_columns(run), pool=run.pool(), counts=counts)
     snap.objects = [o.to_json() for o in inventory.take(run.ro).values()]
     snap.settings, snap.formula = snapshot.pinned_settings(run.plan.schema), dict(snapshot.FORMULA)
+    snap.taken_at = datetime.now(UTC).isoformat()
+    snap.source, snap.markers = run.identity(), sorted(ledger.backup_markers(run.ro))
+    snap.applied = sorted(set(ledger.read(run.ro)) | {f for f, s in run.states.items() if s.applied})
+    snap.plan = {"name": run.plan.name, "path": str(run.plan.path), "sha256": run.plan.sha256}
     return snap
+
+
+COMPARISONS = frozenset({"row_counts_unchanged", "checksum_unchanged", "row_counts_match", "catalog_diff"})
+
+
+def baseline_summary(run: Phase4Run) -> dict[str, Any] | None:
+    """Which baseline the run's comparisons use (or why none) and where it recorded its own: for the report and
+    the JSON evidence. None when the run neither compares nor recorded one (a rollback, -m preflight)."""
+    selected = run.selected
+    compares = any(s.kind in COMPARISONS and (selected is None or (s.step, s.test_id, s.line) in selected)
+                   for step in run.plan.steps for s in step.checks)
+    recorded = [str(p) for p in run.own_written]
+    if run.safety.rollback or not (compares or recorded):
+        return None
+    try:
+        choice = run.baseline()
+    except (psycopg.Error, Phase4Error) as exc:  # the server is gone: say so rather than guess
+        why = checks.sql_error(exc) if isinstance(exc, psycopg.Error) else str(exc).splitlines()[0]
+        return {"used": None, "text": f"unknown: {run.target.scrub(why)}", "recorded": recorded}
+    used = choice.baseline
+    return {"used": (str(used.path) if used.path else "this run's snapshot") if used else None,
+            "taken_at": used.snap.taken_at if used else None, "applied_then": used.snap.applied if used else None,
+            "text": choice.describe(), "recorded": recorded}
 
 
 def baseline(run: Phase4Run, checksums: bool = False) -> snapshot.Snapshot:
