@@ -11,7 +11,7 @@ import html
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from pytest_phase4 import lockwords, persona_report
+from pytest_phase4 import catalog, lockwords, persona_report
 from pytest_phase4.evidence import Evidence, change_words, duration_text, migration_done
 
 e = html.escape
@@ -280,18 +280,18 @@ def _catalog_diff(ev: Evidence) -> str:
     changes = ev.run.safety.catalog_changes
     if changes is None:
         return ""
-    groups: dict[tuple[bool, str, str], list[Any]] = {}
-    for change, ok in changes:
-        groups.setdefault((ok, change.label, change.change), []).append(change)
+    groups: dict[tuple[bool, str, str, str], list[Any]] = {}
+    for change, ok in changes:  # by kind and, for a changed object, the property that changed
+        groups.setdefault((ok, catalog.kind_words(change.kind), change.what, change.change), []).append(change)
     unexpected = sum(not ok for _, ok in changes)
     out = [f"<h3>Catalog diff: the baseline / now</h3><p>{len(changes)} change(s), "
            + (f"<span class='phase4-bad'><strong>{unexpected} UNEXPECTED</strong></span>" if unexpected
               else "all expected by the plan") + "</p>"]
-    for (ok, kind, what), found in sorted(groups.items(), key=lambda g: (g[0][0], g[0][1], g[0][2])):
+    for (ok, kind, prop, what), found in sorted(groups.items(), key=lambda g: g[0]):
         rows = [[e(c.name), e(c.before), e(c.after)] for c in found]
         verdict, cls, color = ("expected", "phase4-expected", "phase4-ok") if ok else (
             "UNEXPECTED", "phase4-unexpected", "phase4-bad")
-        title = f"{len(found)} {_plural(kind, len(found))} {what}"
+        title = " ".join(w for w in (str(len(found)), _plural(kind, len(found)), prop, what) if w)
         out.append(f"<details class='{cls}'{'' if ok else ' open'}><summary><span class='{color}'>{verdict}</span>: "
                    f"{e(title)}</summary>" + _table(["Name", "Before", "After"], rows, "phase4-catalog-diff")
                    + "</details>")

@@ -70,7 +70,8 @@ def views_absent(ctx: Context, spec: CheckSpec) -> str:
     if kind is None:
         return f"{where} does not exist yet"
     if kind in catalog.VIEW_KINDS and ctx.applied_before_run and (by := _views_of_applied(ctx).get(name)):
-        return f"{where} exists: {by} creates it and was applied before this run (ledger)"
+        how = "ledger" if by in ctx.ledger else "its checks verify"
+        return f"{where} exists: {by} creates it and was applied before this run ({how})"
     raise CheckFailed(f"no relation named {name} before migrating" + (
         ", but a view the migrations applied before this run create" if ctx.applied_before_run else ""),
         catalog.relkind_words(kind), where,

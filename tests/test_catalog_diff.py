@@ -73,8 +73,9 @@ def test_catalog_diff_sees_what_changes_behaviour_and_expects_only_what_the_plan
     assert outcomes_of(result)[DIFF] == "PASSED", result.stdout.str()
     report = p.report()
     assert f"{len(UNEXPECTED)} catalog change(s), all expected by the plan: 1 column default changed, " in report
-    assert "<td>expected</td><td>changed</td><td>constraint enforced</td><td>projects.projects_owner_id_fkey</td>" \
-        in report
+    assert ("<summary><span class='phase4-ok'>expected</span>: 3 constraints enforced changed</summary><table "
+            "class='phase4-catalog-diff'>") in report
+    assert "<td>projects.projects_owner_id_fkey</td><td>yes</td><td>no</td>" in report
 
 
 def test_revert_puts_every_property_catalog_diff_sees_back(project: Callable[..., Project]) -> None:

@@ -53,13 +53,17 @@ def test_a_verdict_says_what_did_not_run_and_why(project: Callable[..., Project]
         "migration": "20250101000002_drop_denormalized.sql", "status": "applied",
         "confirmed_by": "--phase4-confirm-destructive", "os_user": getpass.getuser()}
 
-    # fixed and applied; then a rerun with everything applied has no 'before' to compare with
+    # fixed and applied; then a rerun with everything applied compares with the first run's baseline, from
+    # before migration 1, and verifies every check; with no baseline, it says so
     (p.path / M3_FILE).write_text(original)
     p.run("--phase4-confirm-destructive").stdout.fnmatch_lines(["Data Integrity:  VERIFIED   6 passed"])
     result = p.run("--phase4-confirm-destructive")
-    result.stdout.fnmatch_lines(["Data Integrity:  INCOMPLETE 3 passed; 3 did not run: 3 skipped: nothing was "
-                                 "migrated in this run after the pre-migration snapshot, so there is no 'before' to "
-                                 "compare with *"])
+    result.stdout.fnmatch_lines(["Data Integrity:  VERIFIED   6 passed"])
+    for baseline in (p.path / "reports").glob("*.baseline.json"):
+        baseline.unlink()
+    result = p.run("--phase4-confirm-destructive")
+    result.stdout.fnmatch_lines(["Data Integrity:  INCOMPLETE 3 passed; 3 did not run: 3 skipped: no baseline of "
+                                 "this database from before 20250101000001_create_views.sql was found *"])
 
 
 def test_performance_shows_a_slower_query_as_slower_and_states_the_gate(project: Callable[..., Project]) -> None:
