@@ -12,10 +12,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+import psycopg
+
+from pytest_phase4.checks import sql_error
+from pytest_phase4.errors import Phase4Error
 from pytest_phase4.snapshot import Snapshot, same_database
+
+if TYPE_CHECKING:
+    from pytest_phase4.run import Phase4Run
 
 FILE = "baseline.json"  # in a backup folder
 SUFFIX = ".baseline.json"  # beside a report
@@ -48,6 +56,32 @@ class Choice:
         if self.baseline is None:
             return self.why_not
         return f"compared with {self.baseline.label}" + (f"; {self.note}" if self.note else "")
+
+
+@dataclass
+class Store:
+    """A run's baselines: where it looks for earlier runs', where it writes its own, and its own once taken."""
+
+    places: list[Path] = field(default_factory=list)
+    file: Path | None = None  # beside the report
+    own: Baseline | None = None
+    written: list[Path] = field(default_factory=list)
+    identity: dict[str, str] | None = None  # of the database, once read
+    _found: list[Baseline] | None = None
+
+    def keep(self, snap: Snapshot, backup_folder: Path | None) -> None:
+        """Record the run's own baseline beside its report and, when it made one, with its backup."""
+        beside = free(self.file) if self.file else None
+        with_backup = backup_folder / FILE if backup_folder and backup_folder.is_dir() else None
+        self.written = write(snap, [p for p in (beside, with_backup) if p])
+        self.own = Baseline(snap, self.written[0] if self.written else None, own=True)
+
+    def choose(self, schema: str, identity: dict[str, str], markers: set[str], applied: Sequence[str]) -> Choice:
+        if self._found is None:
+            self._found = find(self.places)[0]
+        mine = {p.resolve() for p in self.written}
+        files = [b for b in self._found if b.path is None or b.path.resolve() not in mine]
+        return choose(files, self.own, schema, identity, markers, applied, self.places)
 
 
 def free(path: Path) -> Path:
@@ -133,3 +167,26 @@ def choose(candidates: Sequence[Baseline], own: Baseline | None, schema: str, id
 
 def _ident(source: dict[str, str]) -> str:
     return json.dumps({k: v for k, v in source.items() if k in ("database", "system_identifier")}, sort_keys=True)
+
+
+COMPARISONS = frozenset({"row_counts_unchanged", "checksum_unchanged", "row_counts_match", "catalog_diff"})
+
+
+def summary(run: Phase4Run) -> dict[str, Any] | None:
+    """Which baseline the run's comparisons use (or why none) and where it recorded its own: for the report and
+    the JSON evidence. None when the run neither compares nor recorded one (a rollback, -m preflight)."""
+    selected = run.selected
+    compares = any(s.kind in COMPARISONS and (selected is None or (s.step, s.test_id, s.line) in selected)
+                   for step in run.plan.steps for s in step.checks)
+    recorded = [str(p) for p in run.store.written]
+    if run.safety.rollback or not (compares or recorded):
+        return None
+    try:
+        choice = run.baseline()
+    except (psycopg.Error, Phase4Error) as exc:  # the server is gone: say so rather than guess
+        why = sql_error(exc) if isinstance(exc, psycopg.Error) else str(exc).splitlines()[0]
+        return {"used": None, "text": f"unknown: {run.target.scrub(why)}", "recorded": recorded}
+    used = choice.baseline
+    return {"used": (str(used.path) if used.path else "this run's snapshot") if used else None,
+            "taken_at": used.snap.taken_at if used else None, "applied_then": used.snap.applied if used else None,
+            "text": choice.describe(), "recorded": recorded}

@@ -128,7 +128,7 @@ def pytest_cmdline_main(config: pytest.Config) -> None:
 def _baselines(config: pytest.Config, settings: Settings, run: Phase4Run, report: Path) -> None:
     """Where this run's baseline goes (beside its report; with its backup too, once made) and where earlier runs'
     are looked for: the report's folder, the backup folders, and --phase4-baseline."""
-    run.baseline_file = report.with_name(report.stem + baselines.SUFFIX)
+    run.store.file = report.with_name(report.stem + baselines.SUFFIX)
     given = [config.invocation_params.dir / p for p in settings.baselines]
     for path in given:
         if not path.exists():
@@ -137,7 +137,7 @@ def _baselines(config: pytest.Config, settings: Settings, run: Phase4Run, report
                                     f"(*{baselines.SUFFIX}, or {baselines.FILE} in a backup folder) or a folder of "
                                     "them")
     backups = run.safety.backup_root
-    run.baseline_places = list(dict.fromkeys([*given, report.parent, *([backups] if backups else [])]))
+    run.store.places = list(dict.fromkeys([*given, report.parent, *([backups] if backups else [])]))
 
 
 def _refuse_options(config: pytest.Config) -> None:
@@ -286,7 +286,7 @@ def phase4_db(phase4_run: Phase4Run) -> Iterator[psycopg.Connection[Any]]:
 @pytest.fixture(scope="session")
 def phase4_snapshot(phase4_run: Phase4Run) -> dict[str, int]:
     """Row counts of every table in the plan's schema, recorded before the first migration of this run."""
-    if phase4_run.own is None and not phase4_run.may_migrate():
+    if phase4_run.store.own is None and not phase4_run.may_migrate():
         pytest.skip("no migration can be applied in this run (none selected, or all applied already): there are no "
                     "row counts from before one")
     return dict(phase4_run.capture().snap.counts)

@@ -12,18 +12,17 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import psycopg
 
 from pytest_phase4 import baselines, checks, guard, ledger, locks, migrate, rls_checks, safety, snapshot
 from pytest_phase4.baselines import Baseline
-from pytest_phase4.errors import CheckFailed, MigrationFailed
+from pytest_phase4.errors import MigrationFailed
 from pytest_phase4.facts import Facts
 from pytest_phase4.personas import PersonaBook
 from pytest_phase4.plan import CheckSpec, Migration, Plan
-from pytest_phase4.pool import Pool, count_all
+from pytest_phase4.pool import Pool
 from pytest_phase4.runextras import RunExtras
 from pytest_phase4.steps import StepBook
 from pytest_phase4.target import Target
@@ -106,12 +105,7 @@ class Phase4Run:
     lock_pid: int = 0  # the server process of the session holding the run lock
     verify_only: bool = False  # --phase4-verify-only: never apply; applied is what the database proves (probe)
     verified: set[str] = field(default_factory=set)  # migrations the probe found applied without a ledger row
-    baseline_places: list[Path] = field(default_factory=list)  # where earlier runs' baselines are looked for
-    baseline_file: Path | None = None  # where this run's baseline goes, beside its report
-    own: Baseline | None = None  # this run's snapshot before its first migration (or, verifying only, its first step)
-    own_written: list[Path] = field(default_factory=list)
-    _found: tuple[list[Baseline], list[str]] | None = None
-    _identity: dict[str, str] | None = None
+    store: baselines.Store = field(default_factory=lambda: baselines.Store())  # its baseline, and where to look
     safety: safety.SafetyState = field(default_factory=lambda: safety.SafetyState())
     workers: int = 1  # read-only connections that run a step's heavy queries side by side (1: none)
     selected: frozenset[tuple[str, str, int]] | None = None  # (step, test id, line) of the checks that will run
@@ -221,43 +215,27 @@ class Phase4Run:
 
     # -- baselines -------------------------------------------------------------------------------------------
     def capture(self) -> Baseline:
-        """This run's snapshot, taken once, before its first migration: row counts, kept-column checksums,
-        fingerprint and inventory, recorded as a baseline with this run's backup and beside its report."""
-        if self.own is not None:
-            return self.own
-        try:
-            counts = count_all(self.ro, self.pool(), self.plan.schema)
-            snap = safety.capture(self, counts)  # kept-column checksums, fingerprint, inventory: the same moment
-        except psycopg.Error as exc:
-            raise CheckFailed(
-                f"row counts of every table in schema {self.plan.schema}, recorded before migrating",
-                checks.sql_error(exc),
-                f"schema {self.plan.schema}", hint=checks.timeout_hint(exc, self.check_timeout)) from None
-        folder = self.safety.folder
-        beside = baselines.free(self.baseline_file) if self.baseline_file else None
-        targets = [p for p in (beside, folder / baselines.FILE if folder and folder.is_dir() else None) if p]
-        self.own_written = baselines.write(snap, targets)
-        self.own = Baseline(snap, self.own_written[0] if self.own_written else None, own=True)
-        return self.own
+        """This run's snapshot, taken once, before its first migration (safety.capture), recorded as a baseline
+        with this run's backup and beside its report."""
+        store = self.store
+        if store.own is None:
+            store.keep(safety.capture(self), self.safety.folder)
+        assert store.own is not None
+        return store.own
 
     def identity(self) -> dict[str, str]:
-        if self._identity is None:
-            self._identity = snapshot.identity(self.ro)
-        return self._identity
+        if self.store.identity is None:
+            self.store.identity = snapshot.identity(self.ro)
+        return self.store.identity
 
     def baseline(self) -> baselines.Choice:
         """The baseline this run's comparisons use (or why there is none): see baselines.choose."""
-        if self._found is None:
-            self._found = baselines.find(self.baseline_places)
-        mine = {p.resolve() for p in self.own_written}
-        files = [b for b in self._found[0] if b.path is None or b.path.resolve() not in mine]
         applied = [f for f, s in self.states.items() if s.applied]
-        return baselines.choose(files, self.own, self.plan.schema, self.identity(), ledger.backup_markers(self.ro),
-                                applied, self.baseline_places)
+        return self.store.choose(self.plan.schema, self.identity(), ledger.backup_markers(self.ro), applied)
 
     def baseline_summary(self) -> dict[str, Any] | None:
-        """Which baseline the comparisons use, for the report and the JSON evidence (safety.baseline_summary)."""
-        return safety.baseline_summary(self)
+        """Which baseline the comparisons use, for the report and the JSON evidence (baselines.summary)."""
+        return baselines.summary(self)
 
     def snapshot(self) -> checks.Snapshot:
         """The row counts of the baseline the comparisons use, as the checks see them."""
@@ -315,7 +293,7 @@ class Phase4Run:
             return state
         self.attempted.add(migration.file)
         try:
-            if self.verify_only and self.own is None and not all(s.applied for s in self.states.values()):
+            if self.verify_only and self.store.own is None and not all(s.applied for s in self.states.values()):
                 self.capture()  # the baseline of the run after the migrations are applied
             self.migrate(migration)
         except Exception as exc:  # reported by the apply item; KeyboardInterrupt goes through

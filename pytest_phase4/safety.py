@@ -15,9 +15,10 @@ import psycopg
 
 from pytest_phase4 import backup, catalog, catdiff, checks, inventory, ledger, snapshot
 from pytest_phase4.checks import CheckSkipped
-from pytest_phase4.errors import CheckFailed, Phase4Error
+from pytest_phase4.errors import CheckFailed
 from pytest_phase4.kinds import Column
 from pytest_phase4.plan import CheckSpec, Migration, Plan
+from pytest_phase4.pool import count_all
 
 if TYPE_CHECKING:
     from pytest_phase4.run import Phase4Run
@@ -57,10 +58,16 @@ def kept_columns(run: Phase4Run) -> dict[str, list[str]]:
             for t in dict.fromkeys(tables)}
 
 
-def capture(run: Phase4Run, counts: dict[str, int]) -> snapshot.Snapshot:
-    """The run's baseline beside its row counts (passed in: counted once, not twice): kept-column checksums, the
-    fingerprint and the inventory that catalog_diff compares, with the settings the checksums were computed under."""
-    snap = snapshot.take(run.ro, run.plan.schema, kept_columns(run), pool=run.pool(), counts=counts)
+def capture(run: Phase4Run) -> snapshot.Snapshot:
+    """The run's baseline: row counts, kept-column checksums, the fingerprint and the inventory that catalog_diff
+    compares, with the settings the checksums were computed under, the database's identity and what was applied."""
+    try:
+        counts = count_all(run.ro, run.pool(), run.plan.schema)
+        snap = snapshot.take(run.ro, run.plan.schema, kept_columns(run), pool=run.pool(), counts=counts)
+    except psycopg.Error as exc:
+        raise CheckFailed(f"row counts of every table in schema {run.plan.schema}, recorded before migrating",
+                          checks.sql_error(exc), f"schema {run.plan.schema}",
+                          hint=checks.timeout_hint(exc, run.check_timeout)) from None
     snap.objects = [o.to_json() for o in inventory.take(run.ro).values()]
     snap.settings, snap.formula = snapshot.pinned_settings(run.plan.schema), dict(snapshot.FORMULA)
     snap.taken_at = datetime.now(UTC).isoformat()
@@ -70,27 +77,6 @@ def capture(run: Phase4Run, counts: dict[str, int]) -> snapshot.Snapshot:
     return snap
 
 
-COMPARISONS = frozenset({"row_counts_unchanged", "checksum_unchanged", "row_counts_match", "catalog_diff"})
-
-
-def baseline_summary(run: Phase4Run) -> dict[str, Any] | None:
-    """Which baseline the run's comparisons use (or why none) and where it recorded its own: for the report and
-    the JSON evidence. None when the run neither compares nor recorded one (a rollback, -m preflight)."""
-    selected = run.selected
-    compares = any(s.kind in COMPARISONS and (selected is None or (s.step, s.test_id, s.line) in selected)
-                   for step in run.plan.steps for s in step.checks)
-    recorded = [str(p) for p in run.own_written]
-    if run.safety.rollback or not (compares or recorded):
-        return None
-    try:
-        choice = run.baseline()
-    except (psycopg.Error, Phase4Error) as exc:  # the server is gone: say so rather than guess
-        why = checks.sql_error(exc) if isinstance(exc, psycopg.Error) else str(exc).splitlines()[0]
-        return {"used": None, "text": f"unknown: {run.target.scrub(why)}", "recorded": recorded}
-    used = choice.baseline
-    return {"used": (str(used.path) if used.path else "this run's snapshot") if used else None,
-            "taken_at": used.snap.taken_at if used else None, "applied_then": used.snap.applied if used else None,
-            "text": choice.describe(), "recorded": recorded}
 
 
 def baseline(run: Phase4Run, checksums: bool = False) -> snapshot.Snapshot:
