@@ -283,7 +283,8 @@ class Change:
     @property
     def label(self) -> str:
         """The kind, and for a changed property which one: "column default", "trigger enabled"."""
-        return f"{catalog.kind_words(self.kind)} {self.what}".rstrip()
+        kind = catalog.kind_words(self.kind)
+        return kind if kind.endswith(self.what) else f"{kind} {self.what}"  # not "default privileges privileges"
 
 
 def diff(before: Mapping[str, str], after: Mapping[str, str]) -> list[Change]:

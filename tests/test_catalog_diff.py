@@ -18,13 +18,16 @@ DIFF = "checks/phase4.toml::post::catalog_diff[schema]"
 # them: those on tables named only by a preflight table_exists (wrong answer 2), and those a diff of names and
 # types does not see (wrong answer 3).
 UNEXPECTED = [
-    "  added   | default privileges              | for role postgres in schema public on tables |*| anon=r/postgres",
+    "  changed | default privileges              | for role postgres in schema public on tables |*| PUBLIC=r/postgres",
     "  changed | function settings               | auth.uid()  * | none  * | search_path=public",
     "  changed | function security definer       | set_updated_at()  * | off  * | on",
     "  removed | policy                          | comments.own_comments  * | AS RESTRICTIVE FOR UPDATE TO *",
     "  added   | publication table               | comments in publication phase4_realtime  * |*",
     "  added   | rule                            | comments.comments_keep  * |*| CREATE RULE comments_keep AS ON *",
+    # a new owner is the grantor of every privilege on the table and its sequence
+    "  changed | sequence privileges             | events_id_seq  * | anon=rwU/postgres, *| anon=rwU/phase4_app, *",
     "  changed | table replica identity          | comments  * | default (primary key)  * | full",
+    "  changed | table privileges                | events  * | anon=arwdDxt/postgres, *| anon=arwdDxt/phase4_app, *",
     "  changed | table owner                     | events  * | postgres  * | phase4_app",
     "  changed | table persistence               | events  * | logged  * | unlogged",
     "  changed | table forced row level security | profiles  * | off  * | on",
@@ -49,7 +52,7 @@ expect = [
   "column tickets.priority", "rule comments.comments_keep", "trigger profiles.profiles_touch", "projects.projects_%",
   "tickets.tickets_project_id_fkey", "events", "tickets", "tickets.title", "profiles", "comments",
   "default privileges for role postgres in schema public on tables", "set_updated_at()", "auth.uid()",
-  "view open_tickets", "comments in publication phase4_realtime",
+  "view open_tickets", "comments in publication phase4_realtime", "events_id_seq",
 ]'''
 
 
@@ -82,15 +85,16 @@ def test_revert_puts_every_property_catalog_diff_sees_back(project: Callable[...
     p = project("supabase", "catalog", "catalog_revert")
     result = p.run("-v", seed=True)
     assert result.ret == 0, result.stdout.str()
-    assert "15 catalog change(s), all expected by the plan" in p.report()
+    assert "17 catalog change(s), all expected by the plan" in p.report()
     before = p.query("SELECT count(*) FROM pg_default_acl")
 
     result = p.run("-v", "--phase4-rollback")
     assert result.ret == 0, result.stdout.str()
     result.stdout.fnmatch_lines(["prove_catalog    * object(s) the plan created, dropped or altered: each as it was "
                                  "before the plan"])
-    assert before == [(2,)]
-    assert p.query("SELECT count(*) FROM pg_default_acl") == [(0,)]
+    assert before == [(4,)]  # Supabase's three (tables, sequences, functions in public) and the plan's global one
+    assert p.query("SELECT count(*) FROM pg_default_acl") == [(3,)]
+    assert p.query("SELECT count(*) FROM pg_default_acl, unnest(defaclacl) a WHERE a::text LIKE '=%'") == [(0,)]
     assert p.query("SELECT count(*) FROM pg_publication_tables WHERE pubname = 'phase4_realtime'") == [(0,)]
     assert p.query("SELECT relreplident, relforcerowsecurity FROM pg_class WHERE relname IN ('comments', "
                    "'profiles') ORDER BY relname") == [("d", False), ("d", False)]

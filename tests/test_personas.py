@@ -30,7 +30,7 @@ def pytest_runtest_teardown(item):
 
 
 def evidence(p: Project) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(sorted((p.path / "reports").glob("phase4-*.json"))[-1].read_text())
+    data: dict[str, Any] = json.loads(sorted((p.path / "reports").glob("phase4-*[0-9].json"))[-1].read_text())
     return data
 
 

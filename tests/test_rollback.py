@@ -125,7 +125,7 @@ def ledger_files(p: Project) -> list[str]:
 
 
 def evidence(p: Project) -> dict[str, Any]:
-    found = sorted((p.path / "reports").glob("phase4-*.json"))
+    found = sorted((p.path / "reports").glob("phase4-*[0-9].json"))
     data: dict[str, Any] = json.loads(found[-1].read_text())
     return data
 
