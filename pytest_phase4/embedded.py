@@ -195,9 +195,10 @@ def _conf_value(value: str) -> str:
 class _LocalCluster:
     """A copy of the initdb template in its own temp dir, which also holds the socket and the log."""
 
-    def __init__(self, bindir: str, base: str | None) -> None:
+    def __init__(self, bindir: str, base: str | None, settings: dict[str, str] | None = None) -> None:
         self.bindir = bindir
         self.base = base
+        self.settings = settings or {}
         self.owner = _postgres_owner()
         self.port = _free_port()
         self.tmpdir = _make_tmpdir(self.owner, "phase4-pg-", base)
@@ -208,7 +209,7 @@ class _LocalCluster:
         _copy_datadir(_template(self.bindir, self.owner, self.base), self.datadir, self.owner)
         # Settings go in the config file, not `pg_ctl -o`: pg_ctl hands -o to a shell, which would mangle
         # socket paths with spaces or quotes.
-        settings = {**_FAST_SETTINGS, "listen_addresses": "", "unix_socket_directories": self.tmpdir,
+        settings = {**_FAST_SETTINGS, **self.settings, "listen_addresses": "", "unix_socket_directories": self.tmpdir,
                     "port": str(self.port)}  # fmt: skip
         with open(os.path.join(self.datadir, "postgresql.conf"), "a") as conf:
             conf.writelines(f"{key} = {_conf_value(value)}\n" for key, value in settings.items())
@@ -257,9 +258,10 @@ class EmbeddedPostgres:
 
     def __init__(
         self, kind: Kind = "local", *, bindir: str | None = None, image: str | None = None,
-        base_dir: str | None = None,
+        base_dir: str | None = None, settings: dict[str, str] | None = None,
     ) -> None:  # fmt: skip
         self.kind: Kind = kind
+        self.settings = settings or {}  # server settings of a local cluster (e.g. shared_preload_libraries)
         self.bindir = bindir
         self.image = image
         self.base_dir = base_dir  # where a local cluster's temp dir goes; default /dev/shm if roomy, else TMPDIR
@@ -300,7 +302,7 @@ class EmbeddedPostgres:
         if self.bindir is None or not _has_tools(self.bindir):
             where = self.bindir or _SEARCHED
             raise EmbeddedUnavailable(f"initdb and pg_ctl were not found in {where}")
-        cluster = _LocalCluster(self.bindir, self.base_dir)
+        cluster = _LocalCluster(self.bindir, self.base_dir, self.settings)
         self._cluster = cluster
         # A finalizer, not __del__, so the cluster is stopped and deleted even if the caller forgets.
         self._finalizer = weakref.finalize(self, cluster.cleanup)

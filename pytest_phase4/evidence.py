@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pytest_phase4 import migrate, personas
+from pytest_phase4 import blast_checks, migrate, personas
 from pytest_phase4.run import ALREADY, APPLIED, BLOCKED, FAILED, REFUSED, MigrationState, Phase4Run
 
 PERF_KINDS = frozenset({"perf_before", "perf_after", "explain_under"})
@@ -43,6 +43,7 @@ class Category:
 
 CATEGORIES = (
     Category("Preflight", "VERIFIED", lambda r: r.stage == "preflight" and r.kind not in PERF_KINDS | {"command"}),
+    Category("Blast radius", "VERIFIED", lambda r: r.stage == "blast_radius"),
     Category("Migration checks", "VERIFIED", lambda r: r.stage == "migration" and r.kind not in ("apply", "custom")),
     Category("Data Integrity", "VERIFIED", lambda r: r.stage == "post" and r.kind not in PERF_KINDS | {"custom"}),
     Category("Tests Passed", "PASSED", lambda r: r.kind in ("command", "custom")),
@@ -298,6 +299,7 @@ class Evidence:
             "signoff": self.signoff(),
             "personas": personas.to_json(run),  # what each persona saw, moment by moment (None without personas)
             "baseline": run.baseline_summary(),  # what the comparisons were made with (baselines.py)
+            "blast_radius": blast_checks.to_json(run),
         }
 
     def write_json(self, path: Path) -> None:

@@ -21,6 +21,7 @@ import pytest
 from pytest_phase4.checks import sql_error
 from pytest_phase4.errors import CheckFailed, MigrationFailed
 from pytest_phase4.plan import CheckSpec, Migration, Step
+from pytest_phase4.plan_blast import markers
 from pytest_phase4.run import ALREADY, NOT_RUN, Phase4Run, Refused
 from pytest_phase4.steps import REHEARSE_KEY, Key, StepBook, apply_key, check_key
 
@@ -166,7 +167,8 @@ class StepCollector(pytest.Collector):
         book = self.config.stash[RUN_KEY].book
         item = Phase4Item.from_parent(self, name=name, callobj=noting_it_ran(fn, key, book))
         item.line = line
-        item.add_marker(getattr(pytest.mark, self.stage))
+        for name in markers(self.stage):
+            item.add_marker(getattr(pytest.mark, name))
         if self.migration is not None and self.migration.destructive:
             item.add_marker(pytest.mark.destructive)
         item.stash[GROUP_KEY] = self.group

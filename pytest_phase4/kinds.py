@@ -330,4 +330,29 @@ _KIND_LIST.append(Kind(
     label_fn=lambda p, _: str(p["scope"]), constraint=_scope, stages=("preflight", "migration", "post"),
     stage_reason="it reads what the migrations created or changed: list it in preflight, a migration's verify "
                  "checks or post"))
+def _plpgsql_mode(params: Mapping[str, Any]) -> str | None:
+    modes = ("auto", "plpgsql_check", "prepare")
+    return None if params["plpgsql"] in modes else f"plpgsql must be one of {', '.join(map(repr, modes))}"
+
+
+def _one_source(params: Mapping[str, Any]) -> str | None:
+    if bool(params["file"]) == bool(params["query"]):
+        return 'give either file = "queries/*.sql" (a glob, relative to the plan) or query = "SELECT ..."'
+    return 'a query needs a name = "..." (its test id)' if params["query"] and not params["name"] else None
+
+
+# Blast radius (blast.py, blast_checks.py): before the first migration on a copy of the schema, again in post.
+_confirm = Param("bool", False, True)
+_KIND_LIST += [
+    Kind("database_code", "every SQL and PL/pgSQL function, procedure and trigger function still works after the "
+         "pending migrations", {"schemas": Param("names", False, ()), "plpgsql": Param("str", False, "auto"),
+                                "confirm_after": _confirm},
+         label_fn=lambda p, _: ",".join(p["schemas"]) or "all_schemas", constraint=_plpgsql_mode),
+    Kind("pg_stat_statements", "every query pg_stat_statements recorded still prepares after the pending migrations",
+         {"roles": Param("names", False, ()), "min_calls": Param("int", False, 1), "confirm_after": _confirm},
+         label_fn=lambda p, _: ",".join(p["roles"]) or "other_roles"),
+    Kind("app_queries", "each query of the files (or the query) still prepares after the pending migrations",
+         {"file": Param("str", False), "name": Param("str", False), "query": Param("str", False),
+          "confirm_after": _confirm}, label_fn=lambda p, _: str(p["name"] or p["file"]), constraint=_one_source),
+]
 KINDS: dict[str, Kind] = {k.name: k for k in _KIND_LIST}

@@ -40,10 +40,12 @@ def file_sha256(migration: Migration) -> str:
 
 
 def apply(conn: psycopg.Connection[Any], migration: Migration, plan_name: str, schema: str,
-          blockers: Blockers = list, observer: Observer | None = None, connect: Connect | None = None) -> Applied:
+          blockers: Blockers = list, observer: Observer | None = None, connect: Connect | None = None,
+          record: bool = True) -> Applied:
     """Run the file and record it in the ledger; raise MigrationFailed saying what was and was not applied.
     The observer, when given, weighs the file's hazards first and sees every statement (and may refuse).
-    `connect` records what a transaction = false file committed when its own session was lost."""
+    `connect` records what a transaction = false file committed when its own session was lost.
+    `record=False` (a copy of the schema, blast.py): no ledger row and no record of the changes for a rollback."""
     raw = migration.path.read_bytes()
     text = raw.decode("utf-8")
     sha = hashlib.sha256(raw).hexdigest()
@@ -64,10 +66,10 @@ def apply(conn: psycopg.Connection[Any], migration: Migration, plan_name: str, s
     started = time.perf_counter()
     try:
         if migration.transaction:
-            _in_transaction(conn, migration, statements, text, sha, plan_name, started, watch)
+            _in_transaction(conn, migration, statements, text, sha, plan_name, started, watch, record)
         else:
             _statement_by_statement(conn, migration, statements, text, sha, plan_name, schema, started, watch,
-                                    connect)
+                                    connect, record)
     except _StatementError as failed:
         watch.end(committed=False)
         failure = _translate(conn, migration, text, failed.error, failed.statement)
@@ -110,17 +112,19 @@ def _execute(conn: psycopg.Connection[Any], stmt: sqltext.Statement, watch: Obse
 
 
 def _in_transaction(conn: psycopg.Connection[Any], m: Migration, statements: list[sqltext.Statement], text: str,
-                    sha: str, plan: str, started: float, watch: Observer) -> None:
+                    sha: str, plan: str, started: float, watch: Observer, record: bool = True) -> None:
     with conn.transaction():
         if m.statement_timeout:
             conn.execute("SELECT pg_catalog.set_config('statement_timeout', %s, true)", (m.statement_timeout,))
-        seen = changes.before(conn)  # the catalog before: what the rollback reverts is recorded below
+        seen = changes.before(conn) if record else None  # the catalog before: what the rollback reverts
         watch.begin(conn, statements)
         for stmt in statements:
             _execute(conn, stmt, watch)
             if conn.info.transaction_status != TransactionStatus.INTRANS:
                 raise MigrationFailed(m.file, stmt.line, None, "the file ended the transaction itself",
                                       statement=stmt.code)
+        if seen is None:
+            return
         ledger.record(conn, m.file, sha, plan, (time.perf_counter() - started) * 1000)
         changes.store(conn, m.file, seen)
         ledger.sync_supabase(conn, m.file, text)
@@ -128,12 +132,12 @@ def _in_transaction(conn: psycopg.Connection[Any], m: Migration, statements: lis
 
 def _statement_by_statement(conn: psycopg.Connection[Any], m: Migration, statements: list[sqltext.Statement],
                             text: str, sha: str, plan: str, schema: str, started: float, watch: Observer,
-                            connect: Connect | None) -> None:
+                            connect: Connect | None, record: bool = True) -> None:
     """Each statement commits as it ends: whatever fails (a statement, the connection, the ledger row, Ctrl-C),
     what the committed ones did stays applied. The failure says how many, and what they did is recorded for
     --phase4-rollback; nothing done to clean up may take the place of the real error."""
     conn.autocommit = True
-    seen = changes.before(conn)  # autocommit: the diff spans the file's statements, which commit one by one
+    seen = changes.before(conn) if record else None  # autocommit: it spans the statements, which commit one by one
     done = 0
     try:
         if m.statement_timeout:
@@ -149,6 +153,8 @@ def _statement_by_statement(conn: psycopg.Connection[Any], m: Migration, stateme
         if m.statement_timeout:
             conn.execute("RESET statement_timeout")
         conn.autocommit = False
+        if seen is None:
+            return
         with conn.transaction():
             ledger.record(conn, m.file, sha, plan, (time.perf_counter() - started) * 1000)
             changes.store(conn, m.file, seen, transactional=False)
@@ -166,10 +172,12 @@ def _statement_by_statement(conn: psycopg.Connection[Any], m: Migration, stateme
         raise
 
 
-def _record_partial(conn: psycopg.Connection[Any], m: Migration, seen: changes.Seen, schema: str,
+def _record_partial(conn: psycopg.Connection[Any], m: Migration, seen: changes.Seen | None, schema: str,
                     connect: Connect | None) -> tuple[bool, list[str]]:
     """Record what the committed statements did (in a new session if the migration's was lost): whether it was
     recorded, and the INVALID indexes a failed CREATE INDEX CONCURRENTLY left behind."""
+    if seen is None:  # not to be recorded (record=False)
+        return True, []
     fresh = None
     try:
         if conn.closed or conn.broken:

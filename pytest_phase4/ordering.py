@@ -36,6 +36,7 @@ from pytest_phase4.items import (
     noting_it_ran,
 )
 from pytest_phase4.plan import Migration
+from pytest_phase4.plan_blast import markers
 from pytest_phase4.run import FAILED as FAILED_STATE
 from pytest_phase4.run import NOT_RUN, REFUSED, MigrationState, Phase4Run
 from pytest_phase4.steps import FAILED, HELD, PASSED, REHEARSE_KEY, custom_key
@@ -183,7 +184,8 @@ class Runbook:
         if step.migration is not None:
             needs.append(fixture_name(step.migration))
         key = custom_key(item.nodeid)
-        item.add_marker(getattr(pytest.mark, step.stage))
+        for name in markers(step.stage):
+            item.add_marker(getattr(pytest.mark, name))
         item.stash[GROUP_KEY] = step.group
         item.stash[IS_MIGRATION_KEY] = False
         item.stash[PLACE_KEY] = Place(step.group, PLACED if marker or wanted else APPLY, key,

@@ -18,17 +18,19 @@ from typing import Any
 from pytest_phase4 import rlsplan
 from pytest_phase4.errors import PlanError, Problem
 from pytest_phase4.kinds import COMMON_KEYS, KINDS, Kind, ParamError
+from pytest_phase4.plan_blast import add_blast
 
-# Check lists that run before the first migration and after the last one, in this order. Each is a top-level
-# array of tables ([[preflight]]) and a pytest marker of the same name; the migrations are stage "migration".
-BEFORE_STAGES = ("preflight", "backup")
+# Check lists before the first migration and after the last one, in this order: each a top-level array of tables
+# ([[preflight]]) and a pytest marker (blast_radius also preflight's); the migrations are stage "migration".
+BEFORE_STAGES = ("preflight", "blast_radius", "backup")
 AFTER_STAGES = ("post", "smoke")
 _GATES = ("max_exclusive_lock_ms", "hazard_min_rows")  # lock gates: in [phase4] for every migration, or per migration
 _PLAN_KEYS = {"name", "schema", "migrations_dir", *_GATES}
 _SETUP_KEYS = {"files", "settings"}
 _MIGRATION_KEYS = {"file", "title", "destructive", "transaction", "statement_timeout", "verify", *_GATES}
 DURATION = re.compile(r"^\d+\s*(ms|s|min|h)?$")  # PostgreSQL's units for timeouts; a bare number is ms
-_TOP_KEYS = {"phase4", "setup", "migration", "perf", "signoff", "rls", "persona", *BEFORE_STAGES, *AFTER_STAGES}
+_TOP_KEYS = {"phase4", "setup", "migration", "perf", "signoff", "rls", "persona", "app_queries", *BEFORE_STAGES,
+             *AFTER_STAGES}
 
 
 @dataclass(frozen=True)
@@ -215,6 +217,7 @@ def _build(r: _Reader, data: dict[str, Any], sha: str) -> Plan | None:
     migrations = _migrations(r, data.get("migration", []), mig_dir, defaults)
     stages = {s: _stage(r, data.get(s, []), s, s, s, migrations) for s in (*BEFORE_STAGES, *AFTER_STAGES)}
     _perf(r, data.get("perf", []), stages)
+    add_blast(r, data.get("app_queries", []), stages, _stage)
     signoff = _signoff(r, data.get("signoff", {}))
     rls, migrations = rlsplan.read(data, r.display, r.header_line, r.problem, stages, migrations)
     if not (migrations or any(stages.values())) and not r.problems:
@@ -379,8 +382,7 @@ def _expand(r: _Reader, entry: dict[str, Any], stage: str, step: str, where: str
     if kind.stages and stage not in kind.stages:
         r.problem(where, f"{kind.name} cannot be a {stage} check: {kind.stage_reason}")
         return []
-    hint = entry.get("hint", "")
-    custom_id = entry.get("id")
+    hint, custom_id = entry.get("hint", ""), entry.get("id")
     if not isinstance(hint, str) or (custom_id is not None and not isinstance(custom_id, str)):
         r.problem(where, "id and hint must be strings")
         return []

@@ -15,6 +15,7 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict
 
 from pytest_phase4 import baselines, evidence_hooks, ordering, rehearsal, report, safety_plugin, verifyonly
+from pytest_phase4.blast_plugin import BlastHooks
 from pytest_phase4.errors import Phase4Error, PlanError, TargetError
 from pytest_phase4.items import RUN_KEY, SPEC_KEY, PlanFile
 from pytest_phase4.plan import load_plan
@@ -34,10 +35,13 @@ PARTS = {
     "phase4-evidence": "the execution summary and the JSON evidence",
     "phase4-evidence-html": "the execution summary at the top of the HTML report",
     "phase4-safety": "the backups, the rehearsal and the rollback",
+    "phase4-blast-radius": "the blast radius's section in the terminal",
 }
 
 STAGE_MARKERS = {
     "preflight": "phase4 preflight checks: read-only, nothing migrated (the CI gate)",
+    "blast_radius": "phase4 blast radius: what the pending migrations would break (functions, trigger functions, "
+                    "application queries), on a copy of the schema; also marked preflight",
     "migration": "phase4 migrations and their verify checks",
     "post": "phase4 post-migration integrity checks",
     "smoke": "phase4 smoke requests against the application's API (--phase4-base-url)",
@@ -120,6 +124,7 @@ def pytest_cmdline_main(config: pytest.Config) -> None:
             run.close()
             raise pytest.UsageError(run.target.scrub(str(exc))) from None
     config.pluginmanager.register(report.ReportPlugin(run), "phase4-report")
+    config.pluginmanager.register(BlastHooks(run), "phase4-blast-radius")
     if config.pluginmanager.hasplugin("html"):
         config.pluginmanager.register(report.HtmlHooks(run), "phase4-html")
     evidence_hooks.configure(config, settings, run, terminal)  # smoke URL, sign-off, JSON, execution summary

@@ -16,9 +16,10 @@ from typing import Any
 
 import psycopg
 
-from pytest_phase4 import baselines, checks, guard, ledger, locks, migrate, rls_checks, safety, snapshot
+from pytest_phase4 import (baselines, blast, blast_checks, checks, guard, ledger, locks, migrate, plan_blast,
+                           rls_checks, safety, snapshot)
 from pytest_phase4.baselines import Baseline
-from pytest_phase4.errors import MigrationFailed
+from pytest_phase4.errors import CheckFailed, MigrationFailed
 from pytest_phase4.facts import Facts
 from pytest_phase4.personas import PersonaBook
 from pytest_phase4.plan import CheckSpec, Migration, Plan
@@ -119,6 +120,7 @@ class Phase4Run:
     progress: Callable[[str], AbstractContextManager[object]] | None = None  # shown while a migration runs
     confirmations: dict[str, Confirmation] = field(default_factory=dict)  # destructive file -> how it was passed
     personas: PersonaBook = field(default_factory=PersonaBook)  # what the plan's personas saw, moment by moment
+    blast_radius: blast.BlastState = field(default_factory=lambda: blast.BlastState())  # what the migrations break
 
     def __post_init__(self) -> None:
         self.states = {m.file: MigrationState(m) for m in self.plan.migrations}
@@ -278,6 +280,9 @@ class Phase4Run:
         if spec.kind in rls_checks.KINDS:
             self.end_reads()  # the personas read in a snapshot of their own
             return rls_checks.run_check(self, spec)
+        if spec.kind in plan_blast.KINDS:
+            self.end_reads()  # a copy of the schema, asked at its own moment
+            return blast_checks.run_check(self, spec)
         try:
             return checks.run_check(self.context(spec), spec)
         finally:
@@ -349,6 +354,10 @@ class Phase4Run:
             state.status, state.note = BLOCKED, "no verified backup in this run"
             raise Refused(f"refusing to apply {migration.file}: the plan has a [[backup]] stage and this run made "
                           "no verified backup; run the whole plan, backup stage included")
+        if migration.destructive and (broken := blast.recheck(self, migration)):
+            state.status, state.note = REFUSED, f"blast radius: {broken}"
+            raise Refused(f"refusing to apply {migration.file} (the point of no return): {broken}; fix what it names "
+                          "(or the plan) and rerun the whole plan")
         if migration.destructive and (blocked := safety.gate(self, migration)):
             state.status = BLOCKED
             state.note = "point of no return: " + blocked.split(" and ", 1)[-1]

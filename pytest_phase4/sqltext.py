@@ -36,7 +36,7 @@ class Statement:
     @property
     def head(self) -> str:
         """Its first line, shortened, any password literal masked: how a report names the statement."""
-        first = _PASSWORD.sub(r"\1***", self.text).strip().splitlines()[0] if self.text.strip() else ""
+        first = mask_passwords(self.text).strip().splitlines()[0] if self.text.strip() else ""
         return first if len(first) <= 100 else first[:99] + "\u2026"
 
 
@@ -75,6 +75,11 @@ def transaction_control(text: str | list[Statement]) -> Statement | None:
     SAVEPOINT, RELEASE, PREPARE TRANSACTION, ...), if any. A BEGIN ATOMIC function body is not one."""
     statements = split(text) if isinstance(text, str) else text
     return next((s for s in statements if isinstance(s.node, ast.TransactionStmt)), None)
+
+
+def mask_passwords(text: str) -> str:
+    """The text with any literal after the word PASSWORD shown as ***."""
+    return _PASSWORD.sub(r"\1***", text)
 
 
 def line_of(text: str, position: int) -> int:

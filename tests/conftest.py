@@ -33,6 +33,15 @@ def pg_server() -> Iterator[EmbeddedPostgres]:
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def pgss_server() -> Iterator[EmbeddedPostgres]:
+    """A second throwaway cluster, with pg_stat_statements loaded (shared_preload_libraries), started only for the
+    blast-radius tests that read it."""
+    server = EmbeddedPostgres("local", settings={"shared_preload_libraries": "pg_stat_statements"}).start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture
 def scratch_dsn(pg_server: EmbeddedPostgres) -> Iterator[str]:
     """An empty database of its own for each test."""

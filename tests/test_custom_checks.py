@@ -62,8 +62,8 @@ def test_phase4_after_naming_no_migration_is_a_usage_error(project: Callable[...
     result = p.run(seed=True)
     assert result.ret == 4
     result.stderr.fnmatch_lines(["ERROR: checks/test_custom.py::test_x: phase4_after('20250101000009_nope.sql') "
-                                 "names no step of the plan; use one of: preflight, backup, 20250101000001_*, post, "
-                                 "smoke"])
+                                 "names no step of the plan; use one of: preflight, blast_radius, backup, "
+                                 "20250101000001_*, post, smoke"])
 
 
 def test_phase4_after_before_a_migration_the_check_requests_is_a_usage_error(project: Callable[..., Project]) -> None:

@@ -20,7 +20,7 @@ def test_every_plan_problem_is_reported_at_once_with_its_line(project: Callable[
         "  checks/phase4.toml:6 [[][[]preflight[]][]] #1 check=table_count: missing key 'min' (int) "
         "for check 'table_count'",
         "  checks/phase4.toml:10 [[][[]preflight[]][]] #2: unknown check kind 'tables_exist'; valid kinds: "
-        "active_connections, *client_tools, column_absent, column_present, command, explain_under, *, "
+        "active_connections, *client_tools, column_absent, column_present, command, *explain_under, *, "
         "table_exists, tables_have_rows, view_count, *",
         "  checks/phase4.toml:17 [[][[]migration[]][]] 20250101000001_a.sql: 20250101000001_a.sql is listed after "
         "20250101000002_b.sql but sorts before it; migrations must be listed in the order of their timestamps",

@@ -1,0 +1,163 @@
+"""A scratch copy of the target's schema, without its data: where the blast radius applies the pending migrations
+and asks its questions (no pytest here).
+
+`pg_dump --schema-only` (ACCESS SHARE locks for the length of the dump, as any SELECT; `--lock-wait-timeout` so
+it never queues behind another session's lock) restored with `pg_restore --no-owner --no-privileges` into a new
+database on the target's server, which needs CREATEDB. Without it, on a throwaway server started from the local
+PostgreSQL binaries (of the same major version or newer), where the target's role names are created first so
+that policies naming them restore. Nothing is written to the target. The copy is dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from pytest_phase4 import backup
+from pytest_phase4 import dsn as dsnlib
+from pytest_phase4.embedded import EmbeddedPostgres, EmbeddedUnavailable, start_embedded
+from pytest_phase4.errors import Phase4Error
+from pytest_phase4.target import Target
+
+TOOL_TIMEOUT_S = 600
+# Entries a schema copy does not need to answer questions about code and queries, and that a database owner
+# who is not a superuser cannot create (Supabase's event triggers, publications, comments on extensions).
+_LEFT_OUT = ("EVENT TRIGGER ", "PUBLICATION ", "PUBLICATION TABLE ", "PUBLICATION TABLES IN SCHEMA ",
+             "SUBSCRIPTION ", "COMMENT - EXTENSION ", "SECURITY LABEL ")
+_ENTRY = re.compile(r"^\d+; \d+ \d+ (.*)$")
+
+
+class ScratchError(Phase4Error):
+    """No scratch copy could be made; the message says what failed and how to fix it."""
+
+    def __init__(self, message: str, hint: str, details: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.message, self.hint, self.details = message, hint, details or []
+
+
+@dataclass(frozen=True)
+class Copy:
+    dsn: str
+    where: str  # "scratch database x on the target's server" or "... on a throwaway server (local)"
+
+
+def _tool(args: list[str], env: dict[str, str], secrets: list[str], what: str) -> str:
+    try:
+        proc = subprocess.run(args, capture_output=True, text=True, env=env, check=False, timeout=TOOL_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise ScratchError(f"{what}: {Path(args[0]).name} ran longer than {TOOL_TIMEOUT_S} s",
+                           "find what blocks it in pg_stat_activity") from None
+    if proc.returncode != 0:
+        lines = dsnlib.scrub((proc.stderr or proc.stdout).strip(), secrets).splitlines()
+        raise ScratchError(f"{what}: {Path(args[0]).name} exited with {proc.returncode}"
+                           + (f": {lines[-1]}" if lines else ""), "", lines[-12:])
+    return proc.stdout
+
+
+def dump_schema(tools: backup.Tools, target: Target, folder: Path, lock_timeout: str) -> tuple[Path, Path]:
+    """The schema-only archive and the list of its entries to restore."""
+    conninfo, env = backup.client_args(target.dsn)
+    archive = folder / "schema.dump"
+    try:
+        _tool([tools.path("pg_dump"), "--schema-only", "--format=custom", "--compress=0", "--no-sync",
+               f"--lock-wait-timeout={lock_timeout}",
+               f"--file={archive}", f"--dbname={conninfo}"], env, target.secrets, "a schema-only dump of the target")
+    except ScratchError as exc:
+        hint = ("another session holds a lock on a table (pg_stat_activity says which); wait or end it"
+                if "lock" in exc.message.lower() else "")
+        raise ScratchError(exc.message, hint or exc.hint, exc.details) from None
+    listing = _tool([tools.path("pg_restore"), "--list", str(archive)], env, target.secrets,
+                    "the entries of the schema dump")
+    keep = [line for line in listing.splitlines()
+            if not ((m := _ENTRY.match(line)) and m.group(1).startswith(_LEFT_OUT))]
+    entries = folder / "schema.list"
+    entries.write_text("\n".join(keep) + "\n")
+    return archive, entries
+
+
+@contextlib.contextmanager
+def schema_copy(target: Target, tools: backup.Tools, dbname: str, lock_timeout: str) -> Iterator[Copy]:
+    """The target's schema restored into a new database, dropped on leaving."""
+    name = f"{dbname}_phase4_blast"[:63]
+    with tempfile.TemporaryDirectory(prefix="phase4-blast-") as tmp:
+        archive, entries = dump_schema(tools, target, Path(tmp), lock_timeout)
+        with _database(target, name, tools) as (dsn, where, secrets):
+            conninfo, env = backup.client_args(dsn)
+            _tool([tools.path("pg_restore"), "--no-owner", "--no-privileges", "--single-transaction",
+                   "--exit-on-error", f"--use-list={entries}", f"--dbname={conninfo}", str(archive)], env, secrets,
+                  f"the target's schema restored into {where}")
+            yield Copy(dsn, where)
+
+
+@contextlib.contextmanager
+def _database(target: Target, name: str, tools: backup.Tools) -> Iterator[tuple[str, str, list[str]]]:
+    try:
+        backup.create_database(target.dsn, name)
+    except psycopg.errors.InsufficientPrivilege as exc:
+        refused = target.scrub(exc.diag.message_primary or str(exc))
+    else:
+        try:
+            yield backup.with_dbname(target.dsn, name), f"scratch database {name} on the target's server", \
+                target.secrets
+        finally:
+            with contextlib.suppress(psycopg.Error):
+                backup.drop_database(target.dsn, name)
+        return
+    with _throwaway(target, tools, refused) as server:
+        yield server.create_database(name), f"scratch database {name} on a throwaway server ({server.kind})", []
+
+
+@contextlib.contextmanager
+def _throwaway(target: Target, tools: backup.Tools, refused: str) -> Iterator[EmbeddedPostgres]:
+    role = _current_role(target)
+    fix = (f"grant the role CREATEDB (ALTER ROLE {role} CREATEDB) so that the copy is made on the target's server, "
+           f"or install the PostgreSQL {tools.major} server binaries (initdb, pg_ctl) here for a throwaway one")
+    try:
+        server = start_embedded()
+    except EmbeddedUnavailable as exc:
+        raise ScratchError(f"no database for a scratch copy of the schema: on the target's server, {refused}; "
+                           "and no throwaway server could be started", fix,
+                           [f"{kind}: {why.splitlines()[0]}" for kind, why in exc.reasons.items()]) from None
+    try:
+        major = int(str(server.server_version or "0").split(".")[0])
+        if major < tools.major:
+            raise ScratchError(f"no database for a scratch copy of the schema: on the target's server, {refused}; "
+                               f"the throwaway server is PostgreSQL {major}, older than the target's "
+                               f"{tools.major}", fix)
+        _copy_roles(target, server)
+        yield server
+    finally:
+        server.stop()
+
+
+def _current_role(target: Target) -> str:
+    with target.connect(read_only=True, autocommit=True) as conn:
+        return str(conn.execute("SELECT current_user").fetchone()[0])  # type: ignore[index]
+
+
+def _copy_roles(target: Target, server: EmbeddedPostgres) -> None:
+    """The target's role names, as NOLOGIN roles: policies and SET ROLE in the dump name them."""
+    with target.connect(read_only=True, autocommit=True) as conn:
+        names = [str(r[0]) for r in conn.execute("SELECT rolname FROM pg_catalog.pg_roles WHERE rolname !~ '^pg_'")]
+    with psycopg.connect(server.dsn, autocommit=True) as conn:
+        present = {str(r[0]) for r in conn.execute("SELECT rolname FROM pg_catalog.pg_roles")}
+        for role in names:
+            if role not in present:
+                conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(role)))
+
+
+def connect(copy: Copy, search_path: str, statement_timeout: str) -> psycopg.Connection[Any]:
+    """An autocommit session on the copy, with the target's search_path and the checks' timeout."""
+    conn = psycopg.connect(copy.dsn, autocommit=True)
+    conn.execute("SELECT pg_catalog.set_config('statement_timeout', %s, false)", (statement_timeout,))
+    conn.execute("SELECT pg_catalog.set_config('search_path', %s, false)", (search_path,))
+    return conn
