@@ -68,6 +68,15 @@ def test_migration_3_conflict_halts_before_migrations_4_to_8(project: Callable[.
     plan = p.path / "checks/phase4.toml"  # preflight's views_absent would catch it first: leave the name out there
     text = plan.read_text()
     plan.write_text(text.replace('"customers_with_stats", "tickets_with_details",', '"customers_with_stats",', 1))
+    # The blast radius applies the pending migrations to a copy of the schema first: it stops there, naming it.
+    result = p.run("-v", "--phase4-confirm-destructive")
+    assert result.ret == 1
+    assert outcomes_of(result)["checks/phase4.toml::blast_radius::database_code[all_schemas]"] == "FAILED"
+    result.stdout.fnmatch_lines(["found:    20250322000022_create_crm_views.sql:*: relation \"tickets_with_details\" "
+                                 "already exists [[]SQLSTATE 42P07[]]"])
+    assert p.query("SELECT to_regclass('pytest_phase4.ledger')") == [(None,)]
+    # Without it, the run halts at migration 3 itself.
+    plan.write_text(re.sub(r"\[\[(blast_radius|app_queries)\]\]\n(?:[^\[\n].*\n)*", "", plan.read_text()))
     result = p.run("-v", "--phase4-confirm-destructive")
     assert result.ret == 1
     outcomes = outcomes_of(result)

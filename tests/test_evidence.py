@@ -110,7 +110,9 @@ def test_confirmed_full_run_writes_json_evidence_and_junit_with_stages(project: 
                         r"(bytes|kB|MB)\) held [0-9.]+ m?s", row), row[:300]
     checks = evidence["checks"]
     assert len(checks) >= 40
-    assert {c["stage"] for c in checks} == {"preflight", "backup", "migration", "post", "smoke"}
+    assert {c["stage"] for c in checks} == {"preflight", "blast_radius", "backup", "migration", "post", "smoke"}
+    assert evidence["blast_radius"]["summary"] == "nothing breaks"
+    assert evidence["summary"]["Blast radius"]["verdict"] == "VERIFIED"
     assert {c["outcome"] for c in checks} == {"passed", "skipped"}
     assert all(c["message"] for c in checks if c["outcome"] == "skipped")
     assert evidence["server_version"].startswith("15.")
