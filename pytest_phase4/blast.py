@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -109,7 +109,7 @@ def outcome(run: Phase4Run) -> Outcome | None:
         except CheckFailed as exc:
             state.failure = exc
     if state.failure is not None:
-        raise state.failure
+        raise replace(state.failure)  # each check adds its own plan line to its copy
     return state.outcome
 
 

@@ -343,16 +343,21 @@ def _one_source(params: Mapping[str, Any]) -> str | None:
 
 # Blast radius (blast.py, blast_checks.py): before the first migration on a copy of the schema, again in post.
 _confirm = Param("bool", False, True)
+_BLAST_STAGES = ("blast_radius",)
+_BLAST_WHY = ("it runs before the migrations, on a copy of the schema (and again in post, on the migrated database): "
+              "list it under [[blast_radius]]")
 _KIND_LIST += [
     Kind("database_code", "every SQL and PL/pgSQL function, procedure and trigger function still works after the "
          "pending migrations", {"schemas": Param("names", False, ()), "plpgsql": Param("str", False, "auto"),
                                 "confirm_after": _confirm},
-         label_fn=lambda p, _: ",".join(p["schemas"]) or "all_schemas", constraint=_plpgsql_mode),
+         label_fn=lambda p, _: ",".join(p["schemas"]) or "all_schemas", constraint=_plpgsql_mode,
+         stages=_BLAST_STAGES, stage_reason=_BLAST_WHY),
     Kind("pg_stat_statements", "every query pg_stat_statements recorded still prepares after the pending migrations",
          {"roles": Param("names", False, ()), "min_calls": Param("int", False, 1), "confirm_after": _confirm},
-         label_fn=lambda p, _: ",".join(p["roles"]) or "other_roles"),
+         label_fn=lambda p, _: ",".join(p["roles"]) or "other_roles", stages=_BLAST_STAGES, stage_reason=_BLAST_WHY),
     Kind("app_queries", "each query of the files (or the query) still prepares after the pending migrations",
          {"file": Param("str", False), "name": Param("str", False), "query": Param("str", False),
-          "confirm_after": _confirm}, label_fn=lambda p, _: str(p["name"] or p["file"]), constraint=_one_source),
+          "confirm_after": _confirm}, label_fn=lambda p, _: str(p["name"] or p["file"]), constraint=_one_source,
+         stages=_BLAST_STAGES, stage_reason=_BLAST_WHY),
 ]
 KINDS: dict[str, Kind] = {k.name: k for k in _KIND_LIST}

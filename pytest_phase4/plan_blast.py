@@ -2,7 +2,7 @@
 
 `[[app_queries]]` entries become `app_queries` checks of the blast_radius stage, as `[[perf]]` entries become
 perf checks; every blast-radius check is asked again in post, on the migrated database, unless its
-`confirm_after = false`; and the blast-radius kinds belong in `[[blast_radius]]` only.
+`confirm_after = false`. (That the blast-radius kinds belong in `[[blast_radius]]` only is their `Kind.stages`.)
 """
 
 from __future__ import annotations
@@ -27,11 +27,6 @@ def markers(stage: str) -> tuple[str, ...]:
 def add_blast(r: Any, entries: Any, stages: dict[str, tuple[CheckSpec, ...]],
               stage_of: Callable[..., tuple[CheckSpec, ...]]) -> None:
     """`r` is the plan's reader (problems with file:line), `stage_of` how plan.py reads a stage's entries."""
-    for stage, specs in stages.items():
-        for s in specs if stage != STAGE else ():
-            if s.kind in KINDS:
-                r.problem(s.where, f"check {s.kind!r} belongs in [[blast_radius]]: it runs before the migrations on "
-                                   "a copy of the schema, and again in post on the migrated database")
     if not isinstance(entries, list) or any(isinstance(e, dict) and "check" in e for e in entries):
         r.problem(r.display, "app_queries must be an array of tables without a check key: [[app_queries]] with "
                              'file = "queries/*.sql", or with name = "..." and query = "SELECT ..."')

@@ -178,7 +178,8 @@ def test_query_files_give_each_query_with_its_line(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("entry", "message"), [
-    ('[[preflight]]\ncheck = "database_code"\n', "check 'database_code' belongs in [[blast_radius]]"),
+    ('[[preflight]]\ncheck = "database_code"\n', "database_code cannot be a preflight check: it runs before the "
+                                                 "migrations, on a copy of the schema"),
     ('[[app_queries]]\nfile = "q/*.sql"\nquery = "SELECT 1"\n', 'give either file = "queries/*.sql"'),
     ('[[app_queries]]\nquery = "SELECT 1"\n', 'a query needs a name = "..."'),
     ('[[app_queries]]\ncheck = "app_queries"\nfile = "x.sql"\n', "app_queries must be an array of tables without"),
