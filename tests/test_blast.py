@@ -123,6 +123,7 @@ def test_supabase_preflight_fails_naming_each_breakage_and_passes_once_the_app_i
     assert "reporter_name" in admin.columns("tickets")
     assert admin.query("SELECT to_regclass('pytest_phase4.ledger')") == [(None,)]
     assert admin.query("SELECT count(*) FROM pg_database WHERE datname LIKE '%phase4_blast'") == [(0,)]
+    assert _evidence(p.path)["summary"]["Blast radius"]["verdict"] == "FAILED"
     summary = _evidence(p.path)["blast_radius"]["summary"]
     assert summary.startswith("the migrations would break 4 application queries (9 calls since stats reset")
     for text in (result.stdout.str(), p.report(), json.dumps(_evidence(p.path))):
@@ -135,6 +136,7 @@ def test_supabase_preflight_fails_naming_each_breakage_and_passes_once_the_app_i
                        ("SELECT * FROM public.ticket_card(%s)", ("00000000-0000-0000-0000-000000000000",))], times=3)
     result = p.run("-m", "preflight")
     assert result.ret == 0, result.stdout.str()
+    assert _evidence(p.path)["summary"]["Blast radius"]["verdict"] == "VERIFIED"
     result = p.run("-v", "--phase4-confirm-destructive")
     assert result.ret == 0, result.stdout.str()
     outcomes = outcomes_of(result)
