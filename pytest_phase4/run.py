@@ -16,10 +16,22 @@ from typing import Any
 
 import psycopg
 
-from pytest_phase4 import (baselines, blast, blast_checks, checks, guard, ledger, locks, migrate, plan_blast,
-                           rls_checks, safety, snapshot)
+from pytest_phase4 import (
+    baselines,
+    blast,
+    blast_checks,
+    checks,
+    guard,
+    ledger,
+    locks,
+    migrate,
+    plan_blast,
+    rls_checks,
+    safety,
+    snapshot,
+)
 from pytest_phase4.baselines import Baseline
-from pytest_phase4.errors import CheckFailed, MigrationFailed
+from pytest_phase4.errors import MigrationFailed
 from pytest_phase4.facts import Facts
 from pytest_phase4.personas import PersonaBook
 from pytest_phase4.plan import CheckSpec, Migration, Plan

@@ -91,7 +91,7 @@ def test_supabase_preflight_fails_naming_each_breakage_and_passes_once_the_app_i
     result.stdout.fnmatch_lines([
         "found:    2 would break: PL/pgSQL trigger function public.comments_copy_author(), SQL function "
         "public.ticket_card(uuid)",
-        "where:    scratch database app_*_phase4_blast on the target's server, after 5 pending migration(s)",
+        "where:    scratch database app_*_phase4_blast on the target's server, after 6 pending migration(s)",
         "  PL/pgSQL trigger function public.comments_copy_author() (as trigger comments_copy_author on public.comments)"
         ", line 6, column 3: record \"new\" has no field \"author_name\"",
         "      6 | NEW.author_name := author.full_name;",
@@ -110,7 +110,7 @@ def test_supabase_preflight_fails_naming_each_breakage_and_passes_once_the_app_i
         result.stdout.fnmatch_lines([line, "      -> column * does not exist [[]SQLSTATE 42703[]]"])
     result.stdout.fnmatch_lines([
         "*= phase4 blast radius =*",
-        "scratch database app_*_phase4_blast on the target's server: 5 pending migration(s) applied to a copy of the "
+        "scratch database app_*_phase4_blast on the target's server: 6 pending migration(s) applied to a copy of the "
         "schema (*s)",
         "the migrations would break 4 application queries (9 calls since stats reset *) and 2 functions:",
         "  - 4 calls, * SELECT t.id, t.title, t.status, t.reporter_name, * (column t.reporter_name does not exist)",
