@@ -1,0 +1,65 @@
+"""Attacks on the blast radius (issue 14), verification only and baselines across runs (issue 13): each test
+asserts the safe behaviour, on real PostgreSQL, as users run the plugin."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from conftest import Project, outcomes_of
+from pytest_phase4.embedded import EmbeddedPostgres
+
+MINI = "checks/phase4.toml"
+CODE_CHECK = '\n[[blast_radius]]\ncheck = "database_code"\n'
+
+
+def _blast_project(project: Callable[..., Project]) -> Project:
+    p = project("mini", "blast")
+    plan = p.path / "checks/phase4.toml"
+    plan.write_text(plan.read_text() + CODE_CHECK)
+    return p
+
+
+def _dbname(dsn: str) -> str:
+    return str(conninfo_to_dict(dsn)["dbname"])
+
+
+def test_an_existing_database_named_like_the_scratch_copy_is_never_dropped(
+        project: Callable[..., Project], pg_server: EmbeddedPostgres) -> None:
+    """`<db>_phase4_blast` may be a real database (someone's, or a name the 63-byte limit truncates onto): the
+    copy must not be made by dropping it. Today create_database() runs DROP DATABASE IF EXISTS ... WITH (FORCE)
+    first, so its rows are gone, even for a role without CREATEDB that merely owns it."""
+    p = _blast_project(project)
+    victim = f"{_dbname(p.dsn)}_phase4_blast"
+    with psycopg.connect(pg_server.dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier("blast_owner_nocreatedb")))
+        conn.execute(sql.SQL("CREATE DATABASE {} OWNER blast_owner_nocreatedb").format(sql.Identifier(victim)))
+    victim_dsn = make_conninfo(pg_server.dsn, dbname=victim)
+    with psycopg.connect(victim_dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE invoices (id int PRIMARY KEY, total numeric); INSERT INTO invoices VALUES (1, 9.5)")
+    try:
+        p.run("-m", "preflight", seed=True)  # as the superuser, seeding the target
+        with psycopg.connect(p.dsn, autocommit=True) as conn:
+            conn.execute("GRANT SELECT ON ALL TABLES IN SCHEMA public TO blast_owner_nocreatedb")
+        # The owner of that database, without CREATEDB: the copy goes to a throwaway server; the database it
+        # owns must still be there afterwards.
+        owner = Project(p.pytester, make_conninfo(p.dsn, user="blast_owner_nocreatedb"))
+        result = owner.run("-v", "-m", "preflight")
+        result.stdout.fnmatch_lines(["scratch database * on a throwaway server (local): 3 pending migration(s) *"])
+        with psycopg.connect(victim_dsn) as conn:
+            assert conn.execute("SELECT id, total FROM invoices").fetchall() == [(1, 9.5)]
+        # A role with CREATEDB (here the superuser): the copy on the target's server, under another name.
+        result = p.run("-v", "-m", "preflight")
+        assert outcomes_of(result)[f"{MINI}::blast_radius::database_code[all_schemas]"] == "PASSED"
+        with psycopg.connect(victim_dsn) as conn:
+            assert conn.execute("SELECT id, total FROM invoices").fetchall() == [(1, 9.5)]
+    finally:
+        pg_server.drop_database(victim)
+        for dsn in (p.dsn, pg_server.dsn):
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute("DROP OWNED BY blast_owner_nocreatedb")
+        with psycopg.connect(pg_server.dsn, autocommit=True) as conn:
+            conn.execute("DROP ROLE blast_owner_nocreatedb")
