@@ -63,3 +63,41 @@ def test_an_existing_database_named_like_the_scratch_copy_is_never_dropped(
                 conn.execute("DROP OWNED BY blast_owner_nocreatedb")
         with psycopg.connect(pg_server.dsn, autocommit=True) as conn:
             conn.execute("DROP ROLE blast_owner_nocreatedb")
+
+
+ROLE_MIGRATION = """
+[[migration]]
+file = "20250101000004_reporting_role.sql"
+title = "A reporting role, the API role's timeout, the database's JWT setting"
+"""
+
+
+def test_applying_the_pending_migrations_to_the_copy_changes_nothing_on_the_real_server(
+        project: Callable[..., Project], pg_server: EmbeddedPostgres) -> None:
+    """Roles and a database's settings belong to the cluster, not to the copy: a pending migration that creates a
+    role, sets a role's timeout or sets the real database's JWT secret (Supabase's old `ALTER DATABASE postgres
+    SET app.settings.jwt_secret`) must not run on the target's server during `-m preflight`, which the README
+    calls read-only and nothing migrated. Today the copy is on the same server and all three take effect."""
+    p = _blast_project(project)
+    db = _dbname(p.dsn)
+    with psycopg.connect(pg_server.dsn, autocommit=True) as conn:
+        conn.execute("DROP ROLE IF EXISTS blast_api; CREATE ROLE blast_api NOLOGIN")
+    (p.path / "checks/migrations/20250101000004_reporting_role.sql").write_text(
+        "CREATE ROLE blast_reporting NOLOGIN;\n"
+        "ALTER ROLE blast_api SET statement_timeout = '8s';\n"
+        f"ALTER DATABASE {db} SET app.jwt_secret = 'super-secret-jwt-token-with-at-least-32-characters';\n")
+    plan = p.path / "checks/phase4.toml"
+    plan.write_text(plan.read_text().replace("[[post]]", ROLE_MIGRATION + "\n[[post]]", 1))
+    try:
+        result = p.run("-v", "-m", "preflight", seed=True)
+        assert outcomes_of(result)[f"{MINI}::blast_radius::database_code[all_schemas]"] == "PASSED"
+        with psycopg.connect(pg_server.dsn, autocommit=True) as conn:
+            found = conn.execute(
+                "SELECT (SELECT count(*) FROM pg_roles WHERE rolname = 'blast_reporting'),"
+                " (SELECT rolconfig FROM pg_roles WHERE rolname = 'blast_api'),"
+                " (SELECT s.setconfig FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase"
+                "  WHERE d.datname = %s)", (db,)).fetchone()
+        assert found == (0, None, None)  # no new role, the role's settings and the database's as they were
+    finally:
+        with psycopg.connect(pg_server.dsn, autocommit=True) as conn:
+            conn.execute("DROP ROLE IF EXISTS blast_reporting; DROP ROLE blast_api")
