@@ -101,3 +101,23 @@ def test_applying_the_pending_migrations_to_the_copy_changes_nothing_on_the_real
     finally:
         with psycopg.connect(pg_server.dsn, autocommit=True) as conn:
             conn.execute("DROP ROLE IF EXISTS blast_reporting; DROP ROLE blast_api")
+
+
+def test_verify_only_after_another_tool_applied_the_migrations_does_not_apply_them_again_to_the_copy(
+        project: Callable[..., Project]) -> None:
+    """--phase4-verify-only proves migrations applied without a ledger row; the blast radius must count those as
+    applied too. Today it takes every migration the ledger does not list as pending and applies them again to a
+    copy of the migrated schema: the stage fails ("relation already exists ... it would fail on the target too"),
+    which is false, and the verification run that should end green ends red."""
+    from test_verify_only import MIGRATIONS, psql
+
+    p = _blast_project(project)
+    assert p.run("-m", "preflight", seed=True).ret == 0
+    result = p.run("-v", "--phase4-verify-only")  # before: the radius is computed, nothing breaks
+    assert outcomes_of(result)[f"{MINI}::blast_radius::database_code[all_schemas]"] == "PASSED"
+    psql(p, *MIGRATIONS)  # the team's own tool applies them
+    result = p.run("-v", "--phase4-verify-only")
+    result.stdout.fnmatch_lines(["phase4 mode: verification only, nothing is applied: 3 of 3 migration(s) applied *"])
+    assert outcomes_of(result)[f"{MINI}::blast_radius::database_code[all_schemas]"] in ("PASSED", "SKIPPED")
+    assert "already exists" not in result.stdout.str()
+    assert result.ret == 0, result.stdout.str()
