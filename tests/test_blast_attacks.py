@@ -3,13 +3,15 @@ asserts the safe behaviour, on real PostgreSQL, as users run the plugin."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import psycopg
+import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from conftest import Project, outcomes_of
+from pytest_phase4 import embedded
 from pytest_phase4.embedded import EmbeddedPostgres
 
 MINI = "checks/phase4.toml"
@@ -121,3 +123,62 @@ def test_verify_only_after_another_tool_applied_the_migrations_does_not_apply_th
     assert outcomes_of(result)[f"{MINI}::blast_radius::database_code[all_schemas]"] in ("PASSED", "SKIPPED")
     assert "already exists" not in result.stdout.str()
     assert result.ret == 0, result.stdout.str()
+
+
+def _reader(server: EmbeddedPostgres, dsn: str) -> str:
+    """A login role that reads every table, on a server that closes pg_control_system() to roles that are neither
+    superuser nor pg_monitor (what snapshot.identity() expects: 'needs superuser or pg_monitor')."""
+    with psycopg.connect(server.dsn, autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = 'twin_reader'").fetchall():
+            conn.execute("CREATE ROLE twin_reader LOGIN")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("GRANT pg_read_all_data TO twin_reader")
+        conn.execute("REVOKE EXECUTE ON FUNCTION pg_control_system() FROM PUBLIC")
+    return make_conninfo(dsn, user="twin_reader")
+
+
+@pytest.fixture
+def other_cluster() -> Iterator[EmbeddedPostgres]:
+    """A cluster from an initdb of its own: another system identifier than pg_server's (the session's clusters are
+    copies of one initdb template, so they share one, as physical clones do)."""
+    saved = dict(embedded._TEMPLATES)
+    embedded._TEMPLATES.clear()
+    try:
+        server = EmbeddedPostgres("local").start()
+    finally:
+        embedded._TEMPLATES.clear()
+        embedded._TEMPLATES.update(saved)
+    yield server
+    server.stop()
+
+
+def test_a_baseline_of_a_database_of_the_same_name_on_another_cluster_is_not_compared_with(
+        project: Callable[..., Project], pg_server: EmbeddedPostgres, other_cluster: EmbeddedPostgres) -> None:
+    """Staging and production both named `postgres` (every Supabase project), checked from one project folder by
+    a role that may not read pg_control_system(): the baseline of one must not be the 'before' of the other.
+    Today same_database() compares the names only when the system identifier is unreadable, so production's
+    verification after the migrations compares with staging's baseline; staging happened to have the one
+    ticket fewer that production's migration lost, and Data Integrity says VERIFIED."""
+    from test_verify_only import MIGRATIONS, psql
+
+    staging = project("mini")
+    name = _dbname(staging.dsn)
+    prod = Project(staging.pytester, other_cluster.create_database(name))
+    sysids = set()
+    for p in (staging, prod):
+        assert p.run("-m", "preflight", seed=True).ret == 0
+        sysids |= {r[0] for r in p.query("SELECT system_identifier FROM pg_control_system()")}
+    assert len(sysids) == 2  # two clusters, told apart by a role that may read it
+    staging.execute("DELETE FROM tickets WHERE id = 7")  # staging's data differs a little
+    staging.dsn = _reader(pg_server, staging.dsn)
+    staging.run("--phase4-verify-only")  # staging, before: its baseline beside the report
+    assert len(list((staging.path / "reports").glob("*.baseline.json"))) == 1
+    psql(prod, *MIGRATIONS)  # production: the team's tool applies the migrations, and one ticket is lost
+    prod.execute("DELETE FROM tickets WHERE id = 8")
+    prod.dsn = _reader(other_cluster, prod.dsn)
+    result = prod.run("-v", "--phase4-verify-only")
+    outcomes = outcomes_of(result)
+    counts = [k for k in outcomes if "::post::row_counts_unchanged" in k]
+    assert counts
+    assert all(outcomes[k] != "PASSED" for k in counts), result.stdout.str()
+    assert "compared with" not in result.stdout.str()
