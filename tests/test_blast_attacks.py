@@ -3,6 +3,7 @@ asserts the safe behaviour, on real PostgreSQL, as users run the plugin."""
 
 from __future__ import annotations
 
+import html
 from collections.abc import Callable, Iterator
 
 import psycopg
@@ -182,3 +183,48 @@ def test_a_baseline_of_a_database_of_the_same_name_on_another_cluster_is_not_com
     assert counts
     assert all(outcomes[k] != "PASSED" for k in counts), result.stdout.str()
     assert "compared with" not in result.stdout.str()
+
+
+API_KEY = "sk_live_51HxAttackKey0000"
+CUSTOMER_EMAIL = "alice@tenant-acme.example"
+# What the application sent (constants become $n in pg_stat_statements; the comments stay as they are)
+TAGGED = [b"SELECT s.customer_name FROM sales s WHERE s.id = 1 /* api_key=sk_live_51HxAttackKey0000 */",
+          b"SELECT s.id, s.customer_name /*user='alice@tenant-acme.example',route='/orders'*/ FROM sales s "
+          b"WHERE s.value > 10"]
+
+
+def test_comments_in_recorded_queries_never_reach_the_report(
+        pytester: pytest.Pytester, pgss_server: EmbeddedPostgres) -> None:
+    """pg_stat_statements replaces constants with $n but keeps comments: an ORM's sqlcommenter tag or a debugging
+    comment holds an API key or another tenant's user, and the report goes to a change board. Today only the
+    leading comments and PASSWORD '...' are masked: a comment after the first keyword is shown as it is, in the
+    terminal, the HTML report, the JSON evidence and the JUnit XML."""
+    import shutil
+
+    from conftest import EXAMPLES
+
+    dsn = pgss_server.create_database("pgss_attack")
+    try:
+        for name in ("mini", "blast"):
+            shutil.copytree(EXAMPLES / name, pytester.path, dirs_exist_ok=True)
+        (pytester.path / "pyproject.toml").write_text("[tool.pytest.ini_options]\ninitial_sort = \"original\"\n")
+        plan = pytester.path / "checks/phase4.toml"
+        plan.write_text(plan.read_text() + '\n[[blast_radius]]\ncheck = "pg_stat_statements"\n')
+        p = Project(pytester, dsn)
+        assert p.run("-m", "preflight", seed=True).ret == 0
+        p.execute("CREATE EXTENSION pg_stat_statements; DROP ROLE IF EXISTS blast_api; CREATE ROLE blast_api; "
+                  "GRANT SELECT ON ALL TABLES IN SCHEMA public TO blast_api")
+        with psycopg.connect(dsn, autocommit=True) as conn, conn.transaction(force_rollback=True):
+            conn.execute("SET LOCAL ROLE blast_api")
+            for query in TAGGED:
+                conn.execute(query)
+        result = p.run("-v", "-m", "preflight", "--junitxml=junit.xml")
+        assert outcomes_of(result)[f"{MINI}::blast_radius::pg_stat_statements[other_roles]"] == "FAILED"
+        result.stdout.fnmatch_lines(["found:    2 application queries * no longer prepare"])
+        texts = {"terminal": result.stdout.str(), "html": html.unescape(p.report()),
+                 "json": "\n".join(f.read_text() for f in (p.path / "reports").glob("phase4-*.json")),
+                 "junit": html.unescape((p.path / "junit.xml").read_text())}
+        leaked = {where: [s for s in (API_KEY, CUSTOMER_EMAIL) if s in text] for where, text in texts.items()}
+        assert leaked == {where: [] for where in texts}
+    finally:
+        pgss_server.drop_database("pgss_attack")
