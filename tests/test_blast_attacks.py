@@ -228,3 +228,38 @@ def test_comments_in_recorded_queries_never_reach_the_report(
         assert leaked == {where: [] for where in texts}
     finally:
         pgss_server.drop_database("pgss_attack")
+
+
+def test_queries_and_functions_are_checked_with_the_application_roles_search_path(
+        pytester: pytest.Pytester, pgss_server: EmbeddedPostgres) -> None:
+    """An application whose role finds its tables through its own search_path (ALTER ROLE crm_app SET search_path
+    = crm) writes `FROM sales`. The blast radius prepares its recorded queries and checks its functions with the
+    run's search_path instead, where `sales` does not exist: before the migration already they 'did not prepare
+    either (not counted)', and the stage is green while the migration breaks both."""
+    import shutil
+
+    from conftest import EXAMPLES
+
+    dsn = pgss_server.create_database("pgss_search_path")
+    try:
+        shutil.copytree(EXAMPLES / "blast_search_path", pytester.path, dirs_exist_ok=True)
+        (pytester.path / "pyproject.toml").write_text("[tool.pytest.ini_options]\ninitial_sort = \"original\"\n")
+        p = Project(pytester, dsn)
+        assert p.run("-m", "preflight", seed=True).ret == 0
+        p.execute("CREATE EXTENSION pg_stat_statements; DROP ROLE IF EXISTS crm_app; CREATE ROLE crm_app LOGIN; "
+                  "ALTER ROLE crm_app SET search_path = crm; GRANT USAGE ON SCHEMA crm TO crm_app; "
+                  "GRANT SELECT ON ALL TABLES IN SCHEMA crm TO crm_app")
+        with psycopg.connect(make_conninfo(dsn, user="crm_app"), autocommit=True) as app:  # the application
+            assert app.execute("SELECT customer_name FROM sales WHERE id = %s", (1,)).fetchall() == [("customer 2",)]
+            assert app.execute("SELECT sale_label(%s)", (1,)).fetchall() == [("1: customer 2",)]
+        result = p.run("-v", "-m", "preflight")
+        outcomes = outcomes_of(result)
+        assert outcomes[f"{MINI}::blast_radius::pg_stat_statements[other_roles]"] == "FAILED"
+        assert outcomes[f"{MINI}::blast_radius::database_code[all_schemas]"] == "FAILED"
+        result.stdout.fnmatch_lines(["*SELECT customer_name FROM sales WHERE id = $1*",
+                                     "      -> column * does not exist [[]SQLSTATE 42703[]]"])
+        result.stdout.fnmatch_lines(["  SQL function crm.sale_label(integer)*customer_name does not exist"])
+    finally:
+        pgss_server.drop_database("pgss_search_path")
+        with psycopg.connect(pgss_server.dsn, autocommit=True) as conn:
+            conn.execute("DROP ROLE IF EXISTS crm_app")

@@ -1,0 +1,1 @@
+ALTER TABLE crm.sales DROP COLUMN customer_name;
