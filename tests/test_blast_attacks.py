@@ -263,3 +263,53 @@ def test_queries_and_functions_are_checked_with_the_application_roles_search_pat
         pgss_server.drop_database("pgss_search_path")
         with psycopg.connect(pgss_server.dsn, autocommit=True) as conn:
             conn.execute("DROP ROLE IF EXISTS crm_app")
+
+
+ATTACKER_CONFTEST = '''
+import psycopg
+from psycopg.conninfo import make_conninfo
+
+from pytest_phase4 import scratch
+
+_connect = scratch.connect
+
+
+def connect(copy, search_path, statement_timeout):
+    """Another role of the cluster connects to the scratch database while it exists (at this moment: restored)."""
+    try:
+        with psycopg.connect(make_conninfo(copy.dsn, user="mallory"), autocommit=True) as conn:
+            conn.execute("SELECT public.admin_exec('ALTER ROLE mallory SUPERUSER')")
+    except psycopg.Error:
+        pass
+    return _connect(copy, search_path, statement_timeout)
+
+
+scratch.connect = connect
+'''
+
+
+def test_the_scratch_copy_gives_no_role_more_than_the_target_does(
+        project: Callable[..., Project], pg_server: EmbeddedPostgres) -> None:
+    """The copy is restored with --no-owner --no-privileges into a new database, which PUBLIC may CONNECT to: every
+    object is the run's role's (often a superuser) and every REVOKE is gone. A SECURITY DEFINER function that only
+    the admin may execute on the target (Supabase projects keep such `exec_sql` helpers for service_role) can be
+    called by any role of the cluster while the copy exists, as the run's role; through it one gets SUPERUSER on
+    the real cluster. The copy must not widen anyone's rights."""
+    p = _blast_project(project)
+    with psycopg.connect(pg_server.dsn, autocommit=True) as conn:
+        conn.execute("DROP ROLE IF EXISTS mallory; CREATE ROLE mallory LOGIN")
+    (p.path / "conftest.py").write_text(ATTACKER_CONFTEST)
+    try:
+        assert p.run("-m", "preflight", seed=True).ret == 0
+        p.execute("CREATE FUNCTION public.admin_exec(q text) RETURNS void LANGUAGE plpgsql SECURITY DEFINER AS "
+                  "$$ BEGIN EXECUTE q; END $$; REVOKE EXECUTE ON FUNCTION public.admin_exec(text) FROM PUBLIC")
+        with psycopg.connect(make_conninfo(p.dsn, user="mallory"), autocommit=True) as conn, \
+                pytest.raises(psycopg.errors.InsufficientPrivilege):  # on the target, mallory may not
+            conn.execute("SELECT public.admin_exec('ALTER ROLE mallory SUPERUSER')")
+        result = p.run("-v", "-m", "preflight")
+        assert outcomes_of(result)[f"{MINI}::blast_radius::database_code[all_schemas]"] == "PASSED"
+        with psycopg.connect(pg_server.dsn, autocommit=True) as conn:
+            assert conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = 'mallory'").fetchall() == [(False,)]
+    finally:
+        with psycopg.connect(pg_server.dsn, autocommit=True) as conn:
+            conn.execute("DROP ROLE mallory")
