@@ -313,3 +313,42 @@ def test_the_scratch_copy_gives_no_role_more_than_the_target_does(
     finally:
         with psycopg.connect(pg_server.dsn, autocommit=True) as conn:
             conn.execute("DROP ROLE mallory")
+
+
+SIGNAL_CONFTEST = '''
+import os
+import signal
+
+from pytest_phase4 import scratch
+
+_connect = scratch.connect
+
+
+def connect(copy, search_path, statement_timeout):
+    os.kill(os.getpid(), signal.{name})  # the CI job is cancelled while the copy exists
+    return _connect(copy, search_path, statement_timeout)
+
+
+scratch.connect = connect
+'''
+
+
+def test_a_run_stopped_while_the_copy_exists_leaves_no_scratch_database(
+        project: Callable[..., Project], pg_server: EmbeddedPostgres) -> None:
+    """A cancelled CI job gets SIGTERM (GitHub Actions, GitLab, `timeout`), not Ctrl-C. The copy must not outlive
+    the run: it holds every function body, and (see the test above) widened rights. Today SIGTERM ends the process
+    with no cleanup, and `<db>_phase4_blast` stays on the target's server until some later run drops it."""
+    import signal
+
+    p = _blast_project(project)
+    assert p.run("-m", "preflight", seed=True).ret == 0
+    try:
+        for name in ("SIGINT", "SIGTERM"):
+            (p.path / "conftest.py").write_text(SIGNAL_CONFTEST.replace("{name}", name))
+            result = p.pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:randomly", "--phase4", "-m",
+                                                     "preflight", f"--dsn={p.dsn}")
+            assert result.ret in (2, -signal.SIGTERM), result.stdout.str()  # interrupted, or killed by the signal
+            left = p.query("SELECT datname FROM pg_database WHERE datname LIKE '%\\_phase4\\_blast'")
+            assert (name, left) == (name, [])
+    finally:
+        pg_server.drop_database(f"{_dbname(p.dsn)}_phase4_blast")
