@@ -352,3 +352,39 @@ def test_a_run_stopped_while_the_copy_exists_leaves_no_scratch_database(
             assert (name, left) == (name, [])
     finally:
         pg_server.drop_database(f"{_dbname(p.dsn)}_phase4_blast")
+
+
+def _createdb_role(server: EmbeddedPostgres, dsn: str, name: str) -> str:
+    """A login role with CREATEDB, not superuser: the copy is on the target's server, but plpgsql_check cannot be
+    created there, so PL/pgSQL bodies are checked statically (each query PREPAREd)."""
+    with psycopg.connect(server.dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP ROLE IF EXISTS {0}; CREATE ROLE {0} LOGIN CREATEDB").format(sql.Identifier(name)))
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA public TO {}").format(sql.Identifier(name)))
+    return make_conninfo(dsn, user=name)
+
+
+ROWTYPE_CODE = """
+CREATE FUNCTION sale_customer(p_sale int) RETURNS text LANGUAGE plpgsql STABLE AS $$
+DECLARE s sales%ROWTYPE;
+BEGIN
+  SELECT * INTO s FROM sales WHERE id = p_sale;
+  RETURN s.customer_name;
+END $$;
+"""
+
+
+def test_static_check_sees_a_field_of_a_row_typed_variable(
+        project: Callable[..., Project], pg_server: EmbeddedPostgres) -> None:
+    """`DECLARE s sales%ROWTYPE; ... RETURN s.customer_name` is typed statically (plpgsql_check reports 'record "s"
+    has no field "customer_name"'). Without plpgsql_check, the static check turns `s.customer_name` into an
+    untyped parameter, and the function that fails at its first call after the migration passes."""
+    p = _blast_project(project)
+    assert p.run("-m", "preflight", seed=True).ret == 0
+    p.execute(ROWTYPE_CODE)
+    p.dsn = _createdb_role(pg_server, p.dsn, "blast_static")
+    result = p.run("-v", "-m", "preflight")
+    assert outcomes_of(result)[f"{MINI}::blast_radius::database_code[all_schemas]"] == "FAILED"
+    result.stdout.fnmatch_lines(["found:    1 would break: PL/pgSQL function public.sale_customer(integer)",
+                                 "where:    *, after 3 pending migration(s)",
+                                 '  PL/pgSQL function public.sale_customer(integer), line 5*customer_name*'])
