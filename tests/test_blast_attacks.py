@@ -388,3 +388,37 @@ def test_static_check_sees_a_field_of_a_row_typed_variable(
     result.stdout.fnmatch_lines(["found:    1 would break: PL/pgSQL function public.sale_customer(integer)",
                                  "where:    *, after 3 pending migration(s)",
                                  '  PL/pgSQL function public.sale_customer(integer), line 5*customer_name*'])
+
+
+CAMEL_MIGRATION = """
+[[migration]]
+file = "20250101000004_drop_camel.sql"
+title = "Drop the ORM's copy of the name"
+destructive = true
+"""
+
+
+def test_static_check_reads_quoted_mixed_case_trigger_fields_as_written(
+        project: Callable[..., Project], pg_server: EmbeddedPostgres) -> None:
+    """ORMs (Prisma, EF) name columns in camelCase: a trigger function writes `NEW."customerName"`. The static
+    check lowercases the field ('record "new" has no field "customername"'), so the trigger fails before the
+    migrations already, is 'not counted', and the migration that drops "customerName" passes though the trigger
+    breaks every INSERT after it."""
+    p = _blast_project(project)
+    assert p.run("-m", "preflight", seed=True).ret == 0
+    (p.path / "checks/migrations/20250101000004_drop_camel.sql").write_text(
+        'ALTER TABLE sales DROP COLUMN "customerName";\n')
+    plan = p.path / "checks/phase4.toml"
+    plan.write_text(plan.read_text().replace("[[post]]", CAMEL_MIGRATION + "\n[[post]]", 1))
+    p.execute('ALTER TABLE sales ADD COLUMN "customerName" text;\n'
+              "CREATE FUNCTION sales_camel() RETURNS trigger LANGUAGE plpgsql AS $$\nBEGIN\n"
+              '  NEW."customerName" := (SELECT c.name FROM customers c WHERE c.id = NEW.customer_id);\n'
+              "  RETURN NEW;\nEND $$;\n"
+              "CREATE TRIGGER sales_camel BEFORE INSERT ON sales FOR EACH ROW EXECUTE FUNCTION sales_camel();")
+    p.dsn = _createdb_role(pg_server, p.dsn, "blast_static")
+    result = p.run("-v", "-m", "preflight")
+    assert outcomes_of(result)[f"{MINI}::blast_radius::database_code[all_schemas]"] == "FAILED"
+    result.stdout.fnmatch_lines(["found:    1 would break: PL/pgSQL trigger function public.sales_camel()",
+                                 "where:    *, after 4 pending migration(s)",
+                                 '*line 3, column 3: record "new" has no field "customerName"'])
+    assert "not counted" not in result.stdout.str()
