@@ -422,3 +422,18 @@ def test_static_check_reads_quoted_mixed_case_trigger_fields_as_written(
                                  "where:    *, after 4 pending migration(s)",
                                  '*line 3, column 3: record "new" has no field "customerName"'])
     assert "not counted" not in result.stdout.str()
+
+
+def test_a_polymorphic_sql_function_is_checked_or_said_not_checked(project: Callable[..., Project]) -> None:
+    """PostgreSQL's SQL validator does not analyse the body of a function with polymorphic arguments (anyelement):
+    fmgr_sql_validator() returns without a word. The blast radius counts it 'checked' and says none breaks, while
+    its first call after the migration fails. It must be reported broken, or listed as not checked."""
+    p = _blast_project(project)
+    assert p.run("-m", "preflight", seed=True).ret == 0
+    p.execute("CREATE FUNCTION sale_name(p_key anyelement) RETURNS text LANGUAGE sql STABLE AS $$\n"
+              "  SELECT s.customer_name FROM sales s WHERE s.id::text = p_key::text\n$$")
+    assert p.query("SELECT sale_name(1)") == [("customer 2",)]
+    result = p.run("-v", "-m", "preflight")
+    outcome = outcomes_of(result)[f"{MINI}::blast_radius::database_code[all_schemas]"]
+    evidence = "\n".join(f.read_text() for f in (p.path / "reports").glob("phase4-*[0-9].json"))
+    assert outcome == "FAILED" or "sale_name" in evidence  # broken, or named as not checked
