@@ -437,3 +437,32 @@ def test_a_polymorphic_sql_function_is_checked_or_said_not_checked(project: Call
     outcome = outcomes_of(result)[f"{MINI}::blast_radius::database_code[all_schemas]"]
     evidence = "\n".join(f.read_text() for f in (p.path / "reports").glob("phase4-*[0-9].json"))
     assert outcome == "FAILED" or "sale_name" in evidence  # broken, or named as not checked
+
+
+PGP_KEY = "vault-key-9f8e7d6c"
+SECRET_CODE = """
+CREATE EXTENSION pgcrypto;
+CREATE FUNCTION sale_secret(p_sale int) RETURNS text LANGUAGE plpgsql STABLE AS $$
+DECLARE result text;
+BEGIN
+  SELECT pgp_sym_decrypt(s.customer_name::bytea, 'vault-key-9f8e7d6c') INTO result FROM sales s WHERE s.id = p_sale;
+  RETURN result;
+END $$;
+"""
+
+
+def test_a_secret_on_a_broken_line_of_a_function_never_reaches_the_report(project: Callable[..., Project]) -> None:
+    """A function that decrypts with a key written in its body (`pgp_sym_decrypt(col, 'key')`, common before a
+    vault) and reads a dropped column: the blast radius shows the broken line as it is, key included, in the
+    terminal, the report for the change board, the JSON and the JUnit XML. pg_stat_statements texts get their
+    constants replaced; a body's line must not be shown with its string literals either."""
+    p = _blast_project(project)
+    assert p.run("-m", "preflight", seed=True).ret == 0
+    p.execute(SECRET_CODE)
+    result = p.run("-v", "-m", "preflight", "--junitxml=junit.xml")
+    assert outcomes_of(result)[f"{MINI}::blast_radius::database_code[all_schemas]"] == "FAILED"
+    result.stdout.fnmatch_lines(["found:    1 would break: PL/pgSQL function public.sale_secret(integer)"])
+    texts = {"terminal": result.stdout.str(), "html": html.unescape(p.report()),
+             "json": "\n".join(f.read_text() for f in (p.path / "reports").glob("phase4-*.json")),
+             "junit": html.unescape((p.path / "junit.xml").read_text())}
+    assert {where: PGP_KEY in text for where, text in texts.items()} == {where: False for where in texts}
