@@ -466,3 +466,40 @@ def test_a_secret_on_a_broken_line_of_a_function_never_reaches_the_report(projec
              "json": "\n".join(f.read_text() for f in (p.path / "reports").glob("phase4-*.json")),
              "junit": html.unescape((p.path / "junit.xml").read_text())}
     assert {where: PGP_KEY in text for where, text in texts.items()} == {where: False for where in texts}
+
+
+FDW_MIGRATION = """
+[[migration]]
+file = "20250101000004_refresh_report_feed.sql"
+title = "The reporting feed starts again from the new sales shape"
+"""
+
+
+def test_applying_the_pending_migrations_to_the_copy_writes_to_no_foreign_table(
+        project: Callable[..., Project], pg_server: EmbeddedPostgres) -> None:
+    """The schema-only dump carries foreign servers, user mappings and foreign tables, so the copy reaches the same
+    remote databases as the target. A pending migration that empties a feed table on the reporting database
+    (postgres_fdw, `TRUNCATE` or `DELETE` of a foreign table) empties the real one during `-m preflight`."""
+    p = _blast_project(project)
+    remote = f"{_dbname(p.dsn)}_reporting"
+    remote_dsn = pg_server.create_database(remote)
+    try:
+        with psycopg.connect(remote_dsn, autocommit=True) as conn:
+            conn.execute("CREATE TABLE sales_feed (id int PRIMARY KEY, value numeric);"
+                         "INSERT INTO sales_feed SELECT g, g FROM generate_series(1, 5) g")
+        assert p.run("-m", "preflight", seed=True).ret == 0
+        server = conninfo_to_dict(pg_server.dsn)
+        p.execute("CREATE EXTENSION postgres_fdw;"
+                  f"CREATE SERVER reporting FOREIGN DATA WRAPPER postgres_fdw OPTIONS (host '{server['host']}', "
+                  f"port '{server['port']}', dbname '{remote}');"
+                  "CREATE USER MAPPING FOR CURRENT_USER SERVER reporting OPTIONS (user 'postgres');"
+                  "CREATE FOREIGN TABLE sales_feed (id int, value numeric) SERVER reporting")
+        (p.path / "checks/migrations/20250101000004_refresh_report_feed.sql").write_text("DELETE FROM sales_feed;\n")
+        plan = p.path / "checks/phase4.toml"
+        plan.write_text(plan.read_text().replace("[[post]]", FDW_MIGRATION + "\n[[post]]", 1))
+        result = p.run("-v", "-m", "preflight")
+        assert outcomes_of(result)[f"{MINI}::blast_radius::database_code[all_schemas]"] in ("PASSED", "FAILED")
+        with psycopg.connect(remote_dsn) as conn:
+            assert conn.execute("SELECT count(*) FROM sales_feed").fetchone() == (5,)
+    finally:
+        pg_server.drop_database(remote)
