@@ -503,3 +503,30 @@ def test_applying_the_pending_migrations_to_the_copy_writes_to_no_foreign_table(
             assert conn.execute("SELECT count(*) FROM sales_feed").fetchone() == (5,)
     finally:
         pg_server.drop_database(remote)
+
+
+def test_a_baseline_of_a_database_since_dropped_and_re_created_is_not_compared_with(
+        project: Callable[..., Project], pg_server: EmbeddedPostgres) -> None:
+    """The same hole on stock PostgreSQL with every privilege: staging is refreshed from production over the
+    weekend (DROP DATABASE, CREATE DATABASE, restore): same name, same cluster, a new database (a new oid, which
+    same_database() ignores on purpose). The baseline of the old staging is taken as this database's 'before':
+    the migration that loses a ticket on the refreshed data compares with the old data, which had one ticket
+    fewer, and Data Integrity says VERIFIED."""
+    from test_verify_only import MIGRATIONS, psql
+
+    p = project("mini")
+    name = _dbname(p.dsn)
+    assert p.run("-m", "preflight", seed=True).ret == 0
+    p.execute("DELETE FROM tickets WHERE id = 7")  # the old staging data
+    p.run("--phase4-verify-only")  # before, last week: its baseline beside the report
+    assert len(list((p.path / "reports").glob("*.baseline.json"))) == 1
+    pg_server.drop_database(name)  # the refresh: a new database of the same name, production's data
+    pg_server.create_database(name)
+    assert p.run("-m", "preflight", seed=True).ret == 0
+    psql(p, *MIGRATIONS)  # the team applies the migrations, and one ticket is lost
+    p.execute("DELETE FROM tickets WHERE id = 8")
+    result = p.run("-v", "--phase4-verify-only")
+    outcomes = outcomes_of(result)
+    counts = [k for k in outcomes if "::post::row_counts_unchanged" in k]
+    assert counts
+    assert all(outcomes[k] != "PASSED" for k in counts), result.stdout.str()
