@@ -530,3 +530,38 @@ def test_a_baseline_of_a_database_since_dropped_and_re_created_is_not_compared_w
     counts = [k for k in outcomes if "::post::row_counts_unchanged" in k]
     assert counts
     assert all(outcomes[k] != "PASSED" for k in counts), result.stdout.str()
+
+
+ARGV_CONFTEST = '''
+import json
+import subprocess
+
+from pytest_phase4 import scratch
+
+_run = subprocess.run
+
+
+def run(args, *a, **kw):
+    """What `ps` shows every local user while the schema dump and restore run."""
+    with open("argv.jsonl", "a") as f:
+        f.write(json.dumps([str(x) for x in args]) + "\\n")
+    return _run(args, *a, **kw)
+
+
+scratch.subprocess = type("S", (), {"run": staticmethod(run), "TimeoutExpired": subprocess.TimeoutExpired})
+'''
+
+
+def test_the_ssl_key_passphrase_never_reaches_the_dump_tools_command_line(project: Callable[..., Project]) -> None:
+    """README: passwords go to the tools in PGPASSWORD, never on their command line. The DSN's `sslpassword`
+    (the passphrase of the client's SSL key) is a password too, yet client_args() moves only `password` out of the
+    conninfo: pg_dump and pg_restore get `sslpassword=...` in argv, readable by any local user in `ps`/proc."""
+    p = _blast_project(project)
+    assert p.run("-m", "preflight", seed=True).ret == 0
+    (p.path / "conftest.py").write_text(ARGV_CONFTEST)
+    p.dsn = make_conninfo(p.dsn, sslpassword="Key-Passphrase-42", sslmode="disable")
+    result = p.run("-v", "-m", "preflight")
+    assert outcomes_of(result)[f"{MINI}::blast_radius::database_code[all_schemas]"] == "PASSED"
+    argv = (p.path / "argv.jsonl").read_text()
+    assert "pg_dump" in argv
+    assert "Key-Passphrase-42" not in argv
