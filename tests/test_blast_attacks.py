@@ -565,3 +565,18 @@ def test_the_ssl_key_passphrase_never_reaches_the_dump_tools_command_line(projec
     argv = (p.path / "argv.jsonl").read_text()
     assert "pg_dump" in argv
     assert "Key-Passphrase-42" not in argv
+
+
+def test_a_role_with_createdb_gets_a_copy_of_a_database_with_pg_stat_statements(
+        project: Callable[..., Project], pg_server: EmbeddedPostgres) -> None:
+    """The README asks for CREATEDB. A database owner with CREATEDB (no superuser) on a server whose database has
+    pg_stat_statements (the source the blast radius reads; not a trusted extension) cannot create it in the copy:
+    pg_restore --exit-on-error stops, the stage fails and halts the run ('hint: nothing was done to the target'),
+    so every migration is blocked by the check meant to protect it; the same role without CREATEDB would get a
+    throwaway server and pass. The copy must be made (leave out or fall back), not block the plan."""
+    p = _blast_project(project)
+    assert p.run("-m", "preflight", seed=True).ret == 0
+    p.execute("CREATE EXTENSION pg_stat_statements")
+    p.dsn = _createdb_role(pg_server, p.dsn, "blast_owner_pgss")
+    result = p.run("-v", "-m", "preflight")
+    assert outcomes_of(result)[f"{MINI}::blast_radius::database_code[all_schemas]"] == "PASSED", result.stdout.str()
