@@ -590,3 +590,28 @@ def test_a_role_with_createdb_gets_a_copy_of_a_database_with_pg_stat_statements(
     p.dsn = _createdb_role(pg_server, p.dsn, "blast_owner_pgss")
     result = p.run("-v", "-m", "preflight")
     assert outcomes_of(result)[f"{MINI}::blast_radius::database_code[all_schemas]"] == "PASSED", result.stdout.str()
+
+
+REALTIME_MIGRATION = """
+[[migration]]
+file = "20250101000004_realtime_sales.sql"
+title = "Realtime for sales (Supabase)"
+"""
+
+
+def test_a_migration_that_adds_a_table_to_a_publication_is_not_refused_on_the_copy(
+        project: Callable[..., Project]) -> None:
+    """Supabase projects enable realtime with `ALTER PUBLICATION supabase_realtime ADD TABLE ...` in a migration.
+    The copy leaves publications out (a non-superuser owner could not create them), so that migration fails on the
+    copy and the stage says 'it would fail on the target too ... fix the migration', which is false, and blocks
+    every migration of the plan."""
+    p = _blast_project(project)
+    assert p.run("-m", "preflight", seed=True).ret == 0
+    p.execute("CREATE PUBLICATION supabase_realtime")
+    (p.path / "checks/migrations/20250101000004_realtime_sales.sql").write_text(
+        "ALTER PUBLICATION supabase_realtime ADD TABLE sales;\n")
+    plan = p.path / "checks/phase4.toml"
+    plan.write_text(plan.read_text().replace("[[post]]", REALTIME_MIGRATION + "\n[[post]]", 1))
+    result = p.run("-v", "-m", "preflight")
+    assert "would fail on the target too" not in result.stdout.str()
+    assert outcomes_of(result)[f"{MINI}::blast_radius::database_code[all_schemas]"] == "PASSED", result.stdout.str()
