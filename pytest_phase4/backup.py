@@ -18,13 +18,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
-import psycopg
-from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pytest_phase4 import dsn as dsnlib
+from pytest_phase4 import scratchdb
 from pytest_phase4.errors import CheckFailed
 
 DUMP, SCHEMA, SNAPSHOT, INFO = "full.dump", "schema.sql", "snapshot.json", "BACKUP_INFO.txt"
@@ -229,30 +227,12 @@ def restore(tools: Tools, dsn: str, archive: Path, secrets: list[str], *, clean:
     _run([*args, str(archive)], env, secrets, "pg_restore to restore the backup", dsnlib.redact(dsn))
 
 
-def create_database(dsn: str, name: str) -> None:
-    """An empty database on the target's server (any database of the server can create another one)."""
-    with psycopg.connect(dsn, autocommit=True) as conn:  # CREATE DATABASE refuses transactions
-        _drop(conn, name)
-        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name)))
-
-
-def drop_database(dsn: str, name: str) -> None:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        _drop(conn, name)
-
-
 @contextlib.contextmanager
-def scratch_database(dsn: str, name: str) -> Iterator[str]:
-    """An empty database on the target's server, dropped afterwards even on failure."""
-    create_database(dsn, name)
-    try:
-        yield with_dbname(dsn, name)
-    finally:
-        drop_database(dsn, name)
-
-
-def _drop(conn: psycopg.Connection[Any], name: str) -> None:
-    conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+def scratch_database(dsn: str, dbname: str, purpose: str) -> Iterator[scratchdb.Scratch]:
+    """An empty database of this run's own on the target's server, dropped afterwards even on failure (only that
+    one: scratchdb.py never drops a database it did not create)."""
+    with scratchdb.scratch_database(dsn, dbname, purpose) as made:
+        yield made
 
 
 def slug(text: str) -> str:

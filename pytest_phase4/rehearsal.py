@@ -78,8 +78,8 @@ def rehearse(run: Phase4Run, rootdir: Path) -> str:
     if s.folder is None or not s.verified:
         raise CheckFailed("a verified backup made by this run to rehearse on", "none", "backup stage",
                           hint="the rehearsal restores this run's backup: keep the backup stage selected")
-    name = f"{run.ro.info.dbname}_phase4_rehearsal"[:63]
-    with backup.scratch_database(run.target.dsn, name) as dsn:
+    with backup.scratch_database(run.target.dsn, str(run.ro.info.dbname), "rehearsal") as made:
+        name, dsn = made.name, made.dsn
         backup.restore(tools(run), dsn, s.folder / backup.DUMP, run.target.secrets, clean=False, owner=False)
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute("ANALYZE")  # a restore leaves no statistics: the locks' row estimates and hazards need them

@@ -215,8 +215,8 @@ def verify_restore(run: Phase4Run, archive: Path) -> str:
     s = run.safety
     if s.backup_snapshot is None:
         raise CheckFailed("the snapshot step to have run", "no snapshot in this run", str(archive.parent))
-    scratch = f"{_dbname(run)}_phase4_verify"[:63]
-    with backup.scratch_database(run.target.dsn, scratch) as dsn:
+    with backup.scratch_database(run.target.dsn, _dbname(run), "verify") as made:
+        scratch, dsn = made.name, made.dsn
         backup.restore(tools(run), dsn, archive, run.target.secrets, clean=False, owner=False)
         with psycopg.connect(dsn, autocommit=True) as conn:
             copy = snapshot.take(conn, run.plan.schema)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import secrets
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -22,13 +23,14 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from pytest_phase4 import backup
+from pytest_phase4 import backup, scratchdb
 from pytest_phase4 import dsn as dsnlib
 from pytest_phase4.embedded import EmbeddedPostgres, EmbeddedUnavailable, start_embedded
 from pytest_phase4.errors import Phase4Error
 from pytest_phase4.target import Target
 
 TOOL_TIMEOUT_S = 600
+PURPOSE = "blast"  # the scratch database is <db>_<token>_phase4_blast
 # Entries a schema copy does not need to answer questions about code and queries, and that a database owner
 # who is not a superuser cannot create (Supabase's event triggers, publications, comments on extensions).
 _LEFT_OUT = ("EVENT TRIGGER ", "PUBLICATION ", "PUBLICATION TABLE ", "PUBLICATION TABLES IN SCHEMA ",
@@ -86,33 +88,32 @@ def dump_schema(tools: backup.Tools, target: Target, folder: Path, lock_timeout:
 
 @contextlib.contextmanager
 def schema_copy(target: Target, tools: backup.Tools, dbname: str, lock_timeout: str) -> Iterator[Copy]:
-    """The target's schema restored into a new database, dropped on leaving."""
-    name = f"{dbname}_phase4_blast"[:63]
-    with tempfile.TemporaryDirectory(prefix="phase4-blast-") as tmp:
+    """The target's schema restored into a new database of this run's own, dropped on leaving (even on SIGTERM)."""
+    with scratchdb.terminate_as_interrupt(), tempfile.TemporaryDirectory(prefix="phase4-blast-") as tmp:
         archive, entries = dump_schema(tools, target, Path(tmp), lock_timeout)
-        with _database(target, name, tools) as (dsn, where, secrets):
+        with _database(target, dbname, tools) as (dsn, where, hidden):
             conninfo, env = backup.client_args(dsn)
             _tool([tools.path("pg_restore"), "--no-owner", "--no-privileges", "--single-transaction",
-                   "--exit-on-error", f"--use-list={entries}", f"--dbname={conninfo}", str(archive)], env, secrets,
+                   "--exit-on-error", f"--use-list={entries}", f"--dbname={conninfo}", str(archive)], env, hidden,
                   f"the target's schema restored into {where}")
             yield Copy(dsn, where)
 
 
 @contextlib.contextmanager
-def _database(target: Target, name: str, tools: backup.Tools) -> Iterator[tuple[str, str, list[str]]]:
+def _database(target: Target, dbname: str, tools: backup.Tools) -> Iterator[tuple[str, str, list[str]]]:
     try:
-        backup.create_database(target.dsn, name)
+        made = scratchdb.create(target.dsn, dbname, PURPOSE)
     except psycopg.errors.InsufficientPrivilege as exc:
         refused = target.scrub(exc.diag.message_primary or str(exc))
     else:
         try:
-            yield backup.with_dbname(target.dsn, name), f"scratch database {name} on the target's server", \
-                target.secrets
+            yield made.dsn, f"scratch database {made.name} on the target's server", target.secrets
         finally:
             with contextlib.suppress(psycopg.Error):
-                backup.drop_database(target.dsn, name)
+                scratchdb.drop(target.dsn, made)
         return
     with _throwaway(target, tools, refused) as server:
+        name = scratchdb.name_for(dbname, PURPOSE, secrets.token_hex(4))
         yield server.create_database(name), f"scratch database {name} on a throwaway server ({server.kind})", []
 
 

@@ -163,7 +163,7 @@ def test_the_rehearsal_runs_on_the_scratch_copy_when_the_dsn_comes_from_pytest_a
     assert outcomes_of(result)[f"{PLAN}::backup::rehearse"] == "PASSED"
     assert result.ret == 0, result.stdout.str()
     child = json.loads(next((p.path / "_backups").rglob("rehearsal.json")).read_text())
-    assert re.search(r"\bdbname=scratch_\d+_phase4_rehearsal\b", child["dsn"]), child["dsn"]
+    assert re.search(r"\bdbname=scratch_\d+_[0-9a-f]{8}_phase4_rehearsal\b", child["dsn"]), child["dsn"]
     assert ledger(p) == ["20250101000001_create_views.sql", "20250101000002_drop_denormalized.sql",
                          "20250101000003_add_indexes.sql"]
 
