@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from psycopg import sql
 
-from pytest_phase4 import appqueries, dbcode, ledger, migrate, safety, scratch
+from pytest_phase4 import appqueries, copyfilter, dbcode, ledger, migrate, safety, scratch, sqltext
 from pytest_phase4.appqueries import AppQuery, Recorded
 from pytest_phase4.errors import CheckFailed, MigrationFailed
 from pytest_phase4.plan import CheckSpec, Migration
@@ -80,6 +80,7 @@ class Outcome:
     shas: dict[str, str] = field(default_factory=dict)  # pending file -> sha256 as applied to the copy
     failed_migration: str = ""  # the pending migration that does not apply to the copy, and why
     changed: tuple[str, ...] = ()  # relations the migrations drop or change the columns of
+    not_tried: list[str] = field(default_factory=list)  # "file:line: statement (why it did not run on the copy)"
     seconds: float = 0.0
 
 
@@ -206,12 +207,24 @@ def _migrate(run: Phase4Run, copy: scratch.Copy, conn: psycopg.Connection[Any], 
     for migration in todo:
         result.fingerprints[migration.file] = code_hash(conn)
         result.shas[migration.file] = migrate.file_sha256(migration)
+        skipped = not_tried(migration)
+        result.not_tried += [f"{migration.file}:{s.line}: {copyfilter.shown(s)} ({why})" for s, why in skipped]
         with psycopg.connect(copy.dsn) as writer:
             try:
-                migrate.apply(writer, migration, run.plan.name, run.plan.schema, record=False)
+                migrate.apply(writer, migration, run.plan.name, run.plan.schema, record=False,
+                              skip=frozenset(s.start for s, _ in skipped))
             except MigrationFailed as exc:
                 result.failed_migration = exc.summary + (f" ({exc.detail})" if exc.detail else "")
                 return
+
+
+def not_tried(migration: Migration) -> list[tuple[sqltext.Statement, str]]:
+    """The statements of a migration that must not run on the copy (copyfilter.py), each with why."""
+    try:
+        statements = sqltext.split(migration.path.read_text(encoding="utf-8"), migration.file)
+    except (sqltext.SqlSyntaxError, UnicodeDecodeError):  # migrate.apply says so, naming the line
+        return []
+    return [(s, why) for s in statements if (why := copyfilter.not_on_copy(s))]
 
 
 def code_hash(conn: psycopg.Connection[Any]) -> str:

@@ -47,10 +47,15 @@ def _predict(run: Phase4Run, spec: CheckSpec) -> str:
                            "left to break")
     if out.failed_migration:
         raise CheckFailed("the pending migrations to apply to a copy of the target's schema (no data)",
-                          out.failed_migration, out.where,
-                          hint="it would fail on the target too, unless it depends on rows the copy does not have: "
+                          out.failed_migration, out.where, details=_not_tried(out),
+                          hint=("it may need what a statement not tried on the copy (listed) does, such as a role "
+                                "it grants to: if so, the target is not concerned and the check cannot tell more; "
+                                "otherwise fix the migration; nothing was done to the target") if out.not_tried else
+                               "it would fail on the target too, unless it depends on rows the copy does not have: "
                                "fix the migration; nothing was done to the target")
-    where = f"{out.where}, after {len(out.pending)} pending migration(s)"
+    where = f"{out.where}, after {len(out.pending)} pending migration(s)" + (
+        f" ({len(out.not_tried)} statement(s) of them not tried there: see the blast radius section)"
+        if out.not_tried else "")
     if spec.kind == "database_code":
         if spec.params["plpgsql"] == dbcode.PLPGSQL_CHECK and out.method != dbcode.PLPGSQL_CHECK:
             raise CheckSkipped(out.method_note)
@@ -118,6 +123,10 @@ def _queries(spec: CheckSpec, queries: list[AppQuery], broken: list[tuple[AppQue
     volume = f" ({_calls(sum(q.calls for q in queries))}{since})" if recorded is not None else ""
     return f"{_count(len(queries))} {what}{volume} prepared on {where}: none breaks" + "; ".join(
         ["", *counted, *notes])
+
+
+def _not_tried(out: blast.Outcome) -> list[str]:
+    return [f"not tried on the copy: {line}" for line in out.not_tried]
 
 
 def _calls(n: int) -> str:
@@ -215,6 +224,7 @@ def terminal_lines(run: Phase4Run) -> list[tuple[str, bool]]:
     lines = [(head, False), (f"{headline}:" if headline else "nothing the migrations change breaks a function, "
                              "trigger function or application query that was checked", bool(headline))]
     lines += [(f"  - {item}", True) for item in items]
+    lines += [(line, False) for line in _not_tried(out)]
     if out.changed:
         lines.append((f"relations they change: {', '.join(out.changed)}", False))
     if state.rechecked:
@@ -229,6 +239,6 @@ def to_json(run: Phase4Run) -> dict[str, Any] | None:
     if out is None:
         return {"error": run.target.scrub(run.blast_radius.failure.summary if run.blast_radius.failure else "")}
     return {"where": out.where, "pending": list(out.pending), "seconds": round(out.seconds, 2),
-            "plpgsql": out.method, "changed": list(out.changed),
+            "plpgsql": out.method, "changed": list(out.changed), "not_tried": _not_tried(out),
             "summary": breakage_summary(run, out, blast.specs(run)) or "nothing breaks",
             "rechecked": run.target.scrub(run.blast_radius.rechecked)}

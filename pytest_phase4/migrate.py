@@ -41,11 +41,12 @@ def file_sha256(migration: Migration) -> str:
 
 def apply(conn: psycopg.Connection[Any], migration: Migration, plan_name: str, schema: str,
           blockers: Blockers = list, observer: Observer | None = None, connect: Connect | None = None,
-          record: bool = True) -> Applied:
+          record: bool = True, skip: frozenset[int] = frozenset()) -> Applied:
     """Run the file and record it in the ledger; raise MigrationFailed saying what was and was not applied.
     The observer, when given, weighs the file's hazards first and sees every statement (and may refuse).
     `connect` records what a transaction = false file committed when its own session was lost.
-    `record=False` (a copy of the schema, blast.py): no ledger row and no record of the changes for a rollback."""
+    `record=False` (a copy of the schema, blast.py): no ledger row and no record of the changes for a rollback;
+    there, `skip` names the statements (by their offset in the file) that must not run on the copy."""
     raw = migration.path.read_bytes()
     text = raw.decode("utf-8")
     sha = hashlib.sha256(raw).hexdigest()
@@ -62,6 +63,10 @@ def apply(conn: psycopg.Connection[Any], migration: Migration, plan_name: str, s
             migration.file, stmt.line, None,
             f"the file controls transactions itself ({stmt.code.split()[0].upper()}); pytest-phase4 runs each "
             "migration in its own transaction: remove BEGIN/COMMIT/ROLLBACK from the file", statement=stmt.code)
+    if skip and not record:
+        statements = [s for s in statements if s.start not in skip]
+        if not statements:
+            return Applied(migration.file, sha, 0.0)
     watch = observer or Observer(migration, measure=False)
     started = time.perf_counter()
     try:

@@ -94,6 +94,11 @@ def test_applying_the_pending_migrations_to_the_copy_changes_nothing_on_the_real
     try:
         result = p.run("-v", "-m", "preflight", seed=True)
         assert outcomes_of(result)[f"{MINI}::blast_radius::database_code[all_schemas]"] == "PASSED"
+        result.stdout.fnmatch_lines([  # said, not silently dropped
+            "*not tried on the copy: 20250101000004_reporting_role.sql:1: CREATE ROLE blast_reporting NOLOGIN "
+            "(roles, databases and tablespaces belong to the whole server, not to the copy)",
+            f"*not tried on the copy: 20250101000004_reporting_role.sql:3: ALTER DATABASE {db} SET *"])
+        assert "super-secret-jwt-token" not in result.stdout.str()
         with psycopg.connect(pg_server.dsn, autocommit=True) as conn:
             found = conn.execute(
                 "SELECT (SELECT count(*) FROM pg_roles WHERE rolname = 'blast_reporting'),"
