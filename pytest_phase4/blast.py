@@ -80,6 +80,7 @@ class Outcome:
     shas: dict[str, str] = field(default_factory=dict)  # pending file -> sha256 as applied to the copy
     failed_migration: str = ""  # the pending migration that does not apply to the copy, and why
     changed: tuple[str, ...] = ()  # relations the migrations drop or change the columns of
+    copy_notes: tuple[str, ...] = ()  # what the copy leaves out of the target's schema, and why
     not_tried: list[str] = field(default_factory=list)  # "file:line: statement (why it did not run on the copy)"
     seconds: float = 0.0
 
@@ -127,6 +128,7 @@ def compute(run: Phase4Run, checks: Iterable[CheckSpec], todo: list[Migration]) 
         with scratch.schema_copy(run.target, tools, str(run.ro.info.dbname), run.lock_timeout) as copy, \
                 scratch.connect(copy, search_path, run.check_timeout) as conn:
             result = Outcome(copy.where, tuple(m.file for m in todo), Answers(), Answers(), queries, notes, recorded)
+            result.copy_notes = copy.notes
             if any(s.kind == "database_code" and s.params["plpgsql"] != dbcode.PREPARE for s in checks):
                 result.method, result.method_note = _plpgsql_check(conn, tools.major)
             before = relations(conn)

@@ -48,11 +48,7 @@ def _predict(run: Phase4Run, spec: CheckSpec) -> str:
     if out.failed_migration:
         raise CheckFailed("the pending migrations to apply to a copy of the target's schema (no data)",
                           out.failed_migration, out.where, details=_not_tried(out),
-                          hint=("it may need what a statement not tried on the copy (listed) does, such as a role "
-                                "it grants to: if so, the target is not concerned and the check cannot tell more; "
-                                "otherwise fix the migration; nothing was done to the target") if out.not_tried else
-                               "it would fail on the target too, unless it depends on rows the copy does not have: "
-                               "fix the migration; nothing was done to the target")
+                          hint=_failed_hint(out))
     where = f"{out.where}, after {len(out.pending)} pending migration(s)" + (
         f" ({len(out.not_tried)} statement(s) of them not tried there: see the blast radius section)"
         if out.not_tried else "")
@@ -126,7 +122,20 @@ def _queries(spec: CheckSpec, queries: list[AppQuery], broken: list[tuple[AppQue
 
 
 def _not_tried(out: blast.Outcome) -> list[str]:
-    return [f"not tried on the copy: {line}" for line in out.not_tried]
+    return [*out.copy_notes, *(f"not tried on the copy: {line}" for line in out.not_tried)]
+
+
+def _failed_hint(out: blast.Outcome) -> str:
+    if "user mapping" in out.failed_migration and any("user mapping" in n for n in out.copy_notes):
+        return ("it reads or writes a foreign table, which the copy does not reach (its user mappings are left out "
+                "so that -m preflight writes to no remote server): the check cannot try it, review it by hand; nothing "
+                "was done to the target or the remote server")
+    if out.not_tried:
+        return ("it may need what a statement not tried on the copy (listed) does, such as a role it grants to: if "
+                "so, the target is not concerned and the check cannot tell more; otherwise fix the migration; nothing "
+                "was done to the target")
+    return ("it would fail on the target too, unless it depends on rows the copy does not have: fix the migration; "
+            "nothing was done to the target")
 
 
 def _calls(n: int) -> str:

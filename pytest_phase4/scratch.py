@@ -33,8 +33,17 @@ TOOL_TIMEOUT_S = 600
 PURPOSE = "blast"  # the scratch database is <db>_<token>_phase4_blast
 # Entries a schema copy does not need to answer questions about code and queries, and that a database owner
 # who is not a superuser cannot create (Supabase's event triggers, publications, comments on extensions).
+# User mappings are left out so that no foreign table of the copy reaches a remote server (a migration's DELETE of
+# a postgres_fdw table would empty the real one).
 _LEFT_OUT = ("EVENT TRIGGER ", "PUBLICATION ", "PUBLICATION TABLE ", "PUBLICATION TABLES IN SCHEMA ",
-             "SUBSCRIPTION ", "COMMENT - EXTENSION ", "SECURITY LABEL ")
+             "SUBSCRIPTION ", "COMMENT - EXTENSION ", "SECURITY LABEL ", "USER MAPPING ")
+# Each extension of the dump: whether the copy's role may create it there (trusted, or a superuser).
+_EXTENSIONS = b"""
+SELECT a.name, coalesce(bool_or(v.trusted), false)
+       OR (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user)
+FROM pg_catalog.pg_available_extensions a LEFT JOIN pg_catalog.pg_available_extension_versions v ON v.name = a.name
+GROUP BY a.name
+"""
 _ENTRY = re.compile(r"^\d+; \d+ \d+ (.*)$")
 
 
@@ -50,6 +59,7 @@ class ScratchError(Phase4Error):
 class Copy:
     dsn: str
     where: str  # "scratch database x on the target's server" or "... on a throwaway server (local)"
+    notes: tuple[str, ...] = ()  # what of the target's schema the copy leaves out, and why
 
 
 def _tool(args: list[str], env: dict[str, str], secrets: list[str], what: str) -> str:
@@ -65,8 +75,8 @@ def _tool(args: list[str], env: dict[str, str], secrets: list[str], what: str) -
     return proc.stdout
 
 
-def dump_schema(tools: backup.Tools, target: Target, folder: Path, lock_timeout: str) -> tuple[Path, Path]:
-    """The schema-only archive and the list of its entries to restore."""
+def dump_schema(tools: backup.Tools, target: Target, folder: Path, lock_timeout: str) -> tuple[Path, list[str]]:
+    """The schema-only archive and its entries, but those a copy leaves out (_LEFT_OUT)."""
     conninfo, env = backup.client_args(target.dsn)
     archive = folder / "schema.dump"
     try:
@@ -81,22 +91,49 @@ def dump_schema(tools: backup.Tools, target: Target, folder: Path, lock_timeout:
                     "the entries of the schema dump")
     keep = [line for line in listing.splitlines()
             if not ((m := _ENTRY.match(line)) and m.group(1).startswith(_LEFT_OUT))]
-    entries = folder / "schema.list"
-    entries.write_text("\n".join(keep) + "\n")
-    return archive, entries
+    mappings = sum(1 for line in listing.splitlines() if (m := _ENTRY.match(line)) and
+                   m.group(1).startswith("USER MAPPING "))
+    if mappings:
+        keep.append(f";phase4-note {mappings} user mapping(s) left out: the copy's foreign tables reach no remote "
+                    "server, so a statement that reads or writes one fails there")
+    return archive, keep
+
+
+def _creatable(entries: list[str], dsn: str) -> tuple[list[str], list[str]]:
+    """The entries without the extensions this role cannot create in the copy (not trusted and no superuser, or
+    not installed on that server), and a note for each one left out."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        available = {str(r[0]): bool(r[1]) for r in conn.execute(_EXTENSIONS)}
+    keep, notes = [], []
+    for line in entries:
+        if line.startswith(";phase4-note "):
+            notes.append(line.removeprefix(";phase4-note "))
+            continue
+        if (m := _ENTRY.match(line)) and m.group(1).startswith("EXTENSION - "):
+            name = m.group(1).split()[2]
+            why = ("not installed on the copy's server" if name not in available else
+                   "not a trusted extension: only a superuser may create it" if not available[name] else "")
+            if why:
+                notes.append(f"extension {name} left out of the copy ({why}): what uses it is checked without it")
+                continue
+        keep.append(line)
+    return keep, notes
 
 
 @contextlib.contextmanager
 def schema_copy(target: Target, tools: backup.Tools, dbname: str, lock_timeout: str) -> Iterator[Copy]:
     """The target's schema restored into a new database of this run's own, dropped on leaving (even on SIGTERM)."""
     with scratchdb.terminate_as_interrupt(), tempfile.TemporaryDirectory(prefix="phase4-blast-") as tmp:
-        archive, entries = dump_schema(tools, target, Path(tmp), lock_timeout)
+        archive, listed = dump_schema(tools, target, Path(tmp), lock_timeout)
         with _database(target, dbname, tools) as (dsn, where, hidden):
+            keep, notes = _creatable(listed, dsn)
+            entries = Path(tmp) / "schema.list"
+            entries.write_text("\n".join(keep) + "\n")
             conninfo, env = backup.client_args(dsn)
             _tool([tools.path("pg_restore"), "--no-owner", "--no-privileges", "--single-transaction",
                    "--exit-on-error", f"--use-list={entries}", f"--dbname={conninfo}", str(archive)], env, hidden,
                   f"the target's schema restored into {where}")
-            yield Copy(dsn, where)
+            yield Copy(dsn, where, tuple(notes))
 
 
 @contextlib.contextmanager
