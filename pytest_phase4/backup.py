@@ -6,6 +6,7 @@ never in BACKUP_INFO.txt; every message that can quote a DSN goes through the ta
 
 from __future__ import annotations
 
+import configparser
 import contextlib
 import glob
 import hashlib
@@ -14,6 +15,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -85,13 +87,43 @@ def locate(tool: str) -> list[Tools]:
     return found
 
 
-def client_args(dsn: str) -> tuple[str, dict[str, str]]:
-    """A conninfo without the password for the command line, and the environment carrying the password."""
+@contextlib.contextmanager
+def client_args(dsn: str) -> Iterator[tuple[str, dict[str, str]]]:
+    """A conninfo for the command line with no secret in it (`ps` shows it to every local user), and the
+    environment carrying the secrets: the password in PGPASSWORD; the SSL key's passphrase, which has no variable,
+    in a service file of its own (mode 0600, in a private folder, deleted on leaving)."""
     params = {k: str(v) for k, v in conninfo_to_dict(dsn).items() if v is not None} if dsn else {}
     env = dict(os.environ)
     if password := params.pop("password", None):
         env["PGPASSWORD"] = password
-    return make_conninfo(**params), env
+    passphrase = params.pop("sslpassword", None)
+    if not passphrase:
+        yield make_conninfo(**params), env
+        return
+    with tempfile.TemporaryDirectory(prefix="phase4-libpq-") as tmp:
+        section = {**_service(params.pop("service", None), env), "sslpassword": passphrase}
+        path = Path(tmp) / "pg_service.conf"
+        with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+            f.write("[phase4]\n" + "".join(f"{key}={value}\n" for key, value in section.items()))
+        env["PGSERVICEFILE"] = str(path)
+        yield make_conninfo(service="phase4", **params), env
+
+
+def _service(name: str | None, env: dict[str, str]) -> dict[str, str]:
+    """The settings of the DSN's own service, which the service file above takes the place of."""
+    if not name:
+        return {}
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    parser.read([env.get("PGSERVICEFILE") or os.path.expanduser("~/.pg_service.conf"),
+                 os.path.join(env.get("PGSYSCONFDIR", ""), "pg_service.conf")])
+    return dict(parser[name]) if parser.has_section(name) else {}
+
+
+def command_line_conninfo(dsn: str) -> str:
+    """The conninfo a person types, with no secret in it."""
+    params = {k: str(v) for k, v in conninfo_to_dict(dsn).items() if v is not None} if dsn else {}
+    return make_conninfo(**{k: v for k, v in params.items() if k not in ("password", "sslpassword")})
 
 
 def with_dbname(dsn: str, dbname: str) -> str:
@@ -121,18 +153,18 @@ def dump(tools: Tools, dsn: str, folder: Path, secrets: list[str], snapshot: str
     """`pg_dump --format=custom` of the whole database into folder/full.dump; with `snapshot` (exported by a
     transaction that stays open meanwhile), of exactly what that transaction sees."""
     folder.mkdir(parents=True, exist_ok=True)
-    conninfo, env = client_args(dsn)
     target = folder / name
-    _run([tools.path("pg_dump"), "--format=custom", f"--file={target}", f"--dbname={conninfo}",
-          *_snapshot_arg(snapshot)], env, secrets, "a custom-format dump of the whole database", str(target))
+    with client_args(dsn) as (conninfo, env):
+        _run([tools.path("pg_dump"), "--format=custom", f"--file={target}", f"--dbname={conninfo}",
+              *_snapshot_arg(snapshot)], env, secrets, "a custom-format dump of the whole database", str(target))
     return target
 
 
 def dump_schema(tools: Tools, dsn: str, folder: Path, secrets: list[str], snapshot: str | None = None) -> Path:
-    conninfo, env = client_args(dsn)
     target = folder / SCHEMA
-    _run([tools.path("pg_dump"), "--schema-only", f"--file={target}", f"--dbname={conninfo}",
-          *_snapshot_arg(snapshot)], env, secrets, "a schema-only dump", str(target))
+    with client_args(dsn) as (conninfo, env):
+        _run([tools.path("pg_dump"), "--schema-only", f"--file={target}", f"--dbname={conninfo}",
+              *_snapshot_arg(snapshot)], env, secrets, "a schema-only dump", str(target))
     return target
 
 
@@ -158,9 +190,8 @@ def markers_in_dump(tools: Tools, archive: Path, secrets: list[str]) -> set[str]
 
 def restore_command(tools: Tools, dsn: str, archive: Path) -> str:
     """The exact command a person runs to put the backup back (Part 7, full rollback); no password in it."""
-    conninfo, _ = client_args(dsn)
     return shlex.join([tools.path("pg_restore"), "--clean", "--if-exists", "--single-transaction",
-                       "--exit-on-error", f"--dbname={conninfo}", str(archive.resolve())])
+                       "--exit-on-error", f"--dbname={command_line_conninfo(dsn)}", str(archive.resolve())])
 
 
 def write_info(folder: Path, *, plan: str, source: str, server: str, tools: Tools, archive: Path, sha: str,
@@ -218,13 +249,14 @@ def verify_archive(tools: Tools, archive: Path, expected_sha: str | None, secret
 
 
 def restore(tools: Tools, dsn: str, archive: Path, secrets: list[str], *, clean: bool, owner: bool = True) -> None:
-    conninfo, env = client_args(dsn)
-    args = [tools.path("pg_restore"), "--single-transaction", "--exit-on-error", f"--dbname={conninfo}"]
+    args = [tools.path("pg_restore"), "--single-transaction", "--exit-on-error"]
     if clean:
         args += ["--clean", "--if-exists"]
     if not owner:
         args += ["--no-owner", "--no-privileges"]
-    _run([*args, str(archive)], env, secrets, "pg_restore to restore the backup", dsnlib.redact(dsn))
+    with client_args(dsn) as (conninfo, env):
+        _run([*args, f"--dbname={conninfo}", str(archive)], env, secrets, "pg_restore to restore the backup",
+             dsnlib.redact(dsn))
 
 
 @contextlib.contextmanager

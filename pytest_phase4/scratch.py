@@ -11,6 +11,7 @@ that policies naming them restore. Nothing is written to the target. The copy is
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import secrets
 import subprocess
@@ -77,17 +78,17 @@ def _tool(args: list[str], env: dict[str, str], secrets: list[str], what: str) -
 
 def dump_schema(tools: backup.Tools, target: Target, folder: Path, lock_timeout: str) -> tuple[Path, list[str]]:
     """The schema-only archive and its entries, but those a copy leaves out (_LEFT_OUT)."""
-    conninfo, env = backup.client_args(target.dsn)
     archive = folder / "schema.dump"
     try:
-        _tool([tools.path("pg_dump"), "--schema-only", "--format=custom", "--compress=0", "--no-sync",
-               f"--lock-wait-timeout={lock_timeout}",
-               f"--file={archive}", f"--dbname={conninfo}"], env, target.secrets, "a schema-only dump of the target")
+        with backup.client_args(target.dsn) as (conninfo, env):
+            _tool([tools.path("pg_dump"), "--schema-only", "--format=custom", "--compress=0", "--no-sync",
+                   f"--lock-wait-timeout={lock_timeout}", f"--file={archive}", f"--dbname={conninfo}"], env,
+                  target.secrets, "a schema-only dump of the target")
     except ScratchError as exc:
         hint = ("another session holds a lock on a table (pg_stat_activity says which); wait or end it"
                 if "lock" in exc.message.lower() else "")
         raise ScratchError(exc.message, hint or exc.hint, exc.details) from None
-    listing = _tool([tools.path("pg_restore"), "--list", str(archive)], env, target.secrets,
+    listing = _tool([tools.path("pg_restore"), "--list", str(archive)], dict(os.environ), target.secrets,
                     "the entries of the schema dump")
     keep = [line for line in listing.splitlines()
             if not ((m := _ENTRY.match(line)) and m.group(1).startswith(_LEFT_OUT))]
@@ -129,10 +130,10 @@ def schema_copy(target: Target, tools: backup.Tools, dbname: str, lock_timeout: 
             keep, notes = _creatable(listed, dsn)
             entries = Path(tmp) / "schema.list"
             entries.write_text("\n".join(keep) + "\n")
-            conninfo, env = backup.client_args(dsn)
-            _tool([tools.path("pg_restore"), "--no-owner", "--no-privileges", "--single-transaction",
-                   "--exit-on-error", f"--use-list={entries}", f"--dbname={conninfo}", str(archive)], env, hidden,
-                  f"the target's schema restored into {where}")
+            with backup.client_args(dsn) as (conninfo, env):
+                _tool([tools.path("pg_restore"), "--no-owner", "--no-privileges", "--single-transaction",
+                       "--exit-on-error", f"--use-list={entries}", f"--dbname={conninfo}", str(archive)], env,
+                      hidden, f"the target's schema restored into {where}")
             yield Copy(dsn, where, tuple(notes))
 
 

@@ -416,11 +416,25 @@ def _unordered(found: tuple[list[str], list[tuple[str, int]]]) -> tuple[list[str
 
 
 def test_client_tools_get_the_password_in_their_environment_only() -> None:
-    conninfo, env = backup.client_args(f"postgresql://me:{SECRET}@db.example:5433/crm")
-    assert SECRET not in conninfo
-    assert "host=db.example" in conninfo
-    assert "dbname=crm" in conninfo
-    assert env["PGPASSWORD"] == SECRET
+    with backup.client_args(f"postgresql://me:{SECRET}@db.example:5433/crm") as (conninfo, env):
+        assert SECRET not in conninfo
+        assert "host=db.example" in conninfo
+        assert "dbname=crm" in conninfo
+        assert env["PGPASSWORD"] == SECRET
+        assert "PGSERVICEFILE" not in env or env["PGSERVICEFILE"] == os.environ.get("PGSERVICEFILE")
+
+
+def test_client_tools_get_the_ssl_key_passphrase_in_a_private_service_file_only() -> None:
+    """libpq has no variable for sslpassword: a service file of the run's own (0600), gone afterwards."""
+    with backup.client_args(f"host=db.example dbname=crm sslpassword={SECRET} password=pw") as (conninfo, env):
+        assert SECRET not in conninfo
+        assert "service=phase4" in conninfo
+        service = Path(env["PGSERVICEFILE"])
+        assert service.read_text() == f"[phase4]\nsslpassword={SECRET}\n"
+        assert service.stat().st_mode & 0o777 == 0o600
+        assert env["PGPASSWORD"] == "pw"
+    assert not service.exists()
+    assert SECRET not in backup.command_line_conninfo(f"host=db.example sslpassword={SECRET}")
 
 
 def test_compare_names_every_difference() -> None:
