@@ -97,9 +97,11 @@ def specs(run: Phase4Run) -> tuple[CheckSpec, ...]:
 
 
 def pending(run: Phase4Run, after: Migration | None = None) -> list[Migration]:
+    """The migrations not applied yet: neither in the ledger nor, under --phase4-verify-only, found applied by
+    another tool (verifyonly.probe); applying those again to the copy would fail there, a false red."""
     applied = ledger.read(run.ro)
     return [m for m in run.plan.migrations
-            if m.file not in applied and (after is None or m.index >= after.index)]
+            if m.file not in applied and m.file not in run.verified and (after is None or m.index >= after.index)]
 
 
 def outcome(run: Phase4Run) -> Outcome | None:
