@@ -3,9 +3,12 @@ and asks its questions (no pytest here).
 
 `pg_dump --schema-only` (ACCESS SHARE locks for the length of the dump, as any SELECT; `--lock-wait-timeout` so
 it never queues behind another session's lock) restored with `pg_restore --no-owner --no-privileges` into a new
-database on the target's server, which needs CREATEDB. Without it, on a throwaway server started from the local
-PostgreSQL binaries (of the same major version or newer), where the target's role names are created first so
-that policies naming them restore. Nothing is written to the target. The copy is dropped afterwards.
+database of this run's own on the target's server (scratchdb.py: a unique name, no other role may connect, dropped
+only if it is still the one created), which needs CREATEDB. Without it, on a throwaway server started from the
+local PostgreSQL binaries (of the same major version or newer), where the target's role names are created first
+so that policies naming them restore. User mappings are left out, so that no foreign table of the copy reaches a
+remote server, and so is any extension the role may not create there. Nothing is written to the target. The copy
+is dropped afterwards.
 """
 
 from __future__ import annotations
@@ -76,8 +79,9 @@ def _tool(args: list[str], env: dict[str, str], secrets: list[str], what: str) -
     return proc.stdout
 
 
-def dump_schema(tools: backup.Tools, target: Target, folder: Path, lock_timeout: str) -> tuple[Path, list[str]]:
-    """The schema-only archive and its entries, but those a copy leaves out (_LEFT_OUT)."""
+def dump_schema(tools: backup.Tools, target: Target, folder: Path,
+                lock_timeout: str) -> tuple[Path, list[str], list[str]]:
+    """The schema-only archive, its entries but those a copy leaves out (_LEFT_OUT), and what to say of them."""
     archive = folder / "schema.dump"
     try:
         with backup.client_args(target.dsn) as (conninfo, env):
@@ -94,10 +98,9 @@ def dump_schema(tools: backup.Tools, target: Target, folder: Path, lock_timeout:
             if not ((m := _ENTRY.match(line)) and m.group(1).startswith(_LEFT_OUT))]
     mappings = sum(1 for line in listing.splitlines() if (m := _ENTRY.match(line)) and
                    m.group(1).startswith("USER MAPPING "))
-    if mappings:
-        keep.append(f";phase4-note {mappings} user mapping(s) left out: the copy's foreign tables reach no remote "
-                    "server, so a statement that reads or writes one fails there")
-    return archive, keep
+    notes = [f"{mappings} user mapping(s) left out of the copy: its foreign tables reach no remote server, so a "
+             "statement that reads or writes one fails there"] if mappings else []
+    return archive, keep, notes
 
 
 def _creatable(entries: list[str], dsn: str) -> tuple[list[str], list[str]]:
@@ -107,9 +110,6 @@ def _creatable(entries: list[str], dsn: str) -> tuple[list[str], list[str]]:
         available = {str(r[0]): bool(r[1]) for r in conn.execute(_EXTENSIONS)}
     keep, notes = [], []
     for line in entries:
-        if line.startswith(";phase4-note "):
-            notes.append(line.removeprefix(";phase4-note "))
-            continue
         if (m := _ENTRY.match(line)) and m.group(1).startswith("EXTENSION - "):
             name = m.group(1).split()[2]
             why = ("not installed on the copy's server" if name not in available else
@@ -125,7 +125,7 @@ def _creatable(entries: list[str], dsn: str) -> tuple[list[str], list[str]]:
 def schema_copy(target: Target, tools: backup.Tools, dbname: str, lock_timeout: str) -> Iterator[Copy]:
     """The target's schema restored into a new database of this run's own, dropped on leaving (even on SIGTERM)."""
     with scratchdb.terminate_as_interrupt(), tempfile.TemporaryDirectory(prefix="phase4-blast-") as tmp:
-        archive, listed = dump_schema(tools, target, Path(tmp), lock_timeout)
+        archive, listed, left_out = dump_schema(tools, target, Path(tmp), lock_timeout)
         with _database(target, dbname, tools) as (dsn, where, hidden):
             keep, notes = _creatable(listed, dsn)
             entries = Path(tmp) / "schema.list"
@@ -134,7 +134,7 @@ def schema_copy(target: Target, tools: backup.Tools, dbname: str, lock_timeout: 
                 _tool([tools.path("pg_restore"), "--no-owner", "--no-privileges", "--single-transaction",
                        "--exit-on-error", f"--use-list={entries}", f"--dbname={conninfo}", str(archive)], env,
                       hidden, f"the target's schema restored into {where}")
-            yield Copy(dsn, where, tuple(notes))
+            yield Copy(dsn, where, (*left_out, *notes))
 
 
 @contextlib.contextmanager
