@@ -208,10 +208,11 @@ def _ask(conn: psycopg.Connection[Any], checks: tuple[CheckSpec, ...], queries: 
 
 def _migrate(run: Phase4Run, copy: scratch.Copy, conn: psycopg.Connection[Any], todo: list[Migration],
              result: Outcome) -> None:
+    absent: set[str] = set()  # roles created by statements not tried: what names them is not tried either
     for migration in todo:
         result.fingerprints[migration.file] = code_hash(conn)
         result.shas[migration.file] = migrate.file_sha256(migration)
-        skipped = not_tried(migration)
+        skipped = not_tried(migration, absent)
         result.not_tried += [f"{migration.file}:{s.line}: {copyfilter.shown(s)} ({why})" for s, why in skipped]
         with psycopg.connect(copy.dsn) as writer:
             try:
@@ -222,13 +223,13 @@ def _migrate(run: Phase4Run, copy: scratch.Copy, conn: psycopg.Connection[Any], 
                 return
 
 
-def not_tried(migration: Migration) -> list[tuple[sqltext.Statement, str]]:
+def not_tried(migration: Migration, absent: set[str]) -> list[tuple[sqltext.Statement, str]]:
     """The statements of a migration that must not run on the copy (copyfilter.py), each with why."""
     try:
         statements = sqltext.split(migration.path.read_text(encoding="utf-8"), migration.file)
     except (sqltext.SqlSyntaxError, UnicodeDecodeError):  # migrate.apply says so, naming the line
         return []
-    return [(s, why) for s in statements if (why := copyfilter.not_on_copy(s))]
+    return [(s, why) for s in statements if (why := copyfilter.not_on_copy(s, absent))]
 
 
 def code_hash(conn: psycopg.Connection[Any]) -> str:

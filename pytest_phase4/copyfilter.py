@@ -56,10 +56,20 @@ _BEYOND = {"dblink", "dblink_exec", "dblink_connect", "dblink_connect_u", "dblin
            "http_get", "net.http_post", "net.http_get"}
 
 
-def not_on_copy(statement: sqltext.Statement) -> str | None:
-    """Why this statement must not run on the copy, or None when it may."""
+def not_on_copy(statement: sqltext.Statement, absent: set[str] | None = None) -> str | None:
+    """Why this statement must not run on the copy, or None when it may. `absent` gathers, across the pending
+    migrations, the roles that statements not tried create: a statement naming one (GRANT ... TO it, OWNER TO it,
+    a policy for it) would fail on the copy only because of that, so it is not tried either."""
     try:
-        return _why(statement.node, statement.text)
+        why = _why(statement.node, statement.text)
+        if absent is None:
+            return why
+        inner = _inner(statement.node, statement.text)
+        if why is not None:
+            absent.update(str(n.role) for n in inner if isinstance(n, ast.CreateRoleStmt))
+        elif named := _names_role(inner, absent):
+            why = f"it names role {named}, which a statement not tried on the copy creates"
+        return why
     except Exception:  # a tree this module does not know: the statement runs as before
         return None
 
@@ -113,22 +123,47 @@ def _beyond(node: Any) -> str | None:
 
 def _do_block(text: str) -> str | None:
     """Why a statement a DO block runs (not built at run time) must not run on the copy."""
+    for query, node in _do_statements(text):
+        if why := _why(node, query):
+            shown = " ".join(query.split())
+            return f"it runs {shown if len(shown) <= 60 else shown[:59] + chr(0x2026)}: {why}"
+    return None
+
+
+def _do_statements(text: str) -> list[tuple[str, Any]]:
+    """(SQL text, parse tree) of each statement and expression a DO block runs, as far as it is written out."""
     try:
         tree = parse_plpgsql(text)
     except Exception:  # another language, or a body the parser does not take
-        return None
+        return []
+    found = []
     for query in _queries(tree):
         for source in (query, f"SELECT {query}"):
             try:
                 parsed = parse_sql(source)
             except Exception:  # an expression, not a statement: tried as SELECT <expr>
                 continue
-            for raw in parsed:
-                if why := _why(raw.stmt, source):
-                    shown = " ".join(query.split())
-                    return f"it runs {shown if len(shown) <= 60 else shown[:59] + chr(0x2026)}: {why}"
+            found += [(query, raw.stmt) for raw in parsed]
             break
-    return None
+    return found
+
+
+def _inner(node: Any, text: str) -> list[Any]:
+    """The statement itself, or what a DO block runs."""
+    return [n for _, n in _do_statements(text)] if isinstance(node, ast.DoStmt) else [node]
+
+
+def _names_role(nodes: list[Any], roles: set[str]) -> str | None:
+    found: list[str] = []
+
+    class Roles(Visitor):
+        def visit_RoleSpec(self, ancestors: Any, spec: ast.RoleSpec) -> None:
+            if spec.rolename in roles:
+                found.append(spec.rolename)
+
+    for node in nodes:
+        Roles()(node)
+    return found[0] if found else None
 
 
 def _queries(tree: Any) -> list[str]:

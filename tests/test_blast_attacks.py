@@ -88,6 +88,7 @@ def test_applying_the_pending_migrations_to_the_copy_changes_nothing_on_the_real
     (p.path / "checks/migrations/20250101000004_reporting_role.sql").write_text(
         "CREATE ROLE blast_reporting NOLOGIN;\n"
         "ALTER ROLE blast_api SET statement_timeout = '8s';\n"
+        "GRANT SELECT ON sales TO blast_reporting;\n"
         f"ALTER DATABASE {db} SET app.jwt_secret = 'super-secret-jwt-token-with-at-least-32-characters';\n")
     plan = p.path / "checks/phase4.toml"
     plan.write_text(plan.read_text().replace("[[post]]", ROLE_MIGRATION + "\n[[post]]", 1))
@@ -97,7 +98,9 @@ def test_applying_the_pending_migrations_to_the_copy_changes_nothing_on_the_real
         result.stdout.fnmatch_lines([  # said, not silently dropped
             "*not tried on the copy: 20250101000004_reporting_role.sql:1: CREATE ROLE blast_reporting NOLOGIN "
             "(roles, databases and tablespaces belong to the whole server, not to the copy)",
-            f"*not tried on the copy: 20250101000004_reporting_role.sql:3: ALTER DATABASE {db} SET *"])
+            "*not tried on the copy: 20250101000004_reporting_role.sql:3: GRANT SELECT ON sales TO blast_reporting "
+            "(it names role blast_reporting, which a statement not tried on the copy creates)",
+            f"*not tried on the copy: 20250101000004_reporting_role.sql:4: ALTER DATABASE {db} SET *"])
         assert "super-secret-jwt-token" not in result.stdout.str()
         with psycopg.connect(pg_server.dsn, autocommit=True) as conn:
             found = conn.execute(

@@ -51,3 +51,14 @@ def test_a_statement_left_out_is_named_with_its_string_constants_masked() -> Non
              "DO $body$ BEGIN CREATE ROLE x PASSWORD 'pw'; END $body$"]
     assert [copyfilter.shown(s) for t in texts for s in sqltext.split(t)] == [
         "ALTER DATABASE crm SET app.jwt_secret = '***'", "ALTER ROLE app SET x = '***'", "DO $$***$$"]
+
+
+def test_a_statement_naming_a_role_that_a_statement_left_out_creates_is_left_out_too() -> None:
+    """GRANT ... TO a role the migration creates would fail on the copy only because CREATE ROLE did not run."""
+    absent: set[str] = set()
+    text = ("DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'reporting') THEN CREATE ROLE reporting; "
+            "END IF; END $$; GRANT SELECT ON sales TO reporting; CREATE POLICY r ON sales FOR SELECT TO reporting "
+            "USING (true); GRANT SELECT ON sales TO authenticated")
+    found = [copyfilter.not_on_copy(s, absent) for s in sqltext.split(text)]
+    assert found[1:] == ["it names role reporting, which a statement not tried on the copy creates"] * 2 + [None]
+    assert absent == {"reporting"}
