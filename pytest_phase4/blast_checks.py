@@ -248,6 +248,7 @@ def to_json(run: Phase4Run) -> dict[str, Any] | None:
     if out is None:
         return {"error": run.target.scrub(run.blast_radius.failure.summary if run.blast_radius.failure else "")}
     return {"where": out.where, "pending": list(out.pending), "seconds": round(out.seconds, 2),
-            "plpgsql": out.method, "changed": list(out.changed), "not_tried": _not_tried(out),
+            "plpgsql": out.method, "changed": list(out.changed),
+            "left_out_of_copy": list(out.copy_notes), "not_tried": list(out.not_tried),
             "summary": breakage_summary(run, out, blast.specs(run)) or "nothing breaks",
             "rechecked": run.target.scrub(run.blast_radius.rechecked)}
