@@ -3,15 +3,15 @@ catalog inventory, in snapshot.json's format), recorded where a later run finds 
 
 A run that can apply a migration, or that verifies a plan not yet applied, records its snapshot taken before its
 first migration as a baseline: `baseline.json` with this run's backup, and `<report>.baseline.json` beside its
-report. A later run compares with the newest baseline of this database (its name and cluster, and every backup
-marker it held is still there) taken when none of the plan's migrations applied now was applied yet, and says
+report. A later run compares with the newest baseline proven to be of this database (its name, oid and cluster,
+or where the cluster's identifier is not readable its first backup marker; and every backup marker it held is
+still there) taken when none of the plan's migrations applied now was applied yet, and says
 which one it used. No pytest here.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,7 +20,7 @@ import psycopg
 
 from pytest_phase4.checks import sql_error
 from pytest_phase4.errors import Phase4Error
-from pytest_phase4.snapshot import Snapshot, same_database
+from pytest_phase4.snapshot import Snapshot
 
 if TYPE_CHECKING:
     from pytest_phase4.run import Phase4Run
@@ -135,8 +135,8 @@ def choose(candidates: Sequence[Baseline], own: Baseline | None, schema: str, id
         s, where = b.snap, str(b.path) if b.path else "this run's snapshot"
         if s.schema != schema:
             rejected.append(f"{where}: of schema {s.schema}, the plan's is {schema}")
-        elif not same_database(s.source, identity):
-            rejected.append(f"{where}: of another database ({_ident(s.source)})")
+        elif not b.own and (why := unproven(s.source, identity)):
+            rejected.append(f"{where}: {why}")
         elif missing := sorted(set(s.markers) - markers):
             rejected.append(f"{where}: this database no longer holds backup marker {missing[0]} it held then "
                             "(restored or re-created since)")
@@ -165,8 +165,30 @@ def choose(candidates: Sequence[Baseline], own: Baseline | None, schema: str, id
         "--phase4-baseline=PATH"))
 
 
-def _ident(source: dict[str, str]) -> str:
-    return json.dumps({k: v for k, v in source.items() if k in ("database", "system_identifier")}, sort_keys=True)
+def unproven(saved: Mapping[str, str], here: Mapping[str, str]) -> str:
+    """Why a baseline is not proven to be of this database, or "". A name is no proof (staging and production are
+    both `postgres`, a refreshed staging keeps its name): the database's oid must match (a database dropped and
+    re-created gets another), and so must the cluster's system identifier; where the role may not read it, the
+    oldest backup marker row the database held then, with the transaction that wrote it (snapshot.identity)."""
+    name = saved.get("database", "?")
+    if name != here.get("database"):
+        return f"of another database ({name})"
+    was, now = saved.get("system_identifier", ""), here.get("system_identifier", "")
+    if was and now and was != now:
+        return f"of database {name} on another cluster (system identifier {was}, this one's is {now})"
+    if not saved.get("oid") or saved.get("oid") != here.get("oid"):
+        return (f"of another database named {name} (oid {saved.get('oid') or 'not recorded'}, this one's is "
+                f"{here.get('oid')}): dropped and re-created since (a refresh, a restore) or on another cluster")
+    if was and now:
+        return ""
+    marker = saved.get("marker", "")
+    if marker and marker == here.get("marker"):
+        return ""
+    return (f"of a database named {name} (oid {here.get('oid')}), not proven to be this one: the cluster's system "
+            "identifier was not readable (pg_control_system() needs superuser or pg_monitor: GRANT pg_monitor TO "
+            "the run's role) and " + ("the database held no backup marker then" if not marker else
+                                      f"this database does not hold its backup marker {marker.partition('@')[0]} "
+                                      "as written then (a copy restored from another database's dump)"))
 
 
 COMPARISONS = frozenset({"row_counts_unchanged", "checksum_unchanged", "row_counts_match", "catalog_diff"})

@@ -187,6 +187,7 @@ def one_moment(run: Phase4Run, folder: Path) -> Path:
     backup_id = str(uuid.uuid4())
     with run.target.connect(read_only=False, autocommit=False, settings={"lock_timeout": run.lock_timeout}) as w:
         ledger.mark_backup(w, backup_id, folder.name)
+    run.store.identity = None  # read again: the database may now hold its first marker (snapshot.identity)
     pool = run.pool()
     with run.target.connect(read_only=True, autocommit=False,
                             settings={"statement_timeout": run.check_timeout}) as conn:

@@ -229,7 +229,23 @@ def identity(conn: psycopg.Connection[Any]) -> dict[str, str]:
         ident["system_identifier"] = str(sysid[0]) if sysid else ""
     except psycopg.Error:
         ident["system_identifier"] = ""  # pg_control_system() needs superuser or pg_monitor
+    ident["marker"] = _marker(conn)
     return ident
+
+
+def _marker(conn: psycopg.Connection[Any]) -> str:
+    """The oldest backup marker row of this database as `uuid@xmin`, or "": the uuid names the backup, the xmin is
+    the transaction that wrote the row here (a copy restored elsewhere is written by another)."""
+    try:
+        with conn.transaction():
+            row = conn.execute("SELECT to_regclass('pytest_phase4.backups') IS NOT NULL").fetchone()
+            if not row or not row[0]:
+                return ""
+            row = conn.execute("SELECT id::text || '@' || xmin::text FROM pytest_phase4.backups"
+                               " ORDER BY taken_at, id LIMIT 1").fetchone()
+    except psycopg.Error:  # the role may not read the plugin's schema
+        return ""
+    return str(row[0]) if row else ""
 
 
 def same_database(a: Mapping[str, str], b: Mapping[str, str]) -> bool:
