@@ -3,14 +3,14 @@ plan names (`[[app_queries]]`). Each is PREPAREd (never run) against a schema; p
 pg_stat_statements writes them after normalizing constants. No pytest here; reading the target is read-only.
 
 pg_stat_statements keeps the text of statements, which may hold literals it does not normalize (utility
-statements: `ALTER ROLE ... PASSWORD '...'`). Only queries (SELECT, INSERT, UPDATE, DELETE, MERGE) are kept, and
-every text shown passes through the run's scrub and the PASSWORD mask.
+statements: `ALTER ROLE ... PASSWORD '...'`) and comments it keeps as sent (an sqlcommenter tag naming a user, a
+key in a debugging comment). Only queries (SELECT, INSERT, UPDATE, DELETE, MERGE) are kept, and every text shown
+passes through the run's scrub and sqltext.redact (no comment, every string literal '***').
 """
 
 from __future__ import annotations
 
 import glob
-import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -27,7 +27,6 @@ from pytest_phase4 import sqltext
 _PREPARABLE = (ast.SelectStmt, ast.InsertStmt, ast.UpdateStmt, ast.DeleteStmt, ast.MergeStmt)
 _SYSTEM = ("pg_catalog", "information_schema", "pytest_phase4")
 HIDDEN = "<insufficient privilege>"
-_LEADING_COMMENTS = re.compile(r"^(\s*(--[^\n]*(\n|$)|/\*.*?\*/))+", re.DOTALL)
 ENABLE_PGSS = ("add pg_stat_statements to shared_preload_libraries in postgresql.conf, restart the server, then "
                "CREATE EXTENSION pg_stat_statements in this database (Supabase: enabled by default, in schema "
                "extensions)")
@@ -41,12 +40,19 @@ class AppQuery:
     total_ms: float = 0.0
     roles: tuple[str, ...] = ()
     relations: tuple[str, ...] = ()  # the relations it names, as written
+    search_path: str | None = None  # its roles' own (ALTER ROLE ... SET search_path); None: the run's
+
+    @property
+    def key(self) -> tuple[str, str | None]:
+        """What is PREPAREd: the text, under the search_path its roles run it with."""
+        return self.text, self.search_path
 
     def describe(self, limit: int = 400) -> str:
-        text = " ".join(_LEADING_COMMENTS.sub("", sqltext.mask_passwords(self.text)).split())
+        text = " ".join(sqltext.redact(sqltext.mask_passwords(self.text)).split())
         text = text if len(text) <= limit else text[: limit - 1] + "\u2026"
         if self.source == "pg_stat_statements":
-            who = f", role {', '.join(self.roles)}" if self.roles else ""
+            path = f" (search_path {self.search_path})" if self.search_path is not None else ""
+            who = f", role {', '.join(self.roles)}{path}" if self.roles else ""
             calls = f"{self.calls:,} call{'' if self.calls == 1 else 's'}"
             return f"{calls}, {self.total_ms:,.1f} ms in total{who}: {text}"
         return f"{self.source}: {text}"
@@ -101,26 +107,43 @@ def pgss_schema(conn: psycopg.Connection[Any]) -> str | None:
     return str(row[0]) if row else None
 
 
-def recorded(conn: psycopg.Connection[Any], roles: tuple[str, ...], min_calls: int) -> Recorded:
+_ROLE_PATHS = """
+SELECT r.rolname, replace(replace(p.path, '"$user"', quote_ident(r.rolname)), '$user', quote_ident(r.rolname))
+FROM pg_catalog.pg_roles r CROSS JOIN LATERAL (SELECT coalesce(
+  (SELECT substr(c, 13) FROM pg_catalog.pg_db_role_setting s, unnest(s.setconfig) c WHERE s.setrole = r.oid
+     AND s.setdatabase = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())
+     AND c LIKE 'search_path=%'),
+  (SELECT substr(c, 13) FROM pg_catalog.pg_db_role_setting s, unnest(s.setconfig) c WHERE s.setrole = r.oid
+     AND s.setdatabase = 0 AND c LIKE 'search_path=%')) AS path) p
+WHERE p.path IS NOT NULL AND r.rolname !~ '^pg_' ORDER BY 1
+"""
+
+
+def role_paths(conn: psycopg.Connection[Any]) -> dict[str, str]:
+    """The search_path each role with one of its own runs with in this database (ALTER ROLE ... [IN DATABASE ...]
+    SET search_path, `$user` as that role): where an application finds the tables its queries and functions name
+    without a schema. Roles without one run with the database's (or the server's), as the run does."""
+    return {str(r[0]): str(r[1]) for r in conn.execute(_ROLE_PATHS).fetchall()}
+
+
+def recorded(conn: psycopg.Connection[Any], roles: tuple[str, ...], min_calls: int,
+             paths: dict[str, str] | None = None) -> Recorded:
     """The queries pg_stat_statements recorded in this database, with calls and time summed over roles; of the
-    given roles, or of every role but this session's own (psql, this plugin) when none are given."""
+    given roles, or of every role but this session's own (psql, this plugin) when none are given. A query is
+    kept once per search_path its roles run with (`paths`, from role_paths): that is how it is PREPAREd."""
     schema = pgss_schema(conn)
     if schema is None:
         raise Unavailable(f"pg_stat_statements is not installed in this database: {ENABLE_PGSS}")
     found = Recorded(schema)
     query = sql.SQL(
-        "SELECT query, coalesce(sum(calls) FILTER (WHERE wanted), 0)::bigint,"
-        " coalesce(sum(total_exec_time) FILTER (WHERE wanted), 0)::float8,"
-        " array_agg(DISTINCT rolname) FILTER (WHERE wanted), bool_or(wanted), count(*)::int FROM ("
-        "  SELECT s.query, s.calls, s.total_exec_time, r.rolname,"
-        "   coalesce(r.rolname = ANY (%s) OR (cardinality(%s::text[]) = 0 AND r.rolname <> current_user), false)"
-        "   AS wanted"
-        "  FROM {} s LEFT JOIN pg_catalog.pg_roles r ON r.oid = s.userid"
-        "  WHERE s.dbid = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())) q"
-        " GROUP BY query HAVING NOT bool_or(wanted) OR sum(calls) FILTER (WHERE wanted) >= %s"
-        " ORDER BY 2 DESC, 1").format(sql.Identifier(schema, "pg_stat_statements"))
+        "SELECT s.query, r.rolname, coalesce(r.rolname = ANY (%s) OR (cardinality(%s::text[]) = 0"
+        "  AND r.rolname <> current_user), false), sum(s.calls)::bigint, sum(s.total_exec_time)::float8,"
+        "  count(*)::int"
+        " FROM {} s LEFT JOIN pg_catalog.pg_roles r ON r.oid = s.userid"
+        " WHERE s.dbid = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())"
+        " GROUP BY 1, 2, 3").format(sql.Identifier(schema, "pg_stat_statements"))
     try:
-        rows = conn.execute(query, (list(roles), list(roles), min_calls)).fetchall()
+        rows = conn.execute(query, (list(roles), list(roles))).fetchall()
         info = conn.execute(sql.SQL("SELECT stats_reset FROM {}").format(
             sql.Identifier(schema, "pg_stat_statements_info"))).fetchone()
     except psycopg.errors.ObjectNotInPrerequisiteState:
@@ -128,19 +151,31 @@ def recorded(conn: psycopg.Connection[Any], roles: tuple[str, ...], min_calls: i
     except psycopg.errors.UndefinedTable:
         info = None  # before PostgreSQL 14: no pg_stat_statements_info
     found.reset = info[0] if info else None
-    for text, calls, total, names, wanted, entries in rows:
+    by_text: dict[str, list[tuple[str | None, bool, int, float, int]]] = {}
+    for text, role, wanted, calls, total, entries in rows:
+        by_text.setdefault(str(text), []).append((role, bool(wanted), int(calls), float(total), int(entries)))
+    kept: list[AppQuery] = []
+    for text, per_role in by_text.items():
+        wanted = [r for r in per_role if r[1]]
+        if wanted and sum(r[2] for r in wanted) < min_calls:
+            continue
         if text == HIDDEN:
-            found.hidden += int(entries)
+            found.hidden += sum(r[4] for r in per_role)
             continue
         if not wanted:
-            found.left_out += int(entries)
+            found.left_out += sum(r[4] for r in per_role)
             continue
-        named = relations(str(text))
+        named = relations(text)
         if named is None or not _application(named):
             found.others += 1
             continue
-        found.queries.append(AppQuery(str(text), "pg_stat_statements", int(calls), float(total),
-                                      tuple(sorted(n for n in names or () if n)), named))
+        groups: dict[str | None, list[tuple[str | None, bool, int, float, int]]] = {}
+        for r in wanted:
+            groups.setdefault((paths or {}).get(r[0] or ""), []).append(r)
+        for path, group in groups.items():
+            kept.append(AppQuery(text, "pg_stat_statements", sum(r[2] for r in group), sum(r[3] for r in group),
+                                 tuple(sorted({r[0] for r in group if r[0]})), named, path))
+    found.queries = sorted(kept, key=lambda q: (-q.calls, q.text, q.search_path or ""))
     return found
 
 

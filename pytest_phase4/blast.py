@@ -62,7 +62,7 @@ class Answers:
     """One pass over the copy: each database_code check's report, and each query's PREPARE error (None: fine)."""
 
     code: dict[str, dbcode.CodeReport] = field(default_factory=dict)
-    prepared: dict[str, tuple[str, str] | None] = field(default_factory=dict)  # query text -> error
+    prepared: dict[tuple[str, str | None], tuple[str, str] | None] = field(default_factory=dict)  # AppQuery.key
 
 
 @dataclass
@@ -123,7 +123,8 @@ def compute(run: Phase4Run, checks: Iterable[CheckSpec], todo: list[Migration]) 
     if not todo:
         return None
     started = time.perf_counter()
-    queries, notes, recorded = _gather(run, checks)
+    paths = appqueries.role_paths(run.ro)
+    queries, notes, recorded = _gather(run, checks, paths)
     search_path = str(run.ro.execute("SHOW search_path").fetchone()[0])  # type: ignore[index]
     tools = safety.tools(run)
     try:
@@ -134,9 +135,9 @@ def compute(run: Phase4Run, checks: Iterable[CheckSpec], todo: list[Migration]) 
             if any(s.kind == "database_code" and s.params["plpgsql"] != dbcode.PREPARE for s in checks):
                 result.method, result.method_note = _plpgsql_check(conn, tools.major)
             before = relations(conn)
-            result.before = _ask(conn, checks, queries, result.method)
+            result.before = _ask(conn, checks, queries, result.method, paths)
             _migrate(run, copy, conn, todo, result)
-            result.after = _ask(conn, checks, queries, result.method)
+            result.after = _ask(conn, checks, queries, result.method, paths)
             after = relations(conn)
             result.changed = tuple(sorted(r for r in before if after.get(r) != before[r]))
     except scratch.ScratchError as exc:
@@ -151,7 +152,7 @@ def compute(run: Phase4Run, checks: Iterable[CheckSpec], todo: list[Migration]) 
     return result
 
 
-def _gather(run: Phase4Run, checks: tuple[CheckSpec, ...]) -> tuple[
+def _gather(run: Phase4Run, checks: tuple[CheckSpec, ...], paths: dict[str, str]) -> tuple[
         dict[str, list[AppQuery]], dict[str, list[str]], dict[str, Recorded | str]]:
     """The queries each check asks about: read from pg_stat_statements on the target (read-only) or from files."""
     queries: dict[str, list[AppQuery]] = {}
@@ -161,7 +162,7 @@ def _gather(run: Phase4Run, checks: tuple[CheckSpec, ...]) -> tuple[
         p = spec.params
         if spec.kind == "pg_stat_statements":
             try:
-                found = appqueries.recorded(run.ro, tuple(p["roles"]), p["min_calls"])
+                found = appqueries.recorded(run.ro, tuple(p["roles"]), p["min_calls"], paths)
             except appqueries.Unavailable as exc:
                 recorded[spec.test_id] = str(exc)
                 continue
@@ -193,16 +194,17 @@ def _plpgsql_check(conn: psycopg.Connection[Any], major: int) -> tuple[str, str]
 
 
 def _ask(conn: psycopg.Connection[Any], checks: tuple[CheckSpec, ...], queries: dict[str, list[AppQuery]],
-         method: str) -> Answers:
+         method: str, paths: dict[str, str]) -> Answers:
     answers = Answers()
     for spec in checks:
         if spec.kind == "database_code":
             use = dbcode.PREPARE if spec.params["plpgsql"] == dbcode.PREPARE else method
-            answers.code[spec.test_id] = dbcode.examine(conn, dbcode.routines(conn, spec.params["schemas"]), use)
+            answers.code[spec.test_id] = dbcode.examine(conn, dbcode.routines(conn, spec.params["schemas"]), use,
+                                                        paths)
     for listed in queries.values():
         for query in listed:
-            if query.text not in answers.prepared:
-                answers.prepared[query.text] = dbcode.prepare(conn, query.text)
+            if query.key not in answers.prepared:
+                answers.prepared[query.key] = dbcode.prepare(conn, query.text, search_path=query.search_path)
     return answers
 
 
@@ -251,9 +253,9 @@ def broken_queries(outcome: Outcome, test_id: str) -> tuple[list[tuple[AppQuery,
     """(queries that prepared before the migrations and not after, with the error; queries that failed before)."""
     broken, failing = [], []
     for query in outcome.queries.get(test_id, []):
-        if outcome.before.prepared.get(query.text) is not None:
+        if outcome.before.prepared.get(query.key) is not None:
             failing.append(query)
-        elif (error := outcome.after.prepared.get(query.text)) is not None:
+        elif (error := outcome.after.prepared.get(query.key)) is not None:
             broken.append((query, error))
     return broken, failing
 

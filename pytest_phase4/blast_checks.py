@@ -69,8 +69,10 @@ def _code(run: Phase4Run, spec: CheckSpec, after: dbcode.CodeReport, broken: lis
           before: dbcode.CodeReport | None, where: str, out: blast.Outcome | None) -> str:
     how = "plpgsql_check" if after.method == dbcode.PLPGSQL_CHECK else "each static query PREPAREd"
     notes = []
-    if before is not None and (known := [b for b in before.problems if b.routine in {a.routine for a in
-                                                                                    after.problems}]):
+    still = {a.key for a in after.problems}
+    counted = {b.routine for b in broken}
+    if before is not None and (known := [b for b in before.problems if b.key in still
+                                         and b.routine not in counted]):
         notes.append(f"{len({b.routine for b in known})} already failing before the migrations (not counted)")
     if after.skipped:
         notes.append(f"{len(after.skipped)} not checked")
@@ -162,15 +164,16 @@ def _confirm(run: Phase4Run, spec: CheckSpec) -> str:
         if spec.kind == "database_code":
             wanted = spec.params["plpgsql"] != dbcode.PREPARE and dbcode.plpgsql_check_schema(conn) is not None
             report = dbcode.examine(conn, dbcode.routines(conn, spec.params["schemas"]),
-                                    dbcode.PLPGSQL_CHECK if wanted else dbcode.PREPARE)
+                                    dbcode.PLPGSQL_CHECK if wanted else dbcode.PREPARE, appqueries.role_paths(conn))
             before = out.before.code.get(spec.test_id)
-            known = {b.routine for b in before.problems} if before else set()
-            return _code(run, spec, report, [b for b in report.problems if b.routine not in known], before, where,
+            known = {b.key for b in before.problems} if before else set()
+            return _code(run, spec, report, [b for b in report.problems if b.key not in known], before, where,
                          None)
         recorded: Recorded | None = None
         if spec.kind == "pg_stat_statements":
             try:
-                recorded = appqueries.recorded(conn, tuple(spec.params["roles"]), spec.params["min_calls"])
+                recorded = appqueries.recorded(conn, tuple(spec.params["roles"]), spec.params["min_calls"],
+                                               appqueries.role_paths(conn))
             except appqueries.Unavailable as exc:
                 raise CheckSkipped(str(exc)) from None
             queries = recorded.queries
@@ -178,9 +181,9 @@ def _confirm(run: Phase4Run, spec: CheckSpec) -> str:
             queries = out.queries.get(spec.test_id, [])
         broken, failing = [], []
         for query in queries:
-            if out.before.prepared.get(query.text) is not None:
+            if out.before.prepared.get(query.key) is not None:
                 failing.append(query)
-            elif (error := dbcode.prepare(conn, query.text)) is not None:
+            elif (error := dbcode.prepare(conn, query.text, search_path=query.search_path)) is not None:
                 broken.append((query, error))
     return _queries(spec, queries, broken, failing, recorded, [], where)
 
@@ -192,14 +195,14 @@ def breakage(run: Phase4Run, out: blast.Outcome, specs: Iterable[CheckSpec]) -> 
     if out.failed_migration:
         return "the pending migrations do not apply to a copy of the schema", [out.failed_migration]
     routines: dict[str, dbcode.Breakage] = {}
-    queries: dict[str, tuple[AppQuery, str]] = {}
+    queries: dict[tuple[str, str | None], tuple[AppQuery, str]] = {}
     for spec in specs:
         if spec.kind == "database_code" and spec.test_id in out.after.code:
             for b in blast.broken_code(out.before.code.get(spec.test_id), out.after.code[spec.test_id]):
                 routines.setdefault(b.routine, b)
         elif spec.kind in ("pg_stat_statements", "app_queries"):
             for q, (_, message) in blast.broken_queries(out, spec.test_id)[0]:
-                queries.setdefault(q.text, (q, message))
+                queries.setdefault(q.key, (q, message))
     parts, items = [], []
     if queries:
         calls = sum(q.calls for q, _ in queries.values())

@@ -7,21 +7,23 @@ function (no pytest here; read-only: nothing is created, replaced or run).
   on, so `NEW.col` is checked against that table); otherwise each static query of the body is PREPAREd
   (plpgsql_static.py) and each `NEW.col` / `OLD.col` looked up in the trigger's table.
 Each function runs with its own `search_path` when it sets one. A problem names the function, the body's line
-and column (as PL/pgSQL numbers lines: `... line 4 at SQL statement`) and the server's message.
+and column (as PL/pgSQL numbers lines: `... line 4 at SQL statement`), the server's message and the line, shown
+without its comments and string literals (a key written in a body stays out of the report).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any
 
 import psycopg
 from psycopg import sql
 from psycopg.pq import DiagnosticField, ExecStatus
 
-from pytest_phase4 import plpgsql_static
+from pytest_phase4 import plpgsql_static, sqltext
 
 PLPGSQL_CHECK, PREPARE = "plpgsql_check", "prepare"
 SKIPPED_SCHEMAS = ("pg_catalog", "information_schema", "pytest_phase4")
@@ -71,6 +73,11 @@ class Routine:
     arg_types: tuple[str, ...]
     triggers: tuple[tuple[int, str, str], ...] = ()  # (table oid, table, trigger name)
 
+    @cached_property
+    def shown(self) -> list[str]:
+        """The body's lines as a report may show them: no comment, every string literal '***' (sqltext.redact)."""
+        return sqltext.redact(self.source).splitlines()
+
     @property
     def label(self) -> str:
         language = "SQL" if self.language == "sql" else "PL/pgSQL"
@@ -87,14 +94,16 @@ class Breakage:
     message: str
     text: str = ""  # the body's line
     via: str = ""  # "trigger x on public.t" for a trigger function checked against its table
+    path: str = ""  # "search_path crm, as role crm_app runs it": checked with a role's own, not the run's
 
     @property
     def key(self) -> tuple[str, str, str]:
-        return self.routine, self.via, self.message
+        return self.routine, self.via + self.path, self.message
 
     def describe(self) -> str:
         where = f", line {self.line}" + (f", column {self.column}" if self.column else "") if self.line else ""
         via = f" (as {self.via})" if self.via else ""
+        via += f" (with {self.path})" if self.path else ""
         shown = f"\n      {self.line} | {self.text.strip()}" if self.text.strip() else ""
         return f"{self.routine}{via}{where}: {self.message}{shown}"
 
@@ -128,10 +137,18 @@ def routines(conn: psycopg.Connection[Any], schemas: Sequence[str] = ()) -> list
     return found
 
 
-def examine(conn: psycopg.Connection[Any], found: list[Routine], method: str) -> CodeReport:
-    """Check each routine; `conn` is in autocommit (each check its own transaction) and may be read-only."""
+def examine(conn: psycopg.Connection[Any], found: list[Routine], method: str,
+            role_paths: dict[str, str] | None = None) -> CodeReport:
+    """Check each routine; `conn` is in autocommit (each check its own transaction) and may be read-only. A routine
+    without a search_path of its own runs with its caller's: it is checked with the run's and with each one a role
+    has of its own (`role_paths`, appqueries.role_paths), so `FROM sales` in an application's function is looked up
+    where that application finds it."""
     report = CodeReport(method)
     default_path = str(conn.execute("SHOW search_path").fetchone()[0])  # type: ignore[index]
+    others: dict[str, list[str]] = {}
+    for role, path in sorted((role_paths or {}).items()):
+        if path != default_path:
+            others.setdefault(path, []).append(role)
     check_schema = plpgsql_check_schema(conn) if method == PLPGSQL_CHECK else None
     conn.execute("SELECT pg_catalog.set_config('check_function_bodies', 'on', false)")
     try:
@@ -142,21 +159,29 @@ def examine(conn: psycopg.Connection[Any], found: list[Routine], method: str) ->
             if routine.kind == "trigger function" and not routine.triggers:
                 report.skipped.append(f"{routine.label}: no trigger uses it, so NEW and OLD have no table")
                 continue
-            conn.execute("SELECT pg_catalog.set_config('search_path', %s, false)",
-                         (routine.search_path if routine.search_path is not None else default_path,))
             report.checked.append(routine.label)
-            if routine.language == "sql":
-                report.problems += _sql_body(conn, routine)
-            elif check_schema is not None:
-                problems = _plpgsql_check(conn, routine, check_schema)
-                if any(not b.line for b in problems):  # it does not compile: plpgsql_check can say no more
-                    problems = _prepared(conn, routine, CodeReport(method)) or problems
-                report.problems += problems
-            else:
-                report.problems += _prepared(conn, routine, report)
+            paths = [(routine.search_path, "")] if routine.search_path is not None else [(default_path, ""), *(
+                (p, f"search_path {p}, as role{'s' if len(r) > 1 else ''} {', '.join(r)} run{'' if len(r) > 1 else 's'}"
+                    " it") for p, r in others.items())]
+            for n, (path, note) in enumerate(paths):
+                conn.execute("SELECT pg_catalog.set_config('search_path', %s, false)", (path,))
+                problems = _one(conn, routine, method, check_schema, report if n == 0 else CodeReport(method))
+                report.problems += [replace(b, path=note) for b in problems]
     finally:
         conn.execute("SELECT pg_catalog.set_config('search_path', %s, false)", (default_path,))
     return report
+
+
+def _one(conn: psycopg.Connection[Any], routine: Routine, method: str, check_schema: str | None,
+         report: CodeReport) -> list[Breakage]:
+    if routine.language == "sql":
+        return _sql_body(conn, routine)
+    if check_schema is not None:
+        problems = _plpgsql_check(conn, routine, check_schema)
+        if any(not b.line for b in problems):  # it does not compile: plpgsql_check can say no more
+            problems = _prepared(conn, routine, CodeReport(method)) or problems
+        return problems
+    return _prepared(conn, routine, report)
 
 
 def _sql_body(conn: psycopg.Connection[Any], routine: Routine) -> list[Breakage]:
@@ -166,7 +191,7 @@ def _sql_body(conn: psycopg.Connection[Any], routine: Routine) -> list[Breakage]
         position = int(exc.diag.internal_position or 0)
         if position:
             line, column = _line_col(routine.source, position)
-            return [Breakage(routine.label, line, column, _message(exc), _line_text(routine.source, line))]
+            return [Breakage(routine.label, line, column, _message(exc), _line_text(routine.shown, line))]
         return [_located(routine, 1, _message(exc))]
     return []
 
@@ -207,8 +232,13 @@ def _prepared(conn: psycopg.Connection[Any], routine: Routine, report: CodeRepor
         for use in body.fields:
             if use.field not in columns:
                 found.append(_located(routine, use.line, f'record "{use.record}" has no field "{use.field}"', via))
+    rows = {r: _row_columns(conn, r) for r in dict.fromkeys(u.relation for u in body.row_fields)}
+    for use in body.row_fields:
+        if (fields := rows[use.relation]) is not None and use.field not in fields:
+            found.append(_located(routine, use.line, f'record "{use.record}" has no field "{use.field}"'))
     for query in body.queries:
-        types = [_column_type(t, tables) if t[:4] in ("new.", "old.") else t for t in query.types]
+        types = [_column_type(t, tables) if t[:4] in ("new.", "old.") else _row_type(t, rows)
+                 if t.startswith(_ROW) else t for t in query.types]
         if (error := prepare(conn, query.sql, [_type_oid(conn, t) for t in types])) is not None:
             found.append(_located(routine, query.line, error[1]))
     return list({(*b.key, str(b.line)): b for b in found}.values())
@@ -237,6 +267,25 @@ def _column_type(ref: str, tables: list[tuple[int, str, dict[str, str]]]) -> str
     return next((columns[column] for _, _, columns in tables if column in columns), "")
 
 
+_ROW = "%rowtype "  # a parameter standing for a field of a t%ROWTYPE variable: "%rowtype t.col"
+
+
+def _row_columns(conn: psycopg.Connection[Any], relation: str) -> dict[str, str] | None:
+    """The columns of a %ROWTYPE variable's table (None when it does not exist: _declared says so)."""
+    try:
+        row = conn.execute("SELECT to_regclass(%s)::oid", (relation,)).fetchone()
+    except psycopg.Error:  # not a name to_regclass can read
+        return None
+    if row is None or row[0] is None:
+        return None
+    return {str(n): str(t) for n, t in conn.execute(_COLUMNS, (row[0],)).fetchall()}
+
+
+def _row_type(ref: str, rows: dict[str, dict[str, str] | None]) -> str:
+    relation, _, column = ref.removeprefix(_ROW).rpartition(".")
+    return (rows.get(relation) or {}).get(column, "")
+
+
 def _type_oid(conn: psycopg.Connection[Any], typname: str) -> int:
     if not typname:
         return 0
@@ -247,9 +296,24 @@ def _type_oid(conn: psycopg.Connection[Any], typname: str) -> int:
     return int(row[0]) if row else 0
 
 
-def prepare(conn: psycopg.Connection[Any], text: str, types: Sequence[int] = ()) -> tuple[str, str] | None:
-    """PREPARE without running: None when the server accepts the statement, else (SQLSTATE, message). A parameter
-    whose type the server cannot infer (`SELECT $1`) is tried again as text."""
+def prepare(conn: psycopg.Connection[Any], text: str, types: Sequence[int] = (),
+            search_path: str | None = None) -> tuple[str, str] | None:
+    """PREPARE without running: None when the server accepts the statement, else (SQLSTATE, message); with the
+    given search_path (a role's own), else the session's. A parameter whose type the server cannot infer
+    (`SELECT $1`) is tried again as text."""
+    if search_path is None:
+        return _prepare(conn, text, types)
+    was = str(conn.execute("SHOW search_path").fetchone()[0])  # type: ignore[index]
+    try:
+        conn.execute("SELECT pg_catalog.set_config('search_path', %s, false)", (search_path,))
+        return _prepare(conn, text, types)
+    except psycopg.Error as exc:  # not a list the server accepts as a search_path
+        return exc.sqlstate or "", _message(exc)
+    finally:
+        conn.execute("SELECT pg_catalog.set_config('search_path', %s, false)", (was,))
+
+
+def _prepare(conn: psycopg.Connection[Any], text: str, types: Sequence[int]) -> tuple[str, str] | None:
     param_types = list(types)
     for _ in range(8):
         result = conn.pgconn.prepare(b"phase4_blast", text.encode(), param_types or None)
@@ -276,8 +340,7 @@ def _line_col(source: str, position: int) -> tuple[int, int]:
     return before.count("\n") + 1, len(before) - (before.rfind("\n") + 1) + 1
 
 
-def _line_text(source: str, line: int) -> str:
-    lines = source.splitlines()
+def _line_text(lines: Sequence[str], line: int) -> str:
     return lines[line - 1] if 0 < line <= len(lines) else ""
 
 
@@ -290,5 +353,5 @@ def _located(routine: Routine, line: int, message: str, via: str = "") -> Breaka
         pattern = re.compile(rf'(?<![\w$."])(?:"?[\w$]+"?\.)?"?{re.escape(name)}\b', re.IGNORECASE)
         for n in range(max(line, 1), len(lines) + 1):
             if m := pattern.search(lines[n - 1]):
-                return Breakage(routine.label, n, m.start() + 1, message, lines[n - 1], via)
-    return Breakage(routine.label, line, 0, message, _line_text(routine.source, line), via)
+                return Breakage(routine.label, n, m.start() + 1, message, _line_text(routine.shown, n), via)
+    return Breakage(routine.label, line, 0, message, _line_text(routine.shown, line), via)

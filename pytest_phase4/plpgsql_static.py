@@ -3,9 +3,10 @@ there (no database, no pytest here).
 
 PostgreSQL's own PL/pgSQL parser (libpg_query, through pglast) gives each statement's line and every SQL query
 or expression in it. Each becomes a statement the server can PREPARE: variables become parameters (`$n`, typed
-as declared where the type is known), `NEW.col` / `OLD.col` become parameters too and are listed apart, to be
-checked against the columns of the trigger's table. Dynamic SQL (`EXECUTE ...`) is text built at run time: it is
-counted, never checked.
+as declared where the type is known), `NEW.col` / `OLD.col` and the fields of a `t%ROWTYPE` variable become
+parameters too and are listed apart, to be checked against the columns of the trigger's table or of `t`. Names are
+read as PostgreSQL reads them (`NEW."customerName"` keeps its case). Dynamic SQL (`EXECUTE ...`) is text built at
+run time: it is counted, never checked.
 """
 
 from __future__ import annotations
@@ -38,14 +39,16 @@ class Query:
 @dataclass(frozen=True)
 class FieldUse:
     line: int
-    record: str  # "new" or "old"
-    field: str
+    record: str  # "new" or "old", or a %ROWTYPE variable
+    field: str  # as PostgreSQL reads it: folded to lower case unless quoted
+    relation: str = ""  # a %ROWTYPE variable's table, as declared ("" for NEW / OLD: the trigger's table)
 
 
 @dataclass
 class Body:
     queries: list[Query] = field(default_factory=list)
     fields: list[FieldUse] = field(default_factory=list)  # NEW.x / OLD.x, in trigger functions
+    row_fields: list[FieldUse] = field(default_factory=list)  # v.x of a variable declared t%ROWTYPE
     declared: list[tuple[int, str, str]] = field(default_factory=list)  # (line, variable, "t.col%TYPE")
     dynamic: int = 0  # EXECUTE statements: built at run time, not checkable
 
@@ -85,7 +88,7 @@ def _function_name(definition: str) -> str:
 def _labels(node: Any) -> Iterator[str]:
     if isinstance(node, dict):
         if isinstance(node.get("label"), str):
-            yield node["label"].lower()
+            yield node["label"]
         for value in node.values():
             yield from _labels(value)
     elif isinstance(node, list):
@@ -120,17 +123,18 @@ class _Scope:
     def __init__(self, nargs: int, arg_types: tuple[str, ...], trigger: bool, name: str) -> None:
         self.nargs, self.arg_types, self.trigger = nargs, arg_types, trigger
         self.scalars: dict[str, str] = {}  # variable -> declared type name ("" when not a plain type)
-        self.records: set[str] = set()  # record and row variables: their fields are not known statically
+        self.records: set[str] = set()  # record and row variables
+        self.rows: dict[str, str] = {}  # variables declared t%ROWTYPE -> t: their fields are t's columns
         self.labels: set[str] = {name} if name else set()
 
     def declare(self, datum: Any, body: Body) -> None:
         if not isinstance(datum, dict):
             return
         kind, inner = next(iter(datum.items()))
-        name = str(inner.get("refname", "")).lower()
+        name = str(inner.get("refname", ""))  # folded unless quoted, as in the queries' parse trees
         if kind == "PLpgSQL_row" and self.trigger:  # an INTO target list: SELECT ... INTO NEW.col
             for target in inner.get("fields", []):
-                rec, _, column = str(target.get("name", "")).lower().partition(".")
+                rec, _, column = str(target.get("name", "")).partition(".")  # "new.customerName": as read
                 if rec in _RECORDS and column:
                     body.fields.append(FieldUse(int(inner.get("lineno", 0)), rec, column))
         if not name or name.startswith("("):
@@ -139,6 +143,7 @@ class _Scope:
             self.records.add(name)
             if kind == "PLpgSQL_var":
                 body.declared.append((int(inner.get("lineno", 0)), name, _typname(inner)))
+                self.rows[name] = _typname(inner)[: -len("%rowtype")]
         elif kind == "PLpgSQL_var":
             typname = _typname(inner)
             if typname.lower().endswith("%type"):
@@ -153,7 +158,7 @@ class _Scope:
             if not m:
                 return
             target, text = m.group("target"), m.group("expr")
-            parts = [p.strip().strip('"').lower() for p in target.split(".")]
+            parts = _names(target)
             if self.trigger and len(parts) == 2 and parts[0] in _RECORDS:
                 body.fields.append(FieldUse(line, parts[0], parts[1]))
         sql_text = text if mode == 0 else f"SELECT {text}"
@@ -167,6 +172,18 @@ class _Scope:
         rewriter(stmts[0])
         types = [*self.arg_types[: self.nargs], *rewriter.types]
         body.queries.append(Query(line, shown.strip(), RawStream()(stmts[0]), tuple(types)))
+
+
+def _names(target: str) -> list[str]:
+    """An assignment's target as PostgreSQL reads it: `NEW."customerName"` is ["new", "customerName"]."""
+    try:
+        stmts = parse_sql(f"SELECT {target}")
+        node = stmts[0].stmt.targetList[0].val  # type: ignore[union-attr]
+    except (ParseError, AttributeError, IndexError, TypeError):
+        return []
+    if not isinstance(node, ast.ColumnRef):
+        return []
+    return [str(f.sval) if isinstance(f, ast.String) else "*" for f in node.fields or ()]
 
 
 def _typname(inner: dict[str, Any]) -> str:
@@ -190,7 +207,7 @@ class _Rewriter(Visitor):
         return ast.ParamRef(number=self.numbers[key])
 
     def visit_ColumnRef(self, parent: Any, node: ast.ColumnRef) -> Any:
-        names = [str(f.sval).lower() if isinstance(f, ast.String) else "*" for f in node.fields or ()]
+        names = [str(f.sval) if isinstance(f, ast.String) else "*" for f in node.fields or ()]  # folded as read
         s = self.scope
         if "*" in names:
             return None
@@ -203,5 +220,8 @@ class _Rewriter(Visitor):
             if s.trigger and rec[0] in _RECORDS:
                 self.body.fields.append(FieldUse(self.line, rec[0], rec[1]))
                 return self._param(tuple(rec), ".".join(rec))  # typed as the trigger table's column
+            if rec[0] in s.rows:
+                self.body.row_fields.append(FieldUse(self.line, rec[0], rec[1], s.rows[rec[0]]))
+                return self._param(tuple(rec), f"%rowtype {s.rows[rec[0]]}.{rec[1]}")  # typed as its column
             return self._param(tuple(rec), "")
         return None

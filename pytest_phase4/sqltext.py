@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pglast import ast, parse_sql
-from pglast.parser import ParseError
+from pglast.parser import ParseError, scan
 
 from pytest_phase4.errors import Phase4Error
 
@@ -85,3 +85,27 @@ def mask_passwords(text: str) -> str:
 def line_of(text: str, position: int) -> int:
     """Line of a 1-based character position, as PostgreSQL reports statement positions."""
     return text.count("\n", 0, max(position - 1, 0)) + 1
+
+
+_COMMENTS = ("SQL_COMMENT", "C_COMMENT")
+_LITERALS = ("SCONST", "USCONST", "BCONST", "XCONST")
+MASKED = "'***'"
+WITHHELD = "<not shown: PostgreSQL's scanner cannot read it, so its literals and comments cannot be masked>"
+
+
+def redact(text: str) -> str:
+    """The text with every comment left out and every string literal shown as '***', by PostgreSQL's own scanner:
+    comments (an sqlcommenter tag, a debugging note) and literals (a key in `pgp_sym_decrypt(col, '...')`) are
+    what a query or a function body holds that a report must not show. Line breaks inside them are kept, so a
+    line number still points at the same line."""
+    try:
+        tokens = scan(text)
+    except ParseError:
+        return WITHHELD
+    out, at = [], 0
+    for token in tokens:
+        if token.name in _COMMENTS or token.name in _LITERALS:
+            gone = text[token.start:token.end + 1]
+            out += [text[at:token.start], MASKED if token.name in _LITERALS else " ", "\n" * gone.count("\n")]
+            at = token.end + 1
+    return "".join([*out, text[at:]])
