@@ -2,7 +2,8 @@
 function (no pytest here; read-only: nothing is created, replaced or run).
 
 - SQL bodies: the language's validator (`fmgr_sql_validator`) with `check_function_bodies = on` parses and
-  analyses the body again against the schema as it is now, as CREATE FUNCTION would; it creates nothing.
+  analyses the body again against the schema as it is now, as CREATE FUNCTION would; it creates nothing. It does
+  not analyse a body with polymorphic arguments (anyelement...): each of its statements is PREPAREd instead.
 - PL/pgSQL bodies: `plpgsql_check` when it is installed (trigger functions once per table their triggers are
   on, so `NEW.col` is checked against that table); otherwise each static query of the body is PREPAREd
   (plpgsql_static.py) and each `NEW.col` / `OLD.col` looked up in the trigger's table.
@@ -33,7 +34,11 @@ SELECT p.oid, format('%%I.%%I(%%s)', n.nspname, p.proname, pg_catalog.oidvectort
        l.lanname, p.prokind,
        p.prorettype = 'pg_catalog.trigger'::regtype, p.prorettype = 'pg_catalog.event_trigger'::regtype,
        p.prosrc, (SELECT substr(c, 13) FROM unnest(p.proconfig) c WHERE c LIKE 'search_path=%%'),
-       p.pronargs, ARRAY(SELECT format_type(t, NULL) FROM unnest(p.proargtypes) t)
+       p.pronargs, ARRAY(SELECT format_type(t, NULL) FROM unnest(p.proargtypes) t),
+       CASE WHEN p.proargmodes IS NULL THEN coalesce(p.proargnames, '{}')
+            ELSE ARRAY(SELECT a FROM unnest(p.proargnames, p.proargmodes) u(a, m) WHERE m IN ('i', 'b', 'v')) END,
+       EXISTS (SELECT 1 FROM unnest(p.proargtypes) t JOIN pg_catalog.pg_type y ON y.oid = t
+               WHERE y.typtype = 'p' AND y.typname ~ '^any.')
 FROM pg_catalog.pg_proc p
 JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
 JOIN pg_catalog.pg_language l ON l.oid = p.prolang
@@ -72,6 +77,8 @@ class Routine:
     nargs: int
     arg_types: tuple[str, ...]
     triggers: tuple[tuple[int, str, str], ...] = ()  # (table oid, table, trigger name)
+    arg_names: tuple[str, ...] = ()  # of the input arguments, "" for an unnamed one
+    polymorphic: bool = False  # an argument of type anyelement, anyarray, anycompatible...
 
     @cached_property
     def shown(self) -> list[str]:
@@ -128,12 +135,12 @@ def routines(conn: psycopg.Connection[Any], schemas: Sequence[str] = ()) -> list
     for fn, relid, table, name in conn.execute(_TRIGGERS).fetchall():
         by_function.setdefault(int(fn), []).append((int(relid), str(table), str(name)))
     found = []
-    for oid, sig, nsp, lang, prokind, trigger, event, src, path, nargs, args in conn.execute(
+    for oid, sig, nsp, lang, prokind, trigger, event, src, path, nargs, args, names, poly in conn.execute(
             _ROUTINES, (list(SKIPPED_SCHEMAS), list(schemas), list(schemas))).fetchall():
         kind = ("event trigger function" if event else "trigger function" if trigger
                 else "procedure" if prokind == "p" else "function")
         found.append(Routine(int(oid), str(sig), str(nsp), str(lang), kind, str(src or ""), path, int(nargs),
-                             tuple(args), tuple(by_function.get(int(oid), ()))))
+                             tuple(args), tuple(by_function.get(int(oid), ())), tuple(names or ()), bool(poly)))
     return found
 
 
@@ -185,6 +192,8 @@ def _one(conn: psycopg.Connection[Any], routine: Routine, method: str, check_sch
 
 
 def _sql_body(conn: psycopg.Connection[Any], routine: Routine) -> list[Breakage]:
+    if routine.polymorphic:
+        return _sql_statements(conn, routine)
     try:
         conn.execute("SELECT pg_catalog.fmgr_sql_validator(%s)", (routine.oid,))
     except psycopg.Error as exc:
@@ -194,6 +203,20 @@ def _sql_body(conn: psycopg.Connection[Any], routine: Routine) -> list[Breakage]
             return [Breakage(routine.label, line, column, _message(exc), _line_text(routine.shown, line))]
         return [_located(routine, 1, _message(exc))]
     return []
+
+
+def _sql_statements(conn: psycopg.Connection[Any], routine: Routine) -> list[Breakage]:
+    """A SQL body the validator does not analyse (polymorphic arguments: their types are the caller's): each
+    statement PREPAREd, arguments as parameters, a polymorphic one's type left to the server (text when it cannot
+    tell)."""
+    name = routine.signature.partition("(")[0].rpartition(".")[2].strip('"')
+    try:
+        queries = plpgsql_static.sql_body(routine.source, routine.arg_names, name)
+    except plpgsql_static.BodyError as exc:
+        return [Breakage(routine.label, 0, 0, f"PostgreSQL's parser rejects the body: {exc}")]
+    types = [0 if t.startswith("any") else _type_oid(conn, t) for t in routine.arg_types]
+    return [_located(routine, line, error[1]) for line, text in queries
+            if (error := prepare(conn, text, types)) is not None]
 
 
 def _plpgsql_check(conn: psycopg.Connection[Any], routine: Routine, schema: str) -> list[Breakage]:

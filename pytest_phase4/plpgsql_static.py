@@ -225,3 +225,27 @@ class _Rewriter(Visitor):
                 return self._param(tuple(rec), f"%rowtype {s.rows[rec[0]]}.{rec[1]}")  # typed as its column
             return self._param(tuple(rec), "")
         return None
+
+
+def sql_body(source: str, arg_names: tuple[str, ...], function: str) -> list[tuple[int, str]]:
+    """(line, text to PREPARE) of each query of a SQL function body, its arguments as `$n` (by name or
+    `function.name`; a column of the same name would take precedence in PostgreSQL, which this cannot see)."""
+    try:
+        stmts = parse_sql(source)
+    except ParseError as exc:
+        raise BodyError(str(exc.args[0] if exc.args else exc)) from None
+    numbers = {n: i + 1 for i, n in enumerate(arg_names) if n}
+
+    class _Args(Visitor):
+        def visit_ColumnRef(self, parent: Any, node: ast.ColumnRef) -> Any:
+            names = [str(f.sval) if isinstance(f, ast.String) else "*" for f in node.fields or ()]
+            if len(names) == 2 and names[0] == function:
+                names = names[1:]
+            return ast.ParamRef(number=numbers[names[0]]) if len(names) == 1 and names[0] in numbers else None
+
+    found = []
+    for raw in stmts:
+        if isinstance(raw.stmt, _PREPARABLE):
+            _Args()(raw.stmt)
+            found.append((source.count("\n", 0, raw.stmt_location or 0) + 1, RawStream()(raw.stmt)))
+    return found
