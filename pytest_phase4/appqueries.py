@@ -5,7 +5,7 @@ pg_stat_statements writes them after normalizing constants. No pytest here; read
 pg_stat_statements keeps the text of statements, which may hold literals it does not normalize (utility
 statements: `ALTER ROLE ... PASSWORD '...'`) and comments it keeps as sent (an sqlcommenter tag naming a user, a
 key in a debugging comment). Only queries (SELECT, INSERT, UPDATE, DELETE, MERGE) are kept, and every text shown
-passes through the run's scrub and sqltext.redact (no comment, every string literal '***').
+passes through the run's scrub and sqltext.redact (every comment /* *** */, every string literal '***').
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ class AppQuery:
         return self.text, self.search_path
 
     def describe(self, limit: int = 400) -> str:
-        text = " ".join(sqltext.redact(sqltext.mask_passwords(self.text)).split())
+        text = " ".join(sqltext.redact(sqltext.mask_passwords(self.text), leading=False).split())
         text = text if len(text) <= limit else text[: limit - 1] + "\u2026"
         if self.source == "pg_stat_statements":
             path = f" (search_path {self.search_path})" if self.search_path is not None else ""
@@ -123,7 +123,11 @@ def role_paths(conn: psycopg.Connection[Any]) -> dict[str, str]:
     """The search_path each role with one of its own runs with in this database (ALTER ROLE ... [IN DATABASE ...]
     SET search_path, `$user` as that role): where an application finds the tables its queries and functions name
     without a schema. Roles without one run with the database's (or the server's), as the run does."""
-    return {str(r[0]): str(r[1]) for r in conn.execute(_ROLE_PATHS).fetchall()}
+    try:
+        with conn.transaction():
+            return {str(r[0]): str(r[1]) for r in conn.execute(_ROLE_PATHS).fetchall()}
+    except psycopg.Error:  # a server that hides pg_db_role_setting: every role is taken to run with the run's
+        return {}
 
 
 def recorded(conn: psycopg.Connection[Any], roles: tuple[str, ...], min_calls: int,

@@ -82,7 +82,7 @@ class Routine:
 
     @cached_property
     def shown(self) -> list[str]:
-        """The body's lines as a report may show them: no comment, every string literal '***' (sqltext.redact)."""
+        """The body's lines as a report may show them: comments and string literals masked (sqltext.redact)."""
         return sqltext.redact(self.source).splitlines()
 
     @property

@@ -93,19 +93,23 @@ MASKED = "'***'"
 WITHHELD = "<not shown: PostgreSQL's scanner cannot read it, so its literals and comments cannot be masked>"
 
 
-def redact(text: str) -> str:
-    """The text with every comment left out and every string literal shown as '***', by PostgreSQL's own scanner:
-    comments (an sqlcommenter tag, a debugging note) and literals (a key in `pgp_sym_decrypt(col, '...')`) are
+def redact(text: str, leading: bool = True) -> str:
+    """The text with every comment shown as `/* *** */` and every string literal as '***', by PostgreSQL's own
+    scanner: comments (an sqlcommenter tag, a debugging note) and literals (a key in `pgp_sym_decrypt(col, '...')`) are
     what a query or a function body holds that a report must not show. Line breaks inside them are kept, so a
-    line number still points at the same line."""
+    line number still points at the same line. `leading=False`: the comments before the first token are left out
+    (a query's header, not part of it)."""
     try:
         tokens = scan(text)
     except ParseError:
         return WITHHELD
-    out, at = [], 0
+    out, at, code = [], 0, False
     for token in tokens:
         if token.name in _COMMENTS or token.name in _LITERALS:
             gone = text[token.start:token.end + 1]
-            out += [text[at:token.start], MASKED if token.name in _LITERALS else " ", "\n" * gone.count("\n")]
+            shown = (MASKED if token.name in _LITERALS else "/* *** */" if code or leading  # -- too: shown on one line
+                     else "")
+            out += [text[at:token.start], shown, "\n" * gone.count("\n")]
             at = token.end + 1
+        code = code or token.name not in _COMMENTS
     return "".join([*out, text[at:]])
