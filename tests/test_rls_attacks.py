@@ -1,0 +1,121 @@
+"""Attacks on row-level security exposure (issue 12): migrations that let `anon` or a signed-in user of tenant A
+read or write rows it could not before (another tenant's, above all) through a green run, and ways to make the
+checks prove nothing. Each runs the Supabase-shaped application (examples/supabase/: RLS through
+auth.uid()-style policies, the platform's default privileges, three tenants) with its personas (tenant_a,
+tenant_b, anon) and rls_exposure after every migration and in post (tests/examples/rls_attacks/), shows the leak
+with SQL as the API runs it (SET LOCAL ROLE and request.jwt.claims), and asserts the safe behaviour: the run
+fails, naming the exposure. Roles are cluster-wide: each is created only where absent, and what a test grants to
+an API role is taken back."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from conftest import Project, outcomes_of
+
+PLAN = "checks/phase4.toml"
+T1, T2, T3 = (str(uuid.UUID(hashlib.md5(f"tenant{n}".encode()).hexdigest())) for n in (1, 2, 3))  # as data.sql
+TENANT_A_USER = "SELECT id FROM public.profiles WHERE tenant_id = md5('tenant1')::uuid ORDER BY email LIMIT 1"
+
+
+ROLE_IF_ABSENT = ("DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'ROLE') THEN "
+                  "CREATE ROLE ROLE NOLOGIN; END IF; END $$;\n")
+
+
+def role_sql(name: str) -> str:
+    return ROLE_IF_ABSENT.replace("ROLE", name)
+
+
+def attacked(project: Callable[..., Project], *migrations: tuple[str, str], setup: str = "") -> Project:
+    """The application with its personas, and these migrations (name, SQL) at the end of its plan, each verified by
+    rls_exposure; `setup` is SQL the application had before (run after its own setup)."""
+    p = project("supabase", "rls_attacks")
+    plan = p.path / PLAN
+    text = plan.read_text()
+    if setup:
+        (p.path / "checks" / "setup" / "before.sql").write_text(setup)
+        text = text.replace('"setup/data.sql"]', '"setup/data.sql", "setup/before.sql"]')
+    for n, (name, body) in enumerate(migrations, 1):
+        file = f"2025070100000{n}_{name}.sql"
+        (p.path / "checks" / "attack" / file).write_text(body)
+        text += f'\n[[migration]]\nfile = "{file}"\n  [[migration.verify]]\n  check = "rls_exposure"\n'
+    plan.write_text(text)
+    return p
+
+
+@contextmanager
+def as_user(p: Project, role: str = "authenticated") -> Iterator[psycopg.Connection[Any]]:
+    """A connection that is the API's request: `role` with tenant A's user's claims (anon: none), in a transaction
+    rolled back at the end (what it writes is undone)."""
+    claims: dict[str, str] = {"role": role}
+    if role == "authenticated":
+        claims |= {"sub": str(p.query(TENANT_A_USER)[0][0]), "tenant_id": T1}
+    with psycopg.connect(p.dsn) as conn:
+        conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(role)))
+        conn.execute("SELECT set_config('request.jwt.claims', %s, true)", (json.dumps(claims),))
+        try:
+            yield conn
+        finally:
+            conn.rollback()
+
+
+def seen(p: Project, query: str, role: str = "authenticated") -> Any:
+    with as_user(p, role) as conn:
+        row = conn.execute(query.encode()).fetchone()
+    return row[0] if row else None
+
+
+def total(p: Project, query: str) -> Any:
+    """The same query as the checking role (postgres, who bypasses RLS): every tenant's rows."""
+    return p.query(query)[0][0]
+
+
+def failures(result: pytest.RunResult) -> str:
+    """The text of the failed tests (between pytest's FAILURES header and the phase4 summary)."""
+    text = result.stdout.str()
+    start = text.find("= FAILURES =")
+    return text[start:text.find("phase4 execution summary", start)] if start >= 0 else ""
+
+
+def assert_fails_naming(result: pytest.RunResult, step: str, *names: str) -> None:
+    outcomes = outcomes_of(result)
+    checks = {k: v for k, v in outcomes.items() if k.startswith(f"{PLAN}::{step}::") and
+              k.rsplit("::", 1)[1] in ("rls_exposure[plan]", "personas")}
+    assert "FAILED" in checks.values(), f"a green run let the exposure through: {checks}"
+    assert result.ret == 1
+    text = failures(result)
+    for name in names:
+        assert name in text, f"{name} is not named among the failures:\n{text}"
+
+
+# A SECURITY DEFINER function (search_path fixed, as the check asks) that reads an RLS table runs as its owner:
+# PostgREST serves it as /rpc/ticket_titles and a view over it shows whatever it returns. The default privileges
+# let anon and authenticated execute it and read the view. Splinter flags the function (0028, 0029:
+# anon/authenticated_security_definer_function_executable); the view depends on the function, not on the table,
+# so 0010 finds no RLS table under it, and its definition read with the persona's rights calls the same function.
+DEFINER_FUNCTION = """
+CREATE FUNCTION public.ticket_titles() RETURNS TABLE (id uuid, tenant_id uuid, title text)
+  LANGUAGE sql STABLE SECURITY DEFINER SET search_path = ''
+  AS $$ SELECT t.id, t.tenant_id, t.title FROM public.tickets t WHERE t.deleted_at IS NULL $$;
+CREATE VIEW public.ticket_feed WITH (security_invoker = true) AS SELECT * FROM public.ticket_titles();
+"""
+
+
+def test_a_view_over_a_security_definer_function_shows_every_tenant(project: Callable[..., Project]) -> None:
+    p = attacked(project, ("ticket_feed", DEFINER_FUNCTION))
+    result = p.run("-v", seed=True)
+    assert seen(p, "SELECT count(*) FROM public.tickets", "anon") == 0
+    every = total(p, "SELECT count(*) FROM public.tickets WHERE deleted_at IS NULL")
+    assert seen(p, "SELECT count(*) FROM public.ticket_feed", "anon") == every  # every tenant's rows, to anon
+    assert seen(p, "SELECT count(*) FROM public.ticket_titles()", "anon") == every  # /rpc/ticket_titles
+    assert seen(p, "SELECT count(DISTINCT tenant_id) FROM public.ticket_feed") == 3  # tenant A sees B's and C's
+    assert_fails_naming(result, "20250701000001_ticket_feed", "public.ticket_feed", "public.ticket_titles")
