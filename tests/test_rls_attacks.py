@@ -119,3 +119,30 @@ def test_a_view_over_a_security_definer_function_shows_every_tenant(project: Cal
     assert seen(p, "SELECT count(*) FROM public.ticket_titles()", "anon") == every  # /rpc/ticket_titles
     assert seen(p, "SELECT count(DISTINCT tenant_id) FROM public.ticket_feed") == 3  # tenant A sees B's and C's
     assert_fails_naming(result, "20250701000001_ticket_feed", "public.ticket_feed", "public.ticket_titles")
+
+
+# A security_invoker view is only as safe as what it reads: here a view and a materialized view in a schema the API
+# does not serve (so no check looks at them), which run with postgres's rights, read through security_invoker views
+# in public. The grants on the private schema are what make the public views work for the API roles.
+PRIVATE_READS = """
+CREATE SCHEMA private;
+CREATE VIEW private.tickets_all AS SELECT id, tenant_id, title, status FROM public.tickets;
+CREATE MATERIALIZED VIEW private.ticket_stats AS
+  SELECT tenant_id, project_id, status, count(*) AS tickets FROM public.tickets GROUP BY 1, 2, 3;
+GRANT USAGE ON SCHEMA private TO anon, authenticated;
+GRANT SELECT ON private.tickets_all, private.ticket_stats TO anon, authenticated;
+CREATE VIEW public.ticket_list WITH (security_invoker = true) AS SELECT * FROM private.tickets_all;
+CREATE VIEW public.ticket_stats WITH (security_invoker = true) AS SELECT * FROM private.ticket_stats;
+"""
+
+
+def test_an_invoker_view_over_a_private_definer_view_or_materialized_view_shows_every_tenant(
+        project: Callable[..., Project]) -> None:
+    p = attacked(project, ("private_reads", PRIVATE_READS))
+    result = p.run("-v", seed=True)
+    assert seen(p, "SELECT count(*) FROM public.ticket_list", "anon") == total(p, "SELECT count(*) FROM public.tickets")
+    assert seen(p, "SELECT count(DISTINCT tenant_id) FROM public.ticket_list") == 3
+    assert seen(p, "SELECT count(DISTINCT tenant_id) FROM public.ticket_stats") == 3
+    assert seen(p, "SELECT count(DISTINCT tenant_id) FROM public.tickets") == 1  # its own tenant only
+    assert_fails_naming(result, "20250701000001_private_reads", "public.ticket_list", "public.ticket_stats")
+
