@@ -146,3 +146,24 @@ def test_an_invoker_view_over_a_private_definer_view_or_materialized_view_shows_
     assert seen(p, "SELECT count(DISTINCT tenant_id) FROM public.tickets") == 1  # its own tenant only
     assert_fails_naming(result, "20250701000001_private_reads", "public.ticket_list", "public.ticket_stats")
 
+
+# A new table filled from an RLS table by the migration (an archive, a denormalized copy) with row-level security
+# on and the dashboard's "Enable read access for authenticated users" policy: every signed-in user reads every
+# tenant's rows. No catalog rule covers a SELECT policy (on purpose: public reading), and the personas compare only
+# views and tables that existed before, so what a tenant sees of a new table is never looked at.
+NEW_TABLE = """
+CREATE TABLE public.ticket_archive AS SELECT id, tenant_id, project_id, title, status FROM public.tickets;
+ALTER TABLE public.ticket_archive ADD PRIMARY KEY (id);
+ALTER TABLE public.ticket_archive ENABLE ROW LEVEL SECURITY;
+CREATE POLICY "Enable read access for authenticated users" ON public.ticket_archive FOR SELECT TO authenticated
+  USING (true);
+"""
+
+
+def test_a_new_table_with_every_tenants_rows_and_a_read_all_policy_is_caught(
+        project: Callable[..., Project]) -> None:
+    p = attacked(project, ("ticket_archive", NEW_TABLE))
+    result = p.run("-v", seed=True)
+    assert seen(p, "SELECT count(DISTINCT tenant_id) FROM public.tickets") == 1
+    assert seen(p, "SELECT count(DISTINCT tenant_id) FROM public.ticket_archive") == 3  # tenants B and C too
+    assert_fails_naming(result, "20250701000001_ticket_archive", "public.ticket_archive")
