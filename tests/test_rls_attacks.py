@@ -167,3 +167,31 @@ def test_a_new_table_with_every_tenants_rows_and_a_read_all_policy_is_caught(
     assert seen(p, "SELECT count(DISTINCT tenant_id) FROM public.tickets") == 1
     assert seen(p, "SELECT count(DISTINCT tenant_id) FROM public.ticket_archive") == 3  # tenants B and C too
     assert_fails_naming(result, "20250701000001_ticket_archive", "public.ticket_archive")
+
+
+# Column-level privileges (Supabase's documented "column level security": revoke the table, grant some columns)
+# give as much of each row as the columns granted, yet both checks read only table-level SELECT: rls_exposure's
+# readers come from the relation's ACL, and a persona without table-level SELECT is "no SELECT privilege", so not
+# counted. Here a definer view the migration creates, and an internal table without RLS that no API role could
+# read before (its column grant is not even a reason to count the personas again).
+COLUMN_GRANTS = """
+CREATE VIEW public.ticket_titles AS SELECT id, tenant_id, title FROM public.tickets;
+REVOKE ALL ON public.ticket_titles FROM anon, authenticated;
+GRANT SELECT (id, tenant_id, title) ON public.ticket_titles TO anon, authenticated;
+GRANT SELECT (id, tenant_id, email) ON public.staff_directory TO authenticated;
+"""
+STAFF_DIRECTORY = """
+CREATE TABLE public.staff_directory AS SELECT id, tenant_id, email, full_name FROM public.profiles;
+REVOKE ALL ON public.staff_directory FROM anon, authenticated;
+"""
+
+
+def test_column_level_grants_on_a_definer_view_and_a_table_without_rls_are_caught(
+        project: Callable[..., Project]) -> None:
+    p = attacked(project, ("column_grants", COLUMN_GRANTS), setup=STAFF_DIRECTORY)
+    result = p.run("-v", seed=True)
+    assert seen(p, "SELECT count(DISTINCT tenant_id) FROM public.ticket_titles", "anon") == 3
+    assert seen(p, "SELECT count(DISTINCT tenant_id) FROM public.staff_directory") == 3
+    assert seen(p, "SELECT count(email) FROM public.staff_directory") == total(
+        p, "SELECT count(*) FROM public.profiles")  # every tenant's staff e-mail addresses
+    assert_fails_naming(result, "20250701000001_column_grants", "public.ticket_titles", "public.staff_directory")
