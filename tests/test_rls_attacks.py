@@ -195,3 +195,31 @@ def test_column_level_grants_on_a_definer_view_and_a_table_without_rls_are_caugh
     assert seen(p, "SELECT count(email) FROM public.staff_directory") == total(
         p, "SELECT count(*) FROM public.profiles")  # every tenant's staff e-mail addresses
     assert_fails_naming(result, "20250701000001_column_grants", "public.ticket_titles", "public.staff_directory")
+
+
+# Writes: permissive policies whose condition is true for every signed-in user without being the literal `true`
+# that rls_policy_always_true matches (auth.uid() IS NOT NULL, a column compared with itself), and the restrictive
+# policy that kept comments their author's dropped. The personas count only what they see, so a write widening
+# is nobody's business: tenant A may now update every tenant's tickets, delete every tenant's comments and write
+# comments into tenant B.
+WRITES = """
+CREATE POLICY members_edit ON public.tickets FOR UPDATE TO authenticated
+  USING (auth.uid() IS NOT NULL) WITH CHECK (auth.uid() IS NOT NULL);
+CREATE POLICY members_clean ON public.comments FOR DELETE TO authenticated USING (tenant_id = tenant_id);
+CREATE POLICY members_add ON public.comments FOR INSERT TO authenticated WITH CHECK (auth.uid() IS NOT NULL);
+DROP POLICY own_comments ON public.comments;
+"""
+
+
+def test_policies_that_let_every_signed_in_user_write_every_tenants_rows_are_caught(
+        project: Callable[..., Project]) -> None:
+    p = attacked(project, ("member_writes", WRITES))
+    result = p.run("-v", seed=True)
+    with as_user(p) as conn:  # tenant A, in a transaction rolled back
+        assert conn.execute("UPDATE public.tickets SET title = 'defaced'").rowcount == total(
+            p, "SELECT count(*) FROM public.tickets")
+        assert conn.execute("DELETE FROM public.comments").rowcount == total(p, "SELECT count(*) FROM public.comments")
+        conn.execute("INSERT INTO public.comments (tenant_id, ticket_id, author_id, body) SELECT %s, id, reporter_id,"
+                     " 'spam' FROM public.tickets LIMIT 1", (T2,))
+    assert_fails_naming(result, "20250701000001_member_writes", "members_edit", "members_clean", "members_add",
+                        "own_comments")
