@@ -27,14 +27,6 @@ T1, T2, T3 = (str(uuid.UUID(hashlib.md5(f"tenant{n}".encode()).hexdigest())) for
 TENANT_A_USER = "SELECT id FROM public.profiles WHERE tenant_id = md5('tenant1')::uuid ORDER BY email LIMIT 1"
 
 
-ROLE_IF_ABSENT = ("DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'ROLE') THEN "
-                  "CREATE ROLE ROLE NOLOGIN; END IF; END $$;\n")
-
-
-def role_sql(name: str) -> str:
-    return ROLE_IF_ABSENT.replace("ROLE", name)
-
-
 def attacked(project: Callable[..., Project], *migrations: tuple[str, str], setup: str = "") -> Project:
     """The application with its personas, and these migrations (name, SQL) at the end of its plan, each verified by
     rls_exposure; `setup` is SQL the application had before (run after its own setup)."""
@@ -223,3 +215,41 @@ def test_policies_that_let_every_signed_in_user_write_every_tenants_rows_are_cau
                      " 'spam' FROM public.tickets LIMIT 1", (T2,))
     assert_fails_naming(result, "20250701000001_member_writes", "members_edit", "members_clean", "members_add",
                         "own_comments")
+
+
+# Views the plan did not create or change are never compared: not by rls_exposure (plan scope), not by the personas
+# (only the plan's views are held to their own-rights count; only tables are compared before and after). Yet what
+# a kept view shows moves with what it depends on: here a definer view that filtered by a function (the pattern
+# from before security_invoker) shows every tenant once the migration rewrites the function, and a back-office
+# definer view granted only to a reporting role opens to every signed-in user when the migration makes them
+# members of that role.
+KEPT_VIEWS = """
+DO $$ BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'phase4_reporting') THEN
+    CREATE ROLE phase4_reporting NOLOGIN;
+  END IF;
+END $$;
+CREATE FUNCTION public.visible_tenant(t uuid) RETURNS boolean LANGUAGE sql STABLE
+  AS $$ SELECT t = auth.tenant_id() $$;
+CREATE VIEW public.ticket_board AS
+  SELECT id, tenant_id, title, status FROM public.tickets WHERE public.visible_tenant(tenant_id);
+CREATE VIEW public.tenant_report AS SELECT tenant_id, id, title, status FROM public.tickets;
+REVOKE ALL ON public.tenant_report FROM anon, authenticated, service_role;
+GRANT SELECT ON public.tenant_report TO phase4_reporting;
+"""
+WIDEN_KEPT_VIEWS = """
+CREATE OR REPLACE FUNCTION public.visible_tenant(t uuid) RETURNS boolean LANGUAGE sql STABLE
+  AS $$ SELECT t = auth.tenant_id() OR auth.uid() IS NOT NULL $$;
+GRANT phase4_reporting TO authenticated;
+"""
+
+
+def test_a_kept_view_that_shows_more_after_the_migration_is_caught(project: Callable[..., Project]) -> None:
+    p = attacked(project, ("widen_kept_views", WIDEN_KEPT_VIEWS), setup=KEPT_VIEWS)
+    try:
+        result = p.run("-v", seed=True)
+        assert seen(p, "SELECT count(DISTINCT tenant_id) FROM public.ticket_board") == 3  # was 1
+        assert seen(p, "SELECT count(DISTINCT tenant_id) FROM public.tenant_report") == 3  # was no access
+    finally:
+        p.execute("REVOKE phase4_reporting FROM authenticated")
+    assert_fails_naming(result, "20250701000001_widen_kept_views", "public.ticket_board", "public.tenant_report")
