@@ -253,3 +253,40 @@ def test_a_kept_view_that_shows_more_after_the_migration_is_caught(project: Call
     finally:
         p.execute("REVOKE phase4_reporting FROM authenticated")
     assert_fails_naming(result, "20250701000001_widen_kept_views", "public.ticket_board", "public.tenant_report")
+
+
+# The personas are counted again after a migration only when its record shows a change of visibility, a row
+# written, or a role statement at the top level of its file. A migration that adds a column (recorded, not a
+# visibility change) and grants a role inside a DO block (the usual "create the role if absent" idiom) is not
+# counted again: "what the personas see stands". Here the membership puts every signed-in user under the back
+# office's read-all policy on tickets; the same GRANT outside the DO block fails the personas check.
+BACK_OFFICE = """
+DO $$ BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'phase4_backoffice') THEN
+    CREATE ROLE phase4_backoffice NOLOGIN;
+  END IF;
+END $$;
+GRANT SELECT ON public.tickets TO phase4_backoffice;
+CREATE POLICY backoffice_reads ON public.tickets FOR SELECT TO phase4_backoffice USING (true);
+"""
+GRANT_IN_DO = """
+ALTER TABLE public.tickets ADD COLUMN due_on date;
+DO $$
+BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'phase4_backoffice') THEN
+    CREATE ROLE phase4_backoffice NOLOGIN;
+  END IF;
+  GRANT phase4_backoffice TO authenticated;
+END
+$$;
+"""
+
+
+def test_a_role_granted_inside_a_do_block_has_the_personas_counted_again(project: Callable[..., Project]) -> None:
+    p = attacked(project, ("backoffice_role", GRANT_IN_DO), setup=BACK_OFFICE)
+    try:
+        result = p.run("-v", seed=True)
+        assert seen(p, "SELECT count(DISTINCT tenant_id) FROM public.tickets") == 3  # was its own tenant only
+    finally:
+        p.execute("REVOKE phase4_backoffice FROM authenticated")
+    assert_fails_naming(result, "20250701000001_backoffice_role", "public.tickets")
