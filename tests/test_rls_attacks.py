@@ -290,3 +290,35 @@ def test_a_role_granted_inside_a_do_block_has_the_personas_counted_again(project
     finally:
         p.execute("REVOKE phase4_backoffice FROM authenticated")
     assert_fails_naming(result, "20250701000001_backoffice_role", "public.tickets")
+
+
+# Which schemas the API serves is PostgREST's db-schemas, which self-hosted Supabase and PostgREST read from the
+# database (ALTER ROLE authenticator SET pgrst.db_schemas, then NOTIFY pgrst, 'reload config'), as splinter does
+# to know what is exposed. A migration that exposes a new schema with a definer view in it is checked against the
+# plan's own list only, which does not name it.
+AUTHENTICATOR = """
+DO $$ BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'authenticator') THEN
+    CREATE ROLE authenticator NOINHERIT NOLOGIN;
+  END IF;
+END $$;
+ALTER ROLE authenticator SET pgrst.db_schemas = 'public, api';
+"""
+REPORTS_SCHEMA = """
+CREATE SCHEMA reports;
+GRANT USAGE ON SCHEMA reports TO anon, authenticated;
+CREATE VIEW reports.ticket_titles AS SELECT id, tenant_id, title FROM public.tickets;
+GRANT SELECT ON reports.ticket_titles TO anon, authenticated;
+ALTER ROLE authenticator SET pgrst.db_schemas = 'public, api, reports';
+NOTIFY pgrst, 'reload config';
+"""
+
+
+def test_a_schema_the_migration_exposes_through_pgrst_db_schemas_is_checked(project: Callable[..., Project]) -> None:
+    p = attacked(project, ("reports_api", REPORTS_SCHEMA), setup=AUTHENTICATOR)
+    try:
+        result = p.run("-v", seed=True)
+        assert seen(p, "SELECT count(DISTINCT tenant_id) FROM reports.ticket_titles", "anon") == 3
+    finally:
+        p.execute("ALTER ROLE authenticator RESET pgrst.db_schemas")
+    assert_fails_naming(result, "20250701000001_reports_api", "reports.ticket_titles")
