@@ -322,3 +322,27 @@ def test_a_schema_the_migration_exposes_through_pgrst_db_schemas_is_checked(proj
     finally:
         p.execute("ALTER ROLE authenticator RESET pgrst.db_schemas")
     assert_fails_naming(result, "20250701000001_reports_api", "reports.ticket_titles")
+
+
+# A foreign table has no row-level security (PostgreSQL refuses it), and the default privileges grant one created in
+# public to anon and authenticated (splinter 0017 foreign_table_in_api). Through postgres_fdw's loopback server it
+# reads the tickets as the user mapping's role: every tenant's, to anon. Neither check knows foreign tables: the
+# catalog rules look at tables, views and materialized views, the personas count the same.
+FOREIGN_TABLE = """
+CREATE EXTENSION IF NOT EXISTS postgres_fdw;
+DO $$ BEGIN
+  EXECUTE format('CREATE SERVER loopback FOREIGN DATA WRAPPER postgres_fdw OPTIONS (dbname %L, host %L, port %L)',
+                 current_database(), current_setting('unix_socket_directories'), current_setting('port'));
+END $$;
+CREATE USER MAPPING FOR PUBLIC SERVER loopback OPTIONS (user 'postgres', password_required 'false');
+CREATE FOREIGN TABLE public.ticket_mirror (id uuid, tenant_id uuid, title text) SERVER loopback
+  OPTIONS (schema_name 'public', table_name 'tickets');
+"""
+
+
+def test_a_foreign_table_in_an_exposed_schema_is_caught(project: Callable[..., Project]) -> None:
+    p = attacked(project, ("ticket_mirror", FOREIGN_TABLE))
+    result = p.run("-v", seed=True)
+    every = total(p, "SELECT count(*) FROM public.tickets")
+    assert seen(p, "SELECT count(*) FROM public.ticket_mirror", "anon") == every
+    assert_fails_naming(result, "20250701000001_ticket_mirror", "public.ticket_mirror")
