@@ -346,3 +346,21 @@ def test_a_foreign_table_in_an_exposed_schema_is_caught(project: Callable[..., P
     every = total(p, "SELECT count(*) FROM public.tickets")
     assert seen(p, "SELECT count(*) FROM public.ticket_mirror", "anon") == every
     assert_fails_naming(result, "20250701000001_ticket_mirror", "public.ticket_mirror")
+
+
+# A widening the personas found is forgotten by the next run: the migration is in the ledger, the next run's first
+# count is taken after it ("before this run's migrations"), and its personas test passes with "applied before this
+# run: no count from before it to compare kept tables". A re-run (CI's retry, "it was flaky") is green with tenant
+# A reading every tenant's tickets, and its evidence is what reaches the change board.
+READ_ALL = """
+CREATE POLICY members_read ON public.tickets FOR SELECT TO authenticated USING (auth.uid() IS NOT NULL);
+"""
+
+
+def test_a_widening_found_by_one_run_is_not_forgotten_by_the_next(project: Callable[..., Project]) -> None:
+    p = attacked(project, ("members_read", READ_ALL))
+    first = p.run("-v", seed=True)
+    assert outcomes_of(first)[f"{PLAN}::20250701000001_members_read::personas"] == "FAILED"
+    again = p.run("-v")
+    assert seen(p, "SELECT count(DISTINCT tenant_id) FROM public.tickets") == 3
+    assert_fails_naming(again, "20250701000001_members_read", "public.tickets")
