@@ -364,3 +364,34 @@ def test_a_widening_found_by_one_run_is_not_forgotten_by_the_next(project: Calla
     again = p.run("-v")
     assert seen(p, "SELECT count(DISTINCT tenant_id) FROM public.tickets") == 3
     assert_fails_naming(again, "20250701000001_members_read", "public.tickets")
+
+
+# A persona that is nobody proves nothing: a user_query whose lookup misses (a typo'd e-mail in a scalar
+# subquery) still returns its one row, of NULLs, so the persona is a signed-in user without a user id or a
+# tenant: it sees no row of any table before the migration and none after, whatever the policies say. The
+# migration lets every signed-in user read every tenant's tickets; the only signed-in persona cannot see it.
+NOBODY = """[[persona]]
+name = "tenant_a"
+role = "authenticated"
+user_query = '''SELECT (SELECT id FROM public.profiles WHERE email = 'user1@example.org') AS sub,
+  (SELECT tenant_id FROM public.profiles WHERE email = 'user1@example.org') AS tenant_id'''
+
+"""
+
+
+def test_a_persona_whose_user_query_gives_no_user_is_refused(project: Callable[..., Project]) -> None:
+    p = attacked(project, ("members_read", READ_ALL))
+    plan = p.path / PLAN
+    text = plan.read_text()  # tenant_a and tenant_b give way to the persona that is nobody
+    start, end = text.index('[[persona]]\nname = "tenant_a"'), text.index('[[persona]]\nname = "anon"')
+    plan.write_text(text[:start] + NOBODY + text[end:])
+    result = p.run("-v", seed=True)
+    assert seen(p, "SELECT count(DISTINCT tenant_id) FROM public.tickets") == 3  # a real user of tenant A
+    evidence = json.loads(sorted((p.path / "reports").glob("phase4-*[0-9].json"))[-1].read_text())["personas"]
+    assert evidence["personas"][0]["claims"] == {"role": "authenticated", "sub": None, "tenant_id": None}
+    assert {m["seen"]["tenant_a"]["public.tickets"]["rows"] for m in evidence["moments"]} == {0}  # before, after
+    outcomes = outcomes_of(result)
+    steps = [f"{PLAN}::preflight::personas", f"{PLAN}::20250701000001_members_read::personas"]
+    assert "FAILED" in [outcomes.get(s) for s in steps], outcomes
+    assert result.ret == 1
+    assert "tenant_a" in failures(result)
