@@ -395,3 +395,30 @@ def test_a_persona_whose_user_query_gives_no_user_is_refused(project: Callable[.
     assert "FAILED" in [outcomes.get(s) for s in steps], outcomes
     assert result.ret == 1
     assert "tenant_a" in failures(result)
+
+
+# The personas are counted on the checking connection, whose session user is a superuser (or a member of every
+# persona's role): SQL run as the persona may set the role back (set_config('role', ...) is checked against the
+# session user), and the counts that follow in the persona's savepoint are the superuser's. A definer view that
+# does so as it is read is then compared with its definition read as the superuser too: no widening, while the
+# API (whose session user, the authenticator, may not become postgres) shows every caller every tenant's rows.
+# A plan may rely on the personas alone (rls_exposure, which would name this view, is left out here).
+BECOMES_CHECKER = """
+CREATE VIEW public.zz_ticket_feed AS
+  SELECT t.id, t.tenant_id, t.title FROM public.tickets t
+  WHERE pg_catalog.set_config('role', session_user::text, true) IS NOT NULL;
+"""
+
+
+def test_sql_run_as_a_persona_cannot_count_as_the_checking_role(project: Callable[..., Project]) -> None:
+    p = attacked(project, ("ticket_feed", BECOMES_CHECKER))
+    plan = p.path / PLAN
+    plan.write_text(plan.read_text().replace('  [[migration.verify]]\n  check = "rls_exposure"\n', "")
+                    .replace('[[post]]\ncheck = "rls_exposure"\n', ""))
+    result = p.run("-v", seed=True)
+    every = total(p, "SELECT count(*) FROM public.tickets")
+    assert seen(p, "SELECT count(*) FROM public.zz_ticket_feed", "anon") == every
+    assert seen(p, "SELECT count(*) FROM public.tickets", "anon") == 0
+    outcomes = outcomes_of(result)
+    assert outcomes[f"{PLAN}::20250701000001_ticket_feed::personas"] == "FAILED", outcomes
+    assert "public.zz_ticket_feed" in failures(result)
