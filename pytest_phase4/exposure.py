@@ -37,7 +37,9 @@ _VIEWS = """
 WITH RECURSIVE cand AS (
   SELECT c.oid, n.nspname, c.relname, c.relkind, c.relowner, c.relacl, c.reloptions
     FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-   WHERE c.relkind IN ('v', 'm') AND n.nspname = ANY(%(schemas)s) AND (%(all)s OR c.oid = ANY(%(oids)s))
+   WHERE c.relkind IN ('v', 'm') AND n.nspname = ANY(%(schemas)s)
+     AND (%(all)s OR c.oid = ANY(%(oids)s)
+          OR (pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname)) = ANY(%(names)s))
      AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend e WHERE e.classid = 'pg_catalog.pg_class'::regclass
                        AND e.objid = c.oid AND e.deptype = 'e')  -- an extension's own objects are not the plan's
 ), under(view, rel) AS (
@@ -57,9 +59,30 @@ SELECT v.oid::int8, v.nspname::text, v.relname::text, v.relkind::text, v.relowne
                  JOIN pg_catalog.pg_class t ON t.oid = u.rel JOIN pg_catalog.pg_namespace tn ON tn.oid = t.relnamespace
                  WHERE u.view = v.oid AND t.relkind IN ('r', 'p') AND t.relrowsecurity), '{}'),
        coalesce((SELECT array_agg(DISTINCT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE a.grantee::regrole::text END)
-                 FROM aclexplode(v.relacl) a LEFT JOIN pg_catalog.pg_roles ro ON ro.oid = a.grantee
+                 FROM (SELECT (aclexplode(v.relacl)).*
+                       UNION ALL  -- column privileges (GRANT SELECT (col, ...)) read the rows as well
+                       SELECT (aclexplode(at.attacl)).* FROM pg_catalog.pg_attribute at
+                        WHERE at.attrelid = v.oid AND at.attacl IS NOT NULL AND NOT at.attisdropped) a
+                 LEFT JOIN pg_catalog.pg_roles ro ON ro.oid = a.grantee
                  WHERE a.privilege_type = 'SELECT' AND a.grantee <> v.relowner
-                   AND (a.grantee = 0 OR NOT (ro.rolsuper OR ro.rolbypassrls))), '{}')
+                   AND (a.grantee = 0 OR NOT (ro.rolsuper OR ro.rolbypassrls))), '{}'),
+       -- what runs with its owner's rights under it: views without security_invoker and materialized views
+       -- (any schema), and set-returning SECURITY DEFINER functions it or they call
+       coalesce((SELECT array_agg(DISTINCT CASE c.relkind WHEN 'm' THEN 'materialized view ' ELSE 'view ' END
+                                  || tn.nspname || '.' || c.relname)
+                 FROM under u JOIN pg_catalog.pg_class c ON c.oid = u.rel
+                 JOIN pg_catalog.pg_namespace tn ON tn.oid = c.relnamespace
+                 WHERE u.view = v.oid AND (c.relkind = 'm' OR (c.relkind = 'v' AND NOT coalesce(c.reloptions, '{}')
+                       && ARRAY['security_invoker=true', 'security_invoker=on', 'security_invoker=yes',
+                                'security_invoker=1']))), '{}'),
+       coalesce((SELECT array_agg(DISTINCT fn.nspname || '.' || f.proname)
+                 FROM pg_catalog.pg_rewrite r JOIN pg_catalog.pg_depend d
+                   ON d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.objid = r.oid
+                  AND d.refclassid = 'pg_catalog.pg_proc'::regclass
+                 JOIN pg_catalog.pg_proc f ON f.oid = d.refobjid
+                 JOIN pg_catalog.pg_namespace fn ON fn.oid = f.pronamespace
+                 WHERE f.prosecdef AND f.proretset
+                   AND (r.ev_class = v.oid OR r.ev_class IN (SELECT u.rel FROM under u WHERE u.view = v.oid))), '{}')
   FROM cand v ORDER BY 2, 3
 """
 
@@ -69,7 +92,11 @@ SELECT c.oid::int8, n.nspname::text, c.relname::text, c.relrowsecurity, n.nspnam
        coalesce((SELECT array_agg(p.polname::text ORDER BY p.polname) FROM pg_catalog.pg_policy p
                  WHERE p.polrelid = c.oid), '{}'),
        coalesce((SELECT array_agg(DISTINCT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE a.grantee::regrole::text END)
-                 FROM aclexplode(c.relacl) a LEFT JOIN pg_catalog.pg_roles ro ON ro.oid = a.grantee
+                 FROM (SELECT (aclexplode(c.relacl)).*
+                       UNION ALL  -- column privileges read the rows as well
+                       SELECT (aclexplode(at.attacl)).* FROM pg_catalog.pg_attribute at
+                        WHERE at.attrelid = c.oid AND at.attacl IS NOT NULL AND NOT at.attisdropped) a
+                 LEFT JOIN pg_catalog.pg_roles ro ON ro.oid = a.grantee
                  WHERE a.privilege_type = 'SELECT' AND a.grantee <> c.relowner
                    AND (a.grantee = 0 OR NOT (ro.rolsuper OR ro.rolbypassrls))), '{}')
   FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
@@ -96,7 +123,8 @@ SELECT p.oid::int8, n.nspname::text, c.relname::text, p.polname::text, p.polcmd:
 # SECURITY DEFINER functions without search_path, and who may execute them (PUBLIC, or the API roles that exist).
 _FUNCTIONS = """
 SELECT p.oid::int8, n.nspname::text, p.proname::text, pg_catalog.pg_get_function_identity_arguments(p.oid),
-       p.proowner::regrole::text,
+       p.proowner::regrole::text, p.proretset AND n.nspname = ANY(%(exposed)s),
+       EXISTS (SELECT 1 FROM unnest(coalesce(p.proconfig, '{}')) cfg WHERE cfg LIKE 'search\\_path=%%'),
        EXISTS (SELECT 1 FROM aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a
                WHERE a.grantee = 0 AND a.privilege_type = 'EXECUTE'),
        coalesce((SELECT array_agg(ro.rolname::text ORDER BY ro.rolname) FROM pg_catalog.pg_roles ro
@@ -104,7 +132,6 @@ SELECT p.oid::int8, n.nspname::text, p.proname::text, pg_catalog.pg_get_function
                 '{}')
   FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
  WHERE p.prosecdef AND p.prokind IN ('f', 'p')
-   AND NOT EXISTS (SELECT 1 FROM unnest(coalesce(p.proconfig, '{}')) cfg WHERE cfg LIKE 'search\\_path=%%')
    AND ((%(all)s AND n.nspname = ANY(%(schemas)s)) OR p.oid = ANY(%(oids)s))
    AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend e WHERE e.classid = 'pg_catalog.pg_proc'::regclass
                      AND e.objid = p.oid AND e.deptype = 'e')
@@ -125,18 +152,24 @@ class Scope:
     tables: set[str] = field(default_factory=set)  # tables by identity: parents of policies the plan touched
     policies: set[int] = field(default_factory=set)
     functions: set[int] = field(default_factory=set)
+    granted: set[str] = field(default_factory=set)  # relations by identity whose columns' grants the plan changed
     origin: dict[int, str] = field(default_factory=dict)  # oid -> "created by x.sql"
     files: list[str] = field(default_factory=list)
     unrecorded: list[str] = field(default_factory=list)  # applied, but without a record of what they did
 
     def add(self, file: str, change: Change) -> None:
         obj = change.after
+        if obj is not None and obj.type in ("table column", "view column", "materialized view column",
+                                            "foreign table column") and obj.parent:
+            self.granted.add(obj.parent)  # a column's grant reads the rows as well as the table's
+            return
         if obj is None:  # dropped: a policy's table may be left with RLS and no policy
             if change.before is not None and change.before.type == "policy" and change.before.parent:
                 self.tables.add(change.before.parent)
             return
         target = {"view": self.relations, "materialized view": self.relations, "table": self.relations,
-                  "policy": self.policies, "function": self.functions, "procedure": self.functions}.get(obj.type)
+                  "foreign table": self.relations, "policy": self.policies, "function": self.functions,
+                  "procedure": self.functions}.get(obj.type)
         if target is None:
             return
         target.add(obj.objid)
@@ -192,16 +225,29 @@ def _roles(names: Iterable[str]) -> str:
 
 def views(conn: psycopg.Connection[Any], scope: Scope, schemas: Sequence[str]) -> list[Finding]:
     rows = conn.execute(_VIEWS, {"schemas": list(schemas), "all": scope.everything,
-                                 "oids": sorted(scope.relations)}).fetchall()
+                                 "oids": sorted(scope.relations), "names": sorted(scope.granted)}).fetchall()
     found = []
-    for oid, nsp, name, kind, owner, options, rls_tables, readers in rows:
+    for oid, nsp, name, kind, owner, options, rls_tables, readers, definers, srfs in rows:
         invoker = kind == "v" and bool(_INVOKER & {o.lower().replace(" ", "") for o in options})
-        if invoker or not rls_tables or not readers:
-            continue
         what = "view" if kind == "v" else "materialized view"
         origin = f" ({scope.origin[oid]})" if oid in scope.origin else ""
         ident, grantees = _q(conn, nsp, name), _roles(readers)
         revoke = f"REVOKE SELECT ON {ident} FROM {grantees}"  # noqa: S608 (a hint shown, never run)
+        if not readers:
+            continue
+        if (invoker or not rls_tables) and ((definers and rls_tables) or srfs):
+            under = sorted(definers) + [f"SECURITY DEFINER function {f}()" for f in sorted(srfs)]
+            tables = f" over RLS table(s) {', '.join(sorted(rls_tables))}" if rls_tables else ""
+            found.append(Finding(f"{nsp}.{name}", "0010", (
+                f"{what} {nsp}.{name}{origin} [splinter 0010 security_definer_view, through what it reads]: "
+                f"readable by {grantees} (subject to row-level security), "
+                f"{'security_invoker, ' if invoker else ''}but it reads {', '.join(under)}, which run(s) with "
+                f"the owner's rights{tables}: whoever may read it sees what the owner sees, whatever schema they "
+                f"are in; fix: make each of them security_invoker (ALTER VIEW ... SET (security_invoker = true)), "
+                f"SECURITY INVOKER, or revoke from the API roles what reads them ({revoke})")))
+            continue
+        if invoker or not rls_tables:
+            continue
         if kind == "v":
             lint = "splinter 0010 security_definer_view"
             how = f"runs with its owner {owner}'s rights (no security_invoker)"
@@ -219,7 +265,8 @@ def views(conn: psycopg.Connection[Any], scope: Scope, schemas: Sequence[str]) -
 
 def tables(conn: psycopg.Connection[Any], scope: Scope, schemas: Sequence[str]) -> list[Finding]:
     rows = conn.execute(_TABLES, {"schemas": list(schemas), "all": scope.everything,
-                                  "oids": sorted(scope.relations), "names": sorted(scope.tables)}).fetchall()
+                                  "oids": sorted(scope.relations),
+                                  "names": sorted(scope.tables | scope.granted)}).fetchall()
     found = []
     for oid, nsp, name, rls, exposed, policies, readers in rows:
         ident, origin = _q(conn, nsp, name), f" ({scope.origin[oid]})" if oid in scope.origin else ""
@@ -235,7 +282,8 @@ def tables(conn: psycopg.Connection[Any], scope: Scope, schemas: Sequence[str]) 
                 f"table {nsp}.{name}{origin} [splinter 0007 policy_exists_rls_disabled]: policies "
                 f"{', '.join(policies)} exist but row-level security is disabled, so they are ignored ({who}); fix: "
                 f"ALTER TABLE {ident} ENABLE ROW LEVEL SECURITY")))
-        elif not rls and exposed and (scope.everything or oid in scope.relations):
+        elif not rls and exposed and (scope.everything or oid in scope.relations or (
+                f"{nsp}.{name}" in scope.granted and readers)):
             found.append(Finding(f"{nsp}.{name}", "0013", (
                 f"table {nsp}.{name}{origin} [splinter 0013 rls_disabled_in_public]: in exposed schema {nsp} without "
                 f"row-level security ({who}; default privileges or a later GRANT expose every row); fix: ALTER TABLE "
@@ -279,27 +327,98 @@ def policies(conn: psycopg.Connection[Any], scope: Scope, schemas: Sequence[str]
 def functions(conn: psycopg.Connection[Any], scope: Scope, schemas: Sequence[str],
               api_roles: Sequence[str]) -> list[Finding]:
     rows = conn.execute(_FUNCTIONS.encode(), {"schemas": list(schemas), "all": scope.everything,
-                                              "oids": sorted(scope.functions), "roles": list(api_roles)}).fetchall()
+                                              "exposed": list(schemas), "oids": sorted(scope.functions),
+                                              "roles": list(api_roles)}).fetchall()
     found = []
-    for oid, nsp, name, args, owner, public, roles in rows:
+    for oid, nsp, name, args, owner, rows_out, fixed, public, roles in rows:
         callers = (["PUBLIC"] if public else []) + [r for r in roles if not public]
         if not callers:
             continue
         origin = f" ({scope.origin[oid]})" if oid in scope.origin else ""
         ident = f"{_q(conn, nsp, name)}({args})"
-        found.append(Finding(f"{nsp}.{name}", "0011", (
-            f"function {nsp}.{name}({args}){origin} [splinter 0011 function_search_path_mutable, 0028]: SECURITY "
-            f"DEFINER (runs as {owner}, bypassing row-level security), executable by {_roles(callers)}, without a "
-            f"fixed search_path: a caller's search_path decides which tables and functions its unqualified names "
-            f"mean; fix: ALTER FUNCTION {ident} SET search_path = '' (and qualify every name in its body), or "
-            f"REVOKE EXECUTE ON FUNCTION {ident} FROM {_roles(callers)}")))
+        revoke = f"REVOKE EXECUTE ON FUNCTION {ident} FROM {_roles(callers)}"
+        if not fixed:
+            found.append(Finding(f"{nsp}.{name}", "0011", (
+                f"function {nsp}.{name}({args}){origin} [splinter 0011 function_search_path_mutable, 0028]: SECURITY "
+                f"DEFINER (runs as {owner}, bypassing row-level security), executable by {_roles(callers)}, without "
+                f"a fixed search_path: a caller's search_path decides which tables and functions its unqualified "
+                f"names mean; fix: ALTER FUNCTION {ident} SET search_path = '' (and qualify every name in its body), "
+                f"or {revoke}")))
+        elif rows_out:
+            found.append(Finding(f"{nsp}.{name}", "0028", (
+                f"function {nsp}.{name}({args}){origin} [splinter 0028/0029 security_definer_function_executable]: "
+                f"SECURITY DEFINER and returning rows, in exposed schema {nsp}, executable by {_roles(callers)}: "
+                f"it runs as {owner}, bypassing row-level security on every table it reads, and the API serves it "
+                f"(/rpc/{name}) as views over it do: every caller gets the rows {owner} sees; fix: ALTER FUNCTION "
+                f"{ident} SECURITY INVOKER, or filter by the caller inside it and {revoke} from the roles that must "
+                "not call it")))
+    return found
+
+
+# Foreign tables (splinter 0017): no row-level security is possible on them; readable by an API role in an
+# exposed schema, they show whatever the remote side gives their user mapping.
+_FOREIGN = """
+SELECT c.oid::int8, n.nspname::text, c.relname::text, s.srvname::text,
+       coalesce((SELECT array_agg(ro.rolname::text ORDER BY ro.rolname) FROM pg_catalog.pg_roles ro
+                 WHERE ro.rolname = ANY(%(roles)s) AND pg_catalog.has_any_column_privilege(ro.oid, c.oid, 'SELECT')),
+                '{}')
+  FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+  JOIN pg_catalog.pg_foreign_table f ON f.ftrelid = c.oid JOIN pg_catalog.pg_foreign_server s ON s.oid = f.ftserver
+ WHERE c.relkind = 'f' AND n.nspname = ANY(%(schemas)s)
+   AND (%(all)s OR c.oid = ANY(%(oids)s)
+        OR (pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname)) = ANY(%(names)s))
+   AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend e WHERE e.classid = 'pg_catalog.pg_class'::regclass
+                     AND e.objid = c.oid AND e.deptype = 'e')
+ ORDER BY 2, 3
+"""
+
+
+def foreign_tables(conn: psycopg.Connection[Any], scope: Scope, schemas: Sequence[str],
+                   api_roles: Sequence[str]) -> list[Finding]:
+    rows = conn.execute(_FOREIGN, {"schemas": list(schemas), "all": scope.everything, "roles": list(api_roles),
+                                   "oids": sorted(scope.relations), "names": sorted(scope.granted)}).fetchall()
+    found = []
+    for oid, nsp, name, server, readers in rows:
+        if not readers:
+            continue
+        origin = f" ({scope.origin[oid]})" if oid in scope.origin else ""
+        ident = _q(conn, nsp, name)
+        found.append(Finding(f"{nsp}.{name}", "0017", (
+            f"foreign table {nsp}.{name}{origin} [splinter 0017 foreign_table_in_api]: in exposed schema {nsp}, "
+            f"readable by {_roles(readers)}, through server {server}: a foreign table has no row-level security, "
+            f"so they see every row its user mapping reads; fix: REVOKE ALL ON {ident} FROM {_roles(readers)}, or "
+            "move it to a schema the API does not expose")))
+    return found
+
+
+# The schemas PostgREST serves when it reads them from the database (ALTER ROLE authenticator SET
+# pgrst.db_schemas, or a database setting), as splinter does: they are exposed whatever the plan says.
+_LIVE = """
+SELECT cfg FROM pg_catalog.pg_db_role_setting s, unnest(s.setconfig) AS cfg
+ WHERE cfg LIKE 'pgrst.db\\_schemas=%%'
+   AND s.setdatabase IN (0, (SELECT d.oid FROM pg_catalog.pg_database d WHERE d.datname = current_database()))
+UNION ALL
+SELECT 'pgrst.db_schemas=' || pg_catalog.current_setting('pgrst.db_schemas', true)
+ WHERE coalesce(pg_catalog.current_setting('pgrst.db_schemas', true), '') <> ''
+"""
+
+
+def exposed_schemas(conn: psycopg.Connection[Any], rls: RlsSettings) -> list[str]:
+    """The plan's exposed schemas and those the database's pgrst.db_schemas settings name."""
+    found = list(rls.exposed_schemas)
+    for (cfg,) in conn.execute(_LIVE.encode()).fetchall():
+        for name in str(cfg).split("=", 1)[1].split(","):
+            name = name.strip().strip('"')
+            if name and name not in found:
+                found.append(name)
     return found
 
 
 def findings(conn: psycopg.Connection[Any], scope: Scope, rls: RlsSettings) -> list[Finding]:
-    schemas = list(rls.exposed_schemas)
+    schemas = exposed_schemas(conn, rls)
     return [*views(conn, scope, schemas), *tables(conn, scope, schemas),
-            *policies(conn, scope, schemas, rls.api_roles), *functions(conn, scope, schemas, rls.api_roles)]
+            *policies(conn, scope, schemas, rls.api_roles), *functions(conn, scope, schemas, rls.api_roles),
+            *foreign_tables(conn, scope, schemas, rls.api_roles)]
 
 
 def rls_exposure(conn: psycopg.Connection[Any], plan: Plan, spec: CheckSpec) -> str:
@@ -308,7 +427,7 @@ def rls_exposure(conn: psycopg.Connection[Any], plan: Plan, spec: CheckSpec) -> 
     found = findings(conn, scope, plan.rls)
     allowed = [f for f in found if f.name in allow or f.name.split(".", 1)[1] in allow]
     failing = [f for f in found if f not in allowed]
-    schemas = ", ".join(plan.rls.exposed_schemas)
+    schemas = ", ".join(exposed_schemas(conn, plan.rls))
     if scope.everything and not scope.unrecorded:
         what = f"every object of the exposed schemas ({schemas})"
     elif scope.unrecorded:
