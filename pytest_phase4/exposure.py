@@ -10,7 +10,16 @@ records in pytest_phase4.changes, changes.py), or with `scope = "schemas"` to ev
   exposed schema without RLS (0013);
 - a permissive policy for INSERT, UPDATE, DELETE or ALL whose USING or WITH CHECK is always true, for PUBLIC or
   an API role (0024);
-- a SECURITY DEFINER function executable by PUBLIC or an API role without a fixed search_path (0011, 0028).
+- a SECURITY DEFINER function executable by PUBLIC or an API role without a fixed search_path (0011, 0028);
+  with one, a set-returning one in an exposed schema (0028/0029: /rpc serves it, and views over it);
+- a view, security_invoker or not, readable by an API role, over a view without security_invoker or a
+  materialized view (in any schema: a private one too) over RLS tables, or over a set-returning SECURITY DEFINER
+  function: the owner's rights come back one level down;
+- a foreign table in an exposed schema readable by an API role (0017): it cannot have row-level security.
+
+Readers are who holds SELECT on the relation or on any of its columns (column-level grants read the rows too). The
+exposed schemas are the plan's and those the database's pgrst.db_schemas settings name (ALTER ROLE authenticator
+SET pgrst.db_schemas: what PostgREST serves, as splinter reads it).
 
 Read-only; names are passed as parameters or composed with psycopg.sql. No pytest here.
 """
@@ -26,117 +35,11 @@ import psycopg
 from psycopg import sql
 
 from pytest_phase4 import changes, ledger
+from pytest_phase4 import exposure_sql as q
 from pytest_phase4.changes import Change
 from pytest_phase4.errors import CheckFailed
 from pytest_phase4.plan import CheckSpec, Plan
 from pytest_phase4.rlsplan import RlsSettings
-
-# Views and materialized views, with the tables under them (through views, recursively) that have RLS enabled,
-# and the roles their ACL grants SELECT to that are subject to RLS (PUBLIC, or neither superuser nor BYPASSRLS).
-_VIEWS = """
-WITH RECURSIVE cand AS (
-  SELECT c.oid, n.nspname, c.relname, c.relkind, c.relowner, c.relacl, c.reloptions
-    FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-   WHERE c.relkind IN ('v', 'm') AND n.nspname = ANY(%(schemas)s)
-     AND (%(all)s OR c.oid = ANY(%(oids)s)
-          OR (pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname)) = ANY(%(names)s))
-     AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend e WHERE e.classid = 'pg_catalog.pg_class'::regclass
-                       AND e.objid = c.oid AND e.deptype = 'e')  -- an extension's own objects are not the plan's
-), under(view, rel) AS (
-  SELECT v.oid, d.refobjid FROM cand v JOIN pg_catalog.pg_rewrite r ON r.ev_class = v.oid
-    JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.objid = r.oid
-     AND d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid <> v.oid
-  UNION
-  SELECT u.view, d.refobjid FROM under u
-    JOIN pg_catalog.pg_class c ON c.oid = u.rel AND c.relkind IN ('v', 'm')
-    JOIN pg_catalog.pg_rewrite r ON r.ev_class = c.oid
-    JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.objid = r.oid
-     AND d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid <> c.oid
-)
-SELECT v.oid::int8, v.nspname::text, v.relname::text, v.relkind::text, v.relowner::regrole::text,
-       coalesce(v.reloptions, '{}')::text[],
-       coalesce((SELECT array_agg(DISTINCT tn.nspname || '.' || t.relname) FROM under u
-                 JOIN pg_catalog.pg_class t ON t.oid = u.rel JOIN pg_catalog.pg_namespace tn ON tn.oid = t.relnamespace
-                 WHERE u.view = v.oid AND t.relkind IN ('r', 'p') AND t.relrowsecurity), '{}'),
-       coalesce((SELECT array_agg(DISTINCT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE a.grantee::regrole::text END)
-                 FROM (SELECT (aclexplode(v.relacl)).*
-                       UNION ALL  -- column privileges (GRANT SELECT (col, ...)) read the rows as well
-                       SELECT (aclexplode(at.attacl)).* FROM pg_catalog.pg_attribute at
-                        WHERE at.attrelid = v.oid AND at.attacl IS NOT NULL AND NOT at.attisdropped) a
-                 LEFT JOIN pg_catalog.pg_roles ro ON ro.oid = a.grantee
-                 WHERE a.privilege_type = 'SELECT' AND a.grantee <> v.relowner
-                   AND (a.grantee = 0 OR NOT (ro.rolsuper OR ro.rolbypassrls))), '{}'),
-       -- what runs with its owner's rights under it: views without security_invoker and materialized views
-       -- (any schema), and set-returning SECURITY DEFINER functions it or they call
-       coalesce((SELECT array_agg(DISTINCT CASE c.relkind WHEN 'm' THEN 'materialized view ' ELSE 'view ' END
-                                  || tn.nspname || '.' || c.relname)
-                 FROM under u JOIN pg_catalog.pg_class c ON c.oid = u.rel
-                 JOIN pg_catalog.pg_namespace tn ON tn.oid = c.relnamespace
-                 WHERE u.view = v.oid AND (c.relkind = 'm' OR (c.relkind = 'v' AND NOT coalesce(c.reloptions, '{}')
-                       && ARRAY['security_invoker=true', 'security_invoker=on', 'security_invoker=yes',
-                                'security_invoker=1']))), '{}'),
-       coalesce((SELECT array_agg(DISTINCT fn.nspname || '.' || f.proname)
-                 FROM pg_catalog.pg_rewrite r JOIN pg_catalog.pg_depend d
-                   ON d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.objid = r.oid
-                  AND d.refclassid = 'pg_catalog.pg_proc'::regclass
-                 JOIN pg_catalog.pg_proc f ON f.oid = d.refobjid
-                 JOIN pg_catalog.pg_namespace fn ON fn.oid = f.pronamespace
-                 WHERE f.prosecdef AND f.proretset
-                   AND (r.ev_class = v.oid OR r.ev_class IN (SELECT u.rel FROM under u WHERE u.view = v.oid))), '{}')
-  FROM cand v ORDER BY 2, 3
-"""
-
-# Tables: RLS on or off, their policies, who may read them.
-_TABLES = """
-SELECT c.oid::int8, n.nspname::text, c.relname::text, c.relrowsecurity, n.nspname = ANY(%(schemas)s),
-       coalesce((SELECT array_agg(p.polname::text ORDER BY p.polname) FROM pg_catalog.pg_policy p
-                 WHERE p.polrelid = c.oid), '{}'),
-       coalesce((SELECT array_agg(DISTINCT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE a.grantee::regrole::text END)
-                 FROM (SELECT (aclexplode(c.relacl)).*
-                       UNION ALL  -- column privileges read the rows as well
-                       SELECT (aclexplode(at.attacl)).* FROM pg_catalog.pg_attribute at
-                        WHERE at.attrelid = c.oid AND at.attacl IS NOT NULL AND NOT at.attisdropped) a
-                 LEFT JOIN pg_catalog.pg_roles ro ON ro.oid = a.grantee
-                 WHERE a.privilege_type = 'SELECT' AND a.grantee <> c.relowner
-                   AND (a.grantee = 0 OR NOT (ro.rolsuper OR ro.rolbypassrls))), '{}')
-  FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
- WHERE c.relkind IN ('r', 'p')
-   AND ((%(all)s AND n.nspname = ANY(%(schemas)s)) OR c.oid = ANY(%(oids)s)
-        OR (pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname)) = ANY(%(names)s))
-   AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend e WHERE e.classid = 'pg_catalog.pg_class'::regclass
-                     AND e.objid = c.oid AND e.deptype = 'e')
- ORDER BY 2, 3
-"""
-
-# Permissive policies of tables with RLS on, the roles they apply to, their expressions.
-_POLICIES = """
-SELECT p.oid::int8, n.nspname::text, c.relname::text, p.polname::text, p.polcmd::text,
-       (SELECT array_agg(CASE WHEN r = 0 THEN 'PUBLIC' ELSE r::regrole::text END ORDER BY 1) FROM unnest(p.polroles) r),
-       pg_catalog.pg_get_expr(p.polqual, p.polrelid), pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid)
-  FROM pg_catalog.pg_policy p JOIN pg_catalog.pg_class c ON c.oid = p.polrelid
-  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
- WHERE p.polpermissive AND c.relrowsecurity
-   AND ((%(all)s AND n.nspname = ANY(%(schemas)s)) OR p.oid = ANY(%(oids)s))
- ORDER BY 2, 3, 4
-"""
-
-# SECURITY DEFINER functions without search_path, and who may execute them (PUBLIC, or the API roles that exist).
-_FUNCTIONS = """
-SELECT p.oid::int8, n.nspname::text, p.proname::text, pg_catalog.pg_get_function_identity_arguments(p.oid),
-       p.proowner::regrole::text, p.proretset AND n.nspname = ANY(%(exposed)s),
-       EXISTS (SELECT 1 FROM unnest(coalesce(p.proconfig, '{}')) cfg WHERE cfg LIKE 'search\\_path=%%'),
-       EXISTS (SELECT 1 FROM aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a
-               WHERE a.grantee = 0 AND a.privilege_type = 'EXECUTE'),
-       coalesce((SELECT array_agg(ro.rolname::text ORDER BY ro.rolname) FROM pg_catalog.pg_roles ro
-                 WHERE ro.rolname = ANY(%(roles)s) AND pg_catalog.has_function_privilege(ro.oid, p.oid, 'EXECUTE')),
-                '{}')
-  FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
- WHERE p.prosecdef AND p.prokind IN ('f', 'p')
-   AND ((%(all)s AND n.nspname = ANY(%(schemas)s)) OR p.oid = ANY(%(oids)s))
-   AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend e WHERE e.classid = 'pg_catalog.pg_proc'::regclass
-                     AND e.objid = p.oid AND e.deptype = 'e')
- ORDER BY 2, 3
-"""
 
 _TRUE = {"true", "1=1"}
 _INVOKER = {"security_invoker=true", "security_invoker=on", "security_invoker=yes", "security_invoker=1"}
@@ -224,7 +127,7 @@ def _roles(names: Iterable[str]) -> str:
 
 
 def views(conn: psycopg.Connection[Any], scope: Scope, schemas: Sequence[str]) -> list[Finding]:
-    rows = conn.execute(_VIEWS, {"schemas": list(schemas), "all": scope.everything,
+    rows = conn.execute(q.VIEWS, {"schemas": list(schemas), "all": scope.everything,
                                  "oids": sorted(scope.relations), "names": sorted(scope.granted)}).fetchall()
     found = []
     for oid, nsp, name, kind, owner, options, rls_tables, readers, definers, srfs in rows:
@@ -264,7 +167,7 @@ def views(conn: psycopg.Connection[Any], scope: Scope, schemas: Sequence[str]) -
 
 
 def tables(conn: psycopg.Connection[Any], scope: Scope, schemas: Sequence[str]) -> list[Finding]:
-    rows = conn.execute(_TABLES, {"schemas": list(schemas), "all": scope.everything,
+    rows = conn.execute(q.TABLES, {"schemas": list(schemas), "all": scope.everything,
                                   "oids": sorted(scope.relations),
                                   "names": sorted(scope.tables | scope.granted)}).fetchall()
     found = []
@@ -297,7 +200,7 @@ def always_true(expr: str | None) -> bool:
 
 def policies(conn: psycopg.Connection[Any], scope: Scope, schemas: Sequence[str],
              api_roles: Sequence[str]) -> list[Finding]:
-    rows = conn.execute(_POLICIES, {"schemas": list(schemas), "all": scope.everything,
+    rows = conn.execute(q.POLICIES, {"schemas": list(schemas), "all": scope.everything,
                                     "oids": sorted(scope.policies)}).fetchall()
     found = []
     for oid, nsp, table, name, cmd, roles, using, check in rows:
@@ -326,7 +229,7 @@ def policies(conn: psycopg.Connection[Any], scope: Scope, schemas: Sequence[str]
 
 def functions(conn: psycopg.Connection[Any], scope: Scope, schemas: Sequence[str],
               api_roles: Sequence[str]) -> list[Finding]:
-    rows = conn.execute(_FUNCTIONS.encode(), {"schemas": list(schemas), "all": scope.everything,
+    rows = conn.execute(q.FUNCTIONS.encode(), {"schemas": list(schemas), "all": scope.everything,
                                               "exposed": list(schemas), "oids": sorted(scope.functions),
                                               "roles": list(api_roles)}).fetchall()
     found = []
@@ -355,27 +258,9 @@ def functions(conn: psycopg.Connection[Any], scope: Scope, schemas: Sequence[str
     return found
 
 
-# Foreign tables (splinter 0017): no row-level security is possible on them; readable by an API role in an
-# exposed schema, they show whatever the remote side gives their user mapping.
-_FOREIGN = """
-SELECT c.oid::int8, n.nspname::text, c.relname::text, s.srvname::text,
-       coalesce((SELECT array_agg(ro.rolname::text ORDER BY ro.rolname) FROM pg_catalog.pg_roles ro
-                 WHERE ro.rolname = ANY(%(roles)s) AND pg_catalog.has_any_column_privilege(ro.oid, c.oid, 'SELECT')),
-                '{}')
-  FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-  JOIN pg_catalog.pg_foreign_table f ON f.ftrelid = c.oid JOIN pg_catalog.pg_foreign_server s ON s.oid = f.ftserver
- WHERE c.relkind = 'f' AND n.nspname = ANY(%(schemas)s)
-   AND (%(all)s OR c.oid = ANY(%(oids)s)
-        OR (pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname)) = ANY(%(names)s))
-   AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend e WHERE e.classid = 'pg_catalog.pg_class'::regclass
-                     AND e.objid = c.oid AND e.deptype = 'e')
- ORDER BY 2, 3
-"""
-
-
 def foreign_tables(conn: psycopg.Connection[Any], scope: Scope, schemas: Sequence[str],
                    api_roles: Sequence[str]) -> list[Finding]:
-    rows = conn.execute(_FOREIGN, {"schemas": list(schemas), "all": scope.everything, "roles": list(api_roles),
+    rows = conn.execute(q.FOREIGN, {"schemas": list(schemas), "all": scope.everything, "roles": list(api_roles),
                                    "oids": sorted(scope.relations), "names": sorted(scope.granted)}).fetchall()
     found = []
     for oid, nsp, name, server, readers in rows:
@@ -391,22 +276,10 @@ def foreign_tables(conn: psycopg.Connection[Any], scope: Scope, schemas: Sequenc
     return found
 
 
-# The schemas PostgREST serves when it reads them from the database (ALTER ROLE authenticator SET
-# pgrst.db_schemas, or a database setting), as splinter does: they are exposed whatever the plan says.
-_LIVE = """
-SELECT cfg FROM pg_catalog.pg_db_role_setting s, unnest(s.setconfig) AS cfg
- WHERE cfg LIKE 'pgrst.db\\_schemas=%%'
-   AND s.setdatabase IN (0, (SELECT d.oid FROM pg_catalog.pg_database d WHERE d.datname = current_database()))
-UNION ALL
-SELECT 'pgrst.db_schemas=' || pg_catalog.current_setting('pgrst.db_schemas', true)
- WHERE coalesce(pg_catalog.current_setting('pgrst.db_schemas', true), '') <> ''
-"""
-
-
 def exposed_schemas(conn: psycopg.Connection[Any], rls: RlsSettings) -> list[str]:
     """The plan's exposed schemas and those the database's pgrst.db_schemas settings name."""
     found = list(rls.exposed_schemas)
-    for (cfg,) in conn.execute(_LIVE.encode()).fetchall():
+    for (cfg,) in conn.execute(q.LIVE.encode()).fetchall():
         for name in str(cfg).split("=", 1)[1].split(","):
             name = name.strip().strip('"')
             if name and name not in found:

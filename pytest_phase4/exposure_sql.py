@@ -1,0 +1,142 @@
+"""The catalog queries of the `rls_exposure` check (exposure.py): read-only, parameters passed, never formatted.
+No pytest here."""
+
+# Views and materialized views, with the tables under them (through views, recursively) that have RLS enabled,
+# and the roles their ACL grants SELECT to that are subject to RLS (PUBLIC, or neither superuser nor BYPASSRLS).
+VIEWS = """
+WITH RECURSIVE cand AS (
+  SELECT c.oid, n.nspname, c.relname, c.relkind, c.relowner, c.relacl, c.reloptions
+    FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+   WHERE c.relkind IN ('v', 'm') AND n.nspname = ANY(%(schemas)s)
+     AND (%(all)s OR c.oid = ANY(%(oids)s)
+          OR (pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname)) = ANY(%(names)s))
+     AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend e WHERE e.classid = 'pg_catalog.pg_class'::regclass
+                       AND e.objid = c.oid AND e.deptype = 'e')  -- an extension's own objects are not the plan's
+), under(view, rel) AS (
+  SELECT v.oid, d.refobjid FROM cand v JOIN pg_catalog.pg_rewrite r ON r.ev_class = v.oid
+    JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.objid = r.oid
+     AND d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid <> v.oid
+  UNION
+  SELECT u.view, d.refobjid FROM under u
+    JOIN pg_catalog.pg_class c ON c.oid = u.rel AND c.relkind IN ('v', 'm')
+    JOIN pg_catalog.pg_rewrite r ON r.ev_class = c.oid
+    JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.objid = r.oid
+     AND d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid <> c.oid
+)
+SELECT v.oid::int8, v.nspname::text, v.relname::text, v.relkind::text, v.relowner::regrole::text,
+       coalesce(v.reloptions, '{}')::text[],
+       coalesce((SELECT array_agg(DISTINCT tn.nspname || '.' || t.relname) FROM under u
+                 JOIN pg_catalog.pg_class t ON t.oid = u.rel JOIN pg_catalog.pg_namespace tn ON tn.oid = t.relnamespace
+                 WHERE u.view = v.oid AND t.relkind IN ('r', 'p') AND t.relrowsecurity), '{}'),
+       coalesce((SELECT array_agg(DISTINCT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE a.grantee::regrole::text END)
+                 FROM (SELECT (aclexplode(v.relacl)).*
+                       UNION ALL  -- column privileges (GRANT SELECT (col, ...)) read the rows as well
+                       SELECT (aclexplode(at.attacl)).* FROM pg_catalog.pg_attribute at
+                        WHERE at.attrelid = v.oid AND at.attacl IS NOT NULL AND NOT at.attisdropped) a
+                 LEFT JOIN pg_catalog.pg_roles ro ON ro.oid = a.grantee
+                 WHERE a.privilege_type = 'SELECT' AND a.grantee <> v.relowner
+                   AND (a.grantee = 0 OR NOT (ro.rolsuper OR ro.rolbypassrls))), '{}'),
+       -- what runs with its owner's rights under it: views without security_invoker and materialized views
+       -- (any schema), and set-returning SECURITY DEFINER functions it or they call
+       coalesce((SELECT array_agg(DISTINCT CASE c.relkind WHEN 'm' THEN 'materialized view ' ELSE 'view ' END
+                                  || tn.nspname || '.' || c.relname)
+                 FROM under u JOIN pg_catalog.pg_class c ON c.oid = u.rel
+                 JOIN pg_catalog.pg_namespace tn ON tn.oid = c.relnamespace
+                 WHERE u.view = v.oid AND (c.relkind = 'm' OR (c.relkind = 'v' AND NOT coalesce(c.reloptions, '{}')
+                       && ARRAY['security_invoker=true', 'security_invoker=on', 'security_invoker=yes',
+                                'security_invoker=1']))), '{}'),
+       coalesce((SELECT array_agg(DISTINCT fn.nspname || '.' || f.proname)
+                 FROM pg_catalog.pg_rewrite r JOIN pg_catalog.pg_depend d
+                   ON d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.objid = r.oid
+                  AND d.refclassid = 'pg_catalog.pg_proc'::regclass
+                 JOIN pg_catalog.pg_proc f ON f.oid = d.refobjid
+                 JOIN pg_catalog.pg_namespace fn ON fn.oid = f.pronamespace
+                 WHERE f.prosecdef AND f.proretset
+                   AND (r.ev_class = v.oid OR r.ev_class IN (SELECT u.rel FROM under u WHERE u.view = v.oid))), '{}')
+  FROM cand v ORDER BY 2, 3
+"""
+
+
+# Tables: RLS on or off, their policies, who may read them.
+TABLES = """
+SELECT c.oid::int8, n.nspname::text, c.relname::text, c.relrowsecurity, n.nspname = ANY(%(schemas)s),
+       coalesce((SELECT array_agg(p.polname::text ORDER BY p.polname) FROM pg_catalog.pg_policy p
+                 WHERE p.polrelid = c.oid), '{}'),
+       coalesce((SELECT array_agg(DISTINCT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE a.grantee::regrole::text END)
+                 FROM (SELECT (aclexplode(c.relacl)).*
+                       UNION ALL  -- column privileges read the rows as well
+                       SELECT (aclexplode(at.attacl)).* FROM pg_catalog.pg_attribute at
+                        WHERE at.attrelid = c.oid AND at.attacl IS NOT NULL AND NOT at.attisdropped) a
+                 LEFT JOIN pg_catalog.pg_roles ro ON ro.oid = a.grantee
+                 WHERE a.privilege_type = 'SELECT' AND a.grantee <> c.relowner
+                   AND (a.grantee = 0 OR NOT (ro.rolsuper OR ro.rolbypassrls))), '{}')
+  FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+ WHERE c.relkind IN ('r', 'p')
+   AND ((%(all)s AND n.nspname = ANY(%(schemas)s)) OR c.oid = ANY(%(oids)s)
+        OR (pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname)) = ANY(%(names)s))
+   AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend e WHERE e.classid = 'pg_catalog.pg_class'::regclass
+                     AND e.objid = c.oid AND e.deptype = 'e')
+ ORDER BY 2, 3
+"""
+
+
+# Permissive policies of tables with RLS on, the roles they apply to, their expressions.
+POLICIES = """
+SELECT p.oid::int8, n.nspname::text, c.relname::text, p.polname::text, p.polcmd::text,
+       (SELECT array_agg(CASE WHEN r = 0 THEN 'PUBLIC' ELSE r::regrole::text END ORDER BY 1) FROM unnest(p.polroles) r),
+       pg_catalog.pg_get_expr(p.polqual, p.polrelid), pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid)
+  FROM pg_catalog.pg_policy p JOIN pg_catalog.pg_class c ON c.oid = p.polrelid
+  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+ WHERE p.polpermissive AND c.relrowsecurity
+   AND ((%(all)s AND n.nspname = ANY(%(schemas)s)) OR p.oid = ANY(%(oids)s))
+ ORDER BY 2, 3, 4
+"""
+
+
+# SECURITY DEFINER functions without search_path, and who may execute them (PUBLIC, or the API roles that exist).
+FUNCTIONS = """
+SELECT p.oid::int8, n.nspname::text, p.proname::text, pg_catalog.pg_get_function_identity_arguments(p.oid),
+       p.proowner::regrole::text, p.proretset AND n.nspname = ANY(%(exposed)s),
+       EXISTS (SELECT 1 FROM unnest(coalesce(p.proconfig, '{}')) cfg WHERE cfg LIKE 'search\\_path=%%'),
+       EXISTS (SELECT 1 FROM aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a
+               WHERE a.grantee = 0 AND a.privilege_type = 'EXECUTE'),
+       coalesce((SELECT array_agg(ro.rolname::text ORDER BY ro.rolname) FROM pg_catalog.pg_roles ro
+                 WHERE ro.rolname = ANY(%(roles)s) AND pg_catalog.has_function_privilege(ro.oid, p.oid, 'EXECUTE')),
+                '{}')
+  FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+ WHERE p.prosecdef AND p.prokind IN ('f', 'p')
+   AND ((%(all)s AND n.nspname = ANY(%(schemas)s)) OR p.oid = ANY(%(oids)s))
+   AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend e WHERE e.classid = 'pg_catalog.pg_proc'::regclass
+                     AND e.objid = p.oid AND e.deptype = 'e')
+ ORDER BY 2, 3
+"""
+
+
+# Foreign tables (splinter 0017): no row-level security is possible on them; readable by an API role in an
+# exposed schema, they show whatever the remote side gives their user mapping.
+FOREIGN = """
+SELECT c.oid::int8, n.nspname::text, c.relname::text, s.srvname::text,
+       coalesce((SELECT array_agg(ro.rolname::text ORDER BY ro.rolname) FROM pg_catalog.pg_roles ro
+                 WHERE ro.rolname = ANY(%(roles)s) AND pg_catalog.has_any_column_privilege(ro.oid, c.oid, 'SELECT')),
+                '{}')
+  FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+  JOIN pg_catalog.pg_foreign_table f ON f.ftrelid = c.oid JOIN pg_catalog.pg_foreign_server s ON s.oid = f.ftserver
+ WHERE c.relkind = 'f' AND n.nspname = ANY(%(schemas)s)
+   AND (%(all)s OR c.oid = ANY(%(oids)s)
+        OR (pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname)) = ANY(%(names)s))
+   AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend e WHERE e.classid = 'pg_catalog.pg_class'::regclass
+                     AND e.objid = c.oid AND e.deptype = 'e')
+ ORDER BY 2, 3
+"""
+
+
+# The schemas PostgREST serves when it reads them from the database (ALTER ROLE authenticator SET
+# pgrst.db_schemas, or a database setting), as splinter does: they are exposed whatever the plan says.
+LIVE = """
+SELECT cfg FROM pg_catalog.pg_db_role_setting s, unnest(s.setconfig) AS cfg
+ WHERE cfg LIKE 'pgrst.db\\_schemas=%%'
+   AND s.setdatabase IN (0, (SELECT d.oid FROM pg_catalog.pg_database d WHERE d.datname = current_database()))
+UNION ALL
+SELECT 'pgrst.db_schemas=' || pg_catalog.current_setting('pgrst.db_schemas', true)
+ WHERE coalesce(pg_catalog.current_setting('pgrst.db_schemas', true), '') <> ''
+"""
