@@ -12,6 +12,7 @@ persona's role and settings end with a rollback to its savepoint. No pytest here
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -93,6 +94,8 @@ class Seen:
     own: int | None = None
     own_tenants: dict[str, int] | None = None
     note: str = ""
+    escaped: str = ""  # the role reading it as the persona ended with (set_config('role', ...)): a finding
+    policies: tuple[str, ...] = ()  # for a write count: the policies that decided it
 
     def to_json(self) -> dict[str, Any]:
         found: dict[str, Any] = {"rows": self.rows}
@@ -104,7 +107,16 @@ class Seen:
                 found["own_rights_tenants"] = self.own_tenants
         if self.note:
             found["note"] = self.note
+        if self.escaped:
+            found["escaped_to"] = self.escaped
+        if self.policies:
+            found["policies"] = list(self.policies)
         return found
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Seen:
+        return cls(data.get("rows"), data.get("tenants"), data.get("own_rights"), data.get("own_rights_tenants"),
+                   str(data.get("note", "")), str(data.get("escaped_to", "")), tuple(data.get("policies", ())))
 
 
 @dataclass
@@ -115,6 +127,25 @@ class Counted:
     totals: dict[str, Seen]  # the checking role's own view of each table: the rows there are
     checker_rls: set[str]  # tables whose row-level security applies to the checking role itself
     seen: dict[str, dict[str, Seen]] = field(default_factory=dict)  # persona -> relation -> Seen
+    writes: dict[str, dict[str, dict[str, Seen]]] = field(default_factory=dict)  # persona -> table -> command
+    fingerprint: str = ""  # of roles, memberships, grants and policies (visibility): a change means count again
+
+    def to_store(self) -> dict[str, Any]:
+        """Everything, for a baseline file: a later run compares with it (from_store)."""
+        return {"relations": {n: dataclasses.asdict(r) for n, r in self.relations.items()},
+                "totals": {n: s.to_json() for n, s in self.totals.items()}, "checker_rls": sorted(self.checker_rls),
+                "seen": {p: {n: s.to_json() for n, s in rels.items()} for p, rels in self.seen.items()},
+                "writes": {p: {t: {c: s.to_json() for c, s in cmds.items()} for t, cmds in tables.items()}
+                           for p, tables in self.writes.items()},
+                "fingerprint": self.fingerprint}
+
+    @classmethod
+    def from_store(cls, data: Mapping[str, Any]) -> Counted:
+        rels = {n: Relation(**{**r, "under": tuple(r.get("under", ()))}) for n, r in data["relations"].items()}
+        return cls(rels, {n: Seen.from_json(s) for n, s in data["totals"].items()}, set(data["checker_rls"]),
+                   {p: {n: Seen.from_json(s) for n, s in rels.items()} for p, rels in data["seen"].items()},
+                   {p: {t: {c: Seen.from_json(s) for c, s in cmds.items()} for t, cmds in tables.items()}
+                    for p, tables in data.get("writes", {}).items()}, str(data.get("fingerprint", "")))
 
 
 class PersonaError(CheckFailed):
@@ -183,7 +214,10 @@ def relations(conn: psycopg.Connection[Any], schemas: Sequence[str], tenant_colu
 
 def count(conn: psycopg.Connection[Any], personas: Sequence[Persona], claims: Mapping[str, dict[str, Any] | None],
           schemas: Sequence[str], tenant_column: str) -> Counted:
-    """Count every relation as the checking role (tables) and as each persona, in one snapshot."""
+    """Count every relation as the checking role and as each persona, and what each persona may write of each
+    table (persona_writes), in one snapshot."""
+    from pytest_phase4 import persona_writes  # it builds on this module's Seen
+
     rels = relations(conn, schemas, tenant_column)
     tenant = sql.Identifier(tenant_column)
     with catalog.one_snapshot(conn):
@@ -191,39 +225,102 @@ def count(conn: psycopg.Connection[Any], personas: Sequence[Persona], claims: Ma
         active = conn.execute("SELECT c.relname_q FROM unnest(%s::text[]) AS c(relname_q)"
                               " WHERE pg_catalog.row_security_active(c.relname_q::regclass)",
                               ([t.name for t in tables],)).fetchall()
-        found = Counted(rels, {t.name: _count(conn, t, tenant) for t in tables}, {str(r[0]) for r in active})
+        found = Counted(rels, {r.name: _count(conn, r, tenant) for r in rels.values()}, {str(r[0]) for r in active},
+                        fingerprint=fingerprint(conn, schemas))
         for persona in personas:
-            found.seen[persona.name] = _as_persona(conn, persona, claims.get(persona.name), rels, tenant)
+            found.seen[persona.name] = _as_persona(conn, persona, claims.get(persona.name), rels, tenant,
+                                                   tenant_column)
+            found.writes[persona.name] = persona_writes.count(conn, persona, _settings(persona, claims.get(
+                persona.name)), tables, tenant_column)
     return found
 
 
+# What decides what a role sees besides the rows: roles and memberships (a GRANT of a role inside a DO block too),
+# grants on relations and columns, row-level security and policies, function bodies, the API's schemas.
+_FINGERPRINT = """
+SELECT md5(concat_ws('|',
+  (SELECT string_agg(m.roleid::regrole::text || '>' || m.member::regrole::text, ',' ORDER BY 1)
+     FROM pg_catalog.pg_auth_members m),
+  (SELECT string_agg(concat_ws(':', r.rolname, r.rolsuper, r.rolbypassrls, r.rolinherit), ',' ORDER BY 1)
+     FROM pg_catalog.pg_roles r),
+  (SELECT string_agg(concat_ws(':', c.oid, c.relacl, c.relrowsecurity, c.relforcerowsecurity,
+                               (SELECT string_agg(a.attname || '=' || a.attacl::text, ',' ORDER BY a.attnum)
+                                  FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid AND a.attacl IS NOT NULL)),
+                     ',' ORDER BY c.oid)
+     FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+    WHERE n.nspname = ANY(%(schemas)s) AND c.relkind IN ('r', 'p', 'v', 'm', 'f')),
+  (SELECT string_agg(concat_ws(':', p.oid, p.polcmd, p.polpermissive, p.polroles, p.polqual, p.polwithcheck), ','
+                     ORDER BY p.oid) FROM pg_catalog.pg_policy p),
+  (SELECT string_agg(concat_ws(':', p.oid, md5(p.prosrc), p.prosecdef, p.proacl, p.proconfig), ',' ORDER BY p.oid)
+     FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+    WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')),
+  (SELECT string_agg(s.setconfig::text, ',' ORDER BY s.setdatabase, s.setrole) FROM pg_catalog.pg_db_role_setting s)
+))
+"""
+
+
+def fingerprint(conn: psycopg.Connection[Any], schemas: Sequence[str]) -> str:
+    row = conn.execute(_FINGERPRINT.encode(), {"schemas": list(schemas)}).fetchone()
+    return str(row[0]) if row else ""
+
+
+def _settings(persona: Persona, claims: dict[str, Any] | None) -> dict[str, str]:
+    settings = dict(persona.settings)
+    if claims is not None:
+        settings[persona.claims_setting] = json.dumps(claims, sort_keys=True)
+    return settings
+
+
+_ALLOWED = """
+SELECT c.name, pg_catalog.has_schema_privilege(%(role)s, c.schema, 'USAGE'),
+       pg_catalog.has_table_privilege(%(role)s, c.name::regclass, 'SELECT'),
+       pg_catalog.has_any_column_privilege(%(role)s, c.name::regclass, 'SELECT'),
+       CASE WHEN c.tenant THEN pg_catalog.has_column_privilege(%(role)s, c.name::regclass, %(column)s, 'SELECT') END
+  FROM unnest(%(names)s::text[], %(schemas)s::text[], %(tenant)s::bool[]) AS c(name, schema, tenant)
+"""
+
+
 def _as_persona(conn: psycopg.Connection[Any], persona: Persona, claims: dict[str, Any] | None,
-                rels: Mapping[str, Relation], tenant: sql.Identifier) -> dict[str, Seen]:
-    allowed = dict(conn.execute(
-        "SELECT c.name, pg_catalog.has_schema_privilege(%s, c.schema, 'USAGE')"
-        " AND pg_catalog.has_table_privilege(%s, c.name::regclass, 'SELECT')"
-        " FROM unnest(%s::text[], %s::text[]) AS c(name, schema)",
-        (persona.role, persona.role, list(rels), [r.schema for r in rels.values()])).fetchall())
+                rels: Mapping[str, Relation], tenant: sql.Identifier, tenant_column: str) -> dict[str, Seen]:
+    rows = conn.execute(_ALLOWED, {"role": persona.role, "column": tenant_column, "names": list(rels),
+                                   "schemas": [r.schema for r in rels.values()],
+                                   "tenant": [r.tenant for r in rels.values()]}).fetchall()
+    allowed = {str(r[0]): (bool(r[1]) and bool(r[3]), bool(r[2]), bool(r[4])) for r in rows}
     seen: dict[str, Seen] = {}
     with conn.transaction():  # a savepoint: its rollback ends the role and the settings
         conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(persona.role)))
-        settings = dict(persona.settings)
-        if claims is not None:
-            settings[persona.claims_setting] = json.dumps(claims, sort_keys=True)
-        for name, value in settings.items():
+        for name, value in _settings(persona, claims).items():
             conn.execute("SELECT pg_catalog.set_config(%s, %s, true)", (name, value))
         for rel in rels.values():
-            if not allowed.get(rel.name):
+            may, whole, by_tenant = allowed.get(rel.name, (False, False, False))
+            if not may:
                 seen[rel.name] = Seen(note="no SELECT privilege")
                 continue
-            seen[rel.name] = _count(conn, rel, tenant)
-            counted = seen[rel.name]
+            # Column privileges only: count(*) needs SELECT on any column; by tenant, on the tenant column.
+            shown = rel if whole or by_tenant else dataclasses.replace(rel, tenant=False)
+            seen[rel.name] = counted = _count(conn, shown, tenant, persona.role)
+            if not whole:
+                counted.note = "column privileges only" + (f"; {counted.note}" if counted.note else "")
             if rel.invoker and counted.rows is not None:  # it reads with the persona's rights: its own count
                 counted.own, counted.own_tenants = counted.rows, counted.tenants
-            elif rel.definition is not None and counted.rows is not None:
-                _own(conn, rel, tenant, counted)
+            elif rel.definition is not None and counted.rows is not None and whole:
+                _own(conn, rel, tenant, counted, persona.role)
+            _still(conn, persona.role)
         raise psycopg.Rollback()
     return seen
+
+
+class RoleEscaped(Exception):
+    """A read as a persona ended as another role (its SQL set the role back, e.g. set_config('role', ...))."""
+
+
+def _still(conn: psycopg.Connection[Any], role: str) -> None:
+    """The persona's role is still the current one: each read's savepoint is rolled back, so a role the SQL set
+    ends with it; were it otherwise every later count would be the checking role's, so stop."""
+    now = conn.execute("SELECT current_user::text").fetchone()
+    if now is None or now[0] != role:
+        raise PersonaError(f"every count as persona role {role} to run as {role}", f"current_user {now}",
+                           "the personas check", hint="report this: the role a read set was not undone")
 
 
 def _select(rel: Relation, tenant: sql.Identifier, source: sql.Composable) -> sql.Composed:
@@ -232,30 +329,40 @@ def _select(rel: Relation, tenant: sql.Identifier, source: sql.Composable) -> sq
     return sql.SQL("SELECT NULL::text, count(*) FROM {}").format(source)
 
 
-def _rows(conn: psycopg.Connection[Any], rel: Relation, query: sql.Composed) -> tuple[int, dict[str, int] | None]:
-    with conn.transaction():  # a savepoint: an error here leaves the snapshot to the next count
+def _rows(conn: psycopg.Connection[Any], rel: Relation, query: sql.Composed,
+          role: str | None = None) -> tuple[int, dict[str, int] | None, str]:
+    """The query's rows, in a savepoint always rolled back: whatever the SQL set (a role, a setting) ends with
+    it. With role: also the role the read ended as, when it is not that one (the SQL set it back)."""
+    escaped = ""
+    with conn.transaction():
         rows = conn.execute(query).fetchall()
+        if role is not None:
+            now = conn.execute("SELECT current_user::text").fetchone()
+            escaped = str(now[0]) if now is not None and now[0] != role else ""
+        raise psycopg.Rollback()
     tenants = {("NULL" if t is None else str(t)): int(n) for t, n in rows} if rel.tenant else None
-    return sum(int(n) for _, n in rows), tenants
+    return sum(int(n) for _, n in rows), tenants, escaped
 
 
-def _count(conn: psycopg.Connection[Any], rel: Relation, tenant: sql.Identifier) -> Seen:
+def _count(conn: psycopg.Connection[Any], rel: Relation, tenant: sql.Identifier, role: str | None = None) -> Seen:
     try:
-        rows, tenants = _rows(conn, rel, _select(rel, tenant, sql.Identifier(rel.schema, rel.relname)))
+        rows, tenants, escaped = _rows(conn, rel, _select(rel, tenant, sql.Identifier(rel.schema, rel.relname)),
+                                       role)
     except psycopg.errors.InsufficientPrivilege as exc:  # e.g. a security_invoker view over a table it may not read
         return Seen(0, {} if rel.tenant else None, note=exc.diag.message_primary or "permission denied")
     except psycopg.Error as exc:
         return Seen(note=checks.sql_error(exc))
-    return Seen(rows, tenants)
+    return Seen(rows, tenants, escaped=escaped)
 
 
-def _own(conn: psycopg.Connection[Any], rel: Relation, tenant: sql.Identifier, seen: Seen) -> None:
+def _own(conn: psycopg.Connection[Any], rel: Relation, tenant: sql.Identifier, seen: Seen, role: str) -> None:
     """The view's definition read as the persona itself: what the view shows it with security_invoker. Not
     allowed to read a table under it: it sees none of its rows."""
     assert rel.definition is not None
     source = sql.SQL("({}) AS v").format(sql.SQL(rel.definition))  # the catalog's own SQL, deparsed
     try:
-        seen.own, seen.own_tenants = _rows(conn, rel, _select(rel, tenant, source))
+        seen.own, seen.own_tenants, escaped = _rows(conn, rel, _select(rel, tenant, source), role)
+        seen.escaped = seen.escaped or escaped
     except psycopg.errors.InsufficientPrivilege as exc:
         seen.own, seen.own_tenants = 0, {} if rel.tenant else None
         seen.note = f"with its own rights: {exc.diag.message_primary or 'permission denied'}"

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from pytest_phase4 import backup, catalog, catdiff, checks, inventory, ledger, snapshot
+from pytest_phase4 import backup, catalog, catdiff, checks, inventory, ledger, personas, snapshot
 from pytest_phase4.checks import CheckSkipped
 from pytest_phase4.errors import CheckFailed
 from pytest_phase4.kinds import Column
@@ -74,6 +74,7 @@ def capture(run: Phase4Run) -> snapshot.Snapshot:
     snap.source, snap.markers = run.identity(), sorted(ledger.backup_markers(run.ro))
     snap.applied = sorted(set(ledger.read(run.ro)) | {f for f, s in run.states.items() if s.applied})
     snap.plan = {"name": run.plan.name, "path": str(run.plan.path), "sha256": run.plan.sha256}
+    snap.personas = personas.for_baseline(run, snap.applied)  # a re-run compares with what they saw then
     return snap
 
 

@@ -149,6 +149,7 @@ class Snapshot:
     taken_at: str = ""  # ISO 8601, UTC
     markers: list[str] = field(default_factory=list)
     plan: dict[str, str] = field(default_factory=dict)  # name, path, sha256
+    personas: dict[str, Any] = field(default_factory=dict)  # what the plan's personas saw then (personas.py)
 
     def to_json(self) -> str:
         def sums(found: Mapping[str, Checksum]) -> dict[str, Any]:
@@ -159,7 +160,7 @@ class Snapshot:
             "source": self.source, "checksums": sums(self.checksums), "backup_id": self.backup_id,
             "tables": {ns: sums(t) for ns, t in self.tables.items()}, "objects": self.objects,
             "settings": self.settings, "formula": self.formula, "taken_at": self.taken_at, "markers": self.markers,
-            "plan": self.plan,
+            "plan": self.plan, "personas": self.personas,
         }, indent=1, sort_keys=True)
 
     @classmethod
@@ -169,12 +170,14 @@ class Snapshot:
         def sums(found: Mapping[str, Any]) -> dict[str, Checksum]:
             return {t: Checksum(tuple(c["columns"]), int(c["rows"]), str(c["sum"])) for t, c in found.items()}
 
-        return cls(str(data["schema"]), {k: int(v) for k, v in data["counts"].items()}, sums(data["checksums"]),
+        snap = cls(str(data["schema"]), {k: int(v) for k, v in data["counts"].items()}, sums(data["checksums"]),
                    dict(data["fingerprint"]), [str(f) for f in data.get("applied", [])],
                    {str(k): str(v) for k, v in data.get("source", {}).items()}, str(data.get("backup_id", "")),
                    {ns: sums(t) for ns, t in data.get("tables", {}).items()}, list(data.get("objects", [])),
                    dict(data.get("settings", {})), dict(data.get("formula", {})), str(data.get("taken_at", "")),
                    [str(m) for m in data.get("markers", [])], {str(k): str(v) for k, v in data.get("plan", {}).items()})
+        snap.personas = dict(data.get("personas") or {})
+        return snap
 
     def comparable(self) -> str | None:
         """Why checksums computed now cannot be compared with this snapshot's, or None when they can."""

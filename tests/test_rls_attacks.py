@@ -386,7 +386,8 @@ def test_a_persona_whose_user_query_gives_no_user_is_refused(project: Callable[.
     start, end = text.index('[[persona]]\nname = "tenant_a"'), text.index('[[persona]]\nname = "anon"')
     plan.write_text(text[:start] + NOBODY + text[end:])
     result = p.run("-v", seed=True)
-    assert seen(p, "SELECT count(DISTINCT tenant_id) FROM public.tickets") == 3  # a real user of tenant A
+    # the run halts in preflight: the migration that would let every signed-in user read every tenant never applies
+    assert seen(p, "SELECT count(DISTINCT tenant_id) FROM public.tickets") == 1
     evidence = json.loads(sorted((p.path / "reports").glob("phase4-*[0-9].json"))[-1].read_text())["personas"]
     assert evidence["personas"][0]["claims"] == {"role": "authenticated", "sub": None, "tenant_id": None}
     assert {m["seen"]["tenant_a"]["public.tickets"]["rows"] for m in evidence["moments"]} == {0}  # before, after
