@@ -31,7 +31,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import pglast
 import psycopg
+from pglast import ast
+from pglast.visitors import Skip, Visitor
 from psycopg import sql
 
 from pytest_phase4 import changes, ledger
@@ -198,20 +201,55 @@ def always_true(expr: str | None) -> bool:
     return expr is not None and re.sub(r"[\s()]", "", expr.lower()) in _TRUE
 
 
+def off_the_row(expr: str | None) -> bool:
+    """Whether a policy expression does not depend on the row: no column of it is read (`auth.uid() IS NOT NULL`),
+    or only as a column compared with itself (`tenant_id = tenant_id`). True for every row for whoever it is true
+    for at all: on a tenant's table, every signed-in user writes every tenant's rows."""
+    if expr is None:
+        return False
+    try:
+        tree = pglast.parse_sql(f"SELECT {expr}")
+    except pglast.parser.ParseError:
+        return False
+    found = _Columns()
+    found(tree)
+    return not found.used
+
+
+class _Columns(Visitor):
+    """The columns an expression reads, but for a column compared with itself."""
+
+    def __init__(self) -> None:
+        self.used = False
+
+    def visit_A_Expr(self, ancestors: Any, node: ast.A_Expr) -> Any:
+        op = [getattr(n, "sval", None) for n in node.name or ()]
+        if op == ["="] and isinstance(node.lexpr, ast.ColumnRef) and node.lexpr == node.rexpr:
+            return Skip
+        return None
+
+    def visit_ColumnRef(self, ancestors: Any, node: ast.ColumnRef) -> None:
+        self.used = True
+
+
 def policies(conn: psycopg.Connection[Any], scope: Scope, schemas: Sequence[str],
-             api_roles: Sequence[str]) -> list[Finding]:
-    rows = conn.execute(q.POLICIES, {"schemas": list(schemas), "all": scope.everything,
+             api_roles: Sequence[str], tenant_column: str = "tenant_id") -> list[Finding]:
+    rows = conn.execute(q.POLICIES, {"schemas": list(schemas), "all": scope.everything, "tenant": tenant_column,
                                     "oids": sorted(scope.policies)}).fetchall()
     found = []
-    for oid, nsp, table, name, cmd, roles, using, check in rows:
+    for oid, nsp, table, name, cmd, roles, using, check, tenant in rows:
         api = [r for r in roles or () if r == "PUBLIC" or r in api_roles]
         if cmd == "r" or not api:
             continue  # SELECT USING (true) is how public reading is granted on purpose (splinter excludes it too)
         loose = []
         if cmd in "wd*" and always_true(using):
             loose.append(f"USING ({using})")
+        elif cmd in "wd*" and tenant and off_the_row(using):
+            loose.append(f"USING ({using}), which reads nothing of the row")
         if cmd in "aw*" and always_true(check):
             loose.append(f"WITH CHECK ({check})")
+        elif cmd in "aw*" and tenant and off_the_row(check):
+            loose.append(f"WITH CHECK ({check}), which reads nothing of the row")
         if cmd in "w*" and check is None and always_true(using):
             loose.append("no WITH CHECK (so USING's true applies to the new rows too)")
         if not loose:
@@ -290,7 +328,8 @@ def exposed_schemas(conn: psycopg.Connection[Any], rls: RlsSettings) -> list[str
 def findings(conn: psycopg.Connection[Any], scope: Scope, rls: RlsSettings) -> list[Finding]:
     schemas = exposed_schemas(conn, rls)
     return [*views(conn, scope, schemas), *tables(conn, scope, schemas),
-            *policies(conn, scope, schemas, rls.api_roles), *functions(conn, scope, schemas, rls.api_roles),
+            *policies(conn, scope, schemas, rls.api_roles, rls.tenant_column),
+            *functions(conn, scope, schemas, rls.api_roles),
             *foreign_tables(conn, scope, schemas, rls.api_roles)]
 
 

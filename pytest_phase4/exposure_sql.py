@@ -84,7 +84,9 @@ SELECT c.oid::int8, n.nspname::text, c.relname::text, c.relrowsecurity, n.nspnam
 POLICIES = """
 SELECT p.oid::int8, n.nspname::text, c.relname::text, p.polname::text, p.polcmd::text,
        (SELECT array_agg(CASE WHEN r = 0 THEN 'PUBLIC' ELSE r::regrole::text END ORDER BY 1) FROM unnest(p.polroles) r),
-       pg_catalog.pg_get_expr(p.polqual, p.polrelid), pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid)
+       pg_catalog.pg_get_expr(p.polqual, p.polrelid), pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid),
+       EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid AND a.attname = %(tenant)s
+                 AND a.attnum > 0 AND NOT a.attisdropped)
   FROM pg_catalog.pg_policy p JOIN pg_catalog.pg_class c ON c.oid = p.polrelid
   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
  WHERE p.polpermissive AND c.relrowsecurity

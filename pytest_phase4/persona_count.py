@@ -32,6 +32,9 @@ WITH RECURSIVE rel AS (
   SELECT c.oid, n.nspname, c.relname, c.relkind, c.relrowsecurity, c.relowner, c.reloptions
     FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
    WHERE c.relkind IN ('r', 'p', 'v', 'm') AND n.nspname = ANY(%(schemas)s) AND NOT c.relispartition
+     -- an extension's own relations (pg_stat_statements: not even MVCC) are not the application's rows
+     AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend e WHERE e.classid = 'pg_catalog.pg_class'::regclass
+                       AND e.objid = c.oid AND e.deptype = 'e')
 ), under(view, rel) AS (
   SELECT v.oid, d.refobjid FROM rel v JOIN pg_catalog.pg_rewrite r ON r.ev_class = v.oid
     JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.objid = r.oid

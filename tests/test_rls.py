@@ -387,3 +387,11 @@ def test_a_relation_a_persona_cannot_be_counted_in_proves_nothing_and_says_why(d
     assert personas.uncounted(counted, {"public.guarded"}, ["anon"]) == [
         "persona anon: public.guarded could not be counted (SQL error: not for anon [SQLSTATE P0001])"]
     assert personas.uncounted(counted, set(), ["anon"]) == []  # a view the plan did not make: not its business
+
+
+@pytest.mark.parametrize(("expr", "off"), [
+    ("(auth.uid() IS NOT NULL)", True), ("(tenant_id = tenant_id)", True), ("true", True),
+    ("(tenant_id = auth.tenant_id())", False), ("(author_id = auth.uid())", False),
+    ("(EXISTS (SELECT 1 FROM m WHERE m.user_id = auth.uid()))", False), (None, False)])
+def test_a_write_policy_that_reads_nothing_of_the_row_is_told_apart(expr: str | None, off: bool) -> None:
+    assert exposure.off_the_row(expr) is off
