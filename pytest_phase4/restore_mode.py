@@ -73,7 +73,8 @@ def loss(run: Phase4Run, state: RollbackState) -> list[str]:
             cols = _columns(ro, ns, table)
             if cols is None:
                 continue  # gone now: the restore brings it back
-            if set(was.columns) <= set(cols) and snapshot.checksum(ro, ns, table, was.columns, pin=saved.schema) == was:
+            if set(was.columns) <= set(cols) and \
+                    snapshot.checksum(ro, ns, table, was.columns, pin=saved.schema, like=was) == was:
                 continue
             changed.append((ns, table, cols))
     if changed:
@@ -216,7 +217,7 @@ def prove(run: Phase4Run, state: RollbackState, what: str) -> str:
         for ns, tables in sorted(saved.tables.items()):
             for table, was in sorted(tables.items()):
                 total += 1
-                now = snapshot.checksum(conn, ns, table, was.columns, pin=saved.schema)
+                now = snapshot.checksum(conn, ns, table, was.columns, pin=saved.schema, like=was)
                 if what == "row_counts" and now.rows != was.rows:
                     wrong.append(f"rows of {ns}.{table}: expected {was.rows:,}, found {now.rows:,}")
                 elif what == "checksums" and now.sum != was.sum:

@@ -177,11 +177,12 @@ class Reverter:
             " ORDER BY attnum", (table,)).fetchall()]
         return [c for c in cols if c not in leaving and c not in changing]
 
-    def _kept_checksum(self, table: str, columns: tuple[str, ...] | None = None) -> snapshot.Checksum:
+    def _kept_checksum(self, table: str, like: snapshot.Checksum | None = None) -> snapshot.Checksum:
         ns, name = self.conn.execute("SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON"
                                      " n.oid = c.relnamespace WHERE c.oid = %s::regclass", (table,)).fetchone() \
             or ("", "")
-        return snapshot.checksum(self.conn, str(ns), str(name), columns or self._kept_columns(table), pin=self.schema)
+        columns = like.columns if like is not None else self._kept_columns(table)
+        return snapshot.checksum(self.conn, str(ns), str(name), columns, pin=self.schema, like=like)
 
     def drop_created(self) -> list[str]:
         """Drop in rounds, each statement without CASCADE in a savepoint: what another object still depends on
@@ -372,7 +373,7 @@ class Reverter:
         add or change: triggers did not fire, nothing else was written."""
         out = []
         for table, before in self.kept_before.items():
-            after = self._kept_checksum(table, before.columns)
+            after = self._kept_checksum(table, before)
             out.append((table, after == before, f"{after.rows:,} rows, checksum {after.sum} of {len(after.columns)} "
                                                 f"column(s)"))
         return out

@@ -267,7 +267,7 @@ def checksum_unchanged(run: Phase4Run, spec: CheckSpec) -> str:
         found = "none: the table did not exist then" if table not in before.counts else \
             "none: the plan had no checksum_unchanged check of it when the baseline was taken"
         raise CheckFailed(f"a checksum of {where} recorded before the first migration", found, where)
-    now = snapshot.checksum(run.ro, run.plan.schema, table, recorded.columns)
+    now = snapshot.checksum(run.ro, run.plan.schema, table, recorded.columns, like=recorded)
     if now != recorded:
         rows = f"{now.rows:,} rows ({now.rows - recorded.rows:+,})" if now.rows != recorded.rows else \
             f"{now.rows:,} rows, same count"

@@ -2,11 +2,10 @@
 diff between two of them. No pytest here; every identifier is composed with psycopg.sql.
 
 The content checksum is computed in the database, order independent, as the sum of 64-bit hashes of each row's
-kept columns: `SELECT count(*), coalesce(sum(hashtextextended(ROW(c1, c2, ...)::text, 0)), 0) FROM t`; the sum
-is numeric, so it cannot overflow. Keep this exact formula: it is what the benchmarks measure. A row's text
-depends on session settings (time zone, date and interval styles, float digits, bytea output, search_path), so
-every checksum and fingerprint is computed with the settings of PINNED, recorded in snapshot.json with the
-formula's version: a snapshot is only compared with one computed the same way.
+kept columns, with the formula of checksums.py (its version travels in snapshot.json, and a snapshot is verified
+with the formula it was taken with). A row's text depends on session settings (time zone, date and interval
+styles, float digits, bytea output, search_path), so every checksum and fingerprint is computed with the
+settings of PINNED, recorded in snapshot.json: a snapshot is only compared with one computed the same way.
 """
 
 from __future__ import annotations
@@ -18,15 +17,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
-from psycopg import sql
 
-from pytest_phase4 import catalog, normalize
+from pytest_phase4 import catalog, checksums, normalize
 from pytest_phase4.ledger import SCHEMA as OWN_SCHEMA
 from pytest_phase4.pool import Pool, pages, run_all
 
-# The checksum formula: its version travels in snapshot.json, so a snapshot is never compared with a checksum
-# computed another way (a later version may hash records with hash_record_extended).
-FORMULA = {"version": 1, "row": "hashtextextended(ROW(<columns>)::text, 0)", "table": "count(*), sum(<row>)"}
+# The checksum formula new snapshots are computed with; snapshot.json records it (checksums.FORMULAS has each).
+FORMULA = checksums.FORMULAS[checksums.CURRENT]
 # Session settings every checksum and fingerprint is computed under (search_path: the plan's schema).
 PINNED = {"TimeZone": "UTC", "DateStyle": "ISO, YMD", "IntervalStyle": "postgres", "extra_float_digits": "1",
           "bytea_output": "hex"}
@@ -52,21 +49,38 @@ class Checksum:
     columns: tuple[str, ...]
     rows: int
     sum: str  # numeric, kept as text so JSON round-trips it exactly
+    formula: int = checksums.CURRENT  # the version of checksums.FORMULAS it was computed with
+    text: tuple[str, ...] = ()  # formula 2: the columns hashed as their text (their type has no hash function)
 
     def describe(self) -> str:
         return f"{self.rows:,} rows, checksum {self.sum} of ({', '.join(self.columns)})"
 
 
 def checksum(conn: psycopg.Connection[Any], schema: str, table: str, columns: Sequence[str],
-             pin: str | None = None) -> Checksum:
-    """The table's checksum of the columns, under PINNED with search_path = pin (default: the table's schema)."""
-    row_expr = sql.SQL("ROW({})").format(sql.SQL(", ").join(sql.Identifier(c) for c in columns))
-    query = sql.SQL("SELECT count(*), coalesce(sum(hashtextextended({}::text, 0)), 0) FROM {}").format(
-        row_expr, sql.Identifier(schema, table))
-    with pinned(conn, pin or schema):
-        row = conn.execute(query).fetchone()
+             pin: str | None = None, like: Checksum | None = None,
+             hashing: checksums.Hashing | None = None) -> Checksum:
+    """The table's checksum of the columns, under PINNED with search_path = pin (default: the table's schema):
+    with the current formula (hashing: how, when the caller classified the columns already), or as `like` was
+    computed (its formula, and the columns it hashed as text), to be compared with it."""
+    version = like.formula if like is not None else checksums.CURRENT
+    if version == 2 and (hashing is None or like is not None):
+        found = checksums.classify(conn, [(schema, table, columns)])[schema, table]
+        hashing = found if like is None else checksums.Hashing(like.text, found.collated)
+    hashing = hashing or checksums.Hashing()
+    try:
+        with pinned(conn, pin or schema):
+            row = conn.execute(checksums.query(schema, table, checksums.row_hash(version, columns, hashing))).fetchone()
+    except psycopg.errors.UndefinedFunction:
+        if like is None or version != 2:
+            raise
+        # A column hashed by its type's function when `like` was taken has another type now, which has none: it is
+        # hashed as text, which cannot give like's sum, so the comparison reports the change.
+        found = checksums.classify(conn, [(schema, table, columns)])[schema, table]
+        hashing = checksums.Hashing(tuple(dict.fromkeys([*like.text, *found.text])), found.collated)
+        with pinned(conn, pin or schema):
+            row = conn.execute(checksums.query(schema, table, checksums.row_hash(version, columns, hashing))).fetchone()
     assert row is not None
-    return Checksum(tuple(columns), int(row[0]), str(row[1]))
+    return Checksum(tuple(columns), int(row[0]), str(row[1]), version, hashing.text)
 
 
 # One query per object kind; each row is (key, definition). Only the plan's schema, never the plugin's own.
@@ -153,7 +167,7 @@ class Snapshot:
 
     def to_json(self) -> str:
         def sums(found: Mapping[str, Checksum]) -> dict[str, Any]:
-            return {t: {"columns": list(c.columns), "rows": c.rows, "sum": c.sum} for t, c in found.items()}
+            return {t: checksum_json(c) for t, c in found.items()}
 
         return json.dumps({
             "schema": self.schema, "counts": self.counts, "fingerprint": self.fingerprint, "applied": self.applied,
@@ -166,9 +180,10 @@ class Snapshot:
     @classmethod
     def from_json(cls, text: str) -> Snapshot:
         data = json.loads(text)
+        version = int(data.get("formula", {}).get("version", 1))
 
         def sums(found: Mapping[str, Any]) -> dict[str, Checksum]:
-            return {t: Checksum(tuple(c["columns"]), int(c["rows"]), str(c["sum"])) for t, c in found.items()}
+            return {t: checksum_from_json(c, version) for t, c in found.items()}
 
         snap = cls(str(data["schema"]), {k: int(v) for k, v in data["counts"].items()}, sums(data["checksums"]),
                    dict(data["fingerprint"]), [str(f) for f in data.get("applied", [])],
@@ -180,12 +195,23 @@ class Snapshot:
         return snap
 
     def comparable(self) -> str | None:
-        """Why checksums computed now cannot be compared with this snapshot's, or None when they can."""
-        if self.formula.get("version") != FORMULA["version"] or self.settings != pinned_settings(self.schema):
+        """Why checksums computed now cannot be compared with this snapshot's, or None when they can: they are
+        computed with the snapshot's own formula, which must be one this version knows, under the same settings."""
+        if self.formula.get("version") not in checksums.FORMULAS or self.settings != pinned_settings(self.schema):
             return (f"the snapshot's checksums were computed with formula {self.formula or 'unknown'} under "
-                    f"settings {self.settings or 'unknown'}; this version computes formula {FORMULA} under "
-                    f"{pinned_settings(self.schema)}")
+                    f"settings {self.settings or 'unknown'}; this version computes formulas "
+                    f"{', '.join(map(str, checksums.FORMULAS))} under {pinned_settings(self.schema)}")
         return None
+
+
+def checksum_json(c: Checksum) -> dict[str, Any]:
+    """A checksum as snapshot.json keeps it (its formula is the snapshot's: Snapshot.formula)."""
+    return {"columns": list(c.columns), "rows": c.rows, "sum": c.sum, **({"text": list(c.text)} if c.text else {})}
+
+
+def checksum_from_json(data: Mapping[str, Any], version: int) -> Checksum:
+    return Checksum(tuple(data["columns"]), int(data["rows"]), str(data["sum"]), version,
+                    tuple(data.get("text", ())))
 
 
 def take_all(conn: psycopg.Connection[Any], schema: str, pool: Pool | None = None) -> Snapshot:
@@ -201,7 +227,8 @@ def take_all(conn: psycopg.Connection[Any], schema: str, pool: Pool | None = Non
         " AND n.nspname NOT LIKE 'pg\\_temp\\_%%' AND n.nspname NOT LIKE 'pg\\_toast\\_temp\\_%%'"
         " ORDER BY 1, 2", (OWN_SCHEMA,)).fetchall()
     cols = {(ns, t): catalog.columns(conn, ns, t) for ns, t, _ in rows}
-    jobs = [_pinned_checksum_job(ns, t, cols[ns, t], schema) for ns, t, _ in rows]
+    how = checksums.classify(conn, [(ns, t, cols[ns, t]) for ns, t, _ in rows])
+    jobs = [_checksum_job(ns, t, cols[ns, t], how[ns, t], schema) for ns, t, _ in rows]
     found = run_all(conn, pool, jobs, [float(p) for _, _, p in rows])
     tables: dict[str, dict[str, Checksum]] = {}
     for (ns, t, _), c in zip(rows, found, strict=True):
@@ -212,10 +239,10 @@ def take_all(conn: psycopg.Connection[Any], schema: str, pool: Pool | None = Non
                     settings=pinned_settings(schema), formula=dict(FORMULA))
 
 
-def _pinned_checksum_job(ns: str, table: str, columns: Sequence[str],
-                         schema: str) -> Callable[[psycopg.Connection[Any]], Checksum]:
+def _checksum_job(ns: str, table: str, columns: Sequence[str], hashing: checksums.Hashing,
+                  pin: str | None = None) -> Callable[[psycopg.Connection[Any]], Checksum]:
     def job(conn: psycopg.Connection[Any]) -> Checksum:
-        return checksum(conn, ns, table, columns, pin=schema)
+        return checksum(conn, ns, table, columns, pin=pin, hashing=hashing)
 
     return job
 
@@ -266,24 +293,24 @@ def take(conn: psycopg.Connection[Any], schema: str, kept: Mapping[str, Sequence
     sums: dict[str, Checksum] = {}
     if kept is None:
         cols = {t: catalog.columns(conn, schema, t) for t in tables}
-        found = run_all(conn, pool, [_checksum_job(schema, t, cols[t]) for t in tables], pages(conn, schema, tables))
+        how = checksums.classify(conn, [(schema, t, cols[t]) for t in tables])
+        found = run_all(conn, pool, [_checksum_job(schema, t, cols[t], how[schema, t]) for t in tables],
+                        pages(conn, schema, tables))
         sums = dict(zip(tables, found, strict=True))
         counts = {t: s.rows for t, s in sums.items()}
     else:
         summed = [t for t, cols in kept.items() if t in tables and cols]
         counted = [] if counts is not None else tables
         jobs: list[Callable[[psycopg.Connection[Any]], int | Checksum]] = [_count_job(schema, t) for t in counted]
-        jobs += [_checksum_job(schema, t, kept[t]) for t in summed]
+        how = checksums.classify(conn, [(schema, t, kept[t]) for t in summed])
+        jobs += [_checksum_job(schema, t, kept[t], how[schema, t]) for t in summed]
         sizes = pages(conn, schema, [*counted, *summed])
         found_all = run_all(conn, pool, jobs, sizes)  # the counts, then the checksums
         if counts is None:
             counts = {t: n for t, n in zip(tables, found_all, strict=False) if isinstance(n, int)}
         sums = {t: c for t, c in zip(summed, found_all[len(counted):], strict=True) if isinstance(c, Checksum)}
-    return Snapshot(schema, dict(counts), sums, fingerprint(conn, schema))
-
-
-def _checksum_job(schema: str, table: str, columns: Sequence[str]) -> Callable[[psycopg.Connection[Any]], Checksum]:
-    return lambda conn: checksum(conn, schema, table, columns)
+    return Snapshot(schema, dict(counts), sums, fingerprint(conn, schema), settings=pinned_settings(schema),
+                    formula=dict(FORMULA))
 
 
 def _count_job(schema: str, table: str) -> Callable[[psycopg.Connection[Any]], int]:

@@ -515,7 +515,7 @@ def test_backups_are_one_moment_checked_by_a_restore_even_with_a_varchar_check_a
     assert p.query("SELECT count(*) FROM sales") == [(117,)]
     saved = snapshot.Snapshot.from_json(next(p.path.glob("_backups/*/*/snapshot.json")).read_text())
     assert saved.counts["sales"] == 100
-    assert saved.formula["version"] == 1
+    assert saved.formula["version"] == 2
     assert saved.settings == {**snapshot.PINNED, "search_path": "public"}
 
 
