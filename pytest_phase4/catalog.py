@@ -123,7 +123,7 @@ SELECT c.relname::text, c.relkind::text, c.relrowsecurity,
        coalesce((SELECT array_agg(a.attname::text) FROM pg_catalog.pg_attribute a
                  WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attnotnull
                    AND NOT (c.relkind = 'r' AND c.relhassubclass)), '{}'),
-       c.relpages,
+       c.relpages, c.reltuples,
        -- each policy's command and the roles it names, in policy name order (0 in polroles: PUBLIC)
        coalesce((SELECT json_agg(json_build_array(p.polcmd::text, (SELECT coalesce(json_agg(
                         CASE WHEN r = 0 THEN 'public' ELSE pg_catalog.pg_get_userbyid(r)::text END ORDER BY 1), '[]')
@@ -149,13 +149,15 @@ class RelationFacts:
     not_null: frozenset[str]  # NOT NULL columns (of a table with no inheritance child): none to count
     pages: int  # size as last estimated by VACUUM/ANALYZE: only to schedule the read-ahead
     policy_rules: tuple[tuple[str, tuple[str, ...]], ...] = ()  # per policy: command ("select", "all"), roles
+    rows: float = 0.0  # estimated rows (VACUUM/ANALYZE; -1 or 0 when never analyzed): only to plan the reads
 
 
 def relation_facts(conn: psycopg.Connection[Any], schema: str) -> dict[str, RelationFacts]:
     """Everything the checks ask about the schema's relations, from one catalog query, by name."""
     return {r[0]: RelationFacts(r[1], bool(r[2]), tuple(r[3]), tuple(r[4]), tuple(r[5]), tuple(r[6]),
                                 frozenset(r[7]), frozenset(r[8]), frozenset(r[9]), int(r[10]),
-                                tuple((POLICY_COMMANDS.get(cmd, cmd), tuple(roles)) for cmd, roles in r[11]))
+                                tuple((POLICY_COMMANDS.get(cmd, cmd), tuple(roles)) for cmd, roles in r[12]),
+                                max(float(r[11]), 0.0))
             for r in conn.execute(_RELATION_FACTS, (schema,)).fetchall()}
 
 
@@ -363,13 +365,16 @@ def count_where(conn: psycopg.Connection[Any], schema: str, table: str, conditio
     return count(conn, count_query(schema, table, condition))
 
 
-def count_filtered(conn: psycopg.Connection[Any], schema: str, table: str,
-                   conditions: Sequence[sql.Composed]) -> list[int]:
-    """count(*) of the table, then the rows meeting each condition, from one scan."""
+def filtered_query(schema: str, table: str, conditions: Sequence[sql.Composable]) -> sql.Composed:
     counts = [sql.SQL("count(*)")] + [sql.SQL("count(*) FILTER (WHERE {})").format(c) for c in conditions]
-    row = conn.execute(sql.SQL("SELECT {} FROM {}").format(sql.SQL(", ").join(counts),
-                                                          sql.Identifier(schema, table))).fetchone()
-    return [int(v) for v in row] if row else [0] * len(counts)
+    return sql.SQL("SELECT {} FROM {}").format(sql.SQL(", ").join(counts), sql.Identifier(schema, table))
+
+
+def count_filtered(conn: psycopg.Connection[Any], schema: str, table: str,
+                   conditions: Sequence[sql.Composable]) -> list[int]:
+    """count(*) of the table, then the rows meeting each condition, from one scan."""
+    row = conn.execute(filtered_query(schema, table, conditions)).fetchone()
+    return [int(v) for v in row] if row else [0] * (len(conditions) + 1)
 
 
 def count_orphans(conn: psycopg.Connection[Any], schema: str, child: str, col: str, parent: str, pcol: str,

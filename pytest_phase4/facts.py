@@ -28,7 +28,8 @@ from pytest_phase4.errors import CheckFailed
 from pytest_phase4.kinds import Column, Relation
 from pytest_phase4.plan import CheckSpec
 from pytest_phase4.pool import Pool
-from pytest_phase4.readahead import Key, ReadAhead
+from pytest_phase4.readahead import ReadAhead
+from pytest_phase4.readplan import Key
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,7 @@ class Facts:
     _reading: int = 0  # without a pool, inside together(): the read under way
 
     def __post_init__(self) -> None:
-        if self.pool is not None and self._view_bases():  # view counts are the longest reads: start them now
+        if self.pool is not None and self._view_bases():  # a view and its base table: the same moment, from now
             self._begin(self.pool)
 
     # -- catalog ---------------------------------------------------------------------------------------
@@ -160,6 +161,8 @@ class Facts:
         """How the view's count was read when it was not by count(*) of the view, in words, or ""."""
         if table := self._rows_of.get(view):
             return f"its plan reads {table} alone, unfiltered: one row per {table} row whatever the data"
+        if self._ahead is not None and (how := self._ahead.how(view)) and view not in self._notes:
+            return how
         return self._notes.get(view, "")
 
     def quiesce(self) -> None:
@@ -186,7 +189,7 @@ class Facts:
             ahead = self._ahead or self._begin(self.pool)
             if ahead is not None:
                 wanted = self._wanted()
-                ahead.queue(self.catalog, wanted, self._dense(wanted))
+                ahead.queue(self.conn, self.catalog, wanted, self._dense(wanted))
         if self._not_null(key):
             return 0
         try:
