@@ -10,6 +10,7 @@ not start before it.
 from __future__ import annotations
 
 import functools
+import os
 import queue
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -28,8 +29,11 @@ _BEGIN = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
 class Pool:
     """Read-only connections for side-by-side queries.
 
-    Intra-query parallelism is turned off on them: measured on 2 cores, two connections each running
-    non-parallel scans finish a step's queries about twice as fast as one connection with parallel workers."""
+    Intra-query parallelism: a job may use the server's parallel workers only for the cores nobody else uses when
+    it starts (`parallel_workers`): measured on 2 cores, two connections each running non-parallel scans finish a
+    step's queries about twice as fast as one connection with parallel workers, and parallel workers on busy
+    cores only slow everything down. The server's cores are known when it runs on this machine (a Unix socket or
+    a loopback address); a remote server's are not visible over SQL, and its jobs run without parallel workers."""
 
     def __init__(self, connect: Callable[[], psycopg.Connection[Any]], size: int) -> None:
         self.size = size
@@ -41,6 +45,9 @@ class Pool:
         self._snapshot: str | None = None
         self._lock = threading.Lock()
         self._executor = ThreadPoolExecutor(size, thread_name_prefix="phase4-facts")
+        self._cores: int | None = None  # the server's, when known
+        self._per_gather = 0  # the server's own max_parallel_workers_per_gather
+        self._parallel: dict[psycopg.Connection[Any], int] = {}  # each connection's setting now
 
     def submit(self, job: Callable[[psycopg.Connection[Any]], T]) -> Future[T]:
         return self._executor.submit(self._run, job)
@@ -71,6 +78,7 @@ class Pool:
         with self._lock:
             joined, self._joined, self._snapshot = list(self._joined), set(), None
         for conn in joined:
+            self._parallel.pop(conn, None)  # a SET made in the transaction ends with it: SET again next time
             try:
                 conn.execute("ROLLBACK")  # read only: nothing to keep
             except psycopg.Error:
@@ -83,21 +91,37 @@ class Pool:
             conn = None
         if conn is None or conn.closed or conn.broken:
             conn = self._connect()
+            row = conn.execute("SHOW max_parallel_workers_per_gather").fetchone()
             conn.execute("SET max_parallel_workers_per_gather = 0")
             # As pg_dump: a step's snapshot sits idle between reads; the server must not end it under us.
             conn.execute("SET idle_in_transaction_session_timeout = 0")
             with self._lock:
                 self._all.append(conn)
+                self._parallel[conn] = 0
+                self._per_gather = int(row[0]) if row else 0
+                self._cores = server_cores(conn)
         return conn
+
+    def parallel_workers(self) -> int:
+        """Parallel workers a job starting now may use: the server's cores that neither the pool's busy
+        connections nor this process (pytest, when the server runs on this machine) use, within the server's own
+        max_parallel_workers_per_gather; 0 when its cores are unknown. Call with the lock held."""
+        if self._cores is None:
+            return 0
+        return max(0, min(self._per_gather, self._cores - len(self._busy) - 1))
 
     def _run(self, job: Callable[[psycopg.Connection[Any]], T]) -> T:
         conn = self._take()
         with self._lock:
             self._busy.add(conn)
             snapshot = self._snapshot if conn not in self._joined else None
+            workers = self.parallel_workers()
         try:
             if snapshot is not None:
                 self._join(conn, snapshot)
+            if workers != self._parallel.get(conn):  # outside the job's savepoint: a failing job keeps it
+                conn.execute(sql.SQL("SET max_parallel_workers_per_gather = {}").format(sql.Literal(workers)))
+                self._parallel[conn] = workers
             if conn in self._joined:
                 with conn.transaction():  # a savepoint: a failing query leaves the snapshot to the others
                     return job(conn)
@@ -130,6 +154,15 @@ class Pool:
         self._executor.shutdown(wait=True)
         for conn in self._all:
             conn.close()
+
+
+def server_cores(conn: psycopg.Connection[Any]) -> int | None:
+    """The server's cores when it runs on this machine (a Unix socket, or a loopback address), else None: SQL
+    does not tell a remote server's."""
+    host = conn.info.host
+    if not (host.startswith("/") or host in ("localhost", "127.0.0.1", "::1")):
+        return None
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 def run_all(conn: psycopg.Connection[Any], pool: Pool | None, jobs: Iterable[Callable[[psycopg.Connection[Any]], T]],

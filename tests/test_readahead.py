@@ -17,6 +17,7 @@ from psycopg.conninfo import make_conninfo
 
 from conftest import EXAMPLES, OTHER, TO_PARENT, Project, outcomes_of, pass_steps_before, spec
 from pytest_phase4 import catalog
+from pytest_phase4 import pool as pool_module
 from pytest_phase4.errors import CheckFailed
 from pytest_phase4.facts import Facts, OrphanCount
 from pytest_phase4.kinds import Column, Relation
@@ -272,3 +273,25 @@ def test_a_row_count_gets_another_checks_permission_error(scratch_dsn: str, conn
             assert facts.count("other") == 5  # before the fix: 'permission denied for table parent'
         finally:
             pool.close()
+
+
+@pytest.mark.parametrize(("cores", "expected"), [(None, 0), (2, 0), (3, 1), (16, 2)])
+def test_a_job_uses_the_parallel_workers_of_the_cores_nobody_uses(scratch_dsn: str, cores: int | None,
+                                                                    expected: int) -> None:
+    # A job alone on the pool, pytest's process on a core of its own: cores - 1 - 1 workers, at most the server's
+    # max_parallel_workers_per_gather (2 by default); unknown cores (a remote server): none.
+    pool = Pool(lambda: psycopg.connect(scratch_dsn, autocommit=True), 2)
+    show = "SHOW max_parallel_workers_per_gather"
+    try:
+        pool.submit(lambda c: c.execute("SELECT 1")).result()  # connects: learns the server's setting and cores
+        with psycopg.connect(scratch_dsn) as conn:
+            assert pool._cores == pool_module.server_cores(conn)  # a Unix socket: this machine's cores
+        pool._cores = cores
+        assert pool.submit(lambda c: c.execute(show).fetchone()).result() == (str(expected),)
+        pool.begin()  # in a snapshot's transaction too, and back to none once it ends
+        assert pool.submit(lambda c: c.execute(show).fetchone()).result() == (str(expected),)
+        pool.end()
+        pool._cores = None
+        assert pool.submit(lambda c: c.execute(show).fetchone()).result() == ("0",)
+    finally:
+        pool.close()
