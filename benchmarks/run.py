@@ -29,10 +29,11 @@ from pathlib import Path
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import supabase_bench
 import workloads as w
 
 from pytest_phase4 import catalog, migrate
-from pytest_phase4.embedded import start_embedded
+from pytest_phase4.embedded import EmbeddedPostgres, start_embedded
 from pytest_phase4.plan import load_plan
 from pytest_phase4.pool import Pool
 from pytest_phase4.seed import load_setup
@@ -46,8 +47,7 @@ def say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def build(rows: int) -> tuple[object, str, dict[str, int]]:
-    server = start_embedded()
+def build(server: EmbeddedPostgres, rows: int) -> tuple[str, dict[str, int]]:
     dsn = server.create_database("crm")
     plan = load_plan(PLAN)
     started = time.perf_counter()
@@ -63,7 +63,7 @@ def build(rows: int) -> tuple[object, str, dict[str, int]]:
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("VACUUM ANALYZE")  # what a DBA does after a migration; every contender reads the same pages
     say(f"applied {len(plan.migrations)} migrations and vacuumed in {time.perf_counter() - started:.1f} s")
-    return server, dsn, before
+    return dsn, before
 
 
 def main() -> int:
@@ -72,18 +72,34 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=5, help="timed rounds (medians are reported)")
     ap.add_argument("--seed-timeout", type=float, default=60.0, help="seconds before the runbook's script is cut")
     ap.add_argument("--checks", type=int, default=5000, help="cheap checks in the overhead plan")
+    ap.add_argument("--workload", choices=["bundled", "supabase", "both"], default="both",
+                    help="the bundled CRM (checks/), the Supabase-shaped application (supabase_app.py), or both")
+    ap.add_argument("--workers", type=int, default=2, help="--phase4-workers of the Supabase-shaped runs")
+    ap.add_argument("--slowest", type=int, default=15, help="slowest checks listed for the Supabase-shaped workload")
     args = ap.parse_args()
     os.environ.pop("PHASE4_DSN", None)
     begun = time.perf_counter()
-    server, dsn, before = build(args.rows)
     tmp = Path(tempfile.mkdtemp(prefix="phase4-bench-"))
+    server = start_embedded()
+    ratios = []
     try:
-        return bench(args, dsn, before, tmp, begun)
+        if args.workload in ("bundled", "both"):
+            dsn, before = build(server, args.rows)
+            ratios.append(bench(args, dsn, before, tmp))
+            server.drop_database("crm")
+        if args.workload in ("supabase", "both"):
+            found = supabase_bench.bench(args, server, tmp)
+            text = supabase_bench.report(args, found)
+            print(text)
+            ratios.append(text.splitlines()[-1])
     finally:
-        server.stop()  # type: ignore[attr-defined]
+        server.stop()
+    print("\n" + "\n".join(ratios))
+    say(f"total {time.perf_counter() - begun:.0f} s; work files in {tmp}")
+    return 0
 
 
-def bench(args: argparse.Namespace, dsn: str, before: dict[str, int], tmp: Path, begun: float) -> int:
+def bench(args: argparse.Namespace, dsn: str, before: dict[str, int], tmp: Path) -> str:
     # The runbook's Part 6.1 with its view row counts; the plan's other post checks belong to other issues.
     post = [e for e in tomllib.loads(PLAN.read_text())["post"] if e["check"] in PART_6_1]
     plan = w.write_plan(tmp / "post", "bench: Part 6.1", REPO / "checks" / "migrations", post)
@@ -139,13 +155,11 @@ def bench(args: argparse.Namespace, dsn: str, before: dict[str, int], tmp: Path,
     pool.close()
     if seed_out:
         (tmp / "runbook_part_6_1.out").write_text(seed_out)
-    report(args, times, specs, read, everything, tap_problem, seed is None, round_trip)
-    say(f"total {time.perf_counter() - begun:.0f} s; work files in {tmp}")
-    return 0
+    return report(args, times, specs, read, everything, tap_problem, seed is None, round_trip)
 
 
 def report(args: argparse.Namespace, times: dict[str, list[float]], specs: object, read: list[str],
-           everything: list[str], tap_problem: str | None, seed_timed_out: bool, round_trip: float) -> None:
+           everything: list[str], tap_problem: str | None, seed_timed_out: bool, round_trip: float) -> str:
     med = {k: w.median(v) for k, v in times.items()}
     n_checks = len(specs)  # type: ignore[arg-type]
 
@@ -182,8 +196,10 @@ def report(args: argparse.Namespace, times: dict[str, list[float]], specs: objec
     pgtap = med.get("pgtap_sql", float("nan"))
     if seed_timed_out:
         print(f"\nThe runbook's script timed out: seed_script/plugin is a lower bound ({args.seed_timeout:g} s used).")
-    print(f"\nratios: plugin/floor={plugin / med['floor']:.2f} seed_script/plugin={seed / plugin:.2f} "
-          f"pgtap/plugin={pgtap / plugin:.2f} checksum/floor={med['snapshot'] / med['floor_all']:.2f}")
+    line = (f"ratios: plugin/floor={plugin / med['floor']:.2f} seed_script/plugin={seed / plugin:.2f} "
+            f"pgtap/plugin={pgtap / plugin:.2f} checksum/floor={med['snapshot'] / med['floor_all']:.2f}")
+    print(f"\n{line}")
+    return line
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Generator, Iterable, Mapping
+from collections.abc import Generator, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,7 @@ def toml_value(value: Any) -> str:
     raise TypeError(value)
 
 
-def write_plan(folder: Path, name: str, migrations_dir: Path, post: list[Mapping[str, Any]]) -> Path:
+def write_plan(folder: Path, name: str, migrations_dir: Path, post: Sequence[Mapping[str, Any]]) -> Path:
     """A plan of [[post]] checks only, in folder/checks/phase4.toml, with a pytest.ini beside it."""
     lines = ["[phase4]", f"name = {toml_value(name)}", 'schema = "public"',
              f"migrations_dir = {toml_value(str(migrations_dir))}", ""]
@@ -75,6 +75,8 @@ class Timer:
     def __init__(self, before: Mapping[str, int] | None = None) -> None:
         self.collect = self.loop = 0.0
         self.outcomes: Counter[str] = Counter()
+        self.durations: dict[str, float] = {}  # nodeid -> seconds of its call
+        self.reads: list[tuple[tuple[tuple[str, ...], ...], float]] = []  # each read-ahead read and its seconds
         self.before = before
 
     @pytest.hookimpl(wrapper=True)
@@ -89,6 +91,7 @@ class Timer:
         # A real run records its row counts before the first migration: that is not post-migration work.
         run = session.config.stash.get(RUN_KEY, None)
         if run is not None:
+            run.read_log = self.reads
             run.snapshot()
             if self.before is not None:  # the benchmark migrated outside the run: hand it the baseline
                 run._snapshot = checks.Snapshot(dict(self.before), before_migrations=True, migrated_since=True)
@@ -102,6 +105,8 @@ class Timer:
             self.loop = time.perf_counter() - started
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.when == "call":
+            self.durations[report.nodeid] = report.duration
         if report.when == "call" or report.outcome != "passed":
             self.outcomes[report.outcome] += 1
 
@@ -201,12 +206,12 @@ def run_all(conn: psycopg.Connection[Any], queries: Iterable[sql.Composed]) -> f
 
 
 # -- the runbook's own script --------------------------------------------------------------------------------
-def seed_script(dsn: str, timeout: float) -> tuple[float | None, str]:
+def seed_script(dsn: str, timeout: float, script: Path = SEED_SCRIPT) -> tuple[float | None, str]:
     """The Part 6.1 psql script as written; None when it runs past the timeout (the server stops it too)."""
     env = {**os.environ, "PGAPPNAME": "phase4-bench-seed", "PGOPTIONS": f"-c statement_timeout={int(timeout * 1000)}"}
     started = time.perf_counter()
     try:
-        done = subprocess.run(["psql", "-X", "-d", dsn, "-f", str(SEED_SCRIPT)], capture_output=True, text=True,
+        done = subprocess.run(["psql", "-X", "-d", dsn, "-f", str(script)], capture_output=True, text=True,
                               env=env, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
         _cancel(dsn, "phase4-bench-seed")
@@ -272,8 +277,16 @@ def pgtap_file(conn: psycopg.Connection[Any], folder: Path, specs: Iterable[Chec
                 lit(f"no orphans: {spec.element}")))
         elif spec.kind == "view_rowcount_matches":
             view, base = spec.element
-            tests.append(sql.SQL("SELECT is((SELECT count(*) FROM {}), (SELECT count(*) FROM {}), {})").format(
-                ident(view), ident(base), lit(f"view rows: {view} = {base}")))
+            where = spec.params.get("where", {}).get(view)
+            tests.append(sql.SQL("SELECT is((SELECT count(*) FROM {}), (SELECT count(*) FROM {}{}), {})").format(
+                ident(view), ident(base), (sql.SQL(" WHERE ") + sql.SQL(where)) if where else sql.SQL(""),
+                lit(f"view rows: {view} = {base}")))
+        elif spec.kind == "rls_policies":
+            table = spec.params["table"]
+            tests.append(sql.SQL("SELECT ok((SELECT relrowsecurity FROM pg_class WHERE oid = {}::regclass) AND (SELECT "
+                                 "count(*) FROM pg_policies WHERE schemaname = 'public' AND tablename = {}) = {}, {})"
+                                 ).format(lit(f"public.{table}"), lit(table), lit(spec.params["count"]),
+                                          lit(f"rls policies: {table}")))
         else:
             raise ValueError(f"no pgTAP twin for {spec.kind}")
     lines = [t.as_string(conn) + ";" for t in tests]

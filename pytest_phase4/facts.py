@@ -48,6 +48,7 @@ class Facts:
     specs: tuple[CheckSpec, ...] = ()
     pool: Pool | None = None
     queries: int = 0  # statements sent on conn, for tests and benchmarks
+    log: list[tuple[tuple[Key, ...], float]] | None = None  # benchmarks: each read-ahead read and its seconds
     _catalog: dict[str, catalog.RelationFacts] | None = None
     _values: dict[Key, int] = field(default_factory=dict)
     _ahead: ReadAhead | None = None
@@ -177,7 +178,7 @@ class Facts:
             self._ahead.close()
 
     def _begin(self, pool: Pool) -> ReadAhead | None:
-        ahead = ReadAhead(pool, self.schema)
+        ahead = ReadAhead(pool, self.schema, self.log)
         self._ahead = ahead if ahead.begin(self._view_bases()) else None
         return self._ahead
 

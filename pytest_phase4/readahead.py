@@ -13,6 +13,7 @@ value, each in a savepoint, so one bad check does not take the others' results w
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, wait
 from typing import Any
@@ -34,8 +35,8 @@ class ReadAhead:
     """The read-ahead of one step. `begin` takes the snapshot; `queue` plans the reads of `wanted` keys (in check
     order; `dense`: the orphan keys the dense-key proof may answer) and queues them."""
 
-    def __init__(self, pool: Pool, schema: str) -> None:
-        self.pool, self.schema = pool, schema
+    def __init__(self, pool: Pool, schema: str, log: list[tuple[tuple[Key, ...], float]] | None = None) -> None:
+        self.pool, self.schema, self.log = pool, schema, log
         self.relations: Mapping[str, catalog.RelationFacts] = {}
         self.dense: list[Key] = []
         self.view_bases: Mapping[str, Sequence[str]] = {}
@@ -164,7 +165,10 @@ class ReadAhead:
             try:
                 for read, future in zip(reads, futures, strict=True):
                     if future.set_running_or_notify_cancel():
+                        started = time.perf_counter()
                         future.set_result(self._found(conn, read))
+                        if self.log is not None:
+                            self.log.append((read.keys, time.perf_counter() - started))
             except BaseException as exc:
                 for future in futures:
                     if not future.done():

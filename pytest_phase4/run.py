@@ -122,6 +122,7 @@ class Phase4Run:
     safety: safety.SafetyState = field(default_factory=lambda: safety.SafetyState())
     workers: int = 1  # read-only connections that run a step's heavy queries side by side (1: none)
     selected: frozenset[tuple[str, str, int]] | None = None  # (step, test id, line) of the checks that will run
+    read_log: list[tuple[tuple[tuple[str, ...], ...], float]] | None = None  # benchmarks: each read and its seconds
     _facts: tuple[str, Facts] | None = None  # the current step's shared facts; dropped by every migration
     _pool: Pool | None = None
     watch: guard.Watch | None = None  # of the migration being applied: whom it waits for, for the heartbeat
@@ -269,7 +270,7 @@ class Phase4Run:
             found = self.plan.step(step)
             specs = tuple(s for s in (found.checks if found else ())
                           if self.selected is None or (s.step, s.test_id, s.line) in self.selected)
-            self._facts = (step, Facts(self.ro, self.plan.schema, specs, self.pool()))
+            self._facts = (step, Facts(self.ro, self.plan.schema, specs, self.pool(), log=self.read_log))
         return self._facts[1]
 
     def pool(self) -> Pool | None:
