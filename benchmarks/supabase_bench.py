@@ -169,8 +169,10 @@ def load_average() -> str:
 def read_label(keys: tuple[tuple[str, ...], ...]) -> str:
     """What one read-ahead statement answered, in a few words."""
     first = keys[0]
-    if len(keys) > 1:
+    if len(keys) > 1 and first[0] == "count" and all(k[1] == first[1] or k[0] == "viewrows" for k in keys):
         return f"scan {first[1]}: count and {len(keys) - 1} FILTERed count(s)"
+    if len(keys) > 1:
+        return f"{len(keys)} one-value reads in one statement ({', '.join(sorted({k[1] for k in keys}))[:60]}...)"
     what, table, *rest = first
     if what in ("orphans", "loose", "outside"):
         how = {"orphans": "anti-join", "loose": "loose index scan", "outside": "dense keys"}[what]

@@ -128,7 +128,11 @@ SELECT c.relname::text, c.relkind::text, c.relrowsecurity,
        coalesce((SELECT json_agg(json_build_array(p.polcmd::text, (SELECT coalesce(json_agg(
                         CASE WHEN r = 0 THEN 'public' ELSE pg_catalog.pg_get_userbyid(r)::text END ORDER BY 1), '[]')
                                                                   FROM unnest(p.polroles) r)) ORDER BY p.polname)
-                 FROM pg_catalog.pg_policy p WHERE p.polrelid = c.oid), '[]')
+                 FROM pg_catalog.pg_policy p WHERE p.polrelid = c.oid), '[]'),
+       -- a plain table the checking role reads whole: it may SELECT it, and no row-level security policy
+       -- applies to it (the shortcuts of shortcuts.py read it with the checking role's own rights)
+       c.relkind = 'r' AND NOT c.relhassubclass AND pg_catalog.has_table_privilege(c.oid, 'SELECT')
+         AND NOT pg_catalog.row_security_active(c.oid)
 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname = %s
 ORDER BY c.relname
@@ -150,6 +154,7 @@ class RelationFacts:
     pages: int  # size as last estimated by VACUUM/ANALYZE: only to schedule the read-ahead
     policy_rules: tuple[tuple[str, tuple[str, ...]], ...] = ()  # per policy: command ("select", "all"), roles
     rows: float = 0.0  # estimated rows (VACUUM/ANALYZE; -1 or 0 when never analyzed): only to plan the reads
+    whole: bool = False  # a plain table the checking role may read, with no row-level security applying to it
 
 
 def relation_facts(conn: psycopg.Connection[Any], schema: str) -> dict[str, RelationFacts]:
@@ -157,7 +162,7 @@ def relation_facts(conn: psycopg.Connection[Any], schema: str) -> dict[str, Rela
     return {r[0]: RelationFacts(r[1], bool(r[2]), tuple(r[3]), tuple(r[4]), tuple(r[5]), tuple(r[6]),
                                 frozenset(r[7]), frozenset(r[8]), frozenset(r[9]), int(r[10]),
                                 tuple((POLICY_COMMANDS.get(cmd, cmd), tuple(roles)) for cmd, roles in r[12]),
-                                max(float(r[11]), 0.0))
+                                max(float(r[11]), 0.0), bool(r[13]))
             for r in conn.execute(_RELATION_FACTS, (schema,)).fetchall()}
 
 
@@ -209,11 +214,15 @@ class Unlocked:
                 "lock decides which rows wait, not which rows there are")
 
 
+def count_plan_query(schema: str, view: str) -> sql.Composed:
+    return sql.SQL("EXPLAIN (COSTS OFF, VERBOSE, FORMAT JSON) SELECT count(*) FROM {}").format(
+        sql.Identifier(schema, view))
+
+
 def _count_plan(conn: psycopg.Connection[Any], schema: str, view: str) -> dict[str, Any]:
     """The server's plan for count(*) of the view; EXPLAIN alone runs nothing, so a read-only transaction allows it
     even for a view that locks rows."""
-    found = conn.execute(sql.SQL("EXPLAIN (COSTS OFF, VERBOSE, FORMAT JSON) SELECT count(*) FROM {}").format(
-        sql.Identifier(schema, view))).fetchone()
+    found = conn.execute(count_plan_query(schema, view)).fetchone()
     return dict(found[0][0]["Plan"]) if found else {}
 
 

@@ -44,6 +44,7 @@ class ReadAhead:
         self.alone: dict[str, str] = {}  # view -> the table its plan scans alone, unfiltered (catalog.scanned_alone)
         self._derived_used: set[str] = set()  # views whose count came from their base table's scan
         self._pending: dict[Key, Future[Found]] = {}  # each key's read
+        self._planned: tuple[list[str], Future[list[dict[str, Any] | None]]] | None = None  # views' plans
         self._jobs: list[Future[None]] = []
         self._open = False
         self._closing = False  # a QueryCanceled is then ours, not a timeout
@@ -57,6 +58,9 @@ class ReadAhead:
         except Exception:  # refused (pg_export_snapshot), or no connection to be had: each value when asked
             return False
         self._open = True
+        if view_bases:  # their plans decide the step's reads: ask for them while the first check starts
+            views = list(view_bases)
+            self._planned = (views, self.pool.submit(lambda conn: self._plans(conn, views)))
         return True
 
     def queue(self, conn: psycopg.Connection[Any], relations: Mapping[str, catalog.RelationFacts],
@@ -65,15 +69,19 @@ class ReadAhead:
         catalog: no row of the step's tables)."""
         self.relations, self.dense = relations, list(dense)
         derived: dict[str, shortcuts.Derived] = {}
-        for key in wanted:
-            if key[0] == "count" and relations[key[1]].kind in catalog.VIEW_KINDS and key[1] not in derived:
-                how = self._derive(conn, key[1])
-                if how is not None and not how.where and not how.joins:
-                    self.alone[key[1]] = how.table
-                elif how is not None:
-                    derived[key[1]] = how
-        keys = [*wanted, *(("count", t) for t in self.alone.values())]
-        indexed = [(k[1], k[2]) for k in keys if k[0] == "orphans" and k[2] in relations[k[1]].indexed]
+        views = list(dict.fromkeys(k[1] for k in wanted if k[0] == "count" and relations[k[1]].kind in
+                                   catalog.VIEW_KINDS))
+        for view, found in zip(views, self._view_plans(conn, views), strict=True):
+            how = shortcuts.derive(self.schema, view, found, relations) if found else None
+            if how is not None and not how.where and not how.joins:
+                self.alone[view] = how.table
+            elif how is not None:
+                derived[view] = how
+        keys: list[Key] = []
+        for key in wanted:  # a view counted as its table: the table's count, where the view's was needed
+            keys.append(("count", self.alone[key[1]]) if key[0] == "count" and key[1] in self.alone else key)
+        indexed = [(k[1], k[2]) for k in keys if k[0] == "orphans" and k[2] in relations[k[1]].indexed
+                   and k not in dense]
         distinct = shortcuts.distinct_keys(conn, self.schema, indexed) if indexed else {}
         self.plan = plan(relations, keys, dense, derived, distinct)
         for reads in self.plan.jobs(self.pool.size):
@@ -111,14 +119,17 @@ class ReadAhead:
                 (f", joined on unique keys without orphans ({joins})" if joins else ""))
 
     def quiesce(self) -> None:
-        wait(self._jobs)
+        wait(self._all_jobs())
+
+    def _all_jobs(self) -> list[Future[Any]]:
+        return [*self._jobs, *([self._planned[1]] if self._planned else [])]
 
     def close(self) -> None:
         """Drop what has not started, cancel what runs, wait, and end the snapshot (its locks go with it)."""
         self._closing = True
         for future in self._pending.values():
             future.cancel()  # a read not started yet never will be
-        running = [f for f in self._jobs if not f.cancel()]
+        running = [f for f in self._all_jobs() if not f.cancel()]
         while any(not f.done() for f in running):
             self.pool.interrupt()  # again until they end: a job may have been connecting, or between statements
             wait(running, timeout=0.1)
@@ -140,13 +151,36 @@ class ReadAhead:
         outside, low, high = self._answer(("outside", *key[1:]))
         return int(outside) if catalog.dense(self._answer(("count", key[3])), low, high) else None
 
-    def _derive(self, conn: psycopg.Connection[Any], view: str) -> shortcuts.Derived | None:
+    def _view_plans(self, conn: psycopg.Connection[Any], views: Sequence[str]) -> list[dict[str, Any] | None]:
+        """The views' count plans: asked for on the pool when the step began, else on conn now."""
+        found: dict[str, dict[str, Any] | None] = {}
+        if self._planned is not None:
+            try:
+                found = dict(zip(self._planned[0], self._planned[1].result(), strict=True))
+            except Exception:  # the pool could not: ask here
+                found = {}
+        missing = [v for v in views if v not in found]
+        found.update(zip(missing, self._plans(conn, missing), strict=True))
+        return [found[v] for v in views]
+
+    def _plans(self, conn: psycopg.Connection[Any], views: Sequence[str]) -> list[dict[str, Any] | None]:
+        """The server's plan for count(*) of each view, in one round trip; None for one it will not plan (e.g.
+        no right to read it: its own count then fails its check with the error)."""
+        if not views:
+            return []
         try:
-            with conn.transaction():
-                found = catalog._count_plan(conn, self.schema, view)
-                return shortcuts.derive(conn, self.schema, view, found, self.relations)
-        except psycopg.Error:  # e.g. no right to read it: its own count then fails the check with the error
-            return None
+            with conn.transaction(), conn.pipeline():
+                cursors = [conn.execute(catalog.count_plan_query(self.schema, v)) for v in views]
+            return [dict(row[0][0]["Plan"]) if (row := c.fetchone()) else None for c in cursors]
+        except psycopg.Error:
+            found: list[dict[str, Any] | None] = []
+            for view in views:
+                try:
+                    with conn.transaction():
+                        found.append(catalog._count_plan(conn, self.schema, view))
+                except psycopg.Error:
+                    found.append(None)
+            return found
 
     # -- jobs --------------------------------------------------------------------------------------------
     def _submit(self, reads: Sequence[Read]) -> None:
@@ -159,22 +193,58 @@ class ReadAhead:
         self._jobs.append(self.pool.submit(self._job(reads, futures)))
 
     def _job(self, reads: Sequence[Read], futures: Sequence[Future[Found]]) -> Job:
-        """Run the reads one after the other, each in a savepoint; a read of several values that fails is run
-        again value by value. A cancel from close() ends it all: the reads not done get its error."""
+        """Run the reads: the one-value counts together in one statement first (one round trip), then the others
+        one after the other, each in a savepoint; reads that fail together are run again one by one, value by
+        value. A cancel from close() ends it all: the reads not done get its error."""
         def job(conn: psycopg.Connection[Any]) -> None:
             try:
-                for read, future in zip(reads, futures, strict=True):
-                    if future.set_running_or_notify_cancel():
-                        started = time.perf_counter()
-                        future.set_result(self._found(conn, read))
+                pairs = [(r, f) for r, f in zip(reads, futures, strict=True) if f.set_running_or_notify_cancel()]
+                simple = [(r, f) for r, f in pairs if self._simple(r)]
+                if len(simple) > 1:
+                    started = time.perf_counter()
+                    found = self._together(conn, [r.keys[0] for r, _ in simple])
+                    for read, future in simple:
+                        if found is not None:
+                            future.set_result({read.keys[0]: found[read.keys[0]]})
+                    if found is not None:
+                        pairs = [p for p in pairs if p not in simple]
                         if self.log is not None:
-                            self.log.append((read.keys, time.perf_counter() - started))
+                            self.log.append((tuple(r.keys[0] for r, _ in simple), time.perf_counter() - started))
+                for read, future in pairs:
+                    started = time.perf_counter()
+                    future.set_result(self._found(conn, read))
+                    if self.log is not None:
+                        self.log.append((read.keys, time.perf_counter() - started))
             except BaseException as exc:
                 for future in futures:
                     if not future.done():
                         future.set_exception(exc)
                 raise
         return job
+
+    def _simple(self, read: Read) -> bool:
+        """A read of one count by one plain statement (a table's, NULLs, an anti-join, keys outside bounds)."""
+        key = read.keys[0]
+        return not read.scan and key[0] in ("count", "nulls", "where", "orphans", "outside") and not (
+            key[0] == "count" and self.relations.get(key[1]) and self.relations[key[1]].kind in catalog.VIEW_KINDS)
+
+    def _together(self, conn: psycopg.Connection[Any], keys: Sequence[Key]) -> Found | None:
+        """One-value reads in two statements: the parents' bounds, then every count as a scalar subquery; None
+        when that fails (each is then read alone, with its own error)."""
+        try:
+            with conn.transaction():
+                bounds = catalog.key_bounds(conn, self.schema,
+                                            list(dict.fromkeys((k[3], k[4]) for k in keys if k[0] == "outside")))
+                queries = [catalog.count_query(self.schema, k[1], catalog.outside(k[2], *bounds[(k[3], k[4])]))
+                           if k[0] == "outside" else self._count_query(k) if k[0] != "orphans" else
+                           catalog.orphans_query(self.schema, k[1], k[2], k[3], k[4], sql.SQL("count(*)"))
+                           for k in keys]
+                counts = catalog.count_each(conn, queries)
+        except psycopg.Error:
+            if self._closing:
+                raise
+            return None
+        return {k: (n, *bounds[(k[3], k[4])]) if k[0] == "outside" else n for k, n in zip(keys, counts, strict=True)}
 
     def _found(self, conn: psycopg.Connection[Any], read: Read) -> Found:
         found: Found = {}

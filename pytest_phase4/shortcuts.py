@@ -89,7 +89,7 @@ class Derived:
         return sql.SQL(" AND ").join(parts) if parts else None
 
 
-def derive(conn: psycopg.Connection[Any], schema: str, view: str, plan: Mapping[str, Any],
+def derive(schema: str, view: str, plan: Mapping[str, Any],
            relations: Mapping[str, catalog.RelationFacts]) -> Derived | None:
     """How count(view) follows from its base table's scan, by the server's plan for it (see the module's
     docstring), or None."""
@@ -119,13 +119,8 @@ def derive(conn: psycopg.Connection[Any], schema: str, view: str, plan: Mapping[
         where = _unqualified(str(base["Filter"]), alias)
         if where is None:
             return None
-    tables = sorted({table, *(p for _, p, _ in keyed)})
-    row = conn.execute(
-        "SELECT count(*) FILTER (WHERE c.relkind = 'r' AND NOT c.relhassubclass AND"
-        " NOT pg_catalog.row_security_active(c.oid) AND pg_catalog.has_table_privilege(c.oid, 'SELECT'))"
-        " FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
-        " WHERE n.nspname = %s AND c.relname = ANY(%s)", (schema, tables)).fetchone()
-    if row is None or row[0] != len(tables) or view in tables:
+    tables = {table, *(p for _, p, _ in keyed)}
+    if view in tables or not all(t in relations and relations[t].whole for t in tables):
         return None
     return Derived(table, where, tuple(keyed))
 
