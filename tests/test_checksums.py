@@ -61,10 +61,10 @@ def typed(scratch_dsn: str) -> Iterator[psycopg.Connection[Any]]:
         yield conn
 
 
-def formula_1(conn: psycopg.Connection[Any], columns: tuple[str, ...]) -> snapshot.Checksum:
+def formula_1(conn: psycopg.Connection[Any], columns: tuple[str, ...], table: str = "t") -> snapshot.Checksum:
     """Formula 1 as issue 10 wrote it, independently of checksums.py."""
-    query = sql.SQL("SELECT count(*), coalesce(sum(hashtextextended(ROW({})::text, 0)), 0) FROM public.t").format(
-        sql.SQL(", ").join(map(sql.Identifier, columns)))
+    query = sql.SQL("SELECT count(*), coalesce(sum(hashtextextended(ROW({})::text, 0)), 0) FROM {}").format(
+        sql.SQL(", ").join(map(sql.Identifier, columns)), sql.Identifier("public", table))
     with snapshot.pinned(conn, "public"):
         rows, total = conn.execute(query).fetchone() or (0, 0)
     return snapshot.Checksum(columns, int(rows), str(total), 1)
@@ -165,3 +165,29 @@ def test_a_rollback_proves_its_restore_against_a_formula_1_snapshot(project: Cal
     assert result.ret == 0, result.stdout.str()
     assert outcomes_of(result)[f"{SB}::rollback::checksums"] == "PASSED"
     assert p.query("SELECT count(*) FROM public.tickets WHERE title = 'Ticket 7'") == [(1,)]
+
+
+def test_a_formula_1_baseline_of_an_earlier_run_is_compared_with_formula_1(project: Callable[..., Project]) -> None:
+    # A baseline recorded by a version that computed formula 1 (here: rewritten as it would have written it, from
+    # the same data), then the migrations applied by another tool: the later run compares with formula 1.
+    p = project("mini", "safe")
+    assert p.run("-m", "preflight", seed=True).ret == 0
+    p.run("--phase4-verify-only")
+    (path,) = (p.path / "reports").glob("*.baseline.json")
+    data = json.loads(path.read_text())
+    assert data["formula"]["version"] == 2
+    with psycopg.connect(p.dsn, autocommit=True) as conn:
+        for table, c in data["checksums"].items():
+            c["sum"] = formula_1(conn, tuple(c["columns"]), table).sum
+            c.pop("text", None)
+    data["formula"] = checksums.FORMULAS[1]
+    path.write_text(json.dumps(data))
+    p.execute("\n".join((p.path / "checks/migrations" / m).read_text() for m in (
+        "20250101000001_create_views.sql", "20250101000002_drop_denormalized.sql", "20250101000003_add_indexes.sql")))
+    result = p.run("-v", "--phase4-verify-only")
+    outcomes = outcomes_of(result)
+    assert {outcomes[f"{SB}::post::checksum_unchanged[{t}]"] for t in ("customers", "sales", "tickets")} == {"PASSED"}
+    p.execute("UPDATE tickets SET title = 'ticket 70' WHERE id = 7")  # 'ticket 7' -> the title of another
+    result = p.run("-v", "--phase4-verify-only")
+    assert outcomes_of(result)[f"{SB}::post::checksum_unchanged[tickets]"] == "FAILED"
+    result.stdout.fnmatch_lines(["*public.tickets: 50 rows, checksum * (recorded before migrating)*"])
