@@ -183,8 +183,8 @@ def report(args: argparse.Namespace, times: dict[str, list[float]], specs: objec
     row(f"pgTAP: the same {n_checks} assertions, SQL only", "pgtap_sql", tap_problem or "one session, as pg_prove")
     row("pgTAP: pg_prove", "pgtap", tap_problem or "perl + psql start-up included")
     row("floor: count(*) of every table in the schema", "floor_all", f"{len(everything)} tables")
-    row("checksum formula, table by table on one connection", "checksum", f"{len(everything)} tables")
-    row("plugin: snapshot.take, content checksums of every table", "snapshot", "2 connections side by side (default)")
+    row("checksum formula 1 (row text), table by table on one connection", "checksum", f"{len(everything)} tables")
+    row("plugin: snapshot.take, formula 2 checksums of every table", "snapshot", "2 connections side by side (default)")
     per_check = w.median(times["cheap_loop"]) / args.checks
     collect = w.median(t + c for t, c in zip(times["cheap_load"], times["cheap_collect"], strict=True))
     print(f"| plugin overhead per check ({args.checks:,} query_returns SELECT 1) | {per_check * 1000:.3f} ms | | 3 | "

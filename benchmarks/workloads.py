@@ -179,7 +179,7 @@ def count_pass(conn: psycopg.Connection[Any], tables: Iterable[str]) -> float:
 
 
 def checksum_queries(conn: psycopg.Connection[Any], tables: Iterable[str]) -> list[sql.Composed]:
-    """The snapshot's content checksum, exactly: count(*) and sum(hashtextextended(ROW(c1, ...)::text, 0))."""
+    """Checksum formula 1 (snapshots before formula 2): count(*) and sum(hashtextextended(ROW(c1, ...)::text, 0))."""
     queries = []
     for table in tables:
         cols = [r[0] for r in conn.execute(
