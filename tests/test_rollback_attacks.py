@@ -1,0 +1,75 @@
+"""Attacks on the rollback (issue 10), each a hole found on real PostgreSQL: the test asserts the SAFE behaviour
+(nothing lost without being listed and consented to, no false "proven", no migration applied twice), so it fails
+while the hole is open. Plain SQL outside the plugin checks the outcome."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from test_rollback import ledger_files, schema_of
+
+from conftest import Project
+
+M1 = "checks/migrations/20250101000001_create_views.sql"
+M2 = "checks/migrations/20250101000002_drop_denormalized.sql"
+M3 = "checks/migrations/20250101000003_add_indexes.sql"
+SETUP = "checks/setup/schema.sql"
+# The application writes between two rollback steps (in the run's own process: a teardown hook of the step).
+APP_AFTER = """
+import psycopg
+STEPS = {steps!r}
+def pytest_runtest_teardown(item):
+    if item.name in STEPS:
+        with psycopg.connect({dsn!r}, autocommit=True) as conn:
+            conn.execute(STEPS[item.name])
+"""
+
+
+def append(p: Project, path: str, text: str) -> None:
+    file = p.path / path
+    file.write_text(file.read_text() + text)
+
+
+def non_transactional_indexes(p: Project) -> None:
+    """Migration 3 as people write it for a big table: CREATE INDEX CONCURRENTLY, transaction = false."""
+    plan = p.path / "checks/phase4.toml"
+    plan.write_text(plan.read_text().replace('title = "Add performance indexes"',
+                                             'title = "Add performance indexes"\ntransaction = false'))
+    m3 = p.path / M3
+    m3.write_text(m3.read_text().replace("CREATE INDEX", "CREATE INDEX CONCURRENTLY"))
+
+
+def out(result: pytest.RunResult) -> str:
+    text = result.stdout.str()
+    return text[text.find("phase4 rollback"):] or text[-3000:]
+
+
+def test_revert_of_a_table_swapped_in_two_migrations_brings_the_original_table_back(
+        project: Callable[..., Project]) -> None:
+    """Expand/contract: m1 builds events_new (partitioned) and copies the rows, m2 drops events and renames
+    events_new to events. The records fold under one key, the original table is forgotten: the revert drops the
+    new table, never restores the old one, and says "COMPLETE and proven" with public.events gone."""
+    p = project("mini", "safe")
+    append(p, SETUP, "CREATE TABLE events (id bigint PRIMARY KEY, at timestamptz NOT NULL, what text);\n"
+                     "INSERT INTO events SELECT g, '2025-01-01'::timestamptz + g * interval '1 hour', 'e' || g"
+                     " FROM generate_series(1, 30) g;\n")
+    append(p, M1, "CREATE TABLE events_new (id bigint NOT NULL, at timestamptz NOT NULL, what text,"
+                  " PRIMARY KEY (id, at)) PARTITION BY RANGE (at);\n"
+                  "CREATE TABLE events_2025 PARTITION OF events_new FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');\n"
+                  "CREATE TABLE events_default PARTITION OF events_new DEFAULT;\n"
+                  "INSERT INTO events_new SELECT * FROM events;\n")
+    append(p, M2, "DROP TABLE events;\nALTER TABLE events_new RENAME TO events;\n"
+                  "ALTER TABLE events RENAME CONSTRAINT events_new_pkey TO events_pkey;\n")
+    assert p.run("-m", "preflight", seed=True).ret == 0
+    before, rows = schema_of(p), p.query("SELECT * FROM events ORDER BY id")
+    p.run("--phase4-confirm-destructive")
+    assert len(ledger_files(p)) == 3
+    migrated = schema_of(p)
+    result = p.run("-v", "--phase4-rollback")
+    if result.ret != 0:  # a refusal is safe only if it changed nothing
+        assert schema_of(p) == migrated
+        return
+    assert p.query("SELECT to_regclass('public.events')::text") == [("events",)], out(result)
+    assert p.query("SELECT * FROM events ORDER BY id") == rows
+    assert schema_of(p) == before
