@@ -4,8 +4,11 @@ while the hole is open. Plain SQL outside the plugin checks the outcome."""
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable
 
+import psycopg
 import pytest
 from test_rollback import ledger_files, schema_of
 
@@ -73,3 +76,41 @@ def test_revert_of_a_table_swapped_in_two_migrations_brings_the_original_table_b
     assert p.query("SELECT to_regclass('public.events')::text") == [("events",)], out(result)
     assert p.query("SELECT * FROM events ORDER BY id") == rows
     assert schema_of(p) == before
+
+
+def test_revert_does_not_drop_what_other_sessions_created_during_a_non_transactional_migration(
+        project: Callable[..., Project]) -> None:
+    """A transaction = false migration is diffed with every object counted as its own: what the application
+    created while CREATE INDEX CONCURRENTLY waited (a column on customers, a function, a table) is recorded as
+    the plan's, and the revert drops it, exit 0, "proven"."""
+    p = project("mini", "safe")
+    non_transactional_indexes(p)
+    assert p.run("-m", "preflight", seed=True).ret == 0
+    started = threading.Event()
+
+    def application() -> None:
+        with psycopg.connect(p.dsn) as report, psycopg.connect(p.dsn, autocommit=True) as app:
+            report.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+            report.execute("SELECT 1")  # a long report: CREATE INDEX CONCURRENTLY waits for its snapshot
+            started.set()
+            for _ in range(400):
+                row = app.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                                  " AND query LIKE 'CREATE INDEX CONCURRENTLY%'").fetchone()
+                if row and row[0]:
+                    break
+                time.sleep(0.02)
+            app.execute("ALTER TABLE customers ADD COLUMN vip boolean NOT NULL DEFAULT false;"
+                        "CREATE FUNCTION public.app_fn() RETURNS int LANGUAGE sql AS 'SELECT 42';"
+                        "CREATE TABLE public.app_jobs (id int PRIMARY KEY);")
+            report.commit()
+
+    thread = threading.Thread(target=application, daemon=True)
+    thread.start()
+    started.wait()
+    p.run("--phase4-confirm-destructive")
+    thread.join()
+    assert len(ledger_files(p)) == 3
+    result = p.run("-v", "--phase4-rollback")
+    assert "vip" in p.columns("customers"), out(result)
+    assert p.query("SELECT to_regprocedure('public.app_fn()')::text, to_regclass('public.app_jobs')::text") == [
+        ("app_fn()", "app_jobs")]
