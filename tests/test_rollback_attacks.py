@@ -4,6 +4,8 @@ while the hole is open. Plain SQL outside the plugin checks the outcome."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -114,3 +116,26 @@ def test_revert_does_not_drop_what_other_sessions_created_during_a_non_transacti
     assert "vip" in p.columns("customers"), out(result)
     assert p.query("SELECT to_regprocedure('public.app_fn()')::text, to_regclass('public.app_jobs')::text") == [
         ("app_fn()", "app_jobs")]
+
+
+def test_restore_loses_nothing_written_after_its_assess_step_or_created_after_its_dump(
+        project: Callable[..., Project]) -> None:
+    """Restore mode lists the loss in `assess`, locks in `safety_dump`, and never looks again: 21 customers
+    inserted after assess are overwritten without being listed, and a table the application created after the
+    pre-rollback dump is dropped by `drop_created` (CASCADE) and is in no dump at all."""
+    p = project("mini", "safe")
+    p.run("--phase4-confirm-destructive", seed=True)
+    assert len(ledger_files(p)) == 3
+    p.pytester.makeconftest(APP_AFTER.format(dsn=p.dsn, steps={
+        "assess": "INSERT INTO customers SELECT g, 'late customer' FROM generate_series(100, 120) g",
+        "safety_dump": "CREATE SCHEMA app; CREATE TABLE app.orders (id int PRIMARY KEY, total numeric);"
+                       " INSERT INTO app.orders SELECT g, g FROM generate_series(1, 500) g"}))
+    result = p.run("-v", "--phase4-rollback=restore", "--phase4-accept-loss")
+    text = result.stdout.str()
+    kept = p.query("SELECT count(*) FROM customers WHERE name = 'late customer'") == [(21,)]
+    assert kept or "21 row(s) added" in text, out(result)
+    dumps = list(p.path.glob("_backups/*/*/before-rollback-*/full.dump"))
+    listing = "".join(subprocess.run([str(shutil.which("pg_restore")), "--list", str(d)], capture_output=True,
+                                     text=True, check=True).stdout for d in dumps)
+    orders = p.query("SELECT to_regclass('app.orders')::text") == [("app.orders",)]
+    assert orders or ("TABLE DATA app orders" in listing and "app.orders" in text), out(result)
