@@ -139,3 +139,26 @@ def test_restore_loses_nothing_written_after_its_assess_step_or_created_after_it
                                      text=True, check=True).stdout for d in dumps)
     orders = p.query("SELECT to_regclass('app.orders')::text") == [("app.orders",)]
     assert orders or ("TABLE DATA app orders" in listing and "app.orders" in text), out(result)
+
+
+def test_revert_brings_a_dropped_table_back_with_the_rows_of_the_newest_backup_before_its_drop(
+        project: Callable[..., Project]) -> None:
+    """Dropped columns are refilled from the newest backup taken before their migration; dropped tables always
+    come from the oldest one: the 5 notes written between the two backups are gone, "proven", and they are in no
+    pre-rollback dump (the table did not exist then)."""
+    p = project("mini", "safe")
+    append(p, SETUP, "CREATE TABLE notes (id int PRIMARY KEY, body text);\n"
+                     "INSERT INTO notes SELECT g, 'note ' || g FROM generate_series(1, 10) g;\n")
+    m2 = p.path / M2
+    good = m2.read_text() + "DROP TABLE notes;\n"
+    m2.write_text(good + "SELECT 1 / 0;\n")
+    assert p.run("--phase4-confirm-destructive", seed=True).ret == 1  # first backup; migration 2 fails
+    p.execute("INSERT INTO notes SELECT g, 'written after the first backup' FROM generate_series(11, 15) g")
+    m2.write_text(good)
+    p.run("--phase4-confirm-destructive")  # second backup, then migrations 2 and 3
+    assert len(ledger_files(p)) == 3
+    result = p.run("-v", "--phase4-rollback")
+    if result.ret != 0:
+        assert p.query("SELECT to_regclass('public.notes')") == [(None,)]
+        return
+    assert p.query("SELECT count(*) FROM notes") == [(15,)], out(result)
