@@ -162,3 +162,21 @@ def test_revert_brings_a_dropped_table_back_with_the_rows_of_the_newest_backup_b
         assert p.query("SELECT to_regclass('public.notes')") == [(None,)]
         return
     assert p.query("SELECT count(*) FROM notes") == [(15,)], out(result)
+
+
+def test_revert_keeps_rows_the_application_wrote_into_a_plan_table_when_another_migration_had_no_transaction(
+        project: Callable[..., Project]) -> None:
+    """One transaction = false migration in the plan switches the "rows written since" test from xmin to row
+    counts: the application's update, delete and insert in the plan's `settings` table keep the count at 2, and
+    the revert drops them without a word."""
+    p = project("mini", "safe")
+    non_transactional_indexes(p)
+    append(p, M1, "CREATE TABLE settings (key text PRIMARY KEY, value text NOT NULL);\n"
+                  "INSERT INTO settings VALUES ('theme', 'light'), ('lang', 'en');\n")
+    p.run("--phase4-confirm-destructive", seed=True)
+    assert len(ledger_files(p)) == 3
+    p.execute("UPDATE settings SET value = 'dark' WHERE key = 'theme'; DELETE FROM settings WHERE key = 'lang';"
+              " INSERT INTO settings VALUES ('tz', 'Europe/Paris')")
+    result = p.run("-v", "--phase4-rollback")
+    assert result.ret != 0, out(result)
+    assert p.query("SELECT * FROM settings ORDER BY key") == [("theme", "dark"), ("tz", "Europe/Paris")]
