@@ -180,3 +180,20 @@ def test_revert_keeps_rows_the_application_wrote_into_a_plan_table_when_another_
     result = p.run("-v", "--phase4-rollback")
     assert result.ret != 0, out(result)
     assert p.query("SELECT * FROM settings ORDER BY key") == [("theme", "dark"), ("tz", "Europe/Paris")]
+
+
+def test_revert_of_a_widened_column_never_truncates_values_written_since(project: Callable[..., Project]) -> None:
+    """`ALTER COLUMN ... TYPE <old> USING col::<old>` casts explicitly: varchar(8) and numeric(8,2) truncate and
+    round silently. The application's code 'customer-specific-code-123' comes back as 'customer', 1.2345 as 1.23,
+    "proven"."""
+    p = project("mini", "safe")
+    append(p, SETUP, "CREATE TABLE codes (id int PRIMARY KEY, code varchar(8) NOT NULL, amount numeric(8, 2));\n"
+                     "INSERT INTO codes SELECT g, 'c' || g, g + 0.25 FROM generate_series(1, 30) g;\n")
+    append(p, M1, "ALTER TABLE codes ALTER COLUMN code TYPE text;\n"
+                  "ALTER TABLE codes ALTER COLUMN amount TYPE numeric(12, 4);\n")
+    p.run("--phase4-confirm-destructive", seed=True)
+    assert len(ledger_files(p)) == 3
+    p.execute("INSERT INTO codes VALUES (31, 'customer-specific-code-123', 1.2345)")
+    result = p.run("-v", "--phase4-rollback")
+    assert p.query("SELECT code, amount::text FROM codes WHERE id = 31") == [
+        ("customer-specific-code-123", "1.2345")], out(result)
