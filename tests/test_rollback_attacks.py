@@ -197,3 +197,17 @@ def test_revert_of_a_widened_column_never_truncates_values_written_since(project
     result = p.run("-v", "--phase4-rollback")
     assert p.query("SELECT code, amount::text FROM codes WHERE id = 31") == [
         ("customer-specific-code-123", "1.2345")], out(result)
+
+
+def test_a_normal_run_after_a_revert_does_not_apply_a_data_migration_twice(project: Callable[..., Project]) -> None:
+    """The revert keeps what a data migration did to kept rows (a note), forgets the migration in the ledger and
+    says "proven"; the next normal run applies it again: amounts in cents become cents of cents (x10,000)."""
+    p = project("mini", "safe")
+    append(p, M1, "UPDATE sales SET value = value * 100;  -- amounts in cents\n")
+    assert p.run("-m", "preflight", seed=True).ret == 0
+    total = p.query("SELECT sum(value) FROM sales")[0][0]
+    p.run("--phase4-confirm-destructive")
+    assert len(ledger_files(p)) == 3
+    result = p.run("-v", "--phase4-rollback")
+    p.run("--phase4-confirm-destructive")
+    assert p.query("SELECT sum(value) FROM sales") == [(total * 100,)], out(result)
