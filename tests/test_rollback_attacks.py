@@ -211,3 +211,39 @@ def test_a_normal_run_after_a_revert_does_not_apply_a_data_migration_twice(proje
     result = p.run("-v", "--phase4-rollback")
     p.run("--phase4-confirm-destructive")
     assert p.query("SELECT sum(value) FROM sales") == [(total * 100,)], out(result)
+
+
+def test_revert_does_not_undo_what_other_sessions_altered_during_a_migration(project: Callable[..., Project]) -> None:
+    """Only created objects are filtered by "written by the migration's own transaction": an ALTER committed by
+    the application while the migration waited for a row lock (a new function body, a column default) is recorded
+    as the plan's, and the revert puts the old versions back, exit 0, "proven"."""
+    p = project("mini", "safe")
+    append(p, SETUP, "CREATE FUNCTION public.app_version() RETURNS text LANGUAGE sql AS $$SELECT 'v1'$$;\n")
+    append(p, M1, "UPDATE customers SET name = initcap(name);  -- a data migration\n")
+    assert p.run("-m", "preflight", seed=True).ret == 0
+    started = threading.Event()
+
+    def application() -> None:
+        with psycopg.connect(p.dsn) as request, psycopg.connect(p.dsn, autocommit=True) as deploy:
+            request.execute("SELECT * FROM customers WHERE id = 3 FOR UPDATE")  # a request holding a row
+            started.set()
+            for _ in range(400):
+                row = deploy.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                                     " AND query LIKE 'UPDATE customers SET name%'").fetchone()
+                if row and row[0]:
+                    break
+                time.sleep(0.02)
+            deploy.execute("CREATE OR REPLACE FUNCTION public.app_version() RETURNS text LANGUAGE sql AS"
+                           " $$SELECT 'v2'$$; ALTER TABLE tickets ALTER COLUMN title SET DEFAULT 'untitled';")
+            request.commit()
+
+    thread = threading.Thread(target=application, daemon=True)
+    thread.start()
+    started.wait()
+    p.run("--phase4-confirm-destructive")
+    thread.join()
+    assert len(ledger_files(p)) == 3
+    result = p.run("-v", "--phase4-rollback")
+    assert p.query("SELECT public.app_version(), (SELECT column_default FROM information_schema.columns"
+                   " WHERE table_name = 'tickets' AND column_name = 'title')") == [("v2", "'untitled'::text")], \
+        out(result)
