@@ -247,3 +247,23 @@ def test_revert_does_not_undo_what_other_sessions_altered_during_a_migration(pro
     assert p.query("SELECT public.app_version(), (SELECT column_default FROM information_schema.columns"
                    " WHERE table_name = 'tickets' AND column_name = 'title')") == [("v2", "'untitled'::text")], \
         out(result)
+
+
+def test_a_renamed_backup_folder_does_not_make_the_rollback_refill_stale_values(
+        project: Callable[..., Project]) -> None:
+    """Backups are ordered by folder name: the first backup, renamed to label it, sorts as the newest and is
+    chosen; the 100 customer names written between the two backups are refilled with the first backup's."""
+    p = project("mini", "safe")
+    p.run("--phase4-confirm-destructive", seed=True)
+    assert len(ledger_files(p)) == 3
+    first = next(p.path.glob("_backups/*/*/BACKUP_INFO.txt")).parent
+    assert p.run("--phase4-rollback").ret == 0
+    p.execute("UPDATE sales SET customer_name = 'renamed customer ' || id")
+    first.rename(first.parent / "pre-release")  # the DBA labels the first backup
+    p.run("--phase4-confirm-destructive")  # a second backup, then the plan again
+    assert len(ledger_files(p)) == 3
+    result = p.run("-v", "--phase4-rollback")
+    if result.ret != 0:
+        return
+    assert p.query("SELECT count(*) FROM sales WHERE customer_name LIKE 'renamed customer %'") == [(100,)], \
+        out(result)
