@@ -267,3 +267,17 @@ def test_a_renamed_backup_folder_does_not_make_the_rollback_refill_stale_values(
         return
     assert p.query("SELECT count(*) FROM sales WHERE customer_name LIKE 'renamed customer %'") == [(100,)], \
         out(result)
+
+
+def test_revert_asks_consent_before_dropping_values_the_application_wrote_into_a_column_the_plan_added(
+        project: Callable[..., Project]) -> None:
+    """Rows the application wrote into a table the plan created need --phase4-accept-loss; values it wrote into
+    a column the plan added are dropped with a note only."""
+    p = project("mini", "safe")
+    append(p, M1, "ALTER TABLE customers ADD COLUMN email text;\n")
+    p.run("--phase4-confirm-destructive", seed=True)
+    assert len(ledger_files(p)) == 3
+    p.execute("UPDATE customers SET email = 'c' || id || '@example.com'")
+    result = p.run("-v", "--phase4-rollback")
+    assert result.ret != 0, out(result)
+    assert p.query("SELECT count(email) FROM customers") == [(10,)]
