@@ -281,3 +281,28 @@ def test_revert_asks_consent_before_dropping_values_the_application_wrote_into_a
     result = p.run("-v", "--phase4-rollback")
     assert result.ret != 0, out(result)
     assert p.query("SELECT count(email) FROM customers") == [(10,)]
+
+
+def test_revert_does_not_overwrite_what_the_application_changed_after_the_plan(
+        project: Callable[..., Project]) -> None:
+    """The plan changed a function and a policy; the application changed both again after the migration. The
+    revert puts the pre-plan versions back over the application's, without naming them, "proven"."""
+    p = project("mini", "safe")
+    append(p, SETUP, "CREATE FUNCTION public.sale_total(c int) RETURNS numeric LANGUAGE sql STABLE"
+                     " AS 'SELECT sum(value) FROM sales WHERE customer_id = c';\n"
+                     "ALTER TABLE sales ENABLE ROW LEVEL SECURITY;\n"
+                     "CREATE POLICY sales_read ON sales FOR SELECT USING (true);\n")
+    append(p, M1, "CREATE OR REPLACE FUNCTION public.sale_total(c int) RETURNS numeric LANGUAGE sql STABLE"
+                  " AS 'SELECT coalesce(sum(value), 0) FROM sales WHERE customer_id = c';\n"
+                  "ALTER POLICY sales_read ON sales USING (value > 0);\n")
+    p.run("--phase4-confirm-destructive", seed=True)
+    assert len(ledger_files(p)) == 3
+    p.execute("CREATE OR REPLACE FUNCTION public.sale_total(c int) RETURNS numeric LANGUAGE sql STABLE"
+              " AS 'SELECT coalesce(sum(value), 0) * 1.2 FROM sales WHERE customer_id = c';"
+              "ALTER POLICY sales_read ON sales USING (value > 10);")
+    result = p.run("-v", "--phase4-rollback")
+    if result.ret != 0:
+        return
+    assert p.query("SELECT prosrc FROM pg_proc WHERE proname = 'sale_total'") == [
+        ("SELECT coalesce(sum(value), 0) * 1.2 FROM sales WHERE customer_id = c",)], out(result)
+    assert p.query("SELECT qual FROM pg_policies WHERE policyname = 'sales_read'") == [("(value > (10)::numeric)",)]
