@@ -306,3 +306,24 @@ def test_revert_does_not_overwrite_what_the_application_changed_after_the_plan(
     assert p.query("SELECT prosrc FROM pg_proc WHERE proname = 'sale_total'") == [
         ("SELECT coalesce(sum(value), 0) * 1.2 FROM sales WHERE customer_id = c",)], out(result)
     assert p.query("SELECT qual FROM pg_policies WHERE policyname = 'sales_read'") == [("(value > (10)::numeric)",)]
+
+
+def test_restore_lists_every_definition_it_would_put_back(project: Callable[..., Project]) -> None:
+    """Restore lists objects not in the backup and changed rows, not objects whose definition changed since: a new
+    function body, a GRANT and a table added to a publication (Supabase Realtime's way) are put back to the
+    backup's, silently, once --phase4-accept-loss is given for the listed loss."""
+    p = project("mini", "safe")
+    append(p, SETUP, "CREATE FUNCTION public.sale_total(c int) RETURNS numeric LANGUAGE sql STABLE"
+                     " AS 'SELECT sum(value) FROM sales WHERE customer_id = c';\n"
+                     "DO $$ BEGIN CREATE ROLE reporting_ro; EXCEPTION WHEN duplicate_object THEN NULL; END $$;\n"
+                     "CREATE PUBLICATION app_realtime FOR TABLE customers;\n")
+    p.run("--phase4-confirm-destructive", seed=True)
+    assert len(ledger_files(p)) == 3
+    p.execute("CREATE OR REPLACE FUNCTION public.sale_total(c int) RETURNS numeric LANGUAGE sql STABLE"
+              " AS 'SELECT coalesce(sum(value), 0) * 1.2 FROM sales WHERE customer_id = c';"
+              "GRANT SELECT ON customers TO reporting_ro; ALTER PUBLICATION app_realtime ADD TABLE tickets;")
+    result = p.run("-v", "--phase4-rollback=restore")
+    assert result.ret == 1
+    listed = [line for line in result.stdout.lines if line.startswith("  ")]
+    for name in ("sale_total", "reporting_ro", "app_realtime"):
+        assert any(name in line for line in listed), (name, listed)
