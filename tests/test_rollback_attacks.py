@@ -327,3 +327,20 @@ def test_restore_lists_every_definition_it_would_put_back(project: Callable[...,
     listed = [line for line in result.stdout.lines if line.startswith("  ")]
     for name in ("sale_total", "reporting_ro", "app_realtime"):
         assert any(name in line for line in listed), (name, listed)
+
+
+def test_revert_brings_back_the_large_objects_a_migration_unlinked(project: Callable[..., Project]) -> None:
+    """The catalog inventory has no large objects: a migration that unlinks them and drops their oid column is
+    reverted with the column refilled with the old oids, pointing at nothing, "proven" (the backup holds them)."""
+    p = project("mini", "safe")
+    append(p, SETUP, "CREATE TABLE docs (id int PRIMARY KEY, body oid);\n"
+                     "INSERT INTO docs SELECT g, lo_from_bytea(0, convert_to('document ' || g, 'UTF8'))"
+                     " FROM generate_series(1, 5) g;\n")
+    append(p, M2, "SELECT lo_unlink(body) FROM docs;\nALTER TABLE docs DROP COLUMN body;\n")
+    p.run("--phase4-confirm-destructive", seed=True)
+    assert len(ledger_files(p)) == 3
+    result = p.run("-v", "--phase4-rollback")
+    if result.ret != 0:
+        return
+    assert p.query("SELECT count(*) FROM docs WHERE body IN (SELECT oid FROM pg_largeobject_metadata)") == [(5,)], \
+        out(result)
