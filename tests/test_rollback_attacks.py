@@ -344,3 +344,20 @@ def test_revert_brings_back_the_large_objects_a_migration_unlinked(project: Call
         return
     assert p.query("SELECT count(*) FROM docs WHERE body IN (SELECT oid FROM pg_largeobject_metadata)") == [(5,)], \
         out(result)
+
+
+def test_a_migration_that_grants_on_an_existing_table_can_be_reverted(project: Callable[..., Project]) -> None:
+    """A table with default privileges (relacl NULL) that a migration GRANTs on: the revert REVOKEs, which leaves
+    an explicit owner ACL, and prove_catalog fails on every attempt: the revert can never complete, and the user is
+    left with restore mode, which loses every write made since."""
+    p = project("mini", "safe")
+    append(p, SETUP, "DO $$ BEGIN CREATE ROLE reporting_ro; EXCEPTION WHEN duplicate_object THEN NULL; END $$;\n")
+    append(p, M1, "GRANT SELECT ON customers TO reporting_ro;\n")
+    assert p.run("-m", "preflight", seed=True).ret == 0
+    before = schema_of(p)
+    p.run("--phase4-confirm-destructive")
+    assert len(ledger_files(p)) == 3
+    result = p.run("-v", "--phase4-rollback")
+    assert result.ret == 0, out(result)
+    assert schema_of(p) == before
+    assert p.query("SELECT has_table_privilege('reporting_ro', 'customers', 'SELECT')") == [(False,)]
