@@ -361,3 +361,21 @@ def test_a_migration_that_grants_on_an_existing_table_can_be_reverted(project: C
     assert result.ret == 0, out(result)
     assert schema_of(p) == before
     assert p.query("SELECT has_table_privilege('reporting_ro', 'customers', 'SELECT')") == [(False,)]
+
+
+def test_rows_a_migration_inserted_inside_a_do_block_with_an_exception_handler_are_the_plans(
+        project: Callable[..., Project]) -> None:
+    """Rows written in a subtransaction carry its xid, not the migration's: with no application write at all the
+    revert refuses, claiming '1 row(s) written or changed since by others'."""
+    p = project("mini", "safe")
+    append(p, M1, "CREATE TABLE settings (key text PRIMARY KEY, value text NOT NULL);\n"
+                  "DO $$ BEGIN INSERT INTO settings VALUES ('theme', 'light');"
+                  " EXCEPTION WHEN unique_violation THEN NULL; END $$;\n")
+    assert p.run("-m", "preflight", seed=True).ret == 0
+    before = schema_of(p)
+    p.run("--phase4-confirm-destructive")
+    assert len(ledger_files(p)) == 3
+    result = p.run("-v", "--phase4-rollback")
+    assert "written or changed since by others" not in result.stdout.str()
+    assert result.ret == 0, out(result)
+    assert schema_of(p) == before
