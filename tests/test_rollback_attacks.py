@@ -379,3 +379,24 @@ def test_rows_a_migration_inserted_inside_a_do_block_with_an_exception_handler_a
     assert "written or changed since by others" not in result.stdout.str()
     assert result.ret == 0, out(result)
     assert schema_of(p) == before
+
+
+def test_revert_gives_a_row_inserted_since_the_backup_no_value_of_a_deleted_row_with_the_same_key(
+        project: Callable[..., Project]) -> None:
+    """The refill matches by primary key only: 'alice' deleted her account, another person signed up as 'alice'
+    after the backup, and the revert gives the newcomer the first Alice's phone number ("proven"), where the README
+    promises rows inserted since the backup the column's default or NULL."""
+    p = project("mini", "safe")
+    append(p, SETUP, "CREATE TABLE profiles (username text PRIMARY KEY, display_name text NOT NULL, phone text);\n"
+                     "INSERT INTO profiles VALUES ('alice', 'Alice A.', '+33 6 12 34 56 78'),"
+                     " ('bob', 'Bob B.', '+33 6 98 76 54 32');\n")
+    append(p, M2, "ALTER TABLE profiles DROP COLUMN phone;  -- phones move to a verified table\n")
+    p.run("--phase4-confirm-destructive", seed=True)
+    assert len(ledger_files(p)) == 3
+    p.execute("DELETE FROM profiles WHERE username = 'alice';"
+              " INSERT INTO profiles VALUES ('alice', 'Another Alice')")
+    result = p.run("-v", "--phase4-rollback")
+    if result.ret != 0:
+        return
+    assert p.query("SELECT display_name, phone FROM profiles ORDER BY username") == [
+        ("Another Alice", None), ("Bob B.", "+33 6 98 76 54 32")], out(result)
