@@ -131,7 +131,8 @@ def with_dbname(dsn: str, dbname: str) -> str:
 
 
 def _run(args: list[str], env: dict[str, str], secrets: list[str], what: str, where: str) -> str:
-    proc = subprocess.run(args, capture_output=True, text=True, env=env, check=False)
+    # umask 077: what the tool writes (a dump holds every row) is readable by its owner only
+    proc = subprocess.run(args, capture_output=True, text=True, env=env, check=False, umask=0o077)
     if proc.returncode != 0:
         message = dsnlib.scrub((proc.stderr or proc.stdout).strip(), secrets)
         last = message.splitlines()[-1] if message else ""
@@ -148,15 +149,34 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def private_folder(folder: Path) -> Path:
+    """A backup folder only its owner can enter (mode 0700): the files in it hold every row of the database."""
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    folder.chmod(0o700)
+    return folder
+
+
+def write_private(path: Path, text: str) -> Path:
+    """A file of a backup, readable by its owner only (mode 0600)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    path.chmod(0o600)
+    return path
+
+
 def dump(tools: Tools, dsn: str, folder: Path, secrets: list[str], snapshot: str | None = None,
-         name: str = DUMP) -> Path:
+         name: str = DUMP, lock_wait: str | None = None) -> Path:
     """`pg_dump --format=custom` of the whole database into folder/full.dump; with `snapshot` (exported by a
-    transaction that stays open meanwhile), of exactly what that transaction sees."""
-    folder.mkdir(parents=True, exist_ok=True)
+    transaction that stays open meanwhile), of exactly what that transaction sees; with `lock_wait`, failing
+    rather than waiting longer for a table's lock (--lock-wait-timeout)."""
+    private_folder(folder)
     target = folder / name
+    wait = [f"--lock-wait-timeout={lock_wait}"] if lock_wait else []
     with client_args(dsn) as (conninfo, env):
-        _run([tools.path("pg_dump"), "--format=custom", f"--file={target}", f"--dbname={conninfo}",
+        _run([tools.path("pg_dump"), "--format=custom", f"--file={target}", f"--dbname={conninfo}", *wait,
               *_snapshot_arg(snapshot)], env, secrets, "a custom-format dump of the whole database", str(target))
+    target.chmod(0o600)
     return target
 
 
@@ -165,6 +185,7 @@ def dump_schema(tools: Tools, dsn: str, folder: Path, secrets: list[str], snapsh
     with client_args(dsn) as (conninfo, env):
         _run([tools.path("pg_dump"), "--schema-only", f"--file={target}", f"--dbname={conninfo}",
               *_snapshot_arg(snapshot)], env, secrets, "a schema-only dump", str(target))
+    target.chmod(0o600)
     return target
 
 
@@ -215,9 +236,7 @@ def write_info(folder: Path, *, plan: str, source: str, server: str, tools: Tool
         f"  {command}",
         "The password, if any, comes from PGPASSWORD or ~/.pgpass; it is never written here.",
     ]
-    path = folder / INFO
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return write_private(folder / INFO, "\n".join(lines) + "\n")
 
 
 def read_info_sha(folder: Path) -> str | None:

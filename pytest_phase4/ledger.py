@@ -101,12 +101,13 @@ def mark_backup(conn: psycopg.Connection[Any], backup_id: str, folder: str) -> N
         conn.execute("INSERT INTO pytest_phase4.backups (id, folder) VALUES (%s, %s)", (backup_id, folder))
 
 
-def backup_markers(conn: psycopg.Connection[Any]) -> set[str]:
-    """The backups this database holds the marker of (none when no backup was ever taken of it)."""
+def backup_markers(conn: psycopg.Connection[Any]) -> dict[str, datetime]:
+    """The backups this database holds the marker of, with the time each was taken (none when no backup was
+    ever taken of it)."""
     row = conn.execute("SELECT to_regclass('pytest_phase4.backups') IS NOT NULL").fetchone()
     if not row or not row[0]:
-        return set()
-    return {str(r[0]) for r in conn.execute("SELECT id FROM pytest_phase4.backups").fetchall()}
+        return {}
+    return {str(r[0]): r[1] for r in conn.execute("SELECT id, taken_at FROM pytest_phase4.backups").fetchall()}
 
 
 def supabase_versions(conn: psycopg.Connection[Any]) -> set[str] | None:

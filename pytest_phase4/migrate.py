@@ -15,7 +15,7 @@ from typing import Any
 import psycopg
 from psycopg.pq import TransactionStatus
 
-from pytest_phase4 import changes, ledger, sqltext
+from pytest_phase4 import changes, ledger, pgparse, sqltext
 from pytest_phase4.errors import MigrationFailed, Phase4Error
 from pytest_phase4.locks import Observer
 from pytest_phase4.plan import Migration
@@ -139,17 +139,37 @@ def _statement_by_statement(conn: psycopg.Connection[Any], m: Migration, stateme
                             text: str, sha: str, plan: str, schema: str, started: float, watch: Observer,
                             connect: Connect | None, record: bool = True) -> None:
     """Each statement commits as it ends: whatever fails (a statement, the connection, the ledger row, Ctrl-C),
-    what the committed ones did stays applied. The failure says how many, and what they did is recorded for
-    --phase4-rollback; nothing done to clean up may take the place of the real error."""
+    what the committed ones did stays applied. Each runs in a transaction of its own with the record of what it
+    did (changes.store), so what another session does meanwhile is never taken for the migration's; one that
+    refuses a transaction block (CREATE INDEX CONCURRENTLY, VACUUM, a CALL that commits) runs on its own and is
+    recorded by the objects it names. The failure says how many stay committed; nothing done to clean up may
+    take the place of the real error."""
     conn.autocommit = True
-    seen = changes.before(conn) if record else None  # autocommit: it spans the statements, which commit one by one
     done = 0
+    bare: tuple[changes.Seen, sqltext.Statement] | None = None  # a statement running outside our transactions
     try:
         if m.statement_timeout:
             conn.execute("SELECT pg_catalog.set_config('statement_timeout', %s, false)", (m.statement_timeout,))
         watch.begin(conn, statements)
         for stmt in statements:
-            _execute(conn, stmt, watch)
+            if not record:  # a copy of the schema (blast.py): nothing recorded
+                _execute(conn, stmt, watch)
+                done += 1
+                continue
+            try:
+                with conn.transaction():
+                    seen = changes.before(conn)
+                    _execute(conn, stmt, watch)
+                    changes.store(conn, m.file, seen, part=True)
+            except _StatementError as failed:
+                if failed.error.sqlstate not in _NO_BLOCK:
+                    raise
+                bare = (changes.before(conn), stmt)
+                _execute(conn, stmt, watch)
+                with conn.transaction():
+                    changes.store_bare(conn, m.file, bare[0], pgparse.names_in(stmt.node),
+                                       pgparse.may_write_rows(stmt.node))
+                bare = None
             done += 1
         if invalid := invalid_indexes(conn, schema):
             raise MigrationFailed(m.file, None, None, f"left INVALID index(es) behind: {', '.join(invalid)}",
@@ -158,41 +178,48 @@ def _statement_by_statement(conn: psycopg.Connection[Any], m: Migration, stateme
         if m.statement_timeout:
             conn.execute("RESET statement_timeout")
         conn.autocommit = False
-        if seen is None:
+        if not record:
             return
         with conn.transaction():
             ledger.record(conn, m.file, sha, plan, (time.perf_counter() - started) * 1000)
-            changes.store(conn, m.file, seen, transactional=False)
+            changes.finish(conn, m.file)
             ledger.sync_supabase(conn, m.file, text)
     except _StatementError as failed:
         failure = _translate(conn, m, text, failed.error, failed.statement)
-        raise _partly(failure, done, len(statements), _record_partial(conn, m, seen, schema, connect)) from None
+        raise _partly(failure, done, len(statements), _record_partial(conn, m, bare, schema, connect, record)) from None
     except psycopg.Error as exc:  # outside the statements: the connection, the ledger row
         failure = _translate(conn, m, text, exc)
-        raise _partly(failure, done, len(statements), _record_partial(conn, m, seen, schema, connect)) from None
+        raise _partly(failure, done, len(statements), _record_partial(conn, m, bare, schema, connect, record)) from None
     except MigrationFailed as failure:
-        raise _partly(failure, done, len(statements), _record_partial(conn, m, seen, schema, connect)) from None
+        raise _partly(failure, done, len(statements), _record_partial(conn, m, bare, schema, connect, record)) from None
     except BaseException:  # Ctrl-C: the statement running is cancelled, the ones before it stay committed
-        _record_partial(conn, m, seen, schema, connect)
+        _record_partial(conn, m, bare, schema, connect, record)
         raise
 
 
-def _record_partial(conn: psycopg.Connection[Any], m: Migration, seen: changes.Seen | None, schema: str,
-                    connect: Connect | None) -> tuple[bool, list[str]]:
-    """Record what the committed statements did (in a new session if the migration's was lost): whether it was
-    recorded, and the INVALID indexes a failed CREATE INDEX CONCURRENTLY left behind."""
-    if seen is None:  # not to be recorded (record=False)
+# "cannot run inside a transaction block", "invalid transaction termination" (a procedure that commits)
+_NO_BLOCK = {"25001", "2D000"}
+
+
+def _record_partial(conn: psycopg.Connection[Any], m: Migration, bare: tuple[changes.Seen, sqltext.Statement] | None,
+                    schema: str, connect: Connect | None, record: bool = True) -> tuple[bool, list[str]]:
+    """Whether what the committed statements did is recorded (each recorded itself as it committed; one that
+    ran outside any transaction of ours and failed, e.g. CREATE INDEX CONCURRENTLY leaving an INVALID index, is
+    recorded now, in a new session if the migration's was lost), and the INVALID indexes left behind."""
+    if not record:  # a copy of the schema (blast.py): nothing to record
         return True, []
     fresh = None
     try:
         if conn.closed or conn.broken:
             if connect is None:
-                return False, []
+                return bare is None, []
             conn = fresh = connect()
-        conn.autocommit = False
-        recorded = changes.store_partial(conn, m.file, seen)
         conn.autocommit = True
-        return recorded, invalid_indexes(conn, schema)
+        if bare is not None:
+            seen, stmt = bare
+            with conn.transaction():
+                changes.store_bare(conn, m.file, seen, pgparse.names_in(stmt.node), pgparse.may_write_rows(stmt.node))
+        return True, invalid_indexes(conn, schema)
     except (psycopg.Error, Phase4Error):
         return False, []
     finally:

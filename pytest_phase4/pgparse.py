@@ -89,3 +89,30 @@ def created(text: str) -> Created:
                 (if_absent if stmt.if_not_exists else indexes).append(stmt.idxname)
     return Created(tuple(dict.fromkeys(views)), tuple(dict.fromkeys(indexes)), tuple(dict.fromkeys(if_absent)),
                    unnamed)
+
+
+def names_in(node: Any) -> set[str]:
+    """Every relation, index and object name a statement's parse tree spells (without schema): what a statement
+    run outside any transaction of ours (CREATE INDEX CONCURRENTLY) can have created, altered or dropped."""
+    found: set[str] = set()
+
+    class Names(Visitor):
+        def visit_RangeVar(self, ancestors: Any, n: ast.RangeVar) -> None:
+            found.add(str(n.relname))
+
+        def visit_IndexStmt(self, ancestors: Any, n: ast.IndexStmt) -> None:
+            if n.idxname:
+                found.add(str(n.idxname))
+
+        def visit_String(self, ancestors: Any, n: ast.String) -> None:
+            found.add(str(n.sval))
+
+    if node is not None:
+        Names()(node)
+    return found
+
+
+def may_write_rows(node: Any) -> bool:
+    """A statement that refuses to run in a transaction block and can still write rows: CALL or DO (their code
+    may commit), unlike CREATE INDEX CONCURRENTLY, VACUUM or REINDEX."""
+    return isinstance(node, ast.CallStmt | ast.DoStmt)

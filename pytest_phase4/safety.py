@@ -204,11 +204,13 @@ def one_moment(run: Phase4Run, folder: Path) -> Path:
             snap.applied = sorted(ledger.read(conn))
             snap.source = snapshot.identity(conn)
             snap.backup_id = backup_id
+            row = conn.execute("SELECT pg_catalog.pg_current_snapshot()::text").fetchone()
+            snap.xid_snapshot = str(row[0]) if row else ""
         finally:
             if pool is not None:
                 pool.end()
             conn.rollback()
-    (folder / backup.SNAPSHOT).write_text(snap.to_json())
+    backup.write_private(folder / backup.SNAPSHOT, snap.to_json())
     s.backup_snapshot = snap
     return archive
 

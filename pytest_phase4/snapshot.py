@@ -164,6 +164,7 @@ class Snapshot:
     markers: list[str] = field(default_factory=list)
     plan: dict[str, str] = field(default_factory=dict)  # name, path, sha256
     personas: dict[str, Any] = field(default_factory=dict)  # what the plan's personas saw then (personas.py)
+    xid_snapshot: str = ""  # a backup's pg_current_snapshot(): which rows' versions it holds
 
     def to_json(self) -> str:
         def sums(found: Mapping[str, Checksum]) -> dict[str, Any]:
@@ -174,7 +175,7 @@ class Snapshot:
             "source": self.source, "checksums": sums(self.checksums), "backup_id": self.backup_id,
             "tables": {ns: sums(t) for ns, t in self.tables.items()}, "objects": self.objects,
             "settings": self.settings, "formula": self.formula, "taken_at": self.taken_at, "markers": self.markers,
-            "plan": self.plan, "personas": self.personas,
+            "plan": self.plan, "personas": self.personas, "xid_snapshot": self.xid_snapshot,
         }, indent=1, sort_keys=True)
 
     @classmethod
@@ -190,7 +191,8 @@ class Snapshot:
                    {str(k): str(v) for k, v in data.get("source", {}).items()}, str(data.get("backup_id", "")),
                    {ns: sums(t) for ns, t in data.get("tables", {}).items()}, list(data.get("objects", [])),
                    dict(data.get("settings", {})), dict(data.get("formula", {})), str(data.get("taken_at", "")),
-                   [str(m) for m in data.get("markers", [])], {str(k): str(v) for k, v in data.get("plan", {}).items()})
+                   [str(m) for m in data.get("markers", [])], {str(k): str(v) for k, v in data.get("plan", {}).items()},
+                   xid_snapshot=str(data.get("xid_snapshot", "")))
         snap.personas = dict(data.get("personas") or {})
         return snap
 
