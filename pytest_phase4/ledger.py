@@ -101,9 +101,14 @@ def mark_backup(conn: psycopg.Connection[Any], backup_id: str, folder: str) -> N
         conn.execute("INSERT INTO pytest_phase4.backups (id, folder) VALUES (%s, %s)", (backup_id, folder))
 
 
-def backup_markers(conn: psycopg.Connection[Any]) -> dict[str, datetime]:
-    """The backups this database holds the marker of, with the time each was taken (none when no backup was
-    ever taken of it)."""
+def backup_markers(conn: psycopg.Connection[Any]) -> set[str]:
+    """The backups this database holds the marker of (none when no backup was ever taken of it)."""
+    return set(backup_times(conn))
+
+
+def backup_times(conn: psycopg.Connection[Any]) -> dict[str, datetime]:
+    """The backups this database holds the marker of, with the time each was taken (a rollback orders backups by
+    it, never by folder name)."""
     row = conn.execute("SELECT to_regclass('pytest_phase4.backups') IS NOT NULL").fetchone()
     if not row or not row[0]:
         return {}

@@ -39,6 +39,9 @@ _LINE = re.compile(r"^(\d+); (\d+) (\d+) (.*)$")
 _SKIPPED = (b"SET lock_timeout = 0;", b"SET statement_timeout = 0;", b"SET idle_in_transaction_session_timeout = 0;",
             b"SET transaction_timeout = 0;")
 _COPY = re.compile(rb"^COPY (.+) FROM stdin;$")
+_SESSION = ("search_path", "check_function_bodies", "client_min_messages", "row_security", "xmloption",
+            "standard_conforming_strings", "default_table_access_method", "default_tablespace", "default_with_oids")
+_LO_OPEN = re.compile(rb"^SELECT pg_catalog\.lo_open\('(\d+)', \d+\);$")
 
 
 @dataclass(frozen=True)
@@ -93,10 +96,11 @@ CopyTarget = Callable[[bytes], bytes | None]  # COPY line -> the COPY statement 
 
 def run(conn: psycopg.Connection[Any], tools: Tools, archive: Path, secrets: list[str],
         entries: Iterable[Entry] | None = None, extra: tuple[str, ...] = (), copy_into: CopyTarget | None = None,
-        or_replace: bool = False) -> int:
+        or_replace: bool = False, blobs: set[int] | None = None) -> int:
     """Run the script of the given entries (in their order; all when None) on conn, inside its transaction.
     Returns the number of COPY rows written. The caller's transaction decides whether any of it stays.
-    With or_replace, CREATE VIEW/FUNCTION/PROCEDURE become CREATE OR REPLACE (an altered object put back)."""
+    With or_replace, CREATE VIEW/FUNCTION/PROCEDURE become CREATE OR REPLACE (an altered object put back).
+    Large objects' data (one BLOBS entry holds every one) is written for the `blobs` oids only (None: all)."""
     args = [tools.path("pg_restore"), "--file=-", *extra]
     listfile = None
     if entries is not None:
@@ -107,10 +111,15 @@ def run(conn: psycopg.Connection[Any], tools: Tools, archive: Path, secrets: lis
         with os.fdopen(fd, "w") as f:
             f.write("".join(e.line + "\n" for e in chosen))
         args.append(f"--use-list={listfile}")
+    # The script SETs search_path = '' and more for the session: what runs after it gets the session's own back
+    saved = conn.execute("SELECT name, setting FROM pg_catalog.pg_settings WHERE name = ANY(%s)",
+                         (list(_SESSION),)).fetchall()
     proc = subprocess.Popen([*args, str(archive)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         assert proc.stdout is not None
-        rows = _feed(conn, proc.stdout, copy_into, or_replace)
+        rows = _feed(conn, proc.stdout, copy_into, or_replace, blobs)
+        conn.execute("SELECT pg_catalog.set_config(n, v, false) FROM unnest(%s::text[], %s::text[]) AS s(n, v)",
+                     ([n for n, _ in saved], [v for _, v in saved]))
     except BaseException:
         proc.kill()
         proc.wait()
@@ -127,14 +136,25 @@ def run(conn: psycopg.Connection[Any], tools: Tools, archive: Path, secrets: lis
 _REPLACEABLE = (b"CREATE VIEW ", b"CREATE FUNCTION ", b"CREATE PROCEDURE ")
 
 
-def _feed(conn: psycopg.Connection[Any], stream: Any, copy_into: CopyTarget | None, or_replace: bool) -> int:
+def _feed(conn: psycopg.Connection[Any], stream: Any, copy_into: CopyTarget | None, or_replace: bool,
+          blobs: set[int] | None = None) -> int:
     pending: list[bytes] = []
     rows, data_entry = 0, False  # COPY ... FROM stdin starts data only in a TABLE DATA entry
+    in_blobs, writing = False, True  # in the BLOBS entry: the large object being written is a chosen one
     with conn.cursor() as cur:
         for raw in stream:
             line = raw.rstrip(b"\n")
             if line.startswith((b"\\restrict", b"\\unrestrict")) or line.strip() in _SKIPPED:
                 continue
+            if line.startswith(b"-- ") and b"; Type: " in line:
+                in_blobs, writing = b"; Type: BLOBS;" in line, True
+            if in_blobs:  # pg_restore wraps each large object in BEGIN/COMMIT: never in our transaction
+                if line in (b"BEGIN;", b"COMMIT;"):
+                    continue
+                if (m := _LO_OPEN.match(line)) is not None:
+                    writing = blobs is None or int(m.group(1)) in blobs
+                if not writing:
+                    continue
             if line.startswith(b"\\"):
                 raise CheckFailed("a restore script of SQL and COPY data only", f"a psql meta-command: "
                                   f"{line[:60].decode(errors='replace')}", "pg_restore output")

@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 _TOP_ORDER = ["default acl", "event trigger", "materialized view", "view", "foreign table", "table", "sequence",
               "function", "procedure", "aggregate", "composite type", "domain", "type", "statistics object",
               "collation", "publication", "extension", "schema"]
-_PARTS = ("publication relation", "trigger", "policy", "rule", "table constraint", "index", "table column")
+_PARTS = ("publication relation", "publication namespace", "trigger", "policy", "rule", "table constraint", "index",
+          "table column")
 
 
 def assess(run: Phase4Run, state: RollbackState) -> str:
@@ -31,23 +32,25 @@ def assess(run: Phase4Run, state: RollbackState) -> str:
     assert state.saved is not None
     assert state.folder is not None
     state.files = to_undo(run, state)
-    lines = loss(run, state)
+    lines = loss(run, state, run.ro)
     if lines and not state.accept_loss:
         raise CheckFailed("consent to what a full restore of the backup loses (--phase4-accept-loss)",
                           f"{len(lines)} difference(s) since the backup that the restore would undo",
                           "the database now", details=lines,
                           hint="nothing was changed. Prefer the default --phase4-rollback (revert: keeps every write "
                                "made since); or rerun with --phase4-accept-loss: the current state is dumped first")
-    state.notes = lines
+    state.notes = state.accepted = lines
+    state.recheck = lambda conn: loss(run, state, conn)  # once every table is locked, in the rollback's transaction
     return (f"restore the backup over {len(state.files)} applied migration(s): " +
             (f"{len(lines)} loss(es) accepted: " + "; ".join(lines) if lines else "nothing would be lost"))
 
 
-def loss(run: Phase4Run, state: RollbackState) -> list[str]:
+def loss(run: Phase4Run, state: RollbackState, ro: psycopg.Connection[Any]) -> list[str]:
+    """Every difference a full restore undoes: objects not in the backup (dropped, with their rows or values),
+    definitions changed since (put back), rows added, changed and deleted since (per table)."""
     saved = state.saved
     assert saved is not None
     assert state.folder is not None
-    ro = run.ro
     known = {(o["type"], o["identity"]) for o in saved.objects}
     live = list(inventory.take(ro).values())
     extra = sorted((o for o in live if (o.type, o.identity) not in known), key=lambda o: (o.type, o.identity))
@@ -67,6 +70,7 @@ def loss(run: Phase4Run, state: RollbackState) -> list[str]:
                          "value(s)")
         else:
             lines.append(f"{obj.type} {obj.identity}: not in the backup, dropped")
+    lines += _definitions(saved, live)
     changed = []
     for ns, tables in sorted(saved.tables.items()):
         for table, was in sorted(tables.items()):
@@ -78,7 +82,33 @@ def loss(run: Phase4Run, state: RollbackState) -> list[str]:
                 continue
             changed.append((ns, table, cols))
     if changed:
-        lines += _row_losses(run, state, changed)
+        lines += _row_losses(run, state, changed, None if ro is run.ro else ro)
+    return lines
+
+
+def _definitions(saved: snapshot.Snapshot, live: list[Obj]) -> list[str]:
+    """Objects in the backup whose definition, owner or privileges changed since: the restore puts the backup's
+    back (a function's new body, a GRANT, a table added to a publication is a new object, listed above)."""
+    was = {(o["type"], o["identity"]): Obj.from_json(o) for o in saved.objects}
+    lines = []
+    for obj in sorted(live, key=lambda o: (o.type, o.identity)):
+        old = was.get((obj.type, obj.identity))
+        if old is None:
+            continue
+        a, b = _bare(old), _bare(obj)
+        if a.keys() != b.keys() or normalize.same_definition(obj.type, a, b):
+            continue  # an inventory of another version reads other properties: not a change
+        what = []
+        for key in sorted(k for k in a if a[k] != b[k]):
+            if key == "acl":
+                added = revert.grants(list(b[key] or [])) - revert.grants(list(a[key] or []))
+                gone = revert.grants(list(a[key] or [])) - revert.grants(list(b[key] or []))
+                what.append("privileges" + "".join(
+                    f"; {'granted' if g in added else 'revoked'} since: {g[1]} to {g[0] or 'PUBLIC'}"
+                    for g in sorted(added | gone)))
+            else:
+                what.append({"md5": "definition", "def": "definition"}.get(key, key))
+        lines.append(f"{obj.type} {obj.identity}: changed since the backup ({', '.join(what)}): put back as it was")
     return lines
 
 
@@ -90,27 +120,37 @@ def _columns(conn: psycopg.Connection[Any], ns: str, table: str) -> dict[str, st
     return {str(r[0]): str(r[1]) for r in rows} or None
 
 
-def _row_losses(run: Phase4Run, state: RollbackState, changed: list[tuple[str, str, dict[str, str]]]) -> list[str]:
+def _row_losses(run: Phase4Run, state: RollbackState, changed: list[tuple[str, str, dict[str, str]]],
+                conn: psycopg.Connection[Any] | None) -> list[str]:
     """Rows added, changed and deleted since the backup in each table whose checksum moved: the backup's rows
-    loaded into a temporary table (a transaction that is rolled back) and compared by primary key."""
+    loaded into a temporary table (in a transaction that is rolled back: a session of its own, or a savepoint of
+    the rollback's `conn`) and compared by primary key."""
     assert state.folder is not None
     assert state.saved is not None
     archive = state.folder / backup.DUMP
     toc = pgscript.listing(tools(run), archive, run.target.secrets)
-    lines = []
+    lines: list[str] = []
+
+    def compare(conn: psycopg.Connection[Any]) -> None:
+        assert state.saved is not None
+        for ns, table, cols in changed:
+            entry = next((e for e in toc if e.desc == "TABLE DATA" and (e.schema, e.tag) == (ns, table)), None)
+            if entry is None:
+                lines.append(f"table {ns}.{table}: not in the backup's data")
+                continue
+            if line := _compare_table(run, conn, archive, entry, ns, table, cols, state.saved.schema):
+                lines.append(line)
+
+    if conn is not None:
+        with conn.transaction(force_rollback=True):
+            compare(conn)
+        return lines
     run.end_reads()
-    with run.target.connect(read_only=False, autocommit=False) as conn:
+    with run.target.connect(read_only=False, autocommit=False) as own:
         try:
-            for ns, table, cols in changed:
-                entry = next((e for e in toc if e.desc == "TABLE DATA" and (e.schema, e.tag) == (ns, table)), None)
-                if entry is None:
-                    lines.append(f"table {ns}.{table}: not in the backup's data")
-                    continue
-                line = _compare_table(run, conn, archive, entry, ns, table, cols, state.saved.schema)
-                if line:
-                    lines.append(line)
+            compare(own)
         finally:
-            conn.rollback()
+            own.rollback()
     return lines
 
 
@@ -169,31 +209,98 @@ def _compare_table(run: Phase4Run, conn: psycopg.Connection[Any], archive: Any, 
 
 
 def drop_extra(run: Phase4Run, state: RollbackState) -> str:
-    """Drop what is not in the backup (CASCADE is safe here: everything of the backup is created again by the
-    restore that follows in the same transaction), and pytest-phase4's own schema (the backup's comes back;
-    the history of earlier rollbacks is kept and written again)."""
+    """Drop what is not in the backup, and pytest-phase4's own schema (the backup's comes back; the history of
+    earlier rollbacks is kept and written again). Never with CASCADE, and never anything the pre-rollback dump
+    does not hold (an object created since it was taken, by another session: refused, rerun): what blocks a drop
+    and is in the backup (a view the plan redefined over its function) is dropped first, the restore creates it
+    again."""
     assert state.saved is not None
+    assert state.safety_dump is not None
     conn = begin(run, state)
     known = {(o["type"], o["identity"]) for o in state.saved.objects}
-    extra = [o for o in inventory.take(conn).values() if (o.type, o.identity) not in known]
+    live = inventory.take(conn)
+    extra = [o for o in live.values() if (o.type, o.identity) not in known]
     whole = {o.identity for o in extra if o.type not in _PARTS}
     parts = [o for o in extra if o.type in _PARTS and o.parent not in whole]
     tops = sorted((o for o in extra if o.type not in _PARTS),
                   key=lambda o: _TOP_ORDER.index(o.type) if o.type in _TOP_ORDER else len(_TOP_ORDER))
-    dropped = []
-    for obj in [*parts, *tops]:
-        statement = revert.drop_statement(obj, cascade=True)
-        if statement is None:
-            raise CheckFailed("objects not in the backup that the restore can drop", f"{obj.type} {obj.identity}",
-                              "the database now", hint="drop it by hand, then rerun")
-        conn.execute(statement)
-        dropped.append(f"{obj.type} {obj.identity}")
+    dumped = {(e.catalog, e.oid) for e in pgscript.listing(tools(run), state.safety_dump, run.target.secrets)}
+    dropped: list[str] = []
+    remaining = [*parts, *tops]
+    while remaining:
+        blocked = []
+        for obj in remaining:
+            if not _in_dump(conn, obj, dumped):
+                raise CheckFailed("everything the restore drops to be in the pre-rollback dump",
+                                  f"{obj.type} {obj.identity}: created after it was taken", str(state.safety_dump),
+                                  hint="nothing was changed: rerun the rollback (a new dump will hold it)")
+            statement = revert.drop_statement(obj)
+            if statement is None:
+                raise CheckFailed("objects not in the backup that the restore can drop", f"{obj.type} {obj.identity}",
+                                  "the database now", hint="drop it by hand, then rerun")
+            try:
+                with conn.transaction():
+                    conn.execute(statement)
+            except psycopg.errors.DependentObjectsStillExist as exc:
+                blocked.append((obj, exc.diag.message_detail or str(exc)))
+                continue
+            dropped.append(f"{obj.type} {obj.identity}")
+        if len(blocked) == len(remaining):
+            remaining = _dependents(conn, blocked, live, known, dumped)
+        else:
+            remaining = [o for o, _ in blocked]
     row = conn.execute("SELECT to_regclass('pytest_phase4.rollbacks') IS NOT NULL").fetchone()
     if row and row[0]:
         state.history = [tuple(r) for r in conn.execute(
             "SELECT at, mode, backup, migrations, safety_dump, summary FROM pytest_phase4.rollbacks").fetchall()]
     conn.execute("DROP SCHEMA IF EXISTS pytest_phase4 CASCADE")
     return f"dropped {len(dropped)} object(s) not in the backup" + (f": {', '.join(dropped)}" if dropped else "")
+
+
+_DEPENDENTS = """
+SELECT DISTINCT
+       CASE d.classid WHEN 'pg_rewrite'::regclass THEN 'pg_class'::regclass WHEN 'pg_attrdef'::regclass
+            THEN 'pg_class'::regclass ELSE d.classid END::oid::int8,
+       coalesce(r.ev_class, ad.adrelid, d.objid)::int8,
+       CASE WHEN r.oid IS NOT NULL THEN 0 ELSE coalesce(ad.adnum, d.objsubid) END,
+       pg_catalog.pg_describe_object(d.classid, d.objid, d.objsubid)
+  FROM pg_catalog.pg_depend d
+  LEFT JOIN pg_catalog.pg_rewrite r ON d.classid = 'pg_rewrite'::regclass AND r.oid = d.objid
+  LEFT JOIN pg_catalog.pg_attrdef ad ON d.classid = 'pg_attrdef'::regclass AND ad.oid = d.objid
+ WHERE d.refclassid = %s AND d.refobjid = %s AND (%s = 0 OR d.refobjsubid = %s) AND d.deptype = 'n'
+"""
+
+
+def _dependents(conn: psycopg.Connection[Any], blocked: list[tuple[Obj, str]], live: dict[tuple[int, int, int], Obj],
+                known: set[tuple[str, str]], dumped: set[tuple[int, int]]) -> list[Obj]:
+    """What blocks the drops: objects of the backup (the restore creates them again) to drop first, with the
+    blocked ones after them; anything else is refused, named."""
+    first: list[Obj] = []
+    others: list[str] = []
+    for obj, _ in blocked:
+        for classid, objid, subid, description in conn.execute(
+                _DEPENDENTS, (obj.classid, obj.objid, obj.objsubid, obj.objsubid)).fetchall():
+            found = live.get((int(classid), int(objid), int(subid)))
+            if found is not None and (found.type, found.identity) in known and _in_dump(conn, found, dumped):
+                if found not in first:
+                    first.append(found)
+            else:
+                others.append(f"{description} depends on {obj.type} {obj.identity} and is not in the backup")
+    if others or not first:
+        raise CheckFailed("every object not in the backup to be droppable", f"{len(blocked)} blocked",
+                          "the database now", details=others or [f"{o.type} {o.identity}: {d}" for o, d in blocked],
+                          hint="nothing was changed: drop those objects first (after saving them), then rerun")
+    return [*first, *(o for o, _ in blocked)]
+
+
+def _in_dump(conn: psycopg.Connection[Any], obj: Obj, dumped: set[tuple[int, int]]) -> bool:
+    """The object (or the table it is part of) was in the database when the pre-rollback dump was taken."""
+    if (obj.classid, obj.objid) in dumped:
+        return True
+    if obj.parent:
+        row = conn.execute("SELECT to_regclass(%s)::oid::int8", (obj.parent,)).fetchone()
+        return bool(row and row[0] is not None and (1259, int(row[0])) in dumped)
+    return False
 
 
 def restore(run: Phase4Run, state: RollbackState) -> str:

@@ -2,9 +2,10 @@
 object by object (created, dropped, altered), what it cannot undo without losing a write made since, and the
 SQL that names each object. No pytest here; the work itself is in revert_apply.py.
 
-The net change folds the records in the order the migrations were applied: an object the plan created and
-dropped again needs nothing; one it dropped and created again under the same name (a new object) is replaced
-by the original; one renamed is followed to its current name.
+The net change folds the records in the order the migrations were applied, object by object as PostgreSQL
+knows it (its catalog address, never its name): an object the plan created and dropped again needs nothing; one
+renamed is followed to its current name; one it dropped while a new object took its name (a table swapped for
+a new one, DROP then RENAME) is two changes: the new object is dropped, the original brought back.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import psycopg
 from psycopg import sql
 
 from pytest_phase4.changes import Record
@@ -33,7 +35,6 @@ class Net:
     original: Obj | None  # before the first migration being undone (None: the plan created it)
     current: Obj | None  # now, as the last record left it (None: the plan dropped it)
     files: list[str] = field(default_factory=list)
-    replaced: bool = False  # dropped and created again: a new object under the original's name
 
     @property
     def obj(self) -> Obj:
@@ -47,7 +48,7 @@ class Net:
             return "drop" if self.current is not None else "none"
         if self.current is None:
             return "restore"
-        if self.replaced or self.current.identity != self.original.identity or \
+        if self.current.identity != self.original.identity or \
                 changed_keys(self.original, self.current):
             return "alter"
         return "none"
@@ -63,30 +64,19 @@ def changed_keys(a: Obj, b: Obj) -> set[str]:
 
 
 def net_changes(records: list[Record]) -> list[Net]:
-    """Fold the records (in the order applied) into one net change per object."""
-    state: dict[tuple[str, str], Net] = {}
+    """Fold the records (in the order applied) into one net change per object, by catalog address."""
+    state: dict[tuple[int, int, int], Net] = {}
     for record in records:
         for change in record.changes:
+            b, a = change.before, change.after
             if change.action == "created":
-                a = change.after
                 assert a is not None
-                found = state.get((a.type, a.identity))
-                if found is not None and found.current is None:
-                    found.current, found.replaced = a, True
-                else:
-                    found = state.setdefault((a.type, a.identity), Net(None, a))
-            elif change.action == "dropped":
-                b = change.before
-                assert b is not None
-                found = state.setdefault((b.type, b.identity), Net(b, b))
-                found.current = None
-            else:
-                b, a = change.before, change.after
-                assert a is not None
-                assert b is not None
-                found = state.pop((b.type, b.identity), None) or Net(b, b)
+                found = state.setdefault(a.key, Net(None, a))
                 found.current = a
-                state[(a.type, a.identity)] = found
+            else:
+                assert b is not None
+                found = state.setdefault(b.key, Net(b, b))
+                found.current = a  # None when dropped
             if record.file not in found.files:
                 found.files.append(record.file)
     return [n for n in state.values() if n.action != "none"]
@@ -140,6 +130,12 @@ def _drop(obj: Obj) -> sql.Composed | None:
     if t in ON_TABLE_KW:
         return sql.SQL("DROP {} IF EXISTS {} ON {}").format(sql.SQL(ON_TABLE_KW[t]), sql.Identifier(obj.names[2]),
                                                             relation(obj))
+    if t == "large object":
+        return sql.SQL("SELECT pg_catalog.lo_unlink(l.oid) FROM pg_catalog.pg_largeobject_metadata l"
+                       " WHERE l.oid = {}").format(sql.Literal(obj.objid))
+    if t == "publication namespace":
+        return sql.SQL("ALTER PUBLICATION {} DROP TABLES IN SCHEMA {}").format(sql.Identifier(obj.args[0]),
+                                                                             sql.Identifier(obj.names[0]))
     return None
 
 
@@ -171,7 +167,7 @@ def own_name(obj: Obj) -> str:
 def same_but_parent(net: Net) -> bool:
     """A part (column, constraint, ...) whose only change is its table's name: renaming the table back is enough."""
     a, b = net.original, net.current
-    return (a is not None and b is not None and not net.replaced and a.parent != b.parent and
+    return (a is not None and b is not None and a.parent != b.parent and
             own_name(a) == own_name(b) and not changed_keys(a, b))
 
 
@@ -251,6 +247,31 @@ def default_acl_statements(obj: Obj, was: list[str] | None, now: list[str]) -> l
                                                       sql.SQL(" WITH GRANT OPTION" if option else ""))
             for g, p, option in sorted(before - after)]
     return out
+
+
+_LIVE_ACL = {
+    "relation": "SELECT coalesce(relacl, pg_catalog.acldefault((CASE relkind WHEN 'S' THEN 's' ELSE 'r' END)::\"char\","
+                " relowner)) FROM pg_catalog.pg_class WHERE oid = %s",
+    "column": "SELECT coalesce(attacl, '{}') FROM pg_catalog.pg_attribute WHERE attrelid = %s AND attnum = %s",
+    "routine": "SELECT coalesce(proacl, pg_catalog.acldefault('f', proowner)) FROM pg_catalog.pg_proc WHERE oid = %s",
+    "schema": "SELECT coalesce(nspacl, pg_catalog.acldefault('n', nspowner)) FROM pg_catalog.pg_namespace"
+              " WHERE oid = %s",
+    "type": "SELECT coalesce(typacl, pg_catalog.acldefault('T', typowner)) FROM pg_catalog.pg_type WHERE oid = %s",
+}
+
+
+def live_acl(conn: psycopg.Connection[Any], obj: Obj) -> list[str] | None:
+    """The object's privileges as they are now (the defaults written out, as the inventory reads them); None for
+    a kind not read here (default privileges: the record's)."""
+    t = obj.type
+    kind = "column" if t == "table column" else "relation" if t in RELATION_KW else "routine" if t in ROUTINE_KW \
+        else "type" if t in TYPE_KW else t
+    if kind not in _LIVE_ACL:
+        return None
+    args = (obj.objid, obj.objsubid) if kind == "column" else (obj.objid,)
+    row = conn.execute(sql.SQL("SELECT array_agg(x::text) FROM ({}) a(acl), unnest(a.acl) x").format(
+        sql.SQL(_LIVE_ACL[kind])), args).fetchone()
+    return list(row[0] or []) if row else []
 
 
 def _acl_target(obj: Obj) -> sql.Composable | None:

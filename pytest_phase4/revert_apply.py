@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg import errors, sql
+from psycopg import sql
 
-from pytest_phase4 import inventory, normalize, pgscript, revert, snapshot
+from pytest_phase4 import pgscript, revert, snapshot
 from pytest_phase4.backup import Tools
 from pytest_phase4.errors import CheckFailed
 from pytest_phase4.inventory import Obj
-from pytest_phase4.refill import prove_values, refill_table
+from pytest_phase4.refill import load, prove_values, refill_table
 from pytest_phase4.revert import Net
 
 # Parts dropped before the objects they belong to; then relations (views before tables), routines, types.
@@ -28,7 +28,8 @@ _DROP_ORDER = ["publication relation", "default acl", "event trigger", "trigger"
 # Entries restored after the dropped columns are back: they may need them.
 _LATE = {"VIEW", "MATERIALIZED VIEW", "MATERIALIZED VIEW DATA", "TABLE DATA", "SEQUENCE OWNED BY", "SEQUENCE SET",
          "DEFAULT", "CONSTRAINT", "FK CONSTRAINT", "CHECK CONSTRAINT", "INDEX", "INDEX ATTACH", "TRIGGER", "POLICY",
-         "ROW SECURITY", "RULE", "ACL", "COMMENT", "SECURITY LABEL", "STATISTICS"}
+         "ROW SECURITY", "RULE", "ACL", "COMMENT", "SECURITY LABEL", "STATISTICS", "PUBLICATION TABLE",
+         "PUBLICATION TABLES IN SCHEMA"}
 _DERIVED = ("ACL", "COMMENT", "SECURITY LABEL")
 _WHOLE = ("table", "view", "materialized view", "foreign table")
 # What changed in a view or routine that replacing it by the backup's definition undoes.
@@ -43,6 +44,7 @@ class Source:
     archive: Path
     toc: list[pgscript.Entry]
     applied: frozenset[str]  # the plan's migrations applied when it was taken
+    snapshot: str = ""  # its pg_current_snapshot(): which row versions it holds ("" for an older backup)
 
 
 @dataclass
@@ -52,8 +54,13 @@ class Refill:
     columns: list[Obj]
     dropped_by: str = ""  # the migration that dropped the columns
     source: Source | None = None  # the newest backup taken before that migration (its rows are the refill's)
-    temp: str = ""
-    without_value: int = 0  # rows of the table now that the backup does not hold (inserted since)
+    files: frozenset[str] = frozenset()  # every migration that changed the columns: the source is older
+    n: int = 0  # its number among the refills (names its temporary tables)
+    temp: str = ""  # the source's rows of the table (refill.load)
+    since: str = ""  # keys of rows written since the source by others ("" when the key is generated)
+    generated: bool = False
+    ambiguous: int = 0  # rows written since under a key the source holds: not told apart from a new row
+    without_value: int = 0  # rows of the table now that get no value (inserted since, or ambiguous)
     refilled: int = 0
 
 
@@ -70,6 +77,9 @@ class Reverter:
     _kept: list[str] = field(default_factory=list)
     sources: list[Source] = field(default_factory=list)  # newest first; the chosen backup's archive is the last resort
     schema: str = "public"
+    plan_xids: list[int] = field(default_factory=list)  # 32-bit ids of the plan's transactions (rows' xmin)
+    snapshot: str = ""  # the chosen backup's pg_current_snapshot()
+    prepared: bool = False  # refills loaded (in the rollback's transaction, before any change)
 
     # -- what goes where ------------------------------------------------------------------------------------
     def to_drop(self) -> list[Obj]:
@@ -83,23 +93,34 @@ class Reverter:
         return sorted(keep, key=lambda o: _DROP_ORDER.index(o.type) if o.type in _DROP_ORDER else len(_DROP_ORDER))
 
     def to_restore(self) -> list[Obj]:
-        """Original objects to bring back: dropped by the plan, or replaced by a new object of the same name."""
-        return [n.original for n in self.nets if n.original is not None and
+        """Original objects to bring back: dropped by the plan, or changed in a way only re-creating undoes."""
+        return [o for o, _ in self.restores()]
+
+    def restores(self) -> list[tuple[Obj, Net]]:
+        return [(n.original, n) for n in self.nets if n.original is not None and
                 (n.action == "restore" or (n.action == "alter" and self._recreate(n)))]
+
+    def primary(self) -> Source:
+        return Source("", self.archive, self.toc, frozenset(), self.snapshot)
+
+    def entry_for(self, obj: Obj, files: frozenset[str] | set[str]) -> tuple[Source, pgscript.Entry] | None:
+        """The object's entry in the newest backup taken before any of `files` (the migrations that changed
+        it): what it was just before the plan changed it."""
+        for source in [*self.sources, self.primary()]:
+            if files & source.applied:
+                continue
+            if (e := next((e for e in source.toc if e.catalog == obj.classid and e.oid == obj.objid), None)):
+                return source, e
+        return None
 
     @staticmethod
     def _recreate(net: Net) -> bool:
         a, b = net.original, net.current
         assert a is not None
         assert b is not None
-        if net.replaced:
-            return True
         changed = revert.changed_keys(a, b)
         return a.type in ("materialized view", "index", "table constraint", "rule", "statistics object") and \
             bool(changed - {"acl", "owner", "validated", "enforced"})
-
-    def entry_of(self, obj: Obj) -> pgscript.Entry | None:
-        return next((e for e in self.toc if e.catalog == obj.classid and e.oid == obj.objid), None)
 
     def _with_constraint(self, obj: Obj) -> bool:
         """An index a restored constraint (primary key, unique, exclusion) creates with itself."""
@@ -111,12 +132,13 @@ class Reverter:
         """Objects to restore that the backup has no copy of (created after it, then dropped by the plan)."""
         restored = {o.identity for o in self.to_restore() if o.type in _WHOLE}
         lines = []
-        for obj in self.to_restore():
+        for obj, net in self.restores():
             if obj.parent in restored or obj.type == "table column" or _inline_check(obj) or \
                     self._with_constraint(obj):
                 continue
-            if self.entry_of(obj) is None:
-                lines.append(f"{obj.type} {obj.identity}: not in the backup (it was created after the backup)")
+            if self.entry_for(obj, set(net.files)) is None:
+                lines.append(f"{obj.type} {obj.identity}: not in any backup taken before {net.files[0]} (it was "
+                             "created after the backup)")
         for refill in self.plan_refills():
             if refill.source is None:
                 lines.append(f"table {refill.table.parent}: the backup holds no rows of it to refill "
@@ -136,110 +158,26 @@ class Reverter:
                     or not obj.parent:
                 continue
             key = [str(k) for k in obj.definition.get("key") or []]
-            refill = by_table.setdefault((obj.parent, net.files[-1]), Refill(obj, key, [], net.files[-1]))
+            refill = by_table.setdefault((obj.parent, net.files[-1]),
+                                         Refill(obj, key, [], net.files[-1], n=len(by_table)))
             refill.columns.append(obj)
-        primary = Source("", self.archive, self.toc, frozenset())
+            refill.files |= frozenset(net.files)
         for refill in by_table.values():
             t = refill.table
-            refill.source = next((s for s in [*self.sources, primary] if refill.dropped_by not in s.applied
+            refill.source = next((s for s in [*self.sources, self.primary()] if not refill.files & s.applied
                                   and pgscript.table_data(s.toc, t.objid, *t.names[:2]) is not None), None)
         return list(by_table.values())
 
+    def prepare(self, conn: psycopg.Connection[Any]) -> None:
+        """Load the refills' backup rows, and tell the rows written since apart, before anything changes (a
+        change rewrites rows: their xmin would be the rollback's own)."""
+        self.refills = self.plan_refills()
+        for refill in self.refills:
+            if refill.source is not None and refill.key:
+                load(self, refill, conn)
+        self.prepared = True
+
     # -- the steps ------------------------------------------------------------------------------------------
-    def tables_to_lock(self) -> list[str]:
-        """Existing tables whose columns, constraints, triggers or rows the revert touches, and the tables the plan
-        created: their rows stay as counted while the rollback runs (rollback.lock locks them)."""
-        parts = {o.parent for n in self.nets for o in (n.original, n.current)
-                 if o is not None and o.parent and o.type in ("table column", "table constraint", "trigger",
-                                                              "policy", "index")}
-        created = {n.current.identity for n in self.nets if n.action == "drop" and n.current is not None}
-        found = []
-        for name in sorted(t for t in parts | {n.current.identity for n in self.nets if n.action == "drop"
-                                               and n.current is not None and n.current.type == "table"} if t):
-            row = self.conn.execute("SELECT (SELECT relkind FROM pg_class WHERE oid = to_regclass(%s))",
-                                    (name,)).fetchone()
-            if row and row[0] in ("r", "p"):
-                found.append(name)
-        self._kept = [name for name in found if name not in created]
-        return found
-
-    def record_kept(self) -> None:
-        """Checksums of the locked existing tables' kept columns, before any change: prove_kept compares."""
-        for name in self._kept:
-            self.kept_before[name] = self._kept_checksum(name)
-
-    def _kept_columns(self, table: str) -> list[str]:
-        leaving = {o.names[2] for o in self.to_drop() if o.type == "table column" and o.parent == table}
-        changing = {n.current.names[2] for n in self.nets if n.current is not None and n.action == "alter"
-                    and n.current.type == "table column" and n.current.parent == table}
-        cols = [r[0] for r in self.conn.execute(
-            "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped"
-            " ORDER BY attnum", (table,)).fetchall()]
-        return [c for c in cols if c not in leaving and c not in changing]
-
-    def _kept_checksum(self, table: str, like: snapshot.Checksum | None = None) -> snapshot.Checksum:
-        ns, name = self.conn.execute("SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON"
-                                     " n.oid = c.relnamespace WHERE c.oid = %s::regclass", (table,)).fetchone() \
-            or ("", "")
-        columns = like.columns if like is not None else self._kept_columns(table)
-        return snapshot.checksum(self.conn, str(ns), str(name), columns, pin=self.schema, like=like)
-
-    def drop_created(self) -> list[str]:
-        """Drop in rounds, each statement without CASCADE in a savepoint: what another object still depends on
-        waits for the next round; when a round drops nothing, what is left depends on something the plan did
-        not create, and the revert is refused with PostgreSQL's own list of those dependents."""
-        targets = self.to_drop()
-        self._refuse_auto_dependents(targets)
-        done: list[str] = []
-        remaining = targets
-        while remaining:
-            blocked: list[tuple[Obj, str]] = []
-            for obj in remaining:
-                statement = revert.drop_statement(obj)
-                if statement is None:
-                    raise CheckFailed("objects the plan created that the rollback can drop", f"{obj.type} "
-                                      f"{obj.identity}", "the migrations' record", hint=_RESTORE_HINT)
-                try:
-                    with self.conn.transaction():
-                        self.conn.execute(statement)
-                except errors.DependentObjectsStillExist as exc:
-                    blocked.append((obj, exc.diag.message_detail or str(exc)))
-                    continue
-                done.append(f"{obj.type} {obj.identity}")
-            if len(blocked) == len(remaining):
-                details = [f"{o.type} {o.identity}: {d}" for o, d in blocked]
-                raise CheckFailed("every object the plan created to be droppable without reaching anything else",
-                                  f"{len(blocked)} object(s) that objects the plan did not create depend on",
-                                  "the database now", details=[line for d in details for line in d.splitlines()],
-                                  hint="nothing was changed: drop or change those objects first (they are not the "
-                                       "plan's), or use --phase4-rollback=restore")
-            remaining = [o for o, _ in blocked]
-        return done
-
-    def _refuse_auto_dependents(self, targets: list[Obj]) -> None:
-        """Indexes, triggers, policies, constraints that PostgreSQL would drop silently with a plan object but
-        that the plan did not create (the application's): refuse rather than lose them."""
-        created = {(o.type, o.identity) for n in self.nets if n.current is not None and n.original is None
-                   for o in [n.current]}
-        outside: list[str] = []
-        for obj in targets:
-            rows = self.conn.execute(
-                "SELECT i.type, i.identity FROM pg_depend d"
-                " CROSS JOIN LATERAL pg_identify_object(d.classid, d.objid, d.objsubid) i"
-                " WHERE d.refclassid = %s AND d.refobjid = %s AND (%s = 0 OR d.refobjsubid = %s) AND d.deptype = 'a'"
-                " AND d.classid NOT IN ('pg_attrdef'::regclass, 'pg_type'::regclass)"
-                " AND NOT (d.classid = 'pg_class'::regclass AND d.objid = d.refobjid)",
-                (obj.classid, obj.objid, obj.objsubid, obj.objsubid)).fetchall()
-            for kind, identity in rows:
-                if (kind, identity) not in created and kind != "sequence":
-                    outside.append(f"{kind} {identity} (not created by the plan) would be dropped with "
-                                   f"{obj.type} {obj.identity}")
-        if outside:
-            raise CheckFailed("every object the plan created to be droppable without reaching anything else",
-                              f"{len(outside)} object(s) the plan did not create", "the database now",
-                              details=outside, hint="nothing was changed: drop them first if they may go, or use "
-                                                    "--phase4-rollback=restore")
-
     def alter_back(self) -> list[str]:
         """Names, column types, NOT NULL, defaults, row security, trigger states, policies, owners and
         privileges back to what they were; views and functions replaced by their backup definition."""
@@ -258,25 +196,27 @@ class Reverter:
                 rename = revert.rename_statement(now, was)
                 if rename is None:
                     raise CheckFailed("a rename the rollback can undo", f"{now.type} {was.identity} renamed to "
-                                      f"{now.identity}", ", ".join(net.files), hint=_RESTORE_HINT)
+                                      f"{now.identity}", ", ".join(net.files), hint=RESTORE_HINT)
                 statements.append(rename)
                 now = _renamed(now, was)
-            statements += self._definition_back(was, now, net)
             for statement in statements:
                 self.conn.execute(statement)
+            self._definition_back(was, now, net)
             done.append(f"{was.type} {was.identity}")
         return done
 
-    def _definition_back(self, was: Obj, now: Obj, net: Net) -> list[sql.Composed]:
+    def _definition_back(self, was: Obj, now: Obj, net: Net) -> None:
         a = was.definition
         changed = revert.changed_keys(was, now)
         out: list[sql.Composed] = []
-        if "acl" in changed:
+        if "owner" in changed:  # first: ALTER OWNER rewrites the privileges the next statements start from
+            for statement in revert.owner_statements(was, now):
+                self.conn.execute(statement)
+        if "acl" in changed:  # from the privileges as they are now, to exactly the recorded ones
             column = was.names[2] if was.type == "table column" else None
-            out += revert.acl_statements(now, list(a.get("acl") or []), list(now.definition.get("acl") or []),
-                                         column)
-        if "owner" in changed:
-            out += revert.owner_statements(was, now)
+            live = revert.live_acl(self.conn, now)
+            out += revert.acl_statements(now, list(a.get("acl") or []),
+                                         list(now.definition.get("acl") or []) if live is None else live, column)
         rest = changed - {"acl", "owner", "validated"}
         if was.type == "table column":
             out += revert.column_back(now, a, rest)
@@ -295,49 +235,65 @@ class Reverter:
         elif was.type == "policy" and rest <= {"roles", "using", "check"}:
             out.append(revert.policy_back(now, a))
         elif was.type in ("view", "function", "procedure") and rest <= _FROM_BACKUP:
-            self._replace_from_backup(was, now)
+            self._replace_from_backup(was, now, net)
         elif rest:
             raise CheckFailed("changes the rollback can undo", f"{was.type} {was.identity}: {', '.join(sorted(rest))} "
-                              f"changed ({', '.join(net.files)})", "the migrations' record", hint=_RESTORE_HINT)
-        return out
+                              f"changed ({', '.join(net.files)})", "the migrations' record", hint=RESTORE_HINT)
+        for statement in out:
+            self.conn.execute(statement)
 
-    def _replace_from_backup(self, was: Obj, now: Obj) -> None:
-        entry = self.entry_of(was)
-        if entry is None:
-            raise CheckFailed(f"{was.type} {was.identity} in the backup", "no copy of it", str(self.archive),
-                              hint=_RESTORE_HINT)
+    def _replace_from_backup(self, was: Obj, now: Obj, net: Net) -> None:
+        found = self.entry_for(was, set(net.files))
+        if found is None:
+            raise CheckFailed(f"{was.type} {was.identity} in a backup taken before {net.files[0]}", "no copy of it",
+                              str(self.archive), hint=RESTORE_HINT)
+        source, entry = found
         try:
             with self.conn.transaction():
-                pgscript.run(self.conn, self.tools, self.archive, self.secrets, [entry], or_replace=True)
+                pgscript.run(self.conn, self.tools, source.archive, self.secrets, [entry], or_replace=True)
         except psycopg.Error:  # e.g. a view whose columns changed: OR REPLACE cannot drop columns
             with self.conn.transaction():
                 statement = revert.drop_statement(now)
                 assert statement is not None
                 self.conn.execute(statement)
-                pgscript.run(self.conn, self.tools, self.archive, self.secrets, [entry])
+                pgscript.run(self.conn, self.tools, source.archive, self.secrets, [entry])
 
     def restore_dropped(self) -> list[str]:
-        """Dropped objects back from the backup (tables with their rows), dropped columns re-added and
-        refilled, CHECK constraints of kept tables from the record."""
-        originals = self.to_restore()
-        restored = {o.identity for o in originals if o.type in _WHOLE}
-        chosen: list[pgscript.Entry] = []
-        main = [e for o in originals if not (o.type == "table column" or _inline_check(o) or self._with_constraint(o))
-                and (e := self.entry_of(o)) is not None]
-        columns = [(c.names[1], c.names[2], c.names[0]) for r in self.plan_refills() for c in r.columns]
-        for entry in self.toc:
-            if entry in main or _derived(entry, main, columns, restored):
-                chosen.append(entry)
-        early = [e for e in chosen if e.desc not in _LATE]
-        late = [e for e in chosen if e.desc in _LATE]
-        pgscript.run(self.conn, self.tools, self.archive, self.secrets, early)
-        done = [f"{e.desc.lower()} {e.schema}.{e.tag}" for e in early]
-        self.refills = self.plan_refills()
+        """Dropped objects back from the newest backup taken before the migrations that changed them (tables
+        with their rows), dropped columns re-added and refilled, CHECK constraints of kept tables from the record."""
+        pairs = self.restores()
+        restored = {o.identity for o, _ in pairs if o.type in _WHOLE}
+        if not self.prepared:
+            self.prepare(self.conn)
+        main: dict[str, tuple[Source, list[pgscript.Entry]]] = {}
+        for obj, net in pairs:
+            if obj.type == "table column" or _inline_check(obj) or self._with_constraint(obj):
+                continue
+            if found := self.entry_for(obj, set(net.files)):
+                main.setdefault(found[0].name, (found[0], []))[1].append(found[1])
+        early: list[tuple[Source, list[pgscript.Entry]]] = []
+        late: list[tuple[Source, list[pgscript.Entry]]] = []
+        for source, entries in sorted(main.values(), key=lambda m: m[0].name):  # "" (the chosen backup) first
+            columns = [(c.names[1], c.names[2], c.names[0]) for r in self.refills if r.source == source
+                       for c in r.columns]
+            chosen = [e for e in source.toc if e in entries or _derived(e, entries, columns, restored)]
+            early.append((source, [e for e in chosen if e.desc not in _LATE]))
+            late.append((source, [e for e in chosen if e.desc in _LATE]))
+        others = {r.source.name: r.source for r in self.refills if r.source is not None and r.source.name not in main}
+        for source in others.values():
+            columns = [(c.names[1], c.names[2], c.names[0]) for r in self.refills if r.source == source
+                       for c in r.columns]
+            late.append((source, [e for e in source.toc if _derived(e, [], columns, restored)]))
+        done: list[str] = []
+        for source, entries in early:
+            self._run(source, entries)
+            done += [_entry(e) + _from(source) for e in entries if e.desc != "BLOBS"]
         for refill in self.refills:
             done.append(refill_table(self, refill))
-        pgscript.run(self.conn, self.tools, self.archive, self.secrets, late)
-        done += [f"{e.desc.lower()} {e.schema}.{e.tag}" for e in late if e.desc not in _DERIVED]
-        for obj in originals:
+        for source, entries in late:
+            self._run(source, entries)
+            done += [_entry(e) + _from(source) for e in entries if e.desc not in _DERIVED]
+        for obj, _ in pairs:
             if _inline_check(obj) and obj.parent not in restored:
                 self.conn.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}{}").format(
                     revert.relation(obj), sql.Identifier(obj.names[2]), sql.SQL(str(obj.definition["def"])),
@@ -345,38 +301,22 @@ class Reverter:
                 done.append(f"constraint {obj.identity}")
         return done
 
-    # -- the proof ------------------------------------------------------------------------------------------
-    def prove_catalog(self) -> tuple[int, list[str]]:
-        """Every object the plan touched is as it was before the plan (absent, or with its original
-        definition, owner and privileges): compared by identity with the catalog now."""
-        now = {(o.type, o.identity): o for o in inventory.take(self.conn).values()}
-        wrong = []
-        for net in self.nets:
-            if net.original is None:
-                assert net.current is not None
-                if (net.current.type, net.current.identity) in now:
-                    wrong.append(f"{net.current.type} {net.current.identity}: still there")
-                continue
-            found = now.get((net.original.type, net.original.identity))
-            if found is None:
-                wrong.append(f"{net.original.type} {net.original.identity}: missing")
-            elif not normalize.same_definition(found.type, revert_bare(net.original), revert_bare(found)):
-                wrong.append(f"{net.original.type} {net.original.identity}: {revert_bare(found)} instead of "
-                             f"{revert_bare(net.original)}")
-        return len(self.nets), wrong
+    def _run(self, source: Source, entries: list[pgscript.Entry]) -> None:
+        blobs = {e.oid for e in entries if e.desc == "BLOB"}
+        try:
+            pgscript.run(self.conn, self.tools, source.archive, self.secrets, entries, blobs=blobs)
+        except psycopg.Error as exc:
+            names = ", ".join(f"{e.desc.lower()} {e.schema}.{e.tag}" for e in entries[:6])
+            raise CheckFailed(f"the backup's copies to be created again ({names}{', ...' if len(entries) > 6 else ''})",
+                              f"{exc.diag.message_primary or exc} [{exc.sqlstate}]",
+                              str(source.archive),
+                              hint="nothing was changed. An object the plan did not create may hold one of their "
+                                   "names now, or depend on something they need: rename or drop it, then rerun "
+                                   "--phase4-rollback; or use --phase4-rollback=restore (it lists what it would "
+                                   "lose first)") from None
 
     def prove_values(self) -> list[tuple[str, bool, str]]:
         return prove_values(self)
-
-    def prove_kept(self) -> list[tuple[str, bool, str]]:
-        """The tables the revert locked hold the same rows as before it, in every column the plan did not
-        add or change: triggers did not fire, nothing else was written."""
-        out = []
-        for table, before in self.kept_before.items():
-            after = self._kept_checksum(table, before)
-            out.append((table, after == before, f"{after.rows:,} rows, checksum {after.sum} of {len(after.columns)} "
-                                                f"column(s)"))
-        return out
 
 
 def revert_bare(obj: Obj) -> dict[str, Any]:
@@ -387,6 +327,14 @@ def _renamed(now: Obj, was: Obj) -> Obj:
     """The object as it is once renamed back: its original name, its current definition."""
     return Obj(now.classid, now.objid, now.objsubid, now.type, was.identity, was.names, was.args, now.definition,
                was.parent)
+
+
+def _entry(e: pgscript.Entry) -> str:
+    return f"large object {e.tag}" if e.desc == "BLOB" else f"{e.desc.lower()} {e.schema}.{e.tag}"
+
+
+def _from(source: Source) -> str:
+    return f" (from backup {source.name})" if source.name else ""
 
 
 def _inline_check(obj: Obj) -> bool:
@@ -406,6 +354,9 @@ def _derived(entry: pgscript.Entry, main: list[pgscript.Entry], columns: list[tu
             return True
         if entry.desc in _DERIVED and m.desc == "SCHEMA" and entry.tag == f"SCHEMA {m.tag}":
             return True
+        if m.desc == "BLOB" and (entry.desc == "BLOBS" or (entry.desc in _DERIVED and
+                                                           entry.tag == f"LARGE OBJECT {m.tag}")):
+            return True  # the data of every large object (run for the chosen ones only), their privileges
         if entry.desc in ("SEQUENCE OWNED BY", "SEQUENCE SET") and m.desc == "SEQUENCE" and \
                 (entry.schema, entry.tag) == (m.schema, m.tag):
             return True
@@ -419,5 +370,5 @@ def _derived(entry: pgscript.Entry, main: list[pgscript.Entry], columns: list[tu
     return False
 
 
-_RESTORE_HINT = ("nothing was changed; this change cannot be reverted in place: use --phase4-rollback=restore "
+RESTORE_HINT = ("nothing was changed; this change cannot be reverted in place: use --phase4-rollback=restore "
                  "(it lists what a full restore would lose first)")

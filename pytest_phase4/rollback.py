@@ -11,6 +11,7 @@ database and the ledger are exactly as before.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,9 +21,9 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from pytest_phase4 import backup, changes, ledger, pgscript, revert, snapshot
+from pytest_phase4 import backup, changes, kept, ledger, revert_prove, snapshot
 from pytest_phase4.errors import CheckFailed
-from pytest_phase4.revert_apply import Reverter, Source
+from pytest_phase4.revert_apply import Reverter
 from pytest_phase4.safety import tools
 
 if TYPE_CHECKING:
@@ -60,107 +61,14 @@ class RollbackState:
     history: list[tuple[Any, ...]] = field(default_factory=list)  # restore mode: earlier rollbacks, kept
     committed: bool = False
     nothing: str = ""  # why there is nothing to roll back (a refusal, not a failure of the database)
+    accepted: list[str] = field(default_factory=list)  # the losses assess listed (consented to when any)
+    # What the mode loses, computed again once the rollback's locks are held (in its transaction)
+    recheck: Callable[[psycopg.Connection[Any]], list[str]] | None = None
+    kept: dict[str, tuple[str, str]] = field(default_factory=dict)  # revert: file -> (sha256, its kept row changes)
 
 
 def root_of(run: Phase4Run) -> Path:
     return run.safety.backup_root or Path("_backups") / backup.slug(run.plan.name)
-
-
-# -- locating the backup ------------------------------------------------------------------------------------
-def locate(run: Phase4Run, state: RollbackState) -> str:
-    """The given backup folder, else the newest backup of this database taken before any migration of the
-    plan; its identity proven by its marker row, in this database and in the dump."""
-    folder, saved = _pick(run, root_of(run))
-    sha = backup.read_info_sha(folder)
-    entries = backup.verify_archive(tools(run), folder / backup.DUMP, sha, run.target.secrets)
-    if saved.backup_id not in backup.markers_in_dump(tools(run), folder / backup.DUMP, run.target.secrets):
-        raise CheckFailed(f"the dump to hold the marker {saved.backup_id} of its snapshot.json", "another dump",
-                          str(folder), hint="the files of this backup folder do not belong together: do not use it")
-    state.folder, state.saved = folder, saved
-    return (f"{folder}: {backup.DUMP} sha256 {str(sha)[:16]} matches BACKUP_INFO.txt, {entries} entries readable; "
-            f"marker {saved.backup_id} in this database and in the dump; taken before any migration of the plan")
-
-
-def _pick(run: Phase4Run, root: Path) -> tuple[Path, snapshot.Snapshot]:
-    here = snapshot.identity(run.ro)
-    markers = ledger.backup_markers(run.ro)
-    if (root / backup.INFO).is_file():  # the user named the backup itself
-        saved = _saved(root)
-        if problem := _not_ours(saved, here, markers):
-            raise CheckFailed(f"a backup of this database ({_describe(here)})", problem, str(root),
-                              hint="restoring it here would replace this database's data with another's: if that "
-                                   "is really meant, use the pg_restore command in its BACKUP_INFO.txt by hand")
-        return root, saved
-    folders = sorted((p.parent for p in root.glob(f"*/{backup.INFO}")), reverse=True)
-    if not folders:
-        raise CheckFailed(f"a backup ({backup.INFO}) in {root} or one of its <timestamp>/ folders", "none",
-                          str(root), hint="give the backup's folder with --phase4-backup-dir=DIR")
-    plan_files = {m.file for m in run.plan.migrations}
-    others: list[str] = []
-    for folder in folders:
-        saved = _saved(folder)
-        if problem := _not_ours(saved, here, markers):  # backups of other databases share the plan's folder
-            others.append(f"{folder.name} ({problem})")
-            continue
-        if not plan_files & set(saved.applied):
-            return folder, saved
-    found = f"{len(folders)} backup(s): " + ("; ".join(others) if others else "each taken after some migrations")
-    raise CheckFailed(f"a backup of this database ({_describe(here)}) taken before any migration of the plan",
-                      found, str(root), hint="give the backup to restore with --phase4-backup-dir=DIR")
-
-
-def later_backups(run: Phase4Run, state: RollbackState, skipped: list[str]) -> list[Source]:
-    """This database's backups newer than the chosen one, newest first, each verified: a column dropped by a
-    migration applied after one of them is refilled with the values it held then, not the older ones."""
-    root = root_of(run)
-    if (root / backup.INFO).is_file():
-        return []
-    here, markers = snapshot.identity(run.ro), ledger.backup_markers(run.ro)
-    found = []
-    for folder in sorted((p.parent for p in root.glob(f"*/{backup.INFO}")), reverse=True):
-        if folder == state.folder:
-            break
-        try:
-            saved = _saved(folder)
-            if _not_ours(saved, here, markers):
-                continue
-            archive = folder / backup.DUMP
-            backup.verify_archive(tools(run), archive, backup.read_info_sha(folder), run.target.secrets)
-            if saved.backup_id not in backup.markers_in_dump(tools(run), archive, run.target.secrets):
-                continue
-            found.append(Source(folder.name, archive, pgscript.listing(tools(run), archive, run.target.secrets),
-                                frozenset(saved.applied)))
-        except CheckFailed as exc:
-            skipped.append(f"backup {folder.name} not used: {exc.summary}")
-    return found
-
-
-def _not_ours(saved: snapshot.Snapshot, here: dict[str, str], markers: set[str]) -> str | None:
-    """Why the backup is not proven to be of this database, or None. A name is no proof: the marker row the
-    backup wrote must be in this database (and, checked later, in the dump)."""
-    if not saved.backup_id:
-        return f"a backup of {_describe(saved.source)} without an identity marker (made by an older version)"
-    if not snapshot.same_database(saved.source, here):
-        return f"a backup of {_describe(saved.source)}"
-    if saved.backup_id not in markers:
-        return (f"a backup of {_describe(saved.source)} whose marker {saved.backup_id} this database does not "
-                "hold: another database of that name")
-    return None
-
-
-def _describe(ident: dict[str, str]) -> str:
-    if not ident:
-        return "an unknown database"
-    sysid = f", cluster {ident['system_identifier']}" if ident.get("system_identifier") else ""
-    return f"database {ident.get('database', '?')} (oid {ident.get('oid', '?')}{sysid})"
-
-
-def _saved(folder: Path) -> snapshot.Snapshot:
-    try:
-        return snapshot.Snapshot.from_json((folder / backup.SNAPSHOT).read_text())
-    except (OSError, ValueError, KeyError) as exc:
-        raise CheckFailed(f"the snapshot stored with the backup ({backup.SNAPSHOT})", f"unreadable: {exc}",
-                          str(folder)) from None
 
 
 # -- what there is to roll back -----------------------------------------------------------------------------
@@ -187,110 +95,34 @@ def last_rollback(conn: psycopg.Connection[Any]) -> str:
     return f"{last[1]} at {last[0]:%Y-%m-%d %H:%M:%S %Z} of {', '.join(last[2])}" if last else ""
 
 
-def assess_revert(run: Phase4Run, state: RollbackState) -> str:
-    """Read the records of the migrations to undo and say what the revert will do, keep and cannot undo;
-    refuse before any change when it cannot be done, or would lose rows without --phase4-accept-loss."""
-    assert state.folder is not None
-    state.files = to_undo(run, state)
-    recorded = changes.partial_files(run.ro) | {
-        f for f, in run.ro.execute("SELECT file FROM pytest_phase4.ledger WHERE recorded").fetchall()}
-    if unrecorded := [f for f in state.files if f not in recorded]:
-        raise CheckFailed("a record of what each migration did (pytest_phase4.changes)",
-                          f"none for {', '.join(unrecorded)} (applied by a version that did not record it)",
-                          "the ledger", hint="use --phase4-rollback=restore: it lists what it would lose first")
-    records = changes.read(run.ro, state.files)
-    nets = revert.net_changes([records[f] for f in state.files if f in records])
-    toc = pgscript.listing(tools(run), state.folder / backup.DUMP, run.target.secrets)
-    rv = Reverter(run.ro, tools(run), state.folder / backup.DUMP, run.target.secrets, nets, toc,
-                  schema=run.plan.schema)
-    skipped: list[str] = []
-    if rv.plan_refills():
-        rv.sources = later_backups(run, state, skipped)
-    if missing := rv.missing_copies():
-        raise CheckFailed("a copy in the backup of everything the plan dropped", f"{len(missing)} missing",
-                          str(state.folder), details=missing, hint="nothing was changed: use --phase4-rollback=restore")
-    state.records, state.reverter = records, rv
-    losses, state.notes = revert_losses(run.ro, state)
-    if losses and not state.accept_loss:
-        raise CheckFailed("a revert that loses no row written since the backup",
-                          f"{len(losses)} table(s) the plan created hold rows it did not write", "the database now",
-                          details=losses, hint="nothing was changed: move those rows first, or accept their loss "
-                                               "with --phase4-accept-loss (they stay in the pre-rollback dump)")
-    state.notes = losses + state.notes + skipped
-    counts = {a: sum(n.action == a for n in nets) for a in ("drop", "restore", "alter")}
-    return (f"revert {len(state.files)} migration(s), newest first ({', '.join(reversed(state.files))}): "
-            f"{counts['drop']} object(s) to drop, {counts['restore']} to bring back, {counts['alter']} to alter "
-            "back" + (f"; {len(state.notes)} note(s): " + "; ".join(state.notes) if state.notes else ""))
-
-
-def revert_losses(conn: psycopg.Connection[Any], state: RollbackState) -> tuple[list[str], list[str]]:
-    """(rows the revert would lose: in tables the plan created, rows whose current version no migration of the
-    plan wrote, i.e. written or changed since by someone else; notes: data changes of kept tables it cannot
-    undo, values of added columns it drops). By the rows' xmin against the migrations' transaction ids; when one
-    of them ran outside a transaction (transaction = false), by row counts."""
-    assert state.reverter is not None
-    nets, records = state.reverter.nets, state.records
-    rows = conn.execute("SELECT xid FROM pytest_phase4.ledger WHERE file = ANY(%s)", (state.files,)).fetchall()
-    xids = [int(r[0]) & 0xFFFFFFFF for r in rows if r[0] is not None]
-    by_xmin = len(xids) == len(state.files) and all(r.rows is not None for r in records.values())
-    losses, notes = [], []
-    written: dict[str, int] = {}
-    for record in records.values():
-        for r in record.rows or []:
-            written[r.relation] = written.get(r.relation, 0) + r.inserted - r.deleted
-    tables = {n.obj.identity: n.obj for n in nets if n.action == "drop" and n.obj.type == "table"}
-    for table, obj in sorted(tables.items()):
-        if by_xmin:
-            row = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE xmin::text::int8 <> ALL(%s)").format(
-                revert.relation(obj)), (xids,)).fetchone()
-            if row and row[0]:
-                losses.append(f"{table}: {row[0]:,} row(s) written or changed since by others (not by the plan's "
-                              "migrations) would be dropped with it")
-            continue
-        row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(revert.relation(obj))).fetchone()
-        now = int(row[0]) if row else 0
-        if now > written.get(table, 0):
-            losses.append(f"{table}: {now:,} row(s), {written.get(table, 0):,} written by the plan: "
-                          f"{now - written.get(table, 0):,} written since would be dropped with it")
-    for net in nets:
-        added = net.current
-        if net.action == "drop" and added is not None and added.type == "table column" and added.parent not in tables:
-            notes.append(f"column {added.identity} (added by the plan) is dropped with its values")
-    restored = {n.obj.identity for n in nets if n.action == "restore"}
-    for file, record in records.items():
-        for r in record.rows or []:
-            if r.relation in tables or r.relation in restored or not (r.inserted or r.updated or r.deleted):
-                continue
-            notes.append(f"{file} inserted {r.inserted:,}, updated {r.updated:,}, deleted {r.deleted:,} row(s) of "
-                         f"{r.relation}: kept (undoing them would overwrite writes made since; "
-                         "--phase4-rollback=restore puts the backup's rows back)")
-    return losses, notes
-
-
 # -- the dump of the current state, then the transaction ----------------------------------------------------
 def safety_dump(run: Phase4Run, state: RollbackState) -> str:
-    """A dump of the database as it is now, before anything changes: nothing the rollback drops or overwrites
-    is lost for good."""
+    """Lock what the rollback changes, look again at what it loses (nothing may have changed since assess
+    unseen: a new loss is a refusal, with or without consent), then dump the database as it is now: nothing the
+    rollback drops or overwrites is lost for good."""
     assert state.folder is not None
     conn = begin(run, state)
     locked = lock(conn, state)  # EXCLUSIVE: the application waits, pg_dump (ACCESS SHARE) does not
-    if state.reverter is not None:  # what was assessed before the lock may have changed since: assess again
-        losses, _ = revert_losses(conn, state)
-        if losses and not state.accept_loss:
-            raise CheckFailed("a revert that loses no row written since the backup", f"{len(losses)} table(s) the "
-                              "plan created hold rows it did not write (written since the assess step)",
-                              "the database now", details=losses,
-                              hint="nothing was changed: rerun, or accept their loss with --phase4-accept-loss")
+    if state.recheck is not None:
+        with conn.transaction():  # a savepoint: what the check writes (temporary tables) goes
+            now = state.recheck(conn)
+        if new := [line for line in now if line not in state.accepted]:
+            raise CheckFailed("nothing lost that the assess step did not list", f"{len(new)} new or changed loss(es) "
+                              "since the assess step (written meanwhile)", "the database now (locked)", details=new,
+                              hint="nothing was changed: rerun the rollback (it lists them first; stop the "
+                                   "application's writes to those tables if they keep changing)")
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     folder = state.folder / f"before-rollback-{stamp}"
     for n in range(2, 1000):  # never over an earlier rollback's dump
         if not folder.exists():
             break
         folder = state.folder / f"before-rollback-{stamp}-{n:03d}"
-    archive = backup.dump(tools(run), run.target.dsn, folder, run.target.secrets)
+    # pg_dump queues behind anything waiting for a lock we hold: bounded, the rollback fails instead of hanging
+    archive = backup.dump(tools(run), run.target.dsn, folder, run.target.secrets, lock_wait=run.lock_timeout)
     state.safety_dump = archive
     return (f"{archive}: {archive.stat().st_size:,} bytes, sha256 {backup.sha256_of(archive)[:16]}: the state before "
-            f"this rollback, taken while the rollback holds {locked} table(s) against writes until it ends")
+            f"this rollback, taken while the rollback holds {locked} table(s) against writes until it ends" +
+            ("; the losses listed by assess are unchanged" if state.accepted else ""))
 
 
 def lock(conn: psycopg.Connection[Any], state: RollbackState) -> int:
@@ -299,7 +131,7 @@ def lock(conn: psycopg.Connection[Any], state: RollbackState) -> int:
     pg_dump) go on. Revert: the tables it changes and those the plan created; restore: every table."""
     if state.reverter is not None:
         state.reverter.conn = conn
-        names = state.reverter.tables_to_lock()
+        names = revert_prove.tables_to_lock(state.reverter)
     else:
         names = [str(r[0]) for r in conn.execute(
             "SELECT c.oid::regclass::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
@@ -309,7 +141,7 @@ def lock(conn: psycopg.Connection[Any], state: RollbackState) -> int:
         conn.execute(sql.SQL("LOCK TABLE {} IN EXCLUSIVE MODE").format(
             sql.SQL(", ").join(sql.SQL(n) for n in names)))  # regclass text: the server's quoted names
     if state.reverter is not None:
-        state.reverter.record_kept()
+        revert_prove.record_kept(state.reverter)
     return len(names)
 
 
@@ -364,6 +196,7 @@ def record_history(state: RollbackState, conn: psycopg.Connection[Any]) -> None:
     if ledger.read(conn):
         conn.execute("DELETE FROM pytest_phase4.ledger WHERE file = ANY(%s)", (state.files,))
     changes.forget(conn, state.files)
+    kept.keep_data(conn, state.kept)  # a later run must not apply them again
     row = conn.execute("SELECT to_regclass('supabase_migrations.schema_migrations') IS NOT NULL").fetchone()
     if row and row[0]:  # `supabase migration list` must agree with the ledger
         versions = [f.partition("_")[0] for f in state.files]

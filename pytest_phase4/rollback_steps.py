@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from pytest_phase4 import restore_mode, rollback
+from pytest_phase4 import restore_mode, revert_assess, revert_drop, revert_prove, rollback, rollback_sources
 from pytest_phase4.errors import CheckFailed
 from pytest_phase4.revert_apply import Reverter
 from pytest_phase4.rollback import RollbackState
@@ -28,7 +28,7 @@ def _reverter(run: Phase4Run, state: RollbackState) -> Reverter:
 
 
 def drop_created(run: Phase4Run, state: RollbackState) -> str:
-    done = _reverter(run, state).drop_created()
+    done = revert_drop.drop_created(_reverter(run, state))
     return f"dropped {len(done)} object(s) the plan created, none reaching anything else" + (
         f": {', '.join(done)}" if done else "")
 
@@ -44,7 +44,7 @@ def restore_dropped(run: Phase4Run, state: RollbackState) -> str:
 
 
 def prove_catalog(run: Phase4Run, state: RollbackState) -> str:
-    total, wrong = _reverter(run, state).prove_catalog()
+    total, wrong = revert_prove.prove_catalog(_reverter(run, state))
     if wrong:
         raise CheckFailed("every object the plan touched as it was before the plan", f"{len(wrong)} difference(s)",
                           "the database (not committed)", details=wrong[:40],
@@ -64,7 +64,7 @@ def prove_values(run: Phase4Run, state: RollbackState) -> str:
 
 
 def prove_kept(run: Phase4Run, state: RollbackState) -> str:
-    found = _reverter(run, state).prove_kept()
+    found = revert_prove.prove_kept(_reverter(run, state))
     wrong = [f"{name}: {text}" for name, ok, text in found if not ok]
     if wrong:
         raise CheckFailed("the rows of every table the revert touched unchanged by it", f"{len(wrong)} table(s) "
@@ -75,8 +75,8 @@ def prove_kept(run: Phase4Run, state: RollbackState) -> str:
 
 
 REVERT_STEPS: tuple[tuple[str, Step], ...] = (
-    ("locate_backup", rollback.locate),
-    ("assess", rollback.assess_revert),
+    ("locate_backup", rollback_sources.locate),
+    ("assess", revert_assess.assess_revert),
     ("safety_dump", rollback.safety_dump),
     ("drop_created", drop_created),
     ("alter_back", alter_back),
@@ -88,7 +88,7 @@ REVERT_STEPS: tuple[tuple[str, Step], ...] = (
     ("commit", rollback.commit),
 )
 RESTORE_STEPS: tuple[tuple[str, Step], ...] = (
-    ("locate_backup", rollback.locate),
+    ("locate_backup", rollback_sources.locate),
     ("assess", restore_mode.assess),
     ("safety_dump", rollback.safety_dump),
     ("drop_created", restore_mode.drop_extra),

@@ -22,6 +22,7 @@ from pytest_phase4 import (
     blast_checks,
     checks,
     guard,
+    kept,
     ledger,
     locks,
     migrate,
@@ -356,6 +357,9 @@ class Phase4Run:
         if conflict := ledger.conflict(applied, self.states, migration.file, state.sha256):
             state.status, state.note = REFUSED, conflict[0]
             raise Refused(f"refusing to apply {migration.file}: {conflict[1]}")
+        if again := kept.kept_by_revert(self.ro, migration.file, state.sha256):
+            state.status, state.note = REFUSED, "a revert kept its row changes"
+            raise Refused(f"refusing to apply {migration.file}: {again}")
         if problem := self.book.problem_before(group):
             what, todo = problem
             state.status, state.note = REFUSED, what

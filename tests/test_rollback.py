@@ -143,7 +143,14 @@ def test_revert_on_a_supabase_app_undoes_the_plan_and_keeps_every_write(project:
     p.execute(APP_WRITES)
     app_tickets = p.query("SELECT id, title, status, updated_at FROM public.tickets ORDER BY id")
 
+    # The application edited tickets the backfill had assigned: their assignee_id may be its own now, and the
+    # revert drops the column: listed, and only with consent.
     result = p.run("-v", "--phase4-rollback")
+    assert result.ret == 1
+    result.stdout.fnmatch_lines(["  column public.tickets.assignee_id (added by the plan): 7 value(s) in rows written "
+                                 "since by others (the application may have written them) would be dropped with it"])
+    assert p.query("SELECT id, title, status, updated_at FROM public.tickets ORDER BY id") == app_tickets
+    result = p.run("-v", "--phase4-rollback", "--phase4-accept-loss")
     assert result.ret == 0, result.stdout.str()
     assert list(outcomes_of(result).items()) == [(f"{SB}::rollback::{s}", "PASSED") for s in REVERT_STEPS]
     out = result.stdout.str()
@@ -380,7 +387,7 @@ def test_revert_refuses_to_drop_what_the_application_built_on_the_plans_objects(
           "--phase4-rollback=restore"]),
         # a delete and an insert keep the count: the rows' xmin still tells they are not the plan's
         ("DELETE FROM public.escalations WHERE id = 1; INSERT INTO public.escalations VALUES (7, 'high');", "",
-         ["found:    1 table(s) the plan created hold rows it did not write",
+         ["found:    1 loss(es)",
           "  public.escalations: 1 row(s) written or changed since by others (not by the plan's migrations) would "
           "be dropped with it"]),
     ]
