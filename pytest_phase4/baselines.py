@@ -11,6 +11,7 @@ which one it used. No pytest here.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,7 +102,13 @@ def write(snap: Snapshot, paths: Iterable[Path]) -> list[Path]:
     for path in paths:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
+            if path.name == FILE:  # in a backup folder: private like the backup's other files
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "w") as f:
+                    f.write(text)
+                path.chmod(0o600)
+            else:
+                path.write_text(text)
         except OSError:
             continue
         done.append(path)

@@ -65,7 +65,7 @@ def test_backups_are_readable_by_their_owner_only(project: Callable[..., Project
     folders += [f for f in p.path.glob("_backups/*/*/before-rollback-*") if f.is_dir()]
     files = [f for folder in folders for f in folder.iterdir() if f.is_file()]
     assert len(folders) == 2
-    assert {f.name for f in files} == {"full.dump", "schema.sql", "snapshot.json", "BACKUP_INFO.txt"}
+    assert {f.name for f in files} == {"full.dump", "schema.sql", "snapshot.json", "BACKUP_INFO.txt", "baseline.json"}
     assert {oct(stat.S_IMODE(f.stat().st_mode)) for f in folders} == {"0o700"}
     assert {oct(stat.S_IMODE(f.stat().st_mode)) for f in files} == {"0o600"}
 
