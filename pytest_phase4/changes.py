@@ -362,8 +362,8 @@ def read(conn: psycopg.Connection[Any], files: list[str]) -> dict[str, Record]:
     if exists(conn, "xids"):
         for file, xid in conn.execute("SELECT file, xid FROM pytest_phase4.xids WHERE file = ANY(%s)",
                                       (files,)).fetchall():
-            record = records.setdefault(file, Record(file, [], []))
-            record.xids = (record.xids or set()) | {int(xid)}
+            if (found := records.get(file)) is not None:  # ids alone are no record (what it did is not known)
+                found.xids = (found.xids or set()) | {int(xid)}
     return records
 
 

@@ -35,7 +35,7 @@ _USER_NS = """
   nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast', '""" + OWN_SCHEMA + """')
   AND nspname NOT LIKE 'pg\\_temp\\_%' AND nspname NOT LIKE 'pg\\_toast\\_temp\\_%'"""
 
-_ACL = re.compile(r"ACL\(([a-z.]+), ([^,]+), ([a-z.]+)\)")  # ACL(acl column, acldefault's kind, owner)
+_ACL = re.compile(r"ACL\(([a-z.]+),\s+([^,]+),\s+([a-z.]+)\)")  # ACL(acl column, acldefault's kind, owner)
 _XID = re.compile(r"XID\(([a-z.]+)\)")  # a catalog row's xmin as a number
 
 _QUERY = """
@@ -49,9 +49,14 @@ objs AS (
   SELECT 'pg_catalog.pg_class'::regclass, c.oid, 0,
          ARRAY[XID(c.xmin)] || ARRAY(SELECT XID(r.xmin) FROM pg_catalog.pg_rewrite r WHERE r.ev_class = c.oid
                                      AND r.rulename = '_RETURN')
-                            || ARRAY(SELECT XID(i.xmin) FROM pg_catalog.pg_index i WHERE i.indexrelid = c.oid),
+                            || ARRAY(SELECT XID(i.xmin) FROM pg_catalog.pg_index i WHERE i.indexrelid = c.oid
+                                        OR (i.indrelid = c.oid AND i.indisreplident))
+                            || ARRAY(SELECT XID(q.xmin) FROM pg_catalog.pg_sequence q WHERE q.seqrelid = c.oid)
+                            || ARRAY(SELECT XID(h.xmin) FROM pg_catalog.pg_inherits h WHERE h.inhrelid = c.oid),
          jsonb_build_object('relkind', c.relkind, 'owner', c.relowner::regrole::text,
-                            'acl', ACL(c.relacl, CASE c.relkind WHEN 'S' THEN 's' ELSE 'r' END, c.relowner),
+                            'acl', ACL(c.relacl, CASE c.relkind WHEN 'S' THEN 's' WHEN 'i' THEN NULL
+                                                      WHEN 'I' THEN NULL ELSE 'r' END,
+                                       c.relowner),  -- an index has no privileges of its own
                             'rls', c.relrowsecurity, 'force_rls', c.relforcerowsecurity,
                             'options', coalesce(array_to_string(c.reloptions, ','), ''),
                             'persistence', c.relpersistence,
@@ -107,7 +112,9 @@ objs AS (
     LEFT JOIN pg_catalog.pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
    WHERE c.relkind IN ('r', 'p', 'f') AND a.attnum > 0 AND NOT a.attisdropped
   UNION ALL
-  SELECT 'pg_catalog.pg_constraint'::regclass, k.oid, 0, ARRAY[XID(k.xmin)],
+  SELECT 'pg_catalog.pg_constraint'::regclass, k.oid, 0,
+         -- a foreign key's internal triggers: ALTER TABLE ... DISABLE TRIGGER ALL writes them, not the constraint
+         ARRAY[XID(k.xmin)] || ARRAY(SELECT XID(g.xmin) FROM pg_catalog.pg_trigger g WHERE g.tgconstraint = k.oid),
          jsonb_build_object('contype', k.contype, 'def', pg_catalog.pg_get_constraintdef(k.oid),
                             'validated', k.convalidated,
                             -- a foreign key is enforced by internal triggers: DISABLE TRIGGER ALL turns them off

@@ -109,7 +109,7 @@ def test_confirmed_run_leaves_a_verified_dump_and_rollback_brings_back_schema_an
                                  "accepted: *view public.sales_with_details: not in the backup, dropped*",
                                  "safety_dump      *before-rollback-*/full.dump: * bytes, sha256 *: the state before "
                                  "this rollback, taken while the rollback holds * table(s) against writes until it "
-                                 "ends",
+                                 "ends; the losses listed by assess are unchanged",
                                  "drop_created     dropped * object(s) not in the backup: *",
                                  "restore          pg_restore --clean --if-exists script of * run in the rollback's "
                                  "transaction (* rows)",
