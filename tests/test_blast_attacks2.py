@@ -1,0 +1,63 @@
+"""Second round of attacks on the blast radius (issue 14): what a DBA's real migrations do on the scratch copy,
+which lives on the target's server. Each test asserts the safe behaviour, on real PostgreSQL, as users run the
+plugin (`pytest --phase4 -m preflight`)."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Callable
+
+import psycopg
+
+from conftest import Project, outcomes_of
+from pytest_phase4.embedded import EmbeddedPostgres
+
+MINI = "checks/phase4.toml"
+CODE = f"{MINI}::blast_radius::database_code[all_schemas]"
+FOURTH = """
+[[migration]]
+file = "20250101000004_ops.sql"
+title = "Operations"
+"""
+
+
+def _project(project: Callable[..., Project], migration: str, setup: str = "") -> Project:
+    """mini with the database_code check and a fourth pending migration; `setup` appended to its seed."""
+    p = project("mini", "blast")
+    plan = p.path / "checks/phase4.toml"
+    text = plan.read_text().replace("[[post]]", FOURTH + "\n[[post]]", 1)
+    plan.write_text(text + '\n[[blast_radius]]\ncheck = "database_code"\n')
+    (p.path / "checks/migrations/20250101000004_ops.sql").write_text(migration)
+    if setup:
+        schema = p.path / "checks/setup/schema.sql"
+        schema.write_text(schema.read_text() + setup)
+    return p
+
+
+def _texts(p: Project, result: object) -> dict[str, str]:
+    return {"terminal": result.stdout.str(),  # type: ignore[attr-defined]
+            "html": html.unescape(p.report()),
+            "json": "\n".join(f.read_text() for f in (p.path / "reports").glob("phase4-*.json")),
+            "junit": html.unescape((p.path / "junit.xml").read_text())}
+
+
+def test_a_password_in_a_do_block_not_tried_on_the_copy_never_reaches_the_report(
+        project: Callable[..., Project], pg_server: EmbeddedPostgres) -> None:
+    """The idempotent way to create a login role in a migration is a DO block (CREATE ROLE has no IF NOT EXISTS).
+    The copy rightly does not run it, and lists it as not tried: the DO block itself is shown as `DO $$***$$`,
+    but the reason quotes the statement it runs as written, so the new role's password is printed in the
+    terminal, the HTML report, the JSON evidence and the JUnit XML that go to the change board."""
+    password = "pw-7f3a9c2e"
+    p = _project(project, "DO $$\nBEGIN\n  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'blast_app') THEN\n"
+                          f"    CREATE ROLE blast_app LOGIN PASSWORD '{password}';\n  END IF;\nEND $$;\n")
+    try:
+        result = p.run("-v", "-m", "preflight", "--junitxml=junit.xml", seed=True)
+        assert outcomes_of(result)[CODE] == "PASSED"
+        result.stdout.fnmatch_lines(["*not tried on the copy: 20250101000004_ops.sql:1: DO $$***$$ (it runs CREATE "
+                                     "ROLE blast_app LOGIN PASSWORD '***': roles, databases and tablespaces *"])
+        leaked = {where: password in text for where, text in _texts(p, result).items()}
+        assert leaked == {where: False for where in leaked}
+        assert not p.query("SELECT 1 FROM pg_roles WHERE rolname = 'blast_app'")
+    finally:
+        with psycopg.connect(pg_server.dsn, autocommit=True) as conn:
+            conn.execute("DROP ROLE IF EXISTS blast_app")
