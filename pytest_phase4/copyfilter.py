@@ -124,8 +124,8 @@ def _beyond(node: Any) -> str | None:
 def _do_block(text: str) -> str | None:
     """Why a statement a DO block runs (not built at run time) must not run on the copy."""
     for query, node in _do_statements(text):
-        if why := _why(node, query):
-            shown = " ".join(query.split())
+        if why := _why(node, query):  # shown as the statement is: every literal and comment masked
+            shown = " ".join(sqltext.redact(query, leading=False).split())
             return f"it runs {shown if len(shown) <= 60 else shown[:59] + chr(0x2026)}: {why}"
     return None
 
