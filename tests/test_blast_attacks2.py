@@ -61,3 +61,49 @@ def test_a_password_in_a_do_block_not_tried_on_the_copy_never_reaches_the_report
     finally:
         with psycopg.connect(pg_server.dsn, autocommit=True) as conn:
             conn.execute("DROP ROLE IF EXISTS blast_app")
+
+
+AUDIT = """
+-- Audit rows that survive a rollback: the autonomous-transaction idiom, a dblink connection back to this database.
+CREATE EXTENSION dblink;
+CREATE TABLE audit_log (id serial PRIMARY KEY, what text NOT NULL);
+CREATE FUNCTION audit_customer() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  PERFORM dblink_exec('{dsn}',
+                      format('INSERT INTO audit_log (what) VALUES (%L)', 'new customer ' || NEW.name));
+  RETURN NEW;
+END $$;
+CREATE TRIGGER customers_audit AFTER INSERT ON customers FOR EACH ROW EXECUTE FUNCTION audit_customer();
+"""
+CODE_ON_COPY = """-- Lock the reporting role while its views are rebuilt, through the team's helper.
+CREATE FUNCTION lock_reporting() RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+  ALTER ROLE blast_reporter NOLOGIN;
+END $$;
+SELECT lock_reporting();
+INSERT INTO customers VALUES (1000, 'walk-in');
+DO $$ BEGIN EXECUTE format('ALTER ROLE %I CONNECTION LIMIT 3', 'blast_reporter'); END $$;
+"""
+
+
+def test_code_the_migration_runs_on_the_copy_does_not_act_on_the_real_server(
+        project: Callable[..., Project], pg_server: EmbeddedPostgres) -> None:
+    """The copy is a database on the target's server, and the statement filter reads only the migration's own
+    text. What it calls runs for real: a helper function whose body says ALTER ROLE (the README says only SQL a
+    function builds at run time is not looked into; a static body is not looked into either), a trigger the
+    migration's seed INSERT fires (a dblink audit trigger writes to the real database), a DO block's EXECUTE.
+    During `-m preflight` the real reporting role loses its login and the real audit log gets a row."""
+    p = _project(project, CODE_ON_COPY)
+    schema = p.path / "checks/setup/schema.sql"
+    schema.write_text(schema.read_text() + AUDIT.replace("{dsn}", p.dsn))
+    with psycopg.connect(pg_server.dsn, autocommit=True) as conn:
+        conn.execute("DROP ROLE IF EXISTS blast_reporter; CREATE ROLE blast_reporter LOGIN")
+    try:
+        result = p.run("-v", "-m", "preflight", seed=True)
+        assert CODE in outcomes_of(result)
+        found = (p.query("SELECT what FROM audit_log WHERE what LIKE '%walk-in%'"),
+                 p.query("SELECT rolcanlogin, rolconnlimit FROM pg_roles WHERE rolname = 'blast_reporter'"))
+        assert found == ([], [(True, -1)])  # the real audit log and the real role as they were
+    finally:
+        with psycopg.connect(pg_server.dsn, autocommit=True) as conn:
+            conn.execute("DROP ROLE IF EXISTS blast_reporter")
