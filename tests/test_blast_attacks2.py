@@ -8,6 +8,7 @@ import html
 from collections.abc import Callable
 
 import psycopg
+import pytest
 
 from conftest import Project, outcomes_of
 from pytest_phase4.embedded import EmbeddedPostgres
@@ -86,6 +87,9 @@ DO $$ BEGIN EXECUTE format('ALTER ROLE %I CONNECTION LIMIT 3', 'blast_reporter')
 """
 
 
+@pytest.mark.xfail(strict=True, reason="design: the filter is static and the copy shares the target's server; "
+                   "containing called code needs the copy on a throwaway server, or run by a role without rights "
+                   "beyond it and without dblink/postgres_fdw/http extensions (issue 14)")
 def test_code_the_migration_runs_on_the_copy_does_not_act_on_the_real_server(
         project: Callable[..., Project], pg_server: EmbeddedPostgres) -> None:
     """The copy is a database on the target's server, and the statement filter reads only the migration's own
