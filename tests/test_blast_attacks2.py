@@ -111,3 +111,30 @@ def test_code_the_migration_runs_on_the_copy_does_not_act_on_the_real_server(
     finally:
         with psycopg.connect(pg_server.dsn, autocommit=True) as conn:
             conn.execute("DROP ROLE IF EXISTS blast_reporter")
+
+
+def test_resetting_statistics_in_a_migration_does_not_wipe_the_servers_pg_stat_statements(
+        pytester: pytest.Pytester, pgss_server: EmbeddedPostgres) -> None:
+    """Teams end a migration with `SELECT pg_stat_statements_reset()` to measure the new plans from zero. Its
+    statistics are the cluster's (shared memory), not the copy's: run on the copy during `-m preflight`, it wipes
+    what the server recorded for every database, the queries the pg_stat_statements check (and its confirmation
+    after the migration) is built on, and the DBA's monitoring history, before anything was migrated."""
+    import shutil
+
+    from conftest import EXAMPLES
+
+    dsn = pgss_server.create_database("pgss_reset_attack")
+    try:
+        for name in ("mini", "blast"):
+            shutil.copytree(EXAMPLES / name, pytester.path, dirs_exist_ok=True)
+        (pytester.path / "pyproject.toml").write_text("[tool.pytest.ini_options]\ninitial_sort = \"original\"\n")
+        p = _project(lambda *_: Project(pytester, dsn), "SELECT pg_stat_statements_reset();\n")
+        p.execute("CREATE EXTENSION pg_stat_statements")
+        p.execute("SELECT count(*) AS attack_marker_query FROM pg_catalog.pg_class")
+        result = p.run("-v", "-m", "preflight", seed=True)
+        assert p.query("SELECT count(*) FROM pg_stat_statements WHERE query LIKE '%attack_marker_query%'") == [(1,)]
+        assert outcomes_of(result)[CODE] == "PASSED"
+        result.stdout.fnmatch_lines(["*not tried on the copy: 20250101000004_ops.sql:1: SELECT "
+                                     "pg_stat_statements_reset() (pg_stat_statements_reset() acts beyond *"])
+    finally:
+        pgss_server.drop_database("pgss_reset_attack")
