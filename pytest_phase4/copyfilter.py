@@ -53,7 +53,11 @@ _BEYOND = {"dblink", "dblink_exec", "dblink_connect", "dblink_connect_u", "dblin
            "pg_create_logical_replication_slot", "pg_drop_replication_slot", "pg_copy_physical_replication_slot",
            "pg_copy_logical_replication_slot", "pg_replication_origin_create", "pg_replication_origin_drop",
            "lo_export", "lo_import", "pg_file_write", "pg_file_rename", "pg_file_unlink", "http", "http_post",
-           "http_get", "net.http_post", "net.http_get"}
+           "http_get", "http_put", "http_patch", "http_delete", "http_head", "net.http_post", "net.http_get",
+           "net.http_delete", "pg_replication_slot_advance", "pg_backup_start", "pg_backup_stop", "pg_start_backup",
+           "pg_stop_backup",
+           # the server's statistics (shared memory), not the copy's: every database's history would be wiped
+           "pg_stat_statements_reset", "pg_stat_reset_shared", "pg_stat_reset_slru", "pg_stat_reset_replication_slot"}
 
 
 def not_on_copy(statement: sqltext.Statement, absent: set[str] | None = None) -> str | None:
