@@ -34,6 +34,8 @@ _WHOLE_SERVER: dict[type[ast.Node], str] = {
     ast.DropSubscriptionStmt: "a subscription connects to another server",
     ast.CreateUserMappingStmt: "the copy has no user mappings, so that no foreign table reaches a remote server",
     ast.AlterUserMappingStmt: "the copy has no user mappings, so that no foreign table reaches a remote server",
+    ast.DropUserMappingStmt: "the copy has no user mappings, so that no foreign table reaches a remote server",
+    ast.ImportForeignSchemaStmt: "it reads a remote server's catalog, and the copy has no user mappings",
     ast.CreatePublicationStmt: "the copy has no publications",
     ast.AlterPublicationStmt: "the copy has no publications",
     ast.CreateEventTrigStmt: "the copy has no event triggers",
