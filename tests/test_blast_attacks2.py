@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from conftest import Project, outcomes_of
 from pytest_phase4.embedded import EmbeddedPostgres
@@ -166,3 +167,21 @@ def test_user_mapping_statements_do_not_fail_the_stage_because_the_copy_has_no_u
         "*not tried on the copy: 20250101000004_ops.sql:2: IMPORT FOREIGN SCHEMA public LIMIT TO (invoices) FROM *",
         "*not tried on the copy: 20250101000004_ops.sql:3: DROP USER MAPPING FOR PUBLIC SERVER legacy_billing (*"])
     assert p.query("SELECT count(*) FROM pg_user_mappings") == [(2,)]
+
+
+def test_a_migration_that_comments_its_own_database_does_not_leave_the_copy_behind(
+        project: Callable[..., Project], pg_server: EmbeddedPostgres) -> None:
+    """A migration written for every environment documents the database it runs in (COMMENT ON DATABASE takes
+    no current_database(), hence a DO block). On the copy, it replaces the comment that marks the copy as this
+    run's, so the drop declines, silently: the copy, with every function body of the target and owned by the
+    run's role, stays on the server after a green run, and the README's query for leftovers does not find it."""
+    p = _project(project, "DO $$ BEGIN\n  EXECUTE format('COMMENT ON DATABASE %I IS %L', current_database(), "
+                          "'CRM, see runbook');\nEND $$;\n")
+    result = p.run("-v", "-m", "preflight", seed=True)
+    assert outcomes_of(result)[CODE] == "PASSED"
+    with psycopg.connect(pg_server.dsn, autocommit=True) as conn:
+        left = [r[0] for r in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s",
+                                           (f"{p.query('SELECT current_database()')[0][0]}_%_phase4_blast",))]
+        for name in left:  # the test's own cleanup
+            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+    assert left == []
