@@ -1,12 +1,14 @@
-"""Scratch databases on the target's server: created under a name no one else uses, closed to every other role,
-and dropped only when they are the one this run created (no pytest here).
+"""Scratch databases on the target's server: created under a name no one else uses, closed to every other role, and
+dropped only when they are the one this run created (no pytest here).
 
 A fixed name such as `<db>_phase4_blast` may be a real database (someone's, or a longer name the 63-byte limit
 truncates onto), and two runs on one server would share it: so each scratch database gets a random token in its
-name, is created without dropping anything first (a name in use is never taken over), and carries a comment with
-that token that is checked again before the drop. A new database lets PUBLIC connect: that is revoked at once, so
-what is restored there (every object owned by the run's role) is reachable by no other role. SIGTERM (a cancelled
-CI job) is turned into KeyboardInterrupt while one exists, so it is dropped as on Ctrl-C.
+name, is created without dropping anything first (a name in use is never taken over), carries a comment with that
+token (how leftovers are found), and is dropped only while its name still belongs to the oid it was created with: a
+comment can be changed by what runs in it (COMMENT ON DATABASE in a migration), an oid cannot. A new database lets
+PUBLIC connect: that is revoked at once, so what is restored there (every object owned by the run's role) is
+reachable by no other role. SIGTERM (a cancelled CI job) is turned into KeyboardInterrupt while one exists, so it
+is dropped as on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-MARK = "pytest-phase4 scratch database "  # + the token: the comment a drop checks first
+MARK = "pytest-phase4 scratch database "  # + the token: its comment
 MAX_NAME = 63  # NAMEDATALEN - 1, in bytes
 
 
@@ -33,6 +35,7 @@ class Scratch:
     name: str
     dsn: str
     mark: str
+    oid: int = 0  # pg_database.oid when created: what a drop checks
 
 
 def name_for(dbname: str, purpose: str, token: str) -> str:
@@ -57,20 +60,22 @@ def create(dsn: str, dbname: str, purpose: str) -> Scratch:
             raise psycopg.errors.DuplicateDatabase(f"no free name for a scratch database like {name}")
         mark = MARK + token
         try:
+            oid = int(conn.execute("SELECT oid FROM pg_catalog.pg_database WHERE datname = %s",
+                                   (name,)).fetchone()[0])  # type: ignore[index]
             conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(sql.Identifier(name)))
             conn.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(name), sql.Literal(mark)))
         except BaseException:
             conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))  # just created
             raise
-    return Scratch(name, make_conninfo(dsn, dbname=name), mark)
+    return Scratch(name, make_conninfo(dsn, dbname=name), mark, oid)
 
 
 def drop(dsn: str, scratch: Scratch) -> bool:
-    """Drop the scratch database if it still is the one create() made (its comment carries the token)."""
+    """Drop the scratch database if it still is the one create() made (the same name and oid)."""
     with psycopg.connect(dsn, autocommit=True) as conn:
-        row = conn.execute("SELECT pg_catalog.shobj_description(oid, 'pg_database') FROM pg_catalog.pg_database "
-                           "WHERE datname = %s", (scratch.name,)).fetchone()
-        if row is None or row[0] != scratch.mark:
+        row = conn.execute("SELECT 1 FROM pg_catalog.pg_database WHERE datname = %s AND oid = %s",
+                           (scratch.name, scratch.oid)).fetchone()
+        if row is None:
             return False
         conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(scratch.name)))
         return True

@@ -34,7 +34,7 @@ def test_two_scratch_databases_of_one_target_never_share_a_name_and_each_drop_is
             public = conn.execute("SELECT has_database_privilege('public', %s, 'CONNECT')", (first.name,)).fetchone()
         assert public == (False,)
         assert scratchdb.drop(scratch_dsn, first) is True
-        assert scratchdb.drop(scratch_dsn, lookalike) is False  # not the mark: not ours, not dropped
+        assert scratchdb.drop(scratch_dsn, lookalike) is False  # not its oid: not ours, not dropped
         with psycopg.connect(pg_server.dsn) as conn:
             left = {r[0] for r in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", (f"{db}_%",))}
         assert left == {second.name, lookalike.name}
