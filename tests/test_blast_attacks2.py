@@ -185,3 +185,16 @@ def test_a_migration_that_comments_its_own_database_does_not_leave_the_copy_behi
         for name in left:  # the test's own cleanup
             conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
     assert left == []
+
+
+def test_migrations_run_on_the_copy_with_the_search_path_the_database_sets(
+        project: Callable[..., Project]) -> None:
+    """A database whose tables live in their own schema finds them through its own search_path (ALTER DATABASE
+    ... SET search_path = public, ops), and its migrations say `ALTER TABLE jobs`. The copy is another database,
+    without that setting, and the migrations are applied there in a session of the copy's defaults: `jobs` does
+    not exist, and the stage says the migration 'would fail on the target too' and halts every migration."""
+    p = _project(project, "ALTER TABLE jobs ADD COLUMN note text;\n",
+                 "CREATE SCHEMA ops;\nCREATE TABLE ops.jobs (id int PRIMARY KEY);\n")
+    p.execute(f"ALTER DATABASE {p.query('SELECT current_database()')[0][0]} SET search_path = public, ops")
+    result = p.run("-v", "-m", "preflight", seed=True)
+    assert outcomes_of(result)[CODE] == "PASSED", result.stdout.str()
