@@ -136,7 +136,7 @@ def compute(run: Phase4Run, checks: Iterable[CheckSpec], todo: list[Migration]) 
                 result.method, result.method_note = _plpgsql_check(conn, tools.major)
             before = relations(conn)
             result.before = _ask(conn, checks, queries, result.method, paths)
-            _migrate(run, copy, conn, todo, result)
+            _migrate(run, copy, conn, todo, result, search_path)
             result.after = _ask(conn, checks, queries, result.method, paths)
             after = relations(conn)
             result.changed = tuple(sorted(r for r in before if after.get(r) != before[r]))
@@ -209,7 +209,9 @@ def _ask(conn: psycopg.Connection[Any], checks: tuple[CheckSpec, ...], queries: 
 
 
 def _migrate(run: Phase4Run, copy: scratch.Copy, conn: psycopg.Connection[Any], todo: list[Migration],
-             result: Outcome) -> None:
+             result: Outcome, search_path: str) -> None:
+    """Each migration in a session of its own, as on the target, with the target's search_path: the copy is
+    another database, without the one the target's sets (ALTER DATABASE ... SET search_path)."""
     absent: set[str] = set()  # roles created by statements not tried: what names them is not tried either
     for migration in todo:
         result.fingerprints[migration.file] = code_hash(conn)
@@ -217,6 +219,8 @@ def _migrate(run: Phase4Run, copy: scratch.Copy, conn: psycopg.Connection[Any], 
         skipped = not_tried(migration, absent)
         result.not_tried += [f"{migration.file}:{s.line}: {copyfilter.shown(s)} ({why})" for s, why in skipped]
         with psycopg.connect(copy.dsn) as writer:
+            writer.execute("SELECT pg_catalog.set_config('search_path', %s, false)", (search_path,))
+            writer.commit()
             try:
                 migrate.apply(writer, migration, run.plan.name, run.plan.schema, record=False,
                               skip=frozenset(s.start for s, _ in skipped))
