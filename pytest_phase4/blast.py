@@ -213,10 +213,11 @@ def _migrate(run: Phase4Run, copy: scratch.Copy, conn: psycopg.Connection[Any], 
     """Each migration in a session of its own, as on the target, with the target's search_path: the copy is
     another database, without the one the target's sets (ALTER DATABASE ... SET search_path)."""
     absent: set[str] = set()  # roles created by statements not tried: what names them is not tried either
+    missing = scratch.extension_objects(run.ro, copy.extensions)  # what the copy lacks: what uses it is not tried
     for migration in todo:
         result.fingerprints[migration.file] = code_hash(conn)
         result.shas[migration.file] = migrate.file_sha256(migration)
-        skipped = not_tried(migration, absent)
+        skipped = not_tried(migration, absent, missing)
         result.not_tried += [f"{migration.file}:{s.line}: {copyfilter.shown(s)} ({why})" for s, why in skipped]
         with psycopg.connect(copy.dsn) as writer:
             writer.execute("SELECT pg_catalog.set_config('search_path', %s, false)", (search_path,))
@@ -229,13 +230,14 @@ def _migrate(run: Phase4Run, copy: scratch.Copy, conn: psycopg.Connection[Any], 
                 return
 
 
-def not_tried(migration: Migration, absent: set[str]) -> list[tuple[sqltext.Statement, str]]:
+def not_tried(migration: Migration, absent: set[str],
+              missing: set[str] | None = None) -> list[tuple[sqltext.Statement, str]]:
     """The statements of a migration that must not run on the copy (copyfilter.py), each with why."""
     try:
         statements = sqltext.split(migration.path.read_text(encoding="utf-8"), migration.file)
     except (sqltext.SqlSyntaxError, UnicodeDecodeError):  # migrate.apply says so, naming the line
         return []
-    return [(s, why) for s in statements if (why := copyfilter.not_on_copy(s, absent))]
+    return [(s, why) for s in statements if (why := copyfilter.not_on_copy(s, absent, missing))]
 
 
 def code_hash(conn: psycopg.Connection[Any]) -> str:

@@ -62,10 +62,13 @@ _BEYOND = {"dblink", "dblink_exec", "dblink_connect", "dblink_connect_u", "dblin
            "pg_stat_statements_reset", "pg_stat_reset_shared", "pg_stat_reset_slru", "pg_stat_reset_replication_slot"}
 
 
-def not_on_copy(statement: sqltext.Statement, absent: set[str] | None = None) -> str | None:
+def not_on_copy(statement: sqltext.Statement, absent: set[str] | None = None,
+                missing: set[str] | None = None) -> str | None:
     """Why this statement must not run on the copy, or None when it may. `absent` gathers, across the pending
     migrations, the roles that statements not tried create: a statement naming one (GRANT ... TO it, OWNER TO it,
-    a policy for it) would fail on the copy only because of that, so it is not tried either."""
+    a policy for it) would fail on the copy only because of that, so it is not tried either. `missing` holds the
+    relations and functions the copy lacks (`name` and `schema.name`: those of the extensions left out of it), and
+    gathers what statements not tried for that reason create."""
     try:
         why = _why(statement.node, statement.text)
         if absent is None:
@@ -75,6 +78,10 @@ def not_on_copy(statement: sqltext.Statement, absent: set[str] | None = None) ->
             absent.update(str(n.role) for n in inner if isinstance(n, ast.CreateRoleStmt))
         elif named := _names_role(inner, absent):
             why = f"it names role {named}, which a statement not tried on the copy creates"
+        elif missing and (used := _uses(inner, missing)):
+            why = f"it uses {used}, which the copy lacks (an extension left out of it, or what a statement not tried " \
+                  "creates)"
+            missing.update(_creates(inner))
         return why
     except Exception:  # a tree this module does not know: the statement runs as before
         return None
@@ -170,6 +177,44 @@ def _names_role(nodes: list[Any], roles: set[str]) -> str | None:
     for node in nodes:
         Roles()(node)
     return found[0] if found else None
+
+
+def _forms(names: Any) -> list[str]:
+    """`name` and, when qualified, `schema.name`, of a list of String nodes."""
+    parts = [str(getattr(n, "sval", "")) for n in names or ()]
+    return [parts[-1], ".".join(parts[-2:])] if len(parts) > 1 else parts
+
+
+def _uses(nodes: list[Any], missing: set[str]) -> str | None:
+    found: list[str] = []
+
+    class Uses(Visitor):
+        def visit_RangeVar(self, ancestors: Any, rel: ast.RangeVar) -> None:
+            name = f"{rel.schemaname}.{rel.relname}" if rel.schemaname else str(rel.relname)
+            if name in missing:
+                found.append(name)
+
+        def visit_FuncCall(self, ancestors: Any, call: ast.FuncCall) -> None:
+            forms = _forms(call.funcname)
+            if forms and forms[-1] in missing:
+                found.append(forms[-1])
+
+    for node in nodes:
+        Uses()(node)
+    return found[0] if found else None
+
+
+def _creates(nodes: list[Any]) -> set[str]:
+    """The names (bare and qualified) of the relations and functions these statements create."""
+    out: set[str] = set()
+    for node in nodes:
+        rel = (node.view if isinstance(node, ast.ViewStmt) else node.relation if isinstance(node, ast.CreateStmt)
+               else node.into.rel if isinstance(node, ast.CreateTableAsStmt) and node.into else None)
+        if rel is not None:
+            out.update({str(rel.relname)} | ({f"{rel.schemaname}.{rel.relname}"} if rel.schemaname else set()))
+        elif isinstance(node, ast.CreateFunctionStmt):
+            out.update(_forms(node.funcname))
+    return out
 
 
 def _queries(tree: Any) -> list[str]:

@@ -48,6 +48,14 @@ SELECT a.name, coalesce(bool_or(v.trusted), false)
 FROM pg_catalog.pg_available_extensions a LEFT JOIN pg_catalog.pg_available_extension_versions v ON v.name = a.name
 GROUP BY a.name
 """
+_EXTENSION_OBJECTS = b"""
+SELECT n.nspname, coalesce(c.relname, p.proname)
+FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_extension e ON e.oid = d.refobjid
+LEFT JOIN pg_catalog.pg_class c ON d.classid = 'pg_catalog.pg_class'::regclass AND c.oid = d.objid
+LEFT JOIN pg_catalog.pg_proc p ON d.classid = 'pg_catalog.pg_proc'::regclass AND p.oid = d.objid
+JOIN pg_catalog.pg_namespace n ON n.oid = coalesce(c.relnamespace, p.pronamespace)
+WHERE d.refclassid = 'pg_catalog.pg_extension'::regclass AND d.deptype = 'e' AND e.extname = ANY (%s)
+"""
 _ENTRY = re.compile(r"^\d+; \d+ \d+ (.*)$")
 
 
@@ -64,6 +72,7 @@ class Copy:
     dsn: str
     where: str  # "scratch database x on the target's server" or "... on a throwaway server (local)"
     notes: tuple[str, ...] = ()  # what of the target's schema the copy leaves out, and why
+    extensions: tuple[str, ...] = ()  # the target's extensions the copy leaves out
 
 
 def _tool(args: list[str], env: dict[str, str], secrets: list[str], what: str) -> str:
@@ -103,12 +112,12 @@ def dump_schema(tools: backup.Tools, target: Target, folder: Path,
     return archive, keep, notes
 
 
-def _creatable(entries: list[str], dsn: str) -> tuple[list[str], list[str]]:
+def _creatable(entries: list[str], dsn: str) -> tuple[list[str], list[str], list[str]]:
     """The entries without the extensions this role cannot create in the copy (not trusted and no superuser, or
-    not installed on that server), and a note for each one left out."""
+    not installed on that server), a note for each one left out, and their names."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         available = {str(r[0]): bool(r[1]) for r in conn.execute(_EXTENSIONS)}
-    keep, notes = [], []
+    keep, notes, names = [], [], []
     for line in entries:
         if (m := _ENTRY.match(line)) and m.group(1).startswith("EXTENSION - "):
             name = m.group(1).split()[2]
@@ -116,9 +125,18 @@ def _creatable(entries: list[str], dsn: str) -> tuple[list[str], list[str]]:
                    "not a trusted extension: only a superuser may create it" if not available[name] else "")
             if why:
                 notes.append(f"extension {name} left out of the copy ({why}): what uses it is checked without it")
+                names.append(name)
                 continue
         keep.append(line)
-    return keep, notes
+    return keep, notes, names
+
+
+def extension_objects(conn: psycopg.Connection[Any], extensions: tuple[str, ...]) -> set[str]:
+    """The relations and functions of these extensions on the target, as `name` and `schema.name`."""
+    if not extensions:
+        return set()
+    rows = conn.execute(_EXTENSION_OBJECTS, (list(extensions),)).fetchall()
+    return {str(r[1]) for r in rows} | {f"{r[0]}.{r[1]}" for r in rows}
 
 
 @contextlib.contextmanager
@@ -127,14 +145,14 @@ def schema_copy(target: Target, tools: backup.Tools, dbname: str, lock_timeout: 
     with scratchdb.terminate_as_interrupt(), tempfile.TemporaryDirectory(prefix="phase4-blast-") as tmp:
         archive, listed, left_out = dump_schema(tools, target, Path(tmp), lock_timeout)
         with _database(target, dbname, tools) as (dsn, where, hidden):
-            keep, notes = _creatable(listed, dsn)
+            keep, notes, extensions = _creatable(listed, dsn)
             entries = Path(tmp) / "schema.list"
             entries.write_text("\n".join(keep) + "\n")
             with backup.client_args(dsn) as (conninfo, env):
                 _tool([tools.path("pg_restore"), "--no-owner", "--no-privileges", "--single-transaction",
                        "--exit-on-error", f"--use-list={entries}", f"--dbname={conninfo}", str(archive)], env,
                       hidden, f"the target's schema restored into {where}")
-            yield Copy(dsn, where, (*left_out, *notes))
+            yield Copy(dsn, where, (*left_out, *notes), tuple(extensions))
 
 
 @contextlib.contextmanager
