@@ -228,3 +228,27 @@ def test_a_migration_using_an_extension_left_out_of_the_copy_is_not_a_false_red(
                 conn.execute("DROP OWNED BY blast_owner2")
         with psycopg.connect(pg_server.dsn, autocommit=True) as conn:
             conn.execute("DROP ROLE blast_owner2")
+
+
+def test_a_read_only_ci_role_gets_a_copy_on_a_throwaway_server(
+        project: Callable[..., Project], pg_server: EmbeddedPostgres) -> None:
+    """A DBA gives the CI's preflight role `default_transaction_read_only = on`, so that it can never write. The
+    role has CREATEDB (the README asks for it), CREATE DATABASE is refused as a write, and that error is not the
+    'permission denied' that sends the copy to a throwaway server: the stage fails, halts every migration, and
+    offers no fix ('nothing was done to the target')."""
+    p = _project(project, "SELECT 1;\n")
+    with psycopg.connect(pg_server.dsn, autocommit=True) as conn:
+        conn.execute("DROP ROLE IF EXISTS blast_ci; CREATE ROLE blast_ci LOGIN CREATEDB; "
+                     "ALTER ROLE blast_ci SET default_transaction_read_only = on")
+    try:
+        assert p.run("-m", "preflight", seed=True).ret == 0
+        p.execute("GRANT SELECT ON ALL TABLES IN SCHEMA public TO blast_ci")
+        ci = Project(p.pytester, make_conninfo(p.dsn, user="blast_ci"))
+        result = ci.run("-v", "-m", "preflight")
+        assert outcomes_of(result)[CODE] == "PASSED", result.stdout.str()
+        result.stdout.fnmatch_lines(["scratch database * on a throwaway server (local): 4 pending migration(s) *"])
+    finally:
+        with psycopg.connect(p.dsn, autocommit=True) as conn:
+            conn.execute("DROP OWNED BY blast_ci")
+        with psycopg.connect(pg_server.dsn, autocommit=True) as conn:
+            conn.execute("DROP ROLE blast_ci")
