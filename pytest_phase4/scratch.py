@@ -159,7 +159,8 @@ def schema_copy(target: Target, tools: backup.Tools, dbname: str, lock_timeout: 
 def _database(target: Target, dbname: str, tools: backup.Tools) -> Iterator[tuple[str, str, list[str]]]:
     try:
         made = scratchdb.create(target.dsn, dbname, PURPOSE)
-    except psycopg.errors.InsufficientPrivilege as exc:
+    # No CREATEDB; or a hot standby, or a role its DBA made read-only (default_transaction_read_only): a throwaway
+    except (psycopg.errors.InsufficientPrivilege, psycopg.errors.ReadOnlySqlTransaction) as exc:
         refused = target.scrub(exc.diag.message_primary or str(exc))
     else:
         try:
