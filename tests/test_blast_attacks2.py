@@ -252,3 +252,31 @@ def test_a_read_only_ci_role_gets_a_copy_on_a_throwaway_server(
             conn.execute("DROP OWNED BY blast_ci")
         with psycopg.connect(pg_server.dsn, autocommit=True) as conn:
             conn.execute("DROP ROLE blast_ci")
+
+
+ORPHANS = "SELECT count(*) FROM pg_stat_statements WHERE dbid NOT IN (SELECT oid FROM pg_database)"
+
+
+def test_the_copy_leaves_nothing_in_the_servers_pg_stat_statements(
+        pytester: pytest.Pytester, pgss_server: EmbeddedPostgres) -> None:
+    """pg_stat_statements is the server's, shared by every database, and keeps at most pg_stat_statements.max
+    entries (5000), evicting the least used. Every statement of the schema's restore into the copy and of the
+    migrations applied there is a new entry (utility statements are tracked as written, and the copy is a new
+    database each run), left behind when the copy is dropped: each CI run pushes out the application's rarely run
+    queries, which the pg_stat_statements check then no longer knows of, and the DBA's statistics with them."""
+    import shutil
+
+    from conftest import EXAMPLES
+
+    dsn = pgss_server.create_database("pgss_evict_attack")
+    try:
+        for name in ("mini", "blast"):
+            shutil.copytree(EXAMPLES / name, pytester.path, dirs_exist_ok=True)
+        (pytester.path / "pyproject.toml").write_text("[tool.pytest.ini_options]\ninitial_sort = \"original\"\n")
+        p = _project(lambda *_: Project(pytester, dsn), "SELECT 1;\n")
+        p.execute("CREATE EXTENSION pg_stat_statements")
+        before = p.query(ORPHANS)[0][0]
+        assert p.run("-m", "preflight", seed=True).ret == 0
+        assert p.query(ORPHANS) == [(before,)]
+    finally:
+        pgss_server.drop_database("pgss_evict_attack")
