@@ -28,6 +28,9 @@ from psycopg.conninfo import make_conninfo
 
 MARK = "pytest-phase4 scratch database "  # + the token: its comment
 MAX_NAME = 63  # NAMEDATALEN - 1, in bytes
+# pg_stat_statements is the server's, with room for pg_stat_statements.max entries: what is done in and to a
+# scratch database must not push the application's queries out (a superuser's setting; others cannot, and leave it).
+_UNTRACKED = "SET pg_stat_statements.track = 'none'"
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,7 @@ def name_for(dbname: str, purpose: str, token: str) -> str:
 def create(dsn: str, dbname: str, purpose: str) -> Scratch:
     """A new, empty database of this run's own, which only the run's role (and superusers) may connect to."""
     with psycopg.connect(dsn, autocommit=True) as conn:  # CREATE DATABASE refuses transactions
+        _untracked(conn)
         for _attempt in range(5):
             token = secrets.token_hex(4)
             name = name_for(dbname, purpose, token)
@@ -64,6 +68,8 @@ def create(dsn: str, dbname: str, purpose: str) -> Scratch:
                                    (name,)).fetchone()[0])  # type: ignore[index]
             conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(sql.Identifier(name)))
             conn.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(name), sql.Literal(mark)))
+            with contextlib.suppress(psycopg.Error):  # every session of the copy: the restore, the migrations
+                conn.execute(sql.SQL("ALTER DATABASE {} " + _UNTRACKED).format(sql.Identifier(name)))
         except BaseException:
             conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))  # just created
             raise
@@ -73,12 +79,18 @@ def create(dsn: str, dbname: str, purpose: str) -> Scratch:
 def drop(dsn: str, scratch: Scratch) -> bool:
     """Drop the scratch database if it still is the one create() made (the same name and oid)."""
     with psycopg.connect(dsn, autocommit=True) as conn:
+        _untracked(conn)
         row = conn.execute("SELECT 1 FROM pg_catalog.pg_database WHERE datname = %s AND oid = %s",
                            (scratch.name, scratch.oid)).fetchone()
         if row is None:
             return False
         conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(scratch.name)))
         return True
+
+
+def _untracked(conn: psycopg.Connection[Any]) -> None:
+    with contextlib.suppress(psycopg.Error):
+        conn.execute(_UNTRACKED)
 
 
 @contextlib.contextmanager
