@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from test_rls_attacks import assert_fails_naming, attacked, seen, total
+from test_rls_attacks import as_user, assert_fails_naming, attacked, seen, total
 
 from conftest import Project
 
@@ -27,3 +27,23 @@ def test_a_definer_function_returning_one_json_value_is_caught(project: Callable
     every = total(p, "SELECT count(*) FROM public.tickets")
     assert seen(p, "SELECT json_array_length(public.ticket_export())", "anon") == every  # /rpc/ticket_export
     assert_fails_naming(result, "20250701000001_ticket_export", "public.ticket_export")
+
+
+# An auto-updatable view without security_invoker writes its table with the owner's rights: row-level security of
+# the table is bypassed for UPDATE and DELETE through it. Granted UPDATE and DELETE but not SELECT (a "write-only
+# endpoint"), nobody counts as reading it: rls_exposure's readers hold SELECT, the personas see "no SELECT
+# privilege" and count writes of tables only. DELETE and UPDATE without a WHERE clause need no SELECT.
+WRITE_VIEW = """
+CREATE VIEW public.ticket_updates AS SELECT id, tenant_id, title, status FROM public.tickets;
+REVOKE SELECT ON public.ticket_updates FROM anon, authenticated;
+"""
+
+
+def test_a_definer_view_writable_but_not_readable_is_caught(project: Callable[..., Project]) -> None:
+    p = attacked(project, ("ticket_updates", WRITE_VIEW))
+    result = p.run("-v", seed=True)
+    every = total(p, "SELECT count(*) FROM public.tickets")
+    with as_user(p, "anon") as conn:  # rolled back
+        assert conn.execute("UPDATE public.ticket_updates SET title = 'defaced'").rowcount == every
+        assert conn.execute("DELETE FROM public.comments").rowcount == 0  # the table itself: nothing
+    assert_fails_naming(result, "20250701000001_ticket_updates", "public.ticket_updates")
