@@ -11,7 +11,8 @@ records in pytest_phase4.changes, changes.py), or with `scope = "schemas"` to ev
 - a permissive policy for INSERT, UPDATE, DELETE or ALL whose USING or WITH CHECK is always true, for PUBLIC or
   an API role (0024);
 - a SECURITY DEFINER function executable by PUBLIC or an API role without a fixed search_path (0011, 0028);
-  with one, a set-returning one in an exposed schema (0028/0029: /rpc serves it, and views over it);
+  with one, any in an exposed schema but a trigger function, whatever it returns (0028/0029: /rpc serves it, one
+  json value of every row as well as a set, and views over a set-returning one);
 - a view, security_invoker or not, readable by an API role, over a view without security_invoker or a
   materialized view (in any schema: a private one too) over RLS tables, or over a set-returning SECURITY DEFINER
   function: the owner's rights come back one level down;
@@ -271,7 +272,7 @@ def functions(conn: psycopg.Connection[Any], scope: Scope, schemas: Sequence[str
                                               "exposed": list(schemas), "oids": sorted(scope.functions),
                                               "roles": list(api_roles)}).fetchall()
     found = []
-    for oid, nsp, name, args, owner, rows_out, fixed, public, roles in rows:
+    for oid, nsp, name, args, owner, served, fixed, public, roles in rows:
         callers = (["PUBLIC"] if public else []) + [r for r in roles if not public]
         if not callers:
             continue
@@ -285,12 +286,13 @@ def functions(conn: psycopg.Connection[Any], scope: Scope, schemas: Sequence[str
                 f"a fixed search_path: a caller's search_path decides which tables and functions its unqualified "
                 f"names mean; fix: ALTER FUNCTION {ident} SET search_path = '' (and qualify every name in its body), "
                 f"or {revoke}")))
-        elif rows_out:
+        elif served:
             found.append(Finding(f"{nsp}.{name}", "0028", (
                 f"function {nsp}.{name}({args}){origin} [splinter 0028/0029 security_definer_function_executable]: "
-                f"SECURITY DEFINER and returning rows, in exposed schema {nsp}, executable by {_roles(callers)}: "
-                f"it runs as {owner}, bypassing row-level security on every table it reads, and the API serves it "
-                f"(/rpc/{name}) as views over it do: every caller gets the rows {owner} sees; fix: ALTER FUNCTION "
+                f"SECURITY DEFINER, in exposed schema {nsp}, executable by {_roles(callers)}: it runs as {owner}, "
+                f"bypassing row-level security on every table it reads or writes, and the API serves it "
+                f"(/rpc/{name}), as views over it do: every caller gets what {owner} may read and write (rows, or "
+                f"one value made of them, json_agg); fix: ALTER FUNCTION "
                 f"{ident} SECURITY INVOKER, or filter by the caller inside it and {revoke} from the roles that must "
                 "not call it")))
     return found

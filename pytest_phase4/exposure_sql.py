@@ -95,10 +95,14 @@ SELECT p.oid::int8, n.nspname::text, c.relname::text, p.polname::text, p.polcmd:
 """
 
 
-# SECURITY DEFINER functions without search_path, and who may execute them (PUBLIC, or the API roles that exist).
+# SECURITY DEFINER functions: whether the API serves them, a fixed search_path, and who may execute them (PUBLIC, or
+# the API roles that exist).
 FUNCTIONS = """
 SELECT p.oid::int8, n.nspname::text, p.proname::text, pg_catalog.pg_get_function_identity_arguments(p.oid),
-       p.proowner::regrole::text, p.proretset AND n.nspname = ANY(%(exposed)s),
+       p.proowner::regrole::text,
+       -- /rpc serves it, whatever it returns (a set, or one json value of every row), but a trigger function
+       n.nspname = ANY(%(exposed)s)
+         AND p.prorettype NOT IN ('pg_catalog.trigger'::regtype, 'pg_catalog.event_trigger'::regtype),
        EXISTS (SELECT 1 FROM unnest(coalesce(p.proconfig, '{}')) cfg WHERE cfg LIKE 'search\\_path=%%'),
        EXISTS (SELECT 1 FROM aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a
                WHERE a.grantee = 0 AND a.privilege_type = 'EXECUTE'),

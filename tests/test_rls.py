@@ -118,8 +118,8 @@ RULES = {
         "(tenant_id = 1)"),
     "function_search_path_mutable (0011, 0028)": (
         "CREATE FUNCTION purge() RETURNS void LANGUAGE sql SECURITY DEFINER AS 'DELETE FROM notes';",
-        "CREATE FUNCTION purge_fixed() RETURNS void LANGUAGE sql SECURITY DEFINER SET search_path = ''"
-        " AS 'DELETE FROM public.notes';"
+        "CREATE FUNCTION purge_fixed() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = ''"
+        " AS 'BEGIN DELETE FROM public.notes; RETURN NULL; END';"  # a trigger function: no /rpc serves it
         "CREATE FUNCTION purge_private() RETURNS void LANGUAGE sql SECURITY DEFINER AS 'DELETE FROM notes';"
         "REVOKE EXECUTE ON FUNCTION purge_private() FROM PUBLIC;"
         "CREATE FUNCTION invoker() RETURNS bigint LANGUAGE sql AS 'SELECT count(*) FROM notes';",
@@ -128,7 +128,7 @@ RULES = {
          "search_path decides which tables and functions its unqualified names mean; fix: ALTER FUNCTION "
          "\"public\".\"purge\"() SET search_path = '' (and qualify every name in its body), or REVOKE EXECUTE ON "
          "FUNCTION \"public\".\"purge\"() FROM PUBLIC"],
-        "ALTER FUNCTION purge() SET search_path = ''"),
+        "ALTER FUNCTION purge() SET search_path = ''; REVOKE EXECUTE ON FUNCTION purge() FROM PUBLIC"),
 }
 
 
