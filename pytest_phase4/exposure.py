@@ -4,8 +4,9 @@ Supabase's splinter lints are the anchor, scoped to the objects the plan's migra
 records in pytest_phase4.changes, changes.py), or with `scope = "schemas"` to everything in the exposed schemas:
 
 - a view (0010) or materialized view (0016) over a table with row-level security, in an exposed schema, that a
-  role subject to RLS may read, and that runs with its owner's rights (no security_invoker; a materialized view
-  always does): whoever may read it sees every row its owner sees;
+  role subject to RLS may read (or write: an updatable view writes with the rights it reads with), and that
+  runs with its owner's rights (no security_invoker; a materialized view always does): whoever may read it sees
+  every row its owner sees;
 - a table with RLS enabled and no policy (0008), a table with policies and RLS disabled (0007), a table in an
   exposed schema without RLS (0013);
 - a permissive policy for INSERT, UPDATE, DELETE or ALL whose USING or WITH CHECK is always true, for PUBLIC or
@@ -134,14 +135,18 @@ def views(conn: psycopg.Connection[Any], scope: Scope, schemas: Sequence[str]) -
     rows = conn.execute(q.VIEWS, {"schemas": list(schemas), "all": scope.everything,
                                  "oids": sorted(scope.relations), "names": sorted(scope.granted)}).fetchall()
     found = []
-    for oid, nsp, name, kind, owner, options, rls_tables, readers, definers, srfs in rows:
+    for oid, nsp, name, kind, owner, options, rls_tables, readers, writers, definers, srfs in rows:
         invoker = kind == "v" and bool(_INVOKER & {o.lower().replace(" ", "") for o in options})
         what = "view" if kind == "v" else "materialized view"
         origin = f" ({scope.origin[oid]})" if oid in scope.origin else ""
+        if not readers and not writers:
+            continue
         ident, grantees = _q(conn, nsp, name), _roles(readers)
         revoke = f"REVOKE SELECT ON {ident} FROM {grantees}"  # noqa: S608 (a hint shown, never run)
-        if not readers:
-            continue
+        if not readers:  # writable only: UPDATE and DELETE through it need no SELECT
+            grantees = (f"none, but writable by {_roles(writers)} (UPDATE and DELETE without a WHERE clause need "
+                        "no SELECT)")
+            revoke = f"REVOKE ALL ON {ident} FROM {_roles(writers)}"
         if (invoker or not rls_tables) and ((definers and rls_tables) or srfs):
             under = sorted(definers) + [f"SECURITY DEFINER function {f}()" for f in sorted(srfs)]
             tables = f" over RLS table(s) {', '.join(sorted(rls_tables))}" if rls_tables else ""

@@ -2,7 +2,8 @@
 No pytest here."""
 
 # Views and materialized views, with the tables under them (through views, recursively) that have RLS enabled,
-# and the roles their ACL grants SELECT to that are subject to RLS (PUBLIC, or neither superuser nor BYPASSRLS).
+# and the roles their ACL grants SELECT to, and INSERT, UPDATE or DELETE to, that are subject to RLS (PUBLIC, or
+# neither superuser nor BYPASSRLS).
 VIEWS = """
 WITH RECURSIVE cand AS (
   SELECT c.oid, n.nspname, c.relname, c.relkind, c.relowner, c.relacl, c.reloptions
@@ -35,6 +36,16 @@ SELECT v.oid::int8, v.nspname::text, v.relname::text, v.relkind::text, v.relowne
                         WHERE at.attrelid = v.oid AND at.attacl IS NOT NULL AND NOT at.attisdropped) a
                  LEFT JOIN pg_catalog.pg_roles ro ON ro.oid = a.grantee
                  WHERE a.privilege_type = 'SELECT' AND a.grantee <> v.relowner
+                   AND (a.grantee = 0 OR NOT (ro.rolsuper OR ro.rolbypassrls))), '{}'),
+       -- who may write through it: an updatable view writes its tables with the rights it reads them with, and
+       -- UPDATE or DELETE without a WHERE clause needs no SELECT
+       coalesce((SELECT array_agg(DISTINCT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE a.grantee::regrole::text END)
+                 FROM (SELECT (aclexplode(v.relacl)).*
+                       UNION ALL
+                       SELECT (aclexplode(at.attacl)).* FROM pg_catalog.pg_attribute at
+                        WHERE at.attrelid = v.oid AND at.attacl IS NOT NULL AND NOT at.attisdropped) a
+                 LEFT JOIN pg_catalog.pg_roles ro ON ro.oid = a.grantee
+                 WHERE a.privilege_type IN ('INSERT', 'UPDATE', 'DELETE') AND a.grantee <> v.relowner
                    AND (a.grantee = 0 OR NOT (ro.rolsuper OR ro.rolbypassrls))), '{}'),
        -- what runs with its owner's rights under it: views without security_invoker and materialized views
        -- (any schema), and set-returning SECURITY DEFINER functions it or they call
