@@ -47,3 +47,34 @@ def test_a_definer_view_writable_but_not_readable_is_caught(project: Callable[..
         assert conn.execute("UPDATE public.ticket_updates SET title = 'defaced'").rowcount == every
         assert conn.execute("DELETE FROM public.comments").rowcount == 0  # the table itself: nothing
     assert_fails_naming(result, "20250701000001_ticket_updates", "public.ticket_updates")
+
+
+# A write policy whose subquery leans on another table's row-level security (the membership table filters itself
+# to the caller's rows) is what the caller may write only as long as that table's policy holds. The personas count
+# writes by evaluating each write policy as the checking role, so its subquery reads every membership: tenant A
+# "may delete" every tenant's comments before the migration as after. The migration opens the membership table to
+# every signed-in user (the usual way out of "infinite recursion detected in policy"); it is in a schema the API
+# does not serve, so no persona reads it, and a SELECT policy is no rule's business.
+MEMBERSHIPS = """
+CREATE SCHEMA private;
+GRANT USAGE ON SCHEMA private TO authenticated;
+CREATE TABLE private.my_tenants AS SELECT id AS user_id, tenant_id FROM public.profiles;
+ALTER TABLE private.my_tenants ENABLE ROW LEVEL SECURITY;
+CREATE POLICY mine ON private.my_tenants FOR SELECT TO authenticated USING (user_id = auth.uid());
+GRANT SELECT ON private.my_tenants TO authenticated;
+CREATE POLICY members_delete ON public.comments FOR DELETE TO authenticated
+  USING (tenant_id IN (SELECT m.tenant_id FROM private.my_tenants m));
+"""
+OPEN_MEMBERSHIPS = """
+DROP POLICY mine ON private.my_tenants;
+CREATE POLICY members_read ON private.my_tenants FOR SELECT TO authenticated USING (true);
+"""
+
+
+def test_a_write_policy_widened_through_the_table_its_subquery_reads_is_caught(
+        project: Callable[..., Project]) -> None:
+    p = attacked(project, ("open_memberships", OPEN_MEMBERSHIPS), setup=MEMBERSHIPS)
+    result = p.run("-v", seed=True)
+    with as_user(p) as conn:  # tenant A, rolled back
+        assert conn.execute("DELETE FROM public.comments").rowcount == total(p, "SELECT count(*) FROM public.comments")
+    assert_fails_naming(result, "20250701000001_open_memberships", "public.comments")
