@@ -78,3 +78,24 @@ def test_a_write_policy_widened_through_the_table_its_subquery_reads_is_caught(
     with as_user(p) as conn:  # tenant A, rolled back
         assert conn.execute("DELETE FROM public.comments").rowcount == total(p, "SELECT count(*) FROM public.comments")
     assert_fails_naming(result, "20250701000001_open_memberships", "public.comments")
+
+
+# The personas are users with the claims the plan gives them (sub, the tenant, role); a real Supabase JWT carries
+# more (aud, email, app_metadata, ...). A SELECT policy keyed on a claim every real user has and no persona has
+# ("aud = authenticated": every signed-in user) lets tenant A read every tenant's tickets; the personas see
+# nothing new, and a SELECT policy is no catalog rule's business (reading for all can be on purpose).
+AUD_POLICY = """
+CREATE POLICY signed_in_reads ON public.tickets FOR SELECT TO authenticated
+  USING ((current_setting('request.jwt.claims', true)::jsonb ->> 'aud') = 'authenticated');
+"""
+
+
+def test_a_select_policy_on_a_claim_the_personas_lack_is_caught(project: Callable[..., Project]) -> None:
+    p = attacked(project, ("signed_in_reads", AUD_POLICY))
+    result = p.run("-v", seed=True)
+    with as_user(p) as conn:  # tenant A as PostgREST gives its claims: aud is in every JWT
+        conn.execute("SELECT set_config('request.jwt.claims', (current_setting('request.jwt.claims')::jsonb"
+                     " || '{\"aud\": \"authenticated\"}')::text, true)")
+        row = conn.execute("SELECT count(DISTINCT tenant_id) FROM public.tickets").fetchone()
+    assert row == (3,)
+    assert_fails_naming(result, "20250701000001_signed_in_reads", "signed_in_reads")
