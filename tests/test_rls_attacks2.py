@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from test_rls_attacks import as_user, assert_fails_naming, attacked, seen, total
+from test_rls_attacks import T1, as_user, assert_fails_naming, attacked, seen, total
 
 from conftest import Project
 
@@ -99,3 +99,29 @@ def test_a_select_policy_on_a_claim_the_personas_lack_is_caught(project: Callabl
         row = conn.execute("SELECT count(DISTINCT tenant_id) FROM public.tickets").fetchone()
     assert row == (3,)
     assert_fails_naming(result, "20250701000001_signed_in_reads", "signed_in_reads")
+
+
+# A rule's actions run with the rights of the table's owner, and so does the row-level security they meet: an
+# ON INSERT rule on a table tenant A may write (RLS on, its own tenant only) that updates tickets by the id given
+# closes any tenant's ticket. Neither check looks at rules; the personas' writes are the policies'.
+RULE = """
+CREATE TABLE public.ticket_closures (ticket_id uuid PRIMARY KEY, tenant_id uuid NOT NULL, note text);
+ALTER TABLE public.ticket_closures ENABLE ROW LEVEL SECURITY;
+CREATE POLICY own_tenant ON public.ticket_closures TO authenticated
+  USING (tenant_id = auth.tenant_id()) WITH CHECK (tenant_id = auth.tenant_id());
+CREATE RULE close_ticket AS ON INSERT TO public.ticket_closures
+  DO ALSO UPDATE public.tickets SET status = 'closed', title = NEW.note WHERE id = NEW.ticket_id;
+"""
+B_TICKET = "SELECT id FROM public.tickets WHERE tenant_id = md5('tenant2')::uuid AND status <> 'closed' LIMIT 1"
+
+
+def test_a_rule_that_writes_another_table_with_the_owners_rights_is_caught(
+        project: Callable[..., Project]) -> None:
+    p = attacked(project, ("close_rule", RULE))
+    result = p.run("-v", seed=True)
+    ticket = total(p, B_TICKET)
+    with as_user(p) as conn:  # tenant A, rolled back
+        conn.execute("INSERT INTO public.ticket_closures VALUES (%s, %s, 'defaced')", (ticket, T1))
+        conn.execute("RESET ROLE")
+        assert conn.execute("SELECT title FROM public.tickets WHERE id = %s", (ticket,)).fetchone() == ("defaced",)
+    assert_fails_naming(result, "20250701000001_close_rule", "public.ticket_closures")
