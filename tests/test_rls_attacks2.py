@@ -125,3 +125,28 @@ def test_a_rule_that_writes_another_table_with_the_owners_rights_is_caught(
         conn.execute("RESET ROLE")
         assert conn.execute("SELECT title FROM public.tickets WHERE id = %s", (ticket,)).fetchone() == ("defaced",)
     assert_fails_naming(result, "20250701000001_close_rule", "public.ticket_closures")
+
+
+# A SECURITY DEFINER trigger function writes with its owner's rights whoever fires it: "touch the ticket a comment
+# is on" reopens and renames any tenant's ticket for tenant A, whose comment (its own tenant, as WITH CHECK asks)
+# names tenant B's ticket (the foreign key is checked without row-level security). Trigger functions are no
+# finding (no /rpc serves them) and the personas' writes are the policies'.
+TRIGGER = """
+CREATE FUNCTION public.touch_ticket() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = ''
+  AS $$ BEGIN UPDATE public.tickets SET status = 'open', title = NEW.body WHERE id = NEW.ticket_id; RETURN NEW; END $$;
+CREATE TRIGGER comments_touch_ticket AFTER INSERT ON public.comments
+  FOR EACH ROW EXECUTE FUNCTION public.touch_ticket();
+"""
+
+
+def test_a_security_definer_trigger_that_writes_another_tenants_rows_is_caught(
+        project: Callable[..., Project]) -> None:
+    p = attacked(project, ("touch_ticket", TRIGGER))
+    result = p.run("-v", seed=True)
+    ticket = total(p, B_TICKET)
+    with as_user(p) as conn:  # tenant A, rolled back
+        conn.execute("INSERT INTO public.comments (tenant_id, ticket_id, author_id, body)"
+                     " VALUES (%s, %s, auth.uid(), 'defaced')", (T1, ticket))
+        conn.execute("RESET ROLE")
+        assert conn.execute("SELECT title FROM public.tickets WHERE id = %s", (ticket,)).fetchone() == ("defaced",)
+    assert_fails_naming(result, "20250701000001_touch_ticket", "public.touch_ticket")
