@@ -17,7 +17,9 @@ records in pytest_phase4.changes, changes.py), or with `scope = "schemas"` to ev
 - a view, security_invoker or not, readable by an API role, over a view without security_invoker or a
   materialized view (in any schema: a private one too) over RLS tables, or over a set-returning SECURITY DEFINER
   function: the owner's rights come back one level down;
-- a foreign table in an exposed schema readable by an API role (0017): it cannot have row-level security.
+- a foreign table in an exposed schema readable by an API role (0017): it cannot have row-level security;
+- a rule with actions on a relation of an exposed schema that an API role may fire (ours, no splinter lint): its
+  actions run with the owner's rights, row-level security of what they write bypassed.
 
 Readers are who holds SELECT on the relation or on any of its columns (column-level grants read the rows too). The
 exposed schemas are the plan's and those the database's pgrst.db_schemas settings name (ALTER ROLE authenticator
@@ -60,6 +62,7 @@ class Scope:
     tables: set[str] = field(default_factory=set)  # tables by identity: parents of policies the plan touched
     policies: set[int] = field(default_factory=set)
     functions: set[int] = field(default_factory=set)
+    rules: set[int] = field(default_factory=set)
     granted: set[str] = field(default_factory=set)  # relations by identity whose columns' grants the plan changed
     origin: dict[int, str] = field(default_factory=dict)  # oid -> "created by x.sql"
     files: list[str] = field(default_factory=list)
@@ -77,7 +80,7 @@ class Scope:
             return
         target = {"view": self.relations, "materialized view": self.relations, "table": self.relations,
                   "foreign table": self.relations, "policy": self.policies, "function": self.functions,
-                  "procedure": self.functions}.get(obj.type)
+                  "procedure": self.functions, "rule": self.rules}.get(obj.type)
         if target is None:
             return
         target.add(obj.objid)
@@ -321,6 +324,24 @@ def foreign_tables(conn: psycopg.Connection[Any], scope: Scope, schemas: Sequenc
     return found
 
 
+def rules(conn: psycopg.Connection[Any], scope: Scope, schemas: Sequence[str],
+          api_roles: Sequence[str]) -> list[Finding]:
+    rows = conn.execute(q.RULES, {"schemas": list(schemas), "all": scope.everything, "roles": list(api_roles),
+                                 "oids": sorted(scope.rules)}).fetchall()
+    found = []
+    for oid, nsp, rel, name, event, owner, roles in rows:
+        if not roles:
+            continue
+        origin = f" ({scope.origin[oid]})" if oid in scope.origin else ""
+        found.append(Finding(f"{nsp}.{rel}", "rule", (
+            f"rule {name} on {nsp}.{rel}{origin} [a rule runs with the owner's rights; no splinter lint]: ON {event}, "
+            f"fired by {_roles(roles)} (who may {event} {nsp}.{rel}): its actions run with the rights of {owner}, "
+            f"the owner, so the row-level security of every table they read or write is bypassed: a caller writes "
+            f"any tenant's rows through it; fix: DROP RULE {_q(conn, name)} ON {_q(conn, nsp, rel)} and do it in "
+            "a trigger function that is SECURITY INVOKER (or checks the caller's tenant)")))
+    return found
+
+
 def exposed_schemas(conn: psycopg.Connection[Any], rls: RlsSettings) -> list[str]:
     """The plan's exposed schemas and those the database's pgrst.db_schemas settings name."""
     found = list(rls.exposed_schemas)
@@ -337,7 +358,7 @@ def findings(conn: psycopg.Connection[Any], scope: Scope, rls: RlsSettings) -> l
     return [*views(conn, scope, schemas), *tables(conn, scope, schemas),
             *policies(conn, scope, schemas, rls.api_roles, rls.tenant_column),
             *functions(conn, scope, schemas, rls.api_roles),
-            *foreign_tables(conn, scope, schemas, rls.api_roles)]
+            *foreign_tables(conn, scope, schemas, rls.api_roles), *rules(conn, scope, schemas, rls.api_roles)]
 
 
 def rls_exposure(conn: psycopg.Connection[Any], plan: Plan, spec: CheckSpec) -> str:

@@ -157,3 +157,25 @@ UNION ALL
 SELECT 'pgrst.db_schemas=' || pg_catalog.current_setting('pgrst.db_schemas', true)
  WHERE coalesce(pg_catalog.current_setting('pgrst.db_schemas', true), '') <> ''
 """
+
+
+# Rules with actions (not DO INSTEAD NOTHING) on relations of the exposed schemas, and the API roles that may fire
+# them (the privilege of the rule's event): a rule's actions run with the relation owner's rights, row-level
+# security included.
+RULES = """
+SELECT r.oid::int8, n.nspname::text, c.relname::text, r.rulename::text,
+       CASE r.ev_type WHEN '2' THEN 'UPDATE' WHEN '3' THEN 'INSERT' ELSE 'DELETE' END, c.relowner::regrole::text,
+       coalesce((SELECT array_agg(ro.rolname::text ORDER BY ro.rolname) FROM pg_catalog.pg_roles ro
+                 WHERE ro.rolname = ANY(%(roles)s) AND NOT (ro.rolsuper OR ro.rolbypassrls)
+                   AND CASE r.ev_type WHEN '4' THEN pg_catalog.has_table_privilege(ro.oid, c.oid, 'DELETE')
+                       ELSE pg_catalog.has_any_column_privilege(ro.oid, c.oid,
+                              CASE r.ev_type WHEN '2' THEN 'UPDATE' ELSE 'INSERT' END) END), '{}')
+  FROM pg_catalog.pg_rewrite r JOIN pg_catalog.pg_class c ON c.oid = r.ev_class
+  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+ WHERE r.rulename <> '_RETURN' AND r.ev_type IN ('2', '3', '4')
+   AND pg_catalog.pg_get_ruledef(r.oid) !~ 'DO (INSTEAD |ALSO )?NOTHING;?[[:space:]]*$'
+   AND n.nspname = ANY(%(schemas)s) AND (%(all)s OR r.oid = ANY(%(oids)s))
+   AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend e WHERE e.classid = 'pg_catalog.pg_class'::regclass
+                     AND e.objid = c.oid AND e.deptype = 'e')
+ ORDER BY 2, 3, 4
+"""

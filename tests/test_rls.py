@@ -129,6 +129,18 @@ RULES = {
          "\"public\".\"purge\"() SET search_path = '' (and qualify every name in its body), or REVOKE EXECUTE ON "
          "FUNCTION \"public\".\"purge\"() FROM PUBLIC"],
         "ALTER FUNCTION purge() SET search_path = ''; REVOKE EXECUTE ON FUNCTION purge() FROM PUBLIC"),
+    "rule with the owner's rights (ours)": (
+        "CREATE RULE purge_on_edit AS ON UPDATE TO notes DO ALSO DELETE FROM notes WHERE tenant_id <> new.tenant_id;",
+        "CREATE RULE keep AS ON DELETE TO notes DO INSTEAD NOTHING;"  # append-only: no action
+        "CREATE TABLE log (id int); CREATE RULE log_insert AS ON INSERT TO log DO ALSO DELETE FROM notes;"
+        "REVOKE ALL ON log FROM PUBLIC; ALTER TABLE log ENABLE ROW LEVEL SECURITY;"
+        "CREATE POLICY p ON log TO service_role USING (true)",
+        ["rule purge_on_edit on public.notes [a rule runs with the owner's rights; no splinter lint]: ON UPDATE, "
+         "fired by anon, authenticated (who may UPDATE public.notes): its actions run with the rights of postgres, "
+         "the owner, so the row-level security of every table they read or write is bypassed: a caller writes any "
+         "tenant's rows through it; fix: DROP RULE \"purge_on_edit\" ON \"public\".\"notes\" and do it in a "
+         "trigger function that is SECURITY INVOKER (or checks the caller's tenant)"],
+        "DROP RULE purge_on_edit ON notes"),
 }
 
 
