@@ -10,7 +10,8 @@ records in pytest_phase4.changes, changes.py), or with `scope = "schemas"` to ev
 - a table with RLS enabled and no policy (0008), a table with policies and RLS disabled (0007), a table in an
   exposed schema without RLS (0013);
 - a permissive policy for INSERT, UPDATE, DELETE or ALL whose USING or WITH CHECK is always true, for PUBLIC or
-  an API role (0024);
+  an API role (0024); on a table with the tenant column, one (for SELECT too, but USING (true): public reading)
+  whose condition reads nothing of the row, only the caller (auth.uid() IS NOT NULL, a claim every user has);
 - a SECURITY DEFINER function executable by PUBLIC or an API role without a fixed search_path (0011, 0028);
   with one, any in an exposed schema but a trigger function, whatever it returns (0028/0029: /rpc serves it, one
   json value of every row as well as a set, and views over a set-returning one);
@@ -50,6 +51,7 @@ from pytest_phase4.rlsplan import RlsSettings
 
 _TRUE = {"true", "1=1"}
 _INVOKER = {"security_invoker=true", "security_invoker=on", "security_invoker=yes", "security_invoker=1"}
+_VERBS = {"r": "read", "d": "delete"}
 _COMMANDS = {"r": "SELECT", "a": "INSERT", "w": "UPDATE", "d": "DELETE", "*": "ALL"}
 
 
@@ -248,10 +250,15 @@ def policies(conn: psycopg.Connection[Any], scope: Scope, schemas: Sequence[str]
     found = []
     for oid, nsp, table, name, cmd, roles, using, check, tenant in rows:
         api = [r for r in roles or () if r == "PUBLIC" or r in api_roles]
-        if cmd == "r" or not api:
-            continue  # SELECT USING (true) is how public reading is granted on purpose (splinter excludes it too)
+        if not api:
+            continue
         loose = []
-        if cmd in "wd*" and always_true(using):
+        if cmd == "r" and tenant and not always_true(using) and off_the_row(using):
+            # SELECT USING (true) is how public reading is granted on purpose (splinter excludes it too); a
+            # condition on the caller alone (auth.uid() IS NOT NULL, a JWT claim every user has) on a tenant's
+            # table is every signed-in user reading every tenant, which personas without that claim cannot see
+            loose.append(f"USING ({using}), which reads nothing of the row")
+        elif cmd in "wd*" and always_true(using):
             loose.append(f"USING ({using})")
         elif cmd in "wd*" and tenant and off_the_row(using):
             loose.append(f"USING ({using}), which reads nothing of the row")
@@ -266,9 +273,10 @@ def policies(conn: psycopg.Connection[Any], scope: Scope, schemas: Sequence[str]
         origin = f" ({scope.origin[oid]})" if oid in scope.origin else ""
         ident = _q(conn, nsp, table)
         found.append(Finding(f"{nsp}.{table}", "0024", (
-            f"policy {name} on {nsp}.{table}{origin} [splinter 0024 rls_policy_always_true]: permissive, for "
+            f"policy {name} on {nsp}.{table}{origin} [splinter 0024 rls_policy_always_true"
+            f"{', to reading too: ours' if cmd == 'r' else ''}]: permissive, for "
             f"{_COMMANDS[cmd]} by {_roles(api)}, with {' and '.join(loose)}: any of them may "
-            f"{'write' if cmd != 'd' else 'delete'} every row of every tenant; fix: ALTER POLICY "
+            f"{_VERBS.get(cmd, 'write')} every row of every tenant; fix: ALTER POLICY "
             f"{_q(conn, name)} ON {ident} with a condition on the row (e.g. tenant_id = the caller's tenant), or "
             "drop it")))
     return found

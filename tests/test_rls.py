@@ -129,6 +129,18 @@ RULES = {
          "\"public\".\"purge\"() SET search_path = '' (and qualify every name in its body), or REVOKE EXECUTE ON "
          "FUNCTION \"public\".\"purge\"() FROM PUBLIC"],
         "ALTER FUNCTION purge() SET search_path = ''; REVOKE EXECUTE ON FUNCTION purge() FROM PUBLIC"),
+    "a read policy on a tenant's table that reads nothing of the row (0024, to reading: ours)": (
+        "CREATE POLICY signed_in ON notes FOR SELECT TO authenticated"
+        " USING (current_setting('request.jwt.claims', true)::jsonb ->> 'aud' = 'authenticated');",
+        "CREATE POLICY own_reads ON notes FOR SELECT TO authenticated"
+        " USING (tenant_id = current_setting('app.tenant', true)::int);"
+        "CREATE TABLE plans (id int); ALTER TABLE plans ENABLE ROW LEVEL SECURITY;"  # no tenant column
+        "CREATE POLICY plans_read ON plans FOR SELECT TO authenticated USING (pg_has_role('authenticated', 'USAGE'));",
+        ["policy signed_in on public.notes [splinter 0024 rls_policy_always_true, to reading too: ours]: permissive, "
+         "for SELECT by authenticated, with USING ((((current_setting('request.jwt.claims'::text, true))::jsonb ->> "
+         "'aud'::text) = 'authenticated'::text)), which reads nothing of the row: any of them may read every row "
+         "of every tenant; fix: *"],
+        "ALTER POLICY signed_in ON notes USING (tenant_id = current_setting('app.tenant', true)::int)"),
     "rule with the owner's rights (ours)": (
         "CREATE RULE purge_on_edit AS ON UPDATE TO notes DO ALSO DELETE FROM notes WHERE tenant_id <> new.tenant_id;",
         "CREATE RULE keep AS ON DELETE TO notes DO INSTEAD NOTHING;"  # append-only: no action
