@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import pytest
 from test_rls_attacks import T1, as_user, assert_fails_naming, attacked, seen, total
 
 from conftest import Project
@@ -71,6 +72,9 @@ CREATE POLICY members_read ON private.my_tenants FOR SELECT TO authenticated USI
 """
 
 
+@pytest.mark.xfail(strict=True, reason="persona_writes evaluates write policies as the checking role, so their "
+                   "subqueries ignore the row-level security of what they read; evaluating them as the persona "
+                   "over rows the persona may not SELECT needs another design (issue 12)")
 def test_a_write_policy_widened_through_the_table_its_subquery_reads_is_caught(
         project: Callable[..., Project]) -> None:
     p = attacked(project, ("open_memberships", OPEN_MEMBERSHIPS), setup=MEMBERSHIPS)
@@ -139,6 +143,9 @@ CREATE TRIGGER comments_touch_ticket AFTER INSERT ON public.comments
 """
 
 
+@pytest.mark.xfail(strict=True, reason="what a SECURITY DEFINER trigger function writes is in its body; flagging "
+                   "every such trigger on a table the API writes would flag the audit trigger of examples/supabase "
+                   "(issue 12)")
 def test_a_security_definer_trigger_that_writes_another_tenants_rows_is_caught(
         project: Callable[..., Project]) -> None:
     p = attacked(project, ("touch_ticket", TRIGGER))
