@@ -157,3 +157,20 @@ def test_a_security_definer_trigger_that_writes_another_tenants_rows_is_caught(
         conn.execute("RESET ROLE")
         assert conn.execute("SELECT title FROM public.tickets WHERE id = %s", (ticket,)).fetchone() == ("defaced",)
     assert_fails_naming(result, "20250701000001_touch_ticket", "public.touch_ticket")
+
+
+# What the personas could not count is shown with PostgreSQL's error, and a data error quotes the value that
+# failed: a view whose filter casts a column reads the rows as the checking role (every tenant's) and puts one of
+# them (here a user's e-mail address) into the terminal, the JSON evidence and the HTML report for the change board.
+CAST_VIEW = """
+CREATE VIEW public.numbered_staff WITH (security_invoker = true) AS
+  SELECT id, tenant_id FROM public.profiles WHERE email::int > 0;
+"""
+
+
+def test_a_count_that_fails_on_a_value_does_not_show_the_value(project: Callable[..., Project]) -> None:
+    p = attacked(project, ("numbered_staff", CAST_VIEW))
+    result = p.run("-v", seed=True)
+    assert "numbered_staff" in result.stdout.str()  # it could not be counted, and says so
+    shown = [result.stdout.str(), *(f.read_text() for f in (p.path / "reports").glob("phase4-*"))]
+    assert not [s for s in shown if "@example.com" in s]
