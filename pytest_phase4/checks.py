@@ -4,6 +4,7 @@ expected/found/where, or CheckSkipped when it does not apply. Nothing here write
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -343,9 +344,12 @@ def run_check(ctx: Context, spec: CheckSpec) -> str:
 
 
 def sql_error(exc: psycopg.Error) -> str:
-    """One line for an SQL error: the server's message and its SQLSTATE, never a traceback."""
+    """One line for an SQL error: the server's message and its SQLSTATE, never a traceback. A data error (class
+    22) quotes the value that failed, a row's (an e-mail, a token): masked, as literals are in the texts shown."""
     lines = str(exc).strip().splitlines()
     message = exc.diag.message_primary or (lines[0] if lines else type(exc).__name__)
+    if (exc.sqlstate or "").startswith("22"):
+        message = re.sub(r'"(?:[^"]|"")*"', '"***"', message)
     return f"SQL error: {message}" + (f" [SQLSTATE {exc.sqlstate}]" if exc.sqlstate else "")
 
 
