@@ -174,3 +174,26 @@ def test_a_count_that_fails_on_a_value_does_not_show_the_value(project: Callable
     assert "numbered_staff" in result.stdout.str()  # it could not be counted, and says so
     shown = [result.stdout.str(), *(f.read_text() for f in (p.path / "reports").glob("phase4-*"))]
     assert not [s for s in shown if "@example.com" in s]
+
+
+# The same json export kept out of /rpc (a private schema) and read through a security_invoker view in public that
+# unpacks it (json_to_recordset): the view reads no table, so it is over no RLS table; one level down only a
+# set-returning definer function counts; and without the tenant column the personas cannot tell a new view's rows
+# apart. anon reads every tenant's ticket titles.
+PRIVATE_JSON = """
+CREATE SCHEMA private;
+GRANT USAGE ON SCHEMA private TO anon, authenticated;
+CREATE FUNCTION private.ticket_export() RETURNS jsonb LANGUAGE sql STABLE SECURITY DEFINER SET search_path = ''
+  AS $$ SELECT coalesce(jsonb_agg(jsonb_build_object('id', t.id, 'title', t.title)), '[]') FROM public.tickets t $$;
+CREATE VIEW public.ticket_titles WITH (security_invoker = true) AS
+  SELECT x.id, x.title FROM jsonb_to_recordset(private.ticket_export()) AS x(id uuid, title text);
+"""
+
+
+def test_an_invoker_view_unpacking_a_private_definer_json_function_is_caught(
+        project: Callable[..., Project]) -> None:
+    p = attacked(project, ("ticket_titles", PRIVATE_JSON))
+    result = p.run("-v", seed=True)
+    every = total(p, "SELECT count(*) FROM public.tickets")
+    assert seen(p, "SELECT count(*) FROM public.ticket_titles", "anon") == every
+    assert_fails_naming(result, "20250701000001_ticket_titles", "public.ticket_titles", "private.ticket_export")
