@@ -14,10 +14,11 @@ records in pytest_phase4.changes, changes.py), or with `scope = "schemas"` to ev
   whose condition reads nothing of the row, only the caller (auth.uid() IS NOT NULL, a claim every user has);
 - a SECURITY DEFINER function executable by PUBLIC or an API role without a fixed search_path (0011, 0028);
   with one, any in an exposed schema but a trigger function, whatever it returns (0028/0029: /rpc serves it, one
-  json value of every row as well as a set, and views over a set-returning one);
+  json value of every row as well as a set, and views over one);
 - a view, security_invoker or not, readable by an API role, over a view without security_invoker or a
-  materialized view (in any schema: a private one too) over RLS tables, or over a set-returning SECURITY DEFINER
-  function: the owner's rights come back one level down;
+  materialized view (in any schema: a private one too) over RLS tables, or over a SECURITY DEFINER function
+  returning rows (a set, or json, jsonb, an array or a record carrying them): the owner's rights come back one
+  level down;
 - a foreign table in an exposed schema readable by an API role (0017): it cannot have row-level security;
 - a rule with actions on a relation of an exposed schema that an API role may fire (ours, no splinter lint): its
   actions run with the owner's rights, row-level security of what they write bypassed.

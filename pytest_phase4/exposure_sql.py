@@ -62,7 +62,10 @@ SELECT v.oid::int8, v.nspname::text, v.relname::text, v.relkind::text, v.relowne
                   AND d.refclassid = 'pg_catalog.pg_proc'::regclass
                  JOIN pg_catalog.pg_proc f ON f.oid = d.refobjid
                  JOIN pg_catalog.pg_namespace fn ON fn.oid = f.pronamespace
-                 WHERE f.prosecdef AND f.proretset
+                 JOIN pg_catalog.pg_type ft ON ft.oid = f.prorettype
+                 -- rows come out of a set, or of one value that carries many (json, jsonb, an array, a record)
+                 WHERE f.prosecdef AND (f.proretset OR ft.typcategory = 'A' OR ft.typtype = 'c' OR f.prorettype IN
+                       ('pg_catalog.json'::regtype, 'pg_catalog.jsonb'::regtype, 'pg_catalog.record'::regtype))
                    AND (r.ev_class = v.oid OR r.ev_class IN (SELECT u.rel FROM under u WHERE u.view = v.oid))), '{}')
   FROM cand v ORDER BY 2, 3
 """
