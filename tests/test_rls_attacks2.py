@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from test_rls_attacks import T1, as_user, assert_fails_naming, attacked, seen, total
+from test_rls_attacks import T1, T2, as_user, assert_fails_naming, attacked, seen, total
 
 from conftest import Project
 
@@ -197,3 +197,25 @@ def test_an_invoker_view_unpacking_a_private_definer_json_function_is_caught(
     every = total(p, "SELECT count(*) FROM public.tickets")
     assert seen(p, "SELECT count(*) FROM public.ticket_titles", "anon") == every
     assert_fails_naming(result, "20250701000001_ticket_titles", "public.ticket_titles", "private.ticket_export")
+
+
+# Supabase's user_metadata is the user's to edit (auth.updateUser), and so are the request's headers: a policy that
+# takes the tenant from them lets any signed-in user pick the tenant it reads (splinter 0015
+# rls_references_user_metadata). The personas have no user_metadata (the policy adds nothing for them) and the
+# policy reads the row, so no rule looks at it.
+METADATA = """
+CREATE POLICY metadata_tenant ON public.tickets FOR SELECT TO authenticated
+  USING (tenant_id = (current_setting('request.jwt.claims', true)::jsonb -> 'user_metadata' ->> 'tenant_id')::uuid);
+"""
+
+
+def test_a_policy_trusting_user_metadata_is_caught(project: Callable[..., Project]) -> None:
+    p = attacked(project, ("metadata_tenant", METADATA))
+    result = p.run("-v", seed=True)
+    with as_user(p) as conn:  # tenant A, having set its own user_metadata to tenant B
+        conn.execute("SELECT set_config('request.jwt.claims', (current_setting('request.jwt.claims')::jsonb"
+                     " || jsonb_build_object('user_metadata', jsonb_build_object('tenant_id', %s::text)))::text, true)",
+                     (T2,))
+        row = conn.execute("SELECT count(DISTINCT tenant_id) FROM public.tickets").fetchone()
+    assert row == (2,)  # its own, and B's
+    assert_fails_naming(result, "20250701000001_metadata_tenant", "metadata_tenant")
