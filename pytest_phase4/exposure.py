@@ -12,6 +12,7 @@ records in pytest_phase4.changes, changes.py), or with `scope = "schemas"` to ev
 - a permissive policy for INSERT, UPDATE, DELETE or ALL whose USING or WITH CHECK is always true, for PUBLIC or
   an API role (0024); on a table with the tenant column, one (for SELECT too, but USING (true): public reading)
   whose condition reads nothing of the row, only the caller (auth.uid() IS NOT NULL, a claim every user has);
+  one that reads what the caller sets itself: user_metadata, request headers or cookies (0015);
 - a SECURITY DEFINER function executable by PUBLIC or an API role without a fixed search_path (0011, 0028);
   with one, any in an exposed schema but a trigger function, whatever it returns (0028/0029: /rpc serves it, one
   json value of every row as well as a set, and views over one);
@@ -32,15 +33,11 @@ Read-only; names are passed as parameters or composed with psycopg.sql. No pytes
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import pglast
 import psycopg
-from pglast import ast
-from pglast.visitors import Skip, Visitor
 from psycopg import sql
 
 from pytest_phase4 import changes, ledger
@@ -48,9 +45,9 @@ from pytest_phase4 import exposure_sql as q
 from pytest_phase4.changes import Change
 from pytest_phase4.errors import CheckFailed
 from pytest_phase4.plan import CheckSpec, Plan
+from pytest_phase4.policy_expr import CHOSEN, always_true, off_the_row
 from pytest_phase4.rlsplan import RlsSettings
 
-_TRUE = {"true", "1=1"}
 _INVOKER = {"security_invoker=true", "security_invoker=on", "security_invoker=yes", "security_invoker=1"}
 _VERBS = {"r": "read", "d": "delete"}
 _COMMANDS = {"r": "SELECT", "a": "INSERT", "w": "UPDATE", "d": "DELETE", "*": "ALL"}
@@ -209,41 +206,6 @@ def tables(conn: psycopg.Connection[Any], scope: Scope, schemas: Sequence[str]) 
     return found
 
 
-def always_true(expr: str | None) -> bool:
-    return expr is not None and re.sub(r"[\s()]", "", expr.lower()) in _TRUE
-
-
-def off_the_row(expr: str | None) -> bool:
-    """Whether a policy expression does not depend on the row: no column of it is read (`auth.uid() IS NOT NULL`),
-    or only as a column compared with itself (`tenant_id = tenant_id`). True for every row for whoever it is true
-    for at all: on a tenant's table, every signed-in user writes every tenant's rows."""
-    if expr is None:
-        return False
-    try:
-        tree = pglast.parse_sql(f"SELECT {expr}")
-    except pglast.parser.ParseError:
-        return False
-    found = _Columns()
-    found(tree)
-    return not found.used
-
-
-class _Columns(Visitor):
-    """The columns an expression reads, but for a column compared with itself."""
-
-    def __init__(self) -> None:
-        self.used = False
-
-    def visit_A_Expr(self, ancestors: Any, node: ast.A_Expr) -> Any:
-        op = [getattr(n, "sval", None) for n in node.name or ()]
-        if op == ["="] and isinstance(node.lexpr, ast.ColumnRef) and node.lexpr == node.rexpr:
-            return Skip
-        return None
-
-    def visit_ColumnRef(self, ancestors: Any, node: ast.ColumnRef) -> None:
-        self.used = True
-
-
 def policies(conn: psycopg.Connection[Any], scope: Scope, schemas: Sequence[str],
              api_roles: Sequence[str], tenant_column: str = "tenant_id") -> list[Finding]:
     rows = conn.execute(q.POLICIES, {"schemas": list(schemas), "all": scope.everything, "tenant": tenant_column,
@@ -253,6 +215,16 @@ def policies(conn: psycopg.Connection[Any], scope: Scope, schemas: Sequence[str]
         api = [r for r in roles or () if r == "PUBLIC" or r in api_roles]
         if not api:
             continue
+        origin = f" ({scope.origin[oid]})" if oid in scope.origin else ""
+        chosen = sorted({m.lower() for e in (using, check) if e for m in CHOSEN.findall(e)})
+        if chosen:
+            found.append(Finding(f"{nsp}.{table}", "0015", (
+                f"policy {name} on {nsp}.{table}{origin} [splinter 0015 rls_references_user_metadata]: for "
+                f"{_COMMANDS[cmd]} by {_roles(api)}, it reads {', '.join(chosen)}, which the caller sets itself "
+                f"(user_metadata through auth.updateUser, request headers and cookies with each request): a caller "
+                f"picks the rows it "
+                f"may {_VERBS.get(cmd, 'write')}; fix: ALTER POLICY {_q(conn, name)} ON {_q(conn, nsp, table)} with "
+                "what the server decides (auth.uid(), app_metadata, a membership table)")))
         loose = []
         if cmd == "r" and tenant and not always_true(using) and off_the_row(using):
             # SELECT USING (true) is how public reading is granted on purpose (splinter excludes it too); a
@@ -271,7 +243,6 @@ def policies(conn: psycopg.Connection[Any], scope: Scope, schemas: Sequence[str]
             loose.append("no WITH CHECK (so USING's true applies to the new rows too)")
         if not loose:
             continue
-        origin = f" ({scope.origin[oid]})" if oid in scope.origin else ""
         ident = _q(conn, nsp, table)
         found.append(Finding(f"{nsp}.{table}", "0024", (
             f"policy {name} on {nsp}.{table}{origin} [splinter 0024 rls_policy_always_true"

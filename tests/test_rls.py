@@ -10,7 +10,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from pytest_phase4 import catalog, exposure, persona_count, personas
+from pytest_phase4 import catalog, exposure, persona_count, personas, policy_expr
 from pytest_phase4.errors import PlanError
 from pytest_phase4.exposure import Scope
 from pytest_phase4.persona_count import Counted, Relation, Seen
@@ -141,6 +141,15 @@ RULES = {
          "'aud'::text) = 'authenticated'::text)), which reads nothing of the row: any of them may read every row "
          "of every tenant; fix: *"],
         "ALTER POLICY signed_in ON notes USING (tenant_id = current_setting('app.tenant', true)::int)"),
+    "rls_references_user_metadata (0015)": (
+        "CREATE POLICY meta ON notes FOR SELECT TO authenticated"
+        " USING (tenant_id = (current_setting('request.jwt.claims', true)::jsonb -> 'user_metadata' ->> 't')::int);",
+        "CREATE POLICY app ON notes FOR SELECT TO authenticated"  # app_metadata: set by the server only
+        " USING (tenant_id = (current_setting('request.jwt.claims', true)::jsonb -> 'app_metadata' ->> 't')::int);",
+        ["policy meta on public.notes [splinter 0015 rls_references_user_metadata]: for SELECT by authenticated, it "
+         "reads user_metadata, which the caller sets itself (user_metadata through auth.updateUser, request headers "
+         "and cookies with each request): a caller picks the rows it may read; fix: *"],
+        "DROP POLICY meta ON notes"),
     "rule with the owner's rights (ours)": (
         "CREATE RULE purge_on_edit AS ON UPDATE TO notes DO ALSO DELETE FROM notes WHERE tenant_id <> new.tenant_id;",
         "CREATE RULE keep AS ON DELETE TO notes DO INSTEAD NOTHING;"  # append-only: no action
@@ -418,4 +427,4 @@ def test_a_relation_a_persona_cannot_be_counted_in_proves_nothing_and_says_why(d
     ("(tenant_id = auth.tenant_id())", False), ("(author_id = auth.uid())", False),
     ("(EXISTS (SELECT 1 FROM m WHERE m.user_id = auth.uid()))", False), (None, False)])
 def test_a_write_policy_that_reads_nothing_of_the_row_is_told_apart(expr: str | None, off: bool) -> None:
-    assert exposure.off_the_row(expr) is off
+    assert policy_expr.off_the_row(expr) is off
