@@ -359,7 +359,8 @@ def rls_exposure(conn: psycopg.Connection[Any], plan: Plan, spec: CheckSpec) -> 
         what = "nothing: no migration of the plan is applied yet"
     if failing:
         raise CheckFailed("no row-level security exposure (Supabase's splinter lints 0007, 0008, 0010, 0011, 0013, "
-                          "0016, 0024)", f"{len(failing)} exposure(s)", what, details=[f.text for f in failing],
+                          "0015, 0016, 0017, 0024, 0028/0029)", f"{len(failing)} exposure(s)", what,
+                          details=[f.text for f in failing],
                           hint=spec.hint or "apply each fix in a new migration (or correct this one if it is not "
                           "applied anywhere else); an object exposed on purpose can be listed in the check's allow")
     note = f"; allowed by the plan: {', '.join(sorted({f.name for f in allowed}))}" if allowed else ""

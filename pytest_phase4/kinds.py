@@ -325,7 +325,7 @@ def _scope(params: Mapping[str, Any]) -> str | None:
 # Row-level security (exposure.py): the plan's [[persona]] entries add their own checks (rlsplan.py, personas.py).
 _KIND_LIST.append(Kind(
     "rls_exposure", "nothing the plan created or changed exposes rows to a role subject to row-level security "
-    "(Supabase's splinter lints 0007, 0008, 0010, 0011, 0013, 0016, 0024)",
+    "(Supabase's splinter lints 0007, 0008, 0010, 0011, 0013, 0015, 0016, 0017, 0024, 0028/0029)",
     {"scope": Param("str", False, "plan"), "allow": Param("names", False, ())},
     label_fn=lambda p, _: str(p["scope"]), constraint=_scope, stages=("preflight", "migration", "post"),
     stage_reason="it reads what the migrations created or changed: list it in preflight, a migration's verify "
