@@ -219,3 +219,23 @@ def test_a_policy_trusting_user_metadata_is_caught(project: Callable[..., Projec
         row = conn.execute("SELECT count(DISTINCT tenant_id) FROM public.tickets").fetchone()
     assert row == (2,)  # its own, and B's
     assert_fails_naming(result, "20250701000001_metadata_tenant", "metadata_tenant")
+
+
+# The new-table attack of the first round without the tenant column: a search index filled with every tenant's
+# ticket titles, RLS on and a read-all policy. The personas tell a new relation's rows apart by the tenant column
+# only, and USING (true) on a table without it is public reading: tenant A reads B's and C's titles.
+SEARCH_INDEX = """
+CREATE TABLE public.ticket_search AS SELECT id, title, status FROM public.tickets;
+ALTER TABLE public.ticket_search ENABLE ROW LEVEL SECURITY;
+CREATE POLICY search_all ON public.ticket_search FOR SELECT TO authenticated USING (true);
+"""
+
+
+@pytest.mark.xfail(strict=True, reason="a new relation without the tenant column cannot be told apart by tenant; "
+                   "attributing its rows (by key, to the tables they came from) is another design (issue 12)")
+def test_a_new_table_without_the_tenant_column_holding_every_tenants_rows_is_caught(
+        project: Callable[..., Project]) -> None:
+    p = attacked(project, ("ticket_search", SEARCH_INDEX))
+    result = p.run("-v", seed=True)
+    assert seen(p, "SELECT count(*) FROM public.ticket_search") == total(p, "SELECT count(*) FROM public.tickets")
+    assert_fails_naming(result, "20250701000001_ticket_search", "public.ticket_search")
