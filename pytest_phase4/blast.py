@@ -90,6 +90,7 @@ class BlastState:
     outcome: Outcome | None = None
     failure: CheckFailed | None = None  # no copy could be made: every blast-radius check reports it
     rechecked: str = ""  # why the radius was computed again before the point of no return, and what it found
+    copy_place: str = scratch.THROWAWAY  # --phase4-blast-copy: scratch.THROWAWAY or scratch.TARGET
 
 
 def specs(run: Phase4Run) -> tuple[CheckSpec, ...]:
@@ -128,7 +129,8 @@ def compute(run: Phase4Run, checks: Iterable[CheckSpec], todo: list[Migration]) 
     search_path = str(run.ro.execute("SHOW search_path").fetchone()[0])  # type: ignore[index]
     tools = safety.tools(run)
     try:
-        with scratch.schema_copy(run.target, tools, str(run.ro.info.dbname), run.lock_timeout) as copy, \
+        with scratch.schema_copy(run.target, tools, str(run.ro.info.dbname), run.lock_timeout,
+                                 run.blast_radius.copy_place, run.ro.info.server_version // 10000) as copy, \
                 scratch.connect(copy, search_path, run.check_timeout) as conn:
             result = Outcome(copy.where, tuple(m.file for m in todo), Answers(), Answers(), queries, notes, recorded)
             result.copy_notes = copy.notes

@@ -132,6 +132,11 @@ def _failed_hint(out: blast.Outcome) -> str:
         return ("it reads or writes a foreign table, which the copy does not reach (its user mappings are left out "
                 "so that -m preflight writes to no remote server): the check cannot try it, review it by hand; nothing "
                 "was done to the target or the remote server")
+    if "GSSAPI encryption required" in out.failed_migration and "throwaway server" in out.where:
+        return ("what it runs connects to another server (dblink, postgres_fdw: a function or trigger it calls), "
+                "which the throwaway server the copy is on never does, so that -m preflight reaches no real server: "
+                "the check cannot try it, review it by hand; or, knowing that what it calls then runs for real, copy "
+                "the schema to the target's server (--phase4-blast-copy=target); nothing was done to the target")
     if out.not_tried:
         return ("it may need what a statement not tried on the copy (listed) does, such as a role it grants to: if "
                 "so, the target is not concerned and the check cannot tell more; otherwise fix the migration; nothing "

@@ -1,12 +1,14 @@
 """Statements of a pending migration that are not tried on the blast radius's copy of the schema, and why (no
 pytest here).
 
-The copy is a database on the target's server: what a statement does to the server itself (roles, databases,
+The copy may be a database on the target's server (--phase4-blast-copy=target), and a throwaway server's state
+is the run's own to keep: what a statement does to the server itself (roles, databases,
 tablespaces, ALTER SYSTEM, replication slots), to another server (subscriptions, dblink, user mappings that would
 let a foreign table reach its remote), to the server's files (COPY TO/FROM a file or program, lo_export) or to
 other sessions would happen for real during `-m preflight`. Such statements are found with PostgreSQL's own
 parser (pglast) and left out; publications and event triggers are left out too, since the copy has none (see
-scratch.py). What a DO block runs statically is looked at as well; SQL built at run time (EXECUTE) cannot be.
+scratch.py). What a DO block runs statically is looked at as well; SQL built at run time (EXECUTE), and what a
+called function or a fired trigger runs, cannot be: that is why the copy goes to a throwaway server by default.
 """
 
 from __future__ import annotations

@@ -66,6 +66,13 @@ def find_bindir() -> str | None:
     return next((c for c in candidates if c and _has_tools(c)), None)
 
 
+def bindir_for(major: int) -> str | None:
+    """initdb and pg_ctl of this major version (Debian keeps each in /usr/lib/postgresql/<major>/bin), else the
+    newest find_bindir() finds; None if there are none."""
+    candidates = [d for d in glob.glob(f"/usr/lib/postgresql/{major}/bin") if _has_tools(d)]
+    return candidates[0] if candidates else find_bindir()
+
+
 def _client_major(bindir: str | None) -> int | None:
     pg_dump = os.path.join(bindir, "pg_dump") if bindir else shutil.which("pg_dump")
     if not pg_dump or not os.access(pg_dump, os.X_OK):
@@ -134,8 +141,15 @@ def _make_tmpdir(owner: tuple[int, int] | None, prefix: str, base: str | None) -
     return tmpdir
 
 
-def _run(args: list[str], cwd: str, owner: tuple[int, int] | None) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")} | {"LC_ALL": "C"}
+# In the server's environment, libpq's default for every connection its sessions open (dblink, postgres_fdw):
+# GSSAPI encryption required, which fails at once over a local socket and without Kerberos credentials, so that
+# nothing run on an isolated server reaches another one (unless a connection string says gssencmode itself).
+NO_OUTBOUND = {"PGGSSENCMODE": "require"}
+
+
+def _run(args: list[str], cwd: str, owner: tuple[int, int] | None,
+         extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")} | {"LC_ALL": "C"} | (extra_env or {})
     uid, gid = owner or (None, None)
     return subprocess.run(
         args, capture_output=True, text=True, timeout=120, cwd=cwd, env=env,
@@ -195,8 +209,10 @@ def _conf_value(value: str) -> str:
 class _LocalCluster:
     """A copy of the initdb template in its own temp dir, which also holds the socket and the log."""
 
-    def __init__(self, bindir: str, base: str | None, settings: dict[str, str] | None = None) -> None:
+    def __init__(self, bindir: str, base: str | None, settings: dict[str, str] | None = None,
+                 isolated: bool = False) -> None:
         self.bindir = bindir
+        self.env = NO_OUTBOUND if isolated else {}
         self.base = base
         self.settings = settings or {}
         self.owner = _postgres_owner()
@@ -215,7 +231,7 @@ class _LocalCluster:
             conf.writelines(f"{key} = {_conf_value(value)}\n" for key, value in settings.items())
         pg_ctl = os.path.join(self.bindir, "pg_ctl")
         done = _run([pg_ctl, "start", "-w", "-t", "60", "-D", self.datadir, "-l", self.logfile],
-                    self.tmpdir, self.owner)  # fmt: skip
+                    self.tmpdir, self.owner, self.env)  # fmt: skip
         if done.returncode != 0:
             raise RuntimeError(
                 f"pg_ctl start failed (exit {done.returncode}); the server log ends with:\n"
@@ -225,7 +241,7 @@ class _LocalCluster:
 
     def pg_ctl(self, *args: str) -> None:
         done = _run([os.path.join(self.bindir, "pg_ctl"), *args, "-D", self.datadir, "-l", self.logfile],
-                    self.tmpdir, self.owner)  # fmt: skip
+                    self.tmpdir, self.owner, self.env)  # fmt: skip
         if done.returncode != 0:
             raise RuntimeError(f"pg_ctl {args[0]} failed (exit {done.returncode}):\n{_tail(self.logfile)}")
 
@@ -258,9 +274,10 @@ class EmbeddedPostgres:
 
     def __init__(
         self, kind: Kind = "local", *, bindir: str | None = None, image: str | None = None,
-        base_dir: str | None = None, settings: dict[str, str] | None = None,
+        base_dir: str | None = None, settings: dict[str, str] | None = None, isolated: bool = False,
     ) -> None:  # fmt: skip
         self.kind: Kind = kind
+        self.isolated = isolated  # its sessions open no connection to another server (NO_OUTBOUND)
         self.settings = settings or {}  # server settings of a local cluster (e.g. shared_preload_libraries)
         self.bindir = bindir
         self.image = image
@@ -302,7 +319,7 @@ class EmbeddedPostgres:
         if self.bindir is None or not _has_tools(self.bindir):
             where = self.bindir or _SEARCHED
             raise EmbeddedUnavailable(f"initdb and pg_ctl were not found in {where}")
-        cluster = _LocalCluster(self.bindir, self.base_dir, self.settings)
+        cluster = _LocalCluster(self.bindir, self.base_dir, self.settings, self.isolated)
         self._cluster = cluster
         # A finalizer, not __del__, so the cluster is stopped and deleted even if the caller forgets.
         self._finalizer = weakref.finalize(self, cluster.cleanup)
@@ -378,13 +395,14 @@ class EmbeddedPostgres:
 
 
 def start_embedded(
-    *, bindir: str | None = None, image: str | None = None, base_dir: str | None = None
+    *, bindir: str | None = None, image: str | None = None, base_dir: str | None = None, isolated: bool = False
 ) -> EmbeddedPostgres:
-    """Start a local cluster, else a container; raise EmbeddedUnavailable explaining both failures."""
+    """Start a local cluster, else a container; raise EmbeddedUnavailable explaining both failures. `isolated`: a
+    local cluster's sessions open no connection to another server (NO_OUTBOUND); a container's still may."""
     reasons: dict[str, str] = {}
     kinds: tuple[Kind, ...] = ("local", "container")
     for kind in kinds:
-        server = EmbeddedPostgres(kind, bindir=bindir, image=image, base_dir=base_dir)
+        server = EmbeddedPostgres(kind, bindir=bindir, image=image, base_dir=base_dir, isolated=isolated)
         try:
             return server.start()
         except Exception as exc:  # any failure means "try the next kind"; all are reported below

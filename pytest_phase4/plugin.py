@@ -95,6 +95,7 @@ def pytest_cmdline_main(config: pytest.Config) -> None:
                         verify_only=settings.verify_only)
     except Phase4Error as exc:
         raise pytest.UsageError(str(exc)) from None
+    run.blast_radius.copy_place = settings.blast_copy
     try:
         run.open()
     except (Phase4Error, psycopg.Error) as exc:

@@ -3,12 +3,14 @@ and asks its questions (no pytest here).
 
 `pg_dump --schema-only` (ACCESS SHARE locks for the length of the dump, as any SELECT; `--lock-wait-timeout` so
 it never queues behind another session's lock) restored with `pg_restore --no-owner --no-privileges` into a new
-database of this run's own on the target's server (scratchdb.py: a unique name, no other role may connect, dropped
-only if it is still the one created), which needs CREATEDB. Without it, on a throwaway server started from the
-local PostgreSQL binaries (of the same major version or newer), where the target's role names are created first
-so that policies naming them restore. User mappings are left out, so that no foreign table of the copy reaches a
-remote server, and so is any extension the role may not create there. Nothing is written to the target. The copy
-is dropped afterwards.
+database on a throwaway server started here (the local binaries of the target's major version, else a container),
+where the target's role names are created first so that policies naming them restore. Not on the target's server:
+what the migrations call on the copy (a function's body, a trigger they fire, a DO block's EXECUTE) runs for real
+where the copy is, and no static reading of the migrations sees it. Only when asked (TARGET: --phase4-blast-copy=
+target) is the copy a database of this run's own on the target's server (scratchdb.py), which needs CREATEDB, saying
+what that risks. User mappings are left out, so that no foreign table of the copy reaches a remote server, and so
+is any extension the copy's server lacks or the role may not create there. Nothing is written to the target. The
+copy is dropped afterwards.
 """
 
 from __future__ import annotations
@@ -29,11 +31,15 @@ from psycopg import sql
 
 from pytest_phase4 import backup, scratchdb
 from pytest_phase4 import dsn as dsnlib
-from pytest_phase4.embedded import EmbeddedPostgres, EmbeddedUnavailable, start_embedded
+from pytest_phase4.embedded import EmbeddedPostgres, EmbeddedUnavailable, bindir_for, start_embedded
 from pytest_phase4.errors import Phase4Error
 from pytest_phase4.target import Target
 
 TOOL_TIMEOUT_S = 600
+THROWAWAY, TARGET = "throwaway", "target"  # where the copy goes (--phase4-blast-copy)
+RISK = ("the copy is on the target's server (--phase4-blast-copy=target): what the migrations call there runs for "
+        "real on that server as the run's role (a function's body, a trigger they fire, a DO block's EXECUTE, "
+        "dblink): review it, or leave the option out for a throwaway server")
 PURPOSE = "blast"  # the scratch database is <db>_<token>_phase4_blast
 # Entries a schema copy does not need to answer questions about code and queries, and that a database owner
 # who is not a superuser cannot create (Supabase's event triggers, publications, comments on extensions).
@@ -140,11 +146,13 @@ def extension_objects(conn: psycopg.Connection[Any], extensions: tuple[str, ...]
 
 
 @contextlib.contextmanager
-def schema_copy(target: Target, tools: backup.Tools, dbname: str, lock_timeout: str) -> Iterator[Copy]:
-    """The target's schema restored into a new database of this run's own, dropped on leaving (even on SIGTERM)."""
+def schema_copy(target: Target, tools: backup.Tools, dbname: str, lock_timeout: str, place: str = THROWAWAY,
+                major: int = 0) -> Iterator[Copy]:
+    """The target's schema restored into a new database of this run's own, dropped on leaving (even on SIGTERM):
+    on a throwaway server of the target's major version `major`, or on the target's server if `place` is TARGET."""
     with scratchdb.terminate_as_interrupt(), tempfile.TemporaryDirectory(prefix="phase4-blast-") as tmp:
         archive, listed, left_out = dump_schema(tools, target, Path(tmp), lock_timeout)
-        with _database(target, dbname, tools) as (dsn, where, hidden):
+        with _database(target, dbname, tools, place, major or tools.major) as (dsn, where, hidden, risks):
             keep, notes, extensions = _creatable(listed, dsn)
             entries = Path(tmp) / "schema.list"
             entries.write_text("\n".join(keep) + "\n")
@@ -152,47 +160,66 @@ def schema_copy(target: Target, tools: backup.Tools, dbname: str, lock_timeout: 
                 _tool([tools.path("pg_restore"), "--no-owner", "--no-privileges", "--single-transaction",
                        "--exit-on-error", f"--use-list={entries}", f"--dbname={conninfo}", str(archive)], env,
                       hidden, f"the target's schema restored into {where}")
-            yield Copy(dsn, where, (*left_out, *notes), tuple(extensions))
+            yield Copy(dsn, where, (*risks, *left_out, *notes), tuple(extensions))
 
 
 @contextlib.contextmanager
-def _database(target: Target, dbname: str, tools: backup.Tools) -> Iterator[tuple[str, str, list[str]]]:
-    try:
-        made = scratchdb.create(target.dsn, dbname, PURPOSE)
-    # No CREATEDB; or a hot standby, or a role its DBA made read-only (default_transaction_read_only): a throwaway
-    except (psycopg.errors.InsufficientPrivilege, psycopg.errors.ReadOnlySqlTransaction) as exc:
-        refused = target.scrub(exc.diag.message_primary or str(exc))
-    else:
+def _database(target: Target, dbname: str, tools: backup.Tools, place: str,
+              major: int) -> Iterator[tuple[str, str, list[str], list[str]]]:
+    """(dsn, where, secrets to scrub, what the place risks) of a new empty database for the copy."""
+    if place == TARGET:
         try:
-            yield made.dsn, f"scratch database {made.name} on the target's server", target.secrets
-        finally:
-            with contextlib.suppress(psycopg.Error):
-                scratchdb.drop(target.dsn, made)
-        return
-    with _throwaway(target, tools, refused) as server:
+            made = scratchdb.create(target.dsn, dbname, PURPOSE)
+        # No CREATEDB; or a hot standby, or a role made read-only (default_transaction_read_only): a throwaway
+        except (psycopg.errors.InsufficientPrivilege, psycopg.errors.ReadOnlySqlTransaction) as exc:
+            refused = f"on the target's server, {target.scrub(exc.diag.message_primary or str(exc))}"
+        else:
+            try:
+                yield made.dsn, f"scratch database {made.name} on the target's server", target.secrets, [RISK]
+            finally:
+                with contextlib.suppress(psycopg.Error):
+                    scratchdb.drop(target.dsn, made)
+            return
+    else:
+        refused = ""
+    with _throwaway(target, tools, refused, major) as (server, notes):
         name = scratchdb.name_for(dbname, PURPOSE, secrets.token_hex(4))
-        yield server.create_database(name), f"scratch database {name} on a throwaway server ({server.kind})", []
+        yield (server.create_database(name), f"scratch database {name} on a throwaway server ({server.kind})", [],
+               notes)
 
 
 @contextlib.contextmanager
-def _throwaway(target: Target, tools: backup.Tools, refused: str) -> Iterator[EmbeddedPostgres]:
-    role = _current_role(target)
-    fix = (f"grant the role CREATEDB (ALTER ROLE {role} CREATEDB) so that the copy is made on the target's server, "
-           f"or install the PostgreSQL {tools.major} server binaries (initdb, pg_ctl) here for a throwaway one")
+def _throwaway(target: Target, tools: backup.Tools, refused: str,
+               major: int) -> Iterator[tuple[EmbeddedPostgres, list[str]]]:
+    if refused:  # --phase4-blast-copy=target, and the target's server refused the database
+        head = f"no database for a scratch copy of the schema: {refused}; "
+        fix = (f"grant the role CREATEDB (ALTER ROLE {_current_role(target)} CREATEDB) so that the copy is made on "
+               f"the target's server, or install the PostgreSQL {major} server binaries (initdb, pg_ctl) here for a "
+               "throwaway one")
+    else:
+        head = "no throwaway server for a scratch copy of the schema: "
+        fix = (f"install the PostgreSQL {major} server binaries here (initdb, pg_ctl: apt-get install "
+               f"postgresql-{major}) or start a Docker engine; or copy the schema to the target's server with "
+               "--phase4-blast-copy=target (needs CREATEDB), where what the migrations call (a function's body, a "
+               "trigger, a DO block's EXECUTE) runs for real")
     try:
-        server = start_embedded()
+        server = start_embedded(bindir=bindir_for(major), image=f"postgres:{major}-alpine", isolated=True)
     except EmbeddedUnavailable as exc:
-        raise ScratchError(f"no database for a scratch copy of the schema: on the target's server, {refused}; "
-                           "and no throwaway server could be started", fix,
+        raise ScratchError(head + "none could be started", fix,
                            [f"{kind}: {why.splitlines()[0]}" for kind, why in exc.reasons.items()]) from None
     try:
-        major = int(str(server.server_version or "0").split(".")[0])
-        if major < tools.major:
-            raise ScratchError(f"no database for a scratch copy of the schema: on the target's server, {refused}; "
-                               f"the throwaway server is PostgreSQL {major}, older than the target's "
-                               f"{tools.major}", fix)
+        found = int(str(server.server_version or "0").split(".")[0])
+        if found < major:
+            raise ScratchError(head + f"the throwaway server is PostgreSQL {found}, older than the target's {major}",
+                               fix)
+        notes = [f"the throwaway server is PostgreSQL {found}, the target {major}: a migration may behave "
+                 f"differently there (install the PostgreSQL {major} server binaries for the same version)"
+                 ] if found > major else []
+        if server.kind == "container":
+            notes.append("the throwaway server is a container, whose sessions may connect to other servers: code "
+                         "the migrations call that connects out with a connection string (dblink) reaches it")
         _copy_roles(target, server)
-        yield server
+        yield server, notes
     finally:
         server.stop()
 

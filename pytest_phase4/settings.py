@@ -13,6 +13,7 @@ from pytest_phase4.plan import DURATION
 DEFAULT_PLAN = "checks/phase4.toml"
 DEFAULT_REPORT_DIR = "reports"
 DEFAULT_WORKERS = 2
+BLAST_COPY = ("throwaway", "target")  # where the blast radius's copy of the schema goes; the first is the default
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ class Settings:
     workers: int = DEFAULT_WORKERS
     verify_only: bool = False
     baselines: tuple[str, ...] = ()  # --phase4-baseline: files or folders, as given
+    blast_copy: str = BLAST_COPY[0]
 
     @staticmethod
     def add_options(parser: pytest.Parser) -> None:
@@ -80,6 +82,14 @@ class Settings:
         group.addoption("--phase4-baseline", action="append", default=[], metavar="PATH",
                         help="also look here for the baseline to compare with: a *.baseline.json file or a folder "
                              "of them (repeatable; always looked in: the report folder and the backup folders)")
+        group.addoption("--phase4-blast-copy", default=None, metavar="WHERE",
+                        help="where the blast radius applies the pending migrations to a copy of the schema: "
+                             "throwaway (default: a throwaway server started here, so that nothing they call acts "
+                             "on the real server) or target (a scratch database on the target's server, where what "
+                             "they call, a function's body, a trigger, a DO block's EXECUTE, runs for real; needs "
+                             "CREATEDB) (ini: phase4_blast_copy)")
+        parser.addini("phase4_blast_copy", "pytest-phase4: where the blast radius's copy goes (throwaway, target)",
+                      default=None)
         parser.addini("phase4_verify_only", "pytest-phase4: apply nothing, verify only", type="bool", default=False)
         parser.addini("phase4_base_url", "pytest-phase4 smoke stage API base URL", default=None)
         parser.addini("phase4_json", "pytest-phase4 JSON evidence path", default=None)
@@ -110,6 +120,7 @@ class Settings:
             workers=_workers(config),
             verify_only=bool(opt("phase4_verify_only") or config.getini("phase4_verify_only")),
             baselines=tuple(opt("phase4_baseline") or ()),
+            blast_copy=_blast_copy(config),
         )
 
     def report_dir(self, rootpath: Path) -> Path:
@@ -164,6 +175,19 @@ def _workers(config: pytest.Config) -> int:
         raise pytest.UsageError(f"{source}: expected a whole number from 1 to 16, found {value!r}; use 1 to run "
                                 "heavy checks one by one on the verification connection")
     return workers
+
+
+def _blast_copy(config: pytest.Config) -> str:
+    value = config.getoption("phase4_blast_copy")
+    source = "--phase4-blast-copy"
+    if value is None:
+        value, source = config.getini("phase4_blast_copy"), "ini phase4_blast_copy"
+    value = str(value or BLAST_COPY[0]).strip()
+    if value not in BLAST_COPY:
+        raise pytest.UsageError(f"{source}: expected throwaway or target, found {value!r}; throwaway (the default) "
+                                "copies the schema to a throwaway server started here, target to a scratch database "
+                                "on the target's server, where what the migrations call runs for real")
+    return value
 
 
 def _duration(config: pytest.Config, name: str) -> str:

@@ -91,7 +91,7 @@ def test_supabase_preflight_fails_naming_each_breakage_and_passes_once_the_app_i
     result.stdout.fnmatch_lines([
         "found:    2 would break: PL/pgSQL trigger function public.comments_copy_author(), SQL function "
         "public.ticket_card(uuid)",
-        "where:    scratch database app_*_phase4_blast on the target's server, after 6 pending migration(s)",
+        "where:    scratch database app_*_phase4_blast on a throwaway server (local), after 6 pending migration(s)",
         "  PL/pgSQL trigger function public.comments_copy_author() (as trigger comments_copy_author on public.comments)"
         ", line 6, column 3: record \"new\" has no field \"author_name\"",
         "      6 | NEW.author_name := author.full_name;",
@@ -110,8 +110,8 @@ def test_supabase_preflight_fails_naming_each_breakage_and_passes_once_the_app_i
         result.stdout.fnmatch_lines([line, "      -> column * does not exist [[]SQLSTATE 42703[]]"])
     result.stdout.fnmatch_lines([
         "*= phase4 blast radius =*",
-        "scratch database app_*_phase4_blast on the target's server: 6 pending migration(s) applied to a copy of the "
-        "schema (*s)",
+        "scratch database app_*_phase4_blast on a throwaway server (local): 6 pending migration(s) applied to a copy "
+        "of the schema (*s)",
         "the migrations would break 4 application queries (9 calls since stats reset *) and 2 functions:",
         "  - 4 calls, * SELECT t.id, t.title, t.status, t.reporter_name, * (column t.reporter_name does not exist)",
         "  - *", "  - *", "  - *",
@@ -202,8 +202,8 @@ def test_mini_blast_radius_on_the_same_server_without_plpgsql_check_and_on_a_thr
         "  SQL function public.sale_label(integer), line 3, column 10: column s.customer_name does not exist",
         "  PL/pgSQL trigger function public.sales_fill_name() (as trigger sales_fill_name on public.sales), line 3, "
         "column 22: record \"new\" has no field \"customer_name\""]
-    # As a superuser: the copy on the target's server, plpgsql_check created in it.
-    result = p.run("-v", "-m", "preflight")
+    # As a superuser, asking for the copy on the target's server: made there, plpgsql_check created in it.
+    result = p.run("-v", "-m", "preflight", "--phase4-blast-copy=target")
     assert result.ret == 1
     outcomes = outcomes_of(result)
     assert outcomes[f"{MINI}::blast_radius::database_code[all_schemas]"] == "FAILED"
@@ -214,7 +214,7 @@ def test_mini_blast_radius_on_the_same_server_without_plpgsql_check_and_on_a_thr
     # static query of the PL/pgSQL bodies is PREPAREd instead; the check that requires plpgsql_check says how.
     admin = p.dsn
     p.dsn = _role(pg_server, admin, "blast_owner", createdb=True)
-    result = p.run("-v", "-m", "preflight")
+    result = p.run("-v", "-m", "preflight", "--phase4-blast-copy=target")
     assert result.ret == 1
     outcomes = outcomes_of(result)
     assert outcomes[f"{MINI}::blast_radius::database_code[all_schemas]"] == "FAILED"
@@ -223,7 +223,7 @@ def test_mini_blast_radius_on_the_same_server_without_plpgsql_check_and_on_a_thr
                                  "\"plpgsql_check\"): install plpgsql_check on the database server (Debian/Ubuntu: "
                                  "apt-get install postgresql-15-plpgsql-check; Supabase ships it): *"])
     result.stdout.fnmatch_lines(["SKIPPED [[]1[]] checks/phase4.toml:*: plpgsql_check is not available *"])
-    # A role without CREATEDB: the copy goes to a throwaway server started from the local binaries.
+    # By default (here a role without CREATEDB): the copy goes to a throwaway server started from the local binaries.
     p.dsn = _role(pg_server, admin, "blast_reader", createdb=False)
     result = p.run("-v", "-m", "preflight")
     assert result.ret == 1

@@ -1,6 +1,6 @@
 """Second round of attacks on the blast radius (issue 14): what a DBA's real migrations do on the scratch copy,
-which lives on the target's server. Each test asserts the safe behaviour, on real PostgreSQL, as users run the
-plugin (`pytest --phase4 -m preflight`)."""
+on a throwaway server or (--phase4-blast-copy=target) on the target's server. Each test asserts the safe
+behaviour, on real PostgreSQL, as users run the plugin (`pytest --phase4 -m preflight`)."""
 
 from __future__ import annotations
 
@@ -89,16 +89,13 @@ DO $$ BEGIN EXECUTE format('ALTER ROLE %I CONNECTION LIMIT 3', 'blast_reporter')
 """
 
 
-@pytest.mark.xfail(strict=True, reason="design: the filter is static and the copy shares the target's server; "
-                   "containing called code needs the copy on a throwaway server, or run by a role without rights "
-                   "beyond it and without dblink/postgres_fdw/http extensions (issue 14)")
 def test_code_the_migration_runs_on_the_copy_does_not_act_on_the_real_server(
         project: Callable[..., Project], pg_server: EmbeddedPostgres) -> None:
-    """The copy is a database on the target's server, and the statement filter reads only the migration's own
-    text. What it calls runs for real: a helper function whose body says ALTER ROLE (the README says only SQL a
-    function builds at run time is not looked into; a static body is not looked into either), a trigger the
-    migration's seed INSERT fires (a dblink audit trigger writes to the real database), a DO block's EXECUTE.
-    During `-m preflight` the real reporting role loses its login and the real audit log gets a row."""
+    """The statement filter reads only the migration's own text, and what a migration calls runs for real where
+    the copy is: a helper function whose body says ALTER ROLE, a DO block's EXECUTE, a dblink audit trigger its
+    seed INSERT fires. With the copy on the target's server, during `-m preflight` the real reporting role lost
+    its login and the real audit log got a row. The copy now goes to a throwaway server, whose sessions connect
+    to no other server: the role changes stay there, and the dblink call fails there, saying why."""
     p = _project(project, CODE_ON_COPY)
     schema = p.path / "checks/setup/schema.sql"
     schema.write_text(schema.read_text() + AUDIT.replace("{dsn}", p.dsn))
@@ -106,7 +103,10 @@ def test_code_the_migration_runs_on_the_copy_does_not_act_on_the_real_server(
         conn.execute("DROP ROLE IF EXISTS blast_reporter; CREATE ROLE blast_reporter LOGIN")
     try:
         result = p.run("-v", "-m", "preflight", seed=True)
-        assert CODE in outcomes_of(result)
+        assert outcomes_of(result)[CODE] == "FAILED"
+        result.stdout.fnmatch_lines(["where:    scratch database * on a throwaway server (local)",
+                                     "hint:     what it runs connects to another server (dblink, postgres_fdw: *"
+                                     "--phase4-blast-copy=target); nothing was done to the target"])
         found = (p.query("SELECT what FROM audit_log WHERE what LIKE '%walk-in%'"),
                  p.query("SELECT rolcanlogin, rolconnlimit FROM pg_roles WHERE rolname = 'blast_reporter'"))
         assert found == ([], [(True, -1)])  # the real audit log and the real role as they were
@@ -216,7 +216,15 @@ def test_a_migration_using_an_extension_left_out_of_the_copy_is_not_a_false_red(
         assert p.run("-m", "preflight", seed=True).ret == 0  # as the superuser: no extension left out, fine
         p.execute("GRANT SELECT ON ALL TABLES IN SCHEMA public TO blast_owner2")
         owner = Project(p.pytester, make_conninfo(p.dsn, user="blast_owner2"))
-        result = owner.run("-v", "-m", "preflight")
+        # Asked for explicitly, the copy is on the target's server, and the run says what that risks.
+        result = owner.run("-v", "-m", "preflight", "--phase4-blast-copy=target")
+        risk = ("the copy is on the target's server (--phase4-blast-copy=target): what the migrations call there "
+                "runs for real on that server as the run's role (a function's body, a trigger they fire, a DO block's "
+                "EXECUTE, dblink): review it, or leave the option out for a throwaway server")
+        result.stdout.fnmatch_lines(["scratch database * on the target's server: 4 pending migration(s) applied *",
+                                     risk])
+        latest = max((owner.path / "reports").glob("phase4-*.json"), key=lambda f: f.stat().st_mtime_ns)
+        assert risk in latest.read_text()
         result.stdout.fnmatch_lines(["*extension pg_stat_statements left out of the copy*",
                                      "*not tried on the copy: 20250101000004_ops.sql:1: CREATE VIEW slow_queries AS *"
                                      " (it uses pg_stat_statements, which the copy lacks *"])
