@@ -1,0 +1,32 @@
+"""Second round of attacks on the rollback (issue 10): a DBA on a live database, the application writing between
+the run and `--phase4-rollback`. Each test asserts the SAFE outcome (nothing lost or changed without being listed
+and consented to, no false "proven"), so it fails while its hole is open. Plain SQL outside the plugin checks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from test_rollback import ledger_files
+from test_rollback_attacks import M1, SETUP, append, out
+
+from conftest import Project
+
+
+def test_revert_of_a_type_change_with_using_does_not_keep_the_converted_values(
+        project: Callable[..., Project]) -> None:
+    """`ALTER COLUMN price TYPE bigint USING (price * 100)::bigint` (to cents) rewrites every row without an UPDATE:
+    the record sees no row change, the revert casts back to numeric, and 10.5 comes back as 1050, "proven"."""
+    p = project("mini", "safe")
+    append(p, SETUP, "ALTER TABLE tickets ADD COLUMN price numeric;\nUPDATE tickets SET price = id + 0.5;\n")
+    append(p, M1, "ALTER TABLE tickets ALTER COLUMN price TYPE bigint USING (price * 100)::bigint;\n")
+    assert p.run("-m", "preflight", seed=True).ret == 0
+    prices = p.query("SELECT id, price FROM tickets ORDER BY id")
+    p.run("--phase4-confirm-destructive")
+    assert len(ledger_files(p)) == 3
+    result = p.run("-v", "--phase4-rollback")
+    if result.ret != 0:  # a refusal is safe when it names the column and changed nothing
+        assert "public.tickets.price" in out(result), out(result)
+        assert p.query("SELECT format_type(atttypid, atttypmod) FROM pg_attribute"
+                       " WHERE attrelid = 'tickets'::regclass AND attname = 'price'") == [("bigint",)]
+        return
+    assert p.query("SELECT id, price FROM tickets ORDER BY id") == prices, out(result)
