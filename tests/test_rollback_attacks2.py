@@ -30,3 +30,18 @@ def test_revert_of_a_type_change_with_using_does_not_keep_the_converted_values(
                        " WHERE attrelid = 'tickets'::regclass AND attname = 'price'") == [("bigint",)]
         return
     assert p.query("SELECT id, price FROM tickets ORDER BY id") == prices, out(result)
+
+
+def test_the_refill_fires_no_rule_of_the_application(project: Callable[..., Project]) -> None:
+    """The application audits updates with a rule (`ON UPDATE ... DO ALSO INSERT`): DISABLE TRIGGER does not stop
+    rules, so the refill's UPDATE writes 100 audit rows claiming the application updated every sale ("no trigger
+    fired", "proven")."""
+    p = project("mini", "safe")
+    p.run("--phase4-confirm-destructive", seed=True)
+    assert len(ledger_files(p)) == 3
+    p.execute("CREATE TABLE app_audit (what text);"
+              " CREATE RULE sales_audit AS ON UPDATE TO sales DO ALSO INSERT INTO app_audit VALUES ('sale ' || new.id)")
+    result = p.run("-v", "--phase4-rollback")
+    assert result.ret == 0, out(result)
+    assert p.query("SELECT count(*) FROM app_audit") == [(0,)], out(result)
+    assert p.query("SELECT ev_enabled FROM pg_rewrite WHERE rulename = 'sales_audit'") == [("O",)]
