@@ -1,7 +1,8 @@
 """Dropped columns back with their values: re-added as recorded (type, collation, generated expression), refilled
-from the backup's rows by the table's key with the table's triggers disabled (ALTER TABLE ... DISABLE TRIGGER:
-needs only ownership of the table, unlike session_replication_role, which needs superuser), then their default and
-NOT NULL; and the proof that their values equal the backup's. Runs inside the rollback's transaction; no pytest.
+from the backup's rows by the table's key with the table's triggers and ON UPDATE rules disabled (ALTER TABLE ...
+DISABLE TRIGGER / DISABLE RULE: need only ownership of the table, unlike session_replication_role, which needs
+superuser), then their default and NOT NULL; and the proof that their values equal the backup's. Runs inside the
+rollback's transaction; no pytest.
 
 A key is not enough to tell a row apart: a row deleted since the backup and inserted again under the same key
 (another person signing up as 'alice') is not the backup's row. A row is refilled when the backup's own version
@@ -111,6 +112,10 @@ def refill_table(rv: Reverter, refill: Refill) -> str:
                                " AND NOT tgisinternal AND tgenabled <> 'D'", (name,)).fetchall()
     for tg, _ in triggers:  # the refill must not fire them (an updated_at trigger would rewrite every row)
         rv.conn.execute(sql.SQL("ALTER TABLE {} DISABLE TRIGGER {}").format(table, sql.Identifier(tg)))
+    rules = rv.conn.execute("SELECT rulename, ev_enabled FROM pg_rewrite WHERE ev_class = %s::regclass"
+                            " AND ev_type = '2' AND ev_enabled <> 'D'", (name,)).fetchall()
+    for rule, _ in rules:  # nor rules, which DISABLE TRIGGER leaves on (an ON UPDATE ... DO ALSO audit insert)
+        rv.conn.execute(sql.SQL("ALTER TABLE {} DISABLE RULE {}").format(table, sql.Identifier(rule)))
     on = sql.SQL("{} AND {}").format(match(rv.conn, refill), _refillable(refill))
     if stored:
         cur = rv.conn.execute(sql.SQL("UPDATE {} AS t SET {} FROM {} AS b WHERE {}").format(
@@ -146,6 +151,9 @@ def refill_table(rv: Reverter, refill: Refill) -> str:
         mode = {"O": "ENABLE", "A": "ENABLE ALWAYS", "R": "ENABLE REPLICA"}[str(enabled)]
         rv.conn.execute(sql.SQL("ALTER TABLE {} {} TRIGGER {}").format(table, sql.SQL(mode),
                                                                        sql.Identifier(tg)))
+    for rule, enabled in rules:
+        mode = {"O": "ENABLE", "A": "ENABLE ALWAYS", "R": "ENABLE REPLICA"}[str(enabled)]
+        rv.conn.execute(sql.SQL("ALTER TABLE {} {} RULE {}").format(table, sql.SQL(mode), sql.Identifier(rule)))
     cols = ", ".join(c.names[2] for c in refill.columns)
     which = f" {source.name} (the newest taken before {refill.dropped_by})" if source.name else ""
     since = (f" ({refill.ambiguous:,} of them written since under a key the backup holds: not told apart from "
