@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from test_rollback import ledger_files
-from test_rollback_attacks import M1, SETUP, append, out
+from test_rollback_attacks import M1, M2, SETUP, append, out
 
 from conftest import Project
 
@@ -45,3 +45,17 @@ def test_the_refill_fires_no_rule_of_the_application(project: Callable[..., Proj
     assert result.ret == 0, out(result)
     assert p.query("SELECT count(*) FROM app_audit") == [(0,)], out(result)
     assert p.query("SELECT ev_enabled FROM pg_rewrite WHERE rulename = 'sales_audit'") == [("O",)]
+
+
+def test_rows_a_migration_truncated_are_brought_back_or_listed(project: Callable[..., Project]) -> None:
+    """`TRUNCATE sessions` in a migration: pg_stat_xact_user_tables counts no deleted row for a TRUNCATE, so the
+    record holds no row change, the revert neither brings the 30 rows back nor names the table, and says
+    "COMPLETE and proven" (the ledger forgets the migration)."""
+    p = project("mini", "safe")
+    append(p, SETUP, "CREATE TABLE sessions (id int PRIMARY KEY, token text NOT NULL);\n"
+                     "INSERT INTO sessions SELECT g, md5(g::text) FROM generate_series(1, 30) g;\n")
+    append(p, M2, "TRUNCATE sessions;\n")
+    p.run("--phase4-confirm-destructive", seed=True)
+    assert len(ledger_files(p)) == 3
+    result = p.run("-v", "--phase4-rollback")
+    assert p.query("SELECT count(*) FROM sessions") == [(30,)] or "public.sessions" in out(result), out(result)
