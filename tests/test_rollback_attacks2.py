@@ -6,12 +6,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import pytest
 from test_rollback import ledger_files
 from test_rollback_attacks import M1, M2, SETUP, append, out
 
 from conftest import Project
 
 
+@pytest.mark.xfail(strict=True, reason="a type change rewrites every row with no UPDATE counted and the revert casts "
+                   "the converted values back: it must compare them with the backup (or refuse) - not a small fix")
 def test_revert_of_a_type_change_with_using_does_not_keep_the_converted_values(
         project: Callable[..., Project]) -> None:
     """`ALTER COLUMN price TYPE bigint USING (price * 100)::bigint` (to cents) rewrites every row without an UPDATE:
@@ -47,6 +50,8 @@ def test_the_refill_fires_no_rule_of_the_application(project: Callable[..., Proj
     assert p.query("SELECT ev_enabled FROM pg_rewrite WHERE rulename = 'sales_audit'") == [("O",)]
 
 
+@pytest.mark.xfail(strict=True, reason="TRUNCATE counts no deleted row in pg_stat_xact_user_tables: the record must "
+                   "notice the table's new relfilenode (told apart from a rewrite by ALTER TYPE) - not a small fix")
 def test_rows_a_migration_truncated_are_brought_back_or_listed(project: Callable[..., Project]) -> None:
     """`TRUNCATE sessions` in a migration: pg_stat_xact_user_tables counts no deleted row for a TRUNCATE, so the
     record holds no row change, the revert neither brings the 30 rows back nor names the table, and says
