@@ -1,7 +1,8 @@
 """What each migration did, recorded in its own transaction before COMMIT: the catalog objects it created,
 altered and dropped (in any schema, by identity, with their definitions before and after), the large objects it
-created or unlinked, the rows it inserted, updated and deleted per table (`pg_stat_xact_user_tables`, no scan),
-and its transaction ids (its subtransactions' too: a row a DO block wrote with an EXCEPTION handler carries one).
+created or unlinked, the rows it inserted, updated and deleted per table (`pg_stat_xact_user_tables`, no scan;
+a table it emptied by TRUNCATE, which those counters miss, by its new storage), and its transaction ids (its
+subtransactions' too: a row a DO block wrote with an EXCEPTION handler carries one).
 The rollback works from this record only, never from "whatever is newer than the backup". No pytest here.
 
 Only the migration's own work is recorded, whatever other sessions commit meanwhile: an object counts as created
@@ -17,7 +18,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
@@ -80,6 +81,20 @@ SELECT (pg_catalog.pg_identify_object('pg_catalog.pg_class'::regclass, relid, 0)
  WHERE schemaname <> %s AND n_tup_ins + n_tup_upd + n_tup_del > 0
 """
 
+# A table's storage (relfilenode): a new one means its rows were rewritten (TRUNCATE, CLUSTER, ALTER TYPE, ...),
+# which pg_stat_xact_user_tables does not count (a TRUNCATE deletes no row it counts).
+_FILES = """
+SELECT c.oid::int8, c.relfilenode::int8 FROM pg_catalog.pg_class c
+ WHERE c.relkind = 'r' AND c.relpersistence <> 't'
+   AND c.relnamespace::regnamespace::text NOT IN ('pg_catalog', 'information_schema', %s)
+"""
+# The same, of the tables whose pg_class row this transaction wrote (another session's TRUNCATE is not ours).
+_MY_FILES = _FILES.replace("FROM pg_catalog.pg_class c", """FROM pg_catalog.pg_class c,
+       (SELECT pg_catalog.pg_current_xact_id()::text::int8 AS top,
+               pg_catalog.pg_snapshot_xmax(pg_catalog.pg_current_snapshot())::text::int8 AS xmax) x""") + \
+    " AND " + inventory.mine_sql("c.xmin::text::int8", "x.top", "x.xmax")
+EVERY_ROW = -1  # RowChange.deleted of a table the migration emptied or rewrote: every row, not counted
+
 
 # Large objects are not in the inventory (an application may hold millions): read only when there are some.
 _LARGE = """
@@ -122,7 +137,11 @@ class RowChange:
     relation: str  # identity of the table, e.g. public.orders
     inserted: int
     updated: int
-    deleted: int
+    deleted: int  # EVERY_ROW: emptied or rewritten (TRUNCATE), how many is not known
+
+    def describe(self) -> str:
+        deleted = "every row (a TRUNCATE or a rewrite: not counted)" if self.deleted < 0 else f"{self.deleted:,} row(s)"
+        return f"inserted {self.inserted:,}, updated {self.updated:,}, deleted {deleted}"
 
 
 @dataclass
@@ -145,11 +164,29 @@ class Seen:
 
     objects: dict[tuple[int, int, int], Obj]
     rows: dict[str, tuple[int, int, int]]
+    files: dict[int, int] = field(default_factory=dict)  # table oid -> relfilenode
 
 
 def before(conn: psycopg.Connection[Any]) -> Seen:
     """The catalog and row counters before the migration's SQL runs; call inside its transaction."""
-    return Seen({**inventory.take(conn), **large_objects(conn)}, _row_counters(conn))
+    return Seen({**inventory.take(conn), **large_objects(conn)}, _row_counters(conn), _files(conn))
+
+
+def _files(conn: psycopg.Connection[Any], mine: bool = False) -> dict[int, int]:
+    return {int(r[0]): int(r[1]) for r in conn.execute(_MY_FILES if mine else _FILES, (SCHEMA,)).fetchall()}
+
+
+def _rewritten(conn: psycopg.Connection[Any], seen: Seen, found: list[Change]) -> set[str]:
+    """Tables that existed before and have new storage, their columns unchanged (a type change rewrites too, and
+    is the column's change): emptied or rewritten by TRUNCATE and the like."""
+    oids = [oid for oid, node in _files(conn, mine=True).items() if oid in seen.files and seen.files[oid] != node]
+    if not oids:
+        return set()
+    names = {str(r[0]) for r in conn.execute(
+        "SELECT (pg_catalog.pg_identify_object('pg_catalog.pg_class'::regclass, oid, 0)).identity"
+        " FROM unnest(%s::oid[]) oid", (oids,)).fetchall()}
+    columns = {c.obj.parent for c in found if c.obj.type == "table column"}
+    return names - columns
 
 
 def _row_counters(conn: psycopg.Connection[Any]) -> dict[str, tuple[int, int, int]]:
@@ -232,6 +269,10 @@ def store(conn: psycopg.Connection[Any], file: str, seen: Seen, part: bool = Fal
         was = seen.rows.get(relation, (0, 0, 0))
         if (ins, upd, dele) != was:
             rows.append(RowChange(relation, ins - was[0], upd - was[1], dele - was[2]))
+    for relation in _rewritten(conn, seen, found):
+        counted = next((r for r in rows if r.relation == relation), RowChange(relation, 0, 0, 0))
+        rows = [r for r in rows if r.relation != relation] + [
+            RowChange(relation, counted.inserted, counted.updated, EVERY_ROW)]
     conn.execute(CREATE)
     xids = _xids(conn, found, rows)
     _write(conn, file, found, rows, xids, part)
@@ -315,7 +356,8 @@ def _write(conn: psycopg.Connection[Any], file: str, found: list[Change], rows: 
         else:
             cur.executemany("INSERT INTO pytest_phase4.row_changes AS r VALUES (%s, %s, %s, %s, %s)"
                             " ON CONFLICT (file, relation) DO UPDATE SET inserted = r.inserted + excluded.inserted,"
-                            " updated = r.updated + excluded.updated, deleted = r.deleted + excluded.deleted",
+                            " updated = r.updated + excluded.updated, deleted = CASE WHEN r.deleted < 0"
+                            " OR excluded.deleted < 0 THEN -1 ELSE r.deleted + excluded.deleted END",
                             [(file, r.relation, r.inserted, r.updated, r.deleted) for r in rows])
         cur.executemany("INSERT INTO pytest_phase4.xids VALUES (%s, %s) ON CONFLICT DO NOTHING",
                         [(file, x) for x in sorted(xids)])

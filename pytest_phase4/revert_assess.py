@@ -103,8 +103,7 @@ def _kept(run: Phase4Run, state: RollbackState) -> dict[str, tuple[str, str]]:
             entry = applied.get(file)
             migration = next((m for m in run.plan.migrations if m.file == file), None)
             sha = entry.sha256 if entry else migrate.file_sha256(migration) if migration else ""
-            kept[file] = (sha, "; ".join(f"{r.relation}: {r.inserted:,} inserted, {r.updated:,} updated, "
-                                         f"{r.deleted:,} deleted" for r in rows) or "not recorded")
+            kept[file] = (sha, "; ".join(f"{r.relation}: {r.describe()}" for r in rows) or "not recorded")
     return kept
 
 
@@ -257,9 +256,8 @@ def _notes(rv: Reverter, state: RollbackState, tables: dict[str, Obj]) -> list[s
         for r in record.rows or []:
             if r.relation in tables or r.relation in restored or not (r.inserted or r.updated or r.deleted):
                 continue
-            notes.append(f"{file} inserted {r.inserted:,}, updated {r.updated:,}, deleted {r.deleted:,} row(s) of "
-                         f"{r.relation}: kept (undoing them would overwrite writes made since; "
-                         "--phase4-rollback=restore puts the backup's rows back)")
+            notes.append(f"{file} {r.describe()} of {r.relation}: kept (undoing them would overwrite "
+                         "writes made since; --phase4-rollback=restore puts the backup's rows back)")
     for file in state.kept:
         notes.append(f"{file} keeps its row changes: the ledger remembers it, and a later run refuses to apply the "
                      "same file again (it would change those rows a second time)")

@@ -50,8 +50,6 @@ def test_the_refill_fires_no_rule_of_the_application(project: Callable[..., Proj
     assert p.query("SELECT ev_enabled FROM pg_rewrite WHERE rulename = 'sales_audit'") == [("O",)]
 
 
-@pytest.mark.xfail(strict=True, reason="TRUNCATE counts no deleted row in pg_stat_xact_user_tables: the record must "
-                   "notice the table's new relfilenode (told apart from a rewrite by ALTER TYPE) - not a small fix")
 def test_rows_a_migration_truncated_are_brought_back_or_listed(project: Callable[..., Project]) -> None:
     """`TRUNCATE sessions` in a migration: pg_stat_xact_user_tables counts no deleted row for a TRUNCATE, so the
     record holds no row change, the revert neither brings the 30 rows back nor names the table, and says
