@@ -177,16 +177,17 @@ def _files(conn: psycopg.Connection[Any], mine: bool = False) -> dict[int, int]:
 
 
 def _rewritten(conn: psycopg.Connection[Any], seen: Seen, found: list[Change]) -> set[str]:
-    """Tables that existed before and have new storage, their columns unchanged (a type change rewrites too, and
-    is the column's change): emptied or rewritten by TRUNCATE and the like."""
+    """Tables that existed before and have new storage, their definition and columns unchanged (a type change,
+    SET UNLOGGED or SET TABLESPACE rewrite too, and are changes of their own): emptied by TRUNCATE (or CLUSTER)."""
     oids = [oid for oid, node in _files(conn, mine=True).items() if oid in seen.files and seen.files[oid] != node]
     if not oids:
         return set()
     names = {str(r[0]) for r in conn.execute(
         "SELECT (pg_catalog.pg_identify_object('pg_catalog.pg_class'::regclass, oid, 0)).identity"
         " FROM unnest(%s::oid[]) oid", (oids,)).fetchall()}
-    columns = {c.obj.parent for c in found if c.obj.type == "table column"}
-    return names - columns
+    changed = {c.obj.parent for c in found if c.obj.type == "table column"} | \
+        {c.obj.identity for c in found if c.obj.type == "table"}
+    return names - changed
 
 
 def _row_counters(conn: psycopg.Connection[Any]) -> dict[str, tuple[int, int, int]]:
