@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from conftest import Project, outcomes_of
+from helpers import Project, outcomes_of
 
 
 def public_tables(p: Project) -> list[str]:

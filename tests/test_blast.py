@@ -18,7 +18,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from conftest import REPO, Project, outcomes_of, require_password
+from helpers import REPO, Project, outcomes_of, require_password
 from pytest_phase4.embedded import EmbeddedPostgres
 
 SB = "checks/phase4.toml"

@@ -11,7 +11,7 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from conftest import Project, outcomes_of
+from helpers import Project, outcomes_of
 from pytest_phase4 import embedded
 from pytest_phase4.embedded import EmbeddedPostgres
 
@@ -217,7 +217,7 @@ def test_comments_in_recorded_queries_never_reach_the_report(
     terminal, the HTML report, the JSON evidence and the JUnit XML."""
     import shutil
 
-    from conftest import EXAMPLES
+    from helpers import EXAMPLES
 
     dsn = pgss_server.create_database("pgss_attack")
     try:
@@ -256,7 +256,7 @@ def test_queries_and_functions_are_checked_with_the_application_roles_search_pat
     either (not counted)', and the stage is green while the migration breaks both."""
     import shutil
 
-    from conftest import EXAMPLES
+    from helpers import EXAMPLES
 
     dsn = pgss_server.create_database("pgss_search_path")
     try:

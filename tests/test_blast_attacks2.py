@@ -12,7 +12,7 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from conftest import Project, outcomes_of
+from helpers import Project, outcomes_of
 from pytest_phase4.embedded import EmbeddedPostgres
 
 MINI = "checks/phase4.toml"
@@ -123,7 +123,7 @@ def test_resetting_statistics_in_a_migration_does_not_wipe_the_servers_pg_stat_s
     after the migration) is built on, and the DBA's monitoring history, before anything was migrated."""
     import shutil
 
-    from conftest import EXAMPLES
+    from helpers import EXAMPLES
 
     dsn = pgss_server.create_database("pgss_reset_attack")
     try:
@@ -274,7 +274,7 @@ def test_the_copy_leaves_nothing_in_the_servers_pg_stat_statements(
     queries, which the pg_stat_statements check then no longer knows of, and the DBA's statistics with them."""
     import shutil
 
-    from conftest import EXAMPLES
+    from helpers import EXAMPLES
 
     dsn = pgss_server.create_database("pgss_evict_attack")
     try:

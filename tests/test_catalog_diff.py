@@ -8,7 +8,7 @@ from pathlib import Path
 
 import psycopg
 
-from conftest import Project, outcomes_of
+from helpers import Project, outcomes_of
 from pytest_phase4 import catdiff, inventory
 from pytest_phase4.plan import load_plan
 

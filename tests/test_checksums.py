@@ -12,7 +12,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from conftest import Project, outcomes_of
+from helpers import Project, outcomes_of
 from pytest_phase4 import checksums, snapshot
 
 SB = "checks/phase4.toml"

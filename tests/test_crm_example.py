@@ -6,7 +6,7 @@ import json
 import re
 from collections.abc import Callable
 
-from conftest import Project, outcomes_of
+from helpers import Project, outcomes_of
 
 MIGRATIONS = [
     "20250315000003_enhance_reference_tables.sql",

@@ -8,7 +8,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from conftest import require_password
+from helpers import require_password
 from pytest_phase4.dsn import (
     connect_error_message,
     password_of,

@@ -12,7 +12,7 @@ from typing import Any, cast
 
 import psycopg
 
-from conftest import Project, outcomes_of, spec
+from helpers import Project, outcomes_of, spec
 from pytest_phase4 import checks
 from pytest_phase4.errors import CheckFailed
 from pytest_phase4.facts import Facts

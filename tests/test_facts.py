@@ -13,7 +13,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from conftest import BAD_TYPES, EXAMPLES, OTHER, TO_PARENT, Project, outcomes_of, pass_steps_before, spec
+from helpers import BAD_TYPES, EXAMPLES, OTHER, TO_PARENT, Project, outcomes_of, pass_steps_before, spec
 from pytest_phase4 import catalog, snapshot
 from pytest_phase4.facts import Facts, OrphanCount
 from pytest_phase4.kinds import Column, Relation

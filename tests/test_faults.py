@@ -18,7 +18,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from conftest import Project, outcomes_of
+from helpers import Project, outcomes_of
 from pytest_phase4.embedded import EmbeddedPostgres, start_embedded
 
 M1 = "checks/phase4.toml::20250101000001_create_views"
@@ -198,7 +198,7 @@ def test_server_stopped_hard_mid_migration(pytester: pytest.Pytester, own_server
     p = Project(pytester, own_server.create_database("crashme"))
     import shutil
 
-    from conftest import EXAMPLES
+    from helpers import EXAMPLES
 
     for name in ("mini", "faults"):
         shutil.copytree(EXAMPLES / name, pytester.path, dirs_exist_ok=True)

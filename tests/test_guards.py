@@ -7,7 +7,7 @@ from collections.abc import Callable
 import psycopg
 import pytest
 
-from conftest import Project, outcomes_of
+from helpers import Project, outcomes_of
 from pytest_phase4 import guard
 from pytest_phase4.errors import TargetError
 

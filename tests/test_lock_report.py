@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from conftest import Project, outcomes_of
+from helpers import Project, outcomes_of
 from pytest_phase4.errors import PlanError
 from pytest_phase4.plan import load_plan
 

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import psycopg
 import pytest
 
-from conftest import Project, outcomes_of
+from helpers import Project, outcomes_of
 
 MINI = "checks/phase4.toml"
 M1 = f"{MINI}::20250101000001_create_views"

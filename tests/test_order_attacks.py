@@ -14,7 +14,7 @@ from collections.abc import Callable
 import psycopg
 import pytest
 
-from conftest import Project, outcomes_of
+from helpers import Project, outcomes_of
 
 PLAN = "checks/phase4.toml"
 M1 = f"{PLAN}::20250101000001_create_views"

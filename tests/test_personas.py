@@ -9,7 +9,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from conftest import Project, outcomes_of
+from helpers import Project, outcomes_of
 
 SB = "checks/phase4.toml"
 MIGRATIONS = ["20250601000001_add_fk_columns", "20250601000002_create_api_views", "20250601000003_audit",

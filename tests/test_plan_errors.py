@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import pytest
 
-from conftest import Project
+from helpers import Project
 
 
 def test_every_plan_problem_is_reported_at_once_with_its_line(project: Callable[..., Project]) -> None:

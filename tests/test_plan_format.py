@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Project, outcomes_of
+from helpers import Project, outcomes_of
 from pytest_phase4.errors import PlanError
 from pytest_phase4.plan import load_plan
 

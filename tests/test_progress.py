@@ -17,7 +17,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from conftest import Project
+from helpers import Project
 from pytest_phase4.guard import Blocker
 from pytest_phase4.progress import Heartbeat, describe, migration_status
 

@@ -15,7 +15,7 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from conftest import EXAMPLES, OTHER, TO_PARENT, Project, outcomes_of, pass_steps_before, spec
+from helpers import EXAMPLES, OTHER, TO_PARENT, Project, outcomes_of, pass_steps_before, spec
 from pytest_phase4 import catalog
 from pytest_phase4 import pool as pool_module
 from pytest_phase4.errors import CheckFailed

@@ -10,7 +10,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from conftest import Project, outcomes_of
+from helpers import Project, outcomes_of
 from pytest_phase4.commands import expand_env
 from pytest_phase4.errors import PlanError
 from pytest_phase4.plan import load_plan

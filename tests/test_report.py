@@ -9,7 +9,7 @@ import html
 import re
 from collections.abc import Callable
 
-from conftest import Project, outcomes_of
+from helpers import Project, outcomes_of
 
 PLAN = "checks/phase4.toml"
 

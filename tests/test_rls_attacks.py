@@ -20,7 +20,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from conftest import Project, outcomes_of
+from helpers import Project, outcomes_of
 
 PLAN = "checks/phase4.toml"
 T1, T2, T3 = (str(uuid.UUID(hashlib.md5(f"tenant{n}".encode()).hexdigest())) for n in (1, 2, 3))  # as data.sql

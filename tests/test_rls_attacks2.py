@@ -9,7 +9,7 @@ from collections.abc import Callable
 import pytest
 from test_rls_attacks import T1, T2, as_user, assert_fails_naming, attacked, seen, total
 
-from conftest import Project
+from helpers import Project
 
 # PostgREST serves every function of an exposed schema as /rpc/<name>. A SECURITY DEFINER one (search_path fixed,
 # as rule 0011 asks) that returns one json value, not a set, aggregates every tenant's tickets for anon: splinter

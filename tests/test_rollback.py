@@ -13,7 +13,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from conftest import Project, outcomes_of
+from helpers import Project, outcomes_of
 from pytest_phase4 import changes, pgscript, snapshot
 from pytest_phase4.safety import differences
 

@@ -14,7 +14,7 @@ import psycopg
 import pytest
 from test_rollback import ledger_files, schema_of
 
-from conftest import Project
+from helpers import Project
 
 M1 = "checks/migrations/20250101000001_create_views.sql"
 M2 = "checks/migrations/20250101000002_drop_denormalized.sql"

@@ -13,7 +13,7 @@ import psycopg
 from test_rollback import ledger_files, schema_of
 from test_rollback_attacks import APP_AFTER, M2, SETUP, append, out
 
-from conftest import Project
+from helpers import Project
 
 
 def test_restore_never_drops_what_the_pre_rollback_dump_does_not_hold(project: Callable[..., Project]) -> None:

@@ -6,7 +6,7 @@ import hashlib
 import shlex
 from collections.abc import Callable
 
-from conftest import REPO, Project, outcomes_of
+from helpers import REPO, Project, outcomes_of
 
 MINI = "checks/phase4.toml"
 M1 = f"{MINI}::20250101000001_create_views"

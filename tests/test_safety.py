@@ -19,7 +19,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from conftest import Project, outcomes_of
+from helpers import Project, outcomes_of
 from pytest_phase4 import backup, snapshot
 from pytest_phase4.embedded import EmbeddedPostgres
 from pytest_phase4.errors import CheckFailed

@@ -13,7 +13,7 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
-from conftest import EXAMPLES, Project, require_password
+from helpers import EXAMPLES, Project, require_password
 from pytest_phase4.embedded import EmbeddedPostgres, start_embedded
 
 PASSWORD = "Tr0ub4dor&3-horse?"

@@ -14,7 +14,7 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from conftest import spec
+from helpers import spec
 from pytest_phase4 import catalog
 from pytest_phase4.facts import Facts
 from pytest_phase4.kinds import Column, Relation

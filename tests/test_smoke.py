@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Project, outcomes_of
+from helpers import Project, outcomes_of
 
 TOKEN = "tok-3f9a1c77e2"  # a test value: the point is that it never shows
 SMOKE = "checks/phase4.toml::smoke"

@@ -9,7 +9,7 @@ import getpass
 import json
 from collections.abc import Callable
 
-from conftest import Project
+from helpers import Project
 
 M3_FILE = "checks/migrations/20250101000003_add_indexes.sql"
 

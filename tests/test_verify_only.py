@@ -10,7 +10,7 @@ from pathlib import Path
 
 import psycopg
 
-from conftest import EXAMPLES, Project, outcomes_of
+from helpers import EXAMPLES, Project, outcomes_of
 from pytest_phase4 import verifyonly
 from pytest_phase4.backup import locate
 from pytest_phase4.plan import load_plan
