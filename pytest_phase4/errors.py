@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
@@ -52,6 +53,12 @@ class CheckFailed(Phase4Error):
     @property
     def summary(self) -> str:
         return f"expected {self.expected}, found {self.found}"
+
+    def fields(self, scrub: Callable[[str], str] = str) -> dict[str, str]:
+        """What every report carries of the failure (the HTML row, the JSON evidence), read from here rather than
+        from the rendered text; `scrub` hides passwords."""
+        return {"expected": scrub(self.expected), "found": scrub(self.found), "where": scrub(self.where),
+                "hint": scrub(self.hint), "plan": scrub(self.origin)}
 
     def render(self) -> str:
         lines = [f"expected: {self.expected}", f"found:    {self.found}", f"where:    {self.where}"]

@@ -30,6 +30,7 @@ class CheckRecord:
     message: str = ""  # what a passing check observed, why it failed, why it did not run
     duration_ms: float = 0.0
     key: tuple[str, ...] = ()  # the item's key in the run's StepBook (steps.py)
+    failure: dict[str, str] | None = None  # a failed check's expected, found, where, hint and plan entry
 
 
 @dataclass(frozen=True)
@@ -127,7 +128,7 @@ class Evidence:
     records: dict[str, CheckRecord] = field(default_factory=dict)
 
     def scrub(self, text: str) -> str:
-        return self.run.extras.scrub(self.run.target.scrub(text))
+        return self.run.scrub(text)
 
     @property
     def checks(self) -> list[CheckRecord]:
@@ -276,6 +277,7 @@ class Evidence:
             entry: dict[str, Any] = {"id": r.nodeid, "stage": r.stage, "step": r.step, "kind": r.kind,
                                      "outcome": r.outcome, "duration_ms": round(r.duration_ms, 1)}
             entry["message"] = self.scrub(r.message) if r.message else None  # observed, or why not passed
+            entry["failure"] = r.failure  # scrubbed as the report was made (report.attach_failure)
             checks.append(entry)
         return {
             "plan": {"name": plan.name, "path": str(plan.path), "sha256": plan.sha256},

@@ -20,7 +20,7 @@ from pytest_phase4.errors import Phase4Error
 from pytest_phase4.evidence import DESELECTED, NOT_COLLECTED, NOT_RUN, CheckRecord, Evidence, migration_done
 from pytest_phase4.items import GROUP_KEY, IS_MIGRATION_KEY, PLACE_KEY, ROLLBACK_STEP_KEY, SPEC_KEY, Phase4Item
 from pytest_phase4.progress import Terminal
-from pytest_phase4.report import outcome_line
+from pytest_phase4.report import failure_fields, outcome_line
 from pytest_phase4.run import Phase4Run
 from pytest_phase4.settings import Settings
 from pytest_phase4.steps import NOT_RUN_YET, check_key
@@ -132,6 +132,7 @@ class EvidencePlugin:
         if report.failed:
             record.outcome = "failed" if report.when == "call" else "error"
             record.message = self.ev.scrub(outcome_line(report))
+            record.failure = failure_fields(report)
         elif report.skipped and record.outcome not in ("failed", "error"):
             record.outcome, record.message = "skipped", self.ev.scrub(outcome_line(report))
         elif report.passed and report.when == "call" and record.outcome == NOT_RUN:

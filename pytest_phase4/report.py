@@ -4,11 +4,13 @@ section and observed-value column. Every text here is built from redacted values
 from __future__ import annotations
 
 import html
+from collections.abc import Callable, Generator
 from typing import Any
 
 import pytest
 
 from pytest_phase4 import lockwords
+from pytest_phase4.errors import CheckFailed
 from pytest_phase4.run import APPLIED, FAILED, REFUSED, Phase4Run
 
 
@@ -56,6 +58,13 @@ class ReportPlugin:
 
     def pytest_report_header(self) -> list[str]:
         return header_lines(self.run)
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(self, call: pytest.CallInfo[None]) -> Generator[None, pytest.TestReport,
+                                                                                  pytest.TestReport]:
+        report = yield
+        attach_failure(report, call, self.run.scrub)
+        return report
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         tr = terminalreporter
@@ -136,11 +145,26 @@ def outcome_line(report: pytest.TestReport) -> str:
     """One line for a report: why it was skipped, or what failed ("expected X, found Y", an SQL error)."""
     if report.skipped:
         return skip_reason(report)
+    if failure := failure_fields(report):
+        return f"expected {failure['expected']}, found {failure['found']}"
     lines = [line for line in report.longreprtext.strip().splitlines() if line.strip()]
-    if len(lines) > 1 and lines[0].startswith("expected:") and lines[1].startswith("found:"):
-        return f"expected {lines[0][9:].strip()}, found {lines[1][6:].strip()}"
     errors = [line[1:].strip() for line in lines if line.startswith("E ")]
     return (errors or lines or ["failed"])[0][:500]
+
+
+FAILURE_ATTR = "phase4_failure"  # on a TestReport: CheckFailed.fields(), set as the report is made
+
+
+def attach_failure(report: pytest.TestReport, call: pytest.CallInfo[Any], scrub: Callable[[str], str]) -> None:
+    """Carry a CheckFailed's expected/found/where/hint on its report, for every report made of it."""
+    if call.excinfo is not None and isinstance(call.excinfo.value, CheckFailed):
+        setattr(report, FAILURE_ATTR, call.excinfo.value.fields(scrub))
+
+
+def failure_fields(report: pytest.TestReport) -> dict[str, str] | None:
+    """The structured failure a report carries (attach_failure), None for any other outcome."""
+    fields: dict[str, str] | None = getattr(report, FAILURE_ATTR, None)
+    return fields if report.failed else None
 
 
 def skip_reason(report: pytest.TestReport) -> str:

@@ -198,6 +198,10 @@ class Phase4Run:
         self.target.close()
 
     # -- groups and halting ------------------------------------------------------------------------------
+    def scrub(self, text: str) -> str:
+        """Every secret of the run masked: the target's password and those the plan's commands and requests use."""
+        return self.extras.scrub(self.target.scrub(text))
+
     def group_of(self, ref: str) -> int:
         step = self.plan.step(ref)
         if step is None:

@@ -58,6 +58,15 @@ def test_perf_is_timed_before_and_after_with_gates_table_and_explain(project: Ca
     assert evidence["signoff"] == [{"role": "dba", "title": "Database Administrator", "name": "Jane Doe"},
                                    {"role": "qa", "title": "QA Lead", "name": ""}]
     assert any(i.startswith("post::perf_after[regressed]: expected at most 50% slower") for i in evidence["issues"])
+    # a failure's fields travel from the check to the JSON as data, not as text read back out of the terminal's
+    failures = {c["id"].rsplit("::", 1)[1]: c["failure"] for c in evidence["checks"] if c["failure"]}
+    assert set(failures) == {"perf_after[regressed]", "perf_after[over_budget]"}
+    over = failures["perf_after[over_budget]"]
+    assert (over["expected"], over["where"]) == ("median <= 1 ms", "over_budget")
+    assert over["found"].endswith(" ms")
+    assert over["hint"].startswith("read the EXPLAIN attached to this row")
+    assert over["plan"].startswith("checks/phase4.toml:")
+    assert over["plan"].endswith("check=perf_after")
 
     page = html.unescape(reports[0].read_text())
     assert page.count("<h2>Execution summary</h2>") == 1
