@@ -23,8 +23,8 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from pytest_phase4 import baselines, snapshot
-from pytest_phase4.items import RUN_KEY
-from pytest_phase4.plan import CheckSpec
+from pytest_phase4.nodes import RUN_KEY
+from pytest_phase4.planmodel import CheckSpec
 from pytest_phase4.pool import Pool
 from pytest_phase4.snapshot import Snapshot
 

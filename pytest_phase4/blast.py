@@ -22,8 +22,8 @@ from psycopg import sql
 from pytest_phase4 import appqueries, copyfilter, dbcode, ledger, migrate, safety, scratch, sqltext
 from pytest_phase4.appqueries import AppQuery, Recorded
 from pytest_phase4.errors import CheckFailed, MigrationFailed
-from pytest_phase4.plan import CheckSpec, Migration
 from pytest_phase4.plan_blast import KINDS, STAGE
+from pytest_phase4.planmodel import CheckSpec, Migration
 
 if TYPE_CHECKING:
     from pytest_phase4.run import Phase4Run
@@ -266,28 +266,3 @@ def broken_queries(outcome: Outcome, test_id: str) -> tuple[list[tuple[AppQuery,
         elif (error := outcome.after.prepared.get(query.key)) is not None:
             broken.append((query, error))
     return broken, failing
-
-
-def recheck(run: Phase4Run, migration: Migration) -> str | None:
-    """Before the point of no return: when a pending migration file or the database's code changed since the
-    blast_radius stage computed the radius, compute it again; what it now breaks, or None."""
-    state, checks = run.blast_radius, specs(run)
-    if state.outcome is None or not checks or migration.file not in state.outcome.fingerprints:
-        return None
-    todo = pending(run, after=migration)
-    changed = [m.file for m in todo if migrate.file_sha256(m) != state.outcome.shas.get(m.file)]
-    why = (f"{', '.join(changed)} changed" if changed else
-           "the database's functions or triggers changed" if code_hash(run.ro) != state.outcome.fingerprints[
-               migration.file] else "")
-    if not why:
-        return None
-    from pytest_phase4.blast_checks import breakage_summary  # the words of the checks, for one line
-
-    try:
-        again = compute(run, checks, todo)
-    except CheckFailed as exc:
-        state.rechecked = f"{why} since the blast_radius stage; computed again: {exc.summary}"
-        return state.rechecked
-    summary = breakage_summary(run, again, checks) if again else ""
-    state.rechecked = f"{why} since the blast_radius stage; computed again: {summary or 'nothing breaks'}"
-    return state.rechecked if summary else None

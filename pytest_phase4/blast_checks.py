@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from pytest_phase4 import appqueries, blast, checks, dbcode
+from pytest_phase4 import appqueries, blast, checks, dbcode, migrate
 from pytest_phase4.appqueries import AppQuery, Recorded
 from pytest_phase4.checks import CheckSkipped
 from pytest_phase4.errors import CheckFailed
-from pytest_phase4.plan import CheckSpec
+from pytest_phase4.planmodel import CheckSpec, Migration
 
 if TYPE_CHECKING:
     from pytest_phase4.run import Phase4Run
@@ -260,3 +260,26 @@ def to_json(run: Phase4Run) -> dict[str, Any] | None:
             "left_out_of_copy": list(out.copy_notes), "not_tried": list(out.not_tried),
             "summary": breakage_summary(run, out, blast.specs(run)) or "nothing breaks",
             "rechecked": run.target.scrub(run.blast_radius.rechecked)}
+
+
+def recheck(run: Phase4Run, migration: Migration) -> str | None:
+    """Before the point of no return: when a pending migration file or the database's code changed since the
+    blast_radius stage computed the radius, compute it again; what it now breaks, or None."""
+    state, specs = run.blast_radius, blast.specs(run)
+    if state.outcome is None or not specs or migration.file not in state.outcome.fingerprints:
+        return None
+    todo = blast.pending(run, after=migration)
+    changed = [m.file for m in todo if migrate.file_sha256(m) != state.outcome.shas.get(m.file)]
+    why = (f"{', '.join(changed)} changed" if changed else
+           "the database's functions or triggers changed" if blast.code_hash(run.ro) != state.outcome.fingerprints[
+               migration.file] else "")
+    if not why:
+        return None
+    try:
+        again = blast.compute(run, specs, todo)
+    except CheckFailed as exc:
+        state.rechecked = f"{why} since the blast_radius stage; computed again: {exc.summary}"
+        return state.rechecked
+    summary = breakage_summary(run, again, specs) if again else ""
+    state.rechecked = f"{why} since the blast_radius stage; computed again: {summary or 'nothing breaks'}"
+    return state.rechecked if summary else None

@@ -21,7 +21,7 @@ from pytest_phase4 import normalize
 from pytest_phase4.catalog import like
 from pytest_phase4.inventory import Obj
 from pytest_phase4.kinds import Column
-from pytest_phase4.plan import Plan
+from pytest_phase4.planmodel import Plan
 from pytest_phase4.snapshot import Change
 
 # pg_identify_object's types as the diff (and a plan's `expect`) calls them.

@@ -17,7 +17,7 @@ from pytest_phase4.catalog import like as like  # safety.py matches names with i
 from pytest_phase4.errors import CheckFailed, Phase4Error
 from pytest_phase4.facts import Facts, count_key
 from pytest_phase4.kinds import Column, Relation
-from pytest_phase4.plan import CheckSpec, Plan
+from pytest_phase4.planmodel import CheckSpec, Plan
 from pytest_phase4.runextras import RunExtras
 
 

@@ -5,7 +5,7 @@ Both formulas sum, over the table's rows, a 64-bit hash of the row's kept column
 cannot overflow, and the order of the rows does not matter.
 
 - Formula 1: `hashtextextended(ROW(c1, c2, ...)::text, 0)`: the text of the row, under the pinned session
-  settings (snapshot.PINNED). Every type has a text form, but rendering it is most of the cost: about 10 times
+  settings (PINNED). Every type has a text form, but rendering it is most of the cost: about 10 times
   one sequential read of the same columns.
 - Formula 2 (current): `hashint8extended(hash_record_extended(ROW(c1, c2, ...), 0), 0)`: each value hashed by its
   type's own extended hash function (the hash opclass PostgreSQL uses for hash joins), in the binary form it is
@@ -31,6 +31,11 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+
+# The session settings a row's text depends on, pinned for every checksum and fingerprint (local to their
+# transaction) and recorded with them: a PGTZ or a database's own extra_float_digits changes nothing.
+PINNED = {"TimeZone": "UTC", "DateStyle": "ISO, YMD", "IntervalStyle": "postgres", "extra_float_digits": "1",
+          "bytea_output": "hex"}
 
 FORMULAS: dict[int, dict[str, Any]] = {
     1: {"version": 1, "row": "hashtextextended(ROW(<columns>)::text, 0)", "table": "count(*), sum(<row>)"},

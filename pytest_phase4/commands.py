@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pytest_phase4.errors import CheckFailed
-from pytest_phase4.plan import CheckSpec
-from pytest_phase4.plan import expand_env as expand_env  # smoke.py and the tests use it from here
+from pytest_phase4.planmodel import CheckSpec
+from pytest_phase4.planmodel import expand_env as expand_env  # smoke.py and the tests use it from here
 
 if TYPE_CHECKING:  # checks.py imports this module to register its kinds
     from pytest_phase4.checks import Context, Impl

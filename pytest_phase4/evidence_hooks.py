@@ -18,7 +18,8 @@ import pytest
 from pytest_phase4 import evidence_html, perf, progress
 from pytest_phase4.errors import Phase4Error
 from pytest_phase4.evidence import DESELECTED, NOT_COLLECTED, NOT_RUN, CheckRecord, Evidence, migration_done
-from pytest_phase4.items import GROUP_KEY, IS_MIGRATION_KEY, PLACE_KEY, ROLLBACK_STEP_KEY, SPEC_KEY, Phase4Item
+from pytest_phase4.items import GROUP_KEY, IS_MIGRATION_KEY, PLACE_KEY, SPEC_KEY
+from pytest_phase4.nodes import ROLLBACK_STEP_KEY, Phase4Item
 from pytest_phase4.progress import Terminal
 from pytest_phase4.report import failure_fields, outcome_line
 from pytest_phase4.run import Phase4Run

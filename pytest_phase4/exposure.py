@@ -44,9 +44,8 @@ from pytest_phase4 import changes, ledger
 from pytest_phase4 import exposure_sql as q
 from pytest_phase4.changes import Change
 from pytest_phase4.errors import CheckFailed
-from pytest_phase4.plan import CheckSpec, Plan
+from pytest_phase4.planmodel import CheckSpec, Plan, RlsSettings
 from pytest_phase4.policy_expr import CHOSEN, always_true, off_the_row
-from pytest_phase4.rlsplan import RlsSettings
 
 _INVOKER = {"security_invoker=true", "security_invoker=on", "security_invoker=yes", "security_invoker=1"}
 _VERBS = {"r": "read", "d": "delete"}

@@ -26,7 +26,7 @@ from pytest_phase4 import catalog
 from pytest_phase4.catalog import RowsOf, Unlocked
 from pytest_phase4.errors import CheckFailed
 from pytest_phase4.kinds import Column, Relation
-from pytest_phase4.plan import CheckSpec
+from pytest_phase4.planmodel import CheckSpec
 from pytest_phase4.pool import Pool
 from pytest_phase4.readahead import ReadAhead
 from pytest_phase4.readplan import Key

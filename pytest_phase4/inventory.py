@@ -22,8 +22,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from pytest_phase4.checksums import PINNED
 from pytest_phase4.ledger import SCHEMA as OWN_SCHEMA
-from pytest_phase4.snapshot import PINNED
 
 # Kinds the rollback knows how to drop, by pg_identify_object's type.
 TOP_LEVEL = ("schema", "table", "view", "materialized view", "sequence", "foreign table", "composite type",

@@ -15,17 +15,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import psycopg
 import pytest
 
-from pytest_phase4.checks import sql_error
-from pytest_phase4.errors import CheckFailed, MigrationFailed
-from pytest_phase4.plan import CheckSpec, Migration, Step
+from pytest_phase4.nodes import RUN_KEY, Phase4Item
 from pytest_phase4.plan_blast import markers
-from pytest_phase4.run import ALREADY, NOT_RUN, Phase4Run, Refused
+from pytest_phase4.planmodel import CheckSpec, Migration, Step
+from pytest_phase4.run import ALREADY, NOT_RUN
+from pytest_phase4.safety_plugin import rehearsal_items, rollback_collectors
 from pytest_phase4.steps import REHEARSE_KEY, Key, StepBook, apply_key, check_key
 
-RUN_KEY = pytest.StashKey[Phase4Run]()
 GROUP_KEY = pytest.StashKey[int]()
 IS_MIGRATION_KEY = pytest.StashKey[bool]()
 SPEC_KEY = pytest.StashKey[CheckSpec]()  # the plan entry behind a check item (report attachments, evidence)
@@ -45,7 +43,6 @@ class Place:
 
 
 PLACE_KEY = pytest.StashKey[Place]()
-ROLLBACK_STEP_KEY = pytest.StashKey[str]()  # the step of a --phase4-rollback item (evidence)
 
 
 def fixture_name(migration: Migration) -> str:
@@ -85,26 +82,6 @@ def migration_function(migration: Migration) -> Callable[..., None]:
 
     phase4_migration.__doc__ = f"apply {migration.file}: {migration.title}"
     return phase4_migration
-
-
-class Phase4Item(pytest.Function):
-    """A step of the runbook; failures print expected/found/where instead of a Python traceback."""
-
-    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException]) -> Any:  # type: ignore[override]
-        exc = excinfo.value
-        run = self.config.stash[RUN_KEY]
-        if isinstance(exc, CheckFailed | MigrationFailed):
-            return run.target.scrub(exc.render())
-        if isinstance(exc, Refused):
-            return str(exc)
-        if isinstance(exc, psycopg.Error):  # e.g. the connection was lost between two steps
-            return run.target.scrub(sql_error(exc))
-        return super().repr_failure(excinfo)
-
-    line: int = 0  # plan line of the entry this item comes from
-
-    def reportinfo(self) -> tuple[Any, int, str]:
-        return self.path, max(self.line - 1, 0), self.nodeid.split("::", 1)[-1]
 
 
 def noting_it_ran(fn: Callable[..., Any], key: Key, book: StepBook) -> Callable[..., Any]:
@@ -158,8 +135,6 @@ class StepCollector(pytest.Collector):
             item = self._item(spec.test_id, check_function(spec), position, spec.line, False, check_key(spec))
             item.stash[SPEC_KEY] = spec
             yield item
-        from pytest_phase4.safety_plugin import rehearsal_items  # imports this module
-
         yield from rehearsal_items(self, position)
 
     def _item(self, name: str, fn: Callable[..., None], position: int, line: int, is_migration: bool,
@@ -180,8 +155,6 @@ class StepCollector(pytest.Collector):
 class PlanFile(pytest.File):
     def collect(self) -> Iterator[pytest.Collector]:
         if self.config.stash[RUN_KEY].safety.rollback:  # a rollback runs its own steps, not the plan's
-            from pytest_phase4.safety_plugin import rollback_collectors
-
             yield from rollback_collectors(self)
             return
         for step in self.config.stash[RUN_KEY].plan.steps:

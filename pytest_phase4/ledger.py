@@ -9,7 +9,7 @@ from typing import Any
 
 import psycopg
 
-from pytest_phase4.plan import timestamped
+from pytest_phase4.planmodel import timestamped
 
 SCHEMA = "pytest_phase4"
 

@@ -21,7 +21,7 @@ import psycopg
 
 from pytest_phase4 import hazards, ledger, lockwords
 from pytest_phase4.errors import MigrationFailed
-from pytest_phase4.plan import Migration, Plan
+from pytest_phase4.planmodel import Migration, Plan
 from pytest_phase4.sqltext import SqlSyntaxError, Statement, split
 from pytest_phase4.weigh import Hazard, weigh
 

@@ -18,7 +18,7 @@ from psycopg.pq import TransactionStatus
 from pytest_phase4 import changes, ledger, pgparse, sqltext
 from pytest_phase4.errors import MigrationFailed, Phase4Error
 from pytest_phase4.locks import Observer
-from pytest_phase4.plan import Migration
+from pytest_phase4.planmodel import Migration
 
 # SQLSTATEs for "waited too long": lock_not_available (lock_timeout) and query_canceled (statement_timeout).
 _WAITED = {"55P03", "57014"}

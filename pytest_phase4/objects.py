@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from pytest_phase4 import catalog, changes, pgparse
 from pytest_phase4.catalog import like
 from pytest_phase4.errors import CheckFailed
-from pytest_phase4.plan import CheckSpec, Migration
+from pytest_phase4.planmodel import CheckSpec, Migration
 
 if TYPE_CHECKING:  # checks.py imports this module to register its kinds
     from pytest_phase4.checks import Context, Impl

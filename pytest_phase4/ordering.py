@@ -30,13 +30,13 @@ from pytest_phase4.items import (
     IS_MIGRATION_KEY,
     PLACE_KEY,
     PLACED,
-    Phase4Item,
     Place,
     fixture_name,
     noting_it_ran,
 )
-from pytest_phase4.plan import Migration
+from pytest_phase4.nodes import Phase4Item
 from pytest_phase4.plan_blast import markers
+from pytest_phase4.planmodel import Migration
 from pytest_phase4.run import FAILED as FAILED_STATE
 from pytest_phase4.run import NOT_RUN, REFUSED, MigrationState, Phase4Run
 from pytest_phase4.steps import FAILED, HELD, PASSED, REHEARSE_KEY, custom_key

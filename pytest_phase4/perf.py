@@ -16,7 +16,7 @@ import psycopg
 from psycopg import sql
 
 from pytest_phase4.errors import CheckFailed
-from pytest_phase4.plan import CheckSpec, Plan
+from pytest_phase4.planmodel import CheckSpec, Plan
 from pytest_phase4.runextras import PerfResult, Timing
 
 if TYPE_CHECKING:  # checks.py imports this module to register its kinds

@@ -23,7 +23,7 @@ from psycopg import sql
 
 from pytest_phase4 import catalog, checks, inventory
 from pytest_phase4.errors import CheckFailed
-from pytest_phase4.rlsplan import Persona
+from pytest_phase4.planmodel import Persona
 
 # The relations counted, with what the comparison needs: RLS, the tenant column, the owner, security_invoker, the
 # RLS tables under a view (through views, recursively) and its definition, deparsed with every name qualified.

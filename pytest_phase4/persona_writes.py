@@ -22,7 +22,7 @@ from psycopg import sql
 
 from pytest_phase4 import checks
 from pytest_phase4.persona_count import Relation, Seen
-from pytest_phase4.rlsplan import Persona
+from pytest_phase4.planmodel import Persona
 
 COMMANDS = {"UPDATE": ("w", "*"), "DELETE": ("d", "*"), "INSERT": ("a", "*")}
 

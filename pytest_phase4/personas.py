@@ -38,7 +38,7 @@ from pytest_phase4 import changes, exposure, ledger, persona_compare, persona_co
 from pytest_phase4.errors import CheckFailed, Phase4Error
 from pytest_phase4.persona_compare import Side
 from pytest_phase4.persona_count import Counted
-from pytest_phase4.plan import CheckSpec, Plan
+from pytest_phase4.planmodel import CheckSpec, Plan
 
 if TYPE_CHECKING:
     from pytest_phase4.run import Phase4Run

@@ -7,7 +7,6 @@ user fixes the whole plan in one pass (Sqitch's habit, not Alembic's first-error
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -19,109 +18,23 @@ from pytest_phase4 import rlsplan
 from pytest_phase4.errors import PlanError, Problem
 from pytest_phase4.kinds import COMMON_KEYS, KINDS, Kind, ParamError
 from pytest_phase4.plan_blast import add_blast
+from pytest_phase4.planmodel import (
+    AFTER_STAGES,
+    BEFORE_STAGES,
+    DURATION,
+    CheckSpec,
+    Migration,
+    Plan,
+    expand_env,
+    timestamped,
+)
 
-# Check lists before the first migration and after the last one, in this order: each a top-level array of tables
-# ([[preflight]]) and a pytest marker (blast_radius also preflight's); the migrations are stage "migration".
-BEFORE_STAGES = ("preflight", "blast_radius", "backup")
-AFTER_STAGES = ("post", "smoke")
 _GATES = ("max_exclusive_lock_ms", "hazard_min_rows")  # lock gates: in [phase4] for every migration, or per migration
 _PLAN_KEYS = {"name", "schema", "migrations_dir", *_GATES}
 _SETUP_KEYS = {"files", "settings"}
 _MIGRATION_KEYS = {"file", "title", "destructive", "transaction", "statement_timeout", "verify", *_GATES}
-DURATION = re.compile(r"^\d+\s*(ms|s|min|h)?$")  # PostgreSQL's units for timeouts; a bare number is ms
 _TOP_KEYS = {"phase4", "setup", "migration", "perf", "signoff", "rls", "persona", "app_queries", *BEFORE_STAGES,
              *AFTER_STAGES}
-
-
-@dataclass(frozen=True)
-class CheckSpec:
-    """One test: a check kind with its validated parameters, bound to one list element if it expands."""
-
-    kind: str
-    test_id: str
-    params: Mapping[str, Any]
-    element: Any
-    stage: str
-    step: str  # the halting group: "preflight", a migration file, or "post"
-    where: str  # file:line and entry, for messages
-    line: int  # 1-based line of the entry in the plan, 0 if unknown
-    hint: str = ""
-
-
-@dataclass(frozen=True)
-class Migration:
-    index: int  # 1-based, plan order
-    file: str
-    title: str
-    destructive: bool
-    path: Path
-    checks: tuple[CheckSpec, ...]
-    line: int = 0
-    transaction: bool = True  # false: statement by statement in autocommit (CREATE INDEX CONCURRENTLY)
-    statement_timeout: str | None = None
-    max_exclusive_lock_ms: int | None = None  # longest an (ACCESS) EXCLUSIVE lock may be held; None: no gate
-    hazard_min_rows: int | None = None  # a static hazard on a table of at least this many rows fails
-
-    @property
-    def name(self) -> str:
-        return self.file.removesuffix(".sql")
-
-
-@dataclass(frozen=True)
-class Step:
-    """A unit of halting: a stage's check list, or one migration with its verify checks."""
-
-    group: int  # position in the run: steps run in increasing group order
-    name: str  # the stage name, or the migration's file name
-    stage: str  # the pytest marker: a stage name, or "migration"
-    checks: tuple[CheckSpec, ...]
-    migration: Migration | None = None
-
-
-@dataclass(frozen=True)
-class Plan:
-    path: Path
-    sha256: str
-    name: str
-    schema: str
-    migrations_dir: Path
-    setup_files: tuple[Path, ...]
-    setup_settings: Mapping[str, str]
-    stages: Mapping[str, tuple[CheckSpec, ...]]  # every stage of BEFORE_STAGES and AFTER_STAGES
-    migrations: tuple[Migration, ...]
-    signoff: Mapping[str, str] = field(default_factory=dict)  # role key -> title, in plan order ([signoff])
-    rls: rlsplan.RlsSettings = field(default_factory=rlsplan.RlsSettings)  # [rls] and [[persona]]
-
-    @property
-    def folder(self) -> Path:
-        return self.path.parent
-
-    @property
-    def preflight(self) -> tuple[CheckSpec, ...]:
-        return self.stages["preflight"]
-
-    @property
-    def post(self) -> tuple[CheckSpec, ...]:
-        return self.stages["post"]
-
-    @property
-    def steps(self) -> tuple[Step, ...]:
-        steps = [Step(i, name, name, self.stages[name]) for i, name in enumerate(BEFORE_STAGES)]
-        steps += [Step(len(steps) + i, m.file, "migration", m.checks, m) for i, m in enumerate(self.migrations)]
-        steps += [Step(len(steps) + i, name, name, self.stages[name]) for i, name in enumerate(AFTER_STAGES)]
-        return tuple(steps)
-
-    def step(self, ref: str) -> Step | None:
-        """The step named by a stage name or a migration reference (see `migration`)."""
-        migration = self.migration(ref)
-        return next((s for s in self.steps if s.name == ref or (migration and s.migration is migration)), None)
-
-    def migration(self, ref: str) -> Migration | None:
-        """Find a migration by file name, name without .sql, or its timestamp prefix."""
-        for m in self.migrations:
-            if ref in (m.file, m.name) or m.name.split("_", 1)[0] == ref:
-                return m
-        return None
 
 
 @dataclass
@@ -227,26 +140,6 @@ def _build(r: _Reader, data: dict[str, Any], sha: str) -> Plan | None:
     return Plan(r.path, sha, name, schema, mig_dir, tuple(setup_files), settings, stages, migrations, signoff, rls)
 
 
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-
-
-def expand_env(text: str, env: Mapping[str, str] | None = None) -> tuple[str, list[str], list[str]]:
-    """`${NAME}` replaced from the environment: (result, names that are unset, values used)."""
-    env = os.environ if env is None else env
-    missing: list[str] = []
-    used: list[str] = []
-
-    def one(m: re.Match[str]) -> str:
-        value = env.get(m.group(1))
-        if value is None:
-            missing.append(m.group(1))
-            return m.group(0)
-        used.append(value)
-        return value
-
-    return _VAR.sub(one, text), missing, used
-
-
 def _migrations_dir(r: _Reader, head: dict[str, Any]) -> str:
     """migrations_dir with ${ENV} expanded (e.g. "${SUPABASE_DIR}/migrations"); an unset variable is a problem."""
     raw = _string(r, head, "migrations_dir", r.where(label="[phase4]")) or "migrations"
@@ -334,11 +227,6 @@ def _migrations(r: _Reader, entries: Any, mig_dir: Path, gates: dict[str, int | 
                                 r.header_line("migration", i) or 0, transaction, timeout,
                                 *(gates[k] if own[k] is None else own[k] for k in _GATES)))
     return tuple(result)
-
-
-def timestamped(file: str) -> bool:
-    """Whether the file name starts with a timestamp (8+ digits and '_'): such names sort in applying order."""
-    return bool(re.match(r"\d{8,}_", file))
 
 
 def _stage(r: _Reader, entries: Any, stage: str, step: str, header: str,

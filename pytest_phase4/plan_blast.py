@@ -12,7 +12,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from pytest_phase4.plan import CheckSpec
+    from pytest_phase4.planmodel import CheckSpec
 
 KINDS = frozenset({"database_code", "pg_stat_statements", "app_queries"})
 STAGE = "blast_radius"

@@ -17,7 +17,8 @@ from psycopg.conninfo import conninfo_to_dict
 from pytest_phase4 import baselines, evidence_hooks, ordering, rehearsal, report, safety_plugin, verifyonly
 from pytest_phase4.blast_plugin import BlastHooks
 from pytest_phase4.errors import Phase4Error, PlanError, TargetError
-from pytest_phase4.items import RUN_KEY, SPEC_KEY, PlanFile
+from pytest_phase4.items import SPEC_KEY, PlanFile
+from pytest_phase4.nodes import RUN_KEY
 from pytest_phase4.plan import load_plan
 from pytest_phase4.progress import Terminal
 from pytest_phase4.run import Phase4Run

@@ -10,7 +10,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from pytest_phase4.errors import CheckFailed
-from pytest_phase4.plan import CheckSpec
+from pytest_phase4.planmodel import CheckSpec
 
 if TYPE_CHECKING:  # checks.py imports this module to register its kinds
     from pytest_phase4.checks import Context, Impl

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from pytest_phase4 import backup, catalog, hazards, sqltext
 from pytest_phase4.errors import CheckFailed
-from pytest_phase4.plan import CheckSpec
+from pytest_phase4.planmodel import CheckSpec
 from pytest_phase4.target import APPLICATION_NAME
 
 if TYPE_CHECKING:  # checks.py imports this module to register its kinds

@@ -9,7 +9,7 @@ import psycopg
 
 from pytest_phase4 import checks, exposure, personas
 from pytest_phase4.errors import CheckFailed
-from pytest_phase4.plan import CheckSpec
+from pytest_phase4.planmodel import CheckSpec
 
 if TYPE_CHECKING:
     from pytest_phase4.run import Phase4Run

@@ -10,47 +10,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, replace
+from typing import Any
 
-if TYPE_CHECKING:
-    from pytest_phase4.plan import CheckSpec, Migration
+from pytest_phase4.planmodel import CheckSpec, Migration, Persona, RlsSettings
 
 RLS_KEYS = {"exposed_schemas", "api_roles", "tenant_column"}
 PERSONA_KEYS = {"name", "role", "claims", "settings", "user_query", "claims_setting"}
 PERSONA_KIND = "personas"  # the check the plan adds for its personas; not a kind a plan names itself
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 _GUC = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)*$")
-
-
-@dataclass(frozen=True)
-class Persona:
-    name: str
-    role: str
-    claims: Mapping[str, Any] | None = None  # set as JSON in claims_setting, as PostgREST does per request
-    settings: Mapping[str, str] = field(default_factory=dict)  # any other setting, e.g. app.tenant_id
-    user_query: str | None = None  # one row; each column becomes a claim (a real user's id and tenant)
-    claims_setting: str = "request.jwt.claims"
-    line: int = 0
-
-    def describe(self) -> str:
-        parts = [f"role {self.role}"]
-        if self.claims is not None or self.user_query:
-            parts.append(f"{self.claims_setting} {dict(self.claims or {})}" +
-                         (" with the user_query's columns" if self.user_query else ""))
-        parts += [f"{k} = {v!r}" for k, v in self.settings.items()]
-        return ", ".join(parts)
-
-
-@dataclass(frozen=True)
-class RlsSettings:
-    exposed_schemas: tuple[str, ...] = ("public",)  # schemas an API (PostgREST) serves: Supabase's default
-    api_roles: tuple[str, ...] = ("anon", "authenticated")  # the roles requests run as, besides PUBLIC
-    tenant_column: str = "tenant_id"  # rows are told apart by tenant where a relation has this column
-    personas: tuple[Persona, ...] = ()
-
-    def persona(self, name: str) -> Persona | None:
-        return next((p for p in self.personas if p.name == name), None)
 
 
 Problem = Callable[[str, str], None]  # (where, message)
@@ -175,8 +144,6 @@ def inject(personas: Sequence[Persona], display: str, stages: dict[str, tuple[Ch
            migrations: tuple[Migration, ...]) -> tuple[Migration, ...]:
     """With personas, the `personas` check ends preflight (the counts before the first migration) and each
     migration's verify checks (the counts after it); stages are changed in place, the migrations returned."""
-    from pytest_phase4.plan import CheckSpec
-
     if not personas:
         return migrations
     line = personas[0].line

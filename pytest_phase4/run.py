@@ -35,7 +35,7 @@ from pytest_phase4.baselines import Baseline
 from pytest_phase4.errors import MigrationFailed
 from pytest_phase4.facts import Facts
 from pytest_phase4.personas import PersonaBook
-from pytest_phase4.plan import CheckSpec, Migration, Plan
+from pytest_phase4.planmodel import CheckSpec, Migration, Plan
 from pytest_phase4.pool import Pool
 from pytest_phase4.runextras import RunExtras
 from pytest_phase4.steps import StepBook
@@ -375,7 +375,7 @@ class Phase4Run:
             state.status, state.note = BLOCKED, "no verified backup in this run"
             raise Refused(f"refusing to apply {migration.file}: the plan has a [[backup]] stage and this run made "
                           "no verified backup; run the whole plan, backup stage included")
-        if migration.destructive and (broken := blast.recheck(self, migration)):
+        if migration.destructive and (broken := blast_checks.recheck(self, migration)):
             state.status, state.note = REFUSED, f"blast radius: {broken}"
             raise Refused(f"refusing to apply {migration.file} (the point of no return): {broken}; fix what it names "
                           "(or the plan) and rerun the whole plan")

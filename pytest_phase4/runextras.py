@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from pytest_phase4 import dsn as dsnlib
-from pytest_phase4.plan import CheckSpec
+from pytest_phase4.planmodel import CheckSpec
 
 
 @dataclass

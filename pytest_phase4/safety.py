@@ -17,7 +17,7 @@ from pytest_phase4 import backup, catalog, catdiff, checks, inventory, ledger, p
 from pytest_phase4.checks import CheckSkipped
 from pytest_phase4.errors import CheckFailed
 from pytest_phase4.kinds import Column
-from pytest_phase4.plan import CheckSpec, Migration, Plan
+from pytest_phase4.planmodel import CheckSpec, Migration, Plan
 from pytest_phase4.pool import count_all
 
 if TYPE_CHECKING:

@@ -14,7 +14,7 @@ import pytest
 
 from pytest_phase4 import backup, checks, rehearsal, rollback, rollback_steps
 from pytest_phase4.errors import CheckFailed
-from pytest_phase4.items import ROLLBACK_STEP_KEY
+from pytest_phase4.nodes import ROLLBACK_STEP_KEY, RUN_KEY, Phase4Item
 from pytest_phase4.run import Phase4Run
 
 ROLLBACK_KEY = pytest.StashKey[rollback.RollbackState]()
@@ -184,8 +184,6 @@ class SafetyHooks:
 
 def rehearsal_items(collector: Any, position: int) -> Iterator[pytest.Item]:
     """The rehearsal, as the last test of the backup stage: a failure halts everything after it."""
-    from pytest_phase4.items import RUN_KEY
-
     run = collector.config.stash[RUN_KEY]
     if collector.stage != "backup" or not run.safety.rehearse:
         return
@@ -220,8 +218,6 @@ class RollbackCollector(pytest.Collector):
     """--phase4-rollback: each step of the rollback and of its proof is a test, in order."""
 
     def collect(self) -> Iterator[pytest.Item]:
-        from pytest_phase4.items import RUN_KEY, Phase4Item  # items imports this module
-
         run = self.config.stash[RUN_KEY]
         previous: str | None = None
         for name, fn in rollback_steps.steps(run.safety.rollback or rollback.REVERT):

@@ -9,7 +9,7 @@ import psycopg
 
 from pytest_phase4 import catalog, sqltext
 from pytest_phase4.errors import TargetError
-from pytest_phase4.plan import Plan
+from pytest_phase4.planmodel import Plan
 
 
 def load_setup(conn: psycopg.Connection[Any], plan: Plan, settings: dict[str, str] | None = None,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_phase4.plan import DURATION
+from pytest_phase4.planmodel import DURATION
 
 DEFAULT_PLAN = "checks/phase4.toml"
 DEFAULT_REPORT_DIR = "reports"

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from pytest_phase4.commands import expand_env
 from pytest_phase4.errors import CheckFailed
-from pytest_phase4.plan import CheckSpec
+from pytest_phase4.planmodel import CheckSpec
 
 if TYPE_CHECKING:  # checks.py imports this module to register its kinds
     from pytest_phase4.checks import Context, Impl

@@ -5,7 +5,7 @@ The content checksum is computed in the database, order independent, as the sum 
 kept columns, with the formula of checksums.py (its version travels in snapshot.json, and a snapshot is verified
 with the formula it was taken with). A row's text depends on session settings (time zone, date and interval
 styles, float digits, bytea output, search_path), so every checksum and fingerprint is computed with the
-settings of PINNED, recorded in snapshot.json: a snapshot is only compared with one computed the same way.
+settings of checksums.PINNED, recorded in snapshot.json: a snapshot is only compared with one computed the same way.
 """
 
 from __future__ import annotations
@@ -18,28 +18,26 @@ from typing import Any
 
 import psycopg
 
-from pytest_phase4 import catalog, checksums, normalize
+from pytest_phase4 import catalog, checksums, inventory, normalize
 from pytest_phase4.ledger import SCHEMA as OWN_SCHEMA
 from pytest_phase4.pool import Pool, pages, run_all
 
 # The checksum formula new snapshots are computed with; snapshot.json records it (checksums.FORMULAS has each).
 FORMULA = checksums.FORMULAS[checksums.CURRENT]
 # Session settings every checksum and fingerprint is computed under (search_path: the plan's schema).
-PINNED = {"TimeZone": "UTC", "DateStyle": "ISO, YMD", "IntervalStyle": "postgres", "extra_float_digits": "1",
-          "bytea_output": "hex"}
 
 
 def pinned_settings(schema: str) -> dict[str, str]:
-    return {**PINNED, "search_path": schema}
+    return {**checksums.PINNED, "search_path": schema}
 
 
 @contextmanager
 def pinned(conn: psycopg.Connection[Any], schema: str) -> Iterator[None]:
-    """Run what is inside with PINNED (and search_path = the schema), local to a transaction (or a savepoint
+    """Run what is inside with checksums.PINNED (and search_path = the schema), local to a transaction (or a savepoint
     of the caller's): nothing else on the connection sees them."""
     with conn.transaction():
         conn.execute("SELECT pg_catalog.set_config(k, v, true) FROM unnest(%s::text[], %s::text[]) AS s(k, v)",
-                     (list(PINNED), list(PINNED.values())))
+                     (list(checksums.PINNED), list(checksums.PINNED.values())))
         conn.execute("SELECT pg_catalog.set_config('search_path', pg_catalog.quote_ident(%s), true)", (schema,))
         yield
 
@@ -59,7 +57,7 @@ class Checksum:
 def checksum(conn: psycopg.Connection[Any], schema: str, table: str, columns: Sequence[str],
              pin: str | None = None, like: Checksum | None = None,
              hashing: checksums.Hashing | None = None) -> Checksum:
-    """The table's checksum of the columns, under PINNED with search_path = pin (default: the table's schema):
+    """The table's checksum of the columns, under checksums.PINNED with search_path = pin (default: the table's schema):
     with the current formula (hashing: how, when the caller classified the columns already), or as `like` was
     computed (its formula, and the columns it hashed as text), to be compared with it."""
     version = like.formula if like is not None else checksums.CURRENT
@@ -220,8 +218,6 @@ def take_all(conn: psycopg.Connection[Any], schema: str, pool: Pool | None = Non
     """A backup's snapshot: every table of every schema counted and checksummed (all columns), the plan's
     schema's fingerprint, and the inventory of every object. Call inside the transaction whose snapshot the
     dump uses (pool connections that imported it run the tables side by side)."""
-    from pytest_phase4 import inventory  # inventory imports nothing of this module; this keeps the import light
-
     rows = conn.execute(
         "SELECT n.nspname::text, c.relname::text, c.relpages FROM pg_catalog.pg_class c"
         " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'p')"

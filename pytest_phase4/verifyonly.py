@@ -13,7 +13,7 @@ from pytest_phase4.checks import CheckSkipped
 from pytest_phase4.errors import CheckFailed
 
 if TYPE_CHECKING:
-    from pytest_phase4.plan import Migration
+    from pytest_phase4.planmodel import Migration
     from pytest_phase4.run import Phase4Run
 
 HISTORY = "supabase_migrations.schema_migrations"

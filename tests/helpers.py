@@ -16,7 +16,7 @@ from psycopg.conninfo import make_conninfo
 
 from pytest_phase4.embedded import EmbeddedPostgres
 from pytest_phase4.kinds import Column, Relation
-from pytest_phase4.plan import CheckSpec
+from pytest_phase4.planmodel import CheckSpec
 
 EXAMPLES = Path(__file__).parent / "examples"
 REPO = Path(__file__).parent.parent

@@ -13,7 +13,7 @@ import pytest
 from pytest_phase4 import hazards, lockwords, migrate
 from pytest_phase4.errors import MigrationFailed
 from pytest_phase4.locks import Measurement, Observer
-from pytest_phase4.plan import Migration
+from pytest_phase4.planmodel import Migration
 
 SMALL = """
 CREATE TABLE p (id int PRIMARY KEY);

@@ -9,7 +9,8 @@ import pytest
 
 from pytest_phase4.errors import PlanError
 from pytest_phase4.kinds import Column, Relation
-from pytest_phase4.plan import Plan, load_plan
+from pytest_phase4.plan import load_plan
+from pytest_phase4.planmodel import Plan
 
 HEAD = '[phase4]\nname = "Unit"\n'
 

@@ -15,7 +15,7 @@ from pytest_phase4.errors import PlanError
 from pytest_phase4.exposure import Scope
 from pytest_phase4.persona_count import Counted, Relation, Seen
 from pytest_phase4.plan import load_plan
-from pytest_phase4.rlsplan import Persona, RlsSettings
+from pytest_phase4.planmodel import Persona, RlsSettings
 
 # Supabase's API roles; roles are cluster-wide, so only where they do not exist yet.
 API_ROLES = """

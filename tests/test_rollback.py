@@ -14,7 +14,7 @@ import pytest
 from psycopg import sql
 
 from helpers import Project, outcomes_of
-from pytest_phase4 import changes, pgscript, snapshot
+from pytest_phase4 import changes, checksums, pgscript, snapshot
 from pytest_phase4.safety import differences
 
 SB = "checks/phase4.toml"
@@ -523,7 +523,7 @@ def test_backups_are_one_moment_checked_by_a_restore_even_with_a_varchar_check_a
     saved = snapshot.Snapshot.from_json(next(p.path.glob("_backups/*/*/snapshot.json")).read_text())
     assert saved.counts["sales"] == 100
     assert saved.formula["version"] == 2
-    assert saved.settings == {**snapshot.PINNED, "search_path": "public"}
+    assert saved.settings == {**checksums.PINNED, "search_path": "public"}
 
 
 def test_checksums_do_not_depend_on_session_settings(project: Callable[..., Project],
