@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from pytest_phase4.checks import sql_error
-from pytest_phase4.errors import Phase4Error
+from pytest_phase4.errors import Phase4Error, sql_error
+from pytest_phase4.kinds import KINDS
 from pytest_phase4.snapshot import Snapshot
 
 if TYPE_CHECKING:
@@ -198,14 +198,11 @@ def unproven(saved: Mapping[str, str], here: Mapping[str, str]) -> str:
                                       "as written then (a copy restored from another database's dump)"))
 
 
-COMPARISONS = frozenset({"row_counts_unchanged", "checksum_unchanged", "row_counts_match", "catalog_diff"})
-
-
 def summary(run: Phase4Run) -> dict[str, Any] | None:
     """Which baseline the run's comparisons use (or why none) and where it recorded its own: for the report and
     the JSON evidence. None when the run neither compares nor recorded one (a rollback, -m preflight)."""
     selected = run.selected
-    compares = any(s.kind in COMPARISONS and (selected is None or (s.step, s.test_id, s.line) in selected)
+    compares = any(KINDS[s.kind].compares and (selected is None or (s.step, s.test_id, s.line) in selected)
                    for step in run.plan.steps for s in step.checks)
     recorded = [str(p) for p in run.store.written]
     if run.safety.rollback or not (compares or recorded):

@@ -22,7 +22,8 @@ from psycopg import sql
 from pytest_phase4 import appqueries, copyfilter, dbcode, ledger, migrate, safety, scratch, sqltext
 from pytest_phase4.appqueries import AppQuery, Recorded
 from pytest_phase4.errors import CheckFailed, MigrationFailed
-from pytest_phase4.plan_blast import KINDS, STAGE
+from pytest_phase4.kinds import KINDS
+from pytest_phase4.plan_blast import STAGE
 from pytest_phase4.planmodel import CheckSpec, Migration
 
 if TYPE_CHECKING:
@@ -94,7 +95,7 @@ class BlastState:
 
 
 def specs(run: Phase4Run) -> tuple[CheckSpec, ...]:
-    return tuple(s for s in run.plan.stages.get(STAGE, ()) if s.kind in KINDS)
+    return tuple(s for s in run.plan.stages.get(STAGE, ()) if KINDS[s.kind].stages == (STAGE,))
 
 
 def pending(run: Phase4Run, after: Migration | None = None) -> list[Migration]:

@@ -8,15 +8,17 @@ copy before the migrations. No pytest here; every text shown passes through the 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from pytest_phase4 import appqueries, blast, checks, dbcode, migrate
+from pytest_phase4 import appqueries, blast, dbcode, migrate
 from pytest_phase4.appqueries import AppQuery, Recorded
-from pytest_phase4.checks import CheckSkipped
-from pytest_phase4.errors import CheckFailed
+from pytest_phase4.checkcontext import CheckSkipped
+from pytest_phase4.errors import CheckFailed, sql_error, timeout_hint
+from pytest_phase4.kinds import Kind, Param, register
+from pytest_phase4.plan_blast import STAGE
 from pytest_phase4.planmodel import CheckSpec, Migration
 
 if TYPE_CHECKING:
@@ -34,9 +36,42 @@ def run_check(run: Phase4Run, spec: CheckSpec) -> str:
         exc.found, exc.details = run.target.scrub(exc.found), [run.target.scrub(d) for d in exc.details]
         raise
     except psycopg.Error as exc:
-        raise CheckFailed(f"check {spec.test_id} to run", run.target.scrub(checks.sql_error(exc)), spec.where,
-                          hint=spec.hint or checks.timeout_hint(exc, run.check_timeout)) from None
+        raise CheckFailed(f"check {spec.test_id} to run", run.target.scrub(sql_error(exc)), spec.where,
+                          hint=spec.hint or timeout_hint(exc, run.check_timeout)) from None
     return run.target.scrub(text)
+
+
+def _plpgsql_mode(params: Mapping[str, Any]) -> str | None:
+    modes = ("auto", "plpgsql_check", "prepare")
+    return None if params["plpgsql"] in modes else f"plpgsql must be one of {', '.join(map(repr, modes))}"
+
+
+def _one_source(params: Mapping[str, Any]) -> str | None:
+    if bool(params["file"]) == bool(params["query"]):
+        return 'give either file = "queries/*.sql" (a glob, relative to the plan) or query = "SELECT ..."'
+    return 'a query needs a name = "..." (its test id)' if params["query"] and not params["name"] else None
+
+
+# Before the first migration, on a copy of the schema; again in post, on the migrated database (plan_blast.py).
+_confirm_after = Param("bool", False, True)
+_STAGES = (STAGE,)
+_WHY = ("it runs before the migrations, on a copy of the schema (and again in post, on the migrated database): "
+        "list it under [[blast_radius]]")
+register(
+    Kind("database_code", "every SQL and PL/pgSQL function, procedure and trigger function still works after the "
+         "pending migrations", {"schemas": Param("names", False, ()), "plpgsql": Param("str", False, "auto"),
+                                "confirm_after": _confirm_after},
+         label_fn=lambda p, _: ",".join(p["schemas"]) or "all_schemas", constraint=_plpgsql_mode, stages=_STAGES,
+         stage_reason=_WHY, run_whole=run_check),
+    Kind("pg_stat_statements", "every query pg_stat_statements recorded still prepares after the pending migrations",
+         {"roles": Param("names", False, ()), "min_calls": Param("int", False, 1), "confirm_after": _confirm_after},
+         label_fn=lambda p, _: ",".join(p["roles"]) or "other_roles", stages=_STAGES, stage_reason=_WHY,
+         run_whole=run_check),
+    Kind("app_queries", "each query of the files (or the query) still prepares after the pending migrations",
+         {"file": Param("str", False), "name": Param("str", False), "query": Param("str", False),
+          "confirm_after": _confirm_after}, label_fn=lambda p, _: str(p["name"] or p["file"]),
+         constraint=_one_source, stages=_STAGES, stage_reason=_WHY, run_whole=run_check),
+)
 
 
 # -- before the migrations: on the copy -----------------------------------------------------------------------

@@ -20,7 +20,7 @@ from typing import Any
 from pytest_phase4 import normalize
 from pytest_phase4.catalog import like
 from pytest_phase4.inventory import Obj
-from pytest_phase4.kinds import Column
+from pytest_phase4.kinds import KINDS
 from pytest_phase4.planmodel import Plan
 from pytest_phase4.snapshot import Change
 
@@ -225,26 +225,9 @@ class Expected:
             if step.stage not in ("migration", "post"):  # a preflight check describes the state before
                 continue
             for s in step.checks:
-                p, e = s.params, s.element
-                if s.kind == "table_exists":
-                    found.tables.add(e)
-                elif s.kind == "view_exists":
-                    found.views.add(e)
-                elif s.kind == "view_rowcount_matches":
-                    found.views.add(e[0])
-                elif s.kind == "view_sample_not_null":
-                    found.views.add(p["view"])
-                elif s.kind == "views_absent":
-                    found.views_gone.add(e)
-                elif s.kind in ("column_present", "column_absent") and isinstance(e, Column):
-                    (found.columns if s.kind == "column_present" else found.columns_gone).add(str(e))
-                elif s.kind == "index_exists":
-                    found.indexes.add(e)
-                elif s.kind == "index_count":
-                    found.index_likes.append(p["like"])
-                elif s.kind == "rls_policies":
-                    found.rls_on.add(p["table"])
-                    found.policies.update(f"{p['table']}.{n}" for n in p["names"])
+                for what, name in (expects(s) if (expects := KINDS[s.kind].expects) else ()):
+                    names = getattr(found, what)  # each kind says which changes it expects (kinds.Kind.expects)
+                    names.append(name) if isinstance(names, list) else names.add(name)
         return found
 
     def named(self, change: Change) -> bool:

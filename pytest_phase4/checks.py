@@ -1,92 +1,22 @@
-"""What each check kind does. A check returns a one-line account of what it saw, raises CheckFailed with
-expected/found/where, or CheckSkipped when it does not apply. Nothing here writes to the database."""
+"""The kinds that read tables, views, columns, rows and keys (and the server's version, the migration files):
+each one object (its parameters, how it runs, what its step reads ahead, the catalog changes it expects), beside
+its code. A check returns a one-line account of what it saw, raises CheckFailed with expected/found/where, or
+CheckSkipped when it does not apply. Nothing here writes to the database."""
 
 from __future__ import annotations
 
 import hashlib
-import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any
 
-import psycopg
 from psycopg import sql
 
 from pytest_phase4 import catalog, sqltext
-from pytest_phase4.catalog import like as like  # safety.py matches names with it
-from pytest_phase4.errors import CheckFailed, Phase4Error
-from pytest_phase4.facts import Facts, count_key
-from pytest_phase4.kinds import Column, Relation
-from pytest_phase4.planmodel import CheckSpec, Plan
-from pytest_phase4.runextras import RunExtras
-
-
-class CheckSkipped(Phase4Error):
-    """The check does not apply to this run; the message says why."""
-
-
-NO_BASELINE = "no baseline from before the plan's migrations to compare with"
-
-
-@dataclass
-class Snapshot:
-    """Row counts of every base table in the baseline the comparisons use (baselines.py): this run's, taken before
-    its first migration, or an earlier run's from before the plan's first applied migration."""
-
-    counts: dict[str, int]
-    why_not: str = ""  # why there is no baseline to compare with ("" when there is one)
-    used: str = ""  # which baseline, in words
-
-    @property
-    def is_baseline(self) -> bool:
-        """Whether "after" compared with it says anything about the migrations: a baseline from before them."""
-        return not self.why_not
-
-
-@dataclass
-class Context:
-    conn: psycopg.Connection[Any]
-    plan: Plan
-    snapshot: Callable[[], Snapshot]
-    ledger: Mapping[str, Any] = field(default_factory=dict)  # file -> ledger.Entry, as the run started
-    extras: RunExtras = field(default_factory=RunExtras)
-    facts: Facts | None = None  # the step's shared catalog facts and row counts; one of its own if not given
-    verified: frozenset[str] = frozenset()  # applied without a ledger row, as --phase4-verify-only found them
-
-    @property
-    def schema(self) -> str:
-        return self.plan.schema
-
-    @property
-    def applied_before_run(self) -> frozenset[str]:
-        """Migration files the ledger showed as applied when the run started (and, verifying only, those the
-        database proves applied)."""
-        return frozenset(self.ledger) | self.verified
-
-    @property
-    def known(self) -> Facts:
-        if self.facts is None:
-            self.facts = Facts(self.conn, self.schema)
-        return self.facts
-
-
-Impl = Callable[[Context, CheckSpec], str]
-
-
-def _q(name: str, schema: str) -> str:
-    return f"{schema}.{name}"
-
-
-def _fmt(n: int) -> str:
-    return f"{n:,}"
-
-
-def _require_relation(ctx: Context, spec: CheckSpec, name: str, kinds: str, what: str) -> None:
-    kind = ctx.known.relkind(name)
-    if kind is None or kind not in kinds:
-        found = "no such relation" if kind is None else f"{catalog.relkind_words(kind)}, not a {what}"
-        raise CheckFailed(f"{what} {_q(name, ctx.schema)} to exist", found, _q(name, ctx.schema),
-                          hint=spec.hint or f"check the name in the plan, or that an earlier migration creates {name}")
+from pytest_phase4.checkcontext import NO_BASELINE, CheckSkipped, Context, fmt, q, require_relation
+from pytest_phase4.errors import CheckFailed
+from pytest_phase4.facts import count_key
+from pytest_phase4.kinds import Column, Expect, Key, Kind, Param, Relation, RelKind, register
+from pytest_phase4.planmodel import CheckSpec
 
 
 def server_version(ctx: Context, spec: CheckSpec) -> str:
@@ -127,7 +57,7 @@ def migration_files(ctx: Context, spec: CheckSpec) -> str:
                           hint="an applied migration must not change: restore the file from version control "
                                "and put the change in a new migration")
     state = "applied, unchanged" if entry is not None else "not applied yet"
-    return f"{path.name}: {_fmt(len(text))} bytes, sha256 {sha[:12]}, {state}"
+    return f"{path.name}: {fmt(len(text))} bytes, sha256 {sha[:12]}, {state}"
 
 
 def no_invalid_indexes(ctx: Context, spec: CheckSpec) -> str:
@@ -151,31 +81,31 @@ def table_count(ctx: Context, spec: CheckSpec) -> str:
 
 def tables_have_rows(ctx: Context, spec: CheckSpec) -> str:
     table = spec.element
-    _require_relation(ctx, spec, table, "rp", "table")
+    require_relation(ctx, spec, table, "rp", "table")
     count = ctx.known.count(table)  # now, in the step's snapshot: never the pre-migration recording
     if count < spec.params["min_rows"]:
-        raise CheckFailed(f">= {_fmt(spec.params['min_rows'])} rows", f"{_fmt(count)}", _q(table, ctx.schema),
+        raise CheckFailed(f">= {fmt(spec.params['min_rows'])} rows", f"{fmt(count)}", q(table, ctx.schema),
                           hint=spec.hint or ("load recent data into this database before migrating"
                                              if spec.stage == "preflight" else "a migration deleted these rows: "
                                              "restore them from the backup if this is not intended"))
-    return f"{_q(table, ctx.schema)}: {_fmt(count)} rows"
+    return f"{q(table, ctx.schema)}: {fmt(count)} rows"
 
 
 def table_exists(ctx: Context, spec: CheckSpec) -> str:
-    _require_relation(ctx, spec, spec.element, "rp", "table")
-    return f"table {_q(spec.element, ctx.schema)} exists"
+    require_relation(ctx, spec, spec.element, "rp", "table")
+    return f"table {q(spec.element, ctx.schema)} exists"
 
 
 def view_exists(ctx: Context, spec: CheckSpec) -> str:
-    _require_relation(ctx, spec, spec.element, "vm", "view")
-    return f"view {_q(spec.element, ctx.schema)} exists"
+    require_relation(ctx, spec, spec.element, "vm", "view")
+    return f"view {q(spec.element, ctx.schema)} exists"
 
 
 def rls_policies(ctx: Context, spec: CheckSpec) -> str:
     p = spec.params
     table, expected, names, command, role = p["table"], p["count"], p["names"], p["command"], p["role"]
-    where = _q(table, ctx.schema)
-    _require_relation(ctx, spec, table, "rp", "table")
+    where = q(table, ctx.schema)
+    require_relation(ctx, spec, table, "rp", "table")
     found = ctx.known.policies_for(table, command, role)
     if not ctx.known.rls_enabled(table):
         raise CheckFailed("row level security enabled", "RLS disabled", where,
@@ -194,13 +124,13 @@ def rls_policies(ctx: Context, spec: CheckSpec) -> str:
 def view_rowcount_matches(ctx: Context, spec: CheckSpec) -> str:
     view, base = spec.element
     where = spec.params.get("where", {}).get(view)  # the plan's condition on the base table, e.g. soft deletes
-    _require_relation(ctx, spec, view, "vm", "view")
-    _require_relation(ctx, spec, base, "rp", "table")
+    require_relation(ctx, spec, view, "vm", "view")
+    require_relation(ctx, spec, base, "rp", "table")
     # of one moment, even while the application writes
     v, b = ctx.known.together(count_key(view), count_key(base, where))
     rows = f"{base} WHERE {where}" if where else base
     if v != b:
-        diff = f"{_fmt(b - v)} missing" if v < b else f"{_fmt(v - b)} extra"
+        diff = f"{fmt(b - v)} missing" if v < b else f"{fmt(v - b)} extra"
         cause = ("an inner join on a nullable key drops rows: use LEFT JOIN" if v < b
                  else "a join to a non-unique key multiplies rows: join on a unique key")
         if where:
@@ -208,30 +138,30 @@ def view_rowcount_matches(ctx: Context, spec: CheckSpec) -> str:
         shown = sql.SQL("SELECT count(*) FROM {};\n{};").format(
             sql.Identifier(ctx.schema, view), catalog.count_query(ctx.schema, base, catalog.condition(where))
             if where else catalog.count_query(ctx.schema, base)).as_string(ctx.conn)
-        raise CheckFailed(f"view {view} to have as many rows as {rows} ({_fmt(b)})",
-                          f"{_fmt(v)} ({diff})", f"{_q(view, ctx.schema)} vs {_q(base, ctx.schema)}", sql=shown,
+        raise CheckFailed(f"view {view} to have as many rows as {rows} ({fmt(b)})",
+                          f"{fmt(v)} ({diff})", f"{q(view, ctx.schema)} vs {q(base, ctx.schema)}", sql=shown,
                           hint=spec.hint or cause)
     how = ctx.known.how_counted(view)
-    return f"{view}: {_fmt(v)} rows = {rows}: {_fmt(b)} rows" + (f" ({how})" if how else "")
+    return f"{view}: {fmt(v)} rows = {rows}: {fmt(b)} rows" + (f" ({how})" if how else "")
 
 
 def view_sample_not_null(ctx: Context, spec: CheckSpec) -> str:
     view, cols, want = spec.params["view"], spec.params["columns"], spec.params["rows"]
-    _require_relation(ctx, spec, view, "vm", "view")
+    require_relation(ctx, spec, view, "vm", "view")
     present = ctx.known.columns(view)
     if missing := [c for c in cols if c not in present]:
-        raise CheckFailed(f"columns {', '.join(cols)}", f"no column {', '.join(missing)}", _q(view, ctx.schema),
+        raise CheckFailed(f"columns {', '.join(cols)}", f"no column {', '.join(missing)}", q(view, ctx.schema),
                           details=[f"the view has: {', '.join(present)}"], hint=spec.hint)
     query = sql.SQL("SELECT {} FROM {} LIMIT {}").format(
         sql.SQL(", ").join(map(sql.Identifier, cols)), sql.Identifier(ctx.schema, view), sql.Literal(want))
     rows = ctx.conn.execute(query).fetchall()
     shown = query.as_string(ctx.conn)
     if len(rows) < want:
-        raise CheckFailed(f"{want} rows", f"{len(rows)}", _q(view, ctx.schema), sql=shown, hint=spec.hint)
+        raise CheckFailed(f"{want} rows", f"{len(rows)}", q(view, ctx.schema), sql=shown, hint=spec.hint)
     nulls = [f"row {i + 1}: {c} is NULL" for i, row in enumerate(rows) for c, v in zip(cols, row, strict=True)
              if v is None]
     if nulls:
-        raise CheckFailed(f"no NULL in {', '.join(cols)}", f"{len(nulls)} NULL value(s)", _q(view, ctx.schema),
+        raise CheckFailed(f"no NULL in {', '.join(cols)}", f"{len(nulls)} NULL value(s)", q(view, ctx.schema),
                           sql=shown, details=nulls[:10], hint=spec.hint or "a LEFT JOIN found no match: check the "
                           "foreign keys behind these columns")
     return f"{view}: {len(rows)} rows, {', '.join(cols)} all set"
@@ -239,7 +169,7 @@ def view_sample_not_null(ctx: Context, spec: CheckSpec) -> str:
 
 def _column_state(ctx: Context, spec: CheckSpec, present: bool) -> str:
     col: Column = spec.element
-    _require_relation(ctx, spec, col.table, "rpvm", "table")
+    require_relation(ctx, spec, col.table, "rpvm", "table")
     exists = col.column in ctx.known.columns(col.table)
     where = f"{ctx.schema}.{col}"
     if exists != present:
@@ -260,12 +190,12 @@ def no_orphans(ctx: Context, spec: CheckSpec) -> str:
     rel: Relation = spec.element
     child, parent = rel.child, rel.parent
     for table in (child.table, parent.table):
-        _require_relation(ctx, spec, table, "rp", "table")
+        require_relation(ctx, spec, table, "rp", "table")
     count_q = catalog.orphans_query(ctx.schema, child.table, child.column, parent.table, parent.column,
                                     sql.SQL("count(*)"))
     found = ctx.known.orphans(rel)  # read ahead with the step's other counts and orphan queries
     orphans, nulls = found.orphans, found.nulls
-    null_note = f"{_fmt(nulls)} row(s) with NULL {child} (not orphans, reported apart)"
+    null_note = f"{fmt(nulls)} row(s) with NULL {child} (not orphans, reported apart)"
     if orphans:
         key = ctx.known.primary_key(child.table) or [child.column]
         cols = list(dict.fromkeys([*key, child.column]))
@@ -274,7 +204,7 @@ def no_orphans(ctx: Context, spec: CheckSpec) -> str:
                                                             for c in cols)) + sql.SQL(" LIMIT 10")
         sample = ctx.conn.execute(sample_q).fetchall()
         rows = [", ".join(f"{c}={v}" for c, v in zip(cols, r, strict=True)) for r in sample]
-        raise CheckFailed(f"no {child} without a matching {parent}", f"{_fmt(orphans)} orphaned row(s)",
+        raise CheckFailed(f"no {child} without a matching {parent}", f"{fmt(orphans)} orphaned row(s)",
                           f"{ctx.schema}.{child.table}", sql=count_q.as_string(ctx.conn),
                           details=[f"first {len(rows)}:", *rows, null_note],
                           hint=spec.hint or f"delete or repair these rows, or restore {parent.table} from the backup")
@@ -288,74 +218,102 @@ def row_counts_unchanged(ctx: Context, spec: CheckSpec) -> str:
         raise CheckSkipped(snap.why_not or NO_BASELINE)
     if table not in snap.counts:
         raise CheckFailed(f"a row count for {table} recorded before the first migration", "none: the table did not "
-                          "exist then", _q(table, ctx.schema), hint=spec.hint)
-    _require_relation(ctx, spec, table, "rp", "table")
+                          "exist then", q(table, ctx.schema), hint=spec.hint)
+    require_relation(ctx, spec, table, "rp", "table")
     before = snap.counts[table]
     after = ctx.known.count(table)
     if after != before:
-        raise CheckFailed(f"{_fmt(before)} rows (recorded before migrating)", f"{_fmt(after)} ({after - before:+,})",
-                          _q(table, ctx.schema), hint=spec.hint or "a migration added or deleted rows: restore "
+        raise CheckFailed(f"{fmt(before)} rows (recorded before migrating)", f"{fmt(after)} ({after - before:+,})",
+                          q(table, ctx.schema), hint=spec.hint or "a migration added or deleted rows: restore "
                           "from the backup if this is not intended")
-    return f"{_q(table, ctx.schema)}: {_fmt(after)} rows, as before"
+    return f"{q(table, ctx.schema)}: {fmt(after)} rows, as before"
 
 
-IMPLEMENTATIONS: Mapping[str, Impl] = {
-    f.__name__: f for f in (
-        server_version, migration_files, no_invalid_indexes, table_count, tables_have_rows, table_exists,
-        view_exists, rls_policies, view_rowcount_matches, view_sample_not_null, column_absent, column_present,
-        no_orphans, row_counts_unchanged)
-}
-
-# The other kinds live in their own modules, which use Context and CheckSkipped: imported here, once both exist.
-from pytest_phase4 import commands, objects, perf, queries, readiness, smoke  # noqa: E402
-
-IMPLEMENTATIONS = {**IMPLEMENTATIONS, **objects.IMPLEMENTATIONS, **queries.IMPLEMENTATIONS,
-                   **commands.IMPLEMENTATIONS, **readiness.IMPLEMENTATIONS, **smoke.IMPLEMENTATIONS,
-                   **perf.IMPLEMENTATIONS}
+RLS_COMMANDS = ("select", "insert", "update", "delete", "all")
 
 
-def _applied_after(ctx: Context, step: str) -> str | None:
-    """The last migration after `step` that the ledger showed applied at the start of the run, if any."""
-    migration = ctx.plan.migration(step)
-    if migration is None:
-        return None
-    later = [m.file for m in ctx.plan.migrations if m.index > migration.index and m.file in ctx.applied_before_run]
-    return later[-1] if later else None
+def _rls_command(params: Mapping[str, Any]) -> str | None:
+    command = params.get("command")
+    if command is not None and command not in RLS_COMMANDS:
+        return f"command must be one of {', '.join(RLS_COMMANDS)} (the policy's FOR clause), found {command!r}"
+    return None
 
 
-# Kinds whose expectation holds only right after their own migration: a later migration may change the answer
-# (migration 3 expects 5 views; migration 4 adds more), so they cannot be verified once a later one is applied.
-AS_OF_STEP = frozenset({"view_count"})
+def _rls_label(params: Mapping[str, Any], _: Any) -> str:
+    return str(params["table"]) + (f":{params['command']}" if params.get("command") else "") + (
+        f"@{params['role']}" if params.get("role") else "")
 
 
-def run_check(ctx: Context, spec: CheckSpec) -> str:
-    """Run one check; SQL errors become failures naming the check, never tracebacks."""
-    if spec.kind in AS_OF_STEP and (later := _applied_after(ctx, spec.step)):
-        raise CheckSkipped(f"describes the state right after {spec.step}, and {later} was already applied when "
-                           "this run started (ledger): no longer checkable")
-    try:
-        return IMPLEMENTATIONS[spec.kind](ctx, spec)
-    except CheckFailed as exc:
-        exc.origin = exc.origin or spec.where
-        raise
-    except psycopg.Error as exc:
-        raise CheckFailed(f"check {spec.test_id} to run", sql_error(exc), spec.where,
-                          hint=timeout_hint(exc, "") or spec.hint or (exc.diag.message_hint or "")) from None
+def _where_views(params: Mapping[str, Any]) -> str | None:
+    if unknown := [v for v in params.get("where", {}) if v not in params["pairs"]]:
+        return (f"where names {', '.join(map(repr, unknown))}, not a view of pairs: give each condition under the "
+                "name of the view it filters for")
+    return None
 
 
-def sql_error(exc: psycopg.Error) -> str:
-    """One line for an SQL error: the server's message and its SQLSTATE, never a traceback. A data error (class
-    22) quotes the value that failed, a row's (an e-mail, a token): masked, as literals are in the texts shown."""
-    lines = str(exc).strip().splitlines()
-    message = exc.diag.message_primary or (lines[0] if lines else type(exc).__name__)
-    if (exc.sqlstate or "").startswith("22"):
-        message = re.sub(r'"(?:[^"]|"")*"', '"***"', message)
-    return f"SQL error: {message}" + (f" [SQLSTATE {exc.sqlstate}]" if exc.sqlstate else "")
+TABLES = ("r", "p")
+VIEWS = ("v", "m")
 
 
-def timeout_hint(exc: psycopg.Error, limit: str) -> str:
-    if exc.sqlstate != "57014":
-        return ""
-    within = f" ({limit})" if limit else ""
-    return (f"the query ran past the check timeout{within}: a lock held by another session blocks it, or it is "
-            "slow at this size; find blockers in pg_stat_activity, or raise --phase4-check-timeout")
+def _count_read(spec: CheckSpec, relkind: RelKind) -> list[Key]:
+    return [("count", spec.element)] if relkind(spec.element) in TABLES else []
+
+
+def _pair_read(spec: CheckSpec, relkind: RelKind) -> list[Key]:
+    view, base = spec.element
+    if relkind(view) in VIEWS and relkind(base) in TABLES:
+        return [count_key(view), count_key(base, spec.params.get("where", {}).get(view))]
+    return []
+
+
+def _orphans_read(spec: CheckSpec, relkind: RelKind) -> list[Key]:
+    c, p = spec.element.child, spec.element.parent
+    if relkind(c.table) in TABLES and relkind(p.table) in TABLES:  # NULLs of a NOT NULL column: facts.py knows 0
+        return [("orphans", c.table, c.column, p.table, p.column), ("nulls", c.table, c.column)]
+    return []
+
+
+def _rls_expects(spec: CheckSpec) -> list[Expect]:
+    table = spec.params["table"]
+    return [("rls_on", table), *(("policies", f"{table}.{n}") for n in spec.params["names"])]
+
+
+_names = Param("names")
+register(
+    Kind("server_version", "the server answers and its major version is at least min",
+         {"min": Param("int")}, label_fn=lambda p, _: f">={p['min']}", run=server_version, state=False),
+    Kind("migration_files", "each migration file exists, is readable, not empty, and unchanged if applied",
+         run=migration_files, state=False, per_migration=True),
+    Kind("no_invalid_indexes", "no index in the schema is INVALID (left by a failed CREATE INDEX CONCURRENTLY)",
+         label_fn=lambda p, _: "schema", run=no_invalid_indexes),
+    Kind("table_count", "the schema holds at least min base tables",
+         {"min": Param("int")}, label_fn=lambda p, _: f">={p['min']}", run=table_count),
+    Kind("tables_have_rows", "each table exists and holds at least min_rows rows now",
+         {"tables": _names, "min_rows": Param("int", False, 1)}, expand="tables", run=tables_have_rows,
+         reads=_count_read),
+    Kind("table_exists", "each base table exists", {"tables": _names}, expand="tables", run=table_exists,
+         expects=lambda s: [("tables", s.element)]),
+    Kind("view_exists", "each view exists", {"views": _names}, expand="views", run=view_exists,
+         expects=lambda s: [("views", s.element)]),
+    Kind("rls_policies", "RLS is enabled and the table has exactly count policies (FOR command, TO role), "
+                         "including names",
+         {"table": Param("str"), "count": Param("int"), "names": Param("names", False, ()),
+          "command": Param("str", False), "role": Param("str", False)},
+         label_fn=_rls_label, constraint=_rls_command, run=rls_policies, expects=_rls_expects),
+    Kind("view_rowcount_matches", "the view has as many rows as its base table (meeting where)",
+         {"pairs": Param("pairs"), "where": Param("conditions", False, {})}, expand="pairs",
+         constraint=_where_views, run=view_rowcount_matches, reads=_pair_read, view_of=lambda s: s.element,
+         expects=lambda s: [("views", s.element[0])]),
+    Kind("view_sample_not_null", "the view returns rows rows with none of columns NULL",
+         {"view": Param("str"), "columns": _names, "rows": Param("int", False, 5)},
+         label_fn=lambda p, _: str(p["view"]), run=view_sample_not_null,
+         expects=lambda s: [("views", s.params["view"])]),
+    Kind("column_absent", "the column does not exist", {"columns": Param("columns")}, expand="columns",
+         run=column_absent, expects=lambda s: [("columns_gone", str(s.element))]),
+    Kind("column_present", "the column exists", {"columns": Param("columns")}, expand="columns",
+         run=column_present, expects=lambda s: [("columns", str(s.element))]),
+    Kind("no_orphans", "no child row has a non-NULL key without a parent",
+         {"relations": Param("relations")}, expand="relations", run=no_orphans, reads=_orphans_read),
+    Kind("row_counts_unchanged", "the table's row count equals the one recorded before the first migration",
+         {"tables": _names}, expand="tables", run=row_counts_unchanged, reads=_count_read, compares=True),
+)

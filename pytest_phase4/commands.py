@@ -12,16 +12,14 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
+from pytest_phase4.checkcontext import CheckSkipped, Context
 from pytest_phase4.errors import CheckFailed
-from pytest_phase4.planmodel import CheckSpec
-from pytest_phase4.planmodel import expand_env as expand_env  # smoke.py and the tests use it from here
-
-if TYPE_CHECKING:  # checks.py imports this module to register its kinds
-    from pytest_phase4.checks import Context, Impl
-
+from pytest_phase4.kinds import Kind, Param, register
+from pytest_phase4.planmodel import CheckSpec, expand_env
 
 
 def tail_lines(text: str, count: int) -> list[str]:
@@ -30,7 +28,6 @@ def tail_lines(text: str, count: int) -> list[str]:
 
 
 def command(ctx: Context, spec: CheckSpec) -> str:
-    from pytest_phase4.checks import CheckSkipped
 
     p = spec.params
     run = p["run"]
@@ -81,4 +78,18 @@ def command(ctx: Context, spec: CheckSpec) -> str:
     return f"{run}: exit {proc.returncode} in {seconds:.1f} s{last}"
 
 
-IMPLEMENTATIONS: dict[str, Impl] = {"command": command}
+def _command_line(params: Mapping[str, Any]) -> str | None:
+    import shlex
+
+    try:
+        return None if shlex.split(params["run"]) else "run must name a program"
+    except ValueError as exc:  # e.g. an unclosed quote
+        return f"run is not a valid command line ({exc}): {params['run']!r}"
+
+
+_PARAMS = {"run": Param("str"), "cwd": Param("str", False), "timeout": Param("number", False, 600.0),
+           "exit_status": Param("int", False, 0), "expect_empty_output": Param("bool", False, False),
+           "tail": Param("int", False, 20)}
+register(Kind("command", "the command exits with exit_status (and prints nothing if expect_empty_output)", _PARAMS,
+              label_fn=lambda p, _: "_".join(p["run"].split()), constraint=_command_line, run=command,
+              category="Tests Passed", state=False))

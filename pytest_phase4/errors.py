@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+import psycopg
 
 
 class Phase4Error(Exception):
@@ -111,3 +114,21 @@ class MigrationFailed(Phase4Error):
         if self.rolled_back:
             lines.append("the migration's transaction was rolled back: nothing of this file was applied")
         return "\n".join(lines)
+
+
+def sql_error(exc: psycopg.Error) -> str:
+    """One line for an SQL error: the server's message and its SQLSTATE, never a traceback. A data error (class
+    22) quotes the value that failed, a row's (an e-mail, a token): masked, as literals are in the texts shown."""
+    lines = str(exc).strip().splitlines()
+    message = exc.diag.message_primary or (lines[0] if lines else type(exc).__name__)
+    if (exc.sqlstate or "").startswith("22"):
+        message = re.sub(r'"(?:[^"]|"")*"', '"***"', message)
+    return f"SQL error: {message}" + (f" [SQLSTATE {exc.sqlstate}]" if exc.sqlstate else "")
+
+
+def timeout_hint(exc: psycopg.Error, limit: str) -> str:
+    if exc.sqlstate != "57014":
+        return ""
+    within = f" ({limit})" if limit else ""
+    return (f"the query ran past the check timeout{within}: a lock held by another session blocks it, or it is "
+            "slow at this size; find blockers in pg_stat_activity, or raise --phase4-check-timeout")

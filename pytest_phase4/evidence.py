@@ -12,9 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from pytest_phase4 import blast_checks, migrate, personas
+from pytest_phase4.kinds import KINDS
 from pytest_phase4.run import ALREADY, APPLIED, BLOCKED, FAILED, REFUSED, MigrationState, Phase4Run
 
-PERF_KINDS = frozenset({"perf_before", "perf_after", "explain_under"})
+
+def category(r: CheckRecord) -> str:
+    """The summary line a plan check counts in besides its stage's, as its kind declares (kinds.Kind.category)."""
+    kind = KINDS.get(r.kind)  # "apply", "custom" and the rollback's steps are no kinds
+    return kind.category if kind else ""
 
 
 NOT_RUN, DESELECTED, NOT_COLLECTED = "not run", "deselected", "not collected"
@@ -43,14 +48,15 @@ class Category:
 
 
 CATEGORIES = (
-    Category("Preflight", "VERIFIED", lambda r: r.stage == "preflight" and r.kind not in PERF_KINDS | {"command"}),
+    Category("Preflight", "VERIFIED", lambda r: r.stage == "preflight" and not category(r)),
     # before the migrations, on the copy; its confirmations on the migrated database are post checks
     Category("Blast radius", "VERIFIED", lambda r: r.stage == "blast_radius"),
     Category("Migration checks", "VERIFIED", lambda r: r.stage == "migration" and r.kind not in ("apply", "custom")),
-    Category("Data Integrity", "VERIFIED", lambda r: r.stage == "post" and r.kind not in PERF_KINDS | {"custom"}),
-    Category("Tests Passed", "PASSED", lambda r: r.kind in ("command", "custom")),
+    Category("Data Integrity", "VERIFIED", lambda r: r.stage == "post" and category(r) != "Performance"
+             and r.kind != "custom"),
+    Category("Tests Passed", "PASSED", lambda r: category(r) == "Tests Passed" or r.kind == "custom"),
     Category("Smoke Tests", "PASSED", lambda r: r.stage == "smoke"),
-    Category("Performance", "ACCEPTABLE", lambda r: r.kind in PERF_KINDS),
+    Category("Performance", "ACCEPTABLE", lambda r: category(r) == "Performance"),
 )
 ROLLBACK = Category("Rollback", "PROVEN", lambda r: r.stage == "rollback")
 

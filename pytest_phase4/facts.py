@@ -25,7 +25,7 @@ import psycopg
 from pytest_phase4 import catalog
 from pytest_phase4.catalog import RowsOf, Unlocked
 from pytest_phase4.errors import CheckFailed
-from pytest_phase4.kinds import Column, Relation
+from pytest_phase4.kinds import KINDS, Column, Relation
 from pytest_phase4.planmodel import CheckSpec
 from pytest_phase4.pool import Pool
 from pytest_phase4.readahead import ReadAhead
@@ -234,18 +234,8 @@ class Facts:
         fails its check before any query)."""
         keys: list[Key] = []
         for spec in self.specs:
-            if spec.kind == "no_orphans":
-                c, p = spec.element.child, spec.element.parent
-                if self.relkind(c.table) in ("r", "p") and self.relkind(p.table) in ("r", "p"):
-                    keys.append(("orphans", c.table, c.column, p.table, p.column))
-                    if not self._not_null(nulls := ("nulls", c.table, c.column)):
-                        keys.append(nulls)
-            elif spec.kind == "view_rowcount_matches":
-                view, base = spec.element
-                if self.relkind(view) in ("v", "m") and self.relkind(base) in ("r", "p"):
-                    keys += [count_key(view), count_key(base, spec.params.get("where", {}).get(view))]
-            elif spec.kind in ("row_counts_unchanged", "tables_have_rows") and self.relkind(spec.element) in ("r", "p"):
-                keys.append(("count", spec.element))
+            if (reads := KINDS[spec.kind].reads) is not None:  # each kind says what it will ask for
+                keys += [key for key in reads(spec, self.relkind) if not self._not_null(key)]
         return list(dict.fromkeys(keys))
 
     def _not_null(self, key: Key) -> bool:
@@ -259,8 +249,9 @@ class Facts:
     def _view_bases(self) -> dict[str, list[str]]:
         bases: dict[str, list[str]] = {}
         for spec in self.specs:
-            if spec.kind == "view_rowcount_matches":
-                bases.setdefault(spec.element[0], []).append(spec.element[1])
+            if (view_of := KINDS[spec.kind].view_of) is not None:
+                view, base = view_of(spec)
+                bases.setdefault(view, []).append(base)
         return bases
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from pytest_phase4.checkcontext import CheckSkipped
 from pytest_phase4.nodes import RUN_KEY, Phase4Item
 from pytest_phase4.plan_blast import markers
 from pytest_phase4.planmodel import CheckSpec, Migration, Step
@@ -55,8 +56,6 @@ def check_function(spec: CheckSpec) -> Callable[..., None]:
     # The run comes from the config, not from the phase4_run fixture: a conftest may override a fixture, never
     # what the plan's own checks check with.
     def phase4_check(request: pytest.FixtureRequest, record_property: Callable[[str, object], None]) -> None:
-        from pytest_phase4.checks import CheckSkipped
-
         try:
             observed = request.config.stash[RUN_KEY].check(spec)
         except CheckSkipped as exc:

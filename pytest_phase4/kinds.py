@@ -1,7 +1,11 @@
-"""The check kinds a plan may name: their parameters, how they expand, and how their tests are named.
+"""What a check kind is: one object that declares its parameters (how the plan's TOML is validated, how it expands
+into tests and how they are named) and its behaviour: how it runs, what its step reads ahead for it, which catalog
+changes it expects, which line of the execution summary it counts in.
 
-Only declarations live here (no database, no pytest), so the plan can be validated before anything connects.
-The behaviour of each kind is in `checks.py`.
+Each family of kinds declares its own beside their code (checks.py, objects.py, queries.py, commands.py,
+readiness.py, smoke.py, perf.py, safety.py, rls_checks.py, blast_checks.py) and registers them here; allkinds.py
+imports every family. This module imports nothing of ours but the plan's objects: the plan, the read-ahead and
+the catalog diff look kinds up in KINDS without importing their code.
 """
 
 from __future__ import annotations
@@ -9,7 +13,10 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+if TYPE_CHECKING:
+    from pytest_phase4.planmodel import CheckSpec
 
 COMMON_KEYS = frozenset({"check", "id", "hint"})
 
@@ -118,6 +125,11 @@ class Param:
 Label = Callable[[Mapping[str, Any], Any], str]
 
 
+RelKind = Callable[[str], str | None]  # a relation's pg_class.relkind in the step's catalog, None if absent
+Key = tuple[Any, ...]  # a value the step reads ahead: ("count", table), ("orphans", ...), ... (facts.py)
+Expect = tuple[str, str]  # (what: an attribute of catdiff.Expected, the object's name)
+
+
 @dataclass(frozen=True)
 class Kind:
     name: str
@@ -128,6 +140,21 @@ class Kind:
     constraint: Callable[[Mapping[str, Any]], str | None] | None = None
     stages: tuple[str, ...] = ()  # the only stages it may be listed in, with why; () for any
     stage_reason: str = ""
+    # How it runs: `run(context, spec)` with the step's checkcontext.Context (one read-only connection, the step's
+    # facts), or `run_whole(run, spec)` with the whole Phase4Run, for kinds that read at a moment of their own
+    # (a backup's snapshot, the personas, a copy of the schema). Either returns what it observed in one line,
+    # raises CheckFailed (expected, found, where, hint) or CheckSkipped (why it does not apply).
+    run: Callable[[Any, CheckSpec], str] | None = None
+    run_whole: Callable[[Any, CheckSpec], str] | None = None
+    reads: Callable[[CheckSpec, RelKind], list[Key]] | None = None  # what its step reads ahead for it (facts.py)
+    view_of: Callable[[CheckSpec], tuple[str, str]] | None = None  # (view, base table) it counts: the read plan
+    expects: Callable[[CheckSpec], list[Expect]] | None = None  # the catalog changes it expects (catdiff.Expected)
+    category: str = ""  # the execution summary's line it counts in, when not its stage's (evidence.CATEGORIES)
+    state: bool = True  # false: it says nothing of what a migration left (verify-only does not probe with it)
+    compares: bool = False  # it compares with the baseline from before the migrations (baselines.py)
+    as_of_step: bool = False  # it holds only right after its own migration: not checkable once a later one applied
+    per_migration: bool = False  # one test per migration of the plan
+    planned: bool = True  # false: the plan adds it itself (personas), a plan may not name it
 
     def validate(self, raw: Mapping[str, Any]) -> dict[str, Any]:
         errors: list[str] = []
@@ -161,203 +188,18 @@ class Kind:
         return str(element)
 
 
-def _one_bound(params: Mapping[str, Any]) -> str | None:
-    bounds = [k for k in ("equals", "min", "max") if params.get(k) is not None]
-    return None if len(bounds) == 1 else "give exactly one of equals, min or max"
+KINDS: dict[str, Kind] = {}  # every kind, by name, as its family registered it (allkinds.py imports them all)
 
 
-def _bound_label(params: Mapping[str, Any], _: Any) -> str:
-    bound = next(f"{op}{params[k]}" for k, op in (("equals", "=="), ("min", ">="), ("max", "<=")) if params.get(k)
-                 is not None)
-    return f"{params['like']}{bound}" if params.get("like") else bound
+def register(*kinds: Kind) -> None:
+    for kind in kinds:
+        if kind.name in KINDS:
+            raise AssertionError(f"check kind {kind.name!r} is declared twice")
+        if (kind.run is None) == (kind.run_whole is None):
+            raise AssertionError(f"check kind {kind.name!r} needs exactly one of run and run_whole")
+        KINDS[kind.name] = kind
 
 
-RLS_COMMANDS = ("select", "insert", "update", "delete", "all")
-
-
-def _rls_command(params: Mapping[str, Any]) -> str | None:
-    command = params.get("command")
-    if command is not None and command not in RLS_COMMANDS:
-        return f"command must be one of {', '.join(RLS_COMMANDS)} (the policy's FOR clause), found {command!r}"
-    return None
-
-
-def _rls_label(params: Mapping[str, Any], _: Any) -> str:
-    return str(params["table"]) + (f":{params['command']}" if params.get("command") else "") + (
-        f"@{params['role']}" if params.get("role") else "")
-
-
-def _where_views(params: Mapping[str, Any]) -> str | None:
-    if unknown := [v for v in params.get("where", {}) if v not in params["pairs"]]:
-        return (f"where names {', '.join(map(repr, unknown))}, not a view of pairs: give each condition under the "
-                "name of the view it filters for")
-    return None
-
-
-def _warn_max(params: Mapping[str, Any]) -> str | None:
-    warn_max = params.get("warn_max")
-    return "warn_max must be at least max" if warn_max is not None and warn_max < params["max"] else None
-
-
-def _command_line(params: Mapping[str, Any]) -> str | None:
-    import shlex
-
-    try:
-        return None if shlex.split(params["run"]) else "run must name a program"
-    except ValueError as exc:  # e.g. an unclosed quote
-        return f"run is not a valid command line ({exc}): {params['run']!r}"
-
-
-def _runs(params: Mapping[str, Any]) -> str | None:
-    return "runs must be at least 1" if params["runs"] < 1 else None
-
-
-_COMMAND_PARAMS = {"run": Param("str"), "cwd": Param("str", False),
-                   "timeout": Param("number", False, 600.0), "exit_status": Param("int", False, 0),
-                   "expect_empty_output": Param("bool", False, False), "tail": Param("int", False, 20)}
-_HTTP_PARAMS = {"path": Param("str"), "method": Param("str", False, "GET"), "headers": Param("strmap", False, {}),
-                "status": Param("int", False, 200), "keys_present": Param("names", False, ()),
-                "keys_absent": Param("names", False, ()), "items": Param("str", False),
-                "timeout": Param("number", False, 10.0)}
-_PERF_PARAMS = {"name": Param("str"), "query": Param("str"), "query_after": Param("str", False),
-                "title": Param("str", False), "runs": Param("int", False, 5), "max_ms": Param("number", False),
-                "max_regression_pct": Param("number", False)}
-_names = Param("names")
-_KIND_LIST = [
-    Kind("server_version", "the server answers and its major version is at least min",
-         {"min": Param("int")}, label_fn=lambda p, _: f">={p['min']}"),
-    Kind("migration_files", "each migration file exists, is readable, not empty, and unchanged if applied"),
-    Kind("no_invalid_indexes", "no index in the schema is INVALID (left by a failed CREATE INDEX CONCURRENTLY)",
-         label_fn=lambda p, _: "schema"),
-    Kind("table_count", "the schema holds at least min base tables",
-         {"min": Param("int")}, label_fn=lambda p, _: f">={p['min']}"),
-    Kind("tables_have_rows", "each table exists and holds at least min_rows rows now",
-         {"tables": _names, "min_rows": Param("int", False, 1)}, expand="tables"),
-    Kind("views_absent", "none of these views exists yet (on a rerun: but those applied migrations create)",
-         {"views": _names}, expand="views"),
-    Kind("no_views", "no view in the schema (matching like), but those the applied migrations create",
-         {"like": Param("str", False)}, label_fn=lambda p, _: str(p["like"] or "schema"), stages=("preflight",),
-         stage_reason="it describes the database before the migrations: list it under [[preflight]]"),
-    Kind("view_count", "the number of views in the schema (matching like) meets the bound",
-         {"equals": Param("int", False), "min": Param("int", False), "max": Param("int", False),
-          "like": Param("str", False)}, label_fn=_bound_label, constraint=_one_bound),
-    Kind("table_exists", "each base table exists", {"tables": _names}, expand="tables"),
-    Kind("view_exists", "each view exists", {"views": _names}, expand="views"),
-    Kind("rls_policies", "RLS is enabled and the table has exactly count policies (FOR command, TO role), "
-                         "including names",
-         {"table": Param("str"), "count": Param("int"), "names": Param("names", False, ()),
-          "command": Param("str", False), "role": Param("str", False)},
-         label_fn=_rls_label, constraint=_rls_command),
-    Kind("view_rowcount_matches", "the view has as many rows as its base table (meeting where)",
-         {"pairs": Param("pairs"), "where": Param("conditions", False, {})}, expand="pairs",
-         constraint=_where_views),
-    Kind("view_sample_not_null", "the view returns rows rows with none of columns NULL",
-         {"view": Param("str"), "columns": _names, "rows": Param("int", False, 5)},
-         label_fn=lambda p, _: str(p["view"])),
-    Kind("column_absent", "the column does not exist", {"columns": Param("columns")}, expand="columns"),
-    Kind("column_present", "the column exists", {"columns": Param("columns")}, expand="columns"),
-    Kind("index_exists", "each index exists in the schema", {"indexes": _names}, expand="indexes"),
-    Kind("index_count", "at least min indexes in the schema match like",
-         {"like": Param("str"), "min": Param("int")}, label_fn=lambda p, _: f"{p['like']}>={p['min']}"),
-    Kind("indexes_created", "at least min indexes (matching like) are new since the migration started",
-         {"min": Param("int", False, 1), "like": Param("str", False)},
-         label_fn=lambda p, _: f"{p['like'] or '%'}>={p['min']}", stages=("migration",),
-         stage_reason="it checks what one migration created: list it under that migration's [[migration.verify]]"),
-    Kind("no_orphans", "no child row has a non-NULL key without a parent",
-         {"relations": Param("relations")}, expand="relations"),
-    Kind("row_counts_unchanged", "the table's row count equals the one recorded before the first migration",
-         {"tables": _names}, expand="tables"),
-    Kind("explain_under", "EXPLAIN ANALYZE execution time of query is under max_ms",
-         {"name": Param("str"), "query": Param("str"), "max_ms": Param("number")},
-         label_fn=lambda p, _: str(p["name"])),
-    Kind("query_returns", "the query's single value equals expect",
-         {"name": Param("str"), "query": Param("str"), "expect": Param("scalar")},
-         label_fn=lambda p, _: str(p["name"])),
-    Kind("query_runs", "the query runs without error", {"name": Param("str"), "query": Param("str")},
-         label_fn=lambda p, _: str(p["name"])),
-    # Part 1 A, C, D: commands and environment readiness (commands.py, readiness.py)
-    Kind("command", "the command exits with exit_status (and prints nothing if expect_empty_output)",
-         _COMMAND_PARAMS, label_fn=lambda p, _: "_".join(p["run"].split()), constraint=_command_line),
-    Kind("active_connections", "at most max other client connections to the database (warn up to warn_max)",
-         {"max": Param("int", False, 0), "warn_max": Param("int", False), "allow": Param("names", False, ())},
-         label_fn=lambda p, _: f"<={p['max']}", constraint=_warn_max),
-    Kind("role_privileges", "the current role may do what the migrations do: CREATE on the schema, own the tables",
-         {"tables": Param("names", False, ())}, label_fn=lambda p, _: "migrations"),
-    Kind("client_tools", "each tool is installed where the backup looks, and not older than the server",
-         {"tools": Param("names", False, ("pg_dump", "pg_restore"))}, expand="tools"),
-    # Part 6.3: smoke requests against the API (smoke.py)
-    Kind("http", "the request under --phase4-base-url answers status with the JSON keys expected",
-         _HTTP_PARAMS, label_fn=lambda p, _: str(p["path"])),
-    # Part 6.4 and the benchmarking appendix: [[perf]] entries become these two (perf.py)
-    Kind("perf_before", "times the query before migrating (median of runs) as the baseline",
-         _PERF_PARAMS, label_fn=lambda p, _: str(p["name"]), constraint=_runs),
-    Kind("perf_after", "times the query after migrating; passes within max_ms and max_regression_pct",
-         _PERF_PARAMS, label_fn=lambda p, _: str(p["name"]), constraint=_runs),
-]
-
-# Data safety (backup stage, snapshots): implemented in safety.py, which needs the whole run, not one connection.
-BACKUP_STEPS = ("dump", "schema", "snapshot", "info", "verify", "restore")
-
-
-def _backup_steps(params: Mapping[str, Any]) -> str | None:
-    steps = params["steps"]
-    if any(s not in BACKUP_STEPS for s in steps) or list(steps) != sorted(steps, key=BACKUP_STEPS.index):
-        return f"steps must be some of {list(BACKUP_STEPS)}, in that order"
-    return None
-
-
-_KIND_LIST += [
-    Kind("backup", "pg_dump of the whole database, schema dump, snapshot, BACKUP_INFO.txt, verified",
-         {"steps": Param("names", False, BACKUP_STEPS)}, expand="steps", constraint=_backup_steps),
-    Kind("checksum_unchanged", "the kept columns' content checksum equals the one recorded before migrating",
-         {"tables": _names}, expand="tables"),
-    Kind("row_counts_match", "every table's row count equals the one recorded before migrating, plus its delta",
-         {"deltas": Param("deltas", False, {})}, label_fn=lambda p, _: "every_table"),
-    Kind("catalog_diff", "every catalog change since before the first migration is expected by the plan",
-         {"expect": Param("names", False, ())}, label_fn=lambda p, _: "schema"),
-]
-
-
-def _scope(params: Mapping[str, Any]) -> str | None:
-    return None if params["scope"] in ("plan", "schemas") else 'scope must be "plan" or "schemas"'
-
-
-# Row-level security (exposure.py): the plan's [[persona]] entries add their own checks (rlsplan.py, personas.py).
-_KIND_LIST.append(Kind(
-    "rls_exposure", "nothing the plan created or changed exposes rows to a role subject to row-level security "
-    "(Supabase's splinter lints 0007, 0008, 0010, 0011, 0013, 0015, 0016, 0017, 0024, 0028/0029)",
-    {"scope": Param("str", False, "plan"), "allow": Param("names", False, ())},
-    label_fn=lambda p, _: str(p["scope"]), constraint=_scope, stages=("preflight", "migration", "post"),
-    stage_reason="it reads what the migrations created or changed: list it in preflight, a migration's verify "
-                 "checks or post"))
-def _plpgsql_mode(params: Mapping[str, Any]) -> str | None:
-    modes = ("auto", "plpgsql_check", "prepare")
-    return None if params["plpgsql"] in modes else f"plpgsql must be one of {', '.join(map(repr, modes))}"
-
-
-def _one_source(params: Mapping[str, Any]) -> str | None:
-    if bool(params["file"]) == bool(params["query"]):
-        return 'give either file = "queries/*.sql" (a glob, relative to the plan) or query = "SELECT ..."'
-    return 'a query needs a name = "..." (its test id)' if params["query"] and not params["name"] else None
-
-
-# Blast radius (blast.py, blast_checks.py): before the first migration on a copy of the schema, again in post.
-_confirm = Param("bool", False, True)
-_BLAST_STAGES = ("blast_radius",)
-_BLAST_WHY = ("it runs before the migrations, on a copy of the schema (and again in post, on the migrated database): "
-              "list it under [[blast_radius]]")
-_KIND_LIST += [
-    Kind("database_code", "every SQL and PL/pgSQL function, procedure and trigger function still works after the "
-         "pending migrations", {"schemas": Param("names", False, ()), "plpgsql": Param("str", False, "auto"),
-                                "confirm_after": _confirm},
-         label_fn=lambda p, _: ",".join(p["schemas"]) or "all_schemas", constraint=_plpgsql_mode,
-         stages=_BLAST_STAGES, stage_reason=_BLAST_WHY),
-    Kind("pg_stat_statements", "every query pg_stat_statements recorded still prepares after the pending migrations",
-         {"roles": Param("names", False, ()), "min_calls": Param("int", False, 1), "confirm_after": _confirm},
-         label_fn=lambda p, _: ",".join(p["roles"]) or "other_roles", stages=_BLAST_STAGES, stage_reason=_BLAST_WHY),
-    Kind("app_queries", "each query of the files (or the query) still prepares after the pending migrations",
-         {"file": Param("str", False), "name": Param("str", False), "query": Param("str", False),
-          "confirm_after": _confirm}, label_fn=lambda p, _: str(p["name"] or p["file"]), constraint=_one_source,
-         stages=_BLAST_STAGES, stage_reason=_BLAST_WHY),
-]
-KINDS: dict[str, Kind] = {k.name: k for k in _KIND_LIST}
+def planned() -> list[str]:
+    """The names a plan may use, sorted: for its error messages."""
+    return sorted(name for name, kind in KINDS.items() if kind.planned)

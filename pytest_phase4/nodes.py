@@ -8,8 +8,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from pytest_phase4.checks import sql_error
-from pytest_phase4.errors import CheckFailed, MigrationFailed
+from pytest_phase4.errors import CheckFailed, MigrationFailed, sql_error
 from pytest_phase4.run import Phase4Run, Refused
 
 RUN_KEY = pytest.StashKey[Phase4Run]()

@@ -9,15 +9,15 @@ yet" holds as "no view but those the applied migrations created"). Nothing here 
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import Any
 
 from pytest_phase4 import catalog, changes, pgparse
 from pytest_phase4.catalog import like
+from pytest_phase4.checkcontext import Context
 from pytest_phase4.errors import CheckFailed
+from pytest_phase4.kinds import Kind, Param, register
 from pytest_phase4.planmodel import CheckSpec, Migration
-
-if TYPE_CHECKING:  # checks.py imports this module to register its kinds
-    from pytest_phase4.checks import Context, Impl
 
 
 def _q(name: str, schema: str) -> str:
@@ -166,5 +166,36 @@ def indexes_created(ctx: Context, spec: CheckSpec) -> str:
     return f"{len(names)} {what} created by {migration.file} ({how}): {', '.join(names) or '-'}"
 
 
-IMPLEMENTATIONS: dict[str, Impl] = {f.__name__: f for f in (
-    views_absent, no_views, view_count, index_exists, index_count, indexes_created)}
+def _one_bound(params: Mapping[str, Any]) -> str | None:
+    bounds = [k for k in ("equals", "min", "max") if params.get(k) is not None]
+    return None if len(bounds) == 1 else "give exactly one of equals, min or max"
+
+
+def _bound_label(params: Mapping[str, Any], _: Any) -> str:
+    bound = next(f"{op}{params[k]}" for k, op in (("equals", "=="), ("min", ">="), ("max", "<=")) if params.get(k)
+                 is not None)
+    return f"{params['like']}{bound}" if params.get("like") else bound
+
+
+_names = Param("names")
+register(
+    Kind("views_absent", "none of these views exists yet (on a rerun: but those applied migrations create)",
+         {"views": _names}, expand="views", run=views_absent, expects=lambda s: [("views_gone", s.element)]),
+    Kind("no_views", "no view in the schema (matching like), but those the applied migrations create",
+         {"like": Param("str", False)}, label_fn=lambda p, _: str(p["like"] or "schema"), stages=("preflight",),
+         stage_reason="it describes the database before the migrations: list it under [[preflight]]", run=no_views),
+    Kind("view_count", "the number of views in the schema (matching like) meets the bound",
+         {"equals": Param("int", False), "min": Param("int", False), "max": Param("int", False),
+          "like": Param("str", False)}, label_fn=_bound_label, constraint=_one_bound, run=view_count,
+         as_of_step=True),  # migration 3 expects 5 views; migration 4 adds more: not checkable once 4 is applied
+    Kind("index_exists", "each index exists in the schema", {"indexes": _names}, expand="indexes",
+         run=index_exists, expects=lambda s: [("indexes", s.element)]),
+    Kind("index_count", "at least min indexes in the schema match like",
+         {"like": Param("str"), "min": Param("int")}, label_fn=lambda p, _: f"{p['like']}>={p['min']}",
+         run=index_count, expects=lambda s: [("index_likes", s.params["like"])]),
+    Kind("indexes_created", "at least min indexes (matching like) are new since the migration started",
+         {"min": Param("int", False, 1), "like": Param("str", False)},
+         label_fn=lambda p, _: f"{p['like'] or '%'}>={p['min']}", stages=("migration",),
+         stage_reason="it checks what one migration created: list it under that migration's [[migration.verify]]",
+         run=indexes_created),
+)

@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import Any
 
 import psycopg
 from psycopg import sql
 
+from pytest_phase4.checkcontext import CheckSkipped, Context
 from pytest_phase4.errors import CheckFailed
+from pytest_phase4.kinds import Kind, Param, register
 from pytest_phase4.planmodel import CheckSpec, Plan
 from pytest_phase4.runextras import PerfResult, Timing
-
-if TYPE_CHECKING:  # checks.py imports this module to register its kinds
-    from pytest_phase4.checks import Context, Impl
 
 
 def measure(conn: psycopg.Connection[Any], query: str, runs: int) -> Timing:
@@ -51,7 +51,6 @@ def _attach(ctx: Context, spec: CheckSpec, when: str, timing: Timing) -> None:
 
 
 def perf_before(ctx: Context, spec: CheckSpec) -> str:
-    from pytest_phase4.checks import CheckSkipped
 
     result = _result(ctx, spec)
     if ctx.applied_before_run:
@@ -91,7 +90,22 @@ def perf_after(ctx: Context, spec: CheckSpec) -> str:
     return shown
 
 
-IMPLEMENTATIONS: dict[str, Impl] = {"perf_before": perf_before, "perf_after": perf_after}
+def _runs(params: Mapping[str, Any]) -> str | None:
+    return "runs must be at least 1" if params["runs"] < 1 else None
+
+
+_PARAMS = {"name": Param("str"), "query": Param("str"), "query_after": Param("str", False),
+           "title": Param("str", False), "runs": Param("int", False, 5), "max_ms": Param("number", False),
+           "max_regression_pct": Param("number", False)}
+# Part 6.4 and the benchmarking appendix: the plan's [[perf]] entries become these two (plan.py)
+register(
+    Kind("perf_before", "times the query before migrating (median of runs) as the baseline", _PARAMS,
+         label_fn=lambda p, _: str(p["name"]), constraint=_runs, run=perf_before, category="Performance",
+         state=False),
+    Kind("perf_after", "times the query after migrating; passes within max_ms and max_regression_pct", _PARAMS,
+         label_fn=lambda p, _: str(p["name"]), constraint=_runs, run=perf_after, category="Performance",
+         state=False),
+)
 
 
 def plan_indexes(plan: Plan) -> tuple[list[str], list[str]]:

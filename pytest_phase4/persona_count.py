@@ -21,8 +21,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from pytest_phase4 import catalog, checks, inventory
-from pytest_phase4.errors import CheckFailed
+from pytest_phase4 import catalog, inventory
+from pytest_phase4.errors import CheckFailed, sql_error
 from pytest_phase4.planmodel import Persona
 
 # The relations counted, with what the comparison needs: RLS, the tenant column, the owner, security_invoker, the
@@ -194,7 +194,7 @@ def resolve_claims(conn: psycopg.Connection[Any], persona: Persona) -> dict[str,
             cur = conn.execute(persona.user_query.encode())
             rows = cur.fetchall()
         except psycopg.Error as exc:
-            raise PersonaError(f"persona {persona.name}'s user_query to return one row", checks.sql_error(exc),
+            raise PersonaError(f"persona {persona.name}'s user_query to return one row", sql_error(exc),
                                f"[[persona]] {persona.name}", sql=persona.user_query) from None
         if len(rows) != 1 or cur.description is None:
             raise PersonaError(f"persona {persona.name}'s user_query to return one row", f"{len(rows)} row(s)",
@@ -354,7 +354,7 @@ def _count(conn: psycopg.Connection[Any], rel: Relation, tenant: sql.Identifier,
     except psycopg.errors.InsufficientPrivilege as exc:  # e.g. a security_invoker view over a table it may not read
         return Seen(0, {} if rel.tenant else None, note=exc.diag.message_primary or "permission denied")
     except psycopg.Error as exc:
-        return Seen(note=checks.sql_error(exc))
+        return Seen(note=sql_error(exc))
     return Seen(rows, tenants, escaped=escaped)
 
 
@@ -370,4 +370,4 @@ def _own(conn: psycopg.Connection[Any], rel: Relation, tenant: sql.Identifier, s
         seen.own, seen.own_tenants = 0, {} if rel.tenant else None
         seen.note = f"with its own rights: {exc.diag.message_primary or 'permission denied'}"
     except psycopg.Error as exc:
-        seen.note = f"its definition could not be read with its own rights: {checks.sql_error(exc)}"
+        seen.note = f"its definition could not be read with its own rights: {sql_error(exc)}"

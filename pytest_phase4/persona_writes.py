@@ -20,7 +20,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from pytest_phase4 import checks
+from pytest_phase4.errors import sql_error
 from pytest_phase4.persona_count import Relation, Seen
 from pytest_phase4.planmodel import Persona
 
@@ -107,7 +107,7 @@ def _one(conn: psycopg.Connection[Any], table: Relation, tenant: sql.Identifier,
             rows = conn.execute(query).fetchall()
             raise psycopg.Rollback()
     except psycopg.Error as exc:
-        return Seen(note=checks.sql_error(exc), policies=tuple(used))
+        return Seen(note=sql_error(exc), policies=tuple(used))
     tenants = {("NULL" if t is None else str(t)): int(n) for t, n in rows} if table.tenant else None
     note = "" if table.rls else "no row-level security"
     return Seen(sum(int(n) for _, n in rows), tenants, note=note, policies=tuple(used))

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from pytest_phase4 import rlsplan
+from pytest_phase4.allkinds import KINDS
 from pytest_phase4.errors import PlanError, Problem
-from pytest_phase4.kinds import COMMON_KEYS, KINDS, Kind, ParamError
+from pytest_phase4.kinds import COMMON_KEYS, Kind, ParamError, planned
 from pytest_phase4.plan_blast import add_blast
 from pytest_phase4.planmodel import (
     AFTER_STAGES,
@@ -254,11 +255,11 @@ def _expand(r: _Reader, entry: dict[str, Any], stage: str, step: str, where: str
             migrations: Sequence[Migration]) -> list[CheckSpec]:
     kind_name = entry.get("check")
     if not isinstance(kind_name, str):
-        r.problem(where, f"missing check = \"<kind>\"; valid kinds: {', '.join(sorted(KINDS))}")
+        r.problem(where, f"missing check = \"<kind>\"; valid kinds: {', '.join(planned())}")
         return []
     kind: Kind | None = KINDS.get(kind_name)
-    if kind is None:
-        r.problem(where, f"unknown check kind {kind_name!r}; valid kinds: {', '.join(sorted(KINDS))}")
+    if kind is None or not kind.planned:
+        r.problem(where, f"unknown check kind {kind_name!r}; valid kinds: {', '.join(planned())}")
         return []
     where = f"{where} check={kind_name}"
     try:
@@ -274,7 +275,7 @@ def _expand(r: _Reader, entry: dict[str, Any], stage: str, step: str, where: str
     if not isinstance(hint, str) or (custom_id is not None and not isinstance(custom_id, str)):
         r.problem(where, "id and hint must be strings")
         return []
-    if kind.name == "migration_files":
+    if kind.per_migration:
         elements: list[Any] = [m.file for m in migrations]
     elif kind.expand:
         values = params[kind.expand]

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from pytest_phase4.planmodel import CheckSpec
 
-KINDS = frozenset({"database_code", "pg_stat_statements", "app_queries"})
 STAGE = "blast_radius"
 MARKERS = {STAGE: (STAGE, "preflight")}  # read-only and nothing migrated: part of the CI gate -m preflight
 

@@ -2,18 +2,17 @@
 
 `query_returns` passes on one explicit value, `explain_under` on an execution time, `query_runs` when the query
 runs without error (e.g. a view over columns a migration dropped, or a function's body); an SQL error fails the
-check with the server's message, never a traceback (checks.run_check)."""
+check with the server's message, never a traceback (checkcontext.run_check)."""
 
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from pytest_phase4.checkcontext import Context
 from pytest_phase4.errors import CheckFailed
+from pytest_phase4.kinds import Kind, Param, register
 from pytest_phase4.planmodel import CheckSpec
-
-if TYPE_CHECKING:  # checks.py imports this module to register its kinds
-    from pytest_phase4.checks import Context, Impl
 
 
 def explain_under(ctx: Context, spec: CheckSpec) -> str:
@@ -52,4 +51,13 @@ def query_runs(ctx: Context, spec: CheckSpec) -> str:
     return f"{spec.params['name']}: ran without error" + (f", {rows:,} row(s)" if rows is not None else "")
 
 
-IMPLEMENTATIONS: dict[str, Impl] = {f.__name__: f for f in (explain_under, query_returns, query_runs)}
+register(
+    Kind("explain_under", "EXPLAIN ANALYZE execution time of query is under max_ms",
+         {"name": Param("str"), "query": Param("str"), "max_ms": Param("number")},
+         label_fn=lambda p, _: str(p["name"]), run=explain_under, category="Performance", state=False),
+    Kind("query_returns", "the query's single value equals expect",
+         {"name": Param("str"), "query": Param("str"), "expect": Param("scalar")},
+         label_fn=lambda p, _: str(p["name"]), run=query_returns),
+    Kind("query_runs", "the query runs without error", {"name": Param("str"), "query": Param("str")},
+         label_fn=lambda p, _: str(p["name"]), run=query_runs),
+)

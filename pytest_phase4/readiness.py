@@ -5,15 +5,15 @@ that can back the database up."""
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import Any
 
 from pytest_phase4 import backup, catalog, hazards, sqltext
+from pytest_phase4.checkcontext import Context
 from pytest_phase4.errors import CheckFailed
+from pytest_phase4.kinds import Kind, Param, register
 from pytest_phase4.planmodel import CheckSpec
 from pytest_phase4.target import APPLICATION_NAME
-
-if TYPE_CHECKING:  # checks.py imports this module to register its kinds
-    from pytest_phase4.checks import Context, Impl
 
 
 class ReadinessWarning(UserWarning):
@@ -115,5 +115,19 @@ def client_tools(ctx: Context, spec: CheckSpec) -> str:
     return f"{best.path(tool)}: {tool} {best.version} (server {server_major})"
 
 
-IMPLEMENTATIONS: dict[str, Impl] = {
-    "active_connections": active_connections, "role_privileges": role_privileges, "client_tools": client_tools}
+def _warn_max(params: Mapping[str, Any]) -> str | None:
+    warn_max = params.get("warn_max")
+    return "warn_max must be at least max" if warn_max is not None and warn_max < params["max"] else None
+
+
+register(
+    Kind("active_connections", "at most max other client connections to the database (warn up to warn_max)",
+         {"max": Param("int", False, 0), "warn_max": Param("int", False), "allow": Param("names", False, ())},
+         label_fn=lambda p, _: f"<={p['max']}", constraint=_warn_max, run=active_connections, state=False),
+    Kind("role_privileges", "the current role may do what the migrations do: CREATE on the schema, own the tables",
+         {"tables": Param("names", False, ())}, label_fn=lambda p, _: "migrations", run=role_privileges,
+         state=False),
+    Kind("client_tools", "each tool is installed where the backup looks, and not older than the server",
+         {"tools": Param("names", False, ("pg_dump", "pg_restore"))}, expand="tools", run=client_tools,
+         state=False),
+)

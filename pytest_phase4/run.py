@@ -20,17 +20,16 @@ from pytest_phase4 import (
     baselines,
     blast,
     blast_checks,
-    checks,
+    checkcontext,
     guard,
     kept,
     ledger,
     locks,
     migrate,
-    plan_blast,
-    rls_checks,
     safety,
     snapshot,
 )
+from pytest_phase4.allkinds import KINDS
 from pytest_phase4.baselines import Baseline
 from pytest_phase4.errors import MigrationFailed
 from pytest_phase4.facts import Facts
@@ -257,15 +256,15 @@ class Phase4Run:
         """Which baseline the comparisons use, for the report and the JSON evidence (baselines.summary)."""
         return baselines.summary(self)
 
-    def snapshot(self) -> checks.Snapshot:
+    def snapshot(self) -> checkcontext.Snapshot:
         """The row counts of the baseline the comparisons use, as the checks see them."""
         choice = self.baseline()
         base = choice.baseline
-        return checks.Snapshot(dict(base.snap.counts) if base else {}, choice.why_not, choice.describe())
+        return checkcontext.Snapshot(dict(base.snap.counts) if base else {}, choice.why_not, choice.describe())
 
-    def context(self, spec: CheckSpec | None = None) -> checks.Context:
+    def context(self, spec: CheckSpec | None = None) -> checkcontext.Context:
         facts = self.facts(spec.step) if spec is not None else None
-        return checks.Context(self.ro, self.plan, self.snapshot, self.applied_before_run, self.extras, facts,
+        return checkcontext.Context(self.ro, self.plan, self.snapshot, self.applied_before_run, self.extras, facts,
                               frozenset(self.verified))
 
     def facts(self, step: str) -> Facts:
@@ -292,17 +291,12 @@ class Phase4Run:
             self._facts = None
 
     def check(self, spec: CheckSpec) -> str:
-        if spec.kind in safety.KINDS:
-            self.end_reads()  # it reads on its own, at its own moment: a backup's snapshot describes the dump
-            return safety.run_check(self, spec)
-        if spec.kind in rls_checks.KINDS:
-            self.end_reads()  # the personas read in a snapshot of their own
-            return rls_checks.run_check(self, spec)
-        if spec.kind in plan_blast.KINDS:
-            self.end_reads()  # a copy of the schema, asked at its own moment
-            return blast_checks.run_check(self, spec)
+        kind = KINDS[spec.kind]
+        if kind.run_whole is not None:
+            self.end_reads()  # it reads on its own, at its own moment (a backup's snapshot describes the dump)
+            return kind.run_whole(self, spec)
         try:
-            return checks.run_check(self.context(spec), spec)
+            return checkcontext.run_check(self.context(spec), spec)
         finally:
             last = self._facts[1].specs[-1] if self._facts and self._facts[1].specs else None
             if last is not None and (last.step, last.test_id, last.line) == (spec.step, spec.test_id, spec.line):

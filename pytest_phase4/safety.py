@@ -4,8 +4,9 @@ checks, and the gate in front of a destructive migration. No pytest here: the py
 
 from __future__ import annotations
 
+import functools
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,17 +14,16 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from pytest_phase4 import backup, catalog, catdiff, checks, inventory, ledger, personas, snapshot
-from pytest_phase4.checks import CheckSkipped
-from pytest_phase4.errors import CheckFailed
-from pytest_phase4.kinds import Column
+from pytest_phase4 import backup, catalog, catdiff, inventory, ledger, personas, snapshot
+from pytest_phase4.checkcontext import CheckSkipped
+from pytest_phase4.errors import CheckFailed, sql_error, timeout_hint
+from pytest_phase4.kinds import Column, Kind, Param, register
 from pytest_phase4.planmodel import CheckSpec, Migration, Plan
 from pytest_phase4.pool import count_all
 
 if TYPE_CHECKING:
     from pytest_phase4.run import Phase4Run
 
-KINDS = frozenset({"backup", "checksum_unchanged", "row_counts_match", "catalog_diff"})
 
 
 @dataclass
@@ -66,8 +66,8 @@ def capture(run: Phase4Run) -> snapshot.Snapshot:
         snap = snapshot.take(run.ro, run.plan.schema, kept_columns(run), pool=run.pool(), counts=counts)
     except psycopg.Error as exc:
         raise CheckFailed(f"row counts of every table in schema {run.plan.schema}, recorded before migrating",
-                          checks.sql_error(exc), f"schema {run.plan.schema}",
-                          hint=checks.timeout_hint(exc, run.check_timeout)) from None
+                          sql_error(exc), f"schema {run.plan.schema}",
+                          hint=timeout_hint(exc, run.check_timeout)) from None
     snap.objects = [o.to_json() for o in inventory.take(run.ro).values()]
     snap.settings, snap.formula = snapshot.pinned_settings(run.plan.schema), dict(snapshot.FORMULA)
     snap.taken_at = datetime.now(UTC).isoformat()
@@ -121,22 +121,32 @@ def backup_folder(run: Phase4Run) -> Path:
     return s.folder
 
 
+# the backup stage's steps, in order
+BACKUP_STEPS = ("dump", "schema", "snapshot", "info", "verify", "restore")
+
+
 # -- check kinds ---------------------------------------------------------------------------------------------
-def run_check(run: Phase4Run, spec: CheckSpec) -> str:
-    try:
-        return _IMPL[spec.kind](run, spec)
-    except CheckFailed as exc:
-        exc.origin = exc.origin or spec.where
-        exc.hint = exc.hint or spec.hint
-        raise
-    except psycopg.Error as exc:
-        raise CheckFailed(f"check {spec.test_id} to run", run.target.scrub(checks.sql_error(exc)), spec.where,
-            hint=spec.hint or checks.timeout_hint(exc, run.check_timeout)) from None
-    except OSError as exc:  # a full disk or a folder that cannot be written: a failed step, not a crash
-        where = exc.filename or (run.safety.folder if spec.kind == "backup" else None) or spec.where
-        raise CheckFailed(f"{spec.test_id} to write its files", f"{exc.strerror or exc}", str(where),
-                          hint="free space there or choose another --phase4-backup-dir; nothing in the database "
-                               "was changed") from None
+def _guarded(fn: Callable[[Phase4Run, CheckSpec], str]) -> Callable[[Any, CheckSpec], str]:
+    """The kind's code, with an SQL error or a file that cannot be written turned into a failure naming the check."""
+
+    @functools.wraps(fn)
+    def run_check(run: Phase4Run, spec: CheckSpec) -> str:
+        try:
+            return fn(run, spec)
+        except CheckFailed as exc:
+            exc.origin = exc.origin or spec.where
+            exc.hint = exc.hint or spec.hint
+            raise
+        except psycopg.Error as exc:
+            raise CheckFailed(f"check {spec.test_id} to run", run.target.scrub(sql_error(exc)), spec.where,
+                              hint=spec.hint or timeout_hint(exc, run.check_timeout)) from None
+        except OSError as exc:  # a full disk or a folder that cannot be written: a failed step, not a crash
+            where = exc.filename or (run.safety.folder if spec.kind == "backup" else None) or spec.where
+            raise CheckFailed(f"{spec.test_id} to write its files", f"{exc.strerror or exc}", str(where),
+                              hint="free space there or choose another --phase4-backup-dir; nothing in the database "
+                                   "was changed") from None
+
+    return run_check
 
 
 def backup_step(run: Phase4Run, spec: CheckSpec) -> str:
@@ -333,11 +343,29 @@ def catalog_diff(run: Phase4Run, spec: CheckSpec) -> str:
     return f"{len(judged)} catalog change(s), all expected by the plan: {summary}"
 
 
-_IMPL: dict[str, Callable[[Any, CheckSpec], str]] = {
-    "backup": backup_step, "checksum_unchanged": checksum_unchanged,
-    "row_counts_match": row_counts_match,
-    "catalog_diff": catalog_diff,
-}
+def _backup_steps(params: Mapping[str, Any]) -> str | None:
+    steps = params["steps"]
+    if any(s not in BACKUP_STEPS for s in steps) or list(steps) != sorted(steps, key=BACKUP_STEPS.index):
+        return f"steps must be some of {list(BACKUP_STEPS)}, in that order"
+    return None
+
+
+_tables = Param("names")
+# Data safety (the backup stage, the comparisons with the baseline): they need the whole run, not one connection,
+# and read at their own moment (a backup's snapshot describes the dump). None describes what a migration left.
+register(
+    Kind("backup", "pg_dump of the whole database, schema dump, snapshot, BACKUP_INFO.txt, verified",
+         {"steps": Param("names", False, BACKUP_STEPS)}, expand="steps", constraint=_backup_steps,
+         run_whole=_guarded(backup_step), state=False),
+    Kind("checksum_unchanged", "the kept columns' content checksum equals the one recorded before migrating",
+         {"tables": _tables}, expand="tables", run_whole=_guarded(checksum_unchanged), state=False, compares=True),
+    Kind("row_counts_match", "every table's row count equals the one recorded before migrating, plus its delta",
+         {"deltas": Param("deltas", False, {})}, label_fn=lambda p, _: "every_table",
+         run_whole=_guarded(row_counts_match), state=False, compares=True),
+    Kind("catalog_diff", "every catalog change since before the first migration is expected by the plan",
+         {"expect": Param("names", False, ())}, label_fn=lambda p, _: "schema", run_whole=_guarded(catalog_diff),
+         state=False, compares=True),
+)
 
 
 # -- the point of no return ----------------------------------------------------------------------------------

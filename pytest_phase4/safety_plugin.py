@@ -12,8 +12,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from pytest_phase4 import backup, checks, rehearsal, rollback, rollback_steps
-from pytest_phase4.errors import CheckFailed
+from pytest_phase4 import backup, rehearsal, rollback, rollback_steps
+from pytest_phase4.errors import CheckFailed, sql_error, timeout_hint
 from pytest_phase4.nodes import ROLLBACK_STEP_KEY, RUN_KEY, Phase4Item
 from pytest_phase4.run import Phase4Run
 
@@ -194,7 +194,7 @@ def rehearsal_items(collector: Any, position: int) -> Iterator[pytest.Item]:
             observed = rehearsal.rehearse(phase4_run, request.config.rootpath)
         except psycopg.Error as exc:  # e.g. no CREATEDB privilege for the scratch copy
             raise CheckFailed("a scratch copy of the backup to rehearse on",
-                              phase4_run.target.scrub(checks.sql_error(exc)), phase4_run.target.label,
+                              phase4_run.target.scrub(sql_error(exc)), phase4_run.target.label,
                               hint="the rehearsal needs CREATEDB on the target's server") from None
         record_property("observed", observed)
 
@@ -241,9 +241,9 @@ def _step_function(name: str, fn: Callable[[Phase4Run, rollback.RollbackState], 
         except psycopg.Error as exc:  # one readable failure, never a traceback or a password
             state.failed = name
             rollback.abort(state)
-            raise CheckFailed(f"rollback step {name} to succeed", phase4_run.target.scrub(checks.sql_error(exc)),
+            raise CheckFailed(f"rollback step {name} to succeed", phase4_run.target.scrub(sql_error(exc)),
                               phase4_run.target.label,
-                hint=checks.timeout_hint(exc, phase4_run.lock_timeout) or "the rollback's transaction was rolled "
+                hint=timeout_hint(exc, phase4_run.lock_timeout) or "the rollback's transaction was rolled "
                 "back: nothing changed; fix the cause and rerun --phase4-rollback") from None
         except BaseException:
             state.failed = name

@@ -10,14 +10,12 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from pytest_phase4.commands import expand_env
+from pytest_phase4.checkcontext import CheckSkipped, Context
 from pytest_phase4.errors import CheckFailed
-from pytest_phase4.planmodel import CheckSpec
-
-if TYPE_CHECKING:  # checks.py imports this module to register its kinds
-    from pytest_phase4.checks import Context, Impl
+from pytest_phase4.kinds import Kind, Param, register
+from pytest_phase4.planmodel import CheckSpec, expand_env
 
 _BODY_SHOWN = 4000  # characters of a response body attached to the report row
 
@@ -27,7 +25,6 @@ def join_url(base: str, path: str) -> str:
 
 
 def http(ctx: Context, spec: CheckSpec) -> str:
-    from pytest_phase4.checks import CheckSkipped
 
     p, extras = spec.params, ctx.extras
     if not extras.base_url:
@@ -106,4 +103,9 @@ def _shape(doc: Any) -> str:
     return f"a JSON {type(doc).__name__}"
 
 
-IMPLEMENTATIONS: dict[str, Impl] = {"http": http}
+_PARAMS = {"path": Param("str"), "method": Param("str", False, "GET"), "headers": Param("strmap", False, {}),
+           "status": Param("int", False, 200), "keys_present": Param("names", False, ()),
+           "keys_absent": Param("names", False, ()), "items": Param("str", False),
+           "timeout": Param("number", False, 10.0)}
+register(Kind("http", "the request under --phase4-base-url answers status with the JSON keys expected", _PARAMS,
+              label_fn=lambda p, _: str(p["path"]), run=http, state=False))

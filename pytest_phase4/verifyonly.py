@@ -8,19 +8,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from pytest_phase4 import ledger, safety
-from pytest_phase4.checks import CheckSkipped
+from pytest_phase4 import ledger
+from pytest_phase4.checkcontext import CheckSkipped
 from pytest_phase4.errors import CheckFailed
+from pytest_phase4.kinds import KINDS
 
 if TYPE_CHECKING:
     from pytest_phase4.planmodel import Migration
     from pytest_phase4.run import Phase4Run
 
 HISTORY = "supabase_migrations.schema_migrations"
-# Kinds that say nothing about what a migration left in the database: comparisons with a baseline, programs,
-# requests, timings and the environment. They are not run to find out whether a migration is applied.
-NOT_STATE = safety.KINDS | {"command", "http", "perf_before", "perf_after", "explain_under", "active_connections",
-                            "client_tools", "server_version", "role_privileges", "migration_files"}
 
 
 def probe(run: Phase4Run) -> None:
@@ -65,7 +62,7 @@ def _checks_of(run: Phase4Run, migration: Migration) -> tuple[list[str], list[st
     """The migration's plan checks run now: those that passed, and each failure as 'check id: what was found'."""
     passed, failed = [], []
     for spec in migration.checks:
-        if spec.kind in NOT_STATE:
+        if not KINDS[spec.kind].state:  # a comparison, a program, a request, a timing, the environment
             continue
         try:
             run.check(spec)

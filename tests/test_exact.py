@@ -13,7 +13,7 @@ from typing import Any, cast
 import psycopg
 
 from helpers import Project, outcomes_of, spec
-from pytest_phase4 import checks
+from pytest_phase4 import checkcontext
 from pytest_phase4.errors import CheckFailed
 from pytest_phase4.facts import Facts
 from pytest_phase4.pool import Pool
@@ -75,9 +75,10 @@ def test_with_one_worker_a_view_and_its_base_table_are_counted_at_one_moment(con
     with psycopg.connect(scratch_dsn, autocommit=True) as app, \
             psycopg.connect(scratch_dsn, autocommit=True, options="-c default_transaction_read_only=on") as ro:
         app.execute("SELECT pg_advisory_lock(4242)")
-        ctx = checks.Context(ro, cast(Any, SimpleNamespace(schema="public")), lambda: checks.Snapshot({}, False))
+        ctx = checkcontext.Context(ro, cast(Any, SimpleNamespace(schema="public")),
+                                   lambda: checkcontext.Snapshot({}, False))
         with ThreadPoolExecutor(1) as executor:
-            running = executor.submit(checks.run_check, ctx, pair)
+            running = executor.submit(checkcontext.run_check, ctx, pair)
             while app.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s AND wait_event_type = 'Lock'",
                               (ro.info.backend_pid,)).fetchone() != (1,):
                 time.sleep(0.01)
@@ -99,10 +100,10 @@ CREATE VIEW skipping AS SELECT * FROM accounts FOR UPDATE SKIP LOCKED;
 
 def _check(ro: psycopg.Connection[Any], view: str, base: str, facts: Facts | None = None) -> str:
     pair = dataclasses.replace(spec("view_rowcount_matches", (view, base)), params={"pairs": {view: base}})
-    ctx = checks.Context(ro, cast(Any, SimpleNamespace(schema="public")), lambda: checks.Snapshot({}, False),
-                         facts=facts)
+    ctx = checkcontext.Context(ro, cast(Any, SimpleNamespace(schema="public")),
+                               lambda: checkcontext.Snapshot({}, False), facts=facts)
     try:
-        return checks.run_check(ctx, pair)
+        return checkcontext.run_check(ctx, pair)
     except CheckFailed as exc:
         return exc.render()
 

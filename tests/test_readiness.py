@@ -11,9 +11,9 @@ import pytest
 from psycopg.conninfo import make_conninfo
 
 from helpers import Project, outcomes_of
-from pytest_phase4.commands import expand_env
 from pytest_phase4.errors import PlanError
 from pytest_phase4.plan import load_plan
+from pytest_phase4.planmodel import expand_env
 from pytest_phase4.readiness import touched_tables
 
 PRE = "checks/phase4.toml::preflight"
