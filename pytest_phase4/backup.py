@@ -165,32 +165,32 @@ def write_private(path: Path, text: str) -> Path:
     return path
 
 
-def dump(tools: Tools, dsn: str, folder: Path, secrets: list[str], snapshot: str | None = None,
+def dump(tools: Tools, dsn: str, folder: Path, secrets: list[str], exported: str | None = None,
          name: str = DUMP, lock_wait: str | None = None) -> Path:
-    """`pg_dump --format=custom` of the whole database into folder/full.dump; with `snapshot` (exported by a
-    transaction that stays open meanwhile), of exactly what that transaction sees; with `lock_wait`, failing
-    rather than waiting longer for a table's lock (--lock-wait-timeout)."""
+    """`pg_dump --format=custom` of the whole database into folder/full.dump; with `exported` (the id of a
+    transaction snapshot exported by a transaction that stays open meanwhile), of exactly what it sees; with
+    `lock_wait`, failing rather than waiting longer for a table's lock (--lock-wait-timeout)."""
     private_folder(folder)
     target = folder / name
     wait = [f"--lock-wait-timeout={lock_wait}"] if lock_wait else []
     with client_args(dsn) as (conninfo, env):
         _run([tools.path("pg_dump"), "--format=custom", f"--file={target}", f"--dbname={conninfo}", *wait,
-              *_snapshot_arg(snapshot)], env, secrets, "a custom-format dump of the whole database", str(target))
+              *_snapshot_arg(exported)], env, secrets, "a custom-format dump of the whole database", str(target))
     target.chmod(0o600)
     return target
 
 
-def dump_schema(tools: Tools, dsn: str, folder: Path, secrets: list[str], snapshot: str | None = None) -> Path:
+def dump_schema(tools: Tools, dsn: str, folder: Path, secrets: list[str], exported: str | None = None) -> Path:
     target = folder / SCHEMA
     with client_args(dsn) as (conninfo, env):
         _run([tools.path("pg_dump"), "--schema-only", f"--file={target}", f"--dbname={conninfo}",
-              *_snapshot_arg(snapshot)], env, secrets, "a schema-only dump", str(target))
+              *_snapshot_arg(exported)], env, secrets, "a schema-only dump", str(target))
     target.chmod(0o600)
     return target
 
 
-def _snapshot_arg(snapshot: str | None) -> list[str]:
-    return [f"--snapshot={snapshot}"] if snapshot else []
+def _snapshot_arg(exported: str | None) -> list[str]:
+    return [f"--snapshot={exported}"] if exported else []
 
 
 def markers_in_dump(tools: Tools, archive: Path, secrets: list[str]) -> set[str]:

@@ -26,7 +26,7 @@ NO_BASELINE = "no baseline from before the plan's migrations to compare with"
 
 
 @dataclass
-class Snapshot:
+class BaselineCounts:
     """Row counts of every base table in the baseline the comparisons use (baselines.py): this run's, taken before
     its first migration, or an earlier run's from before the plan's first applied migration."""
 
@@ -44,7 +44,7 @@ class Snapshot:
 class Context:
     conn: psycopg.Connection[Any]
     plan: Plan
-    snapshot: Callable[[], Snapshot]
+    baseline: Callable[[], BaselineCounts]  # asked only by the checks that compare with it
     ledger: Mapping[str, Any] = field(default_factory=dict)  # file -> ledger.Entry, as the run started
     extras: RunExtras = field(default_factory=RunExtras)
     facts: Facts | None = None  # the step's shared catalog facts and row counts; one of its own if not given

@@ -213,7 +213,7 @@ def no_orphans(ctx: Context, spec: CheckSpec) -> str:
 
 def row_counts_unchanged(ctx: Context, spec: CheckSpec) -> str:
     table = spec.element
-    snap = ctx.snapshot()
+    snap = ctx.baseline()
     if not snap.is_baseline:
         raise CheckSkipped(snap.why_not or NO_BASELINE)
     if table not in snap.counts:

@@ -42,7 +42,7 @@ class Pool:
         self._all: list[psycopg.Connection[Any]] = []
         self._busy: set[psycopg.Connection[Any]] = set()
         self._joined: set[psycopg.Connection[Any]] = set()  # in the shared snapshot's transaction
-        self._snapshot: str | None = None
+        self._exported: str | None = None  # the id of the transaction snapshot the jobs share
         self._lock = threading.Lock()
         self._executor = ThreadPoolExecutor(size, thread_name_prefix="phase4-facts")
         self._cores: int | None = None  # the server's, when known
@@ -61,22 +61,22 @@ class Pool:
             conn.execute(_BEGIN)
             row = conn.execute("SELECT pg_catalog.pg_export_snapshot()").fetchone()
             with self._lock:
-                self._snapshot = str(row[0]) if row else None
+                self._exported = str(row[0]) if row else None
         except BaseException:
             self.end()  # e.g. the export refused: the connection goes back out of its aborted transaction
             raise
         finally:
             self._idle.put(conn)
 
-    def adopt(self, snapshot: str) -> None:
+    def adopt(self, exported: str) -> None:
         """Run every job from now until `end` in a snapshot another transaction exported (and keeps open)."""
         with self._lock:
-            self._snapshot = snapshot
+            self._exported = exported
 
     def end(self) -> None:
         """Close the shared snapshot's transactions, and with them their locks. Call when no job runs."""
         with self._lock:
-            joined, self._joined, self._snapshot = list(self._joined), set(), None
+            joined, self._joined, self._exported = list(self._joined), set(), None
         for conn in joined:
             self._parallel.pop(conn, None)  # a SET made in the transaction ends with it: SET again next time
             try:
@@ -114,11 +114,11 @@ class Pool:
         conn = self._take()
         with self._lock:
             self._busy.add(conn)
-            snapshot = self._snapshot if conn not in self._joined else None
+            exported = self._exported if conn not in self._joined else None
             workers = self.parallel_workers()
         try:
-            if snapshot is not None:
-                self._join(conn, snapshot)
+            if exported is not None:
+                self._join(conn, exported)
             if workers != self._parallel.get(conn):  # outside the job's savepoint: a failing job keeps it
                 conn.execute(sql.SQL("SET max_parallel_workers_per_gather = {}").format(sql.Literal(workers)))
                 self._parallel[conn] = workers
@@ -131,10 +131,10 @@ class Pool:
                 self._busy.discard(conn)
             self._idle.put(conn)
 
-    def _join(self, conn: psycopg.Connection[Any], snapshot: str) -> None:
+    def _join(self, conn: psycopg.Connection[Any], exported: str) -> None:
         conn.execute(_BEGIN)
         try:
-            conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+            conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(exported)))
         except BaseException:
             conn.execute("ROLLBACK")
             raise

@@ -14,16 +14,57 @@ value, like a row inserted since, and the rollback asks consent for it first (re
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
 
 import psycopg
 from psycopg import sql
 
 from pytest_phase4 import inventory, pgscript, snapshot
+from pytest_phase4.backup import Tools
 from pytest_phase4.errors import CheckFailed
+from pytest_phase4.inventory import Obj
 
-if TYPE_CHECKING:
-    from pytest_phase4.revert_apply import Refill, Reverter
+
+@dataclass(frozen=True)
+class Source:
+    """A backup of this database the dropped columns' values can come from."""
+
+    name: str  # its folder's name
+    archive: Path
+    toc: list[pgscript.Entry]
+    applied: frozenset[str]  # the plan's migrations applied when it was taken
+    snapshot: str = ""  # its pg_current_snapshot(): which row versions it holds ("" for an older backup)
+
+
+@dataclass
+class Refill:
+    table: Obj  # a dropped column's Obj stands for its table (names[0:2], objid = the table's oid)
+    key: list[str]
+    columns: list[Obj]
+    dropped_by: str = ""  # the migration that dropped the columns
+    source: Source | None = None  # the newest backup taken before that migration (its rows are the refill's)
+    files: frozenset[str] = frozenset()  # every migration that changed the columns: the source is older
+    n: int = 0  # its number among the refills (names its temporary tables)
+    temp: str = ""  # the source's rows of the table (refill.load)
+    since: str = ""  # keys of rows written since the source by others ("" when the key is generated)
+    generated: bool = False
+    ambiguous: int = 0  # rows written since under a key the source holds: not told apart from a new row
+    without_value: int = 0  # rows of the table now that get no value (inserted since, or ambiguous)
+    refilled: int = 0
+
+
+class Reverter(Protocol):
+    """What refilling needs of revert_apply.Reverter (which imports this module): the rollback's connection, the
+    client tools, the secrets to mask, the plan's transactions and the refills it planned."""
+
+    conn: psycopg.Connection[Any]
+    tools: Tools
+    secrets: list[str]
+    refills: list[Refill]
+    schema: str
+    plan_xids: list[int]
 
 _RESTORE_HINT = "nothing was changed; use --phase4-rollback=restore (it lists what a full restore would lose first)"
 # Key defaults that never hand out a key twice.

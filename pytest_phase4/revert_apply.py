@@ -17,7 +17,7 @@ from pytest_phase4 import pgscript, revert, snapshot
 from pytest_phase4.backup import Tools
 from pytest_phase4.errors import CheckFailed
 from pytest_phase4.inventory import Obj
-from pytest_phase4.refill import load, prove_values, refill_table
+from pytest_phase4.refill import Refill, Source, load, prove_values, refill_table
 from pytest_phase4.revert import Net
 
 # Parts dropped before the objects they belong to; then relations (views before tables), routines, types.
@@ -34,34 +34,6 @@ _DERIVED = ("ACL", "COMMENT", "SECURITY LABEL")
 _WHOLE = ("table", "view", "materialized view", "foreign table")
 # What changed in a view or routine that replacing it by the backup's definition undoes.
 _FROM_BACKUP = {"def", "md5", "security_definer", "config", "body", "attributes"}
-
-
-@dataclass(frozen=True)
-class Source:
-    """A backup of this database the dropped columns' values can come from."""
-
-    name: str  # its folder's name
-    archive: Path
-    toc: list[pgscript.Entry]
-    applied: frozenset[str]  # the plan's migrations applied when it was taken
-    snapshot: str = ""  # its pg_current_snapshot(): which row versions it holds ("" for an older backup)
-
-
-@dataclass
-class Refill:
-    table: Obj  # a dropped column's Obj stands for its table (names[0:2], objid = the table's oid)
-    key: list[str]
-    columns: list[Obj]
-    dropped_by: str = ""  # the migration that dropped the columns
-    source: Source | None = None  # the newest backup taken before that migration (its rows are the refill's)
-    files: frozenset[str] = frozenset()  # every migration that changed the columns: the source is older
-    n: int = 0  # its number among the refills (names its temporary tables)
-    temp: str = ""  # the source's rows of the table (refill.load)
-    since: str = ""  # keys of rows written since the source by others ("" when the key is generated)
-    generated: bool = False
-    ambiguous: int = 0  # rows written since under a key the source holds: not told apart from a new row
-    without_value: int = 0  # rows of the table now that get no value (inserted since, or ambiguous)
-    refilled: int = 0
 
 
 @dataclass

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from pytest_phase4 import backup, ledger, pgscript, snapshot
 from pytest_phase4.errors import CheckFailed
-from pytest_phase4.revert_apply import Source
+from pytest_phase4.refill import Source
 from pytest_phase4.rollback import RollbackState, root_of
 from pytest_phase4.safety import tools
 

@@ -256,16 +256,16 @@ class Phase4Run:
         """Which baseline the comparisons use, for the report and the JSON evidence (baselines.summary)."""
         return baselines.summary(self)
 
-    def snapshot(self) -> checkcontext.Snapshot:
+    def baseline_counts(self) -> checkcontext.BaselineCounts:
         """The row counts of the baseline the comparisons use, as the checks see them."""
         choice = self.baseline()
         base = choice.baseline
-        return checkcontext.Snapshot(dict(base.snap.counts) if base else {}, choice.why_not, choice.describe())
+        return checkcontext.BaselineCounts(dict(base.snap.counts) if base else {}, choice.why_not, choice.describe())
 
     def context(self, spec: CheckSpec | None = None) -> checkcontext.Context:
         facts = self.facts(spec.step) if spec is not None else None
-        return checkcontext.Context(self.ro, self.plan, self.snapshot, self.applied_before_run, self.extras, facts,
-                              frozenset(self.verified))
+        return checkcontext.Context(self.ro, self.plan, self.baseline_counts, self.applied_before_run, self.extras,
+                                    facts, frozenset(self.verified))
 
     def facts(self, step: str) -> Facts:
         """The facts shared by the checks of one step: one catalog query, each table counted once."""

@@ -204,12 +204,12 @@ def one_moment(run: Phase4Run, folder: Path) -> Path:
                             settings={"statement_timeout": run.check_timeout}) as conn:
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         row = conn.execute("SELECT pg_catalog.pg_export_snapshot()").fetchone()
-        name = str(row[0]) if row else None
+        exported = str(row[0]) if row else None
         try:
-            if pool is not None and name:
-                pool.adopt(name)
-            archive = backup.dump(tools(run), run.target.dsn, folder, secrets, snapshot=name)
-            backup.dump_schema(tools(run), run.target.dsn, folder, secrets, snapshot=name)
+            if pool is not None and exported:
+                pool.adopt(exported)
+            archive = backup.dump(tools(run), run.target.dsn, folder, secrets, exported=exported)
+            backup.dump_schema(tools(run), run.target.dsn, folder, secrets, exported=exported)
             snap = snapshot.take_all(conn, run.plan.schema, pool)
             snap.applied = sorted(ledger.read(conn))
             snap.source = snapshot.identity(conn)

@@ -76,7 +76,7 @@ def test_with_one_worker_a_view_and_its_base_table_are_counted_at_one_moment(con
             psycopg.connect(scratch_dsn, autocommit=True, options="-c default_transaction_read_only=on") as ro:
         app.execute("SELECT pg_advisory_lock(4242)")
         ctx = checkcontext.Context(ro, cast(Any, SimpleNamespace(schema="public")),
-                                   lambda: checkcontext.Snapshot({}, False))
+                                   lambda: checkcontext.BaselineCounts({}, False))
         with ThreadPoolExecutor(1) as executor:
             running = executor.submit(checkcontext.run_check, ctx, pair)
             while app.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s AND wait_event_type = 'Lock'",
@@ -101,7 +101,7 @@ CREATE VIEW skipping AS SELECT * FROM accounts FOR UPDATE SKIP LOCKED;
 def _check(ro: psycopg.Connection[Any], view: str, base: str, facts: Facts | None = None) -> str:
     pair = dataclasses.replace(spec("view_rowcount_matches", (view, base)), params={"pairs": {view: base}})
     ctx = checkcontext.Context(ro, cast(Any, SimpleNamespace(schema="public")),
-                               lambda: checkcontext.Snapshot({}, False), facts=facts)
+                               lambda: checkcontext.BaselineCounts({}, False), facts=facts)
     try:
         return checkcontext.run_check(ctx, pair)
     except CheckFailed as exc:

@@ -56,7 +56,7 @@ def test_the_documented_example_kind_is_one_module_change(documented_kind: Kind,
 
     with psycopg.connect(scratch_dsn, autocommit=True) as conn:
         conn.execute("CREATE EXTENSION pgcrypto")
-        ctx = checkcontext.Context(conn, plan, lambda: checkcontext.Snapshot({}))
+        ctx = checkcontext.Context(conn, plan, lambda: checkcontext.BaselineCounts({}))
         assert re.fullmatch(r"extension pgcrypto [0-9.]+ installed", checkcontext.run_check(ctx, plan.preflight[0]))
         with pytest.raises(CheckFailed) as failed:
             checkcontext.run_check(ctx, plan.preflight[1])
