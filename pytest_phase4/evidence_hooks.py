@@ -8,7 +8,6 @@ import html
 import urllib.parse
 import xml.etree.ElementTree as ET
 from collections.abc import Generator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +44,8 @@ def configure(config: pytest.Config, settings: Settings, run: Phase4Run, termina
         json_path = (config.invocation_params.dir / str(html_path)).with_suffix(".json")
     plugin = EvidencePlugin(run, json_path, terminal)
     # A migration is applied in its fixture, wherever pytest sets that up: the heartbeat wraps the apply itself.
-    run.progress = lambda file: terminal.step(f"applying {file}", status=lambda: run.target.scrub(
-        progress.migration_status(run.watch.waiting if run.watch else [], run.lock_timeout)))
+    run.show_progress(lambda file: terminal.step(f"applying {file}", status=lambda: run.target.scrub(
+        progress.migration_status(run.watch.waiting if run.watch else [], run.lock_timeout))))
     config.pluginmanager.register(plugin, "phase4-evidence")
     if config.pluginmanager.hasplugin("html"):
         config.pluginmanager.register(EvidenceHtml(plugin), "phase4-evidence-html")
@@ -154,7 +153,7 @@ class EvidencePlugin:
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         """Before pytest-html renders (trylast): the end time, index usage and the JSON are final here."""
         run = self.run
-        run.finished_at = datetime.now(UTC)
+        run.finish()
         for record in self.ev.records.values():  # selected, never reported: the session stopped before them
             if record.outcome == NOT_RUN and not record.message:
                 why = run.book.why_not(record.key) if record.key else NOT_RUN_YET

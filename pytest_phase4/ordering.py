@@ -226,8 +226,8 @@ class Runbook:
         book.deselected_by = deselecting_options(self.config)
         book.uncollected = [(0, text) for text in self.broken] + list(self._left_out())  # broken: any step
         book.skipped_files = [f"{self._display(p)}: {why}" for p, why in self.skipped.items()]
-        self.run.apply_selected = frozenset(
-            m.file for m in self.run.plan.migrations if ("apply", m.file) in book.selected)
+        self.run.select_applies(frozenset(
+            m.file for m in self.run.plan.migrations if ("apply", m.file) in book.selected))
 
     def _left_out(self) -> Iterator[tuple[int, str]]:
         """Files of the plan's folder that hold tests by their names (pytest's defaults, and the ini's), each with

@@ -260,8 +260,8 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     """Tell the run which checks were selected (-m, -k), so a step reads ahead only what its checks need."""
     run = session.config.stash.get(RUN_KEY, None)
     if run is not None:
-        run.selected = frozenset((spec.step, spec.test_id, spec.line) for item in session.items
-                                 if (spec := item.stash.get(SPEC_KEY, None)) is not None)
+        run.select(frozenset((spec.step, spec.test_id, spec.line) for item in session.items
+                             if (spec := item.stash.get(SPEC_KEY, None)) is not None))
 
 
 @pytest.fixture(scope="session")

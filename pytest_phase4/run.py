@@ -186,6 +186,23 @@ class Phase4Run:
         the next, and the guard is in force from the first statement."""
         return self.target.connect(read_only=False, autocommit=False, settings={"lock_timeout": self.lock_timeout})
 
+    # -- what the pytest layer tells the run ---------------------------------------------------------------
+    def select(self, checks: frozenset[tuple[str, str, int]]) -> None:
+        """The plan checks that will run, (step, test id, line) each (-m, -k): a step reads ahead only for them."""
+        self.selected = checks
+
+    def select_applies(self, files: frozenset[str]) -> None:
+        """The migrations whose apply item runs in this run."""
+        self.apply_selected = files
+
+    def show_progress(self, progress: Callable[[str], AbstractContextManager[object]]) -> None:
+        """What to show while a migration runs (the terminal's heartbeat)."""
+        self.progress = progress
+
+    def finish(self) -> None:
+        """The session's tests are over: the run's end time."""
+        self.finished_at = datetime.now(UTC)
+
     def close(self) -> None:
         self.finished_at = self.finished_at or datetime.now(UTC)
         self.end_reads()
