@@ -1,4 +1,4 @@
-"""Comparing two moments of the personas (persona_count.Counted): what a persona sees of each relation that existed
+"""Comparing two moments of the personas (persona_seen.Counted): what a persona sees of each relation that existed
 at both (tables and views alike), what it sees of a relation new since (by tenant: rows of a tenant it saw nowhere
 before), and what it may write of each table (persona_writes). No pytest here.
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from pytest_phase4.persona_count import Counted, Relation, Seen
+from pytest_phase4.persona_seen import Counted, Relation, Seen
 
 
 @dataclass(frozen=True)

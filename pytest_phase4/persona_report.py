@@ -6,7 +6,7 @@ from __future__ import annotations
 import html
 from typing import TYPE_CHECKING
 
-from pytest_phase4.persona_count import Counted, Seen
+from pytest_phase4.persona_seen import Counted, Seen
 
 if TYPE_CHECKING:
     from pytest_phase4.run import Phase4Run

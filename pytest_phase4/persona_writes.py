@@ -21,7 +21,7 @@ import psycopg
 from psycopg import sql
 
 from pytest_phase4.errors import sql_error
-from pytest_phase4.persona_count import Relation, Seen
+from pytest_phase4.persona_seen import Relation, Seen
 from pytest_phase4.planmodel import Persona
 
 COMMANDS = {"UPDATE": ("w", "*"), "DELETE": ("d", "*"), "INSERT": ("a", "*")}

@@ -37,7 +37,7 @@ from pglast import ast
 from pytest_phase4 import changes, exposure, ledger, persona_compare, persona_count, sqltext
 from pytest_phase4.errors import CheckFailed, Phase4Error
 from pytest_phase4.persona_compare import Side
-from pytest_phase4.persona_count import Counted
+from pytest_phase4.persona_seen import Counted
 from pytest_phase4.planmodel import CheckSpec, Plan
 
 if TYPE_CHECKING:

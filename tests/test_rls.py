@@ -13,7 +13,7 @@ from psycopg.conninfo import make_conninfo
 from pytest_phase4 import catalog, exposure, persona_count, personas, policy_expr
 from pytest_phase4.errors import PlanError
 from pytest_phase4.exposure import Scope
-from pytest_phase4.persona_count import Counted, Relation, Seen
+from pytest_phase4.persona_seen import Counted, Relation, Seen
 from pytest_phase4.plan import load_plan
 from pytest_phase4.planmodel import Persona, RlsSettings
 
