@@ -32,11 +32,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import supabase_bench
 import workloads as w
 
-from pytest_phase4 import catalog, migrate
-from pytest_phase4.embedded import EmbeddedPostgres, start_embedded
-from pytest_phase4.plan import load_plan
-from pytest_phase4.pool import Pool
-from pytest_phase4.seed import load_setup
+from pytest_phase4.db import catalog, migrate
+from pytest_phase4.db.embedded import EmbeddedPostgres, start_embedded
+from pytest_phase4.db.pool import Pool
+from pytest_phase4.db.seed import load_setup
+from pytest_phase4.plan.load import load_plan
 
 REPO = Path(__file__).resolve().parent.parent
 PLAN = REPO / "checks" / "phase4.toml"

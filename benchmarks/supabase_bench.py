@@ -26,11 +26,12 @@ import supabase_app as app
 import workloads as w
 from psycopg import sql
 
-from pytest_phase4 import catalog, migrate, snapshot
-from pytest_phase4.embedded import EmbeddedPostgres
-from pytest_phase4.plan import load_plan
-from pytest_phase4.pool import Pool
-from pytest_phase4.seed import load_setup
+from pytest_phase4.db import catalog, migrate
+from pytest_phase4.db.embedded import EmbeddedPostgres
+from pytest_phase4.db.pool import Pool
+from pytest_phase4.db.seed import load_setup
+from pytest_phase4.plan.load import load_plan
+from pytest_phase4.safety import snapshot
 
 
 def say(text: str) -> None:

@@ -22,11 +22,11 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
-from pytest_phase4 import baselines, snapshot
-from pytest_phase4.nodes import RUN_KEY
-from pytest_phase4.planmodel import CheckSpec
-from pytest_phase4.pool import Pool
-from pytest_phase4.snapshot import Snapshot
+from pytest_phase4.db.pool import Pool
+from pytest_phase4.plan.model import CheckSpec
+from pytest_phase4.plugin.nodes import RUN_KEY
+from pytest_phase4.safety import baselines, snapshot
+from pytest_phase4.safety.snapshot import Snapshot
 
 HERE = Path(__file__).resolve().parent
 SEED_SCRIPT = HERE / "runbook_part_6_1.sql"

@@ -16,29 +16,22 @@ from typing import Any
 
 import psycopg
 
-from pytest_phase4 import (
-    baselines,
-    blast,
-    blast_checks,
-    checkcontext,
-    guard,
-    kept,
-    ledger,
-    locks,
-    migrate,
-    safety,
-    snapshot,
-)
-from pytest_phase4.allkinds import KINDS
-from pytest_phase4.baselines import Baseline
+from pytest_phase4.blast import checks as blast_checks
+from pytest_phase4.blast import radius as blast
+from pytest_phase4.db import guard, ledger, locks, migrate
+from pytest_phase4.db.facts import Facts
+from pytest_phase4.db.pool import Pool
+from pytest_phase4.db.target import Target
 from pytest_phase4.errors import MigrationFailed
-from pytest_phase4.facts import Facts
-from pytest_phase4.personas import PersonaBook
-from pytest_phase4.planmodel import CheckSpec, Migration, Plan
-from pytest_phase4.pool import Pool
+from pytest_phase4.kinds import context as checkcontext
+from pytest_phase4.kinds.registry import KINDS
+from pytest_phase4.plan.model import CheckSpec, Migration, Plan
+from pytest_phase4.rls.personas import PersonaBook
 from pytest_phase4.runextras import RunExtras
+from pytest_phase4.safety import baselines, kept, snapshot
+from pytest_phase4.safety import checks as safety
+from pytest_phase4.safety.baselines import Baseline
 from pytest_phase4.steps import StepBook
-from pytest_phase4.target import Target
 
 # Migration states, as the report prints them.
 PENDING, APPLIED, ALREADY, FAILED, BLOCKED, NOT_RUN, ROLLED_BACK, REFUSED = (

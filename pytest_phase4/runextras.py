@@ -7,8 +7,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from pytest_phase4 import dsn as dsnlib
-from pytest_phase4.planmodel import CheckSpec
+from pytest_phase4.db import dsn as dsnlib
+from pytest_phase4.plan.model import CheckSpec
 
 
 @dataclass

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pytest_phase4.planmodel import CheckSpec, Migration, Plan
+from pytest_phase4.plan.model import CheckSpec, Migration, Plan
 
 Key = tuple[str, ...]  # identifies one item of a step across collection and reports
 

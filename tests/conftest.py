@@ -13,7 +13,7 @@ import psycopg
 import pytest
 
 from helpers import EXAMPLES, FACTS_SCHEMA, REPO, Project
-from pytest_phase4.embedded import EmbeddedPostgres, start_embedded
+from pytest_phase4.db.embedded import EmbeddedPostgres, start_embedded
 
 collect_ignore = ["examples"]  # example projects are run by pytester, never collected by this suite
 _names = itertools.count(1)

@@ -14,9 +14,9 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from pytest_phase4.embedded import EmbeddedPostgres
-from pytest_phase4.kinds import Column, Relation
-from pytest_phase4.planmodel import CheckSpec
+from pytest_phase4.db.embedded import EmbeddedPostgres
+from pytest_phase4.kinds.base import Column, Relation
+from pytest_phase4.plan.model import CheckSpec
 
 EXAMPLES = Path(__file__).parent / "examples"
 REPO = Path(__file__).parent.parent

@@ -19,7 +19,7 @@ import pytest
 from psycopg.conninfo import make_conninfo
 
 from helpers import REPO, Project, outcomes_of, require_password
-from pytest_phase4.embedded import EmbeddedPostgres
+from pytest_phase4.db.embedded import EmbeddedPostgres
 
 SB = "checks/phase4.toml"
 SUPABASE_APP = REPO / "examples" / "supabase" / "app"

@@ -12,8 +12,8 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from helpers import Project, outcomes_of
-from pytest_phase4 import embedded
-from pytest_phase4.embedded import EmbeddedPostgres
+from pytest_phase4.db import embedded
+from pytest_phase4.db.embedded import EmbeddedPostgres
 
 MINI = "checks/phase4.toml"
 CODE_CHECK = '\n[[blast_radius]]\ncheck = "database_code"\n'
@@ -287,7 +287,7 @@ ATTACKER_CONFTEST = '''
 import psycopg
 from psycopg.conninfo import make_conninfo
 
-from pytest_phase4 import scratch
+from pytest_phase4.blast import scratch
 
 _connect = scratch.connect
 
@@ -337,7 +337,7 @@ SIGNAL_CONFTEST = '''
 import os
 import signal
 
-from pytest_phase4 import scratch
+from pytest_phase4.blast import scratch
 
 _connect = scratch.connect
 
@@ -557,7 +557,7 @@ ARGV_CONFTEST = '''
 import json
 import subprocess
 
-from pytest_phase4 import scratch
+from pytest_phase4.blast import scratch
 
 _run = subprocess.run
 

@@ -13,7 +13,7 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from helpers import Project, outcomes_of
-from pytest_phase4.embedded import EmbeddedPostgres
+from pytest_phase4.db.embedded import EmbeddedPostgres
 
 MINI = "checks/phase4.toml"
 CODE = f"{MINI}::blast_radius::database_code[all_schemas]"

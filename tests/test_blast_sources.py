@@ -11,10 +11,10 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from pytest_phase4 import appqueries, dbcode, plpgsql_static
-from pytest_phase4.embedded import EmbeddedPostgres
+from pytest_phase4.blast import appqueries, dbcode, plpgsql_static
+from pytest_phase4.db.embedded import EmbeddedPostgres
 from pytest_phase4.errors import PlanError
-from pytest_phase4.plan import load_plan
+from pytest_phase4.plan.load import load_plan
 
 CODE = """
 CREATE TABLE t (id int PRIMARY KEY, name text, gone text);

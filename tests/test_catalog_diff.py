@@ -9,8 +9,9 @@ from pathlib import Path
 import psycopg
 
 from helpers import Project, outcomes_of
-from pytest_phase4 import catdiff, inventory
-from pytest_phase4.plan import load_plan
+from pytest_phase4.db import inventory
+from pytest_phase4.plan.load import load_plan
+from pytest_phase4.safety import catdiff
 
 DIFF = "checks/phase4.toml::post::catalog_diff[schema]"
 

@@ -13,7 +13,7 @@ import pytest
 from psycopg import sql
 
 from helpers import Project, outcomes_of
-from pytest_phase4 import checksums, snapshot
+from pytest_phase4.safety import checksums, snapshot
 
 SB = "checks/phase4.toml"
 TYPES = """
@@ -128,7 +128,7 @@ def test_a_kept_column_whose_type_lost_its_hash_is_reported_changed(typed: psyco
 REWRITE_AS_FORMULA_1 = """
 import json, psycopg
 from psycopg import sql
-from pytest_phase4 import snapshot
+from pytest_phase4.safety import snapshot
 
 def pytest_runtest_teardown(item):
     # Right after the backup's snapshot, before anything writes: snapshot.json as a version with formula 1 wrote it.

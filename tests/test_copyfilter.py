@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_phase4 import copyfilter, sqltext
+from pytest_phase4.blast import copyfilter
+from pytest_phase4.db import sqltext
 
 LEFT_OUT = [
     ("CREATE ROLE reporting NOLOGIN", "roles, databases and tablespaces belong to the whole server"),

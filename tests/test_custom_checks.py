@@ -8,9 +8,9 @@ import psycopg
 import pytest
 
 from helpers import Project, outcomes_of
-from pytest_phase4 import migrate
+from pytest_phase4.db import migrate
 from pytest_phase4.errors import MigrationFailed
-from pytest_phase4.plan import load_plan
+from pytest_phase4.plan.load import load_plan
 
 CUSTOM = "checks/test_custom.py"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pytest_phase4 import customfiles
+from pytest_phase4.plugin import customfiles
 
 FIXTURES = {"migration_001_a": 2, "migration_002_b": 3}  # fixture -> step group (preflight 0, backup 1)
 STEPS = {"preflight": 0, "backup": 1, "001_a.sql": 2, "002_b.sql": 3, "post": 4}

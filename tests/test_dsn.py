@@ -9,15 +9,8 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from helpers import require_password
-from pytest_phase4.dsn import (
-    connect_error_message,
-    password_of,
-    redact,
-    scrub,
-    secrets_from_env,
-    target_label,
-)
-from pytest_phase4.embedded import EmbeddedPostgres, start_embedded
+from pytest_phase4.db.dsn import connect_error_message, password_of, redact, scrub, secrets_from_env, target_label
+from pytest_phase4.db.embedded import EmbeddedPostgres, start_embedded
 
 SECRET = "S3cr3t-Xyzzy"
 ODD_SECRET = "p@ss:w/rd"  # needs percent-encoding in a URL

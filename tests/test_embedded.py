@@ -13,7 +13,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
-from pytest_phase4.embedded import EmbeddedPostgres, EmbeddedUnavailable, find_bindir, start_embedded
+from pytest_phase4.db.embedded import EmbeddedPostgres, EmbeddedUnavailable, find_bindir, start_embedded
 
 # An endpoint that cannot exist, so the container fallback fails the same way on every machine.
 NO_DOCKER = "unix:///nonexistent/phase4/docker.sock"

@@ -13,10 +13,10 @@ from typing import Any, cast
 import psycopg
 
 from helpers import Project, outcomes_of, spec
-from pytest_phase4 import checkcontext
+from pytest_phase4.db.facts import Facts
+from pytest_phase4.db.pool import Pool
 from pytest_phase4.errors import CheckFailed
-from pytest_phase4.facts import Facts
-from pytest_phase4.pool import Pool
+from pytest_phase4.kinds import context as checkcontext
 
 PLAN = "checks/phase4.toml"
 

@@ -19,7 +19,7 @@ import pytest
 from psycopg import sql
 
 from helpers import Project, outcomes_of
-from pytest_phase4.embedded import EmbeddedPostgres, start_embedded
+from pytest_phase4.db.embedded import EmbeddedPostgres, start_embedded
 
 M1 = "checks/phase4.toml::20250101000001_create_views"
 

@@ -8,7 +8,7 @@ import psycopg
 import pytest
 
 from helpers import Project, outcomes_of
-from pytest_phase4 import guard
+from pytest_phase4.db import guard
 from pytest_phase4.errors import TargetError
 
 M3 = "checks/phase4.toml::20250101000003_add_indexes"

@@ -12,11 +12,12 @@ import psycopg
 import pytest
 
 from helpers import REPO
-from pytest_phase4 import checkcontext, readiness
-from pytest_phase4.allkinds import KINDS
 from pytest_phase4.errors import CheckFailed
-from pytest_phase4.kinds import Kind, register
-from pytest_phase4.plan import load_plan
+from pytest_phase4.kinds import context as checkcontext
+from pytest_phase4.kinds import readiness
+from pytest_phase4.kinds.base import Kind, register
+from pytest_phase4.kinds.registry import KINDS
+from pytest_phase4.plan.load import load_plan
 
 DOC = REPO / "docs" / "adding-a-check-kind.md"
 

@@ -15,7 +15,7 @@ import pytest
 
 from helpers import Project, outcomes_of
 from pytest_phase4.errors import PlanError
-from pytest_phase4.plan import load_plan
+from pytest_phase4.plan.load import load_plan
 
 PLAN = "checks/phase4.toml"
 M1, M2 = f"{PLAN}::20250101000001_index_big", f"{PLAN}::20250101000002_widen_big"

@@ -10,10 +10,10 @@ from typing import Any
 import psycopg
 import pytest
 
-from pytest_phase4 import hazards, lockwords, migrate
+from pytest_phase4.db import hazards, lockwords, migrate
+from pytest_phase4.db.locks import Measurement, Observer
 from pytest_phase4.errors import MigrationFailed
-from pytest_phase4.locks import Measurement, Observer
-from pytest_phase4.planmodel import Migration
+from pytest_phase4.plan.model import Migration
 
 SMALL = """
 CREATE TABLE p (id int PRIMARY KEY);

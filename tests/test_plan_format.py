@@ -13,7 +13,7 @@ import pytest
 
 from helpers import Project, outcomes_of
 from pytest_phase4.errors import PlanError
-from pytest_phase4.plan import load_plan
+from pytest_phase4.plan.load import load_plan
 
 PLAN = "checks/phase4.toml"
 PRE = f"{PLAN}::preflight"

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from pytest_phase4.errors import PlanError
-from pytest_phase4.kinds import Column, Relation
-from pytest_phase4.plan import load_plan
-from pytest_phase4.planmodel import Plan
+from pytest_phase4.kinds.base import Column, Relation
+from pytest_phase4.plan.load import load_plan
+from pytest_phase4.plan.model import Plan
 
 HEAD = '[phase4]\nname = "Unit"\n'
 

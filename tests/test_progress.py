@@ -18,8 +18,8 @@ import pytest
 from psycopg import sql
 
 from helpers import Project
-from pytest_phase4.guard import Blocker
-from pytest_phase4.progress import Heartbeat, describe, migration_status
+from pytest_phase4.db.guard import Blocker
+from pytest_phase4.plugin.progress import Heartbeat, describe, migration_status
 
 SECRET = "hunter2-in-a-query"
 

@@ -16,16 +16,16 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from helpers import EXAMPLES, OTHER, TO_PARENT, Project, outcomes_of, pass_steps_before, spec
-from pytest_phase4 import catalog
-from pytest_phase4 import pool as pool_module
+from pytest_phase4.db import catalog
+from pytest_phase4.db import pool as pool_module
+from pytest_phase4.db.facts import Facts, OrphanCount
+from pytest_phase4.db.pool import Pool, count_all
+from pytest_phase4.db.seed import load_setup
+from pytest_phase4.db.target import Target
 from pytest_phase4.errors import CheckFailed
-from pytest_phase4.facts import Facts, OrphanCount
-from pytest_phase4.kinds import Column, Relation
-from pytest_phase4.plan import load_plan
-from pytest_phase4.pool import Pool, count_all
+from pytest_phase4.kinds.base import Column, Relation
+from pytest_phase4.plan.load import load_plan
 from pytest_phase4.run import Phase4Run
-from pytest_phase4.seed import load_setup
-from pytest_phase4.target import Target
 
 _roles = itertools.count(1)
 

@@ -12,9 +12,9 @@ from psycopg.conninfo import make_conninfo
 
 from helpers import Project, outcomes_of
 from pytest_phase4.errors import PlanError
-from pytest_phase4.plan import load_plan
-from pytest_phase4.planmodel import expand_env
-from pytest_phase4.readiness import touched_tables
+from pytest_phase4.kinds.readiness import touched_tables
+from pytest_phase4.plan.load import load_plan
+from pytest_phase4.plan.model import expand_env
 
 PRE = "checks/phase4.toml::preflight"
 

@@ -10,12 +10,13 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from pytest_phase4 import catalog, exposure, persona_count, personas, policy_expr
+from pytest_phase4.db import catalog
 from pytest_phase4.errors import PlanError
-from pytest_phase4.exposure import Scope
-from pytest_phase4.persona_seen import Counted, Relation, Seen
-from pytest_phase4.plan import load_plan
-from pytest_phase4.planmodel import Persona, RlsSettings
+from pytest_phase4.plan.load import load_plan
+from pytest_phase4.plan.model import Persona, RlsSettings
+from pytest_phase4.rls import exposure, persona_count, personas, policy_expr
+from pytest_phase4.rls.exposure import Scope
+from pytest_phase4.rls.persona_seen import Counted, Relation, Seen
 
 # Supabase's API roles; roles are cluster-wide, so only where they do not exist yet.
 API_ROLES = """
@@ -393,8 +394,8 @@ def test_a_plan_without_personas_is_unchanged(tmp_path: Any) -> None:
 
 
 def test_a_migration_is_counted_again_when_it_may_change_what_a_persona_sees(tmp_path: Any) -> None:
-    from pytest_phase4.changes import Change, Record, RowChange
-    from pytest_phase4.inventory import Obj
+    from pytest_phase4.db.changes import Change, Record, RowChange
+    from pytest_phase4.db.inventory import Obj
 
     column = Obj(1259, 1, 2, "table column", "public.notes.body", (), (), {})
     policy = Obj(3256, 9, 0, "policy", "own_tenant on public.notes", (), (), {}, "public.notes")

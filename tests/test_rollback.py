@@ -14,8 +14,9 @@ import pytest
 from psycopg import sql
 
 from helpers import Project, outcomes_of
-from pytest_phase4 import changes, checksums, pgscript, snapshot
-from pytest_phase4.safety import differences
+from pytest_phase4.db import changes
+from pytest_phase4.safety import checksums, pgscript, snapshot
+from pytest_phase4.safety.checks import differences
 
 SB = "checks/phase4.toml"
 REVERT_STEPS = ["locate_backup", "assess", "safety_dump", "drop_created", "alter_back", "restore_dropped", "ledger",

@@ -10,7 +10,7 @@ import pytest
 from test_rollback import ledger_files
 from test_rollback_attacks import M1, M2, SETUP, append, out
 
-from conftest import Project
+from helpers import Project
 
 
 @pytest.mark.xfail(strict=True, reason="a type change rewrites every row with no UPDATE counted and the revert casts "

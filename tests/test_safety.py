@@ -20,10 +20,10 @@ import pytest
 from psycopg import sql
 
 from helpers import Project, outcomes_of
-from pytest_phase4 import backup, snapshot
-from pytest_phase4.embedded import EmbeddedPostgres
+from pytest_phase4.db.embedded import EmbeddedPostgres
 from pytest_phase4.errors import CheckFailed
-from pytest_phase4.safety import compare
+from pytest_phase4.safety import backup, snapshot
+from pytest_phase4.safety.checks import compare
 
 CRM = "checks/phase4.toml"
 SAFE = "checks/phase4.toml"

@@ -6,9 +6,9 @@ from __future__ import annotations
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from pytest_phase4 import scratchdb
-from pytest_phase4.embedded import EmbeddedPostgres
-from pytest_phase4.scratchdb import Scratch
+from pytest_phase4.db import scratchdb
+from pytest_phase4.db.embedded import EmbeddedPostgres
+from pytest_phase4.db.scratchdb import Scratch
 
 
 def test_a_scratch_name_fits_63_bytes_and_keeps_its_token_and_purpose() -> None:

@@ -14,7 +14,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from helpers import EXAMPLES, Project, require_password
-from pytest_phase4.embedded import EmbeddedPostgres, start_embedded
+from pytest_phase4.db.embedded import EmbeddedPostgres, start_embedded
 
 PASSWORD = "Tr0ub4dor&3-horse?"
 ROLE = "dba"

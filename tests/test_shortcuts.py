@@ -15,10 +15,10 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from helpers import spec
-from pytest_phase4 import catalog
-from pytest_phase4.facts import Facts
-from pytest_phase4.kinds import Column, Relation
-from pytest_phase4.pool import Pool
+from pytest_phase4.db import catalog
+from pytest_phase4.db.facts import Facts
+from pytest_phase4.db.pool import Pool
+from pytest_phase4.kinds.base import Column, Relation
 
 SCHEMA = """
 CREATE TABLE org (id uuid PRIMARY KEY, name text NOT NULL, deleted_at timestamptz);

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_phase4 import sqltext
+from pytest_phase4.db import sqltext
 
 FILE = """-- Migration: héllo (a comment with a ';' and non-ASCII text)
 CREATE TABLE é (a int); /* a ; comment */ INSERT INTO é VALUES ('ü;ü');

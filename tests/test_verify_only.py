@@ -11,12 +11,12 @@ from pathlib import Path
 import psycopg
 
 from helpers import EXAMPLES, Project, outcomes_of
-from pytest_phase4 import verifyonly
-from pytest_phase4.backup import locate
-from pytest_phase4.plan import load_plan
+from pytest_phase4.db.seed import load_setup
+from pytest_phase4.db.target import Target
+from pytest_phase4.plan.load import load_plan
 from pytest_phase4.run import Phase4Run
-from pytest_phase4.seed import load_setup
-from pytest_phase4.target import Target
+from pytest_phase4.safety import verifyonly
+from pytest_phase4.safety.backup import locate
 
 SAFE = "checks/phase4.toml"
 MIGRATIONS = ["20250101000001_create_views.sql", "20250101000002_drop_denormalized.sql",
