@@ -127,6 +127,7 @@ class Phase4Run:
     confirmations: dict[str, Confirmation] = field(default_factory=dict)  # destructive file -> how it was passed
     personas: PersonaBook = field(default_factory=PersonaBook)  # what the plan's personas saw, moment by moment
     blast_radius: blast.BlastState = field(default_factory=lambda: blast.BlastState())  # what the migrations break
+    pinned: dict[str, str] = field(default_factory=dict)  # file -> sha256 the evidence relied on verified
 
     def __post_init__(self) -> None:
         self.states = {m.file: MigrationState(m) for m in self.plan.migrations}
@@ -187,6 +188,10 @@ class Phase4Run:
     def select_applies(self, files: frozenset[str]) -> None:
         """The migrations whose apply item runs in this run."""
         self.apply_selected = files
+
+    def pin(self, hashes: dict[str, str]) -> None:
+        """The bytes each migration must have when applied: those of the evidence this run relies on."""
+        self.pinned = dict(hashes)
 
     def show_progress(self, progress: Callable[[str], AbstractContextManager[object]]) -> None:
         """What to show while a migration runs (the terminal's heartbeat)."""
@@ -412,7 +417,7 @@ class Phase4Run:
                 self.watch = watch
                 done = migrate.apply(writer, migration, self.plan.name, self.plan.schema,
                                      blockers=lambda: [str(b) for b in watch.blockers], observer=observer,
-                                     connect=self._writer)
+                                     connect=self._writer, expected_sha256=self.pinned.get(migration.file))
         except MigrationFailed as exc:
             state.status, state.duration_ms = FAILED, (time.perf_counter() - started) * 1000
             state.note, state.stayed = exc.summary, exc.committed

@@ -41,15 +41,20 @@ def file_sha256(migration: Migration) -> str:
 
 def apply(conn: psycopg.Connection[Any], migration: Migration, plan_name: str, schema: str,
           blockers: Blockers = list, observer: Observer | None = None, connect: Connect | None = None,
-          record: bool = True, skip: frozenset[int] = frozenset()) -> Applied:
+          record: bool = True, skip: frozenset[int] = frozenset(), expected_sha256: str | None = None) -> Applied:
     """Run the file and record it in the ledger; raise MigrationFailed saying what was and was not applied.
     The observer, when given, weighs the file's hazards first and sees every statement (and may refuse).
     `connect` records what a transaction = false file committed when its own session was lost.
     `record=False` (a copy of the schema, blast.py): no ledger row and no record of the changes for a rollback;
-    there, `skip` names the statements (by their offset in the file) that must not run on the copy."""
+    there, `skip` names the statements (by their offset in the file) that must not run on the copy.
+    `expected_sha256` (the evidence the run relied on): the bytes read now must be those, or nothing runs."""
     raw = migration.path.read_bytes()
-    text = raw.decode("utf-8")
     sha = hashlib.sha256(raw).hexdigest()
+    if expected_sha256 is not None and sha != expected_sha256:
+        raise MigrationFailed(migration.file, None, None, f"the file changed since the run checked it against the "
+                              f"evidence it relies on (sha256 {expected_sha256[:12]} then, {sha[:12]} now): nothing "
+                              "was applied; find out who changed it, then start the run again")
+    text = raw.decode("utf-8")
     try:
         statements = sqltext.split(text, migration.file)
     except sqltext.SqlSyntaxError as exc:

@@ -22,6 +22,10 @@ class CheckSkipped(Phase4Error):
     """The check does not apply to this run; the message says why."""
 
 
+class NoBaseline(CheckSkipped):
+    """Skipped for want of a baseline to compare with: the run does not prove what the check compares."""
+
+
 NO_BASELINE = "no baseline from before the plan's migrations to compare with"
 
 

@@ -18,7 +18,7 @@ from psycopg import sql
 
 from pytest_phase4.errors import CheckFailed
 from pytest_phase4.kinds.base import Kind, Param, register
-from pytest_phase4.kinds.context import CheckSkipped, Context
+from pytest_phase4.kinds.context import Context, NoBaseline
 from pytest_phase4.plan.model import CheckSpec, Plan
 from pytest_phase4.runextras import PerfResult, Timing
 
@@ -56,7 +56,7 @@ def perf_before(ctx: Context, spec: CheckSpec) -> str:
     if ctx.applied_before_run:
         # Not a "before" time any more, and the query may read columns a migration dropped.
         result.before_note = f"no baseline: {len(ctx.applied_before_run)} migration(s) were already applied"
-        raise CheckSkipped(f"{result.before_note} when the run started (ledger)")
+        raise NoBaseline(f"{result.before_note} when the run started (ledger)")
     ctx.known.quiesce()  # timings taken while read-ahead queries run would be inflated by them
     result.before = measure(ctx.conn, spec.params["query"], spec.params["runs"])
     _attach(ctx, spec, "before", result.before)

@@ -15,7 +15,7 @@ from pytest_phase4.db import catalog, sqltext
 from pytest_phase4.db.facts import count_key
 from pytest_phase4.errors import CheckFailed
 from pytest_phase4.kinds.base import Column, Expect, Key, Kind, Param, Relation, RelKind, register
-from pytest_phase4.kinds.context import NO_BASELINE, CheckSkipped, Context, fmt, q, require_relation
+from pytest_phase4.kinds.context import NO_BASELINE, Context, NoBaseline, fmt, q, require_relation
 from pytest_phase4.plan.model import CheckSpec
 
 
@@ -215,7 +215,7 @@ def row_counts_unchanged(ctx: Context, spec: CheckSpec) -> str:
     table = spec.element
     snap = ctx.baseline()
     if not snap.is_baseline:
-        raise CheckSkipped(snap.why_not or NO_BASELINE)
+        raise NoBaseline(snap.why_not or NO_BASELINE)
     if table not in snap.counts:
         raise CheckFailed(f"a row count for {table} recorded before the first migration", "none: the table did not "
                           "exist then", q(table, ctx.schema), hint=spec.hint)

@@ -34,7 +34,8 @@ _GATES = ("max_exclusive_lock_ms", "hazard_min_rows")  # lock gates: in [phase4]
 _PLAN_KEYS = {"name", "schema", "migrations_dir", *_GATES}
 _SETUP_KEYS = {"files", "settings"}
 _MIGRATION_KEYS = {"file", "title", "destructive", "transaction", "statement_timeout", "verify", *_GATES}
-_TOP_KEYS = {"phase4", "setup", "migration", "perf", "signoff", "rls", "persona", "app_queries", *BEFORE_STAGES,
+_TOP_KEYS = {"phase4", "setup", "migration", "perf", "signoff", "rls", "persona", "app_queries", "promotion",
+             *BEFORE_STAGES,
              *AFTER_STAGES}
 
 
@@ -134,11 +135,36 @@ def _build(r: _Reader, data: dict[str, Any], sha: str) -> Plan | None:
     add_blast(r, data.get("app_queries", []), stages, _stage)
     signoff = _signoff(r, data.get("signoff", {}))
     rls, migrations = rlsplan.read(data, r.display, r.header_line, r.problem, stages, migrations)
+    max_age = _promotion(r, data.get("promotion", {}))
     if not (migrations or any(stages.values())) and not r.problems:
         r.problem(r.display, "the plan has no [[preflight]], [[migration]] or [[post]] entries")
     if r.problems or name is None:
         return None
-    return Plan(r.path, sha, name, schema, mig_dir, tuple(setup_files), settings, stages, migrations, signoff, rls)
+    return Plan(r.path, sha, name, schema, mig_dir, tuple(setup_files), settings, stages, migrations, signoff, rls,
+                max_age)
+
+
+_AGE = re.compile(r"^(\d+)\s*(min|h|d)$")
+_AGE_SECONDS = {"min": 60, "h": 3600, "d": 86400}
+
+
+def _promotion(r: _Reader, table: Any) -> int | None:
+    """[promotion] evidence_max_age = "72h": how old the evidence of --phase4-require-evidence may be, in seconds."""
+    line = next((n for n, text in enumerate(r.lines, 1) if re.match(r"^\s*\[\s*promotion\s*\]", text)), None)
+    where = r.where(label="[promotion]", line=line)
+    if not isinstance(table, dict):
+        r.problem(where, '[promotion] must be a table, e.g. [promotion] evidence_max_age = "72h"')
+        return None
+    _unknown(r, table, {"evidence_max_age"}, where)
+    value = table.get("evidence_max_age")
+    if value is None:
+        return None
+    m = _AGE.match(value.strip()) if isinstance(value, str) else None
+    if m is None or int(m.group(1)) == 0:
+        r.problem(where, f'evidence_max_age must be a positive duration in minutes, hours or days, e.g. "90min", '
+                         f'"72h" or "7d"; found {value!r}')
+        return None
+    return int(m.group(1)) * _AGE_SECONDS[m.group(2)]
 
 
 def _migrations_dir(r: _Reader, head: dict[str, Any]) -> str:

@@ -105,6 +105,7 @@ class Plan:
     migrations: tuple[Migration, ...]
     signoff: Mapping[str, str] = field(default_factory=dict)  # role key -> title, in plan order ([signoff])
     rls: RlsSettings = field(default_factory=RlsSettings)  # [rls] and [[persona]]
+    evidence_max_age_s: int | None = None  # [promotion] evidence_max_age: the oldest evidence a run may rely on
 
     @property
     def folder(self) -> Path:

@@ -6,7 +6,7 @@ Inert unless `--phase4` is given, so installing the plugin changes no other test
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from pytest_phase4.db.seed import load_setup
 from pytest_phase4.db.target import Target, resolve, start_throwaway
 from pytest_phase4.errors import Phase4Error, PlanError, TargetError
 from pytest_phase4.plan.load import load_plan
-from pytest_phase4.plugin import evidence_hooks, ordering, report
+from pytest_phase4.plugin import evidence_hooks, ordering, promotion, report
 from pytest_phase4.plugin import safety as safety_plugin
 from pytest_phase4.plugin.blast import BlastHooks
 from pytest_phase4.plugin.items import SPEC_KEY, PlanFile
@@ -38,6 +38,7 @@ PARTS = {
     "phase4-evidence": "the execution summary and the JSON evidence",
     "phase4-evidence-html": "the execution summary at the top of the HTML report",
     "phase4-safety": "the backups, the rehearsal and the rollback",
+    "phase4-promotion": "the evidence a run relies on (--phase4-require-evidence) and its line in the report",
     "phase4-blast-radius": "the blast radius's section in the terminal",
 }
 
@@ -57,6 +58,7 @@ STAGE_MARKERS = {
 def pytest_addoption(parser: pytest.Parser) -> None:
     Settings.add_options(parser)
     safety_plugin.add_options(parser)
+    promotion.add_options(parser)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -88,10 +90,12 @@ def pytest_cmdline_main(config: pytest.Config) -> None:
         raise pytest.UsageError(left_out)
     if config.pluginmanager.hasplugin("html"):
         _check_writable(Path(config.getoption("htmlpath", None) or settings.report_dir(config.rootpath) / "x").parent)
+    gate = promotion.Promotion(config, plan)
+    gate.gate(settings.dsn)  # before anything connects
     terminal = Terminal.open()  # heartbeat lines of long steps, from seeding to the last check
     config.add_cleanup(terminal.close)
     try:
-        target = _target(settings, plan, terminal)
+        target = _target(settings, plan, terminal, gate.vet)
         # A throwaway database holds nothing to lose: its point of no return needs no confirmation.
         run = Phase4Run(plan, target, settings.confirm_destructive or target.embedded is not None,
                         settings.check_timeout, settings.lock_timeout, workers=settings.workers,
@@ -105,6 +109,7 @@ def pytest_cmdline_main(config: pytest.Config) -> None:
         run.close()
         raise pytest.UsageError(run.target.scrub(str(exc))) from None
     config.stash[RUN_KEY] = run
+    gate.start(run)
     try:
         safety_plugin.configure(config, run)
         ordering.register(config, run)
@@ -132,6 +137,9 @@ def pytest_cmdline_main(config: pytest.Config) -> None:
     if config.pluginmanager.hasplugin("html"):
         config.pluginmanager.register(report.HtmlHooks(run), "phase4-html")
     evidence_hooks.configure(config, settings, run, terminal)  # smoke URL, sign-off, JSON, execution summary
+    gate.chain_fields = config.pluginmanager.getplugin("phase4-evidence").ev.chain
+    gate.chain_fields.update(gate.chain(run))
+    config.pluginmanager.register(gate, "phase4-promotion")
 
 
 def _baselines(config: pytest.Config, settings: Settings, run: Phase4Run, report: Path) -> None:
@@ -197,19 +205,22 @@ def _refuse_distribution(config: pytest.Config) -> None:
                                 "-d, --tx and --looponfail for this run (-n 0 turns distribution off)")
 
 
-def _target(settings: Settings, plan: Any, terminal: Terminal) -> Target:
+def _target(settings: Settings, plan: Any, terminal: Terminal, vet: Callable[[Target], None]) -> Target:
+    """The run's target; `vet` sees a given target before anything writes to it (seeding included)."""
     target = resolve(settings.dsn)
     if rehearsal.is_child():  # a rehearsal's child run: its scratch copy and nothing else; restored, not seeded
         params = conninfo_to_dict(target.dsn) if target is not None and target.dsn else {}
         refused = rehearsal.refuse_other_target(str(params.get("dbname") or "") or None)
         if target is None or refused:
             raise TargetError(refused or "a rehearsal runs only on the scratch copy its DSN names")
+        vet(target)
         return target
     if target is None:
         with terminal.step("starting a throwaway PostgreSQL server (local initdb/pg_ctl, else Docker)"):
             target = start_throwaway("phase4")
         _seed(target, plan, terminal)
         return target
+    vet(target)
     if settings.seed:
         _seed(target, plan, terminal)
     return target

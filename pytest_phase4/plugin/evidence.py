@@ -11,11 +11,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pytest_phase4 import evidence_chain
 from pytest_phase4.blast import checks as blast_checks
 from pytest_phase4.db import migrate
 from pytest_phase4.kinds.base import KINDS
 from pytest_phase4.rls import personas
 from pytest_phase4.run import ALREADY, APPLIED, BLOCKED, FAILED, REFUSED, MigrationState, Phase4Run
+from pytest_phase4.safety import promotion
 
 
 def category(r: CheckRecord) -> str:
@@ -38,6 +40,7 @@ class CheckRecord:
     duration_ms: float = 0.0
     key: tuple[str, ...] = ()  # the item's key in the run's StepBook (steps.py)
     failure: dict[str, str] | None = None  # a failed check's expected, found, where, hint and plan entry
+    no_baseline: bool = False  # skipped for want of a baseline: the run does not prove what it compares
 
 
 @dataclass(frozen=True)
@@ -134,6 +137,7 @@ def _undone(state: MigrationState) -> tuple[bool, str]:
 class Evidence:
     run: Phase4Run
     records: dict[str, CheckRecord] = field(default_factory=dict)
+    chain: dict[str, Any] = field(default_factory=dict)  # files, selection, target, mode, relied_on (promotion)
 
     def scrub(self, text: str) -> str:
         return self.run.scrub(text)
@@ -286,9 +290,18 @@ class Evidence:
                                      "outcome": r.outcome, "duration_ms": round(r.duration_ms, 1)}
             entry["message"] = self.scrub(r.message) if r.message else None  # observed, or why not passed
             entry["failure"] = r.failure  # scrubbed as the report was made (report.attach_failure)
+            if r.no_baseline:
+                entry["no_baseline"] = True
             checks.append(entry)
-        return {
-            "plan": {"name": plan.name, "path": str(plan.path), "sha256": plan.sha256},
+        chain = self.chain
+        document = {
+            "plan": {"name": plan.name, "path": chain.get("plan_path", str(plan.path)), "sha256": plan.sha256},
+            "mode": chain.get("mode", "apply"),
+            "files": chain.get("files", []),
+            "selection": chain.get("selection", {}),
+            "target": chain.get("target", {}),
+            "relied_on": chain.get("relied_on"),
+            "halted": {"step": run.halt.step, "reason": self.scrub(run.halt.reason)} if run.halt else None,
             "dsn": self.scrub(run.target.label),
             "target_source": run.target.source,
             "server_version": run.server_version,
@@ -312,10 +325,16 @@ class Evidence:
             "baseline": run.baseline_summary(),  # what the comparisons were made with (baselines.py)
             "blast_radius": blast_checks.to_json(run),
         }
+        complete = not promotion.not_complete(document) and not self.run.book.uncollected
+        document["selection"] = {**document["selection"], "complete": complete}
+        document["green"] = not promotion.not_green(document) and not self.run.book.uncollected
+        return document
 
     def write_json(self, path: Path) -> None:
+        """Scrubbed first, then sealed: the content_sha256 is over the text as written."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.scrub(json.dumps(self.document(), indent=2, ensure_ascii=False)) + "\n")
+        scrubbed = json.loads(self.scrub(json.dumps(evidence_chain.finite(self.document()), ensure_ascii=False)))
+        path.write_text(json.dumps(evidence_chain.seal(scrubbed), indent=2, ensure_ascii=False) + "\n")
 
 
 def change_words(improvement_pct: float | None) -> str:

@@ -136,6 +136,7 @@ class EvidencePlugin:
             record.failure = failure_fields(report)
         elif report.skipped and record.outcome not in ("failed", "error"):
             record.outcome, record.message = "skipped", self.ev.scrub(outcome_line(report))
+            record.no_baseline = bool(dict(report.user_properties).get("no_baseline"))
         elif report.passed and report.when == "call" and record.outcome == NOT_RUN:
             record.outcome = "passed"
             record.message = self.ev.scrub(str(dict(report.user_properties).get("observed", "")))

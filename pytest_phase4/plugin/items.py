@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from pytest_phase4.kinds.context import CheckSkipped
+from pytest_phase4.kinds.context import CheckSkipped, NoBaseline
 from pytest_phase4.plan.blast import markers
 from pytest_phase4.plan.model import CheckSpec, Migration, Step
 from pytest_phase4.plugin.nodes import RUN_KEY, Phase4Item
@@ -59,6 +59,8 @@ def check_function(spec: CheckSpec) -> Callable[..., None]:
         try:
             observed = request.config.stash[RUN_KEY].check(spec)
         except CheckSkipped as exc:
+            if isinstance(exc, NoBaseline):  # the evidence marks the run incomplete (promotion)
+                record_property("no_baseline", True)
             pytest.skip(str(exc))
         record_property("observed", observed)
 

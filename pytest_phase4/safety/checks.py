@@ -18,7 +18,7 @@ from pytest_phase4.db import catalog, inventory, ledger
 from pytest_phase4.db.pool import count_all
 from pytest_phase4.errors import CheckFailed, sql_error, timeout_hint
 from pytest_phase4.kinds.base import Column, Kind, Param, register
-from pytest_phase4.kinds.context import CheckSkipped
+from pytest_phase4.kinds.context import CheckSkipped, NoBaseline
 from pytest_phase4.plan.model import CheckSpec, Migration, Plan
 from pytest_phase4.rls import personas
 from pytest_phase4.safety import backup, catdiff, snapshot
@@ -87,10 +87,10 @@ def baseline(run: Phase4Run, checksums: bool = False) -> snapshot.Snapshot:
     checksums cannot be compared with those computed now)."""
     choice = run.baseline()
     if choice.baseline is None:
-        raise CheckSkipped(choice.why_not)
+        raise NoBaseline(choice.why_not)
     snap = choice.baseline.snap
     if checksums and (why := snap.comparable()):
-        raise CheckSkipped(f"the baseline {choice.baseline.label} cannot be compared: {why}")
+        raise NoBaseline(f"the baseline {choice.baseline.label} cannot be compared: {why}")
     return snap
 
 

@@ -1,0 +1,159 @@
+"""pytest layer of promotion on evidence: --phase4-require-evidence checked before anything connects (and the
+target's identity before anything writes), the chain fields of this run's own evidence (its files, selection,
+target, mode, the evidence it relied on), and the line that says which evidence the run relied on. The rules are
+in safety/promotion.py and evidence_chain.py."""
+
+from __future__ import annotations
+
+import html
+import os
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from pytest_phase4.db.target import Target
+from pytest_phase4.errors import Phase4Error
+from pytest_phase4.plan.files import FileHash, plan_files
+from pytest_phase4.plan.model import Plan
+from pytest_phase4.run import Phase4Run
+from pytest_phase4.safety import promotion, rehearsal
+from pytest_phase4.safety.promotion import Relied
+from pytest_phase4.safety.snapshot import identity
+
+
+def add_options(parser: pytest.Parser) -> None:
+    group = parser.getgroup("phase4")
+    group.addoption("--phase4-require-evidence", default=None, metavar="PATH",
+                    help="start only on the JSON evidence of an earlier green, complete run of the same plan and "
+                         "files on another database (staging), no older than the plan's [promotion] "
+                         "evidence_max_age (default 7d) (ini: phase4_require_evidence, relative to the rootdir)")
+    parser.addini("phase4_require_evidence", "pytest-phase4: the staging evidence a run must rely on", default=None)
+
+
+def evidence_path(config: pytest.Config) -> tuple[Path, str] | None:
+    """The evidence file to rely on and how the user named it, or None."""
+    if cli := config.getoption("phase4_require_evidence"):
+        return config.invocation_params.dir / str(cli), str(cli)
+    if ini := config.getini("phase4_require_evidence"):
+        return config.rootpath / str(ini), str(ini)
+    return None
+
+
+class Promotion:
+    """What this run relies on and what its evidence says of itself."""
+
+    def __init__(self, config: pytest.Config, plan: Plan) -> None:
+        self.config, self.plan = config, plan
+        self.files: list[FileHash] = plan_files(plan, config.rootpath)
+        self.relied: Relied | None = None
+        self.deselected = 0
+        self.chain_fields: dict[str, Any] = {}  # the evidence document's chain fields, filled as the run goes
+
+    def gate(self, dsn: str | None) -> None:
+        """Before anything connects: refuse (pytest.UsageError) unless the evidence lets this run start."""
+        given = evidence_path(self.config)
+        if given is None:
+            return
+        path, shown = given
+        address = promotion.address_of(dsn or os.environ.get("PHASE4_DSN", ""))
+        max_age = self.plan.evidence_max_age_s
+        try:
+            self.relied = promotion.check(path, shown, self.plan.sha256, self.plan.path.name, self.files,
+                                          timedelta(seconds=max_age) if max_age else None, datetime.now(UTC),
+                                          address)
+        except promotion.PromotionRefused as exc:
+            raise pytest.UsageError(str(exc)) from None
+
+    def vet(self, target: Target) -> None:
+        """Once the target is known and before anything writes to it (seeding included): refuse the evidence of
+        this same database, told by its cluster's system identifier and name, whatever host name reached it."""
+        if self.relied is None:
+            return
+        try:
+            with target.connect(read_only=True, autocommit=True) as conn:
+                here = {**identity(conn), "host": conn.info.host, "port": conn.info.port, "dbname": conn.info.dbname}
+        except (Phase4Error, psycopg.Error):
+            return  # the run's own connection reports it, before anything writes
+        if same := promotion.same_place(self.relied.target, here):
+            target.close()
+            raise pytest.UsageError(f"--phase4-require-evidence={self.relied.path} refused: it is the evidence of "
+                                    f"this same database ({same}); expected the evidence of another environment "
+                                    "(staging), so that production is not its own proof; give the staging run's "
+                                    "evidence. Nothing was done (nothing written)")
+
+    def start(self, run: Phase4Run) -> None:
+        """Connected, nothing written yet: the migrations are held to the bytes the evidence verified."""
+        if self.relied is None:
+            return
+        by_path = {f.path: f.sha256 for f in self.files}
+        run.pin({m.file: by_path[p] for m in self.plan.migrations
+                 if (p := Path(os.path.relpath(m.path, self.plan.folder)).as_posix()) in by_path})
+
+    def chain(self, run: Phase4Run) -> dict[str, Any]:
+        """The fields of this run's evidence that a later run's gate reads."""
+        try:
+            ident = run.identity()
+            info = run.ro.info
+            target = {"name": None, "host": info.host, "port": info.port, "dbname": info.dbname,
+                      "system_identifier": ident.get("system_identifier") or None}
+        except (Phase4Error, psycopg.Error):
+            target = {"name": None, **promotion.address_of(run.target.dsn), "system_identifier": None}
+        mode = ("rollback" if run.safety.rollback else "verify_only" if run.verify_only else
+                "rehearsal" if rehearsal.is_child() else "embedded" if run.target.embedded is not None else "apply")
+        try:
+            plan_path = self.plan.path.resolve().relative_to(self.config.rootpath.resolve()).as_posix()
+        except ValueError:
+            plan_path = str(self.plan.path)
+        return {"plan_path": plan_path, "mode": mode, "files": [f.to_json() for f in self.files], "target": target,
+                "relied_on": self.relied.to_json() if self.relied else None}
+
+    # -- hooks -----------------------------------------------------------------------------------------------
+    def pytest_deselected(self, items: list[pytest.Item]) -> None:
+        self.deselected += len(items)
+
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        self.chain_fields["selection"] = self.selection()
+
+    def selection(self) -> dict[str, Any]:
+        option = self.config.option
+        return {"args": _redacted(list(self.config.invocation_params.args)),
+                "markexpr": getattr(option, "markexpr", "") or "", "keyword": getattr(option, "keyword", "") or "",
+                "deselected": self.deselected}
+
+    def line(self) -> str | None:
+        return f"phase4 relied on evidence: {self.relied.describe()}" if self.relied else None
+
+    def pytest_report_header(self) -> list[str]:
+        return [line] if (line := self.line()) else []
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if line := self.line():
+            terminalreporter.write_line(line)
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_html_results_summary(self, prefix: list[str], summary: list[str], postfix: list[str],
+                                    session: pytest.Session) -> None:
+        if self.relied is not None:
+            prefix.append(f"<p id='phase4-relied-on'><strong>Relied on evidence:</strong> "
+                          f"{html.escape(self.relied.describe())}</p>")
+
+
+def _redacted(args: list[str]) -> list[str]:
+    """The command line without a DSN's value (it may hold a password)."""
+    out: list[str] = []
+    hide = False
+    for arg in args:
+        if hide:
+            out.append("***")
+            hide = False
+        elif arg == "--dsn":
+            out.append(arg)
+            hide = True
+        elif arg.startswith("--dsn="):
+            out.append("--dsn=***")
+        else:
+            out.append(arg)
+    return out
