@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from helpers import Project
@@ -28,9 +29,9 @@ def staging_dsn(pg_server: EmbeddedPostgres) -> Iterator[str]:
     pg_server.drop_database(name)
 
 
-def staging_run(p: Project, dsn: str, *args: str) -> dict:
-    result = p.run("--phase4-confirm-destructive", "--phase4-json=staging.json", "--phase4-seed", *args,
-                   f"--dsn={dsn}", dsn=False)
+def staging_run(p: Project, dsn: str, *args: str, seed: bool = True) -> dict:
+    result = p.run("--phase4-confirm-destructive", "--phase4-json=staging.json", *args, f"--dsn={dsn}",
+                   *(["--phase4-seed"] if seed else []), dsn=False)
     result.stdout.fnmatch_lines([f"phase4 evidence (JSON): {p.path / 'staging.json'}"])
     return json.loads((p.path / "staging.json").read_text())
 
@@ -144,3 +145,37 @@ def test_staging_evidence_lets_production_start_and_every_refusal_changes_nothin
     assert production["target"]["dbname"] != staged["target"]["dbname"]
     assert "<strong>Relied on evidence:</strong> staging.json (content sha256 " + sha in p.report()
     assert p.query("SELECT count(*) FROM pytest_phase4.ledger") == [(3,)]
+
+
+def test_a_red_or_incomplete_staging_run_refuses_production(project: Callable[..., Project], staging_dsn: str,
+                                                            pg_server: EmbeddedPostgres) -> None:
+    p = project("mini")
+    # red: staging's data holds an orphan the post checks find, after every migration applied
+    p.run("--phase4-seed", "-m", "preflight", f"--dsn={staging_dsn}", dsn=False)
+    with psycopg.connect(staging_dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO tickets VALUES (999, 12345, 'orphan')")
+    red = staging_run(p, staging_dsn, seed=False)
+    assert red["green"] is False and red["selection"]["complete"] is True
+    assert refused(p) == (
+        "--phase4-require-evidence=staging.json refused: the staging run was not green: checks/phase4.toml::post::"
+        "no_orphans[tickets.customer_id->customers.id] failed (" + next(
+            c["message"] for c in red["checks"] if c["outcome"] == "failed") + "); expected a green run (every check "
+        "passed, every migration applied, nothing halted); fix what failed and run the plan on staging again and "
+        "give its new evidence. Nothing was done (no connection made)")
+
+    # incomplete: -k left a check out
+    name = f"staging_k_{next(_names)}"
+    other = pg_server.create_database(name)
+    try:
+        partial = staging_run(p, other, "-k", "not row_counts_unchanged")
+    finally:
+        pg_server.drop_database(name)
+    assert partial["selection"]["complete"] is False and partial["selection"]["keyword"] == "not row_counts_unchanged"
+    assert partial["selection"]["deselected"] == 3  # one check per table
+    line = refused(p)
+    assert line.startswith("--phase4-require-evidence=staging.json refused: the staging run was not complete: "
+                           "checks/phase4.toml::post::row_counts_unchanged[customers] deselected (deselected by -k 'not "
+                           "row_counts_unchanged'); expected")
+    assert line.endswith("; expected a complete run (no check deselected by -k, -m, --lf, --sw, none left out, none "
+                         "skipped for want of a baseline); run the whole plan on staging, without -k or -m, and give "
+                         "its evidence. Nothing was done (no connection made)")
