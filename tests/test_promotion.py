@@ -7,7 +7,7 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import psycopg
@@ -64,8 +64,10 @@ def test_staging_evidence_lets_production_start_and_every_refusal_changes_nothin
         project: Callable[..., Project], staging_dsn: str) -> None:
     p = project("mini")
     staged = staging_run(p, staging_dsn)
-    assert staged["green"] is True and staged["mode"] == "apply"
-    assert staged["selection"]["complete"] is True and staged["selection"]["deselected"] == 0
+    assert staged["green"] is True
+    assert staged["mode"] == "apply"
+    assert staged["selection"]["complete"] is True
+    assert staged["selection"]["deselected"] == 0
     assert staged["plan"]["path"] == "checks/phase4.toml"
     assert {(f["path"], f["role"]) for f in staged["files"]} == {
         ("phase4.toml", "plan"), ("setup/schema.sql", "setup"),
@@ -132,8 +134,25 @@ def test_staging_evidence_lets_production_start_and_every_refusal_changes_nothin
     assert "; expected evidence at most 7 d (the default; set [promotion] evidence_max_age) old;" in refused(p)
     evidence.write_text(kept)
 
+    # a migration changed after the gate checked it, before it is applied (a plugin the files do not list)
+    (p.path / "plugins").mkdir()
+    (p.path / "plugins/swap.py").write_text(
+        "from pathlib import Path\n\n\ndef pytest_collection_finish(session):\n"
+        "    f = Path('checks/migrations/20250101000001_create_views.sql')\n"
+        "    f.write_text(f.read_text() + '\\nDROP TABLE tickets;\\n')\n")
+    p.pytester.syspathinsert(p.path / "plugins")
+    views = (p.path / "checks/migrations/20250101000001_create_views.sql").read_text()
+    result = p.run(REQUIRE, "--phase4-confirm-destructive", "-p", "swap", seed=True)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["20250101000001_create_views.sql (line not reported): the file changed since "
+                                 "the run checked it against the evidence it relies on (sha256 * then, * now): "
+                                 "nothing was applied; find out who changed it, then start the run again"])
+    assert p.query("SELECT count(*) FROM tickets") == [(50,)]
+    assert p.query("SELECT to_regclass('public.sales_with_details')") == [(None,)]
+    (p.path / "checks/migrations/20250101000001_create_views.sql").write_text(views)
+
     # the evidence as written: production starts, says what it relied on, and carries the chain on
-    result = p.run(REQUIRE, "--phase4-confirm-destructive", "--phase4-json=production.json", seed=True)
+    result = p.run(REQUIRE, "--phase4-confirm-destructive", "--phase4-json=production.json")
     assert result.ret == 0, result.stdout.str()
     relied = (f"phase4 relied on evidence: staging.json (content sha256 {sha}, {staged['target']['dbname']} on "
               f"{staged['target']['host']}:{staged['target']['port']}, finished {staged['finished_at']})")
@@ -155,7 +174,8 @@ def test_a_red_or_incomplete_staging_run_refuses_production(project: Callable[..
     with psycopg.connect(staging_dsn, autocommit=True) as conn:
         conn.execute("INSERT INTO tickets VALUES (999, 12345, 'orphan')")
     red = staging_run(p, staging_dsn, seed=False)
-    assert red["green"] is False and red["selection"]["complete"] is True
+    assert red["green"] is False
+    assert red["selection"]["complete"] is True
     assert refused(p) == (
         "--phase4-require-evidence=staging.json refused: the staging run was not green: checks/phase4.toml::post::"
         "no_orphans[tickets.customer_id->customers.id] failed (" + next(
@@ -170,12 +190,13 @@ def test_a_red_or_incomplete_staging_run_refuses_production(project: Callable[..
         partial = staging_run(p, other, "-k", "not row_counts_unchanged")
     finally:
         pg_server.drop_database(name)
-    assert partial["selection"]["complete"] is False and partial["selection"]["keyword"] == "not row_counts_unchanged"
+    assert partial["selection"]["complete"] is False
+    assert partial["selection"]["keyword"] == "not row_counts_unchanged"
     assert partial["selection"]["deselected"] == 3  # one check per table
     line = refused(p)
     assert line.startswith("--phase4-require-evidence=staging.json refused: the staging run was not complete: "
-                           "checks/phase4.toml::post::row_counts_unchanged[customers] deselected (deselected by -k 'not "
-                           "row_counts_unchanged'); expected")
+                           "checks/phase4.toml::post::row_counts_unchanged[customers] deselected (deselected by -k "
+                           "'not row_counts_unchanged'); expected")
     assert line.endswith("; expected a complete run (no check deselected by -k, -m, --lf, --sw, none left out, none "
                          "skipped for want of a baseline); run the whole plan on staging, without -k or -m, and give "
                          "its evidence. Nothing was done (no connection made)")
