@@ -114,7 +114,8 @@ def test_malformed_toml_names_its_line_and_column(tmp_path: Path) -> None:
 def test_plan_level_problems(tmp_path: Path) -> None:
     assert problems(tmp_path, 'colour = "blue"\n[[post]]\ncheck = "table_count"\nmin = 1\n') == [
         "phase4.toml: unknown top-level key 'colour'; expected one of ['app_queries', 'backup', 'blast_radius', "
-        "'migration', 'perf', 'persona', 'phase4', 'post', 'preflight', 'rls', 'setup', 'signoff', 'smoke']",
+        "'migration', 'perf', 'persona', 'phase4', 'post', 'preflight', 'promotion', 'rls', 'setup', 'signoff', "
+        "'smoke']",
         "phase4.toml: missing [phase4] table with at least name = \"...\""]
     assert problems(tmp_path, HEAD) == ["phase4.toml: the plan has no [[preflight]], [[migration]] or [[post]] entries"]
     assert problems(tmp_path, HEAD + 'owner = "me"\nmax_exclusive_lock_ms = -1\n[[post]]\ncheck = "table_count"\n'
