@@ -17,6 +17,7 @@ from pytest_phase4 import evidence_chain
 from pytest_phase4.plan.files import plan_files
 from pytest_phase4.plan.load import load_plan
 from pytest_phase4.plan.model import Plan
+from pytest_phase4.plugin.promotion import expected
 from pytest_phase4.safety import promotion
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
@@ -46,7 +47,8 @@ def staged(root: Path) -> dict[str, Any]:
             "relied_on": None, "halted": None, "green": True,
             "started_at": (NOW - timedelta(hours=2)).isoformat(), "finished_at": (NOW - timedelta(hours=1)).isoformat(),
             "migrations": [{"file": m.file, "sha256": by_name[m.file], "status": "applied"} for m in plan.migrations],
-            "checks": [{"id": "checks/phase4.toml::post::no_orphans[x]", "outcome": "passed", "message": "0"}]}
+            "checks": [{"id": f"checks/phase4.toml::{key}", "outcome": "passed", "message": "ok"}
+                       for key in expected(plan)[0]]}
 
 
 def gate(root: Path, text: str) -> str:
@@ -55,7 +57,8 @@ def gate(root: Path, text: str) -> str:
     plan = plan_of(root)
     try:
         promotion.check(root / "staging.json", "staging.json", plan.sha256, "phase4.toml", plan_files(plan, root),
-                        timedelta(seconds=plan.evidence_max_age_s) if plan.evidence_max_age_s else None, NOW, HERE)
+                        timedelta(seconds=plan.evidence_max_age_s) if plan.evidence_max_age_s else None, NOW, HERE,
+                        *expected(plan))
     except promotion.PromotionRefused as exc:
         return str(exc)
     return ""
@@ -103,9 +106,10 @@ def test_flags_are_worked_out_again_not_trusted(root: Path) -> None:
     assert found(gate(root, sealed(doc))) == ("the staging run was not green: checks/phase4.toml::post::"
                                               "row_counts_unchanged[sales] failed (expected 100, found 99)")
     doc = staged(root)
-    doc["checks"][0] |= {"outcome": "skipped", "no_baseline": True}
+    doc["checks"][-1] |= {"outcome": "skipped", "no_baseline": True}
     assert found(gate(root, sealed(doc))) == ("the staging run was not complete: checks/phase4.toml::post::"
-                                              "no_orphans[x] skipped for want of a baseline")
+                                              "view_rowcount_matches[sales_with_details=sales] skipped for want of a "
+                                              "baseline")
     doc = staged(root)
     doc["migrations"][1]["status"] = "not run"
     assert found(gate(root, sealed(doc))).startswith("the staging run was not green: migration "
@@ -201,3 +205,14 @@ def test_sealing_is_canonical(root: Path) -> None:
         {"x": None})}
 
 
+
+
+def test_evidence_that_leaves_a_check_or_migration_out_proves_nothing_of_it(root: Path) -> None:
+    doc = staged(root)
+    doc["checks"] = [c for c in doc["checks"] if "no_orphans" not in c["id"]]
+    assert found(gate(root, sealed(doc))) == ("it holds no verdict for the plan's check "
+                                              "post::no_orphans[sales.customer_id->customers.id]")
+    doc = staged(root)
+    doc["migrations"].pop()
+    assert found(gate(root, sealed(doc))) == ("it holds no verdict for the plan's migration "
+                                              "20250101000003_add_indexes.sql")

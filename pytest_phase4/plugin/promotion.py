@@ -63,7 +63,7 @@ class Promotion:
         try:
             self.relied = promotion.check(path, shown, self.plan.sha256, self.plan.path.name, self.files,
                                           timedelta(seconds=max_age) if max_age else None, datetime.now(UTC),
-                                          address)
+                                          address, *expected(self.plan))
         except promotion.PromotionRefused as exc:
             raise pytest.UsageError(str(exc)) from None
 
@@ -139,6 +139,13 @@ class Promotion:
         if self.relied is not None:
             prefix.append(f"<p id='phase4-relied-on'><strong>Relied on evidence:</strong> "
                           f"{html.escape(self.relied.describe())}</p>")
+
+
+def expected(plan: Plan) -> tuple[list[str], list[str]]:
+    """The plan's checks as the evidence names them after its path (`<step>::<test id>`), and its migrations."""
+    checks = [f"{step.migration.name if step.migration else step.name}::{spec.test_id}"
+              for step in plan.steps for spec in step.checks]
+    return checks, [m.file for m in plan.migrations]
 
 
 def _redacted(args: list[str]) -> list[str]:

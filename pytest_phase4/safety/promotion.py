@@ -56,8 +56,11 @@ class Relied:
 
 
 def check(path: Path, shown: str, plan_sha256: str, plan_shown: str, files: Sequence[FileHash],
-          max_age: timedelta | None, now: datetime, address: Mapping[str, str | None]) -> Relied:
-    """The evidence at `path`, checked before anything connects; PromotionRefused with one line otherwise."""
+          max_age: timedelta | None, now: datetime, address: Mapping[str, str | None],
+          expected: Sequence[str] = (), migrations: Sequence[str] = ()) -> Relied:
+    """The evidence at `path`, checked before anything connects; PromotionRefused with one line otherwise.
+    `expected`: the plan's checks as `<step>::<test id>`, and `migrations` its files: each must have its verdict in
+    the evidence (a writer that left one out proves nothing of it)."""
     limit = max_age or DEFAULT_MAX_AGE
     limit_words = _duration(limit) + ("" if max_age else " (the default; set [promotion] evidence_max_age)")
 
@@ -101,6 +104,8 @@ def check(path: Path, shown: str, plan_sha256: str, plan_shown: str, files: Sequ
         raise refuse(f"it is the evidence of another plan: {doc['plan'].get('path', '?')} sha256 {theirs[:12]} "
                      f"there, {plan_shown} sha256 {plan_sha256[:12]} here", "the same plan, byte for byte",
                      "run this plan on staging and give its evidence, or run the plan the evidence is of")
+    if missing := _verdicts_missing(doc, expected, migrations):
+        raise refuse(missing, "a verdict for every check and migration of the plan", rerun)
     if differs := _files_differ(doc["files"], files) or _applied_differ(doc["migrations"], files):
         raise refuse(differs, "every file the run depends on the same as in the staging run (sha256)",
                      "run the plan on staging with these files and give its evidence, or restore the files "
@@ -194,6 +199,18 @@ def _files_differ(theirs: Sequence[Mapping[str, Any]], ours: Sequence[FileHash])
     for path in listed:
         if path not in here:
             return f"{path} was verified by the staging run and is not part of this run (removed or renamed)"
+    return ""
+
+
+def _verdicts_missing(doc: Mapping[str, Any], expected: Sequence[str], migrations: Sequence[str]) -> str:
+    ids = {str(c.get("id", "")).split("::", 1)[-1] for c in doc["checks"]}  # without the plan's path: a checkout's
+    for key in expected:
+        if key not in ids:
+            return f"it holds no verdict for the plan's check {key}"
+    applied = {str(m.get("file")) for m in doc["migrations"]}
+    for file in migrations:
+        if file not in applied:
+            return f"it holds no verdict for the plan's migration {file}"
     return ""
 
 
