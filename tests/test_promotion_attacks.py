@@ -216,3 +216,14 @@ def test_evidence_that_leaves_a_check_or_migration_out_proves_nothing_of_it(root
     doc["migrations"].pop()
     assert found(gate(root, sealed(doc))) == ("it holds no verdict for the plan's migration "
                                               "20250101000003_add_indexes.sql")
+
+
+def test_a_script_a_command_check_runs_is_part_of_the_evidence(root: Path) -> None:
+    plan = root / "checks/phase4.toml"
+    plan.write_text(plan.read_text() + '\n[[post]]\ncheck = "command"\nrun = "bash scripts/verify.sh --strict"\n')
+    (root / "checks/scripts").mkdir()
+    (root / "checks/scripts/verify.sh").write_text("test -s /etc/hostname\n")
+    text = sealed(staged(root))
+    (root / "checks/scripts/verify.sh").write_text("exit 0\n")
+    assert found(gate(root, text)).startswith("scripts/verify.sh (command) differs from the file the staging run "
+                                              "verified")

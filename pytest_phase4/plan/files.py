@@ -61,13 +61,15 @@ def plan_files(plan: Plan, rootdir: Path) -> list[FileHash]:
         if spec.kind == "app_queries" and spec.params.get("file"):
             for p in sorted(glob.glob(str(folder / str(spec.params["file"])), recursive=True)):
                 add(Path(p), "sql")
-        elif spec.kind == "command" and not spec.params.get("cwd"):
+        elif spec.kind == "command" and "${" not in str(spec.params.get("cwd") or ""):
+            cwd = folder / str(spec.params.get("cwd") or "")
             try:
                 argv = shlex.split(str(spec.params["run"]))
             except ValueError:
                 continue
-            if argv and "/" in argv[0] and (folder / argv[0]).is_file():
-                add(folder / argv[0], "command")
+            for arg in argv:  # the program, and a script it is given (bash ./verify.sh)
+                if not arg.startswith("-") and (cwd / arg).is_file():
+                    add(cwd / arg, "command")
     python = list(_python_under(folder)) + list(_conftests_above(folder, rootdir))
     for path in python:
         add(path, "conftest" if path.name == "conftest.py" else "check")
