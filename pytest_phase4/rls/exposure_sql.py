@@ -1,11 +1,12 @@
 """The catalog queries of the `rls_exposure` check (exposure.py): read-only, parameters passed, never formatted.
 No pytest here."""
 
+from pytest_phase4.rls.under_sql import with_under
+
 # Views and materialized views, with the tables under them (through views, recursively) that have RLS enabled,
 # and the roles their ACL grants SELECT to, and INSERT, UPDATE or DELETE to, that are subject to RLS (PUBLIC, or
 # neither superuser nor BYPASSRLS).
-VIEWS = """
-WITH RECURSIVE cand AS (
+VIEWS = with_under("""cand AS (
   SELECT c.oid, n.nspname, c.relname, c.relkind, c.relowner, c.relacl, c.reloptions
     FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
    WHERE c.relkind IN ('v', 'm') AND n.nspname = ANY(%(schemas)s)
@@ -13,17 +14,7 @@ WITH RECURSIVE cand AS (
           OR (pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname)) = ANY(%(names)s))
      AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend e WHERE e.classid = 'pg_catalog.pg_class'::regclass
                        AND e.objid = c.oid AND e.deptype = 'e')  -- an extension's own objects are not the plan's
-), under(view, rel) AS (
-  SELECT v.oid, d.refobjid FROM cand v JOIN pg_catalog.pg_rewrite r ON r.ev_class = v.oid
-    JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.objid = r.oid
-     AND d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid <> v.oid
-  UNION
-  SELECT u.view, d.refobjid FROM under u
-    JOIN pg_catalog.pg_class c ON c.oid = u.rel AND c.relkind IN ('v', 'm')
-    JOIN pg_catalog.pg_rewrite r ON r.ev_class = c.oid
-    JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.objid = r.oid
-     AND d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid <> c.oid
-)
+)""", "cand", """
 SELECT v.oid::int8, v.nspname::text, v.relname::text, v.relkind::text, v.relowner::regrole::text,
        coalesce(v.reloptions, '{}')::text[],
        coalesce((SELECT array_agg(DISTINCT tn.nspname || '.' || t.relname) FROM under u
@@ -68,7 +59,7 @@ SELECT v.oid::int8, v.nspname::text, v.relname::text, v.relkind::text, v.relowne
                        ('pg_catalog.json'::regtype, 'pg_catalog.jsonb'::regtype, 'pg_catalog.record'::regtype))
                    AND (r.ev_class = v.oid OR r.ev_class IN (SELECT u.rel FROM under u WHERE u.view = v.oid))), '{}')
   FROM cand v ORDER BY 2, 3
-"""
+""")
 
 
 # Tables: RLS on or off, their policies, who may read them.

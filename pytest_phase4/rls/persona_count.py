@@ -25,28 +25,18 @@ from pytest_phase4.errors import CheckFailed, sql_error
 from pytest_phase4.plan.model import Persona
 from pytest_phase4.rls import persona_writes
 from pytest_phase4.rls.persona_seen import Counted, Relation, Seen
+from pytest_phase4.rls.under_sql import with_under
 
 # The relations counted, with what the comparison needs: RLS, the tenant column, the owner, security_invoker, the
 # RLS tables under a view (through views, recursively) and its definition, deparsed with every name qualified.
-_RELATIONS = """
-WITH RECURSIVE rel AS (
+_RELATIONS = with_under("""rel AS (
   SELECT c.oid, n.nspname, c.relname, c.relkind, c.relrowsecurity, c.relowner, c.reloptions
     FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
    WHERE c.relkind IN ('r', 'p', 'v', 'm') AND n.nspname = ANY(%(schemas)s) AND NOT c.relispartition
      -- an extension's own relations (pg_stat_statements: not even MVCC) are not the application's rows
      AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend e WHERE e.classid = 'pg_catalog.pg_class'::regclass
                        AND e.objid = c.oid AND e.deptype = 'e')
-), under(view, rel) AS (
-  SELECT v.oid, d.refobjid FROM rel v JOIN pg_catalog.pg_rewrite r ON r.ev_class = v.oid
-    JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.objid = r.oid
-     AND d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid <> v.oid
-  UNION
-  SELECT u.view, d.refobjid FROM under u
-    JOIN pg_catalog.pg_class c ON c.oid = u.rel AND c.relkind IN ('v', 'm')
-    JOIN pg_catalog.pg_rewrite r ON r.ev_class = c.oid
-    JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.objid = r.oid
-     AND d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid <> c.oid
-)
+)""", "rel", """
 SELECT r.oid::int8, r.nspname::text, r.relname::text,
        pg_catalog.quote_ident(r.nspname) || '.' || pg_catalog.quote_ident(r.relname), r.relkind::text,
        r.relrowsecurity, r.relowner::regrole::text,
@@ -61,7 +51,7 @@ SELECT r.oid::int8, r.nspname::text, r.relname::text,
                  WHERE u.view = r.oid AND t.relkind IN ('r', 'p') AND t.relrowsecurity), '{}'),
        CASE WHEN r.relkind IN ('v', 'm') THEN pg_catalog.pg_get_viewdef(r.oid) END
   FROM rel r ORDER BY 2, 3
-"""
+""")
 
 
 class PersonaError(CheckFailed):
