@@ -133,6 +133,14 @@ def _roles(names: Iterable[str]) -> str:
     return ", ".join(sorted(names, key=lambda n: (n != "PUBLIC", n)))
 
 
+def _finding(scope: Scope, oid: int, name: str, lint: str, subject: str, label: str, said: str,
+             fix: str) -> Finding:
+    """One finding's line: the object (`subject`), which migration made it, the lint (`label`), what it exposes,
+    and the fix."""
+    origin = f" ({scope.origin[oid]})" if oid in scope.origin else ""
+    return Finding(name, lint, f"{subject}{origin} [{label}]: {said}; fix: {fix}")
+
+
 def views(conn: psycopg.Connection[Any], scope: Scope, schemas: Sequence[str]) -> list[Finding]:
     rows = conn.execute(q.VIEWS, {"schemas": list(schemas), "all": scope.everything,
                                  "oids": sorted(scope.relations), "names": sorted(scope.granted)}).fetchall()
@@ -140,7 +148,6 @@ def views(conn: psycopg.Connection[Any], scope: Scope, schemas: Sequence[str]) -
     for oid, nsp, name, kind, owner, options, rls_tables, readers, writers, definers, srfs in rows:
         invoker = kind == "v" and bool(_INVOKER & {o.lower().replace(" ", "") for o in options})
         what = "view" if kind == "v" else "materialized view"
-        origin = f" ({scope.origin[oid]})" if oid in scope.origin else ""
         if not readers and not writers:
             continue
         ident, grantees = _q(conn, nsp, name), _roles(readers)
@@ -152,13 +159,14 @@ def views(conn: psycopg.Connection[Any], scope: Scope, schemas: Sequence[str]) -
         if (invoker or not rls_tables) and ((definers and rls_tables) or srfs):
             under = sorted(definers) + [f"SECURITY DEFINER function {f}()" for f in sorted(srfs)]
             tables = f" over RLS table(s) {', '.join(sorted(rls_tables))}" if rls_tables else ""
-            found.append(Finding(f"{nsp}.{name}", "0010", (
-                f"{what} {nsp}.{name}{origin} [splinter 0010 security_definer_view, through what it reads]: "
+            found.append(_finding(
+                scope, oid, f"{nsp}.{name}", "0010", f"{what} {nsp}.{name}",
+                "splinter 0010 security_definer_view, through what it reads",
                 f"readable by {grantees} (subject to row-level security), "
                 f"{'security_invoker, ' if invoker else ''}but it reads {', '.join(under)}, which run(s) with "
                 f"the owner's rights{tables}: whoever may read it sees what the owner sees, whatever schema they "
-                f"are in; fix: make each of them security_invoker (ALTER VIEW ... SET (security_invoker = true)), "
-                f"SECURITY INVOKER, or revoke from the API roles what reads them ({revoke})")))
+                "are in", "make each of them security_invoker (ALTER VIEW ... SET (security_invoker = true)), "
+                f"SECURITY INVOKER, or revoke from the API roles what reads them ({revoke})"))
             continue
         if invoker or not rls_tables:
             continue
@@ -171,9 +179,10 @@ def views(conn: psycopg.Connection[Any], scope: Scope, schemas: Sequence[str]) -
             lint = "splinter 0016 materialized_view_in_api"
             how = "holds their rows with no row-level security of its own"
             fix = f"{revoke}, or move it to a schema the API does not expose"
-        found.append(Finding(f"{nsp}.{name}", lint, (
-            f"{what} {nsp}.{name}{origin} [{lint}]: readable by {grantees} (subject to row-level security), "
-            f"{how} over RLS table(s) {', '.join(sorted(rls_tables))}: they see every row {owner} sees; fix: {fix}")))
+        found.append(_finding(
+            scope, oid, f"{nsp}.{name}", lint, f"{what} {nsp}.{name}", lint,
+            f"readable by {grantees} (subject to row-level security), "
+            f"{how} over RLS table(s) {', '.join(sorted(rls_tables))}: they see every row {owner} sees", fix))
     return found
 
 
@@ -183,25 +192,26 @@ def tables(conn: psycopg.Connection[Any], scope: Scope, schemas: Sequence[str]) 
                                   "names": sorted(scope.tables | scope.granted)}).fetchall()
     found = []
     for oid, nsp, name, rls, exposed, policies, readers in rows:
-        ident, origin = _q(conn, nsp, name), f" ({scope.origin[oid]})" if oid in scope.origin else ""
+        ident, table = _q(conn, nsp, name), f"table {nsp}.{name}"
         who = f"readable by {_roles(readers)}" if readers else "no role but its owner may read it yet"
         if rls and not policies:
-            found.append(Finding(f"{nsp}.{name}", "0008", (
-                f"table {nsp}.{name}{origin} [splinter 0008 rls_enabled_no_policy]: row-level security is enabled "
-                f"and no policy exists, so no role subject to it sees or writes any row ({who}); fix: CREATE POLICY "
-                f"... ON {ident} for the roles that use it, or ALTER TABLE {ident} DISABLE ROW LEVEL SECURITY if it "
-                "is not meant to be protected")))
+            found.append(_finding(
+                scope, oid, f"{nsp}.{name}", "0008", table, "splinter 0008 rls_enabled_no_policy",
+                f"row-level security is enabled and no policy exists, so no role subject to it sees or writes any row "
+                f"({who})", f"CREATE POLICY ... ON {ident} for the roles that use it, or ALTER TABLE {ident} DISABLE "
+                "ROW LEVEL SECURITY if it is not meant to be protected"))
         elif policies and not rls:
-            found.append(Finding(f"{nsp}.{name}", "0007", (
-                f"table {nsp}.{name}{origin} [splinter 0007 policy_exists_rls_disabled]: policies "
-                f"{', '.join(policies)} exist but row-level security is disabled, so they are ignored ({who}); fix: "
-                f"ALTER TABLE {ident} ENABLE ROW LEVEL SECURITY")))
+            found.append(_finding(
+                scope, oid, f"{nsp}.{name}", "0007", table, "splinter 0007 policy_exists_rls_disabled",
+                f"policies {', '.join(policies)} exist but row-level security is disabled, so they are ignored "
+                f"({who})", f"ALTER TABLE {ident} ENABLE ROW LEVEL SECURITY"))
         elif not rls and exposed and (scope.everything or oid in scope.relations or (
                 f"{nsp}.{name}" in scope.granted and readers)):
-            found.append(Finding(f"{nsp}.{name}", "0013", (
-                f"table {nsp}.{name}{origin} [splinter 0013 rls_disabled_in_public]: in exposed schema {nsp} without "
-                f"row-level security ({who}; default privileges or a later GRANT expose every row); fix: ALTER TABLE "
-                f"{ident} ENABLE ROW LEVEL SECURITY and CREATE POLICY ... for the roles that use it")))
+            found.append(_finding(
+                scope, oid, f"{nsp}.{name}", "0013", table, "splinter 0013 rls_disabled_in_public",
+                f"in exposed schema {nsp} without row-level security ({who}; default privileges or a later GRANT "
+                f"expose every row)", f"ALTER TABLE {ident} ENABLE ROW LEVEL SECURITY and CREATE POLICY ... for the "
+                "roles that use it"))
     return found
 
 
@@ -214,16 +224,15 @@ def policies(conn: psycopg.Connection[Any], scope: Scope, schemas: Sequence[str]
         api = [r for r in roles or () if r == "PUBLIC" or r in api_roles]
         if not api:
             continue
-        origin = f" ({scope.origin[oid]})" if oid in scope.origin else ""
+        policy = f"policy {name} on {nsp}.{table}"
         chosen = sorted({m.lower() for e in (using, check) if e for m in CHOSEN.findall(e)})
         if chosen:
-            found.append(Finding(f"{nsp}.{table}", "0015", (
-                f"policy {name} on {nsp}.{table}{origin} [splinter 0015 rls_references_user_metadata]: for "
-                f"{_COMMANDS[cmd]} by {_roles(api)}, it reads {', '.join(chosen)}, which the caller sets itself "
+            found.append(_finding(
+                scope, oid, f"{nsp}.{table}", "0015", policy, "splinter 0015 rls_references_user_metadata",
+                f"for {_COMMANDS[cmd]} by {_roles(api)}, it reads {', '.join(chosen)}, which the caller sets itself "
                 f"(user_metadata through auth.updateUser, request headers and cookies with each request): a caller "
-                f"picks the rows it "
-                f"may {_VERBS.get(cmd, 'write')}; fix: ALTER POLICY {_q(conn, name)} ON {_q(conn, nsp, table)} with "
-                "what the server decides (auth.uid(), app_metadata, a membership table)")))
+                f"picks the rows it may {_VERBS.get(cmd, 'write')}", f"ALTER POLICY {_q(conn, name)} ON "
+                f"{_q(conn, nsp, table)} with what the server decides (auth.uid(), app_metadata, a membership table)"))
         loose = []
         if cmd == "r" and tenant and not always_true(using) and off_the_row(using):
             # SELECT USING (true) is how public reading is granted on purpose (splinter excludes it too); a
@@ -243,13 +252,12 @@ def policies(conn: psycopg.Connection[Any], scope: Scope, schemas: Sequence[str]
         if not loose:
             continue
         ident = _q(conn, nsp, table)
-        found.append(Finding(f"{nsp}.{table}", "0024", (
-            f"policy {name} on {nsp}.{table}{origin} [splinter 0024 rls_policy_always_true"
-            f"{', to reading too: ours' if cmd == 'r' else ''}]: permissive, for "
-            f"{_COMMANDS[cmd]} by {_roles(api)}, with {' and '.join(loose)}: any of them may "
-            f"{_VERBS.get(cmd, 'write')} every row of every tenant; fix: ALTER POLICY "
-            f"{_q(conn, name)} ON {ident} with a condition on the row (e.g. tenant_id = the caller's tenant), or "
-            "drop it")))
+        found.append(_finding(
+            scope, oid, f"{nsp}.{table}", "0024", policy,
+            f"splinter 0024 rls_policy_always_true{', to reading too: ours' if cmd == 'r' else ''}",
+            f"permissive, for {_COMMANDS[cmd]} by {_roles(api)}, with {' and '.join(loose)}: any of them may "
+            f"{_VERBS.get(cmd, 'write')} every row of every tenant", f"ALTER POLICY {_q(conn, name)} ON {ident} with "
+            "a condition on the row (e.g. tenant_id = the caller's tenant), or drop it"))
     return found
 
 
@@ -263,25 +271,24 @@ def functions(conn: psycopg.Connection[Any], scope: Scope, schemas: Sequence[str
         callers = (["PUBLIC"] if public else []) + [r for r in roles if not public]
         if not callers:
             continue
-        origin = f" ({scope.origin[oid]})" if oid in scope.origin else ""
-        ident = f"{_q(conn, nsp, name)}({args})"
+        ident, function = f"{_q(conn, nsp, name)}({args})", f"function {nsp}.{name}({args})"
         revoke = f"REVOKE EXECUTE ON FUNCTION {ident} FROM {_roles(callers)}"
         if not fixed:
-            found.append(Finding(f"{nsp}.{name}", "0011", (
-                f"function {nsp}.{name}({args}){origin} [splinter 0011 function_search_path_mutable, 0028]: SECURITY "
-                f"DEFINER (runs as {owner}, bypassing row-level security), executable by {_roles(callers)}, without "
-                f"a fixed search_path: a caller's search_path decides which tables and functions its unqualified "
-                f"names mean; fix: ALTER FUNCTION {ident} SET search_path = '' (and qualify every name in its body), "
-                f"or {revoke}")))
+            found.append(_finding(
+                scope, oid, f"{nsp}.{name}", "0011", function, "splinter 0011 function_search_path_mutable, 0028",
+                f"SECURITY DEFINER (runs as {owner}, bypassing row-level security), executable by {_roles(callers)}, "
+                f"without a fixed search_path: a caller's search_path decides which tables and functions its "
+                f"unqualified names mean", f"ALTER FUNCTION {ident} SET search_path = '' (and qualify every name in "
+                f"its body), or {revoke}"))
         elif served:
-            found.append(Finding(f"{nsp}.{name}", "0028", (
-                f"function {nsp}.{name}({args}){origin} [splinter 0028/0029 security_definer_function_executable]: "
+            found.append(_finding(
+                scope, oid, f"{nsp}.{name}", "0028", function,
+                "splinter 0028/0029 security_definer_function_executable",
                 f"SECURITY DEFINER, in exposed schema {nsp}, executable by {_roles(callers)}: it runs as {owner}, "
                 f"bypassing row-level security on every table it reads or writes, and the API serves it "
                 f"(/rpc/{name}), as views over it do: every caller gets what {owner} may read and write (rows, or "
-                f"one value made of them, json_agg); fix: ALTER FUNCTION "
-                f"{ident} SECURITY INVOKER, or filter by the caller inside it and {revoke} from the roles that must "
-                "not call it")))
+                f"one value made of them, json_agg)", f"ALTER FUNCTION {ident} SECURITY INVOKER, or filter by the "
+                f"caller inside it and {revoke} from the roles that must not call it"))
     return found
 
 
@@ -293,13 +300,12 @@ def foreign_tables(conn: psycopg.Connection[Any], scope: Scope, schemas: Sequenc
     for oid, nsp, name, server, readers in rows:
         if not readers:
             continue
-        origin = f" ({scope.origin[oid]})" if oid in scope.origin else ""
-        ident = _q(conn, nsp, name)
-        found.append(Finding(f"{nsp}.{name}", "0017", (
-            f"foreign table {nsp}.{name}{origin} [splinter 0017 foreign_table_in_api]: in exposed schema {nsp}, "
-            f"readable by {_roles(readers)}, through server {server}: a foreign table has no row-level security, "
-            f"so they see every row its user mapping reads; fix: REVOKE ALL ON {ident} FROM {_roles(readers)}, or "
-            "move it to a schema the API does not expose")))
+        found.append(_finding(
+            scope, oid, f"{nsp}.{name}", "0017", f"foreign table {nsp}.{name}", "splinter 0017 foreign_table_in_api",
+            f"in exposed schema {nsp}, readable by {_roles(readers)}, through server {server}: a foreign table has "
+            f"no row-level security, so they see every row its user mapping reads",
+            f"REVOKE ALL ON {_q(conn, nsp, name)} FROM {_roles(readers)}, or move it to a schema the API does not "
+            "expose"))
     return found
 
 
@@ -311,13 +317,13 @@ def rules(conn: psycopg.Connection[Any], scope: Scope, schemas: Sequence[str],
     for oid, nsp, rel, name, event, owner, roles in rows:
         if not roles:
             continue
-        origin = f" ({scope.origin[oid]})" if oid in scope.origin else ""
-        found.append(Finding(f"{nsp}.{rel}", "rule", (
-            f"rule {name} on {nsp}.{rel}{origin} [a rule runs with the owner's rights; no splinter lint]: ON {event}, "
-            f"fired by {_roles(roles)} (who may {event} {nsp}.{rel}): its actions run with the rights of {owner}, "
-            f"the owner, so the row-level security of every table they read or write is bypassed: a caller writes "
-            f"any tenant's rows through it; fix: DROP RULE {_q(conn, name)} ON {_q(conn, nsp, rel)} and do it in "
-            "a trigger function that is SECURITY INVOKER (or checks the caller's tenant)")))
+        found.append(_finding(
+            scope, oid, f"{nsp}.{rel}", "rule", f"rule {name} on {nsp}.{rel}",
+            "a rule runs with the owner's rights; no splinter lint",
+            f"ON {event}, fired by {_roles(roles)} (who may {event} {nsp}.{rel}): its actions run with the rights of "
+            f"{owner}, the owner, so the row-level security of every table they read or write is bypassed: a caller "
+            f"writes any tenant's rows through it", f"DROP RULE {_q(conn, name)} ON {_q(conn, nsp, rel)} and do it in "
+            "a trigger function that is SECURITY INVOKER (or checks the caller's tenant)"))
     return found
 
 
