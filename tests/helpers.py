@@ -60,6 +60,38 @@ class Project:
         return reports[-1].read_text()
 
 
+def append(p: Project, path: str, text: str) -> None:
+    """Add SQL at the end of one of the project's files (its setup, a migration)."""
+    file = p.path / path
+    file.write_text(file.read_text() + text)
+
+
+def add_migration(p: Project, file: str, entry: str, text: str) -> None:
+    """A migration file of the project's plan, and its [[migration]] entry before the plan's [[post]] checks."""
+    (p.path / "checks/migrations" / file).write_text(text)
+    plan = p.path / "checks/phase4.toml"
+    plan.write_text(plan.read_text().replace("[[post]]", entry + "\n[[post]]", 1))
+
+
+def seeded(p: Project) -> Project:
+    """The project's database seeded by a preflight run that passes."""
+    assert p.run("-m", "preflight", seed=True).ret == 0
+    return p
+
+
+def ledger_files(p: Project) -> list[str]:
+    if p.query("SELECT to_regclass('pytest_phase4.ledger')") == [(None,)]:
+        return []
+    return [r[0] for r in p.query("SELECT file FROM pytest_phase4.ledger ORDER BY file")]
+
+
+def migrated(p: Project, *, seed: bool = True, migrations: int = 3) -> Project:
+    """The plan run with --phase4-confirm-destructive (seeding first unless seed=False): every migration applied."""
+    result = p.run("--phase4-confirm-destructive", seed=seed)
+    assert len(ledger_files(p)) == migrations, result.stdout.str()[-3000:]
+    return p
+
+
 def outcomes_of(result: pytest.RunResult) -> dict[str, str]:
     """node id -> outcome, from the verbose lines of a run made with -v."""
     found = {}

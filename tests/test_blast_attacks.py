@@ -11,7 +11,7 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from helpers import Project, outcomes_of
+from helpers import Project, add_migration, outcomes_of, seeded
 from pytest_phase4.db import embedded
 from pytest_phase4.db.embedded import EmbeddedPostgres
 
@@ -24,6 +24,12 @@ def _blast_project(project: Callable[..., Project]) -> Project:
     plan = p.path / "checks/phase4.toml"
     plan.write_text(plan.read_text() + CODE_CHECK)
     return p
+
+
+def _code_check(p: Project, *args: str) -> tuple[pytest.RunResult, str]:
+    """A preflight run and the outcome of its database_code blast radius check."""
+    result = p.run("-v", "-m", "preflight", *args)
+    return result, outcomes_of(result)[f"{MINI}::blast_radius::database_code[all_schemas]"]
 
 
 def _dbname(dsn: str) -> str:
@@ -55,8 +61,8 @@ def test_an_existing_database_named_like_the_scratch_copy_is_never_dropped(
         with psycopg.connect(victim_dsn) as conn:
             assert conn.execute("SELECT id, total FROM invoices").fetchall() == [(1, 9.5)]
         # A role with CREATEDB (here the superuser): the copy on the target's server, under another name.
-        result = p.run("-v", "-m", "preflight")
-        assert outcomes_of(result)[f"{MINI}::blast_radius::database_code[all_schemas]"] == "PASSED"
+        _, outcome = _code_check(p)
+        assert outcome == "PASSED"
         with psycopg.connect(victim_dsn) as conn:
             assert conn.execute("SELECT id, total FROM invoices").fetchall() == [(1, 9.5)]
     finally:
@@ -85,13 +91,11 @@ def test_applying_the_pending_migrations_to_the_copy_changes_nothing_on_the_real
     db = _dbname(p.dsn)
     with psycopg.connect(pg_server.dsn, autocommit=True) as conn:
         conn.execute("DROP ROLE IF EXISTS blast_api; CREATE ROLE blast_api NOLOGIN")
-    (p.path / "checks/migrations/20250101000004_reporting_role.sql").write_text(
+    add_migration(p, "20250101000004_reporting_role.sql", ROLE_MIGRATION,
         "CREATE ROLE blast_reporting NOLOGIN;\n"
         "ALTER ROLE blast_api SET statement_timeout = '8s';\n"
         "GRANT SELECT ON sales TO blast_reporting;\n"
         f"ALTER DATABASE {db} SET app.jwt_secret = 'super-secret-jwt-token-with-at-least-32-characters';\n")
-    plan = p.path / "checks/phase4.toml"
-    plan.write_text(plan.read_text().replace("[[post]]", ROLE_MIGRATION + "\n[[post]]", 1))
     try:
         result = p.run("-v", "-m", "preflight", seed=True)
         assert outcomes_of(result)[f"{MINI}::blast_radius::database_code[all_schemas]"] == "PASSED"
@@ -122,8 +126,7 @@ def test_verify_only_after_another_tool_applied_the_migrations_does_not_apply_th
     which is false, and the verification run that should end green ends red."""
     from test_verify_only import MIGRATIONS, psql
 
-    p = _blast_project(project)
-    assert p.run("-m", "preflight", seed=True).ret == 0
+    p = seeded(_blast_project(project))
     result = p.run("-v", "--phase4-verify-only")  # before: the radius is computed, nothing breaks
     assert outcomes_of(result)[f"{MINI}::blast_radius::database_code[all_schemas]"] == "PASSED"
     psql(p, *MIGRATIONS)  # the team's own tool applies them
@@ -324,8 +327,8 @@ def test_the_scratch_copy_gives_no_role_more_than_the_target_does(
         with psycopg.connect(make_conninfo(p.dsn, user="mallory"), autocommit=True) as conn, \
                 pytest.raises(psycopg.errors.InsufficientPrivilege):  # on the target, mallory may not
             conn.execute("SELECT public.admin_exec('ALTER ROLE mallory SUPERUSER')")
-        result = p.run("-v", "-m", "preflight")
-        assert outcomes_of(result)[f"{MINI}::blast_radius::database_code[all_schemas]"] == "PASSED"
+        _, outcome = _code_check(p)
+        assert outcome == "PASSED"
         with psycopg.connect(pg_server.dsn, autocommit=True) as conn:
             assert conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = 'mallory'").fetchall() == [(False,)]
     finally:
@@ -357,8 +360,7 @@ def test_a_run_stopped_while_the_copy_exists_leaves_no_scratch_database(
     """A cancelled CI job gets SIGTERM (GitHub Actions, GitLab, `timeout`), not Ctrl-C. The copy must not outlive
     the run: it holds every function body, and (see the test above) widened rights. Today SIGTERM ends the process
     with no cleanup, and `<db>_phase4_blast` stays on the target's server until some later run drops it."""
-    p = _blast_project(project)
-    assert p.run("-m", "preflight", seed=True).ret == 0
+    p = seeded(_blast_project(project))
     try:
         for name in ("SIGINT", "SIGTERM"):
             (p.path / "conftest.py").write_text(SIGNAL_CONFTEST.replace("{name}", name))
@@ -397,12 +399,11 @@ def test_static_check_sees_a_field_of_a_row_typed_variable(
     """`DECLARE s sales%ROWTYPE; ... RETURN s.customer_name` is typed statically (plpgsql_check reports 'record "s"
     has no field "customer_name"'). Without plpgsql_check, the static check turns `s.customer_name` into an
     untyped parameter, and the function that fails at its first call after the migration passes."""
-    p = _blast_project(project)
-    assert p.run("-m", "preflight", seed=True).ret == 0
+    p = seeded(_blast_project(project))
     p.execute(ROWTYPE_CODE)
     p.dsn = _createdb_role(pg_server, p.dsn, "blast_static")
-    result = p.run("-v", "-m", "preflight")
-    assert outcomes_of(result)[f"{MINI}::blast_radius::database_code[all_schemas]"] == "FAILED"
+    result, outcome = _code_check(p)
+    assert outcome == "FAILED"
     result.stdout.fnmatch_lines(["found:    1 would break: PL/pgSQL function public.sale_customer(integer)",
                                  "where:    *, after 3 pending migration(s)",
                                  '  PL/pgSQL function public.sale_customer(integer), line 5*customer_name*'])
@@ -422,20 +423,17 @@ def test_static_check_reads_quoted_mixed_case_trigger_fields_as_written(
     check lowercases the field ('record "new" has no field "customername"'), so the trigger fails before the
     migrations already, is 'not counted', and the migration that drops "customerName" passes though the trigger
     breaks every INSERT after it."""
-    p = _blast_project(project)
-    assert p.run("-m", "preflight", seed=True).ret == 0
-    (p.path / "checks/migrations/20250101000004_drop_camel.sql").write_text(
+    p = seeded(_blast_project(project))
+    add_migration(p, "20250101000004_drop_camel.sql", CAMEL_MIGRATION,
         'ALTER TABLE sales DROP COLUMN "customerName";\n')
-    plan = p.path / "checks/phase4.toml"
-    plan.write_text(plan.read_text().replace("[[post]]", CAMEL_MIGRATION + "\n[[post]]", 1))
     p.execute('ALTER TABLE sales ADD COLUMN "customerName" text;\n'
               "CREATE FUNCTION sales_camel() RETURNS trigger LANGUAGE plpgsql AS $$\nBEGIN\n"
               '  NEW."customerName" := (SELECT c.name FROM customers c WHERE c.id = NEW.customer_id);\n'
               "  RETURN NEW;\nEND $$;\n"
               "CREATE TRIGGER sales_camel BEFORE INSERT ON sales FOR EACH ROW EXECUTE FUNCTION sales_camel();")
     p.dsn = _createdb_role(pg_server, p.dsn, "blast_static")
-    result = p.run("-v", "-m", "preflight")
-    assert outcomes_of(result)[f"{MINI}::blast_radius::database_code[all_schemas]"] == "FAILED"
+    result, outcome = _code_check(p)
+    assert outcome == "FAILED"
     result.stdout.fnmatch_lines(["found:    1 would break: PL/pgSQL trigger function public.sales_camel()",
                                  "where:    *, after 4 pending migration(s)",
                                  '*line 3, column 3: record "new" has no field "customerName"'])
@@ -446,13 +444,11 @@ def test_a_polymorphic_sql_function_is_checked_or_said_not_checked(project: Call
     """PostgreSQL's SQL validator does not analyse the body of a function with polymorphic arguments (anyelement):
     fmgr_sql_validator() returns without a word. The blast radius counts it 'checked' and says none breaks, while
     its first call after the migration fails. It must be reported broken, or listed as not checked."""
-    p = _blast_project(project)
-    assert p.run("-m", "preflight", seed=True).ret == 0
+    p = seeded(_blast_project(project))
     p.execute("CREATE FUNCTION sale_name(p_key anyelement) RETURNS text LANGUAGE sql STABLE AS $$\n"
               "  SELECT s.customer_name FROM sales s WHERE s.id::text = p_key::text\n$$")
     assert p.query("SELECT sale_name(1)") == [("customer 2",)]
-    result = p.run("-v", "-m", "preflight")
-    outcome = outcomes_of(result)[f"{MINI}::blast_radius::database_code[all_schemas]"]
+    _, outcome = _code_check(p)
     evidence = "\n".join(f.read_text() for f in (p.path / "reports").glob("phase4-*[0-9].json"))
     assert outcome == "FAILED" or "sale_name" in evidence  # broken, or named as not checked
 
@@ -474,11 +470,10 @@ def test_a_secret_on_a_broken_line_of_a_function_never_reaches_the_report(projec
     vault) and reads a dropped column: the blast radius shows the broken line as it is, key included, in the
     terminal, the report for the change board, the JSON and the JUnit XML. pg_stat_statements texts get their
     constants replaced; a body's line must not be shown with its string literals either."""
-    p = _blast_project(project)
-    assert p.run("-m", "preflight", seed=True).ret == 0
+    p = seeded(_blast_project(project))
     p.execute(SECRET_CODE)
-    result = p.run("-v", "-m", "preflight", "--junitxml=junit.xml")
-    assert outcomes_of(result)[f"{MINI}::blast_radius::database_code[all_schemas]"] == "FAILED"
+    result, outcome = _code_check(p, "--junitxml=junit.xml")
+    assert outcome == "FAILED"
     result.stdout.fnmatch_lines(["found:    1 would break: PL/pgSQL function public.sale_secret(integer)"])
     texts = {"terminal": result.stdout.str(), "html": html.unescape(p.report()),
              "json": "\n".join(f.read_text() for f in (p.path / "reports").glob("phase4-*.json")),
@@ -512,11 +507,9 @@ def test_applying_the_pending_migrations_to_the_copy_writes_to_no_foreign_table(
                   f"port '{server['port']}', dbname '{remote}');"
                   "CREATE USER MAPPING FOR CURRENT_USER SERVER reporting OPTIONS (user 'postgres');"
                   "CREATE FOREIGN TABLE sales_feed (id int, value numeric) SERVER reporting")
-        (p.path / "checks/migrations/20250101000004_refresh_report_feed.sql").write_text("DELETE FROM sales_feed;\n")
-        plan = p.path / "checks/phase4.toml"
-        plan.write_text(plan.read_text().replace("[[post]]", FDW_MIGRATION + "\n[[post]]", 1))
-        result = p.run("-v", "-m", "preflight")
-        assert outcomes_of(result)[f"{MINI}::blast_radius::database_code[all_schemas]"] in ("PASSED", "FAILED")
+        add_migration(p, "20250101000004_refresh_report_feed.sql", FDW_MIGRATION, "DELETE FROM sales_feed;\n")
+        result, outcome = _code_check(p)
+        assert outcome in ("PASSED", "FAILED")
         result.stdout.fnmatch_lines([  # it fails, and says why instead of 'it would fail on the target too'
             "*user mapping not found*",
             "*hint:*it reads or writes a foreign table, which the copy does not reach*"])
@@ -577,12 +570,11 @@ def test_the_ssl_key_passphrase_never_reaches_the_dump_tools_command_line(projec
     """README: passwords go to the tools in PGPASSWORD, never on their command line. The DSN's `sslpassword`
     (the passphrase of the client's SSL key) is a password too, yet client_args() moves only `password` out of the
     conninfo: pg_dump and pg_restore get `sslpassword=...` in argv, readable by any local user in `ps`/proc."""
-    p = _blast_project(project)
-    assert p.run("-m", "preflight", seed=True).ret == 0
+    p = seeded(_blast_project(project))
     (p.path / "conftest.py").write_text(ARGV_CONFTEST)
     p.dsn = make_conninfo(p.dsn, sslpassword="Key-Passphrase-42", sslmode="disable")
-    result = p.run("-v", "-m", "preflight")
-    assert outcomes_of(result)[f"{MINI}::blast_radius::database_code[all_schemas]"] == "PASSED"
+    _, outcome = _code_check(p)
+    assert outcome == "PASSED"
     argv = (p.path / "argv.jsonl").read_text()
     assert "pg_dump" in argv
     assert "Key-Passphrase-42" not in argv
@@ -595,12 +587,11 @@ def test_a_role_with_createdb_gets_a_copy_of_a_database_with_pg_stat_statements(
     pg_restore --exit-on-error stops, the stage fails and halts the run ('hint: nothing was done to the target'),
     so every migration is blocked by the check meant to protect it; the same role without CREATEDB would get a
     throwaway server and pass. The copy must be made (leave out or fall back), not block the plan."""
-    p = _blast_project(project)
-    assert p.run("-m", "preflight", seed=True).ret == 0
+    p = seeded(_blast_project(project))
     p.execute("CREATE EXTENSION pg_stat_statements")
     p.dsn = _createdb_role(pg_server, p.dsn, "blast_owner_pgss")
-    result = p.run("-v", "-m", "preflight")
-    assert outcomes_of(result)[f"{MINI}::blast_radius::database_code[all_schemas]"] == "PASSED", result.stdout.str()
+    result, outcome = _code_check(p)
+    assert outcome == "PASSED", result.stdout.str()
 
 
 REALTIME_MIGRATION = """
@@ -616,13 +607,10 @@ def test_a_migration_that_adds_a_table_to_a_publication_is_not_refused_on_the_co
     The copy leaves publications out (a non-superuser owner could not create them), so that migration fails on the
     copy and the stage says 'it would fail on the target too ... fix the migration', which is false, and blocks
     every migration of the plan."""
-    p = _blast_project(project)
-    assert p.run("-m", "preflight", seed=True).ret == 0
+    p = seeded(_blast_project(project))
     p.execute("CREATE PUBLICATION supabase_realtime")
-    (p.path / "checks/migrations/20250101000004_realtime_sales.sql").write_text(
+    add_migration(p, "20250101000004_realtime_sales.sql", REALTIME_MIGRATION,
         "ALTER PUBLICATION supabase_realtime ADD TABLE sales;\n")
-    plan = p.path / "checks/phase4.toml"
-    plan.write_text(plan.read_text().replace("[[post]]", REALTIME_MIGRATION + "\n[[post]]", 1))
     result = p.run("-v", "-m", "preflight")
     assert "would fail on the target too" not in result.stdout.str()
     assert outcomes_of(result)[f"{MINI}::blast_radius::database_code[all_schemas]"] == "PASSED", result.stdout.str()

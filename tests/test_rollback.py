@@ -13,7 +13,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from helpers import Project, outcomes_of
+from helpers import Project, ledger_files, outcomes_of
 from pytest_phase4.db import changes
 from pytest_phase4.safety import checksums, pgscript, snapshot
 from pytest_phase4.safety.checks import differences
@@ -117,12 +117,6 @@ def denormalized(p: Project) -> dict[str, str]:
                                    " g) AND {} NOT LIKE 'app comment%'").format(
         sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in cols), sql.Identifier("public", t),
         sql.SQL("t.body" if t == "comments" else "''")))[0][0]) for t, cols in DENORMALIZED.items()}
-
-
-def ledger_files(p: Project) -> list[str]:
-    if p.query("SELECT to_regclass('pytest_phase4.ledger')") == [(None,)]:
-        return []
-    return [r[0] for r in p.query("SELECT file FROM pytest_phase4.ledger ORDER BY file")]
 
 
 def evidence(p: Project) -> dict[str, Any]:

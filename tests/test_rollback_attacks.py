@@ -12,9 +12,9 @@ from collections.abc import Callable
 
 import psycopg
 import pytest
-from test_rollback import ledger_files, schema_of
+from test_rollback import schema_of
 
-from helpers import Project
+from helpers import Project, append, ledger_files, migrated, seeded
 
 M1 = "checks/migrations/20250101000001_create_views.sql"
 M2 = "checks/migrations/20250101000002_drop_denormalized.sql"
@@ -29,11 +29,6 @@ def pytest_runtest_teardown(item):
         with psycopg.connect({dsn!r}, autocommit=True) as conn:
             conn.execute(STEPS[item.name])
 """
-
-
-def append(p: Project, path: str, text: str) -> None:
-    file = p.path / path
-    file.write_text(file.read_text() + text)
 
 
 def non_transactional_indexes(p: Project) -> None:
@@ -66,14 +61,12 @@ def test_revert_of_a_table_swapped_in_two_migrations_brings_the_original_table_b
                   "INSERT INTO events_new SELECT * FROM events;\n")
     append(p, M2, "DROP TABLE events;\nALTER TABLE events_new RENAME TO events;\n"
                   "ALTER TABLE events RENAME CONSTRAINT events_new_pkey TO events_pkey;\n")
-    assert p.run("-m", "preflight", seed=True).ret == 0
+    seeded(p)
     before, rows = schema_of(p), p.query("SELECT * FROM events ORDER BY id")
-    p.run("--phase4-confirm-destructive")
-    assert len(ledger_files(p)) == 3
-    migrated = schema_of(p)
+    after = schema_of(migrated(p, seed=False))
     result = p.run("-v", "--phase4-rollback")
     if result.ret != 0:  # a refusal is safe only if it changed nothing
-        assert schema_of(p) == migrated
+        assert schema_of(p) == after
         return
     assert p.query("SELECT to_regclass('public.events')::text") == [("events",)], out(result)
     assert p.query("SELECT * FROM events ORDER BY id") == rows
@@ -87,7 +80,7 @@ def test_revert_does_not_drop_what_other_sessions_created_during_a_non_transacti
     the plan's, and the revert drops it, exit 0, "proven"."""
     p = project("mini", "safe")
     non_transactional_indexes(p)
-    assert p.run("-m", "preflight", seed=True).ret == 0
+    seeded(p)
     started = threading.Event()
 
     def application() -> None:
@@ -123,9 +116,7 @@ def test_restore_loses_nothing_written_after_its_assess_step_or_created_after_it
     """Restore mode lists the loss in `assess`, locks in `safety_dump`, and never looks again: 21 customers
     inserted after assess are overwritten without being listed, and a table the application created after the
     pre-rollback dump is dropped by `drop_created` (CASCADE) and is in no dump at all."""
-    p = project("mini", "safe")
-    p.run("--phase4-confirm-destructive", seed=True)
-    assert len(ledger_files(p)) == 3
+    p = migrated(project("mini", "safe"))
     p.pytester.makeconftest(APP_AFTER.format(dsn=p.dsn, steps={
         "assess": "INSERT INTO customers SELECT g, 'late customer' FROM generate_series(100, 120) g",
         "safety_dump": "CREATE SCHEMA app; CREATE TABLE app.orders (id int PRIMARY KEY, total numeric);"
@@ -155,8 +146,7 @@ def test_revert_brings_a_dropped_table_back_with_the_rows_of_the_newest_backup_b
     assert p.run("--phase4-confirm-destructive", seed=True).ret == 1  # first backup; migration 2 fails
     p.execute("INSERT INTO notes SELECT g, 'written after the first backup' FROM generate_series(11, 15) g")
     m2.write_text(good)
-    p.run("--phase4-confirm-destructive")  # second backup, then migrations 2 and 3
-    assert len(ledger_files(p)) == 3
+    migrated(p, seed=False)  # second backup, then migrations 2 and 3
     result = p.run("-v", "--phase4-rollback")
     if result.ret != 0:
         assert p.query("SELECT to_regclass('public.notes')") == [(None,)]
@@ -173,8 +163,7 @@ def test_revert_keeps_rows_the_application_wrote_into_a_plan_table_when_another_
     non_transactional_indexes(p)
     append(p, M1, "CREATE TABLE settings (key text PRIMARY KEY, value text NOT NULL);\n"
                   "INSERT INTO settings VALUES ('theme', 'light'), ('lang', 'en');\n")
-    p.run("--phase4-confirm-destructive", seed=True)
-    assert len(ledger_files(p)) == 3
+    migrated(p)
     p.execute("UPDATE settings SET value = 'dark' WHERE key = 'theme'; DELETE FROM settings WHERE key = 'lang';"
               " INSERT INTO settings VALUES ('tz', 'Europe/Paris')")
     result = p.run("-v", "--phase4-rollback")
@@ -191,8 +180,7 @@ def test_revert_of_a_widened_column_never_truncates_values_written_since(project
                      "INSERT INTO codes SELECT g, 'c' || g, g + 0.25 FROM generate_series(1, 30) g;\n")
     append(p, M1, "ALTER TABLE codes ALTER COLUMN code TYPE text;\n"
                   "ALTER TABLE codes ALTER COLUMN amount TYPE numeric(12, 4);\n")
-    p.run("--phase4-confirm-destructive", seed=True)
-    assert len(ledger_files(p)) == 3
+    migrated(p)
     p.execute("INSERT INTO codes VALUES (31, 'customer-specific-code-123', 1.2345)")
     result = p.run("-v", "--phase4-rollback")
     assert p.query("SELECT code, amount::text FROM codes WHERE id = 31") == [
@@ -204,10 +192,9 @@ def test_a_normal_run_after_a_revert_does_not_apply_a_data_migration_twice(proje
     says "proven"; the next normal run applies it again: amounts in cents become cents of cents (x10,000)."""
     p = project("mini", "safe")
     append(p, M1, "UPDATE sales SET value = value * 100;  -- amounts in cents\n")
-    assert p.run("-m", "preflight", seed=True).ret == 0
+    seeded(p)
     total = p.query("SELECT sum(value) FROM sales")[0][0]
-    p.run("--phase4-confirm-destructive")
-    assert len(ledger_files(p)) == 3
+    migrated(p, seed=False)
     result = p.run("-v", "--phase4-rollback")
     p.run("--phase4-confirm-destructive")
     assert p.query("SELECT sum(value) FROM sales") == [(total * 100,)], out(result)
@@ -220,7 +207,7 @@ def test_revert_does_not_undo_what_other_sessions_altered_during_a_migration(pro
     p = project("mini", "safe")
     append(p, SETUP, "CREATE FUNCTION public.app_version() RETURNS text LANGUAGE sql AS $$SELECT 'v1'$$;\n")
     append(p, M1, "UPDATE customers SET name = initcap(name);  -- a data migration\n")
-    assert p.run("-m", "preflight", seed=True).ret == 0
+    seeded(p)
     started = threading.Event()
 
     def application() -> None:
@@ -253,15 +240,12 @@ def test_a_renamed_backup_folder_does_not_make_the_rollback_refill_stale_values(
         project: Callable[..., Project]) -> None:
     """Backups are ordered by folder name: the first backup, renamed to label it, sorts as the newest and is
     chosen; the 100 customer names written between the two backups are refilled with the first backup's."""
-    p = project("mini", "safe")
-    p.run("--phase4-confirm-destructive", seed=True)
-    assert len(ledger_files(p)) == 3
+    p = migrated(project("mini", "safe"))
     first = next(p.path.glob("_backups/*/*/BACKUP_INFO.txt")).parent
     assert p.run("--phase4-rollback").ret == 0
     p.execute("UPDATE sales SET customer_name = 'renamed customer ' || id")
     first.rename(first.parent / "pre-release")  # the DBA labels the first backup
-    p.run("--phase4-confirm-destructive")  # a second backup, then the plan again
-    assert len(ledger_files(p)) == 3
+    migrated(p, seed=False)  # a second backup, then the plan again
     result = p.run("-v", "--phase4-rollback")
     if result.ret != 0:
         return
@@ -275,8 +259,7 @@ def test_revert_asks_consent_before_dropping_values_the_application_wrote_into_a
     a column the plan added are dropped with a note only."""
     p = project("mini", "safe")
     append(p, M1, "ALTER TABLE customers ADD COLUMN email text;\n")
-    p.run("--phase4-confirm-destructive", seed=True)
-    assert len(ledger_files(p)) == 3
+    migrated(p)
     p.execute("UPDATE customers SET email = 'c' || id || '@example.com'")
     result = p.run("-v", "--phase4-rollback")
     assert result.ret != 0, out(result)
@@ -295,8 +278,7 @@ def test_revert_does_not_overwrite_what_the_application_changed_after_the_plan(
     append(p, M1, "CREATE OR REPLACE FUNCTION public.sale_total(c int) RETURNS numeric LANGUAGE sql STABLE"
                   " AS 'SELECT coalesce(sum(value), 0) FROM sales WHERE customer_id = c';\n"
                   "ALTER POLICY sales_read ON sales USING (value > 0);\n")
-    p.run("--phase4-confirm-destructive", seed=True)
-    assert len(ledger_files(p)) == 3
+    migrated(p)
     p.execute("CREATE OR REPLACE FUNCTION public.sale_total(c int) RETURNS numeric LANGUAGE sql STABLE"
               " AS 'SELECT coalesce(sum(value), 0) * 1.2 FROM sales WHERE customer_id = c';"
               "ALTER POLICY sales_read ON sales USING (value > 10);")
@@ -317,8 +299,7 @@ def test_restore_lists_every_definition_it_would_put_back(project: Callable[...,
                      " AS 'SELECT sum(value) FROM sales WHERE customer_id = c';\n"
                      "DO $$ BEGIN CREATE ROLE reporting_ro; EXCEPTION WHEN duplicate_object THEN NULL; END $$;\n"
                      "CREATE PUBLICATION app_realtime FOR TABLE customers;\n")
-    p.run("--phase4-confirm-destructive", seed=True)
-    assert len(ledger_files(p)) == 3
+    migrated(p)
     p.execute("CREATE OR REPLACE FUNCTION public.sale_total(c int) RETURNS numeric LANGUAGE sql STABLE"
               " AS 'SELECT coalesce(sum(value), 0) * 1.2 FROM sales WHERE customer_id = c';"
               "GRANT SELECT ON customers TO reporting_ro; ALTER PUBLICATION app_realtime ADD TABLE tickets;")
@@ -337,8 +318,7 @@ def test_revert_brings_back_the_large_objects_a_migration_unlinked(project: Call
                      "INSERT INTO docs SELECT g, lo_from_bytea(0, convert_to('document ' || g, 'UTF8'))"
                      " FROM generate_series(1, 5) g;\n")
     append(p, M2, "SELECT lo_unlink(body) FROM docs;\nALTER TABLE docs DROP COLUMN body;\n")
-    p.run("--phase4-confirm-destructive", seed=True)
-    assert len(ledger_files(p)) == 3
+    migrated(p)
     result = p.run("-v", "--phase4-rollback")
     if result.ret != 0:
         return
@@ -353,10 +333,9 @@ def test_a_migration_that_grants_on_an_existing_table_can_be_reverted(project: C
     p = project("mini", "safe")
     append(p, SETUP, "DO $$ BEGIN CREATE ROLE reporting_ro; EXCEPTION WHEN duplicate_object THEN NULL; END $$;\n")
     append(p, M1, "GRANT SELECT ON customers TO reporting_ro;\n")
-    assert p.run("-m", "preflight", seed=True).ret == 0
+    seeded(p)
     before = schema_of(p)
-    p.run("--phase4-confirm-destructive")
-    assert len(ledger_files(p)) == 3
+    migrated(p, seed=False)
     result = p.run("-v", "--phase4-rollback")
     assert result.ret == 0, out(result)
     assert schema_of(p) == before
@@ -371,10 +350,9 @@ def test_rows_a_migration_inserted_inside_a_do_block_with_an_exception_handler_a
     append(p, M1, "CREATE TABLE settings (key text PRIMARY KEY, value text NOT NULL);\n"
                   "DO $$ BEGIN INSERT INTO settings VALUES ('theme', 'light');"
                   " EXCEPTION WHEN unique_violation THEN NULL; END $$;\n")
-    assert p.run("-m", "preflight", seed=True).ret == 0
+    seeded(p)
     before = schema_of(p)
-    p.run("--phase4-confirm-destructive")
-    assert len(ledger_files(p)) == 3
+    migrated(p, seed=False)
     result = p.run("-v", "--phase4-rollback")
     assert "written or changed since by others" not in result.stdout.str()
     assert result.ret == 0, out(result)
@@ -391,8 +369,7 @@ def test_revert_gives_a_row_inserted_since_the_backup_no_value_of_a_deleted_row_
                      "INSERT INTO profiles VALUES ('alice', 'Alice A.', '+33 6 12 34 56 78'),"
                      " ('bob', 'Bob B.', '+33 6 98 76 54 32');\n")
     append(p, M2, "ALTER TABLE profiles DROP COLUMN phone;  -- phones move to a verified table\n")
-    p.run("--phase4-confirm-destructive", seed=True)
-    assert len(ledger_files(p)) == 3
+    migrated(p)
     p.execute("DELETE FROM profiles WHERE username = 'alice';"
               " INSERT INTO profiles VALUES ('alice', 'Another Alice')")
     result = p.run("-v", "--phase4-rollback")

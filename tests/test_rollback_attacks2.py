@@ -7,10 +7,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from test_rollback import ledger_files
-from test_rollback_attacks import M1, M2, SETUP, append, out
+from test_rollback_attacks import M1, M2, SETUP, out
 
-from helpers import Project
+from helpers import Project, append, ledger_files
 
 
 @pytest.mark.xfail(strict=True, reason="a type change rewrites every row with no UPDATE counted and the revert casts "

@@ -10,10 +10,10 @@ import time
 from collections.abc import Callable
 
 import psycopg
-from test_rollback import ledger_files, schema_of
-from test_rollback_attacks import APP_AFTER, M2, SETUP, append, out
+from test_rollback import schema_of
+from test_rollback_attacks import APP_AFTER, M2, SETUP, out
 
-from helpers import Project
+from helpers import Project, append, ledger_files
 
 
 def test_restore_never_drops_what_the_pre_rollback_dump_does_not_hold(project: Callable[..., Project]) -> None:
