@@ -12,7 +12,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from helpers import Project, add_migration, outcomes_of, seeded
-from pytest_phase4.db import embedded
+from pytest_phase4.db import localcluster
 from pytest_phase4.db.embedded import EmbeddedPostgres
 
 MINI = "checks/phase4.toml"
@@ -160,13 +160,13 @@ def _reader(server: EmbeddedPostgres, dsn: str) -> str:
 def other_cluster() -> Iterator[EmbeddedPostgres]:
     """A cluster from an initdb of its own: another system identifier than pg_server's (the session's clusters are
     copies of one initdb template, so they share one, as physical clones do)."""
-    saved = dict(embedded._TEMPLATES)
-    embedded._TEMPLATES.clear()
+    saved = dict(localcluster.TEMPLATES)
+    localcluster.TEMPLATES.clear()
     try:
         server = EmbeddedPostgres("local").start()
     finally:
-        embedded._TEMPLATES.clear()
-        embedded._TEMPLATES.update(saved)
+        localcluster.TEMPLATES.clear()
+        localcluster.TEMPLATES.update(saved)
     yield server
     server.stop()
 

@@ -134,6 +134,10 @@ def revert_losses(conn: psycopg.Connection[Any], state: RollbackState) -> tuple[
             hard += _narrowing(conn, net, losses)
         hard += _changed_since(net, live, set(rv.plan_xids), losses)
     hard += _names_taken(rv, live)
+    hard += _inheritance(conn, rv.nets)
+    for net in rv.nets:
+        if net.action == "alter" and net.obj.type == "type":
+            hard += _enum_values(conn, net)
     refills = rv.refills if rv.prepared else rv.plan_refills()
     for refill in refills:
         if refill.source is None or not refill.key:
@@ -247,6 +251,74 @@ def _names_taken(rv: Reverter, live: dict[tuple[int, int, int], Obj]) -> list[st
             continue
         out.append(f"{obj.type} {obj.identity} ({', '.join(net.files)} dropped it) cannot come back: an object the "
                    "plan did not create has its name now: rename or drop that one, then rerun")
+    return out
+
+
+_INHERITORS = """
+SELECT (pg_catalog.pg_identify_object('pg_catalog.pg_class'::regclass, i.inhrelid, 0)).identity,
+       (pg_catalog.pg_identify_object('pg_catalog.pg_class'::regclass, i.inhparent, 0)).identity
+  FROM pg_catalog.pg_inherits i JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid
+ WHERE NOT c.relispartition
+   AND (pg_catalog.pg_identify_object('pg_catalog.pg_class'::regclass, i.inhparent, 0)).identity = ANY(%s)
+ ORDER BY 1, 2
+"""
+
+
+def _inheritance(conn: psycopg.Connection[Any], nets: list[Net]) -> list[str]:
+    """Tables that INHERIT from a table the plan changed (legacy inheritance, not partitions): a column or a
+    constraint added back to the parent reaches the child too, a dropped one left it, and the revert reverts each
+    table on its own, so it would fail half-way with an SQL error."""
+    changed: dict[str, list[str]] = {}
+    for net in nets:
+        obj = net.current or net.original  # a dropped column's table is there (as named now: _follow)
+        if obj is None or obj.type not in ("table", "table column", "table constraint"):
+            continue
+        table = obj.identity if obj.type == "table" else obj.parent
+        if table:
+            changed.setdefault(table, []).extend(f for f in net.files if f not in changed.get(table, []))
+    if not changed:
+        return []
+    return [f"table {child} inherits from {parent} (INHERITS), which the plan changed ({', '.join(changed[parent])}):"
+            " the revert undoes each table on its own and does not follow inheritance; use --phase4-rollback=restore "
+            "(it lists what it would lose first)"
+            for child, parent in conn.execute(_INHERITORS, (sorted(changed),)).fetchall()]
+
+
+_ENUM_COLUMNS = """
+SELECT (pg_catalog.pg_identify_object('pg_catalog.pg_class'::regclass, a.attrelid, 0)).identity, a.attname::text,
+       a.atttypid = t.oid
+  FROM pg_catalog.pg_type t
+  JOIN pg_catalog.pg_attribute a ON a.atttypid IN (t.oid, t.typarray) AND a.attnum > 0 AND NOT a.attisdropped
+  JOIN pg_catalog.pg_class c ON c.oid = a.attrelid AND c.relkind = 'r'
+ WHERE t.oid = %s
+ ORDER BY 1, 2
+"""
+
+
+def _enum_values(conn: psycopg.Connection[Any], net: Net) -> list[str]:
+    """An enum value the plan added: PostgreSQL cannot drop one, so the revert cannot take it back; say which
+    rows hold it (each table read on its own: ONLY), so the user knows what a restore would change."""
+    was, now = net.original, net.current
+    assert was is not None
+    assert now is not None
+    added = [v for v in now.definition.get("labels") or [] if v not in (was.definition.get("labels") or [])]
+    if not added:
+        return []
+    columns = conn.execute(_ENUM_COLUMNS, (now.objid,)).fetchall()
+    out = []
+    for value in added:
+        used = []
+        for table, column, scalar in columns:
+            test = sql.SQL("t.{c}::text = {v}" if scalar else "{v} = ANY(t.{c}::text[])").format(
+                c=sql.Identifier(column), v=sql.Literal(value))
+            n = _count(conn, sql.SQL("SELECT count(*) FROM ONLY {} AS t WHERE {}").format(
+                sql.SQL(table), test))  # the table as the server quotes it
+            if n:
+                used.append(f"{n:,} row(s) of {table}.{column}")
+        where = f"is used by {', '.join(used)}" if used else "is used by no row yet"
+        out.append(f"type {now.identity}: value '{value}' (added by {', '.join(net.files)}) {where}; PostgreSQL "
+                   "cannot drop an enum value, so the revert cannot take it back: use --phase4-rollback=restore (it "
+                   "lists what it would lose first" + (": those rows get the backup's values)" if used else ")"))
     return out
 
 
