@@ -4,12 +4,19 @@ another database is not this database's. Each test fails while its hole is open.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
 
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
 from test_rollback import schema_of
 from test_rollback_attacks import M1, SETUP, out
 
 from helpers import Project, append, migrated, outcomes_of, seeded
+from pytest_phase4.db.embedded import EmbeddedPostgres
 
 
 def _assess(result_lines: dict[str, str]) -> str:
@@ -57,3 +64,37 @@ def test_a_legacy_inheritance_child_of_a_table_the_plan_changed_is_refused_by_as
     result.stdout.fnmatch_lines(["*public.sales_archive inherits from public.sales*"])
     assert "SQLSTATE" not in out(result)
     assert schema_of(p) == after
+
+
+@pytest.fixture
+def twin_cluster() -> Iterator[EmbeddedPostgres]:
+    server = EmbeddedPostgres("local").start()
+    yield server
+    server.stop()
+
+
+def test_a_backup_marker_restored_from_another_databases_dump_does_not_prove_the_backup_is_of_this_one(
+        project: Callable[..., Project], twin_cluster: EmbeddedPostgres) -> None:
+    """Staging refreshed from production's dump (pg_dump, pg_restore): same name, same oid, and production's backup
+    marker row in it. Checked by a role that may not read pg_control_system(), the rollback took production's
+    backup as staging's (the marker's id is there) where a baseline is refused: the marker row must be the one
+    the backup wrote (its transaction), not a copy."""
+    prod = migrated(project("mini", "safe"))
+    name, oid = prod.query("SELECT current_database()::text, oid::int FROM pg_database"
+                           " WHERE datname = current_database()")[0]
+    with psycopg.connect(twin_cluster.dsn, autocommit=True) as conn:  # PostgreSQL 15+: the OID option
+        conn.execute(sql.SQL("CREATE DATABASE {} OID {}").format(sql.Identifier(name), sql.Literal(oid)))
+        conn.execute("CREATE ROLE staging_reader LOGIN; GRANT pg_read_all_data TO staging_reader")
+    staging_dsn = make_conninfo(twin_cluster.dsn, dbname=name)
+    dump = subprocess.run([str(shutil.which("pg_dump")), "-Fc", "-d", prod.dsn], capture_output=True, check=True)
+    subprocess.run([str(shutil.which("pg_restore")), "--no-owner", "-d", staging_dsn], input=dump.stdout,
+                   capture_output=True, check=True)
+    with psycopg.connect(staging_dsn, autocommit=True) as conn:
+        conn.execute("REVOKE EXECUTE ON FUNCTION pg_control_system() FROM PUBLIC")
+        assert conn.execute("SELECT count(*) FROM pytest_phase4.backups").fetchone() == (1,)  # production's marker
+    staging = Project(prod.pytester, make_conninfo(staging_dsn, user="staging_reader"))
+    result = staging.run("-v", "--phase4-rollback")
+    assert outcomes_of(result)["checks/phase4.toml::rollback::locate_backup"] == "FAILED", out(result)
+    result.stdout.fnmatch_lines([f"*a backup of a database named {name} (oid {oid}), not proven to be this one: the "
+                                 "cluster's system identifier was not readable*and this database does not hold its "
+                                 "backup marker * as written then (a copy restored from another database's dump)*"])

@@ -3,10 +3,10 @@ here.
 
 Two modes. `revert` (the default) undoes what the plan's migrations recorded (changes.py) and keeps every
 write made since the backup. `restore` puts the whole backup back, after listing what that loses and only with
---phase4-accept-loss. Both first locate a backup whose identity is proven (its marker row is in this database
-and in the dump), take a dump of the current state, then do everything in one transaction with the ledger rows
-and the proof: it commits only when every step and every proof passed, else it is rolled back and the
-database and the ledger are exactly as before.
+--phase4-accept-loss. Both first locate a backup whose identity is proven (of this database as a baseline is,
+and its marker row in this database and in the dump), take a dump of the current state, then do everything in
+one transaction with the ledger rows and the proof: it commits only when every step and every proof passed,
+else it is rolled back and the database and the ledger are exactly as before.
 """
 
 from __future__ import annotations

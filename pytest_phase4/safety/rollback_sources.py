@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from pytest_phase4.db import ledger
 from pytest_phase4.errors import CheckFailed
 from pytest_phase4.safety import backup, pgscript, snapshot
+from pytest_phase4.safety.baselines import unproven
 from pytest_phase4.safety.checks import tools
 from pytest_phase4.safety.refill import Source
 from pytest_phase4.safety.rollback import RollbackState, root_of
@@ -111,12 +112,13 @@ def later_backups(run: Phase4Run, state: RollbackState, skipped: list[str]) -> l
 
 
 def _not_ours(saved: snapshot.Snapshot, here: dict[str, str], markers: dict[str, datetime]) -> str | None:
-    """Why the backup is not proven to be of this database, or None. A name is no proof: the marker row the
-    backup wrote must be in this database (and, checked later, in the dump)."""
+    """Why the backup is not proven to be of this database, or None. A name is no proof: the database must be
+    proven the one the backup was taken of, as a baseline is (baselines.unproven), and the marker row the backup
+    wrote must be in this database (and, checked later, in the dump)."""
     if not saved.backup_id:
         return f"a backup of {_describe(saved.source)} without an identity marker (made by an older version)"
-    if not snapshot.same_database(saved.source, here):
-        return f"a backup of {_describe(saved.source)}"
+    if why := unproven(saved.source, here):  # the baselines' proof: name, oid, cluster or the first marker's writer
+        return f"a backup {why}"
     if saved.backup_id not in markers:
         return (f"a backup of {_describe(saved.source)} whose marker {saved.backup_id} this database does not "
                 "hold: another database of that name")
