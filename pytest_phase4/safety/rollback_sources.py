@@ -112,16 +112,19 @@ def later_backups(run: Phase4Run, state: RollbackState, skipped: list[str]) -> l
 
 
 def _not_ours(saved: snapshot.Snapshot, here: dict[str, str], markers: dict[str, datetime]) -> str | None:
-    """Why the backup is not proven to be of this database, or None. A name is no proof: the database must be
-    proven the one the backup was taken of, as a baseline is (baselines.unproven), and the marker row the backup
-    wrote must be in this database (and, checked later, in the dump)."""
+    """Why the backup is not proven to be of this database, or None. A name is no proof: the marker row the
+    backup wrote must be in this database (and, checked later, in the dump), and the database must be proven the
+    one the backup was taken of as a baseline is (baselines.unproven: a marker copied by a dump and restore is
+    written by another transaction)."""
     if not saved.backup_id:
         return f"a backup of {_describe(saved.source)} without an identity marker (made by an older version)"
-    if why := unproven(saved.source, here):  # the baselines' proof: name, oid, cluster or the first marker's writer
-        return f"a backup {why}"
+    if not snapshot.same_database(saved.source, here):
+        return f"a backup of {_describe(saved.source)}"
     if saved.backup_id not in markers:
         return (f"a backup of {_describe(saved.source)} whose marker {saved.backup_id} this database does not "
                 "hold: another database of that name")
+    if why := unproven(saved.source, here):  # the baselines' proof: oid, and cluster or the first marker's writer
+        return f"a backup {why}"
     return None
 
 
