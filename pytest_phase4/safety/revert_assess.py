@@ -278,10 +278,11 @@ def _inheritance(conn: psycopg.Connection[Any], nets: list[Net]) -> list[str]:
             changed.setdefault(table, []).extend(f for f in net.files if f not in changed.get(table, []))
     if not changed:
         return []
+    created = {n.obj.identity for n in nets if n.action == "drop" and n.obj.type == "table"}  # dropped with it
     return [f"table {child} inherits from {parent} (INHERITS), which the plan changed ({', '.join(changed[parent])}):"
             " the revert undoes each table on its own and does not follow inheritance; use --phase4-rollback=restore "
             "(it lists what it would lose first)"
-            for child, parent in conn.execute(_INHERITORS, (sorted(changed),)).fetchall()]
+            for child, parent in conn.execute(_INHERITORS, (sorted(changed),)).fetchall() if child not in created]
 
 
 _ENUM_COLUMNS = """
