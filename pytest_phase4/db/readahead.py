@@ -21,7 +21,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from pytest_phase4.db import catalog, shortcuts
+from pytest_phase4.db import catalog, scanquery, shortcuts
 from pytest_phase4.db.pool import Pool
 from pytest_phase4.db.readplan import Key, Plan, Read, plan
 
@@ -226,7 +226,8 @@ class ReadAhead:
         """A read of one count by one plain statement (a table's, NULLs, an anti-join, keys outside bounds)."""
         key = read.keys[0]
         return not read.scan and key[0] in ("count", "nulls", "where", "orphans", "outside") and not (
-            key[0] == "count" and self.relations.get(key[1]) and self.relations[key[1]].kind in catalog.VIEW_KINDS)
+            key[0] == "count" and self.relations.get(key[1]) and self.relations[key[1]].kind in catalog.VIEW_KINDS
+        ) and not (key[0] == "orphans" and scanquery.settings(self.relations, *key[1:]))  # its own settings
 
     def _together(self, conn: psycopg.Connection[Any], keys: Sequence[Key]) -> Found | None:
         """One-value reads in two statements: the parents' bounds, then every count as a scalar subquery; None
@@ -284,7 +285,8 @@ class ReadAhead:
             if explained and shortcuts.walks_index(explained[0][0]["Plan"], table):
                 return {key: (catalog.count(conn, query), None)}
             return {key: (None, catalog.count(conn, anti))}
-        return {key: catalog.count(conn, anti)}
+        row = _with_settings(conn, scanquery.settings(self.relations, table, *rest), anti)
+        return {key: int(row[0]) if row else 0}
 
     def _count_query(self, key: Key) -> sql.Composed:
         what, table, *rest = key
@@ -311,6 +313,23 @@ class ReadAhead:
             return catalog.is_null(rest[0]) if what == "nulls" else catalog.condition(rest[0])
 
         filtered = list(keys[1:])
-        counts = catalog.count_filtered(conn, s, table, [c for k in filtered if (c := condition(k)) is not None])
+        orphans = [(k[2], k[3], k[4]) if k[0] == "orphans" else None for k in filtered]
+        query = scanquery.scan_query(s, table, [None if k[0] == "orphans" else condition(k) for k in filtered],
+                                     orphans)
+        settings = scanquery.hash_memory(self.relations, [o[1] for o in orphans if o is not None])
+        row = _with_settings(conn, settings, query)
+        counts = [int(v) for v in row] if row else [0] * len(keys)
         found: Found = dict(zip((keys[0], *filtered), counts, strict=True))
         return {k: (v, *bounds[(k[3], k[4])]) if k[0] == "outside" else v for k, v in found.items()}
+
+
+def _with_settings(conn: psycopg.Connection[Any], settings: Sequence[sql.Composed],
+                   query: sql.Composed) -> tuple[Any, ...] | None:
+    """The query's one row, read with planner settings local to it: set in a savepoint rolled back after the
+    query (a read-only savepoint loses nothing), since a SET LOCAL outlives a savepoint that is released."""
+    if not settings:
+        return conn.execute(query).fetchone()
+    with conn.transaction(force_rollback=True):
+        for setting in settings:
+            conn.execute(setting)
+        return conn.execute(query).fetchone()

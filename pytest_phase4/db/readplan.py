@@ -3,10 +3,10 @@
 A table whose checks need a column no index leads with (a soft-delete condition, the NULLs of an unindexed key, a
 view counted in its base table's scan) gets one sequential scan that counts its rows and, as FILTERed counts,
 everything else the step asks of it. Every other value is read from an index where one leads with its column.
-Orphans are the exception: each relation is its own anti-join, the server's cheapest exact form (measured on 200K
-rows: three hash anti-joins over one child, its heap read three times, took 166 ms of CPU; one scan of it with
-three hashed `NOT IN` FILTERs 221 ms, with three LEFT JOINs 205 ms: a hashed SubPlan or a join level costs more
-per row than reading the row again).
+Orphans of a key no index leads with join the child's scan (scanquery.py: on the Supabase-shaped workload, whose
+rows are wide, reading a row costs more than a join level; on the bundled workload's narrow rows three separate
+anti-joins took 166 ms of CPU against 205 ms for three LEFT JOINs in one scan: there the scan is cheap). An
+indexed key is its own anti-join, a merge of the two indexes where the parent key is unique.
 
 | value | read |
 | --- | --- |
@@ -15,7 +15,8 @@ per row than reading the row again).
 | NULL keys | in the table's scan, else `count(*) WHERE k IS NULL` (an index range) |
 | orphans, dense integer keys | the parent's count and bounds, and the child keys outside them (catalog.count_orphans) |
 | orphans, an indexed key with few distinct values | the distinct keys walked in the index (shortcuts.loose_orphans) |
-| orphans, otherwise | the anti-join (catalog.orphans_query): the server reads the child's index where it has one |
+| orphans, a key no index leads with, a unique parent key | a LEFT JOIN in the child's scan (scanquery.scan_query) |
+| orphans, otherwise | the anti-join (catalog.orphans_query): a merge of two indexes where both are indexed |
 | rows of a view | in its base table's scan when its plan allows (shortcuts.derive), else its own count |
 
 Reads are handed to the pool in the order of the first check that needs them; small ones travel together (a job
@@ -28,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from pytest_phase4.db import catalog
+from pytest_phase4.db import catalog, scanquery
 from pytest_phase4.db.shortcuts import LOOSE_FACTOR, Derived
 
 Key = tuple[str, ...]  # ("count", relation), ("where", table, the plan's condition), ("nulls", table, column),
@@ -123,6 +124,8 @@ def plan(relations: Mapping[str, catalog.RelationFacts], wanted: Sequence[Key], 
                 first[("loose", *key[1:])] = at
             else:
                 singles.append(key)
+        elif what == "orphans" and key[2] not in rel(table).indexed and scanquery.joinable(relations, *key[1:]):
+            scan(table, key, at)  # read whole by its anti-join anyway: one LEFT JOIN more in the table's scan
         elif what == "count" and key[1] in derived:
             base = derived[key[1]].table
             scan(base, ("viewrows", key[1]), at)
@@ -135,7 +138,8 @@ def plan(relations: Mapping[str, catalog.RelationFacts], wanted: Sequence[Key], 
             scan(key[1], key, first.get(key, len(keys)))
     for table, found in scans.items():
         rest = [k for k in found if k != ("count", table)]
-        out.reads.append(Read((("count", table), *rest), True, rel(table).pages * (1 + 0.1 * len(rest)) + 1,
+        joined = sum(max(1.0, relations[k[3]].rows / 300) for k in rest if k[0] == "orphans")
+        out.reads.append(Read((("count", table), *rest), True, rel(table).pages * (1 + 0.1 * len(rest)) + 1 + joined,
                               first[("scan", table)]))
     for key in dict.fromkeys(singles):
         counted_alone = key[0] == "count" and rel(key[1]).kind in catalog.VIEW_KINDS
