@@ -186,7 +186,8 @@ def test_every_form_of_xdist_distribution_is_refused_before_anything_connects(
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["ERROR: --phase4 runs one runbook, step after step, against one database: it cannot "
                                  "be distributed by pytest-xdist (*); drop -n, --dist, -d, --tx and --looponfail for "
-                                 "this run (-n 0 turns distribution off)"])
+                                 "this run (-n 0 turns distribution off); to run it on many databases at once, list "
+                                 "them in --phase4-targets=FILE"])
 
 
 def test_a_post_only_run_takes_no_snapshot(project: Callable[..., Project]) -> None:

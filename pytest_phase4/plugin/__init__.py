@@ -18,7 +18,7 @@ from pytest_phase4.db.seed import load_setup
 from pytest_phase4.db.target import Target, resolve, start_throwaway
 from pytest_phase4.errors import Phase4Error, PlanError, TargetError
 from pytest_phase4.plan.load import load_plan
-from pytest_phase4.plugin import evidence_hooks, ordering, promotion, report
+from pytest_phase4.plugin import evidence_hooks, fleet, ordering, promotion, report
 from pytest_phase4.plugin import safety as safety_plugin
 from pytest_phase4.plugin.blast import BlastHooks
 from pytest_phase4.plugin.items import SPEC_KEY, PlanFile
@@ -59,6 +59,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     Settings.add_options(parser)
     safety_plugin.add_options(parser)
     promotion.add_options(parser)
+    fleet.add_options(parser)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -74,6 +75,10 @@ def pytest_cmdline_main(config: pytest.Config) -> None:
     """Prepare the run before pytest-html configures itself, so the default report path applies."""
     settings = Settings.from_config(config)
     if not settings.enabled:
+        return
+    if fleet.enabled(config):  # every target's run is a child run of its own (plugin/fleet.py)
+        _refuse_options(config, distributed=True)
+        fleet.configure(config, settings)
         return
     _refuse_options(config)
     if settings.verify_only and settings.seed:
@@ -157,7 +162,7 @@ def _baselines(config: pytest.Config, settings: Settings, run: Phase4Run, report
     run.store.places = list(dict.fromkeys([*given, report.parent, *([backups] if backups else [])]))
 
 
-def _refuse_options(config: pytest.Config) -> None:
+def _refuse_options(config: pytest.Config, distributed: bool = False) -> None:
     if not config.pluginmanager.hasplugin("python"):
         raise pytest.UsageError("-p no:python: pytest would report every check of the runbook passed without "
                                 "running it; drop -p no:python")
@@ -165,7 +170,8 @@ def _refuse_options(config: pytest.Config) -> None:
         raise pytest.UsageError(f"{', '.join(f'-p no:{n}' for n in blocked)} disables a part of pytest-phase4 ("
                                 f"{'; '.join(PARTS[n] for n in blocked)}): a runbook runs with all of it or not at "
                                 f"all; drop {', '.join(f'-p no:{n}' for n in blocked)}")
-    _refuse_distribution(config)
+    if not distributed:  # a fleet is distributed one target per xdist group (plugin/fleet.py)
+        _refuse_distribution(config)
 
 
 def _plan_left_out(config: pytest.Config, plan: Path) -> str | None:
@@ -202,7 +208,8 @@ def _refuse_distribution(config: pytest.Config) -> None:
     if given:
         raise pytest.UsageError(f"--phase4 runs one runbook, step after step, against one database: it cannot be "
                                 f"distributed by pytest-xdist ({' '.join(dict.fromkeys(given))}); drop -n, --dist, "
-                                "-d, --tx and --looponfail for this run (-n 0 turns distribution off)")
+                                "-d, --tx and --looponfail for this run (-n 0 turns distribution off); to run it on "
+                                "many databases at once, list them in --phase4-targets=FILE")
 
 
 def _target(settings: Settings, plan: Any, terminal: Terminal, vet: Callable[[Target], None]) -> Target:

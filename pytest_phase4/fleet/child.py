@@ -1,0 +1,146 @@
+"""One target of a fleet: the whole plan run on it by a child pytest, exactly as a single-target run, then read
+back from its JSON evidence. No pytest here.
+
+A child per target keeps every target's run apart by construction: its own process, connections, advisory lock,
+ledger, halting, backup folder and evidence; nothing of one target's run can reach another's. The child gets its
+DSN without the password on its command line (the password goes in PGPASSWORD) and inherits nothing that could
+send it elsewhere (PYTEST_ADDOPTS, PHASE4_DSN, libpq's variables).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from pytest_phase4.db import dsn as dsnlib
+from pytest_phase4.fleet.targets import FleetTarget
+
+_NOT_INHERITED = ("PYTEST_ADDOPTS", "PHASE4_DSN", "PGHOST", "PGHOSTADDR", "PGPORT", "PGDATABASE", "PGUSER",
+                  "PGSERVICE", "PGOPTIONS", "PGTARGETSESSIONATTRS", "PGPASSWORD")
+FLEET_TARGET_ENV = "PHASE4_FLEET_TARGET"  # the child knows the target's name (its evidence says it)
+MIGRATED, HALTED, NOT_RUN, ERROR = "migrated", "halted", "not run", "error"
+
+
+@dataclass
+class Outcome:
+    """What became of one target: the fleet roll-up's row."""
+    name: str
+    verdict: str  # migrated, halted, not run, error
+    applied: int = 0  # migrations applied by this run
+    already: int = 0  # migrations the ledger showed applied before it
+    duration_s: float = 0.0
+    step: str = ""  # where it halted
+    reason: str = ""
+    evidence: str = ""  # its JSON evidence (a path on the host that ran it)
+    evidence_sha256: str = ""  # sha256 of that file's bytes
+    content_sha256: str = ""  # the evidence's own content_sha256, when it has one
+    report: str = ""
+    host: str = field(default_factory=lambda: os.uname().nodename)
+
+    @property
+    def green(self) -> bool:
+        return self.verdict == MIGRATED
+
+    def line(self) -> str:
+        """One line a user reads: `tenant_07: halted at preflight: tables_have_rows[...]: ...`."""
+        if self.verdict == MIGRATED:
+            return f"{self.name}: migrated ({self.applied} applied, {self.already} already applied)"
+        where = f" at {self.step}" if self.step else ""
+        return f"{self.name}: {self.verdict}{where}: {self.reason}" if self.reason else f"{self.name}: {self.verdict}"
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Outcome:
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class ChildOptions:
+    plan: Path
+    rootdir: Path
+    cwd: Path
+    reports: Path  # <reports>/<target>/ holds its HTML, JSON and JUnit
+    backups: Path  # <backups>/<target>/ holds its backups
+    passed: tuple[str, ...] = ()  # the user's phase4 options that every target's run takes as they are
+    junit: bool = False
+
+
+def command(target: FleetTarget, options: ChildOptions) -> tuple[list[str], dict[str, str]]:
+    """The child's command line and environment: its DSN last, without the password (which goes in PGPASSWORD)."""
+    dsn = target.dsn()
+    params = {k: v for k, v in conninfo_to_dict(dsn).items() if k not in ("password", "sslpassword")}
+    folder = options.reports / target.name
+    args = [sys.executable, "-m", "pytest", "--phase4", f"--phase4-plan={options.plan}",
+            f"--phase4-backup-dir={options.backups / target.name}", f"--html={folder / 'report.html'}",
+            f"--phase4-json={folder / 'evidence.json'}", f"--phase4-report-dir={folder}",
+            "-p", "no:cacheprovider", "-p", "no:randomly", "-q", "-rfEs", f"--rootdir={options.rootdir}",
+            *options.passed]
+    if options.junit:
+        args.append(f"--junitxml={folder / 'junit.xml'}")
+    args.append(f"--dsn={make_conninfo('', **params)}")  # last: nothing before it outranks it
+    env = {k: v for k, v in os.environ.items() if k not in _NOT_INHERITED}
+    env.update({FLEET_TARGET_ENV: target.name, "COLUMNS": "400"})
+    password = dsnlib.password_of(dsn)
+    if password:
+        env["PGPASSWORD"] = password
+    return args, env
+
+
+def run(target: FleetTarget, options: ChildOptions) -> Outcome:
+    started = time.monotonic()
+    args, env = command(target, options)
+    secrets = [s for s in (dsnlib.password_of(target.dsn()) or "", *dsnlib.secrets_from_env()) if s]
+    proc = subprocess.run(args, cwd=options.cwd, env=env, stdin=subprocess.DEVNULL, capture_output=True,
+                          text=True, check=False)
+    outcome = read(target.name, options.reports / target.name / "evidence.json", proc.returncode,
+                   dsnlib.scrub(proc.stdout + proc.stderr, secrets))
+    outcome.duration_s = round(time.monotonic() - started, 1)
+    outcome.report = str(options.reports / target.name / "report.html")
+    return outcome
+
+
+def read(name: str, path: Path, returncode: int, output: str) -> Outcome:
+    """The target's outcome from its evidence (what ran, what halted where and why), else from its output."""
+    lines = [line for line in output.splitlines() if line.strip()]
+    try:
+        raw = path.read_bytes()
+        doc = json.loads(raw)
+    except (OSError, ValueError):
+        # no evidence: the child stopped before its run started (a refused option, the target unreachable)
+        errors = [line.removeprefix("ERROR: ") for line in lines if line.startswith("ERROR: ")]
+        return Outcome(name, ERROR, step="start", reason=(errors or lines[-1:] or [f"exit {returncode}"])[0])
+    migrations = doc.get("migrations") or []
+    outcome = Outcome(name, MIGRATED if returncode == 0 else HALTED, evidence=str(path),
+                      evidence_sha256=hashlib.sha256(raw).hexdigest(),
+                      content_sha256=str(doc.get("content_sha256") or ""),
+                      applied=sum(m.get("status") == "applied" for m in migrations),
+                      already=sum(m.get("status") == "already applied" for m in migrations))
+    if returncode != 0:
+        outcome.step, outcome.reason = _halt(doc, lines, returncode)
+    return outcome
+
+
+def _halt(doc: dict[str, Any], lines: list[str], returncode: int) -> tuple[str, str]:
+    for check in doc.get("checks") or []:
+        if check.get("outcome") in ("failed", "error"):
+            test = str(check.get("id", "")).rsplit("::", 1)[-1]
+            message = str(check.get("message") or "failed").splitlines()[0]
+            return str(check.get("step") or ""), f"{test}: {message}"
+    for issue in doc.get("issues") or []:
+        m = re.match(r"halted after (.+?): (.*)", str(issue))
+        if m:
+            return m.group(1), m.group(2)
+        return "", str(issue)
+    return "", (lines[-1].strip("= ") if lines else f"exit {returncode}")

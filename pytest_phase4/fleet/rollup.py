@@ -1,0 +1,44 @@
+"""The fleet's roll-up: one summary line and fleet.json, from every target's outcome. No pytest here."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pytest_phase4.fleet.child import MIGRATED, Outcome
+
+
+def summary_line(outcomes: list[Outcome], expected: int) -> str:
+    """"18 migrated, 1 halted at preflight, 1 halted at 2025..._index.sql": counts by verdict and step, migrated
+    first, then in the order the targets are listed; targets with no outcome at all are counted as not reported."""
+    counts: dict[str, int] = {}
+    for o in sorted(outcomes, key=lambda o: o.verdict != MIGRATED):
+        key = o.verdict + (f" at {o.step}" if o.step and o.verdict != MIGRATED else "")
+        counts[key] = counts.get(key, 0) + 1
+    if missing := expected - len(outcomes):
+        counts["not reported (its worker ended first)"] = missing
+    return ", ".join(f"{n} {what}" for what, n in counts.items()) or "no target ran"
+
+
+def canonical_sha256(document: dict[str, Any]) -> str:
+    """sha256 of the canonical JSON of a document without its own content_sha256 (the evidence's recipe)."""
+    body = {k: v for k, v in document.items() if k != "content_sha256"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def document(plan: str, targets: list[str], outcomes: list[Outcome], canary: int, run_id: str) -> dict[str, Any]:
+    by_name = {o.name: o for o in outcomes}
+    rows = [by_name[n].to_json() if n in by_name else {"name": n, "verdict": "not reported"} for n in targets]
+    doc: dict[str, Any] = {"plan": plan, "run_id": run_id, "written_at": datetime.now(UTC).isoformat(),
+                           "canary": canary, "summary": summary_line(outcomes, len(targets)), "targets": rows}
+    doc["content_sha256"] = canonical_sha256(doc)
+    return doc
+
+
+def write(path: Path, doc: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -1,0 +1,370 @@
+"""pytest layer of a fleet (--phase4-targets): one item per target, each its own xdist group, each running the
+whole plan on its target in a child pytest (fleet/child.py); the canary gate; the roll-up in the controller.
+
+Distribution is pytest-xdist's own `--dist loadgroup`; without -n the targets run one after another in this
+process, through the same items. What a worker learns about a target travels back to the controller in the
+item's report (user_properties), so remote workers (`--tx ssh=...`) need no shared filesystem.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from pytest_phase4.errors import PlanError
+from pytest_phase4.fleet import canary as canarylib
+from pytest_phase4.fleet import child, rollup
+from pytest_phase4.fleet.targets import FleetTarget, TargetsError, check_environment, check_unique, expand, read
+from pytest_phase4.plan.load import load_plan
+from pytest_phase4.plan.model import DURATION
+from pytest_phase4.plugin.settings import Settings
+from pytest_phase4.safety import backup
+
+PROPERTY = "phase4_fleet_outcome"  # the user property an item's report carries its target's outcome in
+INPUT = "phase4_fleet"  # the key of what the controller hands every xdist worker (workerinput)
+INDEX_KEY = pytest.StashKey[int]()
+# The user's options every target's run takes as given (flag, dest); -m goes to the targets' runs too.
+PASSED = (("--phase4-confirm-destructive", "phase4_confirm_destructive"), ("--phase4-seed", "phase4_seed"),
+          ("--phase4-check-timeout", "phase4_check_timeout"), ("--phase4-lock-timeout", "phase4_lock_timeout"),
+          ("--phase4-workers", "phase4_workers"), ("--phase4-blast-copy", "phase4_blast_copy"),
+          ("--phase4-base-url", "phase4_base_url"), ("--phase4-signoff", "phase4_signoff"),
+          ("--phase4-verify-only", "phase4_verify_only"), ("--phase4-verify-restore", "phase4_verify_restore"),
+          ("--phase4-rehearse", "phase4_rehearse"), ("--phase4-baseline", "phase4_baseline"))
+
+
+def add_options(parser: pytest.Parser) -> None:
+    group = parser.getgroup("phase4")
+    group.addoption("--phase4-targets", default=None, metavar="FILE",
+                    help="run the plan on every database of a fleet: a TOML file of [[target]] name + dsn_env (the "
+                         "environment variable holding its DSN), or [[source]] dsn_env + query (database names on "
+                         "that server); distribute with -n N (pytest-xdist, --dist loadgroup)")
+    group.addoption("--phase4-canary", default=None, metavar="N",
+                    help="with --phase4-targets: the first N targets must finish their runbook green before any "
+                         "other starts (default: [fleet] canary in the targets file, else 0)")
+    group.addoption("--phase4-canary-wait", default="30min", metavar="DURATION",
+                    help="how long the other targets wait for the canaries' outcome before they are reported not "
+                         "run (default 30min)")
+
+
+@dataclass(frozen=True)
+class Fleet:
+    targets: tuple[FleetTarget, ...]
+    canary: int
+    canary_wait_s: float
+    run_id: str
+    folder: str  # the fleet's report folder, relative to the rootdir: <reports>/fleet-<stamp>
+    plan: Path
+    passed: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"targets": [t.to_json() for t in self.targets], "canary": self.canary,
+                "canary_wait_s": self.canary_wait_s, "run_id": self.run_id, "folder": self.folder,
+                "plan": str(self.plan), "passed": list(self.passed)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Fleet:
+        return cls(tuple(FleetTarget.from_json(t) for t in data["targets"]), int(data["canary"]),
+                   float(data["canary_wait_s"]), str(data["run_id"]), str(data["folder"]), Path(data["plan"]),
+                   tuple(data["passed"]))
+
+
+def enabled(config: pytest.Config) -> bool:
+    return bool(config.getoption("phase4_targets", None)) or INPUT in getattr(config, "workerinput", {})
+
+
+def configure(config: pytest.Config, settings: Settings) -> None:
+    """Everything checked before anything connects (but a [[source]]'s query); the plugin registered."""
+    workerinput = getattr(config, "workerinput", None)
+    # an xdist worker gets the fleet as the controller read and checked it
+    fleet = Fleet.from_json(workerinput[INPUT]) if workerinput is not None else _read_fleet(config, settings)
+    config.option.markexpr = ""  # -m selects the steps of every target's run (passed on), not the targets
+    if config.args_source != pytest.Config.ArgsSource.ARGS:
+        config.args[:] = [str(fleet.plan)]
+    plugin = FleetPlugin(config, fleet)
+    if config.pluginmanager.hasplugin("html") and workerinput is None and not config.getoption("htmlpath", None):
+        config.option.htmlpath = str(plugin.folder / "fleet.html")
+        config.option.self_contained_html = True
+    config.pluginmanager.register(plugin, "phase4-fleet")
+
+
+def _read_fleet(config: pytest.Config, settings: Settings) -> Fleet:
+    given = str(config.getoption("phase4_targets"))
+    path = config.invocation_params.dir / given
+    if settings.dsn:
+        raise pytest.UsageError("--phase4-targets names every database of the fleet (each through its dsn_env), and "
+                                "--dsn names one: give one of them")
+    if config.getoption("phase4_rollback", None):
+        raise pytest.UsageError("--phase4-rollback is not available for a fleet yet: roll back each target in a run "
+                                "of its own (--dsn)")
+    _distribution(config)
+    try:
+        plan = load_plan(settings.plan, display=str(settings.plan))
+    except PlanError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    try:
+        listed, sources, file_canary = read(path)
+        check_environment(listed, sources, path)
+        targets = listed + [t for s in sources for t in expand(s)]
+        check_unique(targets, path)
+    except TargetsError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    if not targets:
+        raise pytest.UsageError(f"{path}: no target: its [[source]] queries returned no database name")
+    destructive = [m.file for m in plan.migrations if m.destructive]
+    if destructive and not settings.confirm_destructive:
+        raise pytest.UsageError(f"{plan.path.name} has a point of no return ({', '.join(destructive)}), and no target "
+                                "of a fleet can ask for it at a prompt: add --phase4-confirm-destructive to run it on "
+                                f"every target, or -m 'not destructive'; nothing connected")
+    canary = _canary(config, file_canary, len(targets))
+    passed = [*_passed(config), *(["-m", str(config.option.markexpr)] if config.option.markexpr else [])]
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Fleet(tuple(targets), canary, _seconds(str(config.getoption("phase4_canary_wait"))), uuid.uuid4().hex,
+                 str(Path(settings.report_root or "reports") / f"fleet-{stamp}"), plan.path, tuple(passed))
+
+
+def _distribution(config: pytest.Config) -> None:
+    """pytest-xdist's own loadgroup (one group per target), chosen when -n is given without --dist."""
+    # as given: xdist's own pytest_cmdline_main may already have turned -n's default "no" into "load"
+    dist = getattr(config.known_args_namespace, "dist", None) or config.getoption("dist", None)
+    if config.getoption("looponfail", False):
+        raise pytest.UsageError("--looponfail reruns tests when files change: not for a fleet's migrations; drop it")
+    if dist not in (None, "no", "loadgroup"):
+        raise pytest.UsageError(f"--dist={dist}: a fleet is distributed one target per worker at a time, with "
+                                "--dist loadgroup (the default with --phase4-targets); drop --dist or give "
+                                "--dist loadgroup")
+    if config.getoption("distload", False):
+        raise pytest.UsageError("-d (--dist load) would split a target's run: drop it (a fleet uses --dist loadgroup)")
+    workers = config.getoption("numprocesses", None)
+    if workers not in (None, 0, "0") or config.getoption("tx", None):
+        config.option.dist = "loadgroup"
+
+
+def _canary(config: pytest.Config, file_canary: int | None, count: int) -> int:
+    given = config.getoption("phase4_canary")
+    where = "--phase4-canary" if given is not None else "[fleet] canary"
+    value: Any = given if given is not None else file_canary or 0
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        n = -1
+    if not 0 <= n <= count:
+        raise pytest.UsageError(f"{where}: expected a whole number from 0 to {count} (the targets), found {value!r}")
+    return n
+
+
+def _seconds(text: str) -> float:
+    value = text.strip().replace(" ", "")
+    if not DURATION.match(value):
+        raise pytest.UsageError(f"--phase4-canary-wait: expected a duration like 90s or 30min, found {text!r}")
+    number = float("".join(c for c in value if c.isdigit()))
+    unit = value.lstrip("0123456789")
+    return number * {"s": 1, "min": 60, "h": 3600}.get(unit, 0.001)  # a bare number is ms, as PostgreSQL reads it
+
+
+def _passed(config: pytest.Config) -> Iterator[str]:
+    for flag, dest in PASSED:
+        value = config.getoption(dest, None)
+        if value is True:
+            yield flag
+        elif isinstance(value, list):
+            yield from (f"{flag}={v}" for v in value)
+        elif value not in (None, False, ""):
+            yield f"{flag}={value}"
+
+
+class TargetFailed(Exception):
+    """A target's run was not green: its outcome line, and where its report is."""
+
+
+class FleetPlugin:
+    def __init__(self, config: pytest.Config, fleet: Fleet) -> None:
+        self.config, self.fleet = config, fleet
+        self.outcomes: dict[str, child.Outcome] = {}  # what the controller (or this process) heard, by target
+        self.told: dict[str, canarylib.Told] = {}  # canaries' outcomes seen in this process
+        root = config.rootpath
+        self.folder = root / fleet.folder
+        backups = config.getoption("phase4_backup_dir", None) or config.getini("phase4_backup_dir")
+        base = config.invocation_params.dir if config.getoption("phase4_backup_dir", None) else root
+        plan_name = load_plan(fleet.plan, display=fleet.plan.name).name  # read before, in the controller
+        self.options = child.ChildOptions(
+            plan=fleet.plan, rootdir=root, cwd=config.invocation_params.dir, reports=self.folder,
+            backups=(base / str(backups)).resolve() if backups else root / "_backups" / backup.slug(plan_name),
+            passed=fleet.passed, junit=bool(config.getoption("xmlpath", None)))
+
+    # -- configuration -----------------------------------------------------------------------------------------
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_configure_node(self, node: Any) -> None:
+        """xdist: every worker gets the fleet as the controller read it (targets, run id, folder)."""
+        node.workerinput[INPUT] = self.fleet.to_json()
+
+    def pytest_report_header(self) -> list[str]:
+        names = ", ".join(t.name for t in self.fleet.targets[:self.fleet.canary])
+        canary = f"; canary: the first {self.fleet.canary} ({names})" if self.fleet.canary else ""
+        dist = self.config.getoption("dist", None)
+        how = "--dist loadgroup, one group per target" if dist == "loadgroup" else "one after another, in this process"
+        return [f"phase4 fleet: {len(self.fleet.targets)} targets ({how}){canary}",
+                f"phase4 fleet reports: {self.folder}"]
+
+    # -- collection ------------------------------------------------------------------------------------------
+    def pytest_ignore_collect(self, collection_path: Path) -> bool | None:
+        """The plan's own test files are custom checks of every target's run, not tests of this session."""
+        folder = self.fleet.plan.resolve().parent
+        path = collection_path.resolve()
+        if path.suffix == ".py" and (folder == path.parent or folder in path.parents):
+            return True
+        return None
+
+    def pytest_collect_file(self, file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
+        if file_path.resolve() == self.fleet.plan.resolve():
+            return FleetFile.from_parent(parent, path=file_path, fleet=self.fleet, plugin=self)
+        return None
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        """Targets in file order whatever reordered them (--ff, --lf, pytest-randomly): canaries first."""
+        session.items.sort(key=lambda i: (0, i.stash[INDEX_KEY]) if INDEX_KEY in i.stash else (1, 0))
+        chosen = {i.name for i in session.items if INDEX_KEY in i.stash}
+        canaries = [t.name for t in self.fleet.targets[:self.fleet.canary]]
+        if chosen - set(canaries) and (left := [c for c in canaries if c not in chosen]):
+            raise pytest.UsageError(f"the canary target(s) {', '.join(left)} are deselected, and the other targets "
+                                    "would wait for them: select them too, or give --phase4-canary=0")
+
+    # -- the roll-up, in the controller ----------------------------------------------------------------------
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        for key, value in report.user_properties:
+            if key == PROPERTY:
+                outcome = child.Outcome.from_json(json.loads(str(value)))
+                self.outcomes[outcome.name] = outcome
+
+    def ordered(self) -> list[child.Outcome]:
+        return [self.outcomes[t.name] for t in self.fleet.targets if t.name in self.outcomes]
+
+    def summary(self) -> str:
+        return rollup.summary_line(self.ordered(), len(self.fleet.targets))
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if hasattr(self.config, "workerinput"):
+            return  # the controller writes the roll-up
+        doc = rollup.document(str(self.fleet.plan), [t.name for t in self.fleet.targets], self.ordered(),
+                              self.fleet.canary, self.fleet.run_id)
+        rollup.write(self.folder / "fleet.json", doc)
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if hasattr(self.config, "workerinput"):
+            return
+        terminalreporter.write_sep("=", "phase4 fleet")
+        terminalreporter.write_line(f"fleet: {self.summary()}")
+        for outcome in self.ordered():
+            if not outcome.green:
+                terminalreporter.write_line(f"  {outcome.line()}")
+        terminalreporter.write_line(f"roll-up: {self.folder / 'fleet.json'}")
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_html_results_summary(self, prefix: list[str], summary: list[str], postfix: list[str]) -> None:
+        rows = []
+        for t in self.fleet.targets:
+            o = self.outcomes.get(t.name)
+            if o is None:
+                rows.append(f"<tr><td>{html.escape(t.name)}</td><td>not reported</td><td></td><td></td><td></td></tr>")
+                continue
+            link = os.path.relpath(o.report, self.folder) if o.report else ""
+            name = f'<a href="{html.escape(link)}">{html.escape(o.name)}</a>' if link else html.escape(o.name)
+            where = f"{o.step}: {o.reason}" if o.step else o.reason
+            rows.append(f"<tr><td>{name}</td><td>{html.escape(o.verdict)}</td><td>{o.applied}</td>"
+                        f"<td>{o.duration_s:.1f} s</td><td>{html.escape(where)}</td></tr>")
+        prefix.append(f'<section id="phase4-fleet"><h2>Fleet</h2><p>{html.escape(self.summary())}</p>'
+                      "<table><thead><tr><th>target</th><th>verdict</th><th>migrations applied</th><th>duration</th>"
+                      f"<th>halted at / reason</th></tr></thead><tbody>{''.join(rows)}</tbody></table></section>")
+
+
+class FleetFile(pytest.File):
+    def __init__(self, *, fleet: Fleet, plugin: FleetPlugin, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.fleet, self.plugin = fleet, plugin
+
+    def collect(self) -> Iterator[pytest.Item]:
+        for index, target in enumerate(self.fleet.targets):
+            item = TargetItem.from_parent(self, name=target.name, target=target, index=index)
+            item.add_marker(pytest.mark.xdist_group(target.name))
+            item.stash[INDEX_KEY] = index
+            yield item
+
+
+class TargetItem(pytest.Item):
+    """One target: the whole plan run on it (a child pytest), after its canaries' outcome when it has some."""
+
+    def __init__(self, *, target: FleetTarget, index: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.target, self.index = target, index
+
+    @property
+    def fleet_plugin(self) -> FleetPlugin:
+        parent = self.parent
+        assert isinstance(parent, FleetFile)
+        return parent.plugin
+
+    def runtest(self) -> None:
+        plugin = self.fleet_plugin
+        fleet = plugin.fleet
+        if self.index >= fleet.canary and (blocked := self._canaries(plugin)):
+            outcome = child.Outcome(self.target.name, child.NOT_RUN, reason=blocked)
+            self._tell(outcome)
+            pytest.skip(f"not run: {blocked}")
+        try:
+            outcome = child.run(self.target, plugin.options)
+        except TargetsError as exc:
+            outcome = child.Outcome(self.target.name, child.ERROR, step="start", reason=str(exc))
+        self._tell(outcome)
+        if self.index < fleet.canary:
+            self._publish(plugin, outcome)
+        if not outcome.green:
+            raise TargetFailed(outcome.line() + (f"\n  its report: {outcome.report}" if outcome.report else ""))
+
+    def _canaries(self, plugin: FleetPlugin) -> str | None:
+        """Why this target must not start: a canary not green, or silent past the wait; None to go."""
+        fleet = plugin.fleet
+        for canary in fleet.targets[:fleet.canary]:
+            told = plugin.told.get(canary.name)
+            if told is None:
+                try:
+                    told = canarylib.wait(canary.dsn(), fleet.run_id, canary.name, fleet.canary_wait_s)
+                except TargetsError as exc:
+                    return f"canary {canary.name}: {exc}"
+            if told is None:
+                return (f"canary {canary.name} told no outcome within {fleet.canary_wait_s:g} s "
+                        "(--phase4-canary-wait)")
+            if not told.green:
+                return f"canary {told.summary}"
+        return None
+
+    def _publish(self, plugin: FleetPlugin, outcome: child.Outcome) -> None:
+        told = canarylib.Told(outcome.green, outcome.line())
+        plugin.told[self.target.name] = told
+        try:
+            canarylib.publish(self.target.dsn(), plugin.fleet.run_id, self.target.name, told)
+        except (psycopg.Error, TargetsError) as exc:
+            raise TargetFailed(f"{outcome.line()}\n  canary outcome not published in its database, the other "
+                               f"targets will wait for it until --phase4-canary-wait: "
+                               f"{type(exc).__name__}") from None
+
+    def _tell(self, outcome: child.Outcome) -> None:
+        self.user_properties.append((PROPERTY, json.dumps(outcome.to_json())))
+        self.fleet_plugin.outcomes[outcome.name] = outcome
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException]) -> Any:  # type: ignore[override]
+        if isinstance(excinfo.value, TargetFailed):
+            return str(excinfo.value)
+        return super().repr_failure(excinfo)
+
+    def reportinfo(self) -> tuple[Any, int, str]:
+        return self.path, 0, f"target {self.target.name}"

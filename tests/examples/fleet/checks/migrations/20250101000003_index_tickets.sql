@@ -1,0 +1,1 @@
+CREATE INDEX idx_tickets_customer ON tickets (customer_id);
