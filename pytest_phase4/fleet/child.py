@@ -28,14 +28,14 @@ from pytest_phase4.fleet.targets import FleetTarget
 _NOT_INHERITED = ("PYTEST_ADDOPTS", "PHASE4_DSN", "PGHOST", "PGHOSTADDR", "PGPORT", "PGDATABASE", "PGUSER",
                   "PGSERVICE", "PGOPTIONS", "PGTARGETSESSIONATTRS", "PGPASSWORD")
 FLEET_TARGET_ENV = "PHASE4_FLEET_TARGET"  # the child knows the target's name (its evidence says it)
-MIGRATED, HALTED, NOT_RUN, ERROR = "migrated", "halted", "not run", "error"
+MIGRATED, HALTED, BLOCKED, NOT_RUN, ERROR = "migrated", "halted", "blocked", "not run", "error"
 
 
 @dataclass
 class Outcome:
     """What became of one target: the fleet roll-up's row."""
     name: str
-    verdict: str  # migrated, halted, not run, error
+    verdict: str  # migrated, halted, blocked (a lock, the point of no return), not run, error
     applied: int = 0  # migrations applied by this run
     already: int = 0  # migrations the ledger showed applied before it
     duration_s: float = 0.0
@@ -129,18 +129,27 @@ def read(name: str, path: Path, returncode: int, output: str) -> Outcome:
                       already=sum(m.get("status") == "already applied" for m in migrations))
     if returncode != 0:
         outcome.step, outcome.reason = _halt(doc, lines, returncode)
+        blocked = [m for m in migrations if m.get("file") == outcome.step and (
+            m.get("status") in ("refused", "blocked") or "[SQLSTATE 55P03]" in str(m.get("note")))]
+        if blocked:  # waited for a lock past lock_timeout, or refused at the point of no return
+            outcome.verdict = BLOCKED
     return outcome
 
 
 def _halt(doc: dict[str, Any], lines: list[str], returncode: int) -> tuple[str, str]:
+    """Where the target's run stopped and why: its first failed check, else its failed or refused migration,
+    else the halt its skipped checks name, else its issues or last line of output."""
     for check in doc.get("checks") or []:
         if check.get("outcome") in ("failed", "error"):
             test = str(check.get("id", "")).rsplit("::", 1)[-1]
             message = str(check.get("message") or "failed").splitlines()[0]
             return str(check.get("step") or ""), f"{test}: {message}"
-    for issue in doc.get("issues") or []:
-        m = re.match(r"halted after (.+?): (.*)", str(issue))
-        if m:
-            return m.group(1), m.group(2)
-        return "", str(issue)
-    return "", (lines[-1].strip("= ") if lines else f"exit {returncode}")
+    for m in doc.get("migrations") or []:
+        if m.get("status") in ("failed", "refused", "blocked"):
+            return str(m.get("file")), str(m.get("note") or m.get("status")).splitlines()[0]
+    for text in [str(c.get("message") or "") for c in doc.get("checks") or []] + [str(i) for i in doc.get("issues")
+                                                                                  or []]:
+        if found := re.match(r"halted after (.+?): (.*)", text):
+            return found.group(1), found.group(2)
+    issues = doc.get("issues") or []
+    return "", str(issues[0]) if issues else (lines[-1].strip("= ") if lines else f"exit {returncode}")

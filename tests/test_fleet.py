@@ -1,0 +1,161 @@
+"""Fleets (--phase4-targets): one plan on many databases of one server, distributed by pytest-xdist's loadgroup,
+each target's runbook its own (lock, ledger, backups, halting, evidence); the canary; the roll-up; refusals. Every
+database is checked outside the plugin afterwards."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg.conninfo import make_conninfo
+
+from helpers import EXAMPLES
+from pytest_phase4.db.embedded import EmbeddedPostgres
+
+FILES = ["20250101000001_create_views.sql", "20250101000002_drop_denormalized.sql",
+         "20250101000003_index_tickets.sql"]
+SECRET = "s3cr3t-fleet-pw"  # in every DSN (trust auth ignores it): it must appear in no file the fleet writes
+
+
+class Fleet:
+    """N tenant databases on the session's server, each loaded with the fleet example's schema, and the project."""
+
+    def __init__(self, pytester: pytest.Pytester, server: EmbeddedPostgres, monkeypatch: pytest.MonkeyPatch,
+                 count: int) -> None:
+        self.pytester, self.server = pytester, server
+        token = uuid.uuid4().hex[:8]
+        self.template = f"fleet_{token}_template"
+        dsn = server.create_database(self.template)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute((EXAMPLES / "fleet" / "checks" / "setup" / "schema.sql").read_bytes())
+        self.names = [f"tenant_{i:02d}" for i in range(1, count + 1)]
+        self.dbs = {name: f"fleet_{token}_{name}" for name in self.names}
+        self.dsns = {name: make_conninfo(server.create_database(db, template=self.template), password=SECRET)
+                     for name, db in self.dbs.items()}
+        for name, value in self.dsns.items():
+            monkeypatch.setenv(f"FLEET_{name.upper()}_DSN", value)
+        shutil.copytree(EXAMPLES / "fleet", pytester.path, dirs_exist_ok=True)
+        (pytester.path / "pyproject.toml").write_text("[tool.pytest.ini_options]\ninitial_sort = \"original\"\n")
+
+    def targets_file(self, names: list[str] | None = None, extra: str = "") -> Path:
+        text = "".join(f'[[target]]\nname = "{n}"\ndsn_env = "FLEET_{n.upper()}_DSN"\n\n' for n in names or self.names)
+        path = self.pytester.path / "fleet.toml"
+        path.write_text(extra + text)
+        return path
+
+    def run(self, *args: str) -> pytest.RunResult:
+        return self.pytester.runpytest("--phase4", "-p", "no:cacheprovider", "-p", "no:randomly",
+                                       "--phase4-targets=fleet.toml", *args)
+
+    def query(self, name: str, text: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        with psycopg.connect(self.dsns[name], autocommit=True) as conn:
+            return conn.execute(text.encode(), params or None).fetchall()
+
+    def execute(self, name: str, text: str) -> None:
+        with psycopg.connect(self.dsns[name], autocommit=True) as conn:
+            conn.execute(text.encode())
+
+    def ledger(self, name: str) -> list[str]:
+        if self.query(name, "SELECT to_regclass('pytest_phase4.ledger')") == [(None,)]:
+            return []
+        return [r[0] for r in self.query(name, "SELECT file FROM pytest_phase4.ledger ORDER BY file")]
+
+    def has_column(self, name: str, table: str, column: str) -> bool:
+        return bool(self.query(name, "SELECT 1 FROM information_schema.columns WHERE table_name = %s AND "
+                                     "column_name = %s", (table, column)))
+
+    def has_index(self, name: str, index: str) -> bool:
+        return self.query(name, "SELECT to_regclass(%s) IS NOT NULL", (index,)) == [(True,)]
+
+    def written(self) -> str:
+        """Every file the fleet wrote (reports, evidence, roll-up, JUnit, backups), as text."""
+        found = []
+        for folder in ("reports", "_backups"):
+            for path in sorted((self.pytester.path / folder).rglob("*")):
+                if path.is_file():
+                    found.append(path.read_bytes().decode("utf-8", "replace"))
+        return "\n".join(found)
+
+    def drop(self) -> None:
+        for db in [*self.dbs.values(), self.template]:
+            self.server.drop_database(db)
+
+
+@pytest.fixture
+def fleet(pytester: pytest.Pytester, pg_server: EmbeddedPostgres,
+          monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[int], Fleet]]:
+    made: list[Fleet] = []
+
+    def make(count: int) -> Fleet:
+        made.append(Fleet(pytester, pg_server, monkeypatch, count))
+        return made[-1]
+
+    yield make
+    for f in made:
+        f.drop()
+
+
+def rollup(f: Fleet) -> dict[str, Any]:
+    found = sorted((f.pytester.path / "reports").glob("fleet-*/fleet.json"))
+    assert len(found) == 1
+    doc: dict[str, Any] = json.loads(found[0].read_text())
+    return doc
+
+
+def test_a_fleet_of_20_databases_on_4_workers_isolates_a_broken_target_and_a_locked_one(
+        fleet: Callable[[int], Fleet]) -> None:
+    """The issue's "done when": 20 tenant databases, -n 4; tenant_07 fails its preflight (no sales), tenant_13 meets
+    a lock held by the application on a table its third migration needs. 18 migrate; those two halt with their
+    reasons, nothing of theirs past the failure is applied, and each ledger is exact (read outside the plugin)."""
+    f = fleet(20)
+    f.targets_file()
+    f.execute("tenant_07", "DELETE FROM sales")
+    with psycopg.connect(f.dsns["tenant_13"]) as app:  # the application, mid-transaction on tickets
+        app.execute("UPDATE tickets SET title = title WHERE id = 1")
+        result = f.run("-n", "4", "--phase4-confirm-destructive", "--phase4-lock-timeout=1s", "--junitxml=junit.xml")
+        app.rollback()
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines([
+        "phase4 fleet: 20 targets (--dist loadgroup, one group per target)",
+        "fleet: 18 migrated, 1 halted at preflight, 1 blocked at 20250101000003_index_tickets.sql",
+        "  tenant_07: halted at preflight: tables_have_rows[sales]: expected >= 1 rows, found 0",
+        "  tenant_13: blocked at 20250101000003_index_tickets.sql: 20250101000003_index_tickets.sql:1: canceling "
+        "statement due to lock timeout [SQLSTATE 55P03]",
+    ])
+    result.assert_outcomes(passed=18, failed=2)
+    for name in f.names:
+        if name == "tenant_07":
+            assert f.ledger(name) == []
+            assert f.has_column(name, "sales", "customer_name")
+            assert f.query(name, "SELECT to_regclass('sales_with_details')") == [(None,)]
+        elif name == "tenant_13":
+            assert f.ledger(name) == FILES[:2]
+            assert not f.has_column(name, "sales", "customer_name")
+            assert not f.has_index(name, "idx_tickets_customer")
+        else:
+            assert f.ledger(name) == FILES, name
+            assert not f.has_column(name, "sales", "customer_name")
+            assert f.has_index(name, "idx_tickets_customer")
+    doc = rollup(f)
+    assert doc["summary"] == "18 migrated, 1 halted at preflight, 1 blocked at 20250101000003_index_tickets.sql"
+    rows = {r["name"]: r for r in doc["targets"]}
+    assert [r["name"] for r in doc["targets"]] == f.names
+    assert {n: (r["verdict"], r["applied"]) for n, r in rows.items() if n not in ("tenant_07", "tenant_13")} == {
+        n: ("migrated", 3) for n in f.names if n not in ("tenant_07", "tenant_13")}
+    assert (rows["tenant_07"]["verdict"], rows["tenant_07"]["applied"], rows["tenant_07"]["step"]) == (
+        "halted", 0, "preflight")
+    assert (rows["tenant_13"]["verdict"], rows["tenant_13"]["applied"], rows["tenant_13"]["step"]) == (
+        "blocked", 2, "20250101000003_index_tickets.sql")
+    for name, row in rows.items():  # each target's evidence in its own folder, and its backups in its own
+        evidence = Path(row["evidence"])
+        assert evidence.parent.name == name
+        assert f"dbname={f.dbs[name]}" in json.loads(evidence.read_text())["dsn"]
+    written = f.written()
+    assert SECRET not in written
+    assert SECRET not in result.stdout.str() + result.stderr.str()
