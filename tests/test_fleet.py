@@ -159,3 +159,39 @@ def test_a_fleet_of_20_databases_on_4_workers_isolates_a_broken_target_and_a_loc
     written = f.written()
     assert SECRET not in written
     assert SECRET not in result.stdout.str() + result.stderr.str()
+
+
+def test_a_failed_canary_stops_every_other_target_before_its_first_migration(fleet: Callable[[int], Fleet]) -> None:
+    """--phase4-canary=1 on 2 workers: the canary fails its preflight, so no other target applies anything (checked
+    in each database); they are reported not run, with the canary's reason, in the terminal and fleet.json."""
+    f = fleet(4)
+    f.targets_file()
+    f.execute("tenant_01", "DELETE FROM sales")
+    result = f.run("-n", "2", "--phase4-confirm-destructive", "--phase4-canary=1", "--phase4-canary-wait=60s")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    reason = "canary tenant_01 halted at preflight: tables_have_rows[sales]: expected >= 1 rows, found 0"
+    result.stdout.fnmatch_lines([
+        "phase4 fleet: 4 targets (--dist loadgroup, one group per target); canary: the first 1 (tenant_01)",
+        "fleet: 1 halted at preflight, 3 not run",
+        "  tenant_01: halted at preflight: tables_have_rows[sales]: expected >= 1 rows, found 0",
+        *(f"  {n}: not run: {reason}" for n in f.names[1:]),
+    ])
+    result.assert_outcomes(failed=1, skipped=3)
+    assert [f.ledger(n) for n in f.names] == [[], [], [], []]
+    assert all(f.has_column(n, "sales", "customer_name") for n in f.names)
+    doc = rollup(f)
+    assert [(r["name"], r["verdict"], r["reason"]) for r in doc["targets"][1:]] == [
+        (n, "not run", reason) for n in f.names[1:]]
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_green_canary_lets_the_others_run_on_one_or_two_workers(fleet: Callable[[int], Fleet],
+                                                                   workers: str) -> None:
+    """The canary is collected first and xdist's loadgroup hands groups out in collection order: no worker waits
+    for a canary queued behind it (no deadlock with -n 1), and the others start once it is green."""
+    f = fleet(3)
+    f.targets_file(extra="[fleet]\ncanary = 1\n\n")
+    result = f.run("-n", workers, "--phase4-confirm-destructive", "--phase4-canary-wait=120s")
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str()
+    result.stdout.fnmatch_lines(["fleet: 3 migrated"])
+    assert [f.ledger(n) for n in f.names] == [FILES] * 3

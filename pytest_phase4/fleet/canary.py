@@ -32,7 +32,7 @@ COMMENT ON TABLE pytest_phase4.fleet_canary IS 'pytest-phase4 fleets: how each c
 @dataclass(frozen=True)
 class Told:
     green: bool
-    summary: str  # the canary's outcome line: "tenant_01: halted at preflight: ..."
+    summary: str  # the canary's outcome: "tenant_01 halted at preflight: ..."
 
 
 def publish(dsn: str, run_id: str, target: str, told: Told) -> None:

@@ -51,12 +51,16 @@ class Outcome:
     def green(self) -> bool:
         return self.verdict == MIGRATED
 
-    def line(self) -> str:
-        """One line a user reads: `tenant_07: halted at preflight: tables_have_rows[...]: ...`."""
+    def said(self) -> str:
+        """What became of it: `migrated (3 applied, 0 already applied)`, `halted at preflight: <reason>`."""
         if self.verdict == MIGRATED:
-            return f"{self.name}: migrated ({self.applied} applied, {self.already} already applied)"
+            return f"migrated ({self.applied} applied, {self.already} already applied)"
         where = f" at {self.step}" if self.step else ""
-        return f"{self.name}: {self.verdict}{where}: {self.reason}" if self.reason else f"{self.name}: {self.verdict}"
+        return f"{self.verdict}{where}: {self.reason}" if self.reason else self.verdict
+
+    def line(self) -> str:
+        """One line a user reads: `tenant_07: halted at preflight: tables_have_rows[sales]: ...`."""
+        return f"{self.name}: {self.said()}"
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)

@@ -348,7 +348,7 @@ class TargetItem(pytest.Item):
         return None
 
     def _publish(self, plugin: FleetPlugin, outcome: child.Outcome) -> None:
-        told = canarylib.Told(outcome.green, outcome.line())
+        told = canarylib.Told(outcome.green, f"{outcome.name} {outcome.said()}")
         plugin.told[self.target.name] = told
         try:
             canarylib.publish(self.target.dsn(), plugin.fleet.run_id, self.target.name, told)
