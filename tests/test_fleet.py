@@ -186,12 +186,73 @@ def test_a_failed_canary_stops_every_other_target_before_its_first_migration(fle
 
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_a_green_canary_lets_the_others_run_on_one_or_two_workers(fleet: Callable[[int], Fleet],
+                                                                   pg_server: EmbeddedPostgres,
+                                                                   monkeypatch: pytest.MonkeyPatch,
                                                                    workers: str) -> None:
     """The canary is collected first and xdist's loadgroup hands groups out in collection order: no worker waits
-    for a canary queued behind it (no deadlock with -n 1), and the others start once it is green."""
+    for a canary queued behind it (no deadlock with -n 1), and the others start once it is green. The targets come
+    from a [[source]]: a query on the server that returns the tenant databases' names."""
     f = fleet(3)
-    f.targets_file(extra="[fleet]\ncanary = 1\n\n")
+    monkeypatch.setenv("FLEET_SERVER_DSN", make_conninfo(pg_server.dsn, password=SECRET))
+    prefix = f.template.removesuffix("template") + "tenant"
+    query = "SELECT datname FROM pg_database WHERE datname LIKE 'PREFIX%' ORDER BY 1".replace("PREFIX", prefix)
+    (f.pytester.path / "fleet.toml").write_text(
+        f'[fleet]\ncanary = 1\n\n[[source]]\ndsn_env = "FLEET_SERVER_DSN"\nquery = "{query}"\n')
     result = f.run("-n", workers, "--phase4-confirm-destructive", "--phase4-canary-wait=120s")
     assert result.ret == pytest.ExitCode.OK, result.stdout.str()
-    result.stdout.fnmatch_lines(["fleet: 3 migrated"])
+    dbs = list(f.dbs.values())
+    result.stdout.fnmatch_lines([f"phase4 fleet: 3 targets (*); canary: the first 1 ({dbs[0]})", "fleet: 3 migrated"])
     assert [f.ledger(n) for n in f.names] == [FILES] * 3
+    assert [r["name"] for r in rollup(f)["targets"]] == dbs
+    assert SECRET not in f.written()
+
+
+def test_a_targets_file_is_refused_before_anything_connects(pytester: pytest.Pytester,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """No server is there (port 1): every refusal comes before a connection. A password or DSN in the file, a bad
+    name and an unknown key are listed at once; then an unset variable; then a duplicate name and one database
+    listed twice; --dsn, another --dist, and a point of no return without the confirm flag."""
+    shutil.copytree(EXAMPLES / "fleet", pytester.path, dirs_exist_ok=True)
+    nowhere = "postgresql://app:hunter2@127.0.0.1:1/tenant_a"
+    monkeypatch.setenv("T_A", nowhere)
+    monkeypatch.setenv("T_B", "postgresql://app@127.0.0.1:1/tenant_b")
+    monkeypatch.setenv("T_C", "postgresql://app@127.0.0.1:1/tenant_c")
+    monkeypatch.setenv("T_A_AGAIN", "host=127.0.0.1 port=1 dbname=tenant_a user=other")
+    monkeypatch.delenv("T_UNSET", raising=False)
+    targets = pytester.path / "fleet.toml"
+
+    def refused(text: str, *args: str) -> list[str]:
+        targets.write_text(text)
+        result = pytester.runpytest("--phase4", "-p", "no:cacheprovider", "--phase4-targets=fleet.toml", *args)
+        assert result.ret == pytest.ExitCode.USAGE_ERROR
+        assert "hunter2" not in result.stdout.str() + result.stderr.str()
+        return [line.removeprefix("ERROR: ") for line in result.stderr.lines if line.strip()]
+
+    assert refused('[[target]]\nname = "a"\ndsn = "postgresql://app:hunter2@db/a"\n\n'
+                   '[[target]]\nname = "b"\ndsn_env = "T_B"\npassword = "hunter2"\n\n'
+                   '[[target]]\nname = "bad name"\ndsn_env = "T_B"\n\n[[target]]\nname = "c"\nenv = "T_B"\n') == [
+        "fleet.toml: [[target]] #1: dsn refused: never a DSN or password in the targets file; put the DSN in an "
+        "environment variable and name it with dsn_env",
+        "fleet.toml: [[target]] #2: password refused: never a DSN or password in the targets file; put the DSN in an "
+        "environment variable and name it with dsn_env",
+        "fleet.toml: [[target]] #3: name = 'bad name': expected letters, digits, '_', '.', '-' (up to 63), e.g. "
+        "name = \"tenant_07\"",
+        "fleet.toml: [[target]] #4: unknown key(s) env; expected dsn_env, name"]
+    ok = '[[target]]\nname = "a"\ndsn_env = "T_A"\n\n[[target]]\nname = "b"\ndsn_env = "T_B"\n'
+    assert refused(ok + '\n[[target]]\nname = "c"\ndsn_env = "T_UNSET"\n', "--phase4-confirm-destructive") == [
+        "fleet.toml: environment variable(s) not set: T_UNSET; set each to its target's DSN (nothing connected)"]
+    assert refused(ok + '\n[[target]]\nname = "a"\ndsn_env = "T_C"\n\n[[target]]\nname = "a2"\ndsn_env = "T_A_AGAIN"\n',
+                   "--phase4-confirm-destructive") == [
+        "fleet.toml: target name(s) given twice: a; each target needs its own name (its reports and backups go in a "
+        "folder of that name)",
+        "fleet.toml: targets a and a2 are the same database (tenant_a on 127.0.0.1:1); list each database once"]
+    assert refused(ok, "--phase4-confirm-destructive", f"--dsn={nowhere}") == [
+        "--phase4-targets names every database of the fleet (each through its dsn_env), and --dsn names one: give "
+        "one of them"]
+    assert refused(ok, "--phase4-confirm-destructive", "-n", "2", "--dist=load") == [
+        "--dist=load: a fleet is distributed one target per worker at a time, with --dist loadgroup (the default "
+        "with --phase4-targets); drop --dist or give --dist loadgroup"]
+    assert refused(ok) == [
+        "phase4.toml has a point of no return (20250101000002_drop_denormalized.sql), and no target of a fleet can "
+        "ask for it at a prompt: add --phase4-confirm-destructive to run it on every target, or -m 'not "
+        "destructive'; nothing connected"]

@@ -60,10 +60,11 @@ class Source:
     where: str  # file:entry, for messages
 
 
-def read(path: Path) -> tuple[list[FleetTarget], list[Source], int | None]:
-    """The file's targets, its sources (their queries not run yet) and its `[fleet] canary`; all problems at once."""
+def read(file: Path, path: str) -> tuple[list[FleetTarget], list[Source], int | None]:
+    """The file's targets, its sources (their queries not run yet) and its `[fleet] canary`; all problems at once.
+    `path` is the file as the user named it, for the messages."""
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = tomllib.loads(file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
         raise TargetsError(f"--phase4-targets={path}: cannot read it ({exc}); name a TOML file of [[target]] "
                            "entries") from None
@@ -107,7 +108,7 @@ def read(path: Path) -> tuple[list[FleetTarget], list[Source], int | None]:
     return targets, sources, canary
 
 
-def _entries(data: dict[str, Any], key: str, path: Path, problems: list[str]) -> list[dict[str, Any]]:
+def _entries(data: dict[str, Any], key: str, path: str, problems: list[str]) -> list[dict[str, Any]]:
     value = data.get(key, [])
     if not isinstance(value, list) or not all(isinstance(e, dict) for e in value):
         problems.append(f"{path}: {key} must be an array of tables: write [[{key}]]")
@@ -130,7 +131,7 @@ def _unknown(entry: dict[str, Any], known: set[str], where: str, problems: list[
     return bool(extra)
 
 
-def _canary(fleet: Any, path: Path, problems: list[str]) -> int | None:
+def _canary(fleet: Any, path: str, problems: list[str]) -> int | None:
     if not isinstance(fleet, dict) or set(fleet) - {"canary"}:
         problems.append(f"{path}: [fleet] takes one key, canary = N (how many targets must finish green first)")
         return None
@@ -143,7 +144,7 @@ def _canary(fleet: Any, path: Path, problems: list[str]) -> int | None:
     return value
 
 
-def check_environment(targets: list[FleetTarget], sources: list[Source], path: Path) -> None:
+def check_environment(targets: list[FleetTarget], sources: list[Source], path: str) -> None:
     """Every variable set, every database named once: refused before anything connects."""
     problems = []
     envs = dict.fromkeys([t.dsn_env for t in targets] + [s.dsn_env for s in sources])
@@ -162,7 +163,7 @@ def check_environment(targets: list[FleetTarget], sources: list[Source], path: P
         raise TargetsError("\n".join(problems))
 
 
-def check_unique(targets: list[FleetTarget], path: Path) -> None:
+def check_unique(targets: list[FleetTarget], path: str) -> None:
     problems = []
     seen: dict[str, int] = {}
     for t in targets:

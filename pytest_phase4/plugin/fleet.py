@@ -112,14 +112,14 @@ def _read_fleet(config: pytest.Config, settings: Settings) -> Fleet:
     except PlanError as exc:
         raise pytest.UsageError(str(exc)) from None
     try:
-        listed, sources, file_canary = read(path)
-        check_environment(listed, sources, path)
+        listed, sources, file_canary = read(path, given)
+        check_environment(listed, sources, given)
         targets = listed + [t for s in sources for t in expand(s)]
-        check_unique(targets, path)
+        check_unique(targets, given)
     except TargetsError as exc:
         raise pytest.UsageError(str(exc)) from None
     if not targets:
-        raise pytest.UsageError(f"{path}: no target: its [[source]] queries returned no database name")
+        raise pytest.UsageError(f"{given}: no target: its [[source]] queries returned no database name")
     destructive = [m.file for m in plan.migrations if m.destructive]
     if destructive and not settings.confirm_destructive:
         raise pytest.UsageError(f"{plan.path.name} has a point of no return ({', '.join(destructive)}), and no target "
