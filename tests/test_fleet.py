@@ -17,6 +17,7 @@ from psycopg.conninfo import make_conninfo
 
 from helpers import EXAMPLES
 from pytest_phase4.db.embedded import EmbeddedPostgres
+from pytest_phase4.fleet.targets import FleetTarget, TargetsError, check_unique
 
 FILES = ["20250101000001_create_views.sql", "20250101000002_drop_denormalized.sql",
          "20250101000003_index_tickets.sql"]
@@ -256,3 +257,15 @@ def test_a_targets_file_is_refused_before_anything_connects(pytester: pytest.Pyt
         "phase4.toml has a point of no return (20250101000002_drop_denormalized.sql), and no target of a fleet can "
         "ask for it at a prompt: add --phase4-confirm-destructive to run it on every target, or -m 'not "
         "destructive'; nothing connected"]
+
+
+def test_two_names_that_differ_only_in_case_are_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """On a case-insensitive filesystem (macOS, Windows) Tenant_01 and tenant_01 would share one report and backup
+    folder: one target's backup written into another's. Refused like a duplicate."""
+    monkeypatch.setenv("T_1", "dbname=one host=127.0.0.1 port=1")
+    monkeypatch.setenv("T_2", "dbname=two host=127.0.0.1 port=1")
+    with pytest.raises(TargetsError) as refused:
+        check_unique([FleetTarget("Tenant_01", "T_1"), FleetTarget("tenant_01", "T_2")], "fleet.toml")
+    assert str(refused.value) == ("fleet.toml: target name(s) given twice: tenant_01 (as Tenant_01, tenant_01); each "
+                                  "target needs its own name, whatever its case (its reports and backups go in a "
+                                  "folder of that name)")

@@ -165,11 +165,13 @@ def check_environment(targets: list[FleetTarget], sources: list[Source], path: s
 
 def check_unique(targets: list[FleetTarget], path: str) -> None:
     problems = []
-    seen: dict[str, int] = {}
+    seen: dict[str, list[str]] = {}  # by folder name: a case-insensitive filesystem makes A and a one folder
     for t in targets:
-        seen[t.name] = seen.get(t.name, 0) + 1
-    if dup := [n for n, c in seen.items() if c > 1]:
-        problems.append(f"{path}: target name(s) given twice: {', '.join(dup)}; each target needs its own name (its "
+        seen.setdefault(t.name.lower(), []).append(t.name)
+    if dup := [(n, names) for n, names in seen.items() if len(names) > 1]:
+        shown = ", ".join(n if len(set(names)) == 1 else f"{n} (as {', '.join(names)})" for n, names in dup)
+        whatever = ", whatever its case" if any(len(set(names)) > 1 for _, names in dup) else ""
+        problems.append(f"{path}: target name(s) given twice: {shown}; each target needs its own name{whatever} (its "
                         "reports and backups go in a folder of that name)")
     where: dict[tuple[str, str, str], str] = {}
     for t in targets:
