@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 import uuid
+import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -269,3 +270,40 @@ def test_two_names_that_differ_only_in_case_are_refused(monkeypatch: pytest.Monk
     assert str(refused.value) == ("fleet.toml: target name(s) given twice: tenant_01 (as Tenant_01, tenant_01); each "
                                   "target needs its own name, whatever its case (its reports and backups go in a "
                                   "folder of that name)")
+
+
+def test_without_n_the_targets_run_one_after_another_each_in_its_own_folders(fleet: Callable[[int], Fleet]) -> None:
+    """No -n: the same items, in this process, target after target. With a backup stage, each target's backup is
+    in its own folder and of its own database; -k leaves a target out (untouched, counted as deselected); the
+    JUnit classnames of each target's run start with the target; the HTML report has the fleet's section."""
+    f = fleet(3)
+    plan = f.pytester.path / "checks" / "phase4.toml"
+    plan.write_text(plan.read_text().replace("[[migration]]", '[[backup]]\ncheck = "backup"\n\n[[migration]]', 1))
+    f.targets_file()
+    result = f.run("-k", "not tenant_03", "--phase4-confirm-destructive", "--junitxml=junit.xml")
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str()
+    result.stdout.fnmatch_lines(["phase4 fleet: 3 targets (one after another, in this process)",
+                                 "fleet: 2 migrated, 1 deselected"])
+    assert [f.ledger(n) for n in f.names] == [FILES, FILES, []]
+    backups = f.pytester.path / "_backups" / "fleet-tenant-normalization"
+    assert sorted(p.name for p in backups.iterdir()) == ["tenant_01", "tenant_02"]
+    for name in ("tenant_01", "tenant_02"):
+        [info] = list((backups / name).glob("*/BACKUP_INFO.txt"))
+        assert f"dbname={f.dbs[name]}" in info.read_text()
+        assert sum(other in info.read_text() for other in f.dbs.values()) == 1
+    [folder] = list((f.pytester.path / "reports").glob("fleet-*"))
+    for name in ("tenant_01", "tenant_02"):
+        cases = ET.parse(folder / name / "junit.xml").getroot().iter("testcase")
+        classnames = {c.get("classname", "") for c in cases}
+        assert len(classnames) > 3
+        assert all(c.startswith(f"{name}.checks.phase4.toml.") for c in classnames), classnames
+        evidence = json.loads((folder / name / "evidence.json").read_text())
+        assert (evidence["target"]["name"], evidence["target"]["dbname"]) == (name, f.dbs[name])
+    assert [c.get("name") for c in ET.parse(f.pytester.path / "junit.xml").getroot().iter("testcase")] == [
+        "tenant_01", "tenant_02"]
+    page = (folder / "fleet.html").read_text()
+    assert '<section id="phase4-fleet"><h2>Fleet</h2><p>2 migrated, 1 deselected</p>' in page
+    assert '<a href="tenant_01/report.html">tenant_01</a>' in page
+    doc = rollup(f)
+    assert (doc["summary"], [r["name"] for r in doc["targets"]]) == ("2 migrated, 1 deselected", f.names[:2])
+    assert SECRET not in f.written() + (f.pytester.path / "junit.xml").read_text()

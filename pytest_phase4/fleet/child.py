@@ -16,6 +16,7 @@ import re
 import subprocess
 import sys
 import time
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,11 +24,11 @@ from typing import Any
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pytest_phase4.db import dsn as dsnlib
+from pytest_phase4.fleet.identity import FLEET_TARGET_ENV
 from pytest_phase4.fleet.targets import FleetTarget
 
 _NOT_INHERITED = ("PYTEST_ADDOPTS", "PHASE4_DSN", "PGHOST", "PGHOSTADDR", "PGPORT", "PGDATABASE", "PGUSER",
                   "PGSERVICE", "PGOPTIONS", "PGTARGETSESSIONATTRS", "PGPASSWORD")
-FLEET_TARGET_ENV = "PHASE4_FLEET_TARGET"  # the child knows the target's name (its evidence says it)
 MIGRATED, HALTED, BLOCKED, NOT_RUN, ERROR = "migrated", "halted", "blocked", "not run", "error"
 
 
@@ -110,9 +111,22 @@ def run(target: FleetTarget, options: ChildOptions) -> Outcome:
                           text=True, check=False)
     outcome = read(target.name, options.reports / target.name / "evidence.json", proc.returncode,
                    dsnlib.scrub(proc.stdout + proc.stderr, secrets))
+    if options.junit:
+        junit_target_classnames(options.reports / target.name / "junit.xml", target.name)
     outcome.duration_s = round(time.monotonic() - started, 1)
     outcome.report = str(options.reports / target.name / "report.html")
     return outcome
+
+
+def junit_target_classnames(path: Path, name: str) -> None:
+    """The target first in each JUnit classname of its run: `tenant_07.checks.phase4.toml.migration.2025...`."""
+    try:
+        tree = ET.parse(path)
+    except (OSError, ET.ParseError):
+        return
+    for case in tree.iter("testcase"):
+        case.set("classname", f"{name}.{case.get('classname', '')}".rstrip("."))
+    tree.write(path, encoding="utf-8", xml_declaration=True)
 
 
 def read(name: str, path: Path, returncode: int, output: str) -> Outcome:

@@ -30,11 +30,13 @@ def canonical_sha256(document: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def document(plan: str, targets: list[str], outcomes: list[Outcome], canary: int, run_id: str) -> dict[str, Any]:
+def document(plan: str, targets: list[str], outcomes: list[Outcome], canary: int, run_id: str,
+             summary: str) -> dict[str, Any]:
+    """The roll-up of the session's targets (those selected), in the file's order."""
     by_name = {o.name: o for o in outcomes}
     rows = [by_name[n].to_json() if n in by_name else {"name": n, "verdict": "not reported"} for n in targets]
     doc: dict[str, Any] = {"plan": plan, "run_id": run_id, "written_at": datetime.now(UTC).isoformat(),
-                           "canary": canary, "summary": summary_line(outcomes, len(targets)), "targets": rows}
+                           "canary": canary, "summary": summary, "targets": rows}
     doc["content_sha256"] = canonical_sha256(doc)
     return doc
 

@@ -191,6 +191,7 @@ class FleetPlugin:
         self.config, self.fleet = config, fleet
         self.outcomes: dict[str, child.Outcome] = {}  # what the controller (or this process) heard, by target
         self.told: dict[str, canarylib.Told] = {}  # canaries' outcomes seen in this process
+        self.selected: set[str] | None = None  # the targets left after -k, --lf, --deselect
         root = config.rootpath
         self.folder = root / fleet.folder
         backups = config.getoption("phase4_backup_dir", None) or config.getini("phase4_backup_dir")
@@ -234,12 +235,18 @@ class FleetPlugin:
         """Targets in file order whatever reordered them (--ff, --lf, pytest-randomly): canaries first."""
         session.items.sort(key=lambda i: (0, i.stash[INDEX_KEY]) if INDEX_KEY in i.stash else (1, 0))
         chosen = {i.name for i in session.items if INDEX_KEY in i.stash}
+        self.selected = chosen
         canaries = [t.name for t in self.fleet.targets[:self.fleet.canary]]
         if chosen - set(canaries) and (left := [c for c in canaries if c not in chosen]):
             raise pytest.UsageError(f"the canary target(s) {', '.join(left)} are deselected, and the other targets "
                                     "would wait for them: select them too, or give --phase4-canary=0")
 
     # -- the roll-up, in the controller ----------------------------------------------------------------------
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
+        """xdist's controller collects nothing itself: which targets the workers selected (-k, --lf)."""
+        self.selected = {nodeid.rsplit("::", 1)[-1].split("@")[0] for nodeid in ids}
+
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         for key, value in report.user_properties:
             if key == PROPERTY:
@@ -249,14 +256,20 @@ class FleetPlugin:
     def ordered(self) -> list[child.Outcome]:
         return [self.outcomes[t.name] for t in self.fleet.targets if t.name in self.outcomes]
 
+    def names(self) -> list[str]:
+        """The targets of this session: every one of the file, but those -k, --lf or --deselect left out."""
+        return [t.name for t in self.fleet.targets if self.selected is None or t.name in self.selected]
+
     def summary(self) -> str:
-        return rollup.summary_line(self.ordered(), len(self.fleet.targets))
+        deselected = len(self.fleet.targets) - len(self.names())
+        return rollup.summary_line(self.ordered(), len(self.names())) + (
+            f", {deselected} deselected" if deselected else "")
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         if hasattr(self.config, "workerinput"):
             return  # the controller writes the roll-up
-        doc = rollup.document(str(self.fleet.plan), [t.name for t in self.fleet.targets], self.ordered(),
-                              self.fleet.canary, self.fleet.run_id)
+        doc = rollup.document(str(self.fleet.plan), self.names(), self.ordered(), self.fleet.canary,
+                              self.fleet.run_id, self.summary())
         rollup.write(self.folder / "fleet.json", doc)
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
