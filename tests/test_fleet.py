@@ -307,3 +307,18 @@ def test_without_n_the_targets_run_one_after_another_each_in_its_own_folders(fle
     doc = rollup(f)
     assert (doc["summary"], [r["name"] for r in doc["targets"]]) == ("2 migrated, 1 deselected", f.names[:2])
     assert SECRET not in f.written() + (f.pytester.path / "junit.xml").read_text()
+
+
+def test_reordering_plugins_never_run_a_target_before_its_canary(fleet: Callable[[int], Fleet]) -> None:
+    """pytest-randomly (and --ff, --nf) reorder items: without -n, a target placed before its canary would wait for a
+    canary that this same process runs only after it, and be reported not run. Targets run in the file's order."""
+    f = fleet(3)
+    f.targets_file(extra="[fleet]\ncanary = 1\n\n")
+    f.execute("tenant_01", "DELETE FROM sales")
+    result = f.pytester.runpytest("--phase4", "-p", "no:cacheprovider", "-p", "randomly", "--randomly-seed=2",
+                                  "--phase4-targets=fleet.toml", "--phase4-confirm-destructive",
+                                  "--phase4-canary-wait=3s", "-v")
+    result.stdout.fnmatch_lines(["checks/phase4.toml::tenant_01 FAILED*", "checks/phase4.toml::tenant_02 SKIPPED*",
+                                 "checks/phase4.toml::tenant_03 SKIPPED*",
+                                 "  tenant_02: not run: canary tenant_01 halted at preflight: *"])
+    assert [f.ledger(n) for n in f.names] == [[], [], []]
