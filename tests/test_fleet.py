@@ -18,6 +18,7 @@ from psycopg.conninfo import make_conninfo
 
 from helpers import EXAMPLES
 from pytest_phase4.db.embedded import EmbeddedPostgres
+from pytest_phase4.fleet.rollup import UNREPORTED
 from pytest_phase4.fleet.targets import FleetTarget, TargetsError, check_unique
 
 FILES = ["20250101000001_create_views.sql", "20250101000002_drop_denormalized.sql",
@@ -322,3 +323,22 @@ def test_reordering_plugins_never_run_a_target_before_its_canary(fleet: Callable
                                  "checks/phase4.toml::tenant_03 SKIPPED*",
                                  "  tenant_02: not run: canary tenant_01 halted at preflight: *"])
     assert [f.ledger(n) for n in f.names] == [[], [], []]
+
+
+def test_a_worker_that_dies_mid_target_leaks_nothing_into_the_others(fleet: Callable[[int], Fleet]) -> None:
+    """The worker running tenant_02 dies while that target's run is going on: the other targets migrate as usual,
+    and the roll-up says tenant_02 told no outcome, and where to look, instead of counting it anywhere else."""
+    f = fleet(3)
+    f.targets_file()
+    (f.pytester.path / "conftest.py").write_text(
+        "import os, threading\n\n"
+        "def pytest_runtest_call(item):\n"
+        "    if item.name == 'tenant_02' and os.environ.get('PYTEST_XDIST_WORKER'):\n"
+        "        threading.Timer(0.5, lambda: os._exit(3)).start()\n")
+    result = f.run("-n", "2", "--phase4-confirm-destructive", "--max-worker-restart=1")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["*worker 'gw*' crashed while running 'checks/phase4.toml::tenant_02*",
+                                 "fleet: 2 migrated, 1 not reported"])
+    assert [f.ledger(n) for n in ("tenant_01", "tenant_03")] == [FILES, FILES]
+    rows = {r["name"]: r for r in rollup(f)["targets"]}
+    assert (rows["tenant_02"]["verdict"], rows["tenant_02"]["reason"]) == ("not reported", UNREPORTED)

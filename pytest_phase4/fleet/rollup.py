@@ -10,6 +10,10 @@ from typing import Any
 
 from pytest_phase4.fleet.child import MIGRATED, Outcome
 
+NOT_REPORTED = "not reported"
+UNREPORTED = ("no outcome came back: its worker ended first (a crash, -x, Ctrl-C); its own run may have gone on "
+              "after that: read the evidence in its folder before running it again")
+
 
 def summary_line(outcomes: list[Outcome], expected: int) -> str:
     """"18 migrated, 1 halted at preflight, 1 halted at 2025..._index.sql": counts by verdict and step, migrated
@@ -19,7 +23,7 @@ def summary_line(outcomes: list[Outcome], expected: int) -> str:
         key = o.verdict + (f" at {o.step}" if o.step and o.verdict != MIGRATED else "")
         counts[key] = counts.get(key, 0) + 1
     if missing := expected - len(outcomes):
-        counts["not reported (its worker ended first)"] = missing
+        counts[NOT_REPORTED] = missing
     return ", ".join(f"{n} {what}" for what, n in counts.items()) or "no target ran"
 
 
@@ -34,7 +38,8 @@ def document(plan: str, targets: list[str], outcomes: list[Outcome], canary: int
              summary: str) -> dict[str, Any]:
     """The roll-up of the session's targets (those selected), in the file's order."""
     by_name = {o.name: o for o in outcomes}
-    rows = [by_name[n].to_json() if n in by_name else {"name": n, "verdict": "not reported"} for n in targets]
+    rows = [by_name[n].to_json() if n in by_name else {"name": n, "verdict": NOT_REPORTED, "reason": UNREPORTED}
+            for n in targets]
     doc: dict[str, Any] = {"plan": plan, "run_id": run_id, "written_at": datetime.now(UTC).isoformat(),
                            "canary": canary, "summary": summary, "targets": rows}
     doc["content_sha256"] = canonical_sha256(doc)
