@@ -362,3 +362,22 @@ def test_a_target_that_cannot_be_reached_is_an_error_of_its_own(fleet: Callable[
     result.stdout.fnmatch_lines(["fleet: 1 migrated, 1 error at start",
                                  "  gone: error at start: cannot connect to *127.0.0.1*1*"])
     assert SECRET not in result.stdout.str() + result.stderr.str() + f.written()
+
+
+def test_a_worker_elsewhere_finds_the_plan_in_its_copy_and_the_canary_in_the_database(
+        fleet: Callable[[int], Fleet], tmp_path: Path) -> None:
+    """A worker started in another folder (`--tx popen//chdir=...`, as `ssh=` would on another host) with the project
+    copied by --rsyncdir: it runs from its copy, writes its targets' reports there, learns the canary's outcome from
+    the canary's database and sends each outcome back in its reports; the controller writes the roll-up."""
+    f = fleet(2)
+    f.targets_file(extra="[fleet]\ncanary = 1\n\n")
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    result = f.run("--tx", f"popen//chdir={remote}", f"--rsyncdir={f.pytester.path}", "--phase4-canary-wait=120s",
+                   "-W", "ignore::DeprecationWarning", "--phase4-confirm-destructive")
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str()
+    result.stdout.fnmatch_lines(["fleet: 2 migrated"])
+    assert [f.ledger(n) for n in f.names] == [FILES, FILES]
+    evidence = [Path(r["evidence"]) for r in rollup(f)["targets"]]  # written where the worker runs, read there
+    assert [(p.parent.name, remote in p.parents, p.is_file()) for p in evidence] == [(n, True, True) for n in f.names]
+    assert list((f.pytester.path / "reports").glob("fleet-*/tenant_*")) == []

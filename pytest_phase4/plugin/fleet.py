@@ -8,6 +8,7 @@ item's report (user_properties), so remote workers (`--tx ssh=...`) need no shar
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import json
 import os
@@ -66,10 +67,15 @@ class Fleet:
     plan: Path
     passed: tuple[str, ...]
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, rootdir: Path) -> dict[str, Any]:
+        """What a worker needs, with the plan relative to the rootdir (a remote worker has its own)."""
+        try:
+            plan = str(self.plan.relative_to(rootdir.resolve()))
+        except ValueError:
+            plan = str(self.plan)
         return {"targets": [t.to_json() for t in self.targets], "canary": self.canary,
                 "canary_wait_s": self.canary_wait_s, "run_id": self.run_id, "folder": self.folder,
-                "plan": str(self.plan), "passed": list(self.passed)}
+                "plan": plan, "passed": list(self.passed)}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Fleet:
@@ -85,8 +91,10 @@ def enabled(config: pytest.Config) -> bool:
 def configure(config: pytest.Config, settings: Settings) -> None:
     """Everything checked before anything connects (but a [[source]]'s query); the plugin registered."""
     workerinput = getattr(config, "workerinput", None)
-    # an xdist worker gets the fleet as the controller read and checked it
+    # an xdist worker gets the fleet as the controller read and checked it; the plan relative to its own rootdir
     fleet = Fleet.from_json(workerinput[INPUT]) if workerinput is not None else _read_fleet(config, settings)
+    if workerinput is not None:
+        fleet = dataclasses.replace(fleet, plan=_plan_here(config, fleet.plan, str(workerinput[INPUT]["root"])))
     config.option.markexpr = ""  # -m selects the steps of every target's run (passed on), not the targets
     if config.args_source != pytest.Config.ArgsSource.ARGS:
         config.args[:] = [str(fleet.plan)]
@@ -95,6 +103,17 @@ def configure(config: pytest.Config, settings: Settings) -> None:
         config.option.htmlpath = str(plugin.folder / "fleet.html")
         config.option.self_contained_html = True
     config.pluginmanager.register(plugin, "phase4-fleet")
+
+
+def _plan_here(config: pytest.Config, plan: Path, root: str) -> Path:
+    """The plan on this worker's host: the same path, else relative to its rootdir, else in the copy that
+    --rsyncdir=<the controller's rootdir> made in its working directory."""
+    tried = [plan] if plan.is_absolute() else [config.rootpath / plan, Path.cwd() / root / plan]
+    for path in tried:
+        if path.is_file():
+            return path.resolve()
+    raise pytest.UsageError(f"this xdist worker finds no plan at {' or '.join(map(str, tried))}: give the worker the "
+                            f"project (--rsyncdir=<the rootdir>) or install it there at the same place")
 
 
 def _read_fleet(config: pytest.Config, settings: Settings) -> Fleet:
@@ -194,6 +213,8 @@ class FleetPlugin:
         self.selected: set[str] | None = None  # the targets left after -k, --lf, --deselect
         root = config.rootpath
         self.folder = root / fleet.folder
+        given = config.getoption("phase4_json", None)  # a fleet's --phase4-json is its roll-up
+        self.json_path = config.invocation_params.dir / str(given) if given else self.folder / "fleet.json"
         backups = config.getoption("phase4_backup_dir", None) or config.getini("phase4_backup_dir")
         base = config.invocation_params.dir if config.getoption("phase4_backup_dir", None) else root
         plan_name = load_plan(fleet.plan, display=fleet.plan.name).name  # read before, in the controller
@@ -206,7 +227,7 @@ class FleetPlugin:
     @pytest.hookimpl(optionalhook=True)
     def pytest_configure_node(self, node: Any) -> None:
         """xdist: every worker gets the fleet as the controller read it (targets, run id, folder)."""
-        node.workerinput[INPUT] = self.fleet.to_json()
+        node.workerinput[INPUT] = {**self.fleet.to_json(self.config.rootpath), "root": self.config.rootpath.name}
 
     def pytest_report_header(self) -> list[str]:
         names = ", ".join(t.name for t in self.fleet.targets[:self.fleet.canary])
@@ -270,7 +291,7 @@ class FleetPlugin:
             return  # the controller writes the roll-up
         doc = rollup.document(str(self.fleet.plan), self.names(), self.ordered(), self.fleet.canary,
                               self.fleet.run_id, self.summary())
-        rollup.write(self.folder / "fleet.json", doc)
+        rollup.write(self.json_path, doc)
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if hasattr(self.config, "workerinput"):
@@ -280,7 +301,7 @@ class FleetPlugin:
         for outcome in self.ordered():
             if not outcome.green:
                 terminalreporter.write_line(f"  {outcome.line()}")
-        terminalreporter.write_line(f"roll-up: {self.folder / 'fleet.json'}")
+        terminalreporter.write_line(f"roll-up: {self.json_path}")
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_html_results_summary(self, prefix: list[str], summary: list[str], postfix: list[str]) -> None:
