@@ -46,10 +46,10 @@ class Fleet:
         shutil.copytree(EXAMPLES / "fleet", pytester.path, dirs_exist_ok=True)
         (pytester.path / "pyproject.toml").write_text("[tool.pytest.ini_options]\ninitial_sort = \"original\"\n")
 
-    def targets_file(self, names: list[str] | None = None, extra: str = "") -> Path:
-        text = "".join(f'[[target]]\nname = "{n}"\ndsn_env = "FLEET_{n.upper()}_DSN"\n\n' for n in names or self.names)
+    def targets_file(self, extra: str = "", after: str = "") -> Path:
+        text = "".join(f'[[target]]\nname = "{n}"\ndsn_env = "FLEET_{n.upper()}_DSN"\n\n' for n in self.names)
         path = self.pytester.path / "fleet.toml"
-        path.write_text(extra + text)
+        path.write_text(extra + text + after)
         return path
 
     def run(self, *args: str) -> pytest.RunResult:
@@ -278,18 +278,22 @@ def test_two_names_that_differ_only_in_case_are_refused(monkeypatch: pytest.Monk
                                   "folder of that name)")
 
 
-def test_without_n_the_targets_run_one_after_another_each_in_its_own_folders(fleet: Callable[[int], Fleet]) -> None:
+def test_without_n_the_targets_run_one_after_another_each_in_its_own_folders(
+        fleet: Callable[[int], Fleet], monkeypatch: pytest.MonkeyPatch) -> None:
     """No -n: the same items, in this process, target after target. With a backup stage, each target's backup is
     in its own folder and of its own database; -k leaves a target out (untouched, counted as deselected); the
-    JUnit classnames of each target's run start with the target; the HTML report has the fleet's section."""
+    JUnit classnames of each target's run start with the target; the HTML report has the fleet's section. A target
+    whose server does not answer is an error of its own, its password masked."""
     f = fleet(3)
     plan = f.pytester.path / "checks" / "phase4.toml"
     plan.write_text(plan.read_text().replace("[[migration]]", '[[backup]]\ncheck = "backup"\n\n[[migration]]', 1))
-    f.targets_file()
+    monkeypatch.setenv("FLEET_GONE_DSN", f"postgresql://app:{SECRET}@127.0.0.1:1/gone")
+    f.targets_file(after='[[target]]\nname = "gone"\ndsn_env = "FLEET_GONE_DSN"\n')
     result = f.run("-k", "not tenant_03", "--phase4-confirm-destructive", "--junitxml=junit.xml")
-    assert result.ret == pytest.ExitCode.OK, result.stdout.str()
-    result.stdout.fnmatch_lines(["phase4 fleet: 3 targets (one after another, in this process)",
-                                 "fleet: 2 migrated, 1 deselected"])
+    assert result.ret == pytest.ExitCode.TESTS_FAILED, result.stdout.str()
+    result.stdout.fnmatch_lines(["phase4 fleet: 4 targets (one after another, in this process)",
+                                 "fleet: 2 migrated, 1 error at start, 1 deselected",
+                                 "  gone: error at start: cannot connect to *127.0.0.1*1*"])
     assert [f.ledger(n) for n in f.names] == [FILES, FILES, []]
     backups = f.pytester.path / "_backups" / "fleet-tenant-normalization"
     assert sorted(p.name for p in backups.iterdir()) == ["tenant_01", "tenant_02"]
@@ -306,13 +310,14 @@ def test_without_n_the_targets_run_one_after_another_each_in_its_own_folders(fle
         evidence = json.loads((folder / name / "evidence.json").read_text())
         assert (evidence["target"]["name"], evidence["target"]["dbname"]) == (name, f.dbs[name])
     assert [c.get("name") for c in ET.parse(f.pytester.path / "junit.xml").getroot().iter("testcase")] == [
-        "tenant_01", "tenant_02"]
+        "tenant_01", "tenant_02", "gone"]
     page = (folder / "fleet.html").read_text()
-    assert '<section id="phase4-fleet"><h2>Fleet</h2><p>2 migrated, 1 deselected</p>' in page
+    assert '<section id="phase4-fleet"><h2>Fleet</h2><p>2 migrated, 1 error at start, 1 deselected</p>' in page
     assert '<a href="tenant_01/report.html">tenant_01</a>' in page
     doc = rollup(f)
-    assert (doc["summary"], [r["name"] for r in doc["targets"]]) == ("2 migrated, 1 deselected", f.names[:2])
-    assert SECRET not in f.written() + (f.pytester.path / "junit.xml").read_text()
+    assert (doc["summary"], [r["name"] for r in doc["targets"]]) == ("2 migrated, 1 error at start, 1 deselected",
+                                                                    [*f.names[:2], "gone"])
+    assert SECRET not in f.written() + (f.pytester.path / "junit.xml").read_text() + result.stdout.str()
 
 
 def test_reordering_plugins_never_run_a_target_before_its_canary(fleet: Callable[[int], Fleet]) -> None:
@@ -347,21 +352,6 @@ def test_a_worker_that_dies_mid_target_leaks_nothing_into_the_others(fleet: Call
     assert [f.ledger(n) for n in ("tenant_01", "tenant_03")] == [FILES, FILES]
     rows = {r["name"]: r for r in rollup(f)["targets"]}
     assert (rows["tenant_02"]["verdict"], rows["tenant_02"]["reason"]) == ("not reported", UNREPORTED)
-
-
-def test_a_target_that_cannot_be_reached_is_an_error_of_its_own(fleet: Callable[[int], Fleet],
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    """A target whose server does not answer: its run cannot start; the line says why (its password masked), and
-    the other target migrates."""
-    f = fleet(1)
-    monkeypatch.setenv("FLEET_GONE_DSN", f"postgresql://app:{SECRET}@127.0.0.1:1/gone")
-    path = f.targets_file()
-    path.write_text(path.read_text() + '[[target]]\nname = "gone"\ndsn_env = "FLEET_GONE_DSN"\n')
-    result = f.run("--phase4-confirm-destructive")
-    assert result.ret == pytest.ExitCode.TESTS_FAILED
-    result.stdout.fnmatch_lines(["fleet: 1 migrated, 1 error at start",
-                                 "  gone: error at start: cannot connect to *127.0.0.1*1*"])
-    assert SECRET not in result.stdout.str() + result.stderr.str() + f.written()
 
 
 def test_a_worker_elsewhere_finds_the_plan_in_its_copy_and_the_canary_in_the_database(

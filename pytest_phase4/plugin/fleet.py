@@ -140,7 +140,7 @@ def _read_fleet(config: pytest.Config, settings: Settings) -> Fleet:
     if not targets:
         raise pytest.UsageError(f"{given}: no target: its [[source]] queries returned no database name")
     destructive = [m.file for m in plan.migrations if m.destructive]
-    if destructive and not settings.confirm_destructive:
+    if destructive and not settings.confirm_destructive and not config.option.markexpr:  # -m may leave it out
         raise pytest.UsageError(f"{plan.path.name} has a point of no return ({', '.join(destructive)}), and no target "
                                 "of a fleet can ask for it at a prompt: add --phase4-confirm-destructive to run it on "
                                 f"every target, or -m 'not destructive'; nothing connected")
