@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pytest_phase4 import evidence_chain
 from pytest_phase4.fleet.child import MIGRATED, Outcome
 
 NOT_REPORTED = "not reported"
@@ -27,13 +27,6 @@ def summary_line(outcomes: list[Outcome], expected: int) -> str:
     return ", ".join(f"{n} {what}" for what, n in counts.items()) or "no target ran"
 
 
-def canonical_sha256(document: dict[str, Any]) -> str:
-    """sha256 of the canonical JSON of a document without its own content_sha256 (the evidence's recipe)."""
-    body = {k: v for k, v in document.items() if k != "content_sha256"}
-    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
 def document(plan: str, targets: list[str], outcomes: list[Outcome], canary: int, run_id: str,
              summary: str) -> dict[str, Any]:
     """The roll-up of the session's targets (those selected), in the file's order."""
@@ -42,7 +35,7 @@ def document(plan: str, targets: list[str], outcomes: list[Outcome], canary: int
             for n in targets]
     doc: dict[str, Any] = {"plan": plan, "run_id": run_id, "written_at": datetime.now(UTC).isoformat(),
                            "canary": canary, "summary": summary, "targets": rows}
-    doc["content_sha256"] = canonical_sha256(doc)
+    doc["content_sha256"] = evidence_chain.content_sha256(doc)  # the evidence's own recipe
     return doc
 
 

@@ -14,7 +14,6 @@ from typing import Any
 from pytest_phase4 import evidence_chain
 from pytest_phase4.blast import checks as blast_checks
 from pytest_phase4.db import migrate
-from pytest_phase4.fleet import identity
 from pytest_phase4.kinds.base import KINDS
 from pytest_phase4.rls import personas
 from pytest_phase4.run import ALREADY, APPLIED, BLOCKED, FAILED, REFUSED, MigrationState, Phase4Run
@@ -304,7 +303,6 @@ class Evidence:
             "relied_on": chain.get("relied_on"),
             "halted": {"step": run.halt.step, "reason": self.scrub(run.halt.reason)} if run.halt else None,
             "dsn": self.scrub(run.target.label),
-            "target": identity.describe(run.target.dsn, lambda: run.ro),  # a fleet's target name; never a password
             "target_source": run.target.source,
             "server_version": run.server_version,
             "started_at": self.started().isoformat(),

@@ -28,6 +28,7 @@ from pytest_phase4.fleet import child, rollup
 from pytest_phase4.fleet.targets import FleetTarget, TargetsError, check_environment, check_unique, expand, read
 from pytest_phase4.plan.load import load_plan
 from pytest_phase4.plan.model import DURATION
+from pytest_phase4.plugin import promotion
 from pytest_phase4.plugin.settings import Settings
 from pytest_phase4.safety import backup
 
@@ -40,7 +41,8 @@ PASSED = (("--phase4-confirm-destructive", "phase4_confirm_destructive"), ("--ph
           ("--phase4-workers", "phase4_workers"), ("--phase4-blast-copy", "phase4_blast_copy"),
           ("--phase4-base-url", "phase4_base_url"), ("--phase4-signoff", "phase4_signoff"),
           ("--phase4-verify-only", "phase4_verify_only"), ("--phase4-verify-restore", "phase4_verify_restore"),
-          ("--phase4-rehearse", "phase4_rehearse"), ("--phase4-baseline", "phase4_baseline"))
+          ("--phase4-rehearse", "phase4_rehearse"), ("--phase4-baseline", "phase4_baseline"),
+          ("--phase4-require-evidence", "phase4_require_evidence"))
 
 
 def add_options(parser: pytest.Parser) -> None:
@@ -130,6 +132,7 @@ def _read_fleet(config: pytest.Config, settings: Settings) -> Fleet:
         plan = load_plan(settings.plan, display=str(settings.plan))
     except PlanError as exc:
         raise pytest.UsageError(str(exc)) from None
+    promotion.Promotion(config, plan).gate(None)  # once, before anything connects; each target's run again
     try:
         listed, sources, file_canary = read(path, given)
         check_environment(listed, sources, given)

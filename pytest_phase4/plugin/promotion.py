@@ -16,6 +16,7 @@ import pytest
 
 from pytest_phase4.db.target import Target
 from pytest_phase4.errors import Phase4Error
+from pytest_phase4.fleet.identity import target_name
 from pytest_phase4.plan.files import FileHash, plan_files
 from pytest_phase4.plan.model import Plan
 from pytest_phase4.run import Phase4Run
@@ -97,10 +98,10 @@ class Promotion:
         try:
             ident = run.identity()
             info = run.ro.info
-            target = {"name": None, "host": info.host, "port": info.port, "dbname": info.dbname,
+            target = {"name": target_name(), "host": info.host, "port": info.port, "dbname": info.dbname,
                       "system_identifier": ident.get("system_identifier") or None}
         except (Phase4Error, psycopg.Error):
-            target = {"name": None, **promotion.address_of(run.target.dsn), "system_identifier": None}
+            target = {"name": target_name(), **promotion.address_of(run.target.dsn), "system_identifier": None}
         mode = ("rollback" if run.safety.rollback else "verify_only" if run.verify_only else
                 "rehearsal" if rehearsal.is_child() else "embedded" if run.target.embedded is not None else "apply")
         try:
