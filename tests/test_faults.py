@@ -51,23 +51,49 @@ def set_sleep(dsn: str, seconds: int | str | None, setting: str = "faults.sleep"
             conn.execute(sql.SQL("ALTER DATABASE {} SET {} = {}").format(db, name, sql.Literal(str(seconds))))
 
 
-def wait_for_migration(dsn: str, timeout: float = 20, doing: str = "pg_sleep") -> int:
-    """The pid of the run's migration session once it runs the statement of the migration that calls `doing`."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+# A bound for a run that hangs, not a time a run is expected to take: on a loaded machine a run spent more than
+# 20 s importing its plugins before its first step.
+HUNG = 600
+
+
+def wait_for_migration(dsn: str, running: Callable[[], bool], doing: str = "pg_sleep") -> int:
+    """The pid of the run's migration session once it runs the statement of the migration that calls `doing`.
+    Waits as long as the run goes on (`running`), however slowly it starts: a fixed deadline gave up on a run
+    still starting up, which then applied its migration to the end with no one striking."""
+    deadline = time.monotonic() + HUNG
+    while running():
         with psycopg.connect(dsn, autocommit=True) as conn:
             row = conn.execute("SELECT pid FROM pg_stat_activity WHERE application_name = 'pytest-phase4'"
                                " AND state = 'active' AND strpos(query, %s) > 0", (doing,)).fetchone()
         if row:
             return int(row[0])
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the run is still going after {HUNG} s and never ran {doing}: hung?")
         time.sleep(0.05)
-    raise AssertionError("the migration never started")
+    raise AssertionError(f"the run ended before its migration ran {doing}")
 
 
-def strike(action: Callable[[], None]) -> threading.Thread:
-    thread = threading.Thread(target=action, daemon=True)
+@contextlib.contextmanager
+def strike(action: Callable[[int], None], dsn: str) -> Iterator[None]:
+    """Around an in-process run: `action(pid)` in a thread once the run's migration session sleeps."""
+    done = threading.Event()
+    failed: list[BaseException] = []
+
+    def strike_once() -> None:
+        try:
+            action(wait_for_migration(dsn, lambda: not done.is_set()))
+        except BaseException as exc:  # raised in the test, below, not lost with the thread
+            failed.append(exc)
+
+    thread = threading.Thread(target=strike_once, daemon=True)
     thread.start()
-    return thread
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+    if failed:
+        raise failed[0]
 
 
 @pytest.fixture
@@ -102,14 +128,12 @@ def test_connection_killed_mid_migration(seeded: tuple[Project, dict[str, Any]])
     p, before = seeded
     set_sleep(p.dsn, 30)
 
-    def kill() -> None:
-        pid = wait_for_migration(p.dsn)
+    def kill(pid: int) -> None:
         with psycopg.connect(p.dsn, autocommit=True) as conn:
             conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
 
-    killer = strike(kill)
-    result = p.run("-v", "--phase4-confirm-destructive")
-    killer.join()
+    with strike(kill, p.dsn):
+        result = p.run("-v", "--phase4-confirm-destructive")
     assert outcomes_of(result)[f"{M1}::apply"] == "FAILED"
     result.stdout.fnmatch_lines([
         "*20250101000001_create_views.sql*terminating connection due to administrator command*(the connection "
@@ -136,11 +160,29 @@ def test_lock_held_past_the_lock_timeout_names_the_blocker(seeded: tuple[Project
     assert_recovers(p, before)
 
 
-def _popen(p: Project, *args: str) -> subprocess.Popen[str]:
+@contextlib.contextmanager
+def _popen(p: Project, *args: str) -> Iterator[subprocess.Popen[str]]:
+    """A run in a process of its own; killed if the test fails before it ends, so that it applies nothing after."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "pytest", "--phase4", f"--dsn={p.dsn}", "-p", "no:cacheprovider", *args],
-        cwd=p.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    with subprocess.Popen(
+            [sys.executable, "-m", "pytest", "--phase4", f"--dsn={p.dsn}", "-p", "no:cacheprovider", *args],
+            cwd=p.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as run:
+        try:
+            yield run
+        finally:
+            if run.poll() is None:
+                run.kill()
+                run.communicate()
+
+
+def _in_migration(run: subprocess.Popen[str], dsn: str, doing: str = "pg_sleep") -> None:
+    """Wait until the run's migration runs `doing`; if the run ends first, fail with what it said."""
+    try:
+        wait_for_migration(dsn, lambda: run.poll() is None, doing)
+    except AssertionError as exc:
+        if run.poll() is None:
+            raise
+        raise AssertionError(f"{exc}:\n{run.communicate()[0]}") from None
 
 
 def test_two_runs_started_together_apply_each_migration_once(seeded: tuple[Project, dict[str, Any]]) -> None:
@@ -150,11 +192,12 @@ def test_two_runs_started_together_apply_each_migration_once(seeded: tuple[Proje
     # no sleep to outlast, however slow a loaded machine starts the second.
     with psycopg.connect(p.dsn, autocommit=True) as gate:
         gate.execute("SELECT pg_advisory_lock(4242)")
-        first = _popen(p, "--phase4-confirm-destructive", "--phase4-lock-timeout=120s")
-        wait_for_migration(p.dsn, doing="pg_advisory_xact_lock")
-        second = _popen(p, "--phase4-confirm-destructive")
-        second_out, _ = second.communicate(timeout=60)
-    first_out, _ = first.communicate(timeout=60)
+        with _popen(p, "--phase4-confirm-destructive", "--phase4-lock-timeout=120s") as first:
+            _in_migration(first, p.dsn, doing="pg_advisory_xact_lock")
+            with _popen(p, "--phase4-confirm-destructive") as second:
+                second_out, _ = second.communicate(timeout=HUNG)
+            gate.execute("SELECT pg_advisory_unlock(4242)")
+            first_out, _ = first.communicate(timeout=HUNG)
     assert second.returncode == pytest.ExitCode.USAGE_ERROR, second_out
     assert "ERROR: another pytest-phase4 run holds " in second_out
     assert "pid " in second_out
@@ -167,10 +210,10 @@ def test_two_runs_started_together_apply_each_migration_once(seeded: tuple[Proje
 def test_ctrl_c_during_a_migration(seeded: tuple[Project, dict[str, Any]]) -> None:
     p, before = seeded
     set_sleep(p.dsn, 30)
-    run = _popen(p, "--phase4-confirm-destructive")
-    wait_for_migration(p.dsn)
-    run.send_signal(signal.SIGINT)
-    out, _ = run.communicate(timeout=60)
+    with _popen(p, "--phase4-confirm-destructive") as run:
+        _in_migration(run, p.dsn)
+        run.send_signal(signal.SIGINT)
+        out, _ = run.communicate(timeout=HUNG)
     assert run.returncode == pytest.ExitCode.INTERRUPTED, out
     assert "KeyboardInterrupt" in out
     assert "Generated html report" in out
@@ -206,13 +249,8 @@ def test_server_stopped_hard_mid_migration(pytester: pytest.Pytester, own_server
     before = fingerprint(p.dsn)
     set_sleep(p.dsn, 30)
 
-    def crash() -> None:
-        wait_for_migration(p.dsn)
-        own_server.crash()
-
-    crasher = strike(crash)
-    result = p.run("-v", "--phase4-confirm-destructive")
-    crasher.join()
+    with strike(lambda _: own_server.crash(), p.dsn):
+        result = p.run("-v", "--phase4-confirm-destructive")
     assert outcomes_of(result)[f"{M1}::apply"] == "FAILED"
     assert result.ret == 1
     own_server.restart()
