@@ -3,6 +3,8 @@ Evidence that does not prove what it claims must not let a production run change
 
 from __future__ import annotations
 
+import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,6 +13,7 @@ from test_promotion import REQUIRE, staging_dsn, staging_run  # noqa: F401 (a fi
 from test_promotion_attacks import gate, root, sealed, staged  # noqa: F401 (root is a fixture)
 
 from helpers import Project
+from pytest_phase4.plugin.promotion import _redacted
 
 
 @pytest.mark.xfail(strict=True, reason="attack: checks skipped because a tool is missing count as green")
@@ -48,3 +51,51 @@ def test_production_does_not_overwrite_the_staging_evidence_it_relied_on(
     assert result.ret in (0, pytest.ExitCode.USAGE_ERROR), result.stdout.str()
     # the change ticket's proof of staging is gone: the file now holds production's own evidence
     assert (p.path / "staging.json").read_text() == kept
+
+
+@pytest.mark.xfail(strict=True, reason="attack: a script a command check runs is hashed in the evidence but not "
+                                       "pinned: changed after the gate, its new bytes run against production")
+def test_a_command_script_changed_after_the_gate_does_not_run_on_production(
+        project: Callable[..., Project], staging_dsn: str) -> None:  # noqa: F811
+    p = project("mini")
+    plan = p.path / "checks/phase4.toml"
+    plan.write_text(plan.read_text().replace(
+        "[[preflight]]\ncheck = \"migration_files\"\n",
+        f"[[preflight]]\ncheck = \"migration_files\"\n\n[[preflight]]\ncheck = \"command\"\n"
+        f"run = '\"{sys.executable}\" verify.py'\n", 1))
+    (p.path / "checks/verify.py").write_text("print('build ok')\n")
+    staged = staging_run(p, staging_dsn)
+    assert ("verify.py", "command") in {(f["path"], f["role"]) for f in staged["files"]}
+    assert staged["green"] is True
+    # swapped after the gate read it (a plugin here; a deploy, a git pull or a colleague in real life)
+    (p.path / "plugins").mkdir()
+    (p.path / "plugins/evil.txt").write_text(
+        f"import psycopg\npsycopg.connect({p.dsn!r}, autocommit=True).execute('DROP TABLE tickets CASCADE')\n")
+    (p.path / "plugins/swap_script.py").write_text(
+        "from pathlib import Path\n\n\ndef pytest_collection_finish(session):\n"
+        "    Path('checks/verify.py').write_text(Path('plugins/evil.txt').read_text())\n")
+    p.pytester.syspathinsert(p.path / "plugins")
+    result = p.run(REQUIRE, "--phase4-confirm-destructive", "-p", "swap_script", seed=True)
+    result.stdout.fnmatch_lines(["phase4 relied on evidence: staging.json *"])  # the gate let it start
+    assert p.query("SELECT to_regclass('public.tickets') IS NOT NULL") == [(True,)]
+
+
+@pytest.mark.xfail(strict=True, reason="attack: a huge [promotion] evidence_max_age passes the plan's validation and "
+                                       "crashes the gate with an OverflowError instead of one clear line")
+def test_a_huge_evidence_max_age_is_one_clear_line(project: Callable[..., Project]) -> None:
+    p = project("mini")
+    plan = p.path / "checks/phase4.toml"
+    plan.write_text(plan.read_text() + '\n[promotion]\nevidence_max_age = "99999999999d"\n')
+    (p.path / "staging.json").write_text("{}")
+    result = p.run(REQUIRE, "--phase4-confirm-destructive")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str() + result.stderr.str()
+    assert "evidence_max_age" in result.stderr.str()
+    assert "Traceback" not in result.stdout.str() + result.stderr.str()
+
+
+@pytest.mark.xfail(strict=True, reason="attack: the evidence's selection.args hides only --dsn: a password in "
+                                       "another argument (a base URL's user info) is written to the JSON evidence")
+def test_the_evidence_args_hold_no_password() -> None:
+    args = _redacted(["--phase4", "--phase4-base-url=https://deploy:s3cret-token@api.example.com",
+                      "--phase4-base-url", "https://deploy:s3cret-token@api.example.com"])
+    assert "s3cret-token" not in json.dumps(args)
