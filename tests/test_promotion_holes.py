@@ -99,3 +99,20 @@ def test_the_evidence_args_hold_no_password() -> None:
     args = _redacted(["--phase4", "--phase4-base-url=https://deploy:s3cret-token@api.example.com",
                       "--phase4-base-url", "https://deploy:s3cret-token@api.example.com"])
     assert "s3cret-token" not in json.dumps(args)
+
+
+@pytest.mark.xfail(strict=True, reason="attack: a command check whose cwd names an environment variable has its "
+                                       "script left out of the evidence: production may run another script")
+def test_a_command_script_under_an_env_cwd_is_part_of_the_evidence(
+        root: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    (root / "checks/tools").mkdir()
+    (root / "checks/tools/verify.sh").write_text("#!/bin/sh\nexit 0\n")
+    monkeypatch.setenv("PHASE4_TOOLS", "tools")
+    plan = root / "checks/phase4.toml"
+    plan.write_text(plan.read_text().replace(
+        "[[preflight]]\ncheck = \"migration_files\"\n",
+        "[[preflight]]\ncheck = \"migration_files\"\n\n[[preflight]]\ncheck = \"command\"\n"
+        "run = \"sh verify.sh\"\ncwd = \"${PHASE4_TOOLS}\"\n", 1))
+    doc = staged(root)  # what staging wrote, verify.sh as it was
+    (root / "checks/tools/verify.sh").write_text("#!/bin/sh\npsql -c 'TRUNCATE customers CASCADE'\nexit 0\n")
+    assert gate(root, sealed(doc)) != ""
