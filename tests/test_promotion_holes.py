@@ -116,3 +116,17 @@ def test_a_command_script_under_an_env_cwd_is_part_of_the_evidence(
     doc = staged(root)  # what staging wrote, verify.sh as it was
     (root / "checks/tools/verify.sh").write_text("#!/bin/sh\npsql -c 'TRUNCATE customers CASCADE'\nexit 0\n")
     assert gate(root, sealed(doc)) != ""
+
+
+@pytest.mark.xfail(strict=True, reason="attack: the gate requires a complete staging run but lets the production run "
+                                       "deselect checks (-m 'not post'): it migrates production unchecked, exit 0")
+def test_production_cannot_deselect_the_checks_staging_proved(
+        project: Callable[..., Project], staging_dsn: str) -> None:  # noqa: F811
+    p = project("mini")
+    assert staging_run(p, staging_dsn)["selection"]["complete"] is True
+    result = p.run(REQUIRE, "--phase4-confirm-destructive", "-m", "not post", seed=True)
+    # today: exit 0, all three migrations applied, no_orphans and row_counts_unchanged never run on production
+    assert result.ret != pytest.ExitCode.OK, result.stdout.str()
+    applied = p.query("SELECT count(*) FROM pytest_phase4.ledger") if p.query(
+        "SELECT to_regclass('pytest_phase4.ledger')") != [(None,)] else [(0,)]
+    assert applied == [(0,)]  # refused before migrating, as -m preflight alone is the one way to check only
