@@ -140,4 +140,5 @@ def test_a_number_too_long_for_python_is_one_refusal_line(root: Path) -> None:  
         line = gate(root, text)
     except ValueError as exc:  # what the plugin's gate does not catch: pytest prints INTERNALERROR
         line = f"crashed: {type(exc).__name__}"
-    assert line.startswith("--phase4-require-evidence=staging.json refused: it is not evidence this run can trust"), line
+    refusal = "--phase4-require-evidence=staging.json refused: it is not evidence this run can trust"
+    assert line.startswith(refusal), line
