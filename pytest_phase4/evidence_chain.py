@@ -64,11 +64,18 @@ def _no_constant(name: str) -> Any:
 
 
 def strict_loads(text: str) -> dict[str, Any]:
-    """Parse an evidence document: an object, no key twice in one object, no NaN or Infinity."""
+    """Parse an evidence document: an object, no key twice in one object, no NaN or Infinity, no number longer
+    than Python reads, no nesting deeper than it reads (each refused as an EvidenceFormatError, one line)."""
     try:
         document = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
     except json.JSONDecodeError as exc:
         raise EvidenceFormatError(f"not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from None
+    except EvidenceFormatError:
+        raise
+    except ValueError as exc:  # an integer longer than Python converts (sys.get_int_max_str_digits)
+        raise EvidenceFormatError(f"it holds a number this reader refuses ({str(exc).split(';')[0]})") from None
+    except RecursionError:
+        raise EvidenceFormatError("its objects or arrays are nested too deep for a JSON reader") from None
     if not isinstance(document, dict):
         raise EvidenceFormatError(f"expected a JSON object, found a {type(document).__name__}")
     return document
