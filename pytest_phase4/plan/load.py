@@ -144,8 +144,9 @@ def _build(r: _Reader, data: dict[str, Any], sha: str) -> Plan | None:
                 max_age)
 
 
-_AGE = re.compile(r"^(\d+)\s*(min|h|d)$")
+_AGE = re.compile(r"^(\d{1,12})\s*(min|h|d)$")
 _AGE_SECONDS = {"min": 60, "h": 3600, "d": 86400}
+MAX_AGE_DAYS = 366  # evidence a year old proves nothing of today's staging; beyond, datetime overflows anyway
 
 
 def _promotion(r: _Reader, table: Any) -> int | None:
@@ -164,7 +165,12 @@ def _promotion(r: _Reader, table: Any) -> int | None:
         r.problem(where, f'evidence_max_age must be a positive duration in minutes, hours or days, e.g. "90min", '
                          f'"72h" or "7d"; found {value!r}')
         return None
-    return int(m.group(1)) * _AGE_SECONDS[m.group(2)]
+    seconds = int(m.group(1)) * _AGE_SECONDS[m.group(2)]
+    if seconds > MAX_AGE_DAYS * 86400:
+        r.problem(where, f'evidence_max_age must be between 1min and {MAX_AGE_DAYS}d; found {value!r}; set a '
+                         f'shorter limit (evidence that old proves nothing of staging today)')
+        return None
+    return seconds
 
 
 def _migrations_dir(r: _Reader, head: dict[str, Any]) -> str:
