@@ -18,7 +18,7 @@ import psycopg
 
 from pytest_phase4.blast import checks as blast_checks
 from pytest_phase4.blast import radius as blast
-from pytest_phase4.db import guard, ledger, locks, migrate
+from pytest_phase4.db import dsn, guard, ledger, locks, migrate
 from pytest_phase4.db.facts import Facts
 from pytest_phase4.db.pool import Pool
 from pytest_phase4.db.target import Target
@@ -213,8 +213,9 @@ class Phase4Run:
 
     # -- groups and halting ------------------------------------------------------------------------------
     def scrub(self, text: str) -> str:
-        """Every secret of the run masked: the target's password and those the plan's commands and requests use."""
-        return self.extras.scrub(self.target.scrub(text))
+        """Every secret of the run masked: the target's password, those the plan's commands and requests use, and any
+        URL's user info or password-like value (dsn.mask_secrets)."""
+        return dsn.mask_secrets(self.extras.scrub(self.target.scrub(text)))
 
     def group_of(self, ref: str) -> int:
         step = self.plan.step(ref)

@@ -91,12 +91,13 @@ def test_a_huge_evidence_max_age_is_one_clear_line(project: Callable[..., Projec
     assert "Traceback" not in result.stdout.str() + result.stderr.str()
 
 
-@pytest.mark.xfail(strict=True, reason="attack: the evidence's selection.args hides only --dsn: a password in "
-                                       "another argument (a base URL's user info) is written to the JSON evidence")
 def test_the_evidence_args_hold_no_password() -> None:
     args = _redacted(["--phase4", "--phase4-base-url=https://deploy:s3cret-token@api.example.com",
-                      "--phase4-base-url", "https://deploy:s3cret-token@api.example.com"])
+                      "--phase4-base-url", "https://deploy:s3cret-token@api.example.com",
+                      "--api-token", "t0ken-value", "--dsn=postgresql://me:pw-value@db/crm"])
     assert "s3cret-token" not in json.dumps(args)
+    assert args == ["--phase4", "--phase4-base-url=https://deploy:***@api.example.com", "--phase4-base-url",
+                    "https://deploy:***@api.example.com", "--api-token", "***", "--dsn=***"]
 
 
 @pytest.mark.xfail(strict=True, reason="attack: a command check whose cwd names an environment variable has its "

@@ -99,6 +99,21 @@ def scrub(text: str, secrets: Iterable[str]) -> str:
     return re.sub(pattern, MASK, text, flags=re.IGNORECASE)
 
 
+# Any URL's user info (https://deploy:token@api...), and a value given to a password-like key (--x-token=...,
+# ?api_key=..., password=...): what a command line or a message may carry besides the DSN.
+_ANY_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^\s:@/]*):([^\s@/]+)@")
+_SECRET_VALUE = re.compile(r"(?i)\b((?:ssl)?password|passwd|pwd|secret|token|api[_-]?key|access[_-]?key)"
+                           r"(\s*[=:]\s*)(?!\*\*\*)([^\s&#,;'\"]+)")
+SECRET_OPTION = re.compile(r"(?i)^--?[\w-]*(password|passwd|secret|token|api[_-]?key|access[_-]?key|dsn)[\w-]*$")
+
+
+def mask_secrets(text: str) -> str:
+    """``text`` with every URL's user-info password and every password-like key's value replaced by ``***``
+    (no secret needs to be known in advance: over-masking is fine, echoing a secret is not)."""
+    text = _ANY_USERINFO.sub(lambda m: f"{m[1]}:{MASK}@" if m[2] != MASK else m[0], text)
+    return _SECRET_VALUE.sub(lambda m: f"{m[1]}{m[2]}{MASK}", text)
+
+
 def _host_port_pairs(params: dict[str, str]) -> list[tuple[str, str]]:
     hosts = (params.get("host") or params.get("hostaddr") or os.environ.get("PGHOST", "")).split(",")
     ports = (params.get("port") or os.environ.get("PGPORT", "5432")).split(",")

@@ -14,6 +14,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from pytest_phase4.db import dsn
 from pytest_phase4.db.target import Target
 from pytest_phase4.errors import Phase4Error
 from pytest_phase4.fleet.identity import target_name
@@ -150,18 +151,20 @@ def expected(plan: Plan) -> tuple[list[str], list[str]]:
 
 
 def _redacted(args: list[str]) -> list[str]:
-    """The command line without a DSN's value (it may hold a password)."""
+    """The command line with every secret-bearing value masked: the value of an option named like a DSN, password,
+    token, secret or key, and in every argument any URL's user info or password-like value (dsn.mask_secrets, as
+    the run's scrubber masks every other text of the evidence)."""
     out: list[str] = []
     hide = False
     for arg in args:
         if hide:
-            out.append("***")
+            out.append(dsn.MASK)
             hide = False
-        elif arg == "--dsn":
+        elif "=" in arg and dsn.SECRET_OPTION.match(arg.split("=", 1)[0]):
+            out.append(f"{arg.split('=', 1)[0]}={dsn.MASK}")
+        elif dsn.SECRET_OPTION.match(arg):
             out.append(arg)
             hide = True
-        elif arg.startswith("--dsn="):
-            out.append("--dsn=***")
         else:
-            out.append(arg)
+            out.append(dsn.mask_secrets(arg))
     return out
