@@ -40,8 +40,6 @@ def test_a_staging_rerun_that_applied_nothing_is_no_evidence_of_applying(
     assert p.query("SELECT to_regnamespace('pytest_phase4')") == [(None,)]
 
 
-@pytest.mark.xfail(strict=True, reason="attack: the production run's --phase4-json may be the very evidence file "
-                                       "it relies on, and overwrites the staging evidence")
 def test_production_does_not_overwrite_the_staging_evidence_it_relied_on(
         project: Callable[..., Project], staging_dsn: str) -> None:  # noqa: F811
     p = project("mini")
@@ -51,6 +49,19 @@ def test_production_does_not_overwrite_the_staging_evidence_it_relied_on(
     assert result.ret in (0, pytest.ExitCode.USAGE_ERROR), result.stdout.str()
     # the change ticket's proof of staging is gone: the file now holds production's own evidence
     assert (p.path / "staging.json").read_text() == kept
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert ("ERROR: --phase4-require-evidence=staging.json refused: this run would write its own JSON evidence "
+            "(--phase4-json) to that very file") in result.errlines[0]
+    # the same file by another name (a symlink) or beside the --html report: refused as well, nothing connected
+    (p.path / "out").mkdir()
+    (p.path / "out/prod.json").symlink_to(p.path / "staging.json")
+    result = p.run(REQUIRE, "--phase4-confirm-destructive", "--phase4-json=out/prod.json", seed=True)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str()
+    result = p.run(REQUIRE, "--phase4-confirm-destructive", "--html=staging.html", seed=True)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str()
+    assert "(beside the --html report)" in result.errlines[0]
+    assert (p.path / "staging.json").read_text() == kept
+    assert p.query("SELECT to_regnamespace('pytest_phase4')") == [(None,)]
 
 
 @pytest.mark.xfail(strict=True, reason="attack: a script a command check runs is hashed in the evidence but not "

@@ -60,6 +60,12 @@ class Promotion:
         if given is None:
             return
         path, shown = given
+        if clash := self._written_over(path):
+            raise pytest.UsageError(f"--phase4-require-evidence={shown} refused: this run would write its own "
+                                    f"{clash} to that very file, and the staging evidence it relies on would be gone "
+                                    "from the change ticket; expected the run's outputs elsewhere; give "
+                                    "--phase4-json (or --html, --junitxml) another path, e.g. --phase4-json="
+                                    "production.json. Nothing was done (no connection made)")
         address = promotion.address_of(dsn or os.environ.get("PHASE4_DSN", ""))
         max_age = self.plan.evidence_max_age_s
         try:
@@ -68,6 +74,22 @@ class Promotion:
                                           address, *expected(self.plan))
         except promotion.PromotionRefused as exc:
             raise pytest.UsageError(str(exc)) from None
+
+    def _written_over(self, evidence: Path) -> str:
+        """Which output of this run is the evidence file itself (the same path, a symlink or a hard link to it),
+        or ""."""
+        option, here = self.config.option, self.config.invocation_params.dir
+        json_path = self.config.getoption("phase4_json", None) or self.config.getini("phase4_json")
+        html_path = getattr(option, "htmlpath", None) if self.config.pluginmanager.hasplugin("html") else None
+        outputs = [("JSON evidence (--phase4-json)", json_path),
+                   ("HTML report (--html)", html_path),
+                   ("JSON evidence (beside the --html report)", Path(str(html_path)).with_suffix(".json")
+                    if html_path and not json_path else None),
+                   ("JUnit XML (--junitxml)", getattr(option, "xmlpath", None))]
+        for what, out in outputs:
+            if out and _same_file(here / str(out), evidence):
+                return what
+        return ""
 
     def vet(self, target: Target) -> None:
         """Once the target is known and before anything writes to it (seeding included): refuse the evidence of
@@ -141,6 +163,15 @@ class Promotion:
         if self.relied is not None:
             prefix.append(f"<p id='phase4-relied-on'><strong>Relied on evidence:</strong> "
                           f"{html.escape(self.relied.describe())}</p>")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        if a.resolve() == b.resolve():
+            return True
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except (OSError, RuntimeError):  # a symlink loop: not the evidence file
+        return False
 
 
 def expected(plan: Plan) -> tuple[list[str], list[str]]:
