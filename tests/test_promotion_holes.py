@@ -24,8 +24,6 @@ def test_evidence_whose_checks_all_skipped_proves_nothing(root: Path) -> None:  
     assert gate(root, sealed(doc)) != ""
 
 
-@pytest.mark.xfail(strict=True, reason="attack: the evidence of a staging re-run that applied nothing (every "
-                                       "migration 'already applied') passes as a run that applied the migrations")
 def test_a_staging_rerun_that_applied_nothing_is_no_evidence_of_applying(
         project: Callable[..., Project], staging_dsn: str) -> None:  # noqa: F811
     p = project("mini")
@@ -38,6 +36,10 @@ def test_a_staging_rerun_that_applied_nothing_is_no_evidence_of_applying(
     # README: the gate requires "a run that applied and verified the migrations"; this one applied none
     assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str()
     assert p.query("SELECT to_regnamespace('pytest_phase4')") == [(None,)]
+    assert result.errlines[0].startswith("ERROR: --phase4-require-evidence=staging.json refused: the staging run did "
+                                         "not apply 3 of the plan's migrations itself (20250101000001_create_views."
+                                         "sql, "), result.errlines
+    assert "; use the evidence of the run that applied them" in result.errlines[0]
 
 
 def test_production_does_not_overwrite_the_staging_evidence_it_relied_on(

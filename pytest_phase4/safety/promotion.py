@@ -99,6 +99,12 @@ def check(path: Path, shown: str, plan_sha256: str, plan_shown: str, files: Sequ
     if not_green_why := not_green(doc) or ("its green field is false" if doc["green"] is not True else ""):
         raise refuse(f"the staging run was not green: {not_green_why}", "a green run (every check passed, every "
                      "migration applied, nothing halted)", "fix what failed and " + rerun)
+    if earlier := [str(m.get("file")) for m in doc["migrations"] if m.get("status") != "applied"]:
+        raise refuse(f"the staging run did not apply {len(earlier)} of the plan's migrations itself ("
+                     f"{', '.join(earlier[:3])}{', ...' if len(earlier) > 3 else ''} already applied before it "
+                     "started), so it proves nothing of applying them", "the evidence of the run that applied every "
+                     "migration of the plan and verified it", "use the evidence of the run that applied them, or "
+                     "restore staging from its backup and run the plan there again")
     theirs = str(doc["plan"]["sha256"])
     if theirs != plan_sha256:
         raise refuse(f"it is the evidence of another plan: {doc['plan'].get('path', '?')} sha256 {theirs[:12]} "
