@@ -130,8 +130,6 @@ def test_a_command_script_under_an_env_cwd_is_part_of_the_evidence(
     assert gate(root, sealed(doc)) != ""
 
 
-@pytest.mark.xfail(strict=True, reason="attack: the gate requires a complete staging run but lets the production run "
-                                       "deselect checks (-m 'not post'): it migrates production unchecked, exit 0")
 def test_production_cannot_deselect_the_checks_staging_proved(
         project: Callable[..., Project], staging_dsn: str) -> None:  # noqa: F811
     p = project("mini")
@@ -142,6 +140,32 @@ def test_production_cannot_deselect_the_checks_staging_proved(
     applied = p.query("SELECT count(*) FROM pytest_phase4.ledger") if p.query(
         "SELECT to_regclass('pytest_phase4.ledger')") != [(None,)] else [(0,)]
     assert applied == [(0,)]  # refused before migrating, as -m preflight alone is the one way to check only
+    assert result.errlines[0] == (
+        "ERROR: --phase4-require-evidence=staging.json refused: this run would not run every check of the plan (-m "
+        "'not post'), and the evidence proves staging only for the whole plan; expected production to run every "
+        "check staging ran; drop -m 'not post' (run the whole plan). Nothing was done (no connection made)")
+    assert p.query("SELECT to_regnamespace('pytest_phase4')") == [(None,)]
+    for args in (("-k", "not no_orphans"), ("--deselect", "checks/phase4.toml::post"),
+                 ("checks/phase4.toml::preflight",)):
+        result = p.run(REQUIRE, "--phase4-confirm-destructive", *args, seed=True)
+        assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str()
+        assert "refused: this run would not run every check of the plan" in result.errlines[0]
+    assert p.query("SELECT to_regnamespace('pytest_phase4')") == [(None,)]
+    # a plugin that deselects on its own (the gate cannot see it on the command line): stopped before any item runs
+    (p.path / "plugins").mkdir()
+    (p.path / "plugins/drop_post.py").write_text(
+        "def pytest_collection_modifyitems(config, items):\n"
+        "    gone = [i for i in items if '::post::' in i.nodeid]\n"
+        "    items[:] = [i for i in items if i not in gone]\n"
+        "    config.hook.pytest_deselected(items=gone)\n")
+    p.pytester.syspathinsert(p.path / "plugins")
+    result = p.run(REQUIRE, "--phase4-confirm-destructive", "-p", "drop_post", seed=True)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str()
+    result.stdout.fnmatch_lines(["*--phase4-require-evidence=staging.json refused: * check(s) of the plan deselected "
+                                 "(post::*); expected production to run every check staging ran; run the whole plan."
+                                 " Nothing of the runbook was run*"])
+    assert p.query("SELECT to_regclass('pytest_phase4.ledger')") in ([(None,)],) or p.query(
+        "SELECT count(*) FROM pytest_phase4.ledger") == [(0,)]
 
 
 def test_a_number_too_long_for_python_is_one_refusal_line(root: Path) -> None:  # noqa: F811

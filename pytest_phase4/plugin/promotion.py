@@ -5,6 +5,7 @@ in safety/promotion.py and evidence_chain.py."""
 
 from __future__ import annotations
 
+import fnmatch
 import html
 import os
 from datetime import UTC, datetime, timedelta
@@ -66,6 +67,12 @@ class Promotion:
                                     "from the change ticket; expected the run's outputs elsewhere; give "
                                     "--phase4-json (or --html, --junitxml) another path, e.g. --phase4-json="
                                     "production.json. Nothing was done (no connection made)")
+        if narrowed := self._narrowed():
+            raise pytest.UsageError(f"--phase4-require-evidence={shown} refused: this run would not run every check "
+                                    f"of the plan ({'; '.join(narrowed)}), and the evidence proves staging only for "
+                                    "the whole plan; expected production to run every check staging ran; drop "
+                                    f"{', '.join(n.split(' (')[0] for n in narrowed)} (run the whole plan). Nothing "
+                                    "was done (no connection made)")
         address = promotion.address_of(dsn or os.environ.get("PHASE4_DSN", ""))
         max_age = self.plan.evidence_max_age_s
         try:
@@ -74,6 +81,29 @@ class Promotion:
                                           address, *expected(self.plan))
         except promotion.PromotionRefused as exc:
             raise pytest.UsageError(str(exc)) from None
+
+    def _narrowed(self) -> list[str]:
+        """What on the command line (or addopts) would leave a check of the plan out of this run, each in words."""
+        opt, here, folder = self.config.option, self.config.invocation_params.dir, self.plan.folder.resolve()
+        found = [f"-m {opt.markexpr!r}" if getattr(opt, "markexpr", "") else "",
+                 f"-k {opt.keyword!r}" if getattr(opt, "keyword", "") else "",
+                 *(f"--deselect {d}" for d in getattr(opt, "deselect", None) or ()),
+                 "--lf (only the tests that failed last)" if getattr(opt, "lf", False) else "",
+                 "--sw (from the last failure on)" if getattr(opt, "stepwise", False) else "",
+                 "--sw-skip" if getattr(opt, "stepwise_skip", False) else ""]
+        ignored = [*(getattr(opt, "ignore", None) or ()), *(getattr(opt, "ignore_glob", None) or ())]
+        checks = [folder / f.path for f in self.files if f.role in ("check", "conftest")]
+        for pattern in ignored:
+            hit = (here / str(pattern)).resolve()
+            if any(c == hit or hit in c.parents or fnmatch.fnmatch(str(c), str(here / str(pattern)))
+                   for c in checks):
+                found.append(f"--ignore {pattern} (a check file of the plan)")
+        if self.config.args_source == pytest.Config.ArgsSource.ARGS:
+            for arg in self.config.args:
+                path = (here / arg.split("::")[0]).resolve()
+                if "::" in arg or folder in path.parents:
+                    found.append(f"{arg} (a part of the plan's folder)")
+        return [f for f in found if f]
 
     def _written_over(self, evidence: Path) -> str:
         """Which output of this run is the evidence file itself (the same path, a symlink or a hard link to it),
@@ -137,6 +167,11 @@ class Promotion:
     # -- hooks -----------------------------------------------------------------------------------------------
     def pytest_deselected(self, items: list[pytest.Item]) -> None:
         self.deselected += len(items)
+        if self.relied is not None:  # a plugin deselected what the gate could not see: nothing of the plan runs
+            names = ", ".join(i.nodeid.split("::", 1)[-1] for i in items[:3]) + (", ..." if len(items) > 3 else "")
+            pytest.exit(f"--phase4-require-evidence={self.relied.path} refused: {len(items)} check(s) of the plan "
+                        f"deselected ({names}); expected production to run every check staging ran; run the whole "
+                        "plan. Nothing of the runbook was run", returncode=pytest.ExitCode.USAGE_ERROR)
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         self.chain_fields["selection"] = self.selection()
