@@ -58,7 +58,7 @@ def gate(root: Path, text: str) -> str:
     try:
         promotion.check(root / "staging.json", "staging.json", plan.sha256, "phase4.toml", plan_files(plan, root),
                         timedelta(seconds=plan.evidence_max_age_s) if plan.evidence_max_age_s else None, NOW, HERE,
-                        *expected(plan))
+                        *expected(plan), may_skip=plan.may_skip)
     except promotion.PromotionRefused as exc:
         return str(exc)
     return ""
@@ -193,7 +193,7 @@ def test_the_plans_age_key_is_validated(root: Path) -> None:
     with pytest.raises(Exception) as failed:
         plan_of(root)
     text = str(failed.value)
-    assert "[promotion]: unknown key 'max_age'; expected one of ['evidence_max_age']" in text
+    assert "[promotion]: unknown key 'max_age'; expected one of ['evidence_max_age', 'may_skip']" in text
     assert ('[promotion]: evidence_max_age must be a positive duration in minutes, hours or days, e.g. "90min", '
             '"72h" or "7d"; found 72') in text
 

@@ -135,13 +135,13 @@ def _build(r: _Reader, data: dict[str, Any], sha: str) -> Plan | None:
     add_blast(r, data.get("app_queries", []), stages, _stage)
     signoff = _signoff(r, data.get("signoff", {}))
     rls, migrations = rlsplan.read(data, r.display, r.header_line, r.problem, stages, migrations)
-    max_age = _promotion(r, data.get("promotion", {}))
+    max_age, may_skip = _promotion(r, data.get("promotion", {}))
     if not (migrations or any(stages.values())) and not r.problems:
         r.problem(r.display, "the plan has no [[preflight]], [[migration]] or [[post]] entries")
     if r.problems or name is None:
         return None
     return Plan(r.path, sha, name, schema, mig_dir, tuple(setup_files), settings, stages, migrations, signoff, rls,
-                max_age)
+                max_age, may_skip)
 
 
 _AGE = re.compile(r"^(\d{1,12})\s*(min|h|d)$")
@@ -149,28 +149,34 @@ _AGE_SECONDS = {"min": 60, "h": 3600, "d": 86400}
 MAX_AGE_DAYS = 366  # evidence a year old proves nothing of today's staging; beyond, datetime overflows anyway
 
 
-def _promotion(r: _Reader, table: Any) -> int | None:
-    """[promotion] evidence_max_age = "72h": how old the evidence of --phase4-require-evidence may be, in seconds."""
+def _promotion(r: _Reader, table: Any) -> tuple[int | None, tuple[str, ...]]:
+    """[promotion] evidence_max_age = "72h": how old the evidence of --phase4-require-evidence may be, in seconds;
+    may_skip = ["smoke::*"]: the checks (globs over their ids) that evidence may show skipped."""
     line = next((n for n, text in enumerate(r.lines, 1) if re.match(r"^\s*\[\s*promotion\s*\]", text)), None)
     where = r.where(label="[promotion]", line=line)
     if not isinstance(table, dict):
         r.problem(where, '[promotion] must be a table, e.g. [promotion] evidence_max_age = "72h"')
-        return None
-    _unknown(r, table, {"evidence_max_age"}, where)
+        return None, ()
+    _unknown(r, table, {"evidence_max_age", "may_skip"}, where)
+    globs = table.get("may_skip", [])
+    if not isinstance(globs, list) or not all(isinstance(g, str) and g.strip() for g in globs):
+        r.problem(where, f'may_skip must be a list of globs over check ids, e.g. ["smoke::*", '
+                         f'"preflight::command[npm_*"]; found {globs!r}')
+        globs = []
     value = table.get("evidence_max_age")
     if value is None:
-        return None
+        return None, tuple(globs)
     m = _AGE.match(value.strip()) if isinstance(value, str) else None
     if m is None or int(m.group(1)) == 0:
         r.problem(where, f'evidence_max_age must be a positive duration in minutes, hours or days, e.g. "90min", '
                          f'"72h" or "7d"; found {value!r}')
-        return None
+        return None, tuple(globs)
     seconds = int(m.group(1)) * _AGE_SECONDS[m.group(2)]
     if seconds > MAX_AGE_DAYS * 86400:
         r.problem(where, f'evidence_max_age must be between 1min and {MAX_AGE_DAYS}d; found {value!r}; set a '
                          f'shorter limit (evidence that old proves nothing of staging today)')
-        return None
-    return seconds
+        return None, tuple(globs)
+    return seconds, tuple(globs)
 
 
 def _migrations_dir(r: _Reader, head: dict[str, Any]) -> str:

@@ -106,6 +106,7 @@ class Plan:
     signoff: Mapping[str, str] = field(default_factory=dict)  # role key -> title, in plan order ([signoff])
     rls: RlsSettings = field(default_factory=RlsSettings)  # [rls] and [[persona]]
     evidence_max_age_s: int | None = None  # [promotion] evidence_max_age: the oldest evidence a run may rely on
+    may_skip: tuple[str, ...] = ()  # [promotion] may_skip: globs of the checks staging evidence may show skipped
 
     @property
     def folder(self) -> Path:

@@ -78,7 +78,7 @@ class Promotion:
         try:
             self.relied = promotion.check(path, shown, self.plan.sha256, self.plan.path.name, self.files,
                                           timedelta(seconds=max_age) if max_age else None, datetime.now(UTC),
-                                          address, *expected(self.plan))
+                                          address, *expected(self.plan), may_skip=self.plan.may_skip)
         except promotion.PromotionRefused as exc:
             raise pytest.UsageError(str(exc)) from None
 

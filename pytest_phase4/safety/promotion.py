@@ -8,6 +8,7 @@ content_sha256 must match its content (evidence_chain)."""
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -57,10 +58,11 @@ class Relied:
 
 def check(path: Path, shown: str, plan_sha256: str, plan_shown: str, files: Sequence[FileHash],
           max_age: timedelta | None, now: datetime, address: Mapping[str, str | None],
-          expected: Sequence[str] = (), migrations: Sequence[str] = ()) -> Relied:
+          expected: Sequence[str] = (), migrations: Sequence[str] = (), may_skip: Sequence[str] = ()) -> Relied:
     """The evidence at `path`, checked before anything connects; PromotionRefused with one line otherwise.
     `expected`: the plan's checks as `<step>::<test id>`, and `migrations` its files: each must have its verdict in
-    the evidence (a writer that left one out proves nothing of it)."""
+    the evidence (a writer that left one out proves nothing of it). `may_skip`: the plan's [promotion] may_skip,
+    globs over the check ids the evidence may show skipped (any other skipped check proves nothing)."""
     limit = max_age or DEFAULT_MAX_AGE
     limit_words = _duration(limit) + ("" if max_age else " (the default; set [promotion] evidence_max_age)")
 
@@ -99,6 +101,12 @@ def check(path: Path, shown: str, plan_sha256: str, plan_shown: str, files: Sequ
     if not_green_why := not_green(doc) or ("its green field is false" if doc["green"] is not True else ""):
         raise refuse(f"the staging run was not green: {not_green_why}", "a green run (every check passed, every "
                      "migration applied, nothing halted)", "fix what failed and " + rerun)
+    if skipped := not_proved(doc, may_skip):
+        raise refuse(f"the staging run skipped {len(skipped)} check(s), so it proves nothing of them: "
+                     f"{'; '.join(skipped[:3])}{'; ...' if len(skipped) > 3 else ''}", "every check of the plan run "
+                     "on staging, or listed in the plan's [promotion] may_skip", "make them run on staging (install "
+                     "what they need, set what they ask for) and give its evidence, or list them in [promotion] "
+                     "may_skip")
     if earlier := [str(m.get("file")) for m in doc["migrations"] if m.get("status") != "applied"]:
         raise refuse(f"the staging run did not apply {len(earlier)} of the plan's migrations itself ("
                      f"{', '.join(earlier[:3])}{', ...' if len(earlier) > 3 else ''} already applied before it "
@@ -166,6 +174,30 @@ def not_green(doc: Mapping[str, Any]) -> str:
     if doc.get("halted"):
         return f"halted after {doc['halted'].get('step') if isinstance(doc['halted'], dict) else doc['halted']}"
     return ""
+
+
+def not_proved(doc: Mapping[str, Any], may_skip: Sequence[str]) -> list[str]:
+    """The checks the evidence shows skipped (any reason) that no glob of may_skip names, each with its reason.
+    A glob matches a check's id as the evidence writes it, a plan check's without the plan's path
+    (`smoke::http[...]`), a custom test's with or without its folder (`test_tenants.py::test_x`), or its last
+    part (the test id, `git_status_clean`); only `*` and `?` are
+    wildcards (ids hold brackets: `backup[restore]` is literal)."""
+    out = []
+    for c in doc["checks"]:
+        if c.get("outcome") != "skipped":
+            continue
+        full = str(c.get("id", ""))
+        first, _, rest = full.partition("::")
+        shown = rest if first.endswith(".toml") else full  # a plan check by its step, a custom test by its path
+        names = {full, shown, full.rsplit("::", 1)[-1], f"{first.rsplit('/', 1)[-1]}::{rest}"}
+        if not any(_glob(g).fullmatch(n) for n in names for g in may_skip):
+            out.append(f"{shown} ({c.get('message') or 'no reason given'})")
+    return out
+
+
+def _glob(pattern: str) -> re.Pattern[str]:
+    return re.compile("".join(".*" if ch == "*" else "." if ch == "?" else re.escape(ch) for ch in pattern),
+                      re.DOTALL)
 
 
 def not_complete(doc: Mapping[str, Any]) -> str:
