@@ -31,6 +31,7 @@ from pytest_phase4.runextras import RunExtras
 from pytest_phase4.safety import baselines, kept, snapshot
 from pytest_phase4.safety import checks as safety
 from pytest_phase4.safety.baselines import Baseline
+from pytest_phase4.safety.pins import Pins
 from pytest_phase4.steps import StepBook
 
 # Migration states, as the report prints them.
@@ -189,9 +190,11 @@ class Phase4Run:
         """The migrations whose apply item runs in this run."""
         self.apply_selected = files
 
-    def pin(self, hashes: dict[str, str]) -> None:
-        """The bytes each migration must have when applied: those of the evidence this run relies on."""
-        self.pinned = dict(hashes)
+    def pin(self, pins: Pins) -> None:
+        """The bytes every file must have when used (each migration when applied): those of the evidence this run
+        relies on."""
+        self.extras.pins = pins
+        self.pinned = {m.file: sha for m in self.plan.migrations if (sha := pins.migration_sha256(m.path))}
 
     def show_progress(self, progress: Callable[[str], AbstractContextManager[object]]) -> None:
         """What to show while a migration runs (the terminal's heartbeat)."""
@@ -403,6 +406,8 @@ class Phase4Run:
                           "earlier steps checked may no longer hold, so it applies nothing more (the lock is not "
                           "taken again). Find out who ended the session (the server log), then rerun the whole "
                           "plan: the ledger shows what is applied")
+        if self.extras.pins is not None:  # every file the evidence verified, as it is now (PinBroken stops the run)
+            self.extras.pins.check_all()
         if migration.destructive:
             by = ("no one: an embedded throwaway database needs no confirmation" if self.target.embedded is not None
                   else "--phase4-confirm-destructive" if self.confirm_destructive else "'yes' at the prompt")

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from pytest_phase4.db import dsn as dsnlib
 from pytest_phase4.plan.model import CheckSpec
+from pytest_phase4.safety.pins import Pins
 
 
 @dataclass
@@ -44,6 +45,7 @@ class RunExtras:
     attachments: dict[tuple[str, str], list[tuple[str, str]]] = field(default_factory=dict)
     perf: dict[str, PerfResult] = field(default_factory=dict)
     index_usage: list[tuple[str, str, int, int]] = field(default_factory=list)  # index, table, scans, tuples
+    pins: Pins | None = None  # the files held to the evidence the run relies on (--phase4-require-evidence)
 
     def attach(self, spec: CheckSpec, title: str, text: str) -> None:
         """Text shown under the check's report row (command output, EXPLAIN plans, response bodies)."""

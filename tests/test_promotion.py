@@ -144,9 +144,11 @@ def test_staging_evidence_lets_production_start_and_every_refusal_changes_nothin
     views = (p.path / "checks/migrations/20250101000001_create_views.sql").read_text()
     result = p.run(REQUIRE, "--phase4-confirm-destructive", "-p", "swap", seed=True)
     assert result.ret == pytest.ExitCode.TESTS_FAILED
-    result.stdout.fnmatch_lines(["20250101000001_create_views.sql (line not reported): the file changed since "
-                                 "the run checked it against the evidence it relies on (sha256 * then, * now): "
-                                 "nothing was applied; find out who changed it, then start the run again"])
+    # caught once collection ends (every plugin's hooks done), before anything runs: the session stops there
+    result.stdout.fnmatch_lines(["*phase4: migrations/20250101000001_create_views.sql (migration) changed since the "
+                                 "gate checked it against the evidence this run relies on: sha256 * expected, * "
+                                 "found; nothing more of the runbook runs; find out who changed it, restore the "
+                                 "bytes staging verified, then start the run again*"])
     assert p.query("SELECT count(*) FROM tickets") == [(50,)]
     assert p.query("SELECT to_regclass('public.sales_with_details')") == [(None,)]
     (p.path / "checks/migrations/20250101000001_create_views.sql").write_text(views)

@@ -13,7 +13,10 @@ from test_promotion import REQUIRE, staging_dsn, staging_run  # noqa: F401 (a fi
 from test_promotion_attacks import found, gate, plan_of, root, sealed, staged  # noqa: F401 (root is a fixture)
 
 from helpers import Project
+from pytest_phase4.blast import appqueries
+from pytest_phase4.plan.files import plan_files
 from pytest_phase4.plugin.promotion import _redacted
+from pytest_phase4.safety.pins import PinBroken, Pins
 
 
 def test_evidence_whose_checks_all_skipped_proves_nothing(root: Path) -> None:  # noqa: F811
@@ -57,8 +60,6 @@ def test_the_plan_may_let_named_checks_skip(root: Path) -> None:  # noqa: F811
         skipping('"post::*"')
 
 
-@pytest.mark.xfail(strict=True, reason="attack: a script a command check runs is hashed in the evidence but not "
-                                       "pinned: changed after the gate, its new bytes run against production")
 def test_a_command_script_changed_after_the_gate_does_not_run_on_production(
         project: Callable[..., Project], staging_dsn: str) -> None:  # noqa: F811
     p = project("mini")
@@ -82,6 +83,39 @@ def test_a_command_script_changed_after_the_gate_does_not_run_on_production(
     result = p.run(REQUIRE, "--phase4-confirm-destructive", "-p", "swap_script", seed=True)
     result.stdout.fnmatch_lines(["phase4 relied on evidence: staging.json *"])  # the gate let it start
     assert p.query("SELECT to_regclass('public.tickets') IS NOT NULL") == [(True,)]
+    sha = staged["files"][[f["path"] for f in staged["files"]].index("verify.py")]["sha256"]
+    result.stdout.fnmatch_lines([f"*phase4: verify.py (command) changed since the gate checked it against the evidence "
+                                 f"this run relies on: sha256 {sha} expected, * found; nothing more of the runbook "
+                                 "runs; find out who changed it, restore the bytes staging verified, then start the "
+                                 "run again*"])
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    assert p.query("SELECT to_regnamespace('pytest_phase4')") == [(None,)]  # no migration, no ledger
+
+
+def test_a_command_script_changed_during_the_run_stops_it_before_it_runs(
+        project: Callable[..., Project], staging_dsn: str) -> None:  # noqa: F811
+    # changed while the run runs, after the migrations (a custom post check stands for a deploy): the script is
+    # checked right before it runs, and the session stops there
+    p = project("mini")
+    plan = p.path / "checks/phase4.toml"
+    plan.write_text(plan.read_text() + f"\n[[post]]\ncheck = \"command\"\nrun = '\"{sys.executable}\" verify.py'\n")
+    (p.path / "checks/verify.py").write_text("print('build ok')\n")
+    (p.path / "checks/test_late.py").write_text(
+        "import pytest\nfrom pathlib import Path\n\n\n"
+        "@pytest.mark.phase4_after('20250101000003_add_indexes.sql')\ndef test_deploy():\n"
+        "    if Path('swap.flag').exists():\n"
+        "        Path('checks/verify.py').write_text(\"open('ran.flag', 'w').write('evil')\")\n")
+    assert staging_run(p, staging_dsn)["green"] is True
+    (p.path / "swap.flag").write_text("")
+    result = p.run(REQUIRE, "--phase4-confirm-destructive", "--phase4-json=production.json", seed=True)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED, result.stdout.str()
+    result.stdout.fnmatch_lines(["*phase4: verify.py (command) changed since the gate checked it against the evidence "
+                                 "this run relies on: sha256 * expected, * found; nothing more of the runbook runs;*"])
+    assert not (p.path / "ran.flag").exists()
+    assert p.query("SELECT count(*) FROM pytest_phase4.ledger") == [(3,)]  # the migrations ran before the change
+    production = json.loads((p.path / "production.json").read_text())
+    assert production["green"] is False
+    assert production["halted"]["reason"].startswith("verify.py (command) changed since the gate checked it")
 
 
 def test_a_huge_evidence_max_age_is_one_clear_line(project: Callable[..., Project]) -> None:
@@ -104,8 +138,6 @@ def test_the_evidence_args_hold_no_password() -> None:
                     "https://deploy:***@api.example.com", "--api-token", "***", "--dsn=***"]
 
 
-@pytest.mark.xfail(strict=True, reason="attack: a command check whose cwd names an environment variable has its "
-                                       "script left out of the evidence: production may run another script")
 def test_a_command_script_under_an_env_cwd_is_part_of_the_evidence(
         root: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
     (root / "checks/tools").mkdir()
@@ -167,3 +199,26 @@ def test_a_number_too_long_for_python_is_one_refusal_line(root: Path) -> None:  
         line = f"crashed: {type(exc).__name__}"
     refusal = "--phase4-require-evidence=staging.json refused: it is not evidence this run can trust"
     assert line.startswith(refusal), line
+
+
+def test_every_file_read_later_is_held_to_the_evidence(root: Path) -> None:  # noqa: F811
+    """[setup] files (seeding) and [[app_queries]] files (the blast radius) are read after the gate: each read is
+    checked against the sha256 the gate accepted, and a changed one is refused as it is read."""
+    (root / "checks/queries").mkdir()
+    (root / "checks/queries/app.sql").write_text("SELECT id FROM customers;\n")
+    plan = root / "checks/phase4.toml"
+    plan.write_text(plan.read_text() + '\n[[app_queries]]\nfile = "queries/*.sql"\n')
+    loaded = plan_of(root)
+    pins = Pins(loaded.folder, tuple(plan_files(loaded, root)))
+    assert pins.text(root / "checks/setup/schema.sql") == (root / "checks/setup/schema.sql").read_text()
+    assert appqueries.from_files(loaded.folder, "queries/*.sql", pins)[0][0].text.startswith("SELECT id")
+    (root / "checks/queries/app.sql").write_text("SELECT 1;\n")
+    with pytest.raises(PinBroken, match=r"^queries/app\.sql \(sql\) changed since the gate checked it against the "
+                                        r"evidence this run relies on: sha256 [0-9a-f]{64} expected, [0-9a-f]{64} "
+                                        r"found; nothing more of the runbook runs"):
+        appqueries.from_files(loaded.folder, "queries/*.sql", pins)
+    (root / "checks/setup/schema.sql").write_text("DROP TABLE IF EXISTS customers;\n")
+    with pytest.raises(PinBroken, match=r"^setup/schema\.sql \(setup\) changed since the gate checked it"):
+        pins.text(root / "checks/setup/schema.sql")
+    with pytest.raises(PinBroken, match=r"^queries/app\.sql \(sql\) changed"):  # the first, in path order
+        pins.check_all()

@@ -23,6 +23,7 @@ from pglast.visitors import Visitor
 from psycopg import sql
 
 from pytest_phase4.db import sqltext
+from pytest_phase4.safety.pins import Pins
 
 _PREPARABLE = (ast.SelectStmt, ast.InsertStmt, ast.UpdateStmt, ast.DeleteStmt, ast.MergeStmt)
 _SYSTEM = ("pg_catalog", "information_schema", "pytest_phase4")
@@ -183,15 +184,17 @@ def recorded(conn: psycopg.Connection[Any], roles: tuple[str, ...], min_calls: i
     return found
 
 
-def from_files(folder: Path, pattern: str) -> tuple[list[AppQuery], list[str]]:
-    """Each query of each file the glob matches (relative to the plan's folder), and what was left out."""
+def from_files(folder: Path, pattern: str, pins: Pins | None = None) -> tuple[list[AppQuery], list[str]]:
+    """Each query of each file the glob matches (relative to the plan's folder), and what was left out. With
+    `pins`, each file's bytes are those the evidence the run relies on verified (PinBroken otherwise)."""
     queries: list[AppQuery] = []
     notes: list[str] = []
     paths = sorted(Path(p) for p in glob.glob(str(folder / pattern), recursive=True))
     for path in paths:
         shown = str(path.relative_to(folder)) if path.is_relative_to(folder) else str(path)
         try:
-            statements = sqltext.split(path.read_text(errors="replace"), shown)
+            raw = pins.read(path) if pins is not None else path.read_bytes()
+            statements = sqltext.split(raw.decode(errors="replace"), shown)
         except sqltext.SqlSyntaxError as exc:
             notes.append(str(exc))
             continue

@@ -179,7 +179,8 @@ def _gather(run: Phase4Run, checks: tuple[CheckSpec, ...], paths: dict[str, str]
             queries[spec.test_id] = found.queries
         elif spec.kind == "app_queries":
             if p["file"]:
-                queries[spec.test_id], notes[spec.test_id] = appqueries.from_files(run.plan.folder, p["file"])
+                queries[spec.test_id], notes[spec.test_id] = appqueries.from_files(run.plan.folder, p["file"],
+                                                                                           run.extras.pins)
             else:
                 queries[spec.test_id] = [appqueries.inline(p["name"], p["query"])]
     return queries, notes, recorded
@@ -229,7 +230,8 @@ def _migrate(run: Phase4Run, copy: scratch.Copy, conn: psycopg.Connection[Any], 
             writer.commit()
             try:
                 migrate.apply(writer, migration, run.plan.name, run.plan.schema, record=False,
-                              skip=frozenset(s.start for s, _ in skipped))
+                              skip=frozenset(s.start for s, _ in skipped),
+                              expected_sha256=run.pinned.get(migration.file))
             except MigrationFailed as exc:
                 result.failed_migration = exc.summary + (f" ({exc.detail})" if exc.detail else "")
                 return

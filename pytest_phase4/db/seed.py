@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -13,9 +14,11 @@ from pytest_phase4.plan.model import Plan
 
 
 def load_setup(conn: psycopg.Connection[Any], plan: Plan, settings: dict[str, str] | None = None,
-               on_file: Callable[[str], None] = lambda name: None) -> None:
-    """Run the setup files in one transaction, calling on_file(name) as each starts. Refuses a schema that
-    already holds tables: seeding is for empty scratch databases, never for one that holds data."""
+               on_file: Callable[[str], None] = lambda name: None,
+               read: Callable[[Path], str] = lambda path: path.read_text(encoding="utf-8")) -> None:
+    """Run the setup files in one transaction, calling on_file(name) as each starts (each read by `read`: the
+    promotion gate's checks its bytes). Refuses a schema that already holds tables: seeding is for empty scratch
+    databases, never for one that holds data."""
     if not plan.setup_files:
         raise TargetError(f"the plan {plan.path} has no [setup] files to load: add [setup] files = [...] "
                           "or drop --phase4-seed")
@@ -32,7 +35,7 @@ def load_setup(conn: psycopg.Connection[Any], plan: Plan, settings: dict[str, st
             for key, value in values.items():
                 conn.execute("SELECT set_config(%s, %s, true)", (key, value))
             for path in plan.setup_files:
-                name, text = path.name, path.read_text(encoding="utf-8")
+                name, text = path.name, read(path)
                 on_file(name)
                 conn.execute(text.encode())
     except psycopg.Error as exc:

@@ -19,6 +19,7 @@ from typing import Any
 from pytest_phase4.errors import CheckFailed
 from pytest_phase4.kinds.base import Kind, Param, register
 from pytest_phase4.kinds.context import CheckSkipped, Context
+from pytest_phase4.plan.files import command_cwd, command_files
 from pytest_phase4.plan.model import CheckSpec, expand_env
 
 
@@ -34,11 +35,11 @@ def command(ctx: Context, spec: CheckSpec) -> str:
     argv = shlex.split(run)
     cwd = ctx.plan.folder
     if p["cwd"]:
-        expanded, missing, _ = expand_env(p["cwd"])
+        _, missing, _ = expand_env(p["cwd"])
         if missing:
             raise CheckSkipped(f"{run!r} not run: {', '.join(missing)} is not set (the working directory "
                                f"{p['cwd']}); set it to run this check")
-        cwd = ctx.plan.folder / Path(expanded).expanduser()
+        cwd = command_cwd(p["cwd"], ctx.plan.folder)
         if not cwd.is_dir():
             raise CheckFailed(f"working directory {cwd} for {run!r}", "no such directory", spec.where,
                               hint=spec.hint or "fix cwd in the plan or the variable it names")
@@ -49,6 +50,8 @@ def command(ctx: Context, spec: CheckSpec) -> str:
         argv[0] = str(program)
     elif shutil.which(argv[0]) is None:
         raise CheckSkipped(f"{argv[0]} is not installed (not found on PATH): {run!r} was not run")
+    if ctx.extras.pins is not None:  # the program and script as the evidence verified them, right before they run
+        ctx.extras.pins.check(command_files(run, p["cwd"], ctx.plan.folder))
     started = time.perf_counter()
     proc = subprocess.Popen(argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, start_new_session=True)

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from pytest_phase4.plan.model import Plan
+from pytest_phase4.plan.model import Plan, expand_env
 
 # pytest's default norecursedirs and what never holds a plan's Python
 _NOT_SEARCHED = ("*.egg", ".*", "_darcs", "build", "CVS", "dist", "node_modules", "venv", "{arch}", "__pycache__",
@@ -61,15 +61,9 @@ def plan_files(plan: Plan, rootdir: Path) -> list[FileHash]:
         if spec.kind == "app_queries" and spec.params.get("file"):
             for p in sorted(glob.glob(str(folder / str(spec.params["file"])), recursive=True)):
                 add(Path(p), "sql")
-        elif spec.kind == "command" and "${" not in str(spec.params.get("cwd") or ""):
-            cwd = folder / str(spec.params.get("cwd") or "")
-            try:
-                argv = shlex.split(str(spec.params["run"]))
-            except ValueError:
-                continue
-            for arg in argv:  # the program, and a script it is given (bash ./verify.sh)
-                if not arg.startswith("-") and (cwd / arg).is_file():
-                    add(cwd / arg, "command")
+        elif spec.kind == "command":
+            for path in command_files(str(spec.params["run"]), spec.params.get("cwd"), folder):
+                add(path, "command")
     python = list(_python_under(folder)) + list(_conftests_above(folder, rootdir))
     for path in python:
         add(path, "conftest" if path.name == "conftest.py" else "check")
@@ -77,6 +71,28 @@ def plan_files(plan: Plan, rootdir: Path) -> list[FileHash]:
         add(path, "python")
     return sorted((FileHash(_relative(p, folder), sha256_of(p), role) for p, role in found.items()),
                   key=lambda f: f.path)
+
+
+def command_cwd(cwd: object, folder: Path) -> Path:
+    """The working directory of a `command` check as the run resolves it: ${NAME} from the environment (an unset
+    one stays as written: the check is skipped saying so, and no file of it is listed), ~ expanded, relative to
+    the plan's folder."""
+    if not cwd:
+        return folder
+    expanded, _, _ = expand_env(str(cwd))
+    return folder / Path(expanded).expanduser()
+
+
+def command_files(run: str, cwd: object, folder: Path) -> list[Path]:
+    """The files a `command` check names (its program when it is a path, a script it is given: bash ./verify.sh),
+    as the run will find them: what the evidence lists and what is checked again right before the command runs."""
+    where = command_cwd(cwd, folder)
+    try:
+        argv = shlex.split(run)
+    except ValueError:
+        return []
+    return [where / Path(arg).expanduser() for arg in argv
+            if not arg.startswith("-") and (where / Path(arg).expanduser()).is_file()]
 
 
 def _relative(path: Path, folder: Path) -> str:

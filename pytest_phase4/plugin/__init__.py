@@ -100,7 +100,7 @@ def pytest_cmdline_main(config: pytest.Config) -> None:
     terminal = Terminal.open()  # heartbeat lines of long steps, from seeding to the last check
     config.add_cleanup(terminal.close)
     try:
-        target = _target(settings, plan, terminal, gate.vet)
+        target = _target(settings, plan, terminal, gate.vet, gate.read)
         # A throwaway database holds nothing to lose: its point of no return needs no confirmation.
         run = Phase4Run(plan, target, settings.confirm_destructive or target.embedded is not None,
                         settings.check_timeout, settings.lock_timeout, workers=settings.workers,
@@ -212,7 +212,8 @@ def _refuse_distribution(config: pytest.Config) -> None:
                                 "many databases at once, list them in --phase4-targets=FILE")
 
 
-def _target(settings: Settings, plan: Any, terminal: Terminal, vet: Callable[[Target], None]) -> Target:
+def _target(settings: Settings, plan: Any, terminal: Terminal, vet: Callable[[Target], None],
+            read: Callable[[Path], str]) -> Target:
     """The run's target; `vet` sees a given target before anything writes to it (seeding included)."""
     target = resolve(settings.dsn)
     if rehearsal.is_child():  # a rehearsal's child run: its scratch copy and nothing else; restored, not seeded
@@ -229,16 +230,17 @@ def _target(settings: Settings, plan: Any, terminal: Terminal, vet: Callable[[Ta
         return target
     vet(target)
     if settings.seed:
-        _seed(target, plan, terminal)
+        _seed(target, plan, terminal, read)
     return target
 
 
-def _seed(target: Target, plan: Any, terminal: Terminal) -> None:
+def _seed(target: Target, plan: Any, terminal: Terminal,
+          read: Callable[[Path], str] = lambda path: path.read_text(encoding="utf-8")) -> None:
     loading = {"file": ""}
     try:
         with (target.connect(read_only=False, autocommit=False) as conn,
               terminal.step(f"loading the plan's [setup] into {target.label}", status=lambda: loading["file"])):
-            load_setup(conn, plan, on_file=lambda name: loading.update(file=f"running {name}"))
+            load_setup(conn, plan, on_file=lambda name: loading.update(file=f"running {name}"), read=read)
     except BaseException:
         target.close()
         raise

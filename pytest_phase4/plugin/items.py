@@ -23,6 +23,7 @@ from pytest_phase4.plan.model import CheckSpec, Migration, Step
 from pytest_phase4.plugin.nodes import RUN_KEY, Phase4Item
 from pytest_phase4.plugin.safety import rehearsal_items, rollback_collectors
 from pytest_phase4.run import ALREADY, NOT_RUN
+from pytest_phase4.safety.pins import PinBroken
 from pytest_phase4.steps import REHEARSE_KEY, Key, StepBook, apply_key, check_key
 
 GROUP_KEY = pytest.StashKey[int]()
@@ -58,6 +59,8 @@ def check_function(spec: CheckSpec) -> Callable[..., None]:
     def phase4_check(request: pytest.FixtureRequest, record_property: Callable[[str, object], None]) -> None:
         try:
             observed = request.config.stash[RUN_KEY].check(spec)
+        except PinBroken as exc:
+            stop(request.config, spec.step, exc)
         except CheckSkipped as exc:
             if isinstance(exc, NoBaseline):  # the evidence marks the run incomplete (promotion)
                 record_property("no_baseline", True)
@@ -68,12 +71,22 @@ def check_function(spec: CheckSpec) -> Callable[..., None]:
     return phase4_check
 
 
+def stop(config: pytest.Config, step: str, exc: PinBroken) -> None:
+    """A file the run relies on is not the one the evidence verified: the run halts there and the session ends
+    before anything else runs (the line says which file, the sha256 expected and the one found)."""
+    run = config.stash[RUN_KEY]
+    run.record_failure(run.group_of(step), str(exc), is_migration=step != "preflight" and step != "post")
+    pytest.exit(f"phase4: {exc}", returncode=pytest.ExitCode.TESTS_FAILED)
+
+
 def migration_function(migration: Migration) -> Callable[..., None]:
     def phase4_migration(request: pytest.FixtureRequest, record_property: Callable[[str, object], None]) -> None:
         phase4_run = request.config.stash[RUN_KEY]
         state = phase4_run.ensure(migration)  # done already by the migration's fixture, in this item's setup
         record_property("sha256", state.sha256)
         if (error := phase4_run.errors.get(migration.file)) is not None:
+            if isinstance(error, PinBroken):
+                stop(request.config, migration.file, error)
             raise error
         if state.status == ALREADY:
             pytest.skip(f"already applied: {state.note}; verifying only")

@@ -23,6 +23,7 @@ from pytest_phase4.plan.files import FileHash, plan_files
 from pytest_phase4.plan.model import Plan
 from pytest_phase4.run import Phase4Run
 from pytest_phase4.safety import promotion, rehearsal
+from pytest_phase4.safety.pins import PinBroken, Pins
 from pytest_phase4.safety.promotion import Relied
 from pytest_phase4.safety.snapshot import identity
 
@@ -52,6 +53,7 @@ class Promotion:
         self.config, self.plan = config, plan
         self.files: list[FileHash] = plan_files(plan, config.rootpath)
         self.relied: Relied | None = None
+        self.pins: Pins | None = None  # once the gate let the run start: every file held to the evidence
         self.deselected = 0
         self.chain_fields: dict[str, Any] = {}  # the evidence document's chain fields, filled as the run goes
 
@@ -81,6 +83,14 @@ class Promotion:
                                           address, *expected(self.plan), may_skip=self.plan.may_skip)
         except promotion.PromotionRefused as exc:
             raise pytest.UsageError(str(exc)) from None
+        self.pins = Pins(self.plan.folder, tuple(self.files))
+
+    def read(self, path: Path) -> str:
+        """A file's text, held to the evidence's bytes when the run relies on one ([setup] files when seeding)."""
+        try:
+            return self.pins.text(path) if self.pins is not None else path.read_text(encoding="utf-8")
+        except PinBroken as exc:
+            raise pytest.UsageError(f"phase4: {exc}") from None
 
     def _narrowed(self) -> list[str]:
         """What on the command line (or addopts) would leave a check of the plan out of this run, each in words."""
@@ -142,9 +152,8 @@ class Promotion:
         """Connected, nothing written yet: the migrations are held to the bytes the evidence verified."""
         if self.relied is None:
             return
-        by_path = {f.path: f.sha256 for f in self.files}
-        run.pin({m.file: by_path[p] for m in self.plan.migrations
-                 if (p := Path(os.path.relpath(m.path, self.plan.folder)).as_posix()) in by_path})
+        if self.pins is not None:
+            run.pin(self.pins)
 
     def chain(self, run: Phase4Run) -> dict[str, Any]:
         """The fields of this run's evidence that a later run's gate reads."""
@@ -173,8 +182,14 @@ class Promotion:
                         f"deselected ({names}); expected production to run every check staging ran; run the whole "
                         "plan. Nothing of the runbook was run", returncode=pytest.ExitCode.USAGE_ERROR)
 
+    @pytest.hookimpl(trylast=True)  # after every other plugin's: what they changed while collecting is seen
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         self.chain_fields["selection"] = self.selection()
+        if self.pins is not None:  # the custom checks' modules and conftests are imported by now: as verified?
+            try:
+                self.pins.check_all()
+            except PinBroken as exc:
+                pytest.exit(f"phase4: {exc}", returncode=pytest.ExitCode.TESTS_FAILED)
 
     def selection(self) -> dict[str, Any]:
         option = self.config.option
