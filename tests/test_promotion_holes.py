@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import psycopg
 import pytest
 from test_promotion import REQUIRE, staging_dsn, staging_run  # noqa: F401 (a fixture)
 from test_promotion_attacks import found, gate, plan_of, root, sealed, staged  # noqa: F401 (root is a fixture)
@@ -16,6 +17,7 @@ from helpers import Project
 from pytest_phase4.blast import appqueries
 from pytest_phase4.plan.files import plan_files
 from pytest_phase4.plugin.promotion import _redacted
+from pytest_phase4.safety import promotion
 from pytest_phase4.safety.pins import PinBroken, Pins
 
 
@@ -222,3 +224,23 @@ def test_every_file_read_later_is_held_to_the_evidence(root: Path) -> None:  # n
         pins.text(root / "checks/setup/schema.sql")
     with pytest.raises(PinBroken, match=r"^queries/app\.sql \(sql\) changed"):  # the first, in path order
         pins.check_all()
+
+
+def test_the_target_is_told_by_what_the_server_says_not_by_the_dsn(scratch_dsn: str) -> None:
+    """A pooler alias (pgbouncer's [databases] crm_prod = dbname=crm) names the database otherwise than the server:
+    the evidence records current_database() and the server's address, and compares those."""
+    with psycopg.connect(scratch_dsn, autocommit=True) as conn:
+        here = promotion.place(conn)
+        assert here["dbname"] == conn.execute("SELECT current_database()").fetchone()[0]  # type: ignore[index]
+        assert here["dsn_dbname"] == conn.info.dbname
+        assert here["system_identifier"].isdigit()
+        assert "password" not in json.dumps(here)
+    staging = {**here, "host": "staging-pooler.example.com", "dsn_dbname": "crm_staging"}
+    alias = {**here, "host": "prod-pooler.example.com", "dsn_dbname": "crm_prod"}
+    assert promotion.same_place(staging, alias) == (f"database {here['dbname']} of the cluster with system "
+                                                    f"identifier {here['system_identifier']}")
+    # no system identifier on either side (no pg_monitor): the server's address and port decide
+    tcp = {"dbname": "crm", "server_addr": "10.0.0.5", "server_port": 5432, "system_identifier": None}
+    assert promotion.same_place({**tcp, "host": "a"}, {**tcp, "host": "b"}) == ("database crm at server address "
+                                                                                "10.0.0.5:5432")
+    assert promotion.same_place({**tcp, "host": "a"}, {**tcp, "host": "b", "server_addr": "10.0.0.6"}) == ""

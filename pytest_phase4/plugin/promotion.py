@@ -25,7 +25,6 @@ from pytest_phase4.run import Phase4Run
 from pytest_phase4.safety import promotion, rehearsal
 from pytest_phase4.safety.pins import PinBroken, Pins
 from pytest_phase4.safety.promotion import Relied
-from pytest_phase4.safety.snapshot import identity
 
 
 def add_options(parser: pytest.Parser) -> None:
@@ -138,7 +137,7 @@ class Promotion:
             return
         try:
             with target.connect(read_only=True, autocommit=True) as conn:
-                here = {**identity(conn), "host": conn.info.host, "port": conn.info.port, "dbname": conn.info.dbname}
+                here = promotion.place(conn)
         except (Phase4Error, psycopg.Error):
             return  # the run's own connection reports it, before anything writes
         if same := promotion.same_place(self.relied.target, here):
@@ -158,10 +157,7 @@ class Promotion:
     def chain(self, run: Phase4Run) -> dict[str, Any]:
         """The fields of this run's evidence that a later run's gate reads."""
         try:
-            ident = run.identity()
-            info = run.ro.info
-            target = {"name": target_name(), "host": info.host, "port": info.port, "dbname": info.dbname,
-                      "system_identifier": ident.get("system_identifier") or None}
+            target = {**promotion.place(run.ro), "name": target_name()}
         except (Phase4Error, psycopg.Error):
             target = {"name": target_name(), **promotion.address_of(run.target.dsn), "system_identifier": None}
         mode = ("rollback" if run.safety.rollback else "verify_only" if run.verify_only else

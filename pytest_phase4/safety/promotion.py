@@ -15,11 +15,13 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from pytest_phase4 import evidence_chain
 from pytest_phase4.errors import Phase4Error
 from pytest_phase4.plan.files import FileHash
+from pytest_phase4.safety.snapshot import identity
 
 DEFAULT_MAX_AGE = timedelta(days=7)  # when the plan's [promotion] sets no evidence_max_age
 SKEW = timedelta(minutes=5)  # a clock this far ahead of ours is tolerated; evidence from further on is refused
@@ -298,15 +300,31 @@ def address_of(dsn: str) -> dict[str, str | None]:
     return {"host": str(host) if host else None, "port": str(port), "dbname": str(dbname) if dbname else None}
 
 
+def place(conn: psycopg.Connection[Any]) -> dict[str, Any]:
+    """Where a connection landed, as the server says (a pooler or a service file may name the database otherwise):
+    current_database(), the server's address and port (None over a Unix socket), the cluster's system identifier
+    (None without superuser or pg_monitor), and the host, port and database name the DSN gave."""
+    row = conn.execute("SELECT current_database(), host(inet_server_addr()), inet_server_port()").fetchone()
+    ident = identity(conn)
+    return {"name": None, "host": conn.info.host, "port": conn.info.port,
+            "dbname": str(row[0]) if row else conn.info.dbname, "dsn_dbname": conn.info.dbname,
+            "server_addr": row[1] if row else None, "server_port": row[2] if row else None,
+            "system_identifier": ident.get("system_identifier") or None}
+
+
 def same_place(theirs: Mapping[str, Any], here: Mapping[str, Any]) -> str:
-    """Why the evidence's target is this run's database, or "": the same cluster (system identifier) and database
-    name; where either system identifier is unknown, the same host, port and database name."""
+    """Why the evidence's target is this run's database, or "": the same database name (the server's
+    current_database() once connected) in the same cluster (system identifier); where either is unknown, at the
+    same server address and port; before connecting, the same host, port and database name."""
     name, other = here.get("dbname"), theirs.get("dbname")
     if not name or not other or str(name) != str(other):
         return ""
     ours, their_id = here.get("system_identifier"), theirs.get("system_identifier")
     if ours and their_id:
         return f"database {name} of the cluster with system identifier {ours}" if str(ours) == str(their_id) else ""
+    addr, port = here.get("server_addr"), here.get("server_port")
+    if addr and port and (str(addr), str(port)) == (str(theirs.get("server_addr")), str(theirs.get("server_port"))):
+        return f"database {name} at server address {addr}:{port}"
     host, port = here.get("host"), here.get("port")
     if host and str(host) == str(theirs.get("host")) and str(port) == str(theirs.get("port")):
         return f"database {name} on {host}:{port}"
