@@ -244,3 +244,25 @@ def test_the_target_is_told_by_what_the_server_says_not_by_the_dsn(scratch_dsn: 
     assert promotion.same_place({**tcp, "host": "a"}, {**tcp, "host": "b"}) == ("database crm at server address "
                                                                                 "10.0.0.5:5432")
     assert promotion.same_place({**tcp, "host": "a"}, {**tcp, "host": "b", "server_addr": "10.0.0.6"}) == ""
+
+
+def test_the_blast_radius_copy_applies_only_the_verified_bytes(
+        project: Callable[..., Project], staging_dsn: str) -> None:  # noqa: F811
+    # --phase4-blast-copy=target: the copy is made on the target's own server, so what it applies matters too
+    p = project("mini")
+    plan = p.path / "checks/phase4.toml"
+    plan.write_text(plan.read_text() + '\n[[blast_radius]]\ncheck = "database_code"\nplpgsql = "prepare"\n')
+    (p.path / "conftest.py").write_text(
+        "from pathlib import Path\n\n\ndef pytest_runtest_setup(item):\n"
+        "    if '::blast_radius::' in item.nodeid and Path('swap.flag').exists():\n"
+        "        f = Path('checks/migrations/20250101000001_create_views.sql')\n"
+        "        f.write_text(f.read_text() + '\\nCREATE TABLE swapped (id int);\\n')\n")
+    assert staging_run(p, staging_dsn, "--phase4-blast-copy=target")["green"] is True
+    (p.path / "swap.flag").write_text("")
+    result = p.run(REQUIRE, "--phase4-confirm-destructive", "--phase4-blast-copy=target", "-v", seed=True)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED, result.stdout.str()
+    result.stdout.fnmatch_lines(["*20250101000001_create_views.sql*the file changed since the run checked it against "
+                                 "the evidence it relies on (sha256 * then, * now)*"])
+    result.stdout.fnmatch_lines(["Migration checks: NOT RUN    8 did not run: 8 halted after blast_radius"])
+    assert p.query("SELECT to_regclass('public.swapped'), to_regclass('public.sales_with_details')") == [(None, None)]
+    assert p.query("SELECT count(*) FROM pg_database WHERE datname LIKE '%phase4_blast%'") == [(0,)]
