@@ -100,10 +100,11 @@ def scrub(text: str, secrets: Iterable[str]) -> str:
 
 
 # Any URL's user info (https://deploy:token@api...), and a value given to a password-like key (--x-token=...,
-# ?api_key=..., password=...): what a command line or a message may carry besides the DSN.
-_ANY_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^\s:@/]*):([^\s@/]+)@")
+# ?api_key=..., password=...): what a command line or a message may carry besides the DSN. Neither runs over a
+# quote or a backslash, so that masking the text of a JSON document leaves it valid JSON.
+_ANY_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^\s:@/\"\\]*):([^\s@/\"\\]+)@")
 _SECRET_VALUE = re.compile(r"(?i)\b((?:ssl)?password|passwd|pwd|secret|token|api[_-]?key|access[_-]?key)"
-                           r"(\s*[=:]\s*)(?!\*\*\*)([^\s&#,;'\"]+)")
+                           r"(\s*[=:]\s*)(?!\*\*\*)([^\s&#,;'\"\\]+)")
 SECRET_OPTION = re.compile(r"(?i)^--?[\w-]*(password|passwd|secret|token|api[_-]?key|access[_-]?key|dsn)[\w-]*$")
 
 
