@@ -1,4 +1,5 @@
-"""Attacks on --phase4-require-evidence that still get through (each xfail strict: a fixer removes the mark).
+"""Attacks on --phase4-require-evidence that got through the first gate, each now refused or stopped (and the
+tests of the fixes: may_skip, files held to the evidence where they are used, the target as the server names it).
 Evidence that does not prove what it claims must not let a production run change production."""
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Every file a run of the plan depends on, each with its sha256: what the evidence lists and the promotion gate
 compares. No database, no pytest.
 
-The plan itself, each migration, the [setup] files, the query files [[app_queries]] names, a `command` check's
-program when it is a path, and the Python the custom checks run: every module under the plan's folder, the
+The plan itself, each migration, the [setup] files, the query files [[app_queries]] names, the files a `command`
+check names (its program or script, in its cwd resolved as the run resolves it), and the Python the custom checks
+run: every module under the plan's folder, the
 conftest.py files from there up to the rootdir, and the local modules those import (found by their import lines,
 not by importing them). Paths are relative to the plan's folder, as the plan names them (a symlink is hashed by
 what it points to now, and the migration runner checks the bytes it applies against the same hash)."""
