@@ -124,8 +124,6 @@ def test_a_workers_own_environment_neither_redirects_a_target_nor_prints_a_passw
     assert "battery" not in shown
 
 
-@pytest.mark.xfail(strict=True, reason="attack: a [[source]] query returning anything but names (a tenant registry's "
-                   "connection strings) is refused by quoting what it returned, passwords included")
 def test_a_source_query_returning_connection_strings_never_prints_their_passwords(
         pytester: pytest.Pytester, pg_server: EmbeddedPostgres, monkeypatch: pytest.MonkeyPatch) -> None:
     """A tenant registry keeps each tenant's DSN; a DBA writes `SELECT dsn FROM tenants`. The refusal lists up to
@@ -230,8 +228,6 @@ def test_a_worker_with_another_copy_of_the_plan_does_not_migrate_in_its_name(fle
         assert rows_of(f)["tenant_01"]["verdict"] != "migrated", result.stdout.str()
 
 
-@pytest.mark.xfail(strict=True, reason="attack: NAME ends with $, which matches before a final newline: 'tenant_01\\n' "
-                   "is a valid target name (and [[source]] database name)")
 def test_a_target_name_ending_in_a_newline_is_refused(tmp_path: Path) -> None:
     """`name = "tenant_01\\n"` (or a [[source]] database whose name ends in a newline) passes the check that names
     be letters, digits, '_', '.', '-': its folder has a newline in its name, and each line of the roll-up about it

@@ -20,7 +20,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pytest_phase4.db import dsn as dsnlib
 
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")  # a folder name and a pytest id, nothing to escape
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")  # a folder name and a pytest id: fullmatch (no final "\n")
 _TARGET_KEYS = {"name", "dsn_env"}
 _SOURCE_KEYS = {"dsn_env", "query"}
 _EXAMPLE_QUERY = "query = \"SELECT datname FROM pg_database WHERE datname LIKE 'tenant_%' ORDER BY 1\""
@@ -80,7 +80,7 @@ def read(file: Path, path: str) -> tuple[list[FleetTarget], list[Source], int | 
         if _refuse_secrets(entry, where, problems) or _unknown(entry, _TARGET_KEYS, where, problems):
             continue
         name, env = entry.get("name"), entry.get("dsn_env")
-        if not isinstance(name, str) or not NAME.match(name):
+        if not isinstance(name, str) or not NAME.fullmatch(name):
             problems.append(f"{where}: name = {name!r}: expected letters, digits, '_', '.', '-' (up to 63), e.g. "
                             "name = \"tenant_07\"")
         elif not isinstance(env, str) or not env:
@@ -191,6 +191,13 @@ def database_key(dsn: str) -> tuple[str, str, str]:
             str(params.get("dbname") or os.environ.get("PGDATABASE", "") or params.get("user") or ""))
 
 
+def _shown(value: object) -> str:
+    """A value a [[source]] query returned, fit to quote: a registry's column may hold DSNs, passwords included."""
+    if not isinstance(value, str):
+        return type(value).__name__ if value is not None else "NULL"
+    return repr(dsnlib.redact(value)[:80])
+
+
 def expand(source: Source) -> list[FleetTarget]:
     """Run a [[source]]'s query read-only on its server: each database name it returns becomes a target."""
     dsn = os.environ[source.dsn_env]
@@ -205,10 +212,10 @@ def expand(source: Source) -> list[FleetTarget]:
     found, bad = [], []
     for row in rows:
         name = row[0] if row else None
-        if isinstance(name, str) and NAME.match(name):
+        if isinstance(name, str) and NAME.fullmatch(name):
             found.append(FleetTarget(name, source.dsn_env, name))
         else:
-            bad.append(repr(name))
+            bad.append(_shown(name))
     if bad:
         raise TargetsError(f"{source.where}: its query returned name(s) that are not plain database names: "
                            f"{', '.join(bad[:5])}; expected letters, digits, '_', '.', '-' (a query returning one "
