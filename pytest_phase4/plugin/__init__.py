@@ -78,6 +78,8 @@ def pytest_cmdline_main(config: pytest.Config) -> None:
         return
     if fleet.enabled(config):  # every target's run is a child run of its own (plugin/fleet.py)
         _refuse_options(config, distributed=True)
+        if not hasattr(config, "workerinput") and (left_out := _plan_left_out(config, settings.plan)):
+            raise pytest.UsageError(left_out)  # as a single-target run: a fleet collecting no target is not green
         fleet.configure(config, settings)
         return
     _refuse_options(config)

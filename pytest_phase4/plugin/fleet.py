@@ -143,12 +143,14 @@ def _read_fleet(config: pytest.Config, settings: Settings) -> Fleet:
     if not targets:
         raise pytest.UsageError(f"{given}: no target: its [[source]] queries returned no database name")
     destructive = [m.file for m in plan.migrations if m.destructive]
-    if destructive and not settings.confirm_destructive and not config.option.markexpr:  # -m may leave it out
+    if destructive and not (settings.confirm_destructive or settings.verify_only or config.option.markexpr):
+        # -m may leave it out; a verify-only fleet applies nothing
         raise pytest.UsageError(f"{plan.path.name} has a point of no return ({', '.join(destructive)}), and no target "
                                 "of a fleet can ask for it at a prompt: add --phase4-confirm-destructive to run it on "
                                 f"every target, or -m 'not destructive'; nothing connected")
     canary = _canary(config, file_canary, len(targets))
-    passed = [*_passed(config), *(["-m", str(config.option.markexpr)] if config.option.markexpr else [])]
+    passed = [*_passed(config), *_ini(config),
+              *(["-m", str(config.option.markexpr)] if config.option.markexpr else [])]
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     return Fleet(tuple(targets), canary, _seconds(str(config.getoption("phase4_canary_wait"))), uuid.uuid4().hex,
                  str(Path(settings.report_root or "reports") / f"fleet-{stamp}"), plan.path, tuple(passed))
@@ -202,6 +204,24 @@ def _passed(config: pytest.Config) -> Iterator[str]:
             yield from (f"{flag}={v}" for v in value)
         elif value not in (None, False, ""):
             yield f"{flag}={value}"
+
+
+# Every phase4 ini key (settings.py, safety.py, promotion.py) but those each target's run gets a flag for (its
+# plan, its own report, JSON and backup folders); a key added there must be added here.
+INI_KEYS = ("phase4_blast_copy", "phase4_verify_only", "phase4_base_url", "phase4_check_timeout",
+            "phase4_lock_timeout", "phase4_workers", "phase4_seed", "phase4_verify_restore",
+            "phase4_require_evidence")
+
+
+def _ini(config: pytest.Config) -> Iterator[str]:
+    """Every phase4 ini setting as this run reads it (ini file, -c FILE, -o), as `-o key=value` for each target's
+    run: a child reads no -c or -o of ours, and its flags (passed above) still outrank these, as here."""
+    for name in INI_KEYS:
+        value = config.getini(name)
+        if isinstance(value, bool):
+            yield from ("-o", f"{name}={'true' if value else 'false'}")
+        elif value is not None and not isinstance(value, list):
+            yield from ("-o", f"{name}={value}")
 
 
 class TargetFailed(Exception):
