@@ -30,6 +30,8 @@ from pytest_phase4.fleet.targets import FleetTarget
 _NOT_INHERITED = ("PYTEST_ADDOPTS", "PHASE4_DSN", "PGHOST", "PGHOSTADDR", "PGPORT", "PGDATABASE", "PGUSER",
                   "PGSERVICE", "PGOPTIONS", "PGTARGETSESSIONATTRS", "PGPASSWORD")
 MIGRATED, HALTED, BLOCKED, NOT_RUN, ERROR = "migrated", "halted", "blocked", "not run", "error"
+CHECKED = "checked only"  # a green run that did not apply (or find applied) every migration: -m, a deselection
+_DONE = ("applied", "already applied")
 
 
 @dataclass
@@ -50,12 +52,15 @@ class Outcome:
 
     @property
     def green(self) -> bool:
-        return self.verdict == MIGRATED
+        """Its run passed: every migration applied, or (checked only) every check its selection ran."""
+        return self.verdict == MIGRATED or self.verdict.startswith(CHECKED)
 
     def said(self) -> str:
         """What became of it: `migrated (3 applied, 0 already applied)`, `halted at preflight: <reason>`."""
         if self.verdict == MIGRATED:
             return f"migrated ({self.applied} applied, {self.already} already applied)"
+        if self.verdict.startswith(CHECKED):
+            return f"{self.verdict}: {self.applied} applied, {self.already} already applied, {self.reason}"
         where = f" at {self.step}" if self.step else ""
         return f"{self.verdict}{where}: {self.reason}" if self.reason else self.verdict
 
@@ -110,7 +115,7 @@ def run(target: FleetTarget, options: ChildOptions) -> Outcome:
     proc = subprocess.run(args, cwd=options.cwd, env=env, stdin=subprocess.DEVNULL, capture_output=True,
                           text=True, check=False)
     outcome = read(target.name, options.reports / target.name / "evidence.json", proc.returncode,
-                   dsnlib.scrub(proc.stdout + proc.stderr, secrets))
+                   dsnlib.scrub(proc.stdout + proc.stderr, secrets), _markexpr(options.passed))
     if options.junit:
         junit_target_classnames(options.reports / target.name / "junit.xml", target.name)
     outcome.duration_s = round(time.monotonic() - started, 1)
@@ -129,7 +134,11 @@ def junit_target_classnames(path: Path, name: str) -> None:
     tree.write(path, encoding="utf-8", xml_declaration=True)
 
 
-def read(name: str, path: Path, returncode: int, output: str) -> Outcome:
+def _markexpr(passed: tuple[str, ...]) -> str:
+    return next((passed[i + 1] for i, arg in enumerate(passed[:-1]) if arg == "-m"), "")
+
+
+def read(name: str, path: Path, returncode: int, output: str, markexpr: str = "") -> Outcome:
     """The target's outcome from its evidence (what ran, what halted where and why), else from its output."""
     lines = [line for line in output.splitlines() if line.strip()]
     try:
@@ -145,6 +154,10 @@ def read(name: str, path: Path, returncode: int, output: str) -> Outcome:
                       content_sha256=str(doc.get("content_sha256") or ""),
                       applied=sum(m.get("status") == "applied" for m in migrations),
                       already=sum(m.get("status") == "already applied" for m in migrations))
+    if returncode == 0 and (left := [m for m in migrations if m.get("status") not in _DONE]):
+        # green, but not migrated: its evidence must show every migration applied (or found applied)
+        outcome.verdict = f"{CHECKED} (-m {markexpr})" if markexpr else CHECKED
+        outcome.reason = f"{len(left)} not applied ({', '.join(sorted({str(m.get('status')) for m in left}))})"
     if returncode != 0:
         outcome.step, outcome.reason = _halt(doc, lines, returncode)
         blocked = [m for m in migrations if m.get("file") == outcome.step and (
