@@ -68,6 +68,7 @@ class Fleet:
     folder: str  # the fleet's report folder, relative to the rootdir: <reports>/fleet-<stamp>
     plan: Path
     passed: tuple[str, ...]
+    note: str = ""  # what the controller says of the fleet's canary, when it set it aside
 
     def to_json(self, rootdir: Path) -> dict[str, Any]:
         """What a worker needs, with the plan relative to the rootdir (a remote worker has its own)."""
@@ -148,12 +149,18 @@ def _read_fleet(config: pytest.Config, settings: Settings) -> Fleet:
         raise pytest.UsageError(f"{plan.path.name} has a point of no return ({', '.join(destructive)}), and no target "
                                 "of a fleet can ask for it at a prompt: add --phase4-confirm-destructive to run it on "
                                 f"every target, or -m 'not destructive'; nothing connected")
-    canary = _canary(config, file_canary, len(targets))
+    canary, note = _canary(config, file_canary, len(targets)), ""
+    if canary and settings.verify_only:
+        # a canary tells its outcome by a row in its database: a verify-only fleet writes nothing, and applies no
+        # migration a canary would gate
+        note = (f"canary {canary} not used: --phase4-verify-only applies nothing, so there is no migration to gate, "
+                "and a canary would write its outcome into its database; every target runs at once")
+        canary = 0
     passed = [*_passed(config), *_ini(config),
               *(["-m", str(config.option.markexpr)] if config.option.markexpr else [])]
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     return Fleet(tuple(targets), canary, _seconds(str(config.getoption("phase4_canary_wait"))), uuid.uuid4().hex,
-                 str(Path(settings.report_root or "reports") / f"fleet-{stamp}"), plan.path, tuple(passed))
+                 str(Path(settings.report_root or "reports") / f"fleet-{stamp}"), plan.path, tuple(passed), note)
 
 
 def _distribution(config: pytest.Config) -> None:
@@ -255,6 +262,7 @@ class FleetPlugin:
     def pytest_report_header(self) -> list[str]:
         names = ", ".join(t.name for t in self.fleet.targets[:self.fleet.canary])
         canary = f"; canary: the first {self.fleet.canary} ({names})" if self.fleet.canary else ""
+        canary += f"; {self.fleet.note}" if self.fleet.note else ""
         dist = self.config.getoption("dist", None)
         how = "--dist loadgroup, one group per target" if dist == "loadgroup" else "one after another, in this process"
         return [f"phase4 fleet: {len(self.fleet.targets)} targets ({how}){canary}",
@@ -321,6 +329,8 @@ class FleetPlugin:
             return
         terminalreporter.write_sep("=", "phase4 fleet")
         terminalreporter.write_line(f"fleet: {self.summary()}")
+        if self.fleet.note:
+            terminalreporter.write_line(f"  {self.fleet.note}")
         for outcome in self.ordered():
             if not outcome.green:
                 terminalreporter.write_line(f"  {outcome.line()}")
