@@ -150,8 +150,6 @@ def test_a_target_whose_migrations_did_not_run_is_not_counted_migrated(fleet: Ca
     assert rows_of(f)["tenant_01"]["reason"] == "3 not applied (pending)"
 
 
-@pytest.mark.xfail(strict=True, reason="attack: a child killed mid-plan leaves no evidence and is reported 'error at "
-                   "start' with 0 applied, while its first migration is committed")
 def test_a_target_killed_mid_plan_is_not_reported_stopped_before_it_started(fleet: Callable[[int], Fleet]) -> None:
     """The child running tenant_01 is killed (SIGKILL: the OOM killer, a runner's timeout) after its first migration
     committed. With no evidence, the roll-up assumes 'the child stopped before its run started': 'error at start',
@@ -169,6 +167,9 @@ def test_a_target_killed_mid_plan_is_not_reported_stopped_before_it_started(flee
     row = rows_of(f)["tenant_01"]
     assert row["step"] != "start", row
     result.stdout.no_fnmatch_line("*tenant_01: error at start*")
+    result.stdout.fnmatch_lines([f"  tenant_01: killed: by signal 9 after 1 migration(s) applied: {FILES[0]}; "
+                                 "the ledger says so*"])
+    assert (row["verdict"], row["applied"]) == ("killed", 1)
 
 
 def test_a_verify_only_fleet_writes_nothing_into_its_canary(fleet: Callable[[int], Fleet]) -> None:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pytest_phase4.db import dsn as dsnlib
@@ -30,6 +31,7 @@ from pytest_phase4.fleet.targets import FleetTarget
 _NOT_INHERITED = ("PYTEST_ADDOPTS", "PHASE4_DSN", "PGHOST", "PGHOSTADDR", "PGPORT", "PGDATABASE", "PGUSER",
                   "PGSERVICE", "PGOPTIONS", "PGTARGETSESSIONATTRS", "PGPASSWORD")
 MIGRATED, HALTED, BLOCKED, NOT_RUN, ERROR = "migrated", "halted", "blocked", "not run", "error"
+KILLED = "killed"  # ended by a signal (the OOM killer, a runner's timeout): what it applied is read in its ledger
 CHECKED = "checked only"  # a green run that did not apply (or find applied) every migration: -m, a deselection
 _DONE = ("applied", "already applied")
 
@@ -112,15 +114,41 @@ def run(target: FleetTarget, options: ChildOptions) -> Outcome:
     started = time.monotonic()
     args, env = command(target, options)
     secrets = [s for s in (dsnlib.password_of(target.dsn()) or "", *dsnlib.secrets_from_env()) if s]
+    before = ledger_files(target.dsn())
     proc = subprocess.run(args, cwd=options.cwd, env=env, stdin=subprocess.DEVNULL, capture_output=True,
                           text=True, check=False)
     outcome = read(target.name, options.reports / target.name / "evidence.json", proc.returncode,
                    dsnlib.scrub(proc.stdout + proc.stderr, secrets), _markexpr(options.passed))
+    if outcome.step == "start" and before is not None:
+        _from_ledger(outcome, before, ledger_files(target.dsn()), proc.returncode)
     if options.junit:
         junit_target_classnames(options.reports / target.name / "junit.xml", target.name)
     outcome.duration_s = round(time.monotonic() - started, 1)
     outcome.report = str(options.reports / target.name / "report.html")
     return outcome
+
+
+def ledger_files(dsn: str) -> list[str] | None:
+    """The files the target's ledger lists, read-only; None when it cannot be read (then nothing is claimed)."""
+    try:
+        with psycopg.connect(make_conninfo(dsn, options="-c default_transaction_read_only=on"), autocommit=True,
+                             connect_timeout=10) as conn:
+            if conn.execute("SELECT to_regclass('pytest_phase4.ledger')").fetchone() == (None,):
+                return []
+            return [str(r[0]) for r in conn.execute("SELECT file FROM pytest_phase4.ledger ORDER BY applied_at, file")]
+    except psycopg.Error:
+        return None
+
+
+def _from_ledger(outcome: Outcome, before: list[str], after: list[str] | None, returncode: int) -> None:
+    """A run that left no evidence may still have applied migrations (killed mid-plan): its ledger says which."""
+    new = [f for f in after or [] if f not in before]
+    if not new:
+        return
+    how = f"by signal {-returncode}" if returncode < 0 else f"ended (exit {returncode}) without evidence"
+    outcome.verdict, outcome.step, outcome.applied = (KILLED if returncode < 0 else ERROR), "", len(new)
+    outcome.reason = (f"{how} after {len(new)} migration(s) applied: {', '.join(new)}; the ledger says so "
+                      f"(its last output: {outcome.reason})")
 
 
 def junit_target_classnames(path: Path, name: str) -> None:
