@@ -26,6 +26,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pytest_phase4.db import dsn as dsnlib
 from pytest_phase4.fleet.identity import FLEET_TARGET_ENV
+from pytest_phase4.fleet.resolve import EXPECT_ENV
 from pytest_phase4.fleet.targets import FleetTarget
 
 _NOT_INHERITED = ("PYTEST_ADDOPTS", "PHASE4_DSN", "PGHOST", "PGHOSTADDR", "PGPORT", "PGDATABASE", "PGUSER",
@@ -92,7 +93,9 @@ class ChildOptions:
 def command(target: FleetTarget, options: ChildOptions) -> tuple[list[str], dict[str, str]]:
     """The child's command line and environment: its DSN last, without the password (which goes in PGPASSWORD)."""
     dsn = target.dsn()
-    params = {k: v for k, v in conninfo_to_dict(dsn).items() if k not in ("password", "sslpassword")}
+    # the conninfo the controller resolved (libpq's environment included), else the DSN as this process reads it
+    params = {k: v for k, v in conninfo_to_dict(target.conninfo or dsn).items()
+              if k not in ("password", "sslpassword")}
     folder = options.reports / target.name
     args = [sys.executable, "-m", "pytest", "--phase4", f"--phase4-plan={options.plan}",
             f"--phase4-backup-dir={options.backups / target.name}", f"--html={folder / 'report.html'}",
@@ -104,7 +107,9 @@ def command(target: FleetTarget, options: ChildOptions) -> tuple[list[str], dict
     args.append(f"--dsn={make_conninfo('', **params)}")  # last: nothing before it outranks it
     env = {k: v for k, v in os.environ.items() if k not in _NOT_INHERITED}
     env.update({FLEET_TARGET_ENV: target.name, "COLUMNS": "400"})
-    password = dsnlib.password_of(dsn)
+    if target.expect:
+        env[EXPECT_ENV] = target.expect
+    password = dsnlib.password_of(dsn) or os.environ.get("PGPASSWORD")  # as the controller resolved it
     if password:
         env["PGPASSWORD"] = password
     return args, env
@@ -113,7 +118,7 @@ def command(target: FleetTarget, options: ChildOptions) -> tuple[list[str], dict
 def run(target: FleetTarget, options: ChildOptions) -> Outcome:
     started = time.monotonic()
     args, env = command(target, options)
-    secrets = [s for s in (dsnlib.password_of(target.dsn()) or "", *dsnlib.secrets_from_env()) if s]
+    secrets = [s for s in (env.get("PGPASSWORD", ""), *dsnlib.secrets_from_env()) if s]
     before = ledger_files(target.dsn())
     proc = subprocess.run(args, cwd=options.cwd, env=env, stdin=subprocess.DEVNULL, capture_output=True,
                           text=True, check=False)

@@ -36,21 +36,47 @@ class FleetTarget:
     name: str
     dsn_env: str  # the environment variable holding the DSN (of the server, for a [[source]]'s targets)
     dbname: str | None = None  # a [[source]]'s database: replaces the DSN's dbname
+    # resolved by the controller (fleet/resolve.py): the complete conninfo it reached, no password; the database's
+    # identity as its server said (JSON); or why it could not connect; and the DSN it read, its password left out
+    conninfo: str = ""
+    expect: str = ""
+    unreachable: str = ""
+    given: str = ""
 
     def dsn(self) -> str:
-        """The DSN, from the environment of the process that asks (a remote xdist worker has its own)."""
+        """The DSN, from the environment of the process that asks (a remote xdist worker has its own), refused when
+        it does not parse or names another place than the controller's (only its password may differ)."""
         value = os.environ.get(self.dsn_env, "")
         if not value:
             raise TargetsError(f"target {self.name}: the environment variable {self.dsn_env} is not set here; set "
                                "it to the target's DSN in the environment of every process that runs targets")
-        return make_conninfo(value, dbname=self.dbname) if self.dbname else value
+        try:
+            dsn = make_conninfo(value, dbname=self.dbname) if self.dbname else value
+            here = without_password(dsn)
+        except psycopg.ProgrammingError:
+            raise TargetsError(f"target {self.name}: {self.dsn_env} does not hold a valid DSN in this process's "
+                               "environment (its value is not shown: it may hold a password); nothing connected"
+                               ) from None
+        if self.given and here != self.given:
+            raise TargetsError(f"target {self.name}: {self.dsn_env} in this process's environment names "
+                               f"{dsnlib.target_label(here)}, the fleet's controller resolved "
+                               f"{dsnlib.target_label(self.given)}; refused, nothing connected: set the same DSN "
+                               "in every process that runs targets")
+        return dsn
 
     def to_json(self) -> dict[str, str | None]:
-        return {"name": self.name, "dsn_env": self.dsn_env, "dbname": self.dbname}
+        return {"name": self.name, "dsn_env": self.dsn_env, "dbname": self.dbname, "conninfo": self.conninfo,
+                "expect": self.expect, "unreachable": self.unreachable, "given": self.given}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> FleetTarget:
-        return cls(str(data["name"]), str(data["dsn_env"]), data.get("dbname"))
+        return cls(str(data["name"]), str(data["dsn_env"]), data.get("dbname"), str(data.get("conninfo") or ""),
+                   str(data.get("expect") or ""), str(data.get("unreachable") or ""), str(data.get("given") or ""))
+
+
+def without_password(dsn: str) -> str:
+    return make_conninfo("", **{k: v for k, v in conninfo_to_dict(dsn).items()
+                                if k not in ("password", "sslpassword")})
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,8 @@ from psycopg.conninfo import conninfo_to_dict
 from pytest_phase4.db.seed import load_setup
 from pytest_phase4.db.target import Target, resolve, start_throwaway
 from pytest_phase4.errors import Phase4Error, PlanError, TargetError
+from pytest_phase4.fleet.identity import target_name
+from pytest_phase4.fleet.resolve import check_reached
 from pytest_phase4.plan.load import load_plan
 from pytest_phase4.plugin import evidence_hooks, fleet, ordering, promotion, report
 from pytest_phase4.plugin import safety as safety_plugin
@@ -102,7 +104,7 @@ def pytest_cmdline_main(config: pytest.Config) -> None:
     terminal = Terminal.open()  # heartbeat lines of long steps, from seeding to the last check
     config.add_cleanup(terminal.close)
     try:
-        target = _target(settings, plan, terminal, gate.vet, gate.read)
+        target = _target(settings, plan, terminal, _vetting(gate), gate.read)
         # A throwaway database holds nothing to lose: its point of no return needs no confirmation.
         run = Phase4Run(plan, target, settings.confirm_destructive or target.embedded is not None,
                         settings.check_timeout, settings.lock_timeout, workers=settings.workers,
@@ -212,6 +214,27 @@ def _refuse_distribution(config: pytest.Config) -> None:
                                 f"distributed by pytest-xdist ({' '.join(dict.fromkeys(given))}); drop -n, --dist, "
                                 "-d, --tx and --looponfail for this run (-n 0 turns distribution off); to run it on "
                                 "many databases at once, list them in --phase4-targets=FILE")
+
+
+def _vetting(gate: promotion.Promotion) -> Callable[[Target], None]:
+    def vet(target: Target) -> None:
+        _fleet_reached(target)
+        gate.vet(target)
+    return vet
+
+
+def _fleet_reached(target: Target) -> None:
+    """A fleet's target run: refused unless it reached the database the fleet's controller resolved."""
+    if (name := target_name()) is None:
+        return
+    try:
+        with target.connect(read_only=True, autocommit=True) as conn:
+            refused = check_reached(conn, name)
+    except psycopg.Error:
+        return  # the run's own connection reports it, before anything writes
+    if refused:
+        target.close()
+        raise TargetError(refused)
 
 
 def _target(settings: Settings, plan: Any, terminal: Terminal, vet: Callable[[Target], None],

@@ -25,6 +25,7 @@ import pytest
 from pytest_phase4.errors import PlanError
 from pytest_phase4.fleet import canary as canarylib
 from pytest_phase4.fleet import child, rollup
+from pytest_phase4.fleet.resolve import check_same_database, resolve
 from pytest_phase4.fleet.targets import FleetTarget, TargetsError, check_environment, check_unique, expand, read
 from pytest_phase4.plan.load import load_plan
 from pytest_phase4.plan.model import DURATION
@@ -139,6 +140,8 @@ def _read_fleet(config: pytest.Config, settings: Settings) -> Fleet:
         check_environment(listed, sources, given)
         targets = listed + [t for s in sources for t in expand(s)]
         check_unique(targets, given)
+        targets = [resolve(t) for t in targets]  # read-only, before any target starts
+        check_same_database(targets, given)
     except TargetsError as exc:
         raise pytest.UsageError(str(exc)) from None
     if not targets:
@@ -388,6 +391,8 @@ class TargetItem(pytest.Item):
             self._tell(outcome)
             pytest.skip(f"not run: {blocked}")
         try:
+            if self.target.unreachable:  # the controller could not connect: nothing to give the target's run
+                raise TargetsError(self.target.unreachable)
             outcome = child.run(self.target, plugin.options)
         except TargetsError as exc:
             outcome = child.Outcome(self.target.name, child.ERROR, step="start", reason=str(exc))
