@@ -203,8 +203,6 @@ def test_a_path_that_leaves_every_target_out_is_not_green(pytester: pytest.Pytes
     assert result.ret != pytest.ExitCode.OK, result.stdout.str()
 
 
-@pytest.mark.xfail(strict=True, reason="attack: a worker runs whatever plan it finds at its path (a stale copy on a "
-                   "remote host) and the roll-up counts it migrated: no plan or file sha256 is compared or recorded")
 def test_a_worker_with_another_copy_of_the_plan_does_not_migrate_in_its_name(fleet: Callable[[int], Fleet],
                                                                             tmp_path: Path) -> None:
     """A remote worker (README: 'install it there at the same place', no --rsyncdir) holds last week's checkout,
@@ -223,6 +221,11 @@ def test_a_worker_with_another_copy_of_the_plan_does_not_migrate_in_its_name(fle
     [[definition]] = f.query("tenant_01", "SELECT coalesce(pg_get_indexdef(to_regclass('idx_tickets_customer')), '')")
     if "(title)" in definition:  # the stale copy ran: the fleet must not count it migrated
         assert rows_of(f)["tenant_01"]["verdict"] != "migrated", result.stdout.str()
+    assert f.ledger("tenant_01") == []  # refused before its run started
+    row = rows_of(f)["tenant_01"]
+    assert row["verdict"] == "not run"
+    assert f"files that differ: migrations/{FILES[2]}" in str(row["reason"])
+    assert len(str(rollup(f)["plan_sha256"])) == 64
 
 
 def test_a_target_name_ending_in_a_newline_is_refused(tmp_path: Path) -> None:

@@ -27,14 +27,15 @@ def summary_line(outcomes: list[Outcome], expected: int) -> str:
     return ", ".join(f"{n} {what}" for what, n in counts.items()) or "no target ran"
 
 
-def document(plan: str, targets: list[str], outcomes: list[Outcome], canary: int, run_id: str,
+def document(plan: str, plan_sha256: str, targets: list[str], outcomes: list[Outcome], canary: int, run_id: str,
              summary: str) -> dict[str, Any]:
     """The roll-up of the session's targets (those selected), in the file's order."""
     by_name = {o.name: o for o in outcomes}
     rows = [by_name[n].to_json() if n in by_name else {"name": n, "verdict": NOT_REPORTED, "reason": UNREPORTED}
             for n in targets]
-    doc: dict[str, Any] = {"plan": plan, "run_id": run_id, "written_at": datetime.now(UTC).isoformat(),
-                           "canary": canary, "summary": summary, "targets": rows}
+    doc: dict[str, Any] = {"plan": plan, "plan_sha256": plan_sha256, "run_id": run_id,
+                           "written_at": datetime.now(UTC).isoformat(), "canary": canary, "summary": summary,
+                           "targets": rows}
     doc["content_sha256"] = evidence_chain.content_sha256(doc)  # the evidence's own recipe
     return doc
 

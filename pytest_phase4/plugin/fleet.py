@@ -27,23 +27,15 @@ from pytest_phase4.fleet import canary as canarylib
 from pytest_phase4.fleet import child, rollup
 from pytest_phase4.fleet.resolve import check_same_database, resolve
 from pytest_phase4.fleet.targets import FleetTarget, TargetsError, check_environment, check_unique, expand, read
+from pytest_phase4.plan.files import plan_files
 from pytest_phase4.plan.load import load_plan
-from pytest_phase4.plan.model import DURATION
-from pytest_phase4.plugin import promotion
+from pytest_phase4.plugin import fleet_options, promotion
 from pytest_phase4.plugin.settings import Settings
 from pytest_phase4.safety import backup
 
 PROPERTY = "phase4_fleet_outcome"  # the user property an item's report carries its target's outcome in
 INPUT = "phase4_fleet"  # the key of what the controller hands every xdist worker (workerinput)
 INDEX_KEY = pytest.StashKey[int]()
-# The user's options every target's run takes as given (flag, dest); -m goes to the targets' runs too.
-PASSED = (("--phase4-confirm-destructive", "phase4_confirm_destructive"), ("--phase4-seed", "phase4_seed"),
-          ("--phase4-check-timeout", "phase4_check_timeout"), ("--phase4-lock-timeout", "phase4_lock_timeout"),
-          ("--phase4-workers", "phase4_workers"), ("--phase4-blast-copy", "phase4_blast_copy"),
-          ("--phase4-base-url", "phase4_base_url"), ("--phase4-signoff", "phase4_signoff"),
-          ("--phase4-verify-only", "phase4_verify_only"), ("--phase4-verify-restore", "phase4_verify_restore"),
-          ("--phase4-rehearse", "phase4_rehearse"), ("--phase4-baseline", "phase4_baseline"),
-          ("--phase4-require-evidence", "phase4_require_evidence"))
 
 
 def add_options(parser: pytest.Parser) -> None:
@@ -70,6 +62,8 @@ class Fleet:
     plan: Path
     passed: tuple[str, ...]
     note: str = ""  # what the controller says of the fleet's canary, when it set it aside
+    plan_sha256: str = ""  # the plan as the controller read it, and every file its run depends on (path, sha256):
+    files: tuple[tuple[str, str], ...] = ()  # a worker whose copy differs runs no target
 
     def to_json(self, rootdir: Path) -> dict[str, Any]:
         """What a worker needs, with the plan relative to the rootdir (a remote worker has its own)."""
@@ -79,13 +73,15 @@ class Fleet:
             plan = str(self.plan)
         return {"targets": [t.to_json() for t in self.targets], "canary": self.canary,
                 "canary_wait_s": self.canary_wait_s, "run_id": self.run_id, "folder": self.folder,
-                "plan": plan, "passed": list(self.passed)}
+                "plan": plan, "passed": list(self.passed), "note": self.note, "plan_sha256": self.plan_sha256,
+                "files": [list(f) for f in self.files]}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Fleet:
         return cls(tuple(FleetTarget.from_json(t) for t in data["targets"]), int(data["canary"]),
                    float(data["canary_wait_s"]), str(data["run_id"]), str(data["folder"]), Path(data["plan"]),
-                   tuple(data["passed"]))
+                   tuple(data["passed"]), str(data.get("note") or ""), str(data.get("plan_sha256") or ""),
+                   tuple((str(p), str(h)) for p, h in data.get("files") or ()))
 
 
 def enabled(config: pytest.Config) -> bool:
@@ -152,18 +148,22 @@ def _read_fleet(config: pytest.Config, settings: Settings) -> Fleet:
         raise pytest.UsageError(f"{plan.path.name} has a point of no return ({', '.join(destructive)}), and no target "
                                 "of a fleet can ask for it at a prompt: add --phase4-confirm-destructive to run it on "
                                 f"every target, or -m 'not destructive'; nothing connected")
-    canary, note = _canary(config, file_canary, len(targets)), ""
+    canary, note = fleet_options.canary(config, file_canary, len(targets)), ""
     if canary and settings.verify_only:
         # a canary tells its outcome by a row in its database: a verify-only fleet writes nothing, and applies no
         # migration a canary would gate
         note = (f"canary {canary} not used: --phase4-verify-only applies nothing, so there is no migration to gate, "
                 "and a canary would write its outcome into its database; every target runs at once")
         canary = 0
-    passed = [*_passed(config), *_ini(config),
+    passed = [*fleet_options.passed(config), *fleet_options.ini(config),
               *(["-m", str(config.option.markexpr)] if config.option.markexpr else [])]
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Fleet(tuple(targets), canary, _seconds(str(config.getoption("phase4_canary_wait"))), uuid.uuid4().hex,
-                 str(Path(settings.report_root or "reports") / f"fleet-{stamp}"), plan.path, tuple(passed), note)
+    run_id = uuid.uuid4().hex
+    # two fleets started in the same second (two CI jobs) each get their own folder
+    stamp = f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{run_id[:6]}"
+    wait = fleet_options.seconds(str(config.getoption("phase4_canary_wait")))
+    return Fleet(tuple(targets), canary, wait, run_id,
+                 str(Path(settings.report_root or "reports") / f"fleet-{stamp}"), plan.path, tuple(passed), note,
+                 plan.sha256, tuple((f.path, f.sha256) for f in plan_files(plan, config.rootpath)))
 
 
 def _distribution(config: pytest.Config) -> None:
@@ -183,57 +183,6 @@ def _distribution(config: pytest.Config) -> None:
         config.option.dist = "loadgroup"
 
 
-def _canary(config: pytest.Config, file_canary: int | None, count: int) -> int:
-    given = config.getoption("phase4_canary")
-    where = "--phase4-canary" if given is not None else "[fleet] canary"
-    value: Any = given if given is not None else file_canary or 0
-    try:
-        n = int(value)
-    except (TypeError, ValueError):
-        n = -1
-    if not 0 <= n <= count:
-        raise pytest.UsageError(f"{where}: expected a whole number from 0 to {count} (the targets), found {value!r}")
-    return n
-
-
-def _seconds(text: str) -> float:
-    value = text.strip().replace(" ", "")
-    if not DURATION.match(value):
-        raise pytest.UsageError(f"--phase4-canary-wait: expected a duration like 90s or 30min, found {text!r}")
-    number = float("".join(c for c in value if c.isdigit()))
-    unit = value.lstrip("0123456789")
-    return number * {"s": 1, "min": 60, "h": 3600}.get(unit, 0.001)  # a bare number is ms, as PostgreSQL reads it
-
-
-def _passed(config: pytest.Config) -> Iterator[str]:
-    for flag, dest in PASSED:
-        value = config.getoption(dest, None)
-        if value is True:
-            yield flag
-        elif isinstance(value, list):
-            yield from (f"{flag}={v}" for v in value)
-        elif value not in (None, False, ""):
-            yield f"{flag}={value}"
-
-
-# Every phase4 ini key (settings.py, safety.py, promotion.py) but those each target's run gets a flag for (its
-# plan, its own report, JSON and backup folders); a key added there must be added here.
-INI_KEYS = ("phase4_blast_copy", "phase4_verify_only", "phase4_base_url", "phase4_check_timeout",
-            "phase4_lock_timeout", "phase4_workers", "phase4_seed", "phase4_verify_restore",
-            "phase4_require_evidence")
-
-
-def _ini(config: pytest.Config) -> Iterator[str]:
-    """Every phase4 ini setting as this run reads it (ini file, -c FILE, -o), as `-o key=value` for each target's
-    run: a child reads no -c or -o of ours, and its flags (passed above) still outrank these, as here."""
-    for name in INI_KEYS:
-        value = config.getini(name)
-        if isinstance(value, bool):
-            yield from ("-o", f"{name}={'true' if value else 'false'}")
-        elif value is not None and not isinstance(value, list):
-            yield from ("-o", f"{name}={value}")
-
-
 class TargetFailed(Exception):
     """A target's run was not green: its outcome line, and where its report is."""
 
@@ -250,7 +199,9 @@ class FleetPlugin:
         self.json_path = config.invocation_params.dir / str(given) if given else self.folder / "fleet.json"
         backups = config.getoption("phase4_backup_dir", None) or config.getini("phase4_backup_dir")
         base = config.invocation_params.dir if config.getoption("phase4_backup_dir", None) else root
-        plan_name = load_plan(fleet.plan, display=fleet.plan.name).name  # read before, in the controller
+        plan = load_plan(fleet.plan, display=fleet.plan.name)  # read before, in the controller
+        plan_name = plan.name
+        self.stale = fleet_options.stale(fleet, plan, root) if hasattr(config, "workerinput") else ""
         self.options = child.ChildOptions(
             plan=fleet.plan, rootdir=root, cwd=config.invocation_params.dir, reports=self.folder,
             backups=(base / str(backups)).resolve() if backups else root / "_backups" / backup.slug(plan_name),
@@ -323,8 +274,8 @@ class FleetPlugin:
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         if hasattr(self.config, "workerinput"):
             return  # the controller writes the roll-up
-        doc = rollup.document(str(self.fleet.plan), self.names(), self.ordered(), self.fleet.canary,
-                              self.fleet.run_id, self.summary())
+        doc = rollup.document(str(self.fleet.plan), self.fleet.plan_sha256, self.names(), self.ordered(),
+                              self.fleet.canary, self.fleet.run_id, self.summary())
         rollup.write(self.json_path, doc)
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
@@ -386,6 +337,12 @@ class TargetItem(pytest.Item):
     def runtest(self) -> None:
         plugin = self.fleet_plugin
         fleet = plugin.fleet
+        if plugin.stale:
+            outcome = child.Outcome(self.target.name, child.NOT_RUN, reason=plugin.stale)
+            self._tell(outcome)
+            if self.index < fleet.canary:
+                self._publish(plugin, outcome)
+            raise TargetFailed(outcome.line())
         if self.index >= fleet.canary and (blocked := self._canaries(plugin)):
             outcome = child.Outcome(self.target.name, child.NOT_RUN, reason=blocked)
             self._tell(outcome)
