@@ -5,6 +5,7 @@ database is checked outside the plugin afterwards."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import uuid
 import xml.etree.ElementTree as ET
@@ -302,6 +303,8 @@ def test_without_n_the_targets_run_one_after_another_each_in_its_own_folders(
         assert f"dbname={f.dbs[name]}" in info.read_text()
         assert sum(other in info.read_text() for other in f.dbs.values()) == 1
     [folder] = list((f.pytester.path / "reports").glob("fleet-*"))
+    # the fleet's run id after its time: two fleets started in the same second never share a folder
+    assert re.fullmatch(r"fleet-\d{8}-\d{6}-[0-9a-f]{6}", folder.name), folder.name
     for name in ("tenant_01", "tenant_02"):
         cases = ET.parse(folder / name / "junit.xml").getroot().iter("testcase")
         classnames = {c.get("classname", "") for c in cases}
@@ -371,3 +374,26 @@ def test_a_worker_elsewhere_finds_the_plan_in_its_copy_and_the_canary_in_the_dat
     evidence = [Path(r["evidence"]) for r in rollup(f)["targets"]]  # written where the worker runs, read there
     assert [(p.parent.name, remote in p.parents, p.is_file()) for p in evidence] == [(n, True, True) for n in f.names]
     assert list((f.pytester.path / "reports").glob("fleet-*/tenant_*")) == []
+
+
+def test_require_evidence_refuses_a_fleet_with_an_edited_migration_before_any_target_connects(
+        fleet: Callable[[int], Fleet], pg_server: EmbeddedPostgres) -> None:
+    """--phase4-require-evidence gates the whole fleet: the staging run's evidence is of the plan's files; a migration
+    edited since is refused once, in the controller, before any target is resolved or run (no ledger, no report)."""
+    f = fleet(2)
+    f.targets_file()
+    staging = f"{f.template}_staging"
+    dsn = pg_server.create_database(staging, template=f.template)
+    try:
+        result = f.pytester.runpytest("--phase4", "-p", "no:cacheprovider", "-p", "no:randomly", f"--dsn={dsn}",
+                                      "--phase4-confirm-destructive", "--phase4-json=staging.json")
+        assert result.ret == pytest.ExitCode.OK, result.stdout.str()
+    finally:
+        pg_server.drop_database(staging)
+    migration = f.pytester.path / "checks" / "migrations" / FILES[2]
+    migration.write_text(migration.read_text() + "-- edited after staging\n")
+    result = f.run("--phase4-confirm-destructive", "--phase4-require-evidence=staging.json")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"ERROR: --phase4-require-evidence=staging.json refused: migrations/{FILES[2]} *"])
+    assert [f.ledger(n) for n in f.names] == [[], []]
+    assert not list((f.pytester.path / "reports").glob("fleet-*"))
