@@ -225,7 +225,7 @@ def _vetting(gate: promotion.Promotion) -> Callable[[Target], None]:
 
 def _fleet_reached(target: Target) -> None:
     """A fleet's target run: refused unless it reached the database the fleet's controller resolved."""
-    if (name := target_name()) is None:
+    if (name := target_name()) is None or rehearsal.is_child():  # a rehearsal's child: its scratch copy, by design
         return
     try:
         with target.connect(read_only=True, autocommit=True) as conn:
