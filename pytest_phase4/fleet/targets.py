@@ -57,7 +57,7 @@ class FleetTarget:
             raise TargetsError(f"target {self.name}: {self.dsn_env} does not hold a valid DSN in this process's "
                                "environment (its value is not shown: it may hold a password); nothing connected"
                                ) from None
-        if self.given and here != self.given:
+        if self.given and conninfo_to_dict(here) != conninfo_to_dict(self.given):  # URL or key=value alike
             raise TargetsError(f"target {self.name}: {self.dsn_env} in this process's environment names "
                                f"{dsnlib.target_label(here)}, the fleet's controller resolved "
                                f"{dsnlib.target_label(self.given)}; refused, nothing connected: set the same DSN "
