@@ -201,7 +201,8 @@ class FleetPlugin:
         base = config.invocation_params.dir if config.getoption("phase4_backup_dir", None) else root
         plan = load_plan(fleet.plan, display=fleet.plan.name)  # read before, in the controller
         plan_name = plan.name
-        self.stale = fleet_options.stale(fleet, plan, root) if hasattr(config, "workerinput") else ""
+        worker = hasattr(config, "workerinput")
+        self.stale = fleet_options.stale(fleet.plan_sha256, fleet.files, plan, root) if worker else ""
         self.options = child.ChildOptions(
             plan=fleet.plan, rootdir=root, cwd=config.invocation_params.dir, reports=self.folder,
             backups=(base / str(backups)).resolve() if backups else root / "_backups" / backup.slug(plan_name),

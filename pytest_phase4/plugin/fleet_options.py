@@ -5,15 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
 
 from pytest_phase4.plan.files import plan_files
 from pytest_phase4.plan.model import DURATION, Plan
-
-if TYPE_CHECKING:
-    from pytest_phase4.plugin.fleet import Fleet
 
 # The user's options every target's run takes as given (flag, dest); -m goes to the targets' runs too.
 PASSED = (("--phase4-confirm-destructive", "phase4_confirm_destructive"), ("--phase4-seed", "phase4_seed"),
@@ -54,18 +51,18 @@ def ini(config: pytest.Config) -> Iterator[str]:
             yield from ("-o", f"{name}={value}")
 
 
-def stale(fleet: Fleet, plan: Plan, rootdir: Path) -> str:
+def stale(plan_sha256: str, files: tuple[tuple[str, str], ...], plan: Plan, rootdir: Path) -> str:
     """Why this worker's copy of the plan is not the controller's (sha256 of the plan and of every file), or ""."""
-    if not fleet.plan_sha256:
+    if not plan_sha256:
         return ""
     here = {f.path: f.sha256 for f in plan_files(plan, rootdir)}
-    there = dict(fleet.files)
+    there = dict(files)
     differ = sorted(p for p in set(here) | set(there) if here.get(p) != there.get(p))
-    if plan.sha256 == fleet.plan_sha256 and not differ:
+    if plan.sha256 == plan_sha256 and not differ:
         return ""
     shown = ", ".join(differ[:5]) + (f" and {len(differ) - 5} more" if len(differ) > 5 else "")
     return (f"this worker's copy of the plan ({plan.path}) differs from the controller's (plan sha256 "
-            f"{plan.sha256[:12]}, expected {fleet.plan_sha256[:12]}; files that differ: {shown or 'none'}): nothing "
+            f"{plan.sha256[:12]}, expected {plan_sha256[:12]}; files that differ: {shown or 'none'}): nothing "
             "run on this target; give the worker the controller's plan (--rsyncdir, or the same checkout)")
 
 
