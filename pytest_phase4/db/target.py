@@ -92,3 +92,14 @@ def start_throwaway(database: str) -> Target:
         server.stop()
         raise
     return Target(dsn, f"embedded throwaway PostgreSQL ({server.kind})", embedded=server)
+
+
+def system_identifier(conn: psycopg.Connection[Any]) -> str:
+    """The cluster's system identifier, or "" when this role may not read it (pg_control_system() needs superuser
+    or pg_monitor). Read in a savepoint, so a refusal leaves the connection's transaction usable."""
+    try:
+        with conn.transaction():
+            row = conn.execute("SELECT system_identifier::text FROM pg_control_system()").fetchone()
+    except psycopg.Error:
+        return ""
+    return str(row[0]) if row else ""

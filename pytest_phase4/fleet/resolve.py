@@ -19,6 +19,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pytest_phase4.db import dsn as dsnlib
+from pytest_phase4.db.target import system_identifier
 from pytest_phase4.fleet.targets import FleetTarget, TargetsError, without_password
 
 EXPECT_ENV = "PHASE4_FLEET_EXPECT"  # the identity a target's run must find where it connects (JSON)
@@ -57,12 +58,7 @@ def identity(conn: psycopg.Connection[Any]) -> dict[str, str]:
                        "coalesce(inet_server_port()::text, '')").fetchone()
     assert row is not None
     ident = {"database": str(row[0]), "server": str(row[1]), "port": str(row[2])}
-    try:
-        with conn.transaction():
-            sysid = conn.execute("SELECT system_identifier::text FROM pg_control_system()").fetchone()
-        ident["system_identifier"] = str(sysid[0]) if sysid else ""
-    except psycopg.Error:
-        ident["system_identifier"] = ""  # pg_control_system() needs superuser or pg_monitor
+    ident["system_identifier"] = system_identifier(conn)
     if not ident["server"]:  # a Unix socket: its folder, whatever symlink led there, and port
         ident["server"] = os.path.realpath(conn.info.host) if conn.info.host.startswith("/") else conn.info.host
         ident["port"] = str(conn.info.port)

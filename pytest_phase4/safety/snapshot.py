@@ -21,6 +21,7 @@ import psycopg
 from pytest_phase4.db import catalog, inventory
 from pytest_phase4.db.ledger import SCHEMA as OWN_SCHEMA
 from pytest_phase4.db.pool import Pool, pages, run_all
+from pytest_phase4.db.target import system_identifier
 from pytest_phase4.safety import checksums, normalize
 
 # The checksum formula new snapshots are computed with; snapshot.json records it (checksums.FORMULAS has each).
@@ -252,12 +253,7 @@ def identity(conn: psycopg.Connection[Any]) -> dict[str, str]:
     row = conn.execute("SELECT current_database(), (SELECT oid::text FROM pg_database WHERE datname ="
                        " current_database())").fetchone()
     ident = {"database": str(row[0]), "oid": str(row[1])} if row else {}
-    try:
-        with conn.transaction():
-            sysid = conn.execute("SELECT system_identifier::text FROM pg_control_system()").fetchone()
-        ident["system_identifier"] = str(sysid[0]) if sysid else ""
-    except psycopg.Error:
-        ident["system_identifier"] = ""  # pg_control_system() needs superuser or pg_monitor
+    ident["system_identifier"] = system_identifier(conn)
     ident["marker"] = _marker(conn)
     return ident
 
