@@ -11,6 +11,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from fleets import Fleet
 
 from helpers import EXAMPLES, FACTS_SCHEMA, REPO, Project
 from pytest_phase4.db.embedded import EmbeddedPostgres, start_embedded
@@ -70,3 +71,17 @@ def conn(scratch_dsn: str) -> Iterator[psycopg.Connection[Any]]:
     with psycopg.connect(scratch_dsn, autocommit=True) as c:
         c.execute(FACTS_SCHEMA)
         yield c
+
+
+@pytest.fixture
+def fleet(pytester: pytest.Pytester, pg_server: EmbeddedPostgres,
+          monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[int], Fleet]]:
+    made: list[Fleet] = []
+
+    def make(count: int) -> Fleet:
+        made.append(Fleet(pytester, pg_server, monkeypatch, count))
+        return made[-1]
+
+    yield make
+    for f in made:
+        f.drop()

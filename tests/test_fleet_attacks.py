@@ -6,32 +6,18 @@ from __future__ import annotations
 
 import shutil
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
 import pytest
+from fleets import FILES, SECRET, Fleet, rollup
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
-from test_fleet import FILES, SECRET, Fleet, rollup
 
 from helpers import EXAMPLES
 from pytest_phase4.db.embedded import EmbeddedPostgres
 from pytest_phase4.fleet.targets import TargetsError, read
-
-
-@pytest.fixture
-def fleet(pytester: pytest.Pytester, pg_server: EmbeddedPostgres,
-          monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[int], Fleet]]:
-    made: list[Fleet] = []
-
-    def make(count: int) -> Fleet:
-        made.append(Fleet(pytester, pg_server, monkeypatch, count))
-        return made[-1]
-
-    yield make
-    for f in made:
-        f.drop()
 
 
 def rows_of(f: Fleet) -> dict[str, dict[str, object]]:
