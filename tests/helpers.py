@@ -46,9 +46,9 @@ class Project:
         with psycopg.connect(self.dsn, autocommit=True) as conn:
             return conn.execute(text.encode() if isinstance(text, str) else text, params).fetchall()
 
-    def execute(self, text: str) -> None:
+    def execute(self, text: str | sql.Composed) -> None:
         with psycopg.connect(self.dsn, autocommit=True) as conn:
-            conn.execute(text.encode())
+            conn.execute(text.encode() if isinstance(text, str) else text)
 
     def columns(self, table: str) -> list[str]:
         return [r[0] for r in self.query(

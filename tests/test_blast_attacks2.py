@@ -196,7 +196,8 @@ def test_migrations_run_on_the_copy_with_the_search_path_the_database_sets(
     not exist, and the stage says the migration 'would fail on the target too' and halts every migration."""
     p = _project(project, "ALTER TABLE jobs ADD COLUMN note text;\n",
                  "CREATE SCHEMA ops;\nCREATE TABLE ops.jobs (id int PRIMARY KEY);\n")
-    p.execute(f"ALTER DATABASE {p.query('SELECT current_database()')[0][0]} SET search_path = public, ops")
+    p.execute(sql.SQL("ALTER DATABASE {} SET search_path = public, ops").format(
+        sql.Identifier(p.query("SELECT current_database()")[0][0])))
     result = p.run("-v", "-m", "preflight", seed=True)
     assert outcomes_of(result)[CODE] == "PASSED", result.stdout.str()
 
